@@ -1,0 +1,178 @@
+//! The request and response heads lent to hooks.
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing::{TestRequest as RequestInner, TestResponse as ResponseInner};
+#[cfg(target_arch = "wasm32")]
+use crate::wasm::bindings::weft::filter::types::{
+    Request as RequestInner, Response as ResponseInner,
+};
+
+use crate::Destination;
+use std::time::Duration;
+
+/// The caller's request head, lent to [`crate::Filter::on_request`].
+pub struct Request<'a> {
+    #[cfg(target_arch = "wasm32")]
+    inner: &'a RequestInner,
+    #[cfg(not(target_arch = "wasm32"))]
+    inner: &'a mut RequestInner,
+}
+
+/// The response head, lent to [`crate::Filter::on_response`].
+pub struct Response<'a> {
+    #[cfg(target_arch = "wasm32")]
+    inner: &'a ResponseInner,
+    #[cfg(not(target_arch = "wasm32"))]
+    inner: &'a mut ResponseInner,
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl<'a> Request<'a> {
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn new(inner: &'a RequestInner) -> Self {
+        Request { inner }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn new(inner: &'a mut RequestInner) -> Self {
+        Request { inner }
+    }
+
+    /// The method (`GET`).
+    pub fn method(&self) -> String {
+        self.inner.method()
+    }
+
+    /// The path and query.
+    pub fn path(&self) -> String {
+        self.inner.path()
+    }
+
+    /// The authority the caller named.
+    pub fn authority(&self) -> String {
+        self.inner.authority()
+    }
+
+    /// The first value of a header, as bytes.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.header(name)
+    }
+
+    /// The first value of a header, if it is UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// Every value of a header.
+    pub fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        self.inner.header_all(name)
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.headers()
+    }
+
+    /// Replaces every value of a header.
+    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.inner.set_header(name, value.as_ref())
+    }
+
+    /// Adds a value to a header.
+    pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.inner.append_header(name, value.as_ref())
+    }
+
+    /// Removes every value of a header.
+    pub fn remove_header(&mut self, name: &str) {
+        self.inner.remove_header(name)
+    }
+
+    /// The caller's identity (SPIFFE ID), or empty.
+    pub fn source(&self) -> String {
+        self.inner.source()
+    }
+
+    /// Where the call goes now.
+    pub fn destination(&self) -> Destination {
+        #[cfg(target_arch = "wasm32")]
+        {
+            crate::wasm::destination_from(self.inner.destination())
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.inner.destination()
+        }
+    }
+
+    /// Sends the call to another service or subset.
+    pub fn set_destination(&mut self, dest: Destination) {
+        #[cfg(target_arch = "wasm32")]
+        self.inner
+            .set_destination(&crate::wasm::destination_into(dest));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner.set_destination(dest);
+    }
+
+    /// Sends the call to a subset of its current service.
+    pub fn set_subset(&mut self, subset: &str) {
+        let mut dest = self.destination();
+        dest.subset = Some(subset.to_string());
+        self.set_destination(dest);
+    }
+
+    /// Bounds each upstream attempt (zero removes the bound).
+    pub fn set_per_try_timeout(&mut self, timeout: Duration) {
+        self.inner.set_per_try_timeout_ms(millis(timeout))
+    }
+
+    /// Bounds the whole call, retries included.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.inner.set_timeout_ms(millis(timeout))
+    }
+}
+
+impl<'a> Response<'a> {
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn new(inner: &'a ResponseInner) -> Self {
+        Response { inner }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn new(inner: &'a mut ResponseInner) -> Self {
+        Response { inner }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.inner.status()
+    }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.header(name)
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.headers()
+    }
+
+    /// Replaces every value of a header.
+    pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.inner.set_header(name, value.as_ref())
+    }
+
+    /// Adds a value to a header.
+    pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.inner.append_header(name, value.as_ref())
+    }
+
+    /// Removes every value of a header.
+    pub fn remove_header(&mut self, name: &str) {
+        self.inner.remove_header(name)
+    }
+}
