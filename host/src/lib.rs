@@ -1,0 +1,9 @@
+//! Weft's host: runs beside every service instance, does the I/O and the mutual TLS, and runs
+//! traffic policy as sandboxed Wasm plugins.
+//!
+//! Modules are the architecture's boxes (see `docs/architecture.md`):
+//! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
+
+#![deny(unsafe_code)]
+
+pub mod plugin;

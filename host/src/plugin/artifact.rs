@@ -1,0 +1,155 @@
+//! Artifacts: bytes from a file or memory, checked against an expected sha256, compiled once,
+//! and cached compiled on disk keyed by digest and engine so a restart does not recompile.
+
+use super::error::PluginError;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Artifact<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// A file.
+    File(&'a Path),
+}
+
+/// A compiled component and how it was obtained.
+#[derive(Clone)]
+pub struct Compiled {
+    pub(crate) component: Component,
+    /// Lower-case hex sha256 of the artifact's bytes.
+    pub digest: String,
+    /// Whether the compiled code came from the disk cache.
+    pub from_cache: bool,
+    /// Time to compile or to load from the cache.
+    pub took: Duration,
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn normalize_digest(d: &str) -> String {
+    d.trim().trim_start_matches("sha256:").to_ascii_lowercase()
+}
+
+/// Reads an artifact's bytes.
+pub(crate) fn read(plugin: &str, artifact: Artifact<'_>) -> Result<Vec<u8>, PluginError> {
+    match artifact {
+        Artifact::Bytes(b) => Ok(b.to_vec()),
+        Artifact::File(p) => std::fs::read(p).map_err(|source| PluginError::Read {
+            plugin: plugin.to_string(),
+            path: p.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Checks the digest and compiles (or loads from `cache_dir`).
+pub(crate) fn compile(
+    engine: &Engine,
+    fingerprint: &str,
+    cache_dir: Option<&Path>,
+    plugin: &str,
+    bytes: &[u8],
+    expected_sha256: Option<&str>,
+) -> Result<Compiled, PluginError> {
+    let start = Instant::now();
+    let digest = sha256_hex(bytes);
+    if let Some(expected) = expected_sha256
+        && normalize_digest(expected) != digest
+    {
+        return Err(PluginError::DigestMismatch {
+            plugin: plugin.to_string(),
+            expected: normalize_digest(expected),
+            actual: digest,
+        });
+    }
+    if !wasmparser_is_component(bytes) {
+        return Err(PluginError::NotAComponent {
+            plugin: plugin.to_string(),
+            reason: if bytes.starts_with(b"\0asm") {
+                "this is a core Wasm module; build it as a component (e.g. --target wasm32-wasip2)"
+                    .into()
+            } else {
+                "the bytes do not start with the Wasm magic number".into()
+            },
+        });
+    }
+    let cache_file = cache_dir.map(|d| d.join(format!("{digest}-{fingerprint}.cwasm")));
+    if let Some(path) = &cache_file
+        && let Some(component) = load_cached(engine, path)
+    {
+        return Ok(Compiled {
+            component,
+            digest,
+            from_cache: true,
+            took: start.elapsed(),
+        });
+    }
+    let component = Component::new(engine, bytes).map_err(|e| PluginError::NotAComponent {
+        plugin: plugin.to_string(),
+        reason: format!("{e:#}"),
+    })?;
+    if let Some(path) = &cache_file {
+        store_cached(&component, path);
+    }
+    Ok(Compiled {
+        component,
+        digest,
+        from_cache: false,
+        took: start.elapsed(),
+    })
+}
+
+/// A component's preamble: magic, then version 0x0d and layer 1 (a core module has layer 0).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
+}
+
+// Cache files are the serialized component prefixed by its own sha256, written to a temporary
+// name and renamed into place: a torn or corrupted file fails the check and is recompiled
+// rather than handed to `deserialize`, which trusts its input.
+fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
+    let data = std::fs::read(path).ok()?;
+    if data.len() < 32 || Sha256::digest(&data[32..]).as_slice() != &data[..32] {
+        tracing::warn!(path = %path.display(), "compile cache entry is corrupt; recompiling");
+        let _ = std::fs::remove_file(path);
+        return None;
+    }
+    // SAFETY: `deserialize` requires bytes produced by `Component::serialize` of a compatible
+    // engine. The file is one this runtime wrote (its checksum matches what `store_cached`
+    // recorded) in a directory the proxy owns, and its name carries the engine fingerprint;
+    // wasmtime also checks the engine's compatibility itself and errors on mismatch.
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize(engine, &data[32..]) };
+    match component {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "compile cache entry unusable ({e:#}); recompiling");
+            None
+        }
+    }
+}
+
+fn store_cached(component: &Component, path: &Path) {
+    let result = (|| -> std::io::Result<()> {
+        let serialized = component.serialize().map_err(std::io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut data = Sha256::digest(&serialized).to_vec();
+        data.extend_from_slice(&serialized);
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}");
+    }
+}

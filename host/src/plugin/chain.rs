@@ -1,0 +1,188 @@
+//! A chain of plugins run in order on each hook, and the slot that lets a chain be replaced
+//! atomically while calls run: a call holds the chain it started with until it ends.
+
+use super::bindings::weft::filter::types as wit;
+use super::instance::Plugin;
+use super::types::{
+    Attempt, AttemptVerdict, CallSummary, Decided, FailStrategy, LocalReply, RequestHead,
+    RequestVerdict, ResponseHead, ResponseVerdict,
+};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Plugins in order, with the ones to call per hook picked out once.
+pub struct Chain {
+    plugins: Vec<Arc<Plugin>>,
+    on_request: Vec<Arc<Plugin>>,
+    on_attempt_end: Vec<Arc<Plugin>>,
+    on_response: Vec<Arc<Plugin>>,
+    on_done: Vec<Arc<Plugin>>,
+}
+
+fn local_reply(r: wit::LocalResponse) -> LocalReply {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    for (name, value) in r.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => {
+                tracing::debug!(header = %name, "plugin reply header dropped: invalid name or value")
+            }
+        }
+    }
+    LocalReply {
+        status,
+        headers,
+        body: Bytes::from(r.body),
+    }
+}
+
+fn failed_closed(plugin: &Plugin) -> LocalReply {
+    LocalReply::text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("plugin {:?} failed and fails closed\n", plugin.name()),
+    )
+}
+
+impl Chain {
+    /// A chain of these plugins, in order.
+    pub fn new(plugins: Vec<Arc<Plugin>>) -> Self {
+        let pick = |f: fn(&Plugin) -> bool| -> Vec<Arc<Plugin>> {
+            plugins.iter().filter(|p| f(p)).cloned().collect()
+        };
+        Chain {
+            on_request: pick(|p| p.hooks().on_request),
+            on_attempt_end: pick(|p| p.hooks().on_attempt_end),
+            on_response: pick(|p| p.hooks().on_response),
+            on_done: pick(|p| p.hooks().on_done),
+            plugins,
+        }
+    }
+
+    /// An empty chain.
+    pub fn empty() -> Self {
+        Chain::new(Vec::new())
+    }
+
+    /// Its plugins, in order.
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
+    }
+
+    /// Runs `on-request` through the chain; the first local answer stops it.
+    pub fn on_request(&self, call_id: u64, head: &mut RequestHead) -> Decided<RequestVerdict> {
+        let mut plugin_failed = false;
+        for plugin in &self.on_request {
+            match plugin.on_request(call_id, head) {
+                Ok(wit::RequestAction::Continue) => {}
+                Ok(wit::RequestAction::Respond(r)) => {
+                    return Decided {
+                        action: RequestVerdict::Respond(local_reply(r)),
+                        plugin_failed,
+                    };
+                }
+                Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
+                    return Decided {
+                        action: RequestVerdict::Respond(failed_closed(plugin)),
+                        plugin_failed: true,
+                    };
+                }
+                Err(_) => plugin_failed = true,
+            }
+        }
+        Decided {
+            action: RequestVerdict::Continue,
+            plugin_failed,
+        }
+    }
+
+    /// Runs `on-attempt-end` through every plugin that asked (all observe); a retry is asked
+    /// for if any plugin asks, after the longest delay asked.
+    pub fn on_attempt_end(&self, attempt: &Attempt) -> Decided<AttemptVerdict> {
+        let mut plugin_failed = false;
+        let mut retry: Option<u32> = None;
+        for plugin in &self.on_attempt_end {
+            match plugin.on_attempt_end(attempt) {
+                Ok(wit::AttemptAction::Done) => {}
+                Ok(wit::AttemptAction::Retry(ms)) => retry = Some(retry.unwrap_or(0).max(ms)),
+                Err(_) => plugin_failed = true,
+            }
+        }
+        let action = match retry {
+            Some(ms) => AttemptVerdict::Retry(Duration::from_millis(u64::from(ms))),
+            None => AttemptVerdict::Done,
+        };
+        Decided {
+            action,
+            plugin_failed,
+        }
+    }
+
+    /// Runs `on-response` through the chain; the first replacement stops it.
+    pub fn on_response(&self, call_id: u64, head: &mut ResponseHead) -> Decided<ResponseVerdict> {
+        let mut plugin_failed = false;
+        for plugin in &self.on_response {
+            match plugin.on_response(call_id, head) {
+                Ok(wit::ResponseAction::Continue) => {}
+                Ok(wit::ResponseAction::Respond(r)) => {
+                    return Decided {
+                        action: ResponseVerdict::Respond(local_reply(r)),
+                        plugin_failed,
+                    };
+                }
+                Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
+                    return Decided {
+                        action: ResponseVerdict::Respond(failed_closed(plugin)),
+                        plugin_failed: true,
+                    };
+                }
+                Err(_) => plugin_failed = true,
+            }
+        }
+        Decided {
+            action: ResponseVerdict::Continue,
+            plugin_failed,
+        }
+    }
+
+    /// Runs `on-done` through every plugin that asked.
+    pub fn on_done(&self, summary: &CallSummary) -> bool {
+        let mut plugin_failed = false;
+        for plugin in &self.on_done {
+            plugin_failed |= plugin.on_done(summary).is_err();
+        }
+        plugin_failed
+    }
+}
+
+/// The chain in force, replaceable atomically.
+pub struct ChainSlot {
+    current: ArcSwap<Chain>,
+}
+
+impl ChainSlot {
+    /// A slot holding `chain`.
+    pub fn new(chain: Chain) -> Self {
+        ChainSlot {
+            current: ArcSwap::from_pointee(chain),
+        }
+    }
+
+    /// The chain in force; hold it for the whole call.
+    pub fn current(&self) -> Arc<Chain> {
+        self.current.load_full()
+    }
+
+    /// Puts `chain` in force. Calls holding the old chain finish on it.
+    pub fn replace(&self, chain: Chain) -> Arc<Chain> {
+        self.current.swap(Arc::new(chain))
+    }
+}

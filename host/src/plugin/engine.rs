@@ -1,0 +1,80 @@
+//! The one wasmtime engine of a process: component model, pooling allocator, and epoch
+//! interruption driven by a ticker thread so every hook call can be given a deadline.
+
+use super::error::PluginError;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// How often the epoch advances; deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Sizes of the instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSizes {
+    /// Component instances alive at once, across every plugin and worker.
+    pub instances: u32,
+    /// Largest memory any plugin may be configured to use.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for PoolSizes {
+    fn default() -> Self {
+        PoolSizes {
+            instances: 1_000,
+            max_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
+pub(crate) fn build(pool: PoolSizes) -> Result<Engine, PluginError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(pool.instances)
+        // A Rust component holds a few core instances and one or two memories; leave room for
+        // componentized scripting runtimes, which hold more.
+        .total_core_instances(pool.instances.saturating_mul(4))
+        .total_memories(pool.instances.saturating_mul(2))
+        .total_tables(pool.instances.saturating_mul(4))
+        .max_memory_size(pool.max_memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    start_ticker(&engine);
+    Ok(engine)
+}
+
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("weft-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; say so loudly rather than fail every plugin.
+        tracing::error!("cannot start the plugin epoch ticker, plugin deadlines are off: {e}");
+    }
+}
+
+/// Ticks needed to cover `deadline`.
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    (deadline.as_nanos().div_ceil(tick) as u64).max(1)
+}
+
+/// Identifies the engine's compiled-code format, so cached code is only reused by an engine
+/// that can run it.
+pub(crate) fn fingerprint(engine: &Engine) -> String {
+    let mut h = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}

@@ -1,0 +1,385 @@
+//! What a plugin instance's store holds, and the `weft:filter` host interface implemented
+//! over it: the request and response heads lent for a hook, logging, time, randomness,
+//! metrics, shared state and endpoint health.
+
+use super::bindings::weft::filter::{host, types};
+use super::health::EndpointHealth;
+use super::metrics::{Kind, MetricDef, PluginMetrics};
+use super::state::{SharedState, StateWriteError};
+use super::types::{RequestHead, ResponseHead};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Marks the request head lent to `on-request`; the head itself sits in [`PluginCtx`].
+pub struct RequestSlot;
+
+/// Marks the response head lent to `on-response`; the head itself sits in [`PluginCtx`].
+pub struct ResponseSlot;
+
+/// What every instance of every plugin shares: the host's services.
+pub(crate) struct Services {
+    pub(crate) state: SharedState,
+    pub(crate) metrics: PluginMetrics,
+    pub(crate) endpoints: Arc<dyn EndpointHealth>,
+}
+
+/// Caps a plugin instance's memory and remembers that it tried to pass the cap.
+pub(crate) struct MemoryCap {
+    pub(crate) max_bytes: usize,
+    pub(crate) exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            // Trap rather than return failure: a guest allocator that sees failure may loop
+            // or abort with a vaguer message; this names the cause.
+            self.exceeded = true;
+            wasmtime::bail!("plugin memory cap of {} bytes exceeded", self.max_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A plugin instance's store data.
+pub(crate) struct PluginCtx {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) key: u32,
+    pub(crate) services: Arc<Services>,
+    pub(crate) request: RequestHead,
+    pub(crate) response: ResponseHead,
+    pub(crate) memory: MemoryCap,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+// === request and response heads ===
+
+fn set_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &[u8],
+    append: bool,
+) -> Result<(), String> {
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let value = HeaderValue::from_bytes(value).map_err(|_| {
+        format!("invalid value for header {name}: control characters are not allowed")
+    })?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+fn all_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+impl types::Host for PluginCtx {}
+
+impl types::HostRequest for PluginCtx {
+    fn method(&mut self, _: Resource<RequestSlot>) -> String {
+        self.request.method.as_str().to_string()
+    }
+
+    fn path(&mut self, _: Resource<RequestSlot>) -> String {
+        self.request.path.clone()
+    }
+
+    fn authority(&mut self, _: Resource<RequestSlot>) -> String {
+        self.request.authority.clone()
+    }
+
+    fn header(&mut self, _: Resource<RequestSlot>, name: String) -> Option<Vec<u8>> {
+        first(&self.request.headers, &name)
+    }
+
+    fn header_all(&mut self, _: Resource<RequestSlot>, name: String) -> Vec<Vec<u8>> {
+        self.request
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn headers(&mut self, _: Resource<RequestSlot>) -> Vec<(String, Vec<u8>)> {
+        all_headers(&self.request.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestSlot>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        set_header(&mut self.request.headers, &name, &value, false)
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestSlot>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        set_header(&mut self.request.headers, &name, &value, true)
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestSlot>, name: String) {
+        self.request.headers.remove(name.as_str());
+    }
+
+    fn source(&mut self, _: Resource<RequestSlot>) -> String {
+        self.request.source.clone()
+    }
+
+    fn destination(&mut self, _: Resource<RequestSlot>) -> types::Destination {
+        self.request.destination.clone()
+    }
+
+    fn set_destination(&mut self, _: Resource<RequestSlot>, dest: types::Destination) {
+        self.request.destination = dest;
+    }
+
+    fn set_per_try_timeout_ms(&mut self, _: Resource<RequestSlot>, ms: u32) {
+        self.request.per_try_timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    }
+
+    fn set_timeout_ms(&mut self, _: Resource<RequestSlot>, ms: u32) {
+        self.request.timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    }
+
+    fn drop(&mut self, _: Resource<RequestSlot>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl types::HostResponse for PluginCtx {
+    fn status(&mut self, _: Resource<ResponseSlot>) -> u16 {
+        self.response.status.as_u16()
+    }
+
+    fn header(&mut self, _: Resource<ResponseSlot>, name: String) -> Option<Vec<u8>> {
+        first(&self.response.headers, &name)
+    }
+
+    fn headers(&mut self, _: Resource<ResponseSlot>) -> Vec<(String, Vec<u8>)> {
+        all_headers(&self.response.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseSlot>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        set_header(&mut self.response.headers, &name, &value, false)
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseSlot>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        set_header(&mut self.response.headers, &name, &value, true)
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseSlot>, name: String) {
+        self.response.headers.remove(name.as_str());
+    }
+
+    fn drop(&mut self, _: Resource<ResponseSlot>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+// === host services ===
+
+/// Longest log line a plugin may write; longer ones are cut.
+const MAX_LOG_BYTES: usize = 4096;
+
+thread_local! {
+    // A per-thread xorshift generator, seeded from the std hasher's per-process random keys.
+    static RNG: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+        h.finish() | 1
+    });
+}
+
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+fn state_error(e: StateWriteError) -> host::StateError {
+    match e {
+        StateWriteError::Conflict(v) => host::StateError::Conflict(v),
+        StateWriteError::TooLarge => host::StateError::TooLarge,
+        StateWriteError::Full => host::StateError::Full,
+    }
+}
+
+impl host::Host for PluginCtx {
+    fn log(&mut self, level: types::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.plugin;
+        match level {
+            types::Level::Trace => tracing::trace!(plugin, "{message}"),
+            types::Level::Debug => tracing::debug!(plugin, "{message}"),
+            types::Level::Info => tracing::info!(plugin, "{message}"),
+            types::Level::Warn => tracing::warn!(plugin, "{message}"),
+            types::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn log_enabled(&mut self, level: types::Level) -> bool {
+        match level {
+            types::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            types::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            types::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            types::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            types::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        next_random()
+    }
+
+    fn define_metric(&mut self, def: host::MetricDef) -> Result<u32, String> {
+        let kind = match def.kind {
+            host::MetricKind::Counter => Kind::Counter,
+            host::MetricKind::Gauge => Kind::Gauge,
+            host::MetricKind::Histogram => Kind::Histogram,
+        };
+        let def = MetricDef {
+            kind,
+            name: &def.name,
+            help: &def.help,
+            labels: &def.labels,
+            buckets: &def.buckets,
+        };
+        self.services.metrics.define(self.key, &self.plugin, def)
+    }
+
+    fn series(&mut self, metric: u32, label_values: Vec<String>) -> Result<u32, String> {
+        self.services.metrics.series(self.key, metric, label_values)
+    }
+
+    fn record_metrics(&mut self, samples: Vec<host::Sample>) {
+        self.services
+            .metrics
+            .record(self.key, samples.iter().map(|s| (s.series, s.value)));
+    }
+
+    fn state_get(&mut self, key: String) -> Option<host::Versioned> {
+        self.services
+            .state
+            .get(self.key, &key)
+            .map(|(value, version)| host::Versioned { value, version })
+    }
+
+    fn state_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        if_version: Option<u64>,
+        ttl_ms: u32,
+    ) -> Result<u64, host::StateError> {
+        self.services
+            .state
+            .set(self.key, &key, &value, if_version, ttl_ms)
+            .map_err(state_error)
+    }
+
+    fn state_add(&mut self, key: String, delta: i64, ttl_ms: u32) -> Result<i64, host::StateError> {
+        self.services
+            .state
+            .add(self.key, &key, delta, ttl_ms)
+            .map_err(state_error)
+    }
+
+    fn state_delete(&mut self, key: String) {
+        self.services.state.delete(self.key, &key)
+    }
+
+    fn endpoint_pool(&mut self, endpoint: u64) -> Vec<host::EndpointStatus> {
+        self.services
+            .endpoints
+            .pool(endpoint)
+            .into_iter()
+            .map(|e| host::EndpointStatus {
+                id: e.id,
+                address: e.address,
+                ejected_ms: u32::try_from(e.ejected_for.as_millis()).unwrap_or(u32::MAX),
+            })
+            .collect()
+    }
+
+    fn eject(&mut self, endpoint: u64, duration_ms: u32) -> bool {
+        self.services
+            .endpoints
+            .eject(endpoint, Duration::from_millis(u64::from(duration_ms)))
+    }
+}

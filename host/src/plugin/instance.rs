@@ -1,0 +1,388 @@
+//! A prepared plugin: its component pre-instantiated against the host, its configuration
+//! validated, and a pool of configured instances that hook calls check out one at a time.
+//!
+//! Every call runs under a deadline (epoch interruption) and a memory cap. A call that traps,
+//! runs out of time or memory loses its instance — a trapped instance cannot be entered again
+//! — and the next call gets a fresh one; a plugin that keeps failing is re-instantiated with
+//! back-off rather than in a hot loop.
+
+use super::bindings::Plugin as Bindings;
+use super::bindings::PluginPre;
+use super::bindings::weft::filter::types as wit;
+use super::engine::deadline_ticks;
+use super::error::{Failure, PluginError};
+use super::host_impl::{MemoryCap, PluginCtx, Services};
+use super::metrics::PluginStats;
+use super::types::{Attempt, CallSummary, FailStrategy, Hook, HookSet, RequestHead, ResponseHead};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+
+/// Sandbox bounds for one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a single hook call may run.
+    pub deadline: Duration,
+    /// Most linear memory an instance may hold.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(10),
+            memory_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What a plugin is and how it runs.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Its name: labels its metrics and logs, and keys its shared state.
+    pub name: String,
+    /// Its JSON configuration (`{}` when none).
+    pub config: String,
+    /// What happens when it fails.
+    pub fail_strategy: FailStrategy,
+    /// Its sandbox bounds.
+    pub limits: Limits,
+}
+
+impl PluginSpec {
+    /// A fail-open plugin with default limits.
+    pub fn new(name: impl Into<String>, config: impl Into<String>) -> Self {
+        PluginSpec {
+            name: name.into(),
+            config: config.into(),
+            fail_strategy: FailStrategy::FailOpen,
+            limits: Limits::default(),
+        }
+    }
+}
+
+struct Instance {
+    store: Store<PluginCtx>,
+    bindings: Bindings,
+}
+
+#[derive(Default)]
+struct CrashState {
+    consecutive: u32,
+    not_before: Option<Instant>,
+}
+
+/// Back-off before re-instantiating after the n-th consecutive failure: none for the first
+/// (one bad request should not cost the next), then 10 ms doubling to 5 s.
+fn backoff(consecutive: u32) -> Duration {
+    if consecutive < 2 {
+        return Duration::ZERO;
+    }
+    let ms = 10u64.saturating_mul(1 << (consecutive - 2).min(20));
+    Duration::from_millis(ms.min(5_000))
+}
+
+/// A plugin ready to be called.
+pub struct Plugin {
+    name: Arc<str>,
+    key: u32,
+    digest: String,
+    spec: PluginSpec,
+    hooks: HookSet,
+    engine: Engine,
+    pre: PluginPre<PluginCtx>,
+    services: Arc<Services>,
+    stats: PluginStats,
+    deadline_ticks: u64,
+    pool: Mutex<Vec<Instance>>,
+    failures_hint: AtomicU32,
+    crash: Mutex<CrashState>,
+}
+
+fn hooks_from(h: wit::Hooks) -> HookSet {
+    HookSet {
+        on_request: h.contains(wit::Hooks::ON_REQUEST),
+        on_attempt_end: h.contains(wit::Hooks::ON_ATTEMPT_END),
+        on_response: h.contains(wit::Hooks::ON_RESPONSE),
+        on_done: h.contains(wit::Hooks::ON_DONE),
+    }
+}
+
+impl Plugin {
+    /// Builds the plugin and its first instance, running `configure` once to validate.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn prepare(
+        engine: &Engine,
+        pre: PluginPre<PluginCtx>,
+        services: Arc<Services>,
+        stats: PluginStats,
+        key: u32,
+        digest: String,
+        spec: PluginSpec,
+    ) -> Result<Plugin, PluginError> {
+        let mut plugin = Plugin {
+            name: Arc::from(spec.name.as_str()),
+            key,
+            digest,
+            deadline_ticks: deadline_ticks(spec.limits.deadline),
+            spec,
+            hooks: HookSet::default(),
+            engine: engine.clone(),
+            pre,
+            services,
+            stats,
+            pool: Mutex::new(Vec::new()),
+            failures_hint: AtomicU32::new(0),
+            crash: Mutex::new(CrashState::default()),
+        };
+        let (instance, hooks) = plugin.instantiate().map_err(|e| match e {
+            StartError::Rejected(reason) => PluginError::ConfigRejected {
+                plugin: plugin.spec.name.clone(),
+                reason,
+            },
+            StartError::Failed(failure) => PluginError::Start {
+                plugin: plugin.spec.name.clone(),
+                failure,
+            },
+        })?;
+        plugin.hooks = hooks;
+        plugin.pool.get_mut().push(instance);
+        Ok(plugin)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of its artifact.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The hooks it asked for.
+    pub fn hooks(&self) -> HookSet {
+        self.hooks
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// Its fail strategy.
+    pub fn fail_strategy(&self) -> FailStrategy {
+        self.spec.fail_strategy
+    }
+
+    /// Instances idle in its pool.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.lock().len()
+    }
+
+    fn instantiate(&self) -> Result<(Instance, HookSet), StartError> {
+        let ctx = PluginCtx {
+            plugin: self.name.clone(),
+            key: self.key,
+            services: self.services.clone(),
+            request: RequestHead::default(),
+            response: ResponseHead::default(),
+            memory: MemoryCap {
+                max_bytes: self.spec.limits.memory_bytes,
+                exceeded: false,
+            },
+            wasi: super::wasi::context(&self.name),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, ctx);
+        store.limiter(|ctx| &mut ctx.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let start = Instant::now();
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| StartError::Failed(classify(&e, &store, "instantiate")))?;
+        store.set_epoch_deadline(self.deadline_ticks);
+        let configured = bindings
+            .weft_filter_filter()
+            .call_configure(&mut store, &self.spec.config);
+        self.stats
+            .call(Hook::Configure, start.elapsed().as_secs_f64());
+        self.stats.instances.inc();
+        match configured {
+            Ok(Ok(hooks)) => Ok((Instance { store, bindings }, hooks_from(hooks))),
+            Ok(Err(reason)) => Err(StartError::Rejected(reason)),
+            Err(e) => Err(StartError::Failed(classify(&e, &store, "configure"))),
+        }
+    }
+
+    fn checkout(&self, hook: Hook) -> Result<Instance, Failure> {
+        if let Some(instance) = self.pool.lock().pop() {
+            return Ok(instance);
+        }
+        if let Some(not_before) = self.crash.lock().not_before
+            && Instant::now() < not_before
+        {
+            self.stats.failure(hook, Failure::BackingOff.cause());
+            return Err(Failure::BackingOff);
+        }
+        match self.instantiate() {
+            Ok((instance, _)) => Ok(instance),
+            Err(e) => {
+                let failure = match e {
+                    StartError::Rejected(reason) => Failure::Instantiate(format!(
+                        "configure rejected its configuration: {reason}"
+                    )),
+                    StartError::Failed(f) => f,
+                };
+                self.note_failure(hook, &failure);
+                Err(failure)
+            }
+        }
+    }
+
+    fn note_failure(&self, hook: Hook, failure: &Failure) {
+        self.stats.failure(hook, failure.cause());
+        let mut crash = self.crash.lock();
+        crash.consecutive = crash.consecutive.saturating_add(1);
+        let wait = backoff(crash.consecutive);
+        crash.not_before = (!wait.is_zero()).then(|| Instant::now() + wait);
+        self.failures_hint
+            .store(crash.consecutive, Ordering::Relaxed);
+        tracing::warn!(
+            plugin = %self.name,
+            hook = hook.name(),
+            consecutive = crash.consecutive,
+            backoff_ms = wait.as_millis() as u64,
+            "plugin call failed: {failure}"
+        );
+    }
+
+    fn note_success(&self) {
+        if self.failures_hint.load(Ordering::Relaxed) != 0 {
+            *self.crash.lock() = CrashState::default();
+            self.failures_hint.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one hook call on a pooled instance under the plugin's deadline.
+    fn call<R>(
+        &self,
+        hook: Hook,
+        f: impl FnOnce(&mut Store<PluginCtx>, &Bindings) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let mut instance = self.checkout(hook)?;
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        let start = Instant::now();
+        let result = f(&mut instance.store, &instance.bindings);
+        self.stats.call(hook, start.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => {
+                self.pool.lock().push(instance);
+                self.note_success();
+                Ok(r)
+            }
+            Err(e) => {
+                // A trapped instance cannot be entered again: drop it.
+                let failure = classify(&e, &instance.store, hook.name());
+                drop(instance);
+                self.note_failure(hook, &failure);
+                Err(failure)
+            }
+        }
+    }
+
+    pub(crate) fn on_request(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+    ) -> Result<wit::RequestAction, Failure> {
+        self.call(Hook::OnRequest, |store, b| {
+            // The head is lent by moving it into the store for the call and back after,
+            // trap or not.
+            std::mem::swap(&mut store.data_mut().request, head);
+            let r = b.weft_filter_filter().call_on_request(
+                &mut *store,
+                call_id,
+                Resource::new_borrow(0),
+            );
+            std::mem::swap(&mut store.data_mut().request, head);
+            r
+        })
+    }
+
+    pub(crate) fn on_attempt_end(&self, attempt: &Attempt) -> Result<wit::AttemptAction, Failure> {
+        self.call(Hook::OnAttemptEnd, |store, b| {
+            b.weft_filter_filter().call_on_attempt_end(store, *attempt)
+        })
+    }
+
+    pub(crate) fn on_response(
+        &self,
+        call_id: u64,
+        head: &mut ResponseHead,
+    ) -> Result<wit::ResponseAction, Failure> {
+        self.call(Hook::OnResponse, |store, b| {
+            std::mem::swap(&mut store.data_mut().response, head);
+            let r = b.weft_filter_filter().call_on_response(
+                &mut *store,
+                call_id,
+                Resource::new_borrow(0),
+            );
+            std::mem::swap(&mut store.data_mut().response, head);
+            r
+        })
+    }
+
+    pub(crate) fn on_done(&self, summary: &CallSummary) -> Result<(), Failure> {
+        self.call(Hook::OnDone, |store, b| {
+            b.weft_filter_filter().call_on_done(store, summary)
+        })
+    }
+}
+
+enum StartError {
+    Rejected(String),
+    Failed(Failure),
+}
+
+/// Names why a call failed: the memory cap, the deadline, or another trap.
+fn classify(err: &wasmtime::Error, store: &Store<PluginCtx>, during: &str) -> Failure {
+    if store.data().memory.exceeded {
+        return Failure::Memory;
+    }
+    if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+        return Failure::Deadline;
+    }
+    let mut text = format!("{err:#}");
+    if text.len() > 4096 {
+        let mut cut = 4096;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    if during == "instantiate" {
+        Failure::Instantiate(text)
+    } else {
+        Failure::Trap(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_spares_the_first_failure_then_doubles_to_a_cap() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(10));
+        assert_eq!(backoff(3), Duration::from_millis(20));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,175 @@
+//! The sandboxed plugin runtime: loads `weft:filter` components, checks and compiles them
+//! (with an on-disk compile cache), prepares configured instances, and runs chains of them on
+//! the proxy's hooks under a deadline and a memory cap per call.
+//!
+//! Staged as the best embedders do it: one [`PluginRuntime`] (engine, linker, host services)
+//! per process; one [`Compiled`] per artifact; one [`Plugin`] per configured use, holding a
+//! pool of instances; [`Chain`]s of plugins, swapped atomically through a [`ChainSlot`].
+
+mod artifact;
+mod bindings;
+mod chain;
+mod engine;
+mod error;
+mod health;
+mod host_impl;
+mod instance;
+mod metrics;
+mod state;
+mod types;
+mod wasi;
+
+pub use artifact::{Artifact, Compiled, sha256_hex};
+pub use chain::{Chain, ChainSlot};
+pub use engine::PoolSizes;
+pub use error::{Failure, PluginError};
+pub use health::{EndpointHealth, EndpointState, NoEndpoints};
+pub use instance::{Limits, Plugin, PluginSpec};
+pub use metrics::RuntimeMetrics;
+pub use state::StateLimits;
+pub use types::*;
+
+use host_impl::{PluginCtx, Services};
+use parking_lot::Mutex;
+use prometheus::Registry;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Settings of the runtime as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; none to compile every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Instance pool sizes.
+    pub pool: PoolSizes,
+    /// Shared-state bounds per plugin.
+    pub state: StateLimits,
+    /// Label sets per plugin metric before the overflow series (0: 1,000).
+    pub max_series_per_metric: usize,
+}
+
+/// The plugin runtime of a process.
+pub struct PluginRuntime {
+    engine: Engine,
+    fingerprint: String,
+    linker: Linker<PluginCtx>,
+    services: Arc<Services>,
+    metrics: RuntimeMetrics,
+    cache_dir: Option<PathBuf>,
+    keys: Mutex<HashMap<String, u32>>,
+}
+
+impl PluginRuntime {
+    /// Builds the engine and host services, registering metrics in `registry`.
+    pub fn new(
+        config: RuntimeConfig,
+        registry: &Registry,
+        endpoints: Arc<dyn EndpointHealth>,
+    ) -> Result<Self, PluginError> {
+        let engine = engine::build(config.pool)?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| PluginError::Engine(format!("linking the host: {e:#}"));
+        bindings::Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
+            .map_err(link)?;
+        wasi::add_to_linker(&mut linker).map_err(link)?;
+        let metrics = RuntimeMetrics::register(registry)
+            .map_err(|e| PluginError::Engine(format!("registering metrics: {e}")))?;
+        let max_series = match config.max_series_per_metric {
+            0 => 1_000,
+            n => n,
+        };
+        let services = Arc::new(Services {
+            state: state::SharedState::new(config.state),
+            metrics: metrics::PluginMetrics::new(registry.clone(), metrics.clone(), max_series),
+            endpoints,
+        });
+        Ok(PluginRuntime {
+            fingerprint: engine::fingerprint(&engine),
+            engine,
+            linker,
+            services,
+            metrics,
+            cache_dir: config.cache_dir,
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads an artifact, checks its sha256 when one is expected, and compiles it (or loads
+    /// it from the compile cache).
+    pub fn load(
+        &self,
+        name: &str,
+        artifact: Artifact<'_>,
+        expected_sha256: Option<&str>,
+    ) -> Result<Compiled, PluginError> {
+        let bytes = artifact::read(name, artifact)?;
+        artifact::compile(
+            &self.engine,
+            &self.fingerprint,
+            self.cache_dir.as_deref(),
+            name,
+            &bytes,
+            expected_sha256,
+        )
+    }
+
+    /// Checks the component implements the contract, then configures a first instance; the
+    /// plugin's own words come back if it rejects its configuration.
+    pub fn prepare(
+        &self,
+        compiled: &Compiled,
+        spec: PluginSpec,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        if spec.limits.deadline.is_zero() || spec.limits.memory_bytes == 0 {
+            return Err(PluginError::Settings {
+                plugin: spec.name,
+                reason: "deadline and memory cap must be above zero".into(),
+            });
+        }
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: spec.name.clone(),
+            reason: format!("{e:#}"),
+        };
+        // Only the contract and the sandbox's WASI are linked: a component that imports
+        // anything else (a filesystem, sockets) is refused here, naming the import.
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(wrong_world)?;
+        let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
+        let key = self.key(&spec.name);
+        let stats = self.metrics.for_plugin(&spec.name);
+        let plugin = Plugin::prepare(
+            &self.engine,
+            pre,
+            self.services.clone(),
+            stats,
+            key,
+            compiled.digest.clone(),
+            spec,
+        )?;
+        Ok(Arc::new(plugin))
+    }
+
+    /// Loads and prepares in one step.
+    pub fn plugin(
+        &self,
+        artifact: Artifact<'_>,
+        expected_sha256: Option<&str>,
+        spec: PluginSpec,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let compiled = self.load(&spec.name, artifact, expected_sha256)?;
+        self.prepare(&compiled, spec)
+    }
+
+    /// Interns a plugin name: its shared state and metrics are keyed by it, so a new build
+    /// under the same name keeps them.
+    fn key(&self, name: &str) -> u32 {
+        let mut keys = self.keys.lock();
+        let next = keys.len() as u32 + 1;
+        *keys.entry(name.to_string()).or_insert(next)
+    }
+}

@@ -1,0 +1,620 @@
+//! The plugin runtime against real components built from source: behaviour, the sandbox's
+//! deadline and memory cap, isolation of traps and panics, refusal of bad artifacts, and a
+//! chain swap under a stream of calls.
+
+use http::{HeaderValue, Method, StatusCode};
+use prometheus::Registry;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use weft::plugin::*;
+
+struct Fixture {
+    runtime: PluginRuntime,
+    registry: Registry,
+    chaos: Compiled,
+}
+
+// One runtime and one compile per test binary: compiling is the slow part.
+static FIX: LazyLock<Fixture> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let runtime = PluginRuntime::new(RuntimeConfig::default(), &registry, Arc::new(NoEndpoints))
+        .expect("runtime");
+    let chaos = runtime
+        .load(
+            "chaos",
+            Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+            None,
+        )
+        .expect("chaos compiles");
+    Fixture {
+        runtime,
+        registry,
+        chaos,
+    }
+});
+
+fn chaos(name: &str, config: &str, fail: FailStrategy) -> Arc<Plugin> {
+    let mut spec = PluginSpec::new(name, config);
+    spec.fail_strategy = fail;
+    FIX.runtime
+        .prepare(&FIX.chaos, spec)
+        .expect("chaos prepares")
+}
+
+fn request(path: &str) -> RequestHead {
+    RequestHead {
+        method: Method::GET,
+        path: path.into(),
+        authority: "payments".into(),
+        destination: Destination {
+            service: "payments".into(),
+            subset: Some("v1".into()),
+        },
+        ..RequestHead::default()
+    }
+}
+
+fn misbehaving(mode: &str) -> RequestHead {
+    let mut r = request("/charge");
+    r.headers
+        .insert("x-chaos", HeaderValue::from_str(mode).expect("ascii"));
+    r
+}
+
+fn counter(name: &str, labels: &[(&str, &str)]) -> f64 {
+    FIX.registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// A normal call: the chain must still work exactly as configured.
+fn assert_serves(chain: &Chain, tag: &str) {
+    let mut head = request("/charge");
+    let verdict = chain.on_request(1, &mut head);
+    assert!(matches!(verdict.action, RequestVerdict::Continue));
+    assert!(
+        !verdict.plugin_failed,
+        "a healthy call must not be marked failed"
+    );
+    assert_eq!(
+        head.headers.get("x-chaos-tag").map(|v| v.as_bytes()),
+        Some(tag.as_bytes())
+    );
+}
+
+#[test]
+fn a_well_behaved_plugin_changes_the_request_as_it_says() {
+    let chain = Chain::new(vec![chaos(
+        "good",
+        r#"{"tag":"hello"}"#,
+        FailStrategy::FailOpen,
+    )]);
+    let mut head = request("/charge");
+    head.headers
+        .insert("x-canary", HeaderValue::from_static("1"));
+    head.headers
+        .insert("x-remove-me", HeaderValue::from_static("bye"));
+    // A value that is not UTF-8 must reach the plugin and come back untouched.
+    head.headers.insert(
+        "x-binary",
+        HeaderValue::from_bytes(&[0xff, 0xfe, b'a']).expect("opaque"),
+    );
+
+    let verdict = chain.on_request(7, &mut head);
+    assert!(matches!(verdict.action, RequestVerdict::Continue));
+    assert_eq!(
+        head.headers.get("x-chaos-tag").map(|v| v.as_bytes()),
+        Some(&b"hello"[..])
+    );
+    assert!(head.headers.get("x-remove-me").is_none());
+    assert_eq!(
+        head.headers.get("x-binary").map(|v| v.as_bytes()),
+        Some(&[0xff, 0xfe, b'a'][..])
+    );
+    assert_eq!(
+        head.destination.subset.as_deref(),
+        Some("v2"),
+        "tagged calls go to the canary"
+    );
+
+    let attempt = Attempt {
+        call_id: 7,
+        number: 1,
+        endpoint: 3,
+        outcome: Outcome::Response(503),
+        elapsed_us: 1_000,
+        remaining_ms: 5_000,
+        replayable: true,
+    };
+    assert_eq!(
+        chain.on_attempt_end(&attempt).action,
+        AttemptVerdict::Retry(Duration::from_millis(10))
+    );
+    let ok = Attempt {
+        outcome: Outcome::Response(200),
+        ..attempt
+    };
+    assert_eq!(chain.on_attempt_end(&ok).action, AttemptVerdict::Done);
+
+    let mut resp = ResponseHead {
+        status: StatusCode::OK,
+        ..ResponseHead::default()
+    };
+    assert!(matches!(
+        chain.on_response(7, &mut resp).action,
+        ResponseVerdict::Continue
+    ));
+    assert_eq!(
+        resp.headers.get("x-chaos-status").map(|v| v.as_bytes()),
+        Some(&b"200"[..])
+    );
+
+    let before = counter("chaos_calls_total", &[("code", "201")]);
+    let summary = CallSummary {
+        call_id: 7,
+        status: 201,
+        attempts: 1,
+        duration_us: 1,
+        request_bytes: 0,
+        response_bytes: 0,
+        endpoint: 3,
+        destination: head.destination.clone(),
+        source: String::new(),
+        destination_identity: String::new(),
+        protocol: Protocol::Http1,
+        response_flags: ResponseFlags::empty(),
+    };
+    assert!(!chain.on_done(&summary));
+    assert_eq!(
+        counter("chaos_calls_total", &[("code", "201")]),
+        before + 1.0
+    );
+}
+
+#[test]
+fn a_plugin_can_answer_locally() {
+    let chain = Chain::new(vec![chaos("teapot", "{}", FailStrategy::FailOpen)]);
+    let mut head = request("/teapot");
+    match chain.on_request(1, &mut head).action {
+        RequestVerdict::Respond(reply) => {
+            assert_eq!(reply.status, StatusCode::IM_A_TEAPOT);
+            assert_eq!(&reply.body[..], b"short and stout");
+        }
+        other => panic!("expected a local reply, got {other:?}"),
+    }
+}
+
+fn assert_isolated(mode: &str, cause: &str) {
+    let name = format!("isolated-{mode}");
+    let mut spec = PluginSpec::new(name.as_str(), r#"{"tag":"ok"}"#);
+    if mode != "loop" {
+        // Only the loop should meet the deadline, even on a loaded machine.
+        spec.limits.deadline = Duration::from_secs(2);
+    }
+    let chain = Chain::new(vec![
+        FIX.runtime.prepare(&FIX.chaos, spec).expect("prepares"),
+    ]);
+    let before = counter(
+        "weft_plugin_failures_total",
+        &[("plugin", &name), ("cause", cause)],
+    );
+    for _ in 0..2 {
+        let mut head = misbehaving(mode);
+        let verdict = chain.on_request(1, &mut head);
+        assert!(
+            matches!(verdict.action, RequestVerdict::Continue),
+            "fail-open skips the plugin"
+        );
+        assert!(verdict.plugin_failed);
+        assert!(
+            head.headers.get("x-chaos").is_some(),
+            "the request head survives the trap"
+        );
+        assert_serves(&chain, "ok");
+    }
+    let after = counter(
+        "weft_plugin_failures_total",
+        &[("plugin", &name), ("cause", cause)],
+    );
+    assert_eq!(after - before, 2.0, "each {mode} counted as {cause}");
+}
+
+#[test]
+fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
+    assert_isolated("loop", "deadline");
+}
+
+#[test]
+fn a_plugin_that_allocates_without_end_is_stopped_at_its_cap() {
+    assert_isolated("alloc", "memory");
+}
+
+#[test]
+fn a_plugin_that_traps_is_isolated() {
+    assert_isolated("trap", "trap");
+}
+
+#[test]
+fn a_plugin_that_panics_is_isolated() {
+    assert_isolated("panic", "trap");
+}
+
+#[test]
+fn a_panicking_plugin_on_a_tokio_worker_does_not_take_the_worker_down() {
+    // A panic prints to stderr through WASI; wasmtime-wasi's own blocking stdio would call
+    // `block_on` on the worker and panic the host. Weft's must not.
+    let chain = Arc::new(Chain::new(vec![chaos(
+        "tokio-panic",
+        r#"{"tag":"ok"}"#,
+        FailStrategy::FailOpen,
+    )]));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let served = rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut head = misbehaving("panic");
+            let failed = chain.on_request(1, &mut head).plugin_failed;
+            let mut head = request("/");
+            chain.on_request(2, &mut head);
+            failed && head.headers.contains_key("x-chaos-tag")
+        })
+        .await
+    });
+    assert!(
+        matches!(served, Ok(true)),
+        "worker survived and served: {served:?}"
+    );
+}
+
+#[test]
+fn a_fail_closed_plugin_fails_the_call_with_503() {
+    let chain = Chain::new(vec![chaos("closed", "{}", FailStrategy::FailClosed)]);
+    let mut head = misbehaving("trap");
+    let verdict = chain.on_request(1, &mut head);
+    match verdict.action {
+        RequestVerdict::Respond(reply) => {
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                String::from_utf8_lossy(&reply.body).contains("\"closed\""),
+                "names the plugin"
+            );
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert!(verdict.plugin_failed);
+}
+
+#[test]
+fn a_plugin_that_keeps_crashing_is_reinstantiated_with_backoff() {
+    let name = "crash-loop";
+    let chain = Chain::new(vec![chaos(name, "{}", FailStrategy::FailOpen)]);
+    let created = || counter("weft_plugin_instances_created_total", &[("plugin", name)]);
+    let before = created();
+    for _ in 0..200 {
+        let mut head = misbehaving("trap");
+        assert!(chain.on_request(1, &mut head).plugin_failed);
+    }
+    let made = created() - before;
+    assert!(
+        made < 20.0,
+        "200 crashing calls made {made} instances; back-off must hold them off"
+    );
+    assert!(
+        counter(
+            "weft_plugin_failures_total",
+            &[("plugin", name), ("cause", "backing_off")]
+        ) > 0.0
+    );
+}
+
+#[test]
+fn a_rejected_configuration_names_the_plugin_and_the_reason() {
+    let err = FIX
+        .runtime
+        .prepare(&FIX.chaos, PluginSpec::new("picky", r#"{"reject":true}"#))
+        .err()
+        .expect("rejected");
+    let text = err.to_string();
+    assert!(matches!(err, PluginError::ConfigRejected { .. }), "{text}");
+    assert!(
+        text.contains("\"picky\"") && text.contains("rejected on purpose"),
+        "{text}"
+    );
+
+    let err = FIX
+        .runtime
+        .prepare(&FIX.chaos, PluginSpec::new("typo", r#"{"tagg":"x"}"#))
+        .err()
+        .expect("unknown field rejected");
+    assert!(err.to_string().contains("unknown field `tagg`"), "{err}");
+}
+
+#[test]
+fn a_plugin_that_traps_in_configure_is_refused() {
+    let err = FIX
+        .runtime
+        .prepare(
+            &FIX.chaos,
+            PluginSpec::new("bad-start", r#"{"configure":"trap"}"#),
+        )
+        .err()
+        .expect("refused");
+    assert!(matches!(err, PluginError::Start { .. }), "{err}");
+    assert!(err.to_string().contains("\"bad-start\""), "{err}");
+    let err = FIX
+        .runtime
+        .prepare(
+            &FIX.chaos,
+            PluginSpec::new("slow-start", r#"{"configure":"loop"}"#),
+        )
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("deadline"), "{err}");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused() {
+    let err = FIX
+        .runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::NOT_A_FILTER_PATH)),
+            None,
+            PluginSpec::new("greeter", "{}"),
+        )
+        .err()
+        .expect("refused");
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("weft:filter@0.1.0"), "{err}");
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_refused() {
+    let core_module = b"\0asm\x01\0\0\0";
+    let err = FIX
+        .runtime
+        .load("core", Artifact::Bytes(core_module), None)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("core Wasm module"), "{err}");
+    let err = FIX
+        .runtime
+        .load("junk", Artifact::Bytes(b"hello"), None)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
+    let err = FIX
+        .runtime
+        .load(
+            "missing",
+            Artifact::File(Path::new("/nonexistent/plugin.wasm")),
+            None,
+        )
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("/nonexistent/plugin.wasm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_sha256_is_verified() {
+    let bytes = std::fs::read(weft_artifacts::CHAOS_PATH).expect("built");
+    let digest = sha256_hex(&bytes);
+    let wrong = "0".repeat(64);
+    let err = FIX
+        .runtime
+        .load("chaos", Artifact::Bytes(&bytes), Some(&wrong))
+        .err()
+        .expect("mismatch");
+    let text = err.to_string();
+    assert!(matches!(err, PluginError::DigestMismatch { .. }), "{text}");
+    assert!(
+        text.contains(&wrong) && text.contains(&digest),
+        "names both digests: {text}"
+    );
+    let ok = FIX
+        .runtime
+        .load(
+            "chaos",
+            Artifact::Bytes(&bytes),
+            Some(&format!("sha256:{}", digest.to_uppercase())),
+        )
+        .expect("matching digest");
+    assert_eq!(ok.digest, digest);
+}
+
+#[test]
+fn the_compile_cache_survives_a_restart_and_shrugs_off_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = |registry: &Registry| {
+        let config = RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..RuntimeConfig::default()
+        };
+        PluginRuntime::new(config, registry, Arc::new(NoEndpoints)).expect("runtime")
+    };
+    let path = Path::new(weft_artifacts::CHAOS_PATH);
+    let first = runtime(&Registry::new())
+        .load("c", Artifact::File(path), None)
+        .expect("compiles");
+    assert!(!first.from_cache);
+    // A new runtime (a restarted proxy) finds the compiled code.
+    let restarted = runtime(&Registry::new());
+    let second = restarted
+        .load("c", Artifact::File(path), None)
+        .expect("loads");
+    assert!(second.from_cache);
+    let plugin = restarted
+        .prepare(&second, PluginSpec::new("cached", r#"{"tag":"c"}"#))
+        .expect("runs");
+    assert_serves(&Chain::new(vec![plugin]), "c");
+    // A corrupted entry is detected and recompiled, never run.
+    for entry in std::fs::read_dir(dir.path()).expect("cache dir") {
+        let p = entry.expect("entry").path();
+        let mut data = std::fs::read(&p).expect("read");
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        std::fs::write(&p, data).expect("write");
+    }
+    let third = runtime(&Registry::new())
+        .load("c", Artifact::File(path), None)
+        .expect("recompiles");
+    assert!(!third.from_cache);
+}
+
+#[test]
+fn a_chain_swap_during_a_stream_of_calls_loses_none() {
+    let slot = Arc::new(ChainSlot::new(Chain::new(vec![chaos(
+        "swap",
+        r#"{"tag":"old"}"#,
+        FailStrategy::FailOpen,
+    )])));
+    let swapped = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (slot, swapped, served) = (slot.clone(), swapped.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut new_after_swap = 0;
+                for i in 0..3_000u64 {
+                    let saw_swap = swapped.load(Ordering::SeqCst);
+                    let chain = slot.current();
+                    let mut head = request("/charge");
+                    let verdict = chain.on_request(i, &mut head);
+                    assert!(
+                        matches!(verdict.action, RequestVerdict::Continue)
+                            && !verdict.plugin_failed
+                    );
+                    let tag = head
+                        .headers
+                        .get("x-chaos-tag")
+                        .map(|v| v.as_bytes().to_vec());
+                    match tag.as_deref() {
+                        Some(b"old") => {
+                            assert!(!saw_swap, "a call started after the swap ran the old chain")
+                        }
+                        Some(b"new") => new_after_swap += 1,
+                        other => panic!("call {i} lost: tag {other:?}"),
+                    }
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                new_after_swap
+            })
+        })
+        .collect();
+    while served.load(Ordering::SeqCst) < 3_000 {
+        std::thread::yield_now();
+    }
+    let new_chain = Chain::new(vec![chaos(
+        "swap",
+        r#"{"tag":"new"}"#,
+        FailStrategy::FailOpen,
+    )]);
+    slot.replace(new_chain);
+    swapped.store(true, Ordering::SeqCst);
+    let new_calls: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    assert_eq!(served.load(Ordering::SeqCst), 9_000, "every call served");
+    assert!(new_calls > 0, "calls after the swap ran the new chain");
+}
+
+#[test]
+fn the_built_in_policies_run_the_seed_scenario() {
+    let load = |name: &str, bytes: &[u8], config: &str| {
+        FIX.runtime
+            .plugin(Artifact::Bytes(bytes), None, PluginSpec::new(name, config))
+            .expect(name)
+    };
+    let chain = Chain::new(vec![
+        load(
+            "seed-canary",
+            weft_artifacts::CANARY,
+            r#"{"route":[{"destination":{"host":"payments","subset":"v1"},"weight":95},
+                         {"destination":{"host":"payments","subset":"v2"},"weight":5}]}"#,
+        ),
+        load(
+            "seed-retry",
+            weft_artifacts::RETRY,
+            r#"{"attempts":3,"perTryTimeout":"2s","retryOn":"5xx,reset"}"#,
+        ),
+        load(
+            "seed-outlier",
+            weft_artifacts::OUTLIER,
+            r#"{"consecutive5xxErrors":5,"baseEjectionTime":"30s"}"#,
+        ),
+        load("seed-telemetry", weft_artifacts::TELEMETRY, "{}"),
+    ]);
+    let mut v2 = 0;
+    for i in 0..2_000 {
+        let mut head = request("/charge");
+        head.destination.subset = None;
+        chain.on_request(i, &mut head);
+        assert_eq!(head.per_try_timeout, Some(Duration::from_secs(2)));
+        if head.destination.subset.as_deref() == Some("v2") {
+            v2 += 1;
+        }
+    }
+    // 5% of 2,000 = 100, sd ~9.7: 5 sigma either side.
+    assert!((51..=149).contains(&v2), "v2 got {v2} of 2000");
+    let failed = Attempt {
+        call_id: 1,
+        number: 1,
+        endpoint: 9,
+        outcome: Outcome::Response(503),
+        elapsed_us: 10,
+        remaining_ms: 5_000,
+        replayable: true,
+    };
+    assert!(
+        matches!(chain.on_attempt_end(&failed).action, AttemptVerdict::Retry(d) if d <= Duration::from_millis(250))
+    );
+    assert_eq!(
+        chain
+            .on_attempt_end(&Attempt {
+                number: 4,
+                ..failed
+            })
+            .action,
+        AttemptVerdict::Done
+    );
+    let summary = CallSummary {
+        call_id: 1,
+        status: 200,
+        attempts: 1,
+        duration_us: 2_500,
+        request_bytes: 10,
+        response_bytes: 20,
+        endpoint: 9,
+        destination: Destination {
+            service: "payments".into(),
+            subset: Some("v2".into()),
+        },
+        source: "spiffe://weft.local/ns/default/sa/orders".into(),
+        destination_identity: String::new(),
+        protocol: Protocol::Http1,
+        response_flags: ResponseFlags::empty(),
+    };
+    chain.on_done(&summary);
+    let labels = [
+        ("source_workload", "orders"),
+        ("destination_service", "payments"),
+        ("destination_version", "v2"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(counter("istio_requests_total", &labels), 1.0);
+}
