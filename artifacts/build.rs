@@ -37,6 +37,7 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         "tests/guests/two-headers",
         false,
     ),
+    ("TENANT_GATE", "tenant-gate", "examples/tenant-gate", false),
 ];
 
 fn main() {
@@ -47,6 +48,7 @@ fn main() {
         .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
+    println!("cargo:rerun-if-changed=build.rs");
     for dir in ["wit", "sdk", "Cargo.lock", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -3,7 +3,9 @@
 //!
 //! Modules are the architecture's boxes (see `docs/architecture.md`):
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
+//! - [`endpoints`]: upstream endpoints, their labels and ejection state.
 
 #![deny(unsafe_code)]
 
+pub mod endpoints;
 pub mod plugin;

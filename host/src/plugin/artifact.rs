@@ -17,13 +17,17 @@ pub enum Artifact<'a> {
     File(&'a Path),
 }
 
+/// Components compiled in this process, by digest: an artifact compiles once however many
+/// plugins and chains use it.
+pub(crate) type MemoryCache = parking_lot::Mutex<std::collections::HashMap<String, Component>>;
+
 /// A compiled component and how it was obtained.
 #[derive(Clone)]
 pub struct Compiled {
     pub(crate) component: Component,
     /// Lower-case hex sha256 of the artifact's bytes.
     pub digest: String,
-    /// Whether the compiled code came from the disk cache.
+    /// Whether the compiled code came from a cache (this process's, or the disk's).
     pub from_cache: bool,
     /// Time to compile or to load from the cache.
     pub took: Duration,
@@ -50,11 +54,13 @@ pub(crate) fn read(plugin: &str, artifact: Artifact<'_>) -> Result<Vec<u8>, Plug
     }
 }
 
-/// Checks the digest and compiles (or loads from `cache_dir`).
+/// Checks the digest and compiles (or takes the component from `memory`, or loads it from
+/// `cache_dir`).
 pub(crate) fn compile(
     engine: &Engine,
     fingerprint: &str,
     cache_dir: Option<&Path>,
+    memory: &MemoryCache,
     plugin: &str,
     bytes: &[u8],
     expected_sha256: Option<&str>,
@@ -81,10 +87,19 @@ pub(crate) fn compile(
             },
         });
     }
+    if let Some(component) = memory.lock().get(&digest).cloned() {
+        return Ok(Compiled {
+            component,
+            digest,
+            from_cache: true,
+            took: start.elapsed(),
+        });
+    }
     let cache_file = cache_dir.map(|d| d.join(format!("{digest}-{fingerprint}.cwasm")));
     if let Some(path) = &cache_file
         && let Some(component) = load_cached(engine, path)
     {
+        memory.lock().insert(digest.clone(), component.clone());
         return Ok(Compiled {
             component,
             digest,
@@ -99,6 +114,7 @@ pub(crate) fn compile(
     if let Some(path) = &cache_file {
         store_cached(&component, path);
     }
+    memory.lock().insert(digest.clone(), component.clone());
     Ok(Compiled {
         component,
         digest,

@@ -59,6 +59,7 @@ pub struct PluginRuntime {
     services: Arc<Services>,
     metrics: RuntimeMetrics,
     cache_dir: Option<PathBuf>,
+    compiled: artifact::MemoryCache,
     keys: Mutex<HashMap<String, u32>>,
 }
 
@@ -93,6 +94,7 @@ impl PluginRuntime {
             services,
             metrics,
             cache_dir: config.cache_dir,
+            compiled: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
         })
     }
@@ -110,6 +112,7 @@ impl PluginRuntime {
             &self.engine,
             &self.fingerprint,
             self.cache_dir.as_deref(),
+            &self.compiled,
             name,
             &bytes,
             expected_sha256,
