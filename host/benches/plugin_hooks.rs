@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use weft::plugin::*;
 
-const CANARY: &str = r#"{"route":[{"destination":{"host":"payments","subset":"v1"},"weight":95},
+const CANARY: &str = r#"{"host":"payments","route":[{"destination":{"host":"payments","subset":"v1"},"weight":95},
                                    {"destination":{"host":"payments","subset":"v2"},"weight":5}]}"#;
 const RETRY: &str = r#"{"attempts":3,"perTryTimeout":"2s","retryOn":"5xx,reset"}"#;
 const OUTLIER: &str = r#"{"consecutive5xxErrors":5,"baseEjectionTime":"30s"}"#;
@@ -75,7 +75,7 @@ fn attempt(outcome: Outcome) -> Attempt {
     }
 }
 
-fn summary() -> CallSummary {
+fn summary(rt: &PluginRuntime) -> CallSummary {
     CallSummary {
         call_id: 1,
         status: 200,
@@ -84,12 +84,10 @@ fn summary() -> CallSummary {
         request_bytes: 187,
         response_bytes: 512,
         endpoint: 7,
-        destination: Destination {
-            service: "payments".into(),
-            subset: Some("v1".into()),
-        },
-        source: "spiffe://weft.local/ns/default/sa/orders".into(),
-        destination_identity: "spiffe://weft.local/ns/default/sa/payments".into(),
+        service: rt.intern("payments"),
+        subset: rt.intern("v1"),
+        source: rt.intern("spiffe://weft.local/ns/default/sa/orders"),
+        destination_identity: rt.intern("spiffe://weft.local/ns/default/sa/payments"),
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     }
@@ -138,7 +136,7 @@ fn hooks(c: &mut Criterion) {
     g.bench_function("on-response/set-header", |b| {
         b.iter(|| black_box(editor.on_response(1, &mut resp)))
     });
-    let done = summary();
+    let done = summary(&rt);
     g.bench_function("on-done/telemetry", |b| {
         b.iter(|| black_box(telemetry.on_done(black_box(&done))))
     });
@@ -156,7 +154,7 @@ fn chain(c: &mut Criterion) {
     let empty = Chain::empty();
     let mut head = request();
     let ok = attempt(Outcome::Response(200));
-    let done = summary();
+    let done = summary(&rt);
     let mut g = c.benchmark_group("chain");
     // One request's worth of hooks: on-request, one attempt, on-done.
     g.bench_function("4-plugins/per-request", |b| {

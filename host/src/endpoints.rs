@@ -3,7 +3,9 @@
 
 use crate::plugin::{EndpointHealth, EndpointState};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 /// One upstream endpoint.
@@ -17,6 +19,8 @@ pub struct Endpoint {
     pub address: String,
     /// Its labels (`version: v1`).
     pub labels: BTreeMap<String, String>,
+    /// Requests in flight to it, for least-outstanding load balancing.
+    pub outstanding: Arc<AtomicU32>,
     ejected_until: Option<Instant>,
 }
 
@@ -51,7 +55,10 @@ impl EndpointTable {
     pub fn upsert(&self, service: &str, address: &str, labels: BTreeMap<String, String>) -> u64 {
         let id = endpoint_id(service, address);
         let mut endpoints = self.endpoints.write();
-        let ejected_until = endpoints.get(&id).and_then(|e| e.ejected_until);
+        let (ejected_until, outstanding) = match endpoints.get(&id) {
+            Some(e) => (e.ejected_until, e.outstanding.clone()),
+            None => (None, Arc::new(AtomicU32::new(0))),
+        };
         endpoints.insert(
             id,
             Endpoint {
@@ -59,10 +66,16 @@ impl EndpointTable {
                 service: service.to_string(),
                 address: address.to_string(),
                 labels,
+                outstanding,
                 ejected_until,
             },
         );
         id
+    }
+
+    /// Drops every endpoint whose id is not in `keep`.
+    pub fn retain(&self, keep: &HashSet<u64>) {
+        self.endpoints.write().retain(|id, _| keep.contains(id));
     }
 
     /// The endpoints of `service` whose labels match `selector`, ejected ones included.

@@ -174,9 +174,10 @@ fn a_well_behaved_plugin_changes_the_request_as_it_says() {
         request_bytes: 0,
         response_bytes: 0,
         endpoint: 3,
-        destination: head.destination.clone(),
-        source: String::new(),
-        destination_identity: String::new(),
+        service: FIX.runtime.intern("payments"),
+        subset: FIX.runtime.intern("v2"),
+        source: 0,
+        destination_identity: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     };
@@ -549,7 +550,7 @@ fn the_built_in_policies_run_the_seed_scenario() {
         load(
             "seed-canary",
             weft_artifacts::CANARY,
-            r#"{"route":[{"destination":{"host":"payments","subset":"v1"},"weight":95},
+            r#"{"host":"payments","route":[{"destination":{"host":"payments","subset":"v1"},"weight":95},
                          {"destination":{"host":"payments","subset":"v2"},"weight":5}]}"#,
         ),
         load(
@@ -605,12 +606,12 @@ fn the_built_in_policies_run_the_seed_scenario() {
         request_bytes: 10,
         response_bytes: 20,
         endpoint: 9,
-        destination: Destination {
-            service: "payments".into(),
-            subset: Some("v2".into()),
-        },
-        source: "spiffe://weft.local/ns/default/sa/orders".into(),
-        destination_identity: String::new(),
+        service: FIX.runtime.intern("payments"),
+        subset: FIX.runtime.intern("v2"),
+        source: FIX
+            .runtime
+            .intern("spiffe://weft.local/ns/default/sa/orders"),
+        destination_identity: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     };
@@ -651,4 +652,51 @@ fn the_sdk_readme_example_runs_in_the_real_runtime() {
         RequestVerdict::Respond(reply) => assert_eq!(reply.status, StatusCode::FORBIDDEN),
         other => panic!("expected 403, got {other:?}"),
     }
+}
+
+#[test]
+fn the_outlier_plugin_ejects_through_the_hosts_endpoint_table() {
+    use std::collections::BTreeMap;
+    use weft::endpoints::EndpointTable;
+    let table = Arc::new(EndpointTable::new());
+    let labels = BTreeMap::from([("version".to_string(), "v1".to_string())]);
+    let bad = table.upsert("payments", "10.0.0.9:80", labels.clone());
+    table.upsert("payments", "10.0.0.8:80", labels);
+    let runtime = PluginRuntime::new(RuntimeConfig::default(), &Registry::new(), table.clone())
+        .expect("runtime");
+    let outlier = runtime
+        .plugin(
+            Artifact::Bytes(weft_artifacts::OUTLIER),
+            None,
+            PluginSpec::new(
+                "outlier",
+                r#"{"consecutive5xxErrors":5,"baseEjectionTime":"30s"}"#,
+            ),
+        )
+        .expect("loads");
+    let chain = Chain::new(vec![outlier]);
+    let attempt = |outcome| Attempt {
+        call_id: 1,
+        number: 1,
+        endpoint: bad,
+        outcome,
+        elapsed_us: 10,
+        remaining_ms: 1_000,
+        replayable: true,
+    };
+    let ejected = || {
+        table
+            .get(bad)
+            .is_some_and(|e| e.is_ejected(std::time::Instant::now()))
+    };
+    for _ in 0..4 {
+        chain.on_attempt_end(&attempt(Outcome::Response(503)));
+    }
+    chain.on_attempt_end(&attempt(Outcome::Response(200)));
+    for _ in 0..4 {
+        chain.on_attempt_end(&attempt(Outcome::ConnectFailure));
+    }
+    assert!(!ejected(), "a success in between ends the run");
+    chain.on_attempt_end(&attempt(Outcome::Timeout));
+    assert!(ejected(), "the fifth error in a row ejects");
 }

@@ -8,7 +8,37 @@ use crate::testing::host_imp as imp;
 #[cfg(target_arch = "wasm32")]
 use crate::wasm::host_imp as imp;
 
-use crate::Level;
+use crate::{Level, Name};
+use std::rc::Rc;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<std::collections::HashMap<u32, Rc<str>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Forgets resolved names (the test double's `reset` starts numbering again).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn forget_names() {
+    NAMES.with(|n| n.borrow_mut().clear());
+}
+
+/// The text of an interned name; looked up from the host once per id, then cached.
+pub fn name(id: Name) -> Rc<str> {
+    if id.is_none() {
+        return Rc::from("");
+    }
+    NAMES.with(|names| {
+        if let Some(n) = names.borrow().get(&id.0) {
+            return n.clone();
+        }
+        let text: Rc<str> = Rc::from(imp::name(id.0));
+        // Unknown ids resolve to "" and are not cached, in case the host learns them later.
+        if !text.is_empty() {
+            names.borrow_mut().insert(id.0, text.clone());
+        }
+        text
+    })
+}
 
 /// Writes a log line through the host's `tracing`, tagged with the plugin's name.
 pub fn log(level: Level, message: &str) {
@@ -25,9 +55,42 @@ pub fn now_ms() -> u64 {
     imp::now_ms()
 }
 
-/// A uniformly random 64-bit number.
+/// A uniformly random 64-bit number (not for secrets).
+///
+/// On Wasm the numbers come from a generator in the plugin seeded once per instance from the
+/// host, so drawing one costs no host call.
 pub fn random_u64() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        local_random()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        imp::random_u64()
+    }
+}
+
+/// The host's own random number: one host call each.
+pub fn host_random_u64() -> u64 {
     imp::random_u64()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn local_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        if s.get() == 0 {
+            s.set(imp::random_u64() | 1);
+        }
+        // wyrand: one multiply, passes BigCrush, plenty for weighted choices and jitter.
+        let next = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(next);
+        let t = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) ^ t) as u64
+    })
 }
 
 /// A uniformly random number in `0..bound` (`bound` > 0), without modulo bias.
@@ -126,6 +189,18 @@ pub mod state {
     /// Removes a key.
     pub fn delete(key: &str) {
         imp::state_delete(key)
+    }
+
+    /// Atomically adds to a numeric-keyed counter and returns the new value; no strings cross,
+    /// so this is the cheap path for per-endpoint counts. A `ttl_ms` above 0 expires a counter
+    /// this call creates that long after.
+    pub fn counter_add(key: u64, delta: i64, ttl_ms: u32) -> i64 {
+        imp::counter_add(key, delta, ttl_ms)
+    }
+
+    /// Resets a numeric-keyed counter to 0.
+    pub fn counter_reset(key: u64) {
+        imp::counter_reset(key)
     }
 
     /// Decodes a counter value (little-endian i64); anything else reads as 0.

@@ -3,26 +3,18 @@
 #[cfg(not(target_arch = "wasm32"))]
 use crate::testing::{TestRequest as RequestInner, TestResponse as ResponseInner};
 #[cfg(target_arch = "wasm32")]
-use crate::wasm::bindings::weft::filter::types::{
-    Request as RequestInner, Response as ResponseInner,
-};
+use crate::wasm::{RequestInner, ResponseInner};
 
 use crate::Destination;
 use std::time::Duration;
 
 /// The caller's request head, lent to [`crate::Filter::on_request`].
 pub struct Request<'a> {
-    #[cfg(target_arch = "wasm32")]
-    inner: &'a RequestInner,
-    #[cfg(not(target_arch = "wasm32"))]
     inner: &'a mut RequestInner,
 }
 
 /// The response head, lent to [`crate::Filter::on_response`].
 pub struct Response<'a> {
-    #[cfg(target_arch = "wasm32")]
-    inner: &'a ResponseInner,
-    #[cfg(not(target_arch = "wasm32"))]
     inner: &'a mut ResponseInner,
 }
 
@@ -31,12 +23,6 @@ fn millis(d: Duration) -> u32 {
 }
 
 impl<'a> Request<'a> {
-    #[cfg(target_arch = "wasm32")]
-    pub(crate) fn new(inner: &'a RequestInner) -> Self {
-        Request { inner }
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn new(inner: &'a mut RequestInner) -> Self {
         Request { inner }
     }
@@ -98,30 +84,17 @@ impl<'a> Request<'a> {
 
     /// Where the call goes now.
     pub fn destination(&self) -> Destination {
-        #[cfg(target_arch = "wasm32")]
-        {
-            crate::wasm::destination_from(self.inner.destination())
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            self.inner.destination()
-        }
+        self.inner.destination()
     }
 
     /// Sends the call to another service or subset.
     pub fn set_destination(&mut self, dest: Destination) {
-        #[cfg(target_arch = "wasm32")]
-        self.inner
-            .set_destination(&crate::wasm::destination_into(dest));
-        #[cfg(not(target_arch = "wasm32"))]
         self.inner.set_destination(dest);
     }
 
     /// Sends the call to a subset of its current service.
     pub fn set_subset(&mut self, subset: &str) {
-        let mut dest = self.destination();
-        dest.subset = Some(subset.to_string());
-        self.set_destination(dest);
+        self.inner.set_subset(Some(subset));
     }
 
     /// Bounds each upstream attempt (zero removes the bound).
@@ -136,12 +109,6 @@ impl<'a> Request<'a> {
 }
 
 impl<'a> Response<'a> {
-    #[cfg(target_arch = "wasm32")]
-    pub(crate) fn new(inner: &'a ResponseInner) -> Self {
-        Response { inner }
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn new(inner: &'a mut ResponseInner) -> Self {
         Response { inner }
     }

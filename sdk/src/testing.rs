@@ -43,6 +43,7 @@ struct Endpoint {
 }
 
 struct TestHost {
+    names: Vec<String>,
     now_ms: u64,
     rng: u64,
     logs: Vec<(Level, String)>,
@@ -57,6 +58,7 @@ struct TestHost {
 impl Default for TestHost {
     fn default() -> Self {
         TestHost {
+            names: Vec::new(),
             now_ms: 1_700_000_000_000,
             rng: 0x9E37_79B9_7F4A_7C15,
             logs: Vec::new(),
@@ -83,6 +85,24 @@ fn with<R>(f: impl FnOnce(&mut TestHost) -> R) -> R {
 /// Resets this thread's host to a fresh one.
 pub fn reset() {
     with(|h| *h = TestHost::default());
+    crate::host::forget_names();
+}
+
+/// Interns a name as the host would, for building a [`crate::CallSummary`].
+pub fn intern(name: &str) -> crate::Name {
+    if name.is_empty() {
+        return crate::Name::NONE;
+    }
+    with(|h| {
+        let id = match h.names.iter().position(|n| n == name) {
+            Some(i) => i + 1,
+            None => {
+                h.names.push(name.to_string());
+                h.names.len()
+            }
+        };
+        crate::Name(id as u32)
+    })
 }
 
 /// Sets the wall clock.
@@ -168,6 +188,15 @@ pub fn state_value(key: &str) -> Option<Vec<u8>> {
 
 pub(crate) mod host_imp {
     use super::*;
+
+    pub fn name(id: u32) -> String {
+        with(|h| {
+            (id as usize)
+                .checked_sub(1)
+                .and_then(|i| h.names.get(i).cloned())
+                .unwrap_or_default()
+        })
+    }
 
     pub fn log(level: Level, message: &str) {
         with(|h| h.logs.push((level, message.to_string())));
@@ -343,6 +372,16 @@ pub(crate) mod host_imp {
         })
     }
 
+    pub fn counter_add(key: u64, delta: i64, ttl_ms: u32) -> i64 {
+        // Numeric counters live beside string keys, under a prefix no plugin key can collide
+        // with (the host keeps them apart the same way).
+        state_add(&format!("\u{0}counter/{key}"), delta, ttl_ms).unwrap_or(delta)
+    }
+
+    pub fn counter_reset(key: u64) {
+        state_delete(&format!("\u{0}counter/{key}"))
+    }
+
     pub fn state_delete(key: &str) {
         with(|h| {
             h.state.remove(key);
@@ -473,6 +512,9 @@ impl TestRequest {
     }
     pub(crate) fn set_destination(&mut self, dest: Destination) {
         self.destination = dest;
+    }
+    pub(crate) fn set_subset(&mut self, subset: Option<&str>) {
+        self.destination.subset = subset.map(str::to_string);
     }
     pub(crate) fn set_per_try_timeout_ms(&mut self, ms: u32) {
         self.per_try_timeout_ms = Some(ms);

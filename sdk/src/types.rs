@@ -255,6 +255,26 @@ impl BitOr for ResponseFlags {
     }
 }
 
+/// A name the host interned (a service, a subset, an identity). Hooks carry these ids rather
+/// than strings; [`Name::resolve`] gives the text, cached in the plugin after the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Name(pub u32);
+
+impl Name {
+    /// No name.
+    pub const NONE: Name = Name(0);
+
+    /// Whether this is no name.
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The text of the name (empty for none).
+    pub fn resolve(self) -> std::rc::Rc<str> {
+        crate::host::name(self)
+    }
+}
+
 /// A finished call.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallSummary {
@@ -272,12 +292,14 @@ pub struct CallSummary {
     pub response_bytes: u64,
     /// Endpoint of the last attempt, or 0.
     pub endpoint: u64,
-    /// Where the call went.
-    pub destination: Destination,
-    /// Caller identity, or empty.
-    pub source: String,
-    /// Upstream identity, or empty.
-    pub destination_identity: String,
+    /// The service the call went to.
+    pub service: Name,
+    /// The subset it went to, or none.
+    pub subset: Name,
+    /// Caller identity (SPIFFE ID), or none.
+    pub source: Name,
+    /// Upstream identity, or none.
+    pub destination_identity: Name,
     /// Caller protocol.
     pub protocol: Protocol,
     /// Response flags.

@@ -3,7 +3,7 @@
 
 use crate::filter::{Filter, build};
 use crate::{
-    Attempt, AttemptAction, CallSummary, Destination, Hooks, Level, LocalResponse, Outcome,
+    Attempt, AttemptAction, CallSummary, Destination, Hooks, Level, LocalResponse, Name, Outcome,
     Protocol, Request, RequestAction, Response, ResponseAction, ResponseFlags,
 };
 use std::cell::RefCell;
@@ -27,7 +27,9 @@ pub use bindings::__export_plugin;
 pub use wit_bindgen::rt as __wit_bindgen_rt;
 
 use bindings::exports::weft::filter::filter as exports;
-use bindings::weft::filter::{host as wit_host, types as wit};
+use bindings::weft::filter::{
+    host as wit_host, request as wit_request, response as wit_response, types as wit,
+};
 
 thread_local! {
     // The configured filter of this instance. Wasm instances are single-threaded, so a
@@ -57,13 +59,12 @@ impl<F: Filter> exports::Guest for Adapter<F> {
         Ok(hooks)
     }
 
-    fn on_request(call_id: u64, req: &wit::Request) -> wit::RequestAction {
+    fn on_request(call_id: u64) {
         let action = with_filter::<F, _>(RequestAction::Continue, |f| {
-            f.on_request(call_id, &mut Request::new(req))
+            f.on_request(call_id, &mut Request::new(&mut RequestInner))
         });
-        match action {
-            RequestAction::Continue => wit::RequestAction::Continue,
-            RequestAction::Respond(r) => wit::RequestAction::Respond(local_into(r)),
+        if let RequestAction::Respond(r) = action {
+            wit_request::respond(&local_into(r));
         }
     }
 
@@ -75,13 +76,12 @@ impl<F: Filter> exports::Guest for Adapter<F> {
         }
     }
 
-    fn on_response(call_id: u64, resp: &wit::Response) -> wit::ResponseAction {
+    fn on_response(call_id: u64) {
         let action = with_filter::<F, _>(ResponseAction::Continue, |f| {
-            f.on_response(call_id, &mut Response::new(resp))
+            f.on_response(call_id, &mut Response::new(&mut ResponseInner))
         });
-        match action {
-            ResponseAction::Continue => wit::ResponseAction::Continue,
-            ResponseAction::Respond(r) => wit::ResponseAction::Respond(local_into(r)),
+        if let ResponseAction::Respond(r) = action {
+            wit_response::respond(&local_into(r));
         }
     }
 
@@ -118,15 +118,15 @@ fn local_into(r: LocalResponse) -> wit::LocalResponse {
     }
 }
 
-pub(crate) fn destination_from(d: wit::Destination) -> Destination {
+fn destination_from(d: wit::Target) -> Destination {
     Destination {
         service: d.service,
         subset: d.subset,
     }
 }
 
-pub(crate) fn destination_into(d: Destination) -> wit::Destination {
-    wit::Destination {
+fn destination_into(d: Destination) -> wit::Target {
+    wit::Target {
         service: d.service,
         subset: d.subset,
     }
@@ -160,9 +160,10 @@ fn summary_from(s: wit::CallSummary) -> CallSummary {
         request_bytes: s.request_bytes,
         response_bytes: s.response_bytes,
         endpoint: s.endpoint,
-        destination: destination_from(s.destination),
-        source: s.source,
-        destination_identity: s.destination_identity,
+        service: Name(s.service),
+        subset: Name(s.subset),
+        source: Name(s.source),
+        destination_identity: Name(s.destination_identity),
         protocol: match s.protocol {
             wit::Protocol::Http1 => Protocol::Http1,
             wit::Protocol::Http2 => Protocol::Http2,
@@ -181,11 +182,90 @@ fn level_into(l: Level) -> wit::Level {
     }
 }
 
+/// The request head during `on-request`: every read and edit is a host call.
+pub struct RequestInner;
+
+impl RequestInner {
+    pub(crate) fn method(&self) -> String {
+        wit_request::method()
+    }
+    pub(crate) fn path(&self) -> String {
+        wit_request::path()
+    }
+    pub(crate) fn authority(&self) -> String {
+        wit_request::authority()
+    }
+    pub(crate) fn header(&self, name: &str) -> Option<Vec<u8>> {
+        wit_request::header(name)
+    }
+    pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        wit_request::header_all(name)
+    }
+    pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        wit_request::headers()
+    }
+    pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        wit_request::set_header(name, value)
+    }
+    pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        wit_request::append_header(name, value)
+    }
+    pub(crate) fn remove_header(&mut self, name: &str) {
+        wit_request::remove_header(name)
+    }
+    pub(crate) fn source(&self) -> String {
+        wit_request::source()
+    }
+    pub(crate) fn destination(&self) -> Destination {
+        destination_from(wit_request::destination())
+    }
+    pub(crate) fn set_destination(&mut self, dest: Destination) {
+        wit_request::set_destination(&destination_into(dest))
+    }
+    pub(crate) fn set_subset(&mut self, subset: Option<&str>) {
+        wit_request::set_subset(subset)
+    }
+    pub(crate) fn set_per_try_timeout_ms(&mut self, ms: u32) {
+        wit_request::set_per_try_timeout_ms(ms)
+    }
+    pub(crate) fn set_timeout_ms(&mut self, ms: u32) {
+        wit_request::set_timeout_ms(ms)
+    }
+}
+
+/// The response head during `on-response`.
+pub struct ResponseInner;
+
+impl ResponseInner {
+    pub(crate) fn status(&self) -> u16 {
+        wit_response::status()
+    }
+    pub(crate) fn header(&self, name: &str) -> Option<Vec<u8>> {
+        wit_response::header(name)
+    }
+    pub(crate) fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        wit_response::headers()
+    }
+    pub(crate) fn set_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        wit_response::set_header(name, value)
+    }
+    pub(crate) fn append_header(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        wit_response::append_header(name, value)
+    }
+    pub(crate) fn remove_header(&mut self, name: &str) {
+        wit_response::remove_header(name)
+    }
+}
+
 /// The host calls behind [`crate::host`].
 pub(crate) mod host_imp {
     use super::{level_into, wit_host};
     use crate::host::metrics::Sample;
     use crate::{EndpointStatus, Level, MetricKind, StateError, Versioned};
+
+    pub fn name(id: u32) -> String {
+        wit_host::name(id)
+    }
 
     pub fn log(level: Level, message: &str) {
         wit_host::log(level_into(level), message)
@@ -270,6 +350,14 @@ pub(crate) mod host_imp {
 
     pub fn state_delete(key: &str) {
         wit_host::state_delete(key)
+    }
+
+    pub fn counter_add(key: u64, delta: i64, ttl_ms: u32) -> i64 {
+        wit_host::counter_add(key, delta, ttl_ms)
+    }
+
+    pub fn counter_reset(key: u64) {
+        wit_host::counter_reset(key)
     }
 
     pub fn endpoint_pool(endpoint: u64) -> Vec<EndpointStatus> {

@@ -77,7 +77,7 @@ const TIMEOUT_MS: u64 = 6_000;
 
 fn canary_config(v2_weight: u32) -> String {
     format!(
-        r#"{{"route":[{{"destination":{{"host":"payments","subset":"v1"}},"weight":{}}},
+        r#"{{"host":"payments","route":[{{"destination":{{"host":"payments","subset":"v1"}},"weight":{}}},
                       {{"destination":{{"host":"payments","subset":"v2"}},"weight":{}}}]}}"#,
         100u32.saturating_sub(v2_weight),
         v2_weight
@@ -109,7 +109,16 @@ struct Tally {
     ejections: Vec<(u32, String)>,
 }
 
+/// Names interned once, as a sidecar does when it builds a route.
+struct Names {
+    payments: u32,
+    v1: u32,
+    v2: u32,
+    orders: u32,
+}
+
 struct World {
+    names: Names,
     table: Arc<EndpointTable>,
     ids: Vec<u64>,
     rng: Rng,
@@ -222,12 +231,14 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
         request_bytes: 64,
         response_bytes: 128,
         endpoint: last.unwrap_or(0),
-        destination: Destination {
-            service: "payments".into(),
-            subset: Some(subset),
+        service: world.names.payments,
+        subset: if subset == "v2" {
+            world.names.v2
+        } else {
+            world.names.v1
         },
-        source: head.source,
-        destination_identity: String::new(),
+        source: world.names.orders,
+        destination_identity: 0,
         protocol: Protocol::Http1,
         response_flags: flags,
     });
@@ -300,7 +311,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "pods: payments-v1-a healthy, payments-v1-b fails 10% with 503, payments-v1-c broken (always 503), payments-v2-a healthy"
     );
     let slot = ChainSlot::new(chain(&runtime, args.weight)?);
+    let names = Names {
+        payments: runtime.intern("payments"),
+        v1: runtime.intern("v1"),
+        v2: runtime.intern("v2"),
+        orders: runtime.intern("spiffe://weft.local/ns/default/sa/orders"),
+    };
     let mut world = World {
+        names,
         table: table.clone(),
         ids,
         rng: Rng(args.seed | 1),

@@ -6,8 +6,4 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
-    with: {
-        "weft:filter/types.request": super::host_impl::RequestSlot,
-        "weft:filter/types.response": super::host_impl::ResponseSlot,
-    },
 });

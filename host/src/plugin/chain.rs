@@ -82,8 +82,8 @@ impl Chain {
         let mut plugin_failed = false;
         for plugin in &self.on_request {
             match plugin.on_request(call_id, head) {
-                Ok(wit::RequestAction::Continue) => {}
-                Ok(wit::RequestAction::Respond(r)) => {
+                Ok(None) => {}
+                Ok(Some(r)) => {
                     return Decided {
                         action: RequestVerdict::Respond(local_reply(r)),
                         plugin_failed,
@@ -131,8 +131,8 @@ impl Chain {
         let mut plugin_failed = false;
         for plugin in &self.on_response {
             match plugin.on_response(call_id, head) {
-                Ok(wit::ResponseAction::Continue) => {}
-                Ok(wit::ResponseAction::Respond(r)) => {
+                Ok(None) => {}
+                Ok(Some(r)) => {
                     return Decided {
                         action: ResponseVerdict::Respond(local_reply(r)),
                         plugin_failed,

@@ -2,7 +2,7 @@
 //! over it: the request and response heads lent for a hook, logging, time, randomness,
 //! metrics, shared state and endpoint health.
 
-use super::bindings::weft::filter::{host, types};
+use super::bindings::weft::filter::{host, request, response, types};
 use super::health::EndpointHealth;
 use super::metrics::{Kind, MetricDef, PluginMetrics};
 use super::state::{SharedState, StateWriteError};
@@ -12,20 +12,49 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::ResourceLimiter;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// Marks the request head lent to `on-request`; the head itself sits in [`PluginCtx`].
-pub struct RequestSlot;
-
-/// Marks the response head lent to `on-response`; the head itself sits in [`PluginCtx`].
-pub struct ResponseSlot;
 
 /// What every instance of every plugin shares: the host's services.
 pub(crate) struct Services {
     pub(crate) state: SharedState,
     pub(crate) metrics: PluginMetrics,
     pub(crate) endpoints: Arc<dyn EndpointHealth>,
+    pub(crate) names: Interner,
+}
+
+/// Names (services, subsets, identities) interned to stable ids, so hooks carry integers.
+#[derive(Default)]
+pub(crate) struct Interner {
+    inner: parking_lot::RwLock<Names>,
+}
+
+/// Ids by name, and names by id (id = index + 1).
+type Names = (std::collections::HashMap<Arc<str>, u32>, Vec<Arc<str>>);
+
+impl Interner {
+    pub(crate) fn intern(&self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        if let Some(&id) = self.inner.read().0.get(name) {
+            return id;
+        }
+        let mut inner = self.inner.write();
+        if let Some(&id) = inner.0.get(name) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        inner.1.push(name.clone());
+        let id = inner.1.len() as u32;
+        inner.0.insert(name, id);
+        id
+    }
+
+    pub(crate) fn name(&self, id: u32) -> Option<Arc<str>> {
+        let index = usize::try_from(id).ok()?.checked_sub(1)?;
+        self.inner.read().1.get(index).cloned()
+    }
 }
 
 /// Caps a plugin instance's memory and remembers that it tried to pass the cap.
@@ -67,6 +96,7 @@ pub(crate) struct PluginCtx {
     pub(crate) services: Arc<Services>,
     pub(crate) request: RequestHead,
     pub(crate) response: ResponseHead,
+    pub(crate) reply: Option<types::LocalResponse>,
     pub(crate) memory: MemoryCap,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -115,24 +145,24 @@ fn all_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
 
 impl types::Host for PluginCtx {}
 
-impl types::HostRequest for PluginCtx {
-    fn method(&mut self, _: Resource<RequestSlot>) -> String {
+impl request::Host for PluginCtx {
+    fn method(&mut self) -> String {
         self.request.method.as_str().to_string()
     }
 
-    fn path(&mut self, _: Resource<RequestSlot>) -> String {
+    fn path(&mut self) -> String {
         self.request.path.clone()
     }
 
-    fn authority(&mut self, _: Resource<RequestSlot>) -> String {
+    fn authority(&mut self) -> String {
         self.request.authority.clone()
     }
 
-    fn header(&mut self, _: Resource<RequestSlot>, name: String) -> Option<Vec<u8>> {
+    fn header(&mut self, name: String) -> Option<Vec<u8>> {
         first(&self.request.headers, &name)
     }
 
-    fn header_all(&mut self, _: Resource<RequestSlot>, name: String) -> Vec<Vec<u8>> {
+    fn header_all(&mut self, name: String) -> Vec<Vec<u8>> {
         self.request
             .headers
             .get_all(name.as_str())
@@ -141,94 +171,78 @@ impl types::HostRequest for PluginCtx {
             .collect()
     }
 
-    fn headers(&mut self, _: Resource<RequestSlot>) -> Vec<(String, Vec<u8>)> {
+    fn headers(&mut self) -> Vec<(String, Vec<u8>)> {
         all_headers(&self.request.headers)
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<RequestSlot>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
         set_header(&mut self.request.headers, &name, &value, false)
     }
 
-    fn append_header(
-        &mut self,
-        _: Resource<RequestSlot>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
         set_header(&mut self.request.headers, &name, &value, true)
     }
 
-    fn remove_header(&mut self, _: Resource<RequestSlot>, name: String) {
+    fn remove_header(&mut self, name: String) {
         self.request.headers.remove(name.as_str());
     }
 
-    fn source(&mut self, _: Resource<RequestSlot>) -> String {
+    fn source(&mut self) -> String {
         self.request.source.clone()
     }
 
-    fn destination(&mut self, _: Resource<RequestSlot>) -> types::Destination {
+    fn destination(&mut self) -> types::Target {
         self.request.destination.clone()
     }
 
-    fn set_destination(&mut self, _: Resource<RequestSlot>, dest: types::Destination) {
+    fn set_destination(&mut self, dest: types::Target) {
         self.request.destination = dest;
     }
 
-    fn set_per_try_timeout_ms(&mut self, _: Resource<RequestSlot>, ms: u32) {
+    fn set_subset(&mut self, subset: Option<String>) {
+        self.request.destination.subset = subset;
+    }
+
+    fn set_per_try_timeout_ms(&mut self, ms: u32) {
         self.request.per_try_timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     }
 
-    fn set_timeout_ms(&mut self, _: Resource<RequestSlot>, ms: u32) {
+    fn set_timeout_ms(&mut self, ms: u32) {
         self.request.timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     }
 
-    fn drop(&mut self, _: Resource<RequestSlot>) -> wasmtime::Result<()> {
-        Ok(())
+    fn respond(&mut self, reply: types::LocalResponse) {
+        self.reply = Some(reply);
     }
 }
 
-impl types::HostResponse for PluginCtx {
-    fn status(&mut self, _: Resource<ResponseSlot>) -> u16 {
+impl response::Host for PluginCtx {
+    fn status(&mut self) -> u16 {
         self.response.status.as_u16()
     }
 
-    fn header(&mut self, _: Resource<ResponseSlot>, name: String) -> Option<Vec<u8>> {
+    fn header(&mut self, name: String) -> Option<Vec<u8>> {
         first(&self.response.headers, &name)
     }
 
-    fn headers(&mut self, _: Resource<ResponseSlot>) -> Vec<(String, Vec<u8>)> {
+    fn headers(&mut self) -> Vec<(String, Vec<u8>)> {
         all_headers(&self.response.headers)
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<ResponseSlot>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn set_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
         set_header(&mut self.response.headers, &name, &value, false)
     }
 
-    fn append_header(
-        &mut self,
-        _: Resource<ResponseSlot>,
-        name: String,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
+    fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
         set_header(&mut self.response.headers, &name, &value, true)
     }
 
-    fn remove_header(&mut self, _: Resource<ResponseSlot>, name: String) {
+    fn remove_header(&mut self, name: String) {
         self.response.headers.remove(name.as_str());
     }
 
-    fn drop(&mut self, _: Resource<ResponseSlot>) -> wasmtime::Result<()> {
-        Ok(())
+    fn respond(&mut self, reply: types::LocalResponse) {
+        self.reply = Some(reply);
     }
 }
 
@@ -267,6 +281,14 @@ fn state_error(e: StateWriteError) -> host::StateError {
 }
 
 impl host::Host for PluginCtx {
+    fn name(&mut self, id: u32) -> String {
+        self.services
+            .names
+            .name(id)
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    }
+
     fn log(&mut self, level: types::Level, message: String) {
         let mut message = message;
         if message.len() > MAX_LOG_BYTES {
@@ -362,6 +384,16 @@ impl host::Host for PluginCtx {
 
     fn state_delete(&mut self, key: String) {
         self.services.state.delete(self.key, &key)
+    }
+
+    fn counter_add(&mut self, key: u64, delta: i64, ttl_ms: u32) -> i64 {
+        self.services
+            .state
+            .counter_add(self.key, key, delta, ttl_ms)
+    }
+
+    fn counter_reset(&mut self, key: u64) {
+        self.services.state.counter_reset(self.key, key)
     }
 
     fn endpoint_pool(&mut self, endpoint: u64) -> Vec<host::EndpointStatus> {

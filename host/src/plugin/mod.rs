@@ -86,6 +86,7 @@ impl PluginRuntime {
             state: state::SharedState::new(config.state),
             metrics: metrics::PluginMetrics::new(registry.clone(), metrics.clone(), max_series),
             endpoints,
+            names: host_impl::Interner::default(),
         });
         Ok(PluginRuntime {
             fingerprint: engine::fingerprint(&engine),
@@ -166,6 +167,17 @@ impl PluginRuntime {
     ) -> Result<Arc<Plugin>, PluginError> {
         let compiled = self.load(&spec.name, artifact, expected_sha256)?;
         self.prepare(&compiled, spec)
+    }
+
+    /// Interns a name (service, subset, identity) to the id hooks carry; 0 for an empty name.
+    /// Ids are stable for the life of the runtime: intern once, when a route is built.
+    pub fn intern(&self, name: &str) -> u32 {
+        self.services.names.intern(name)
+    }
+
+    /// The name behind an interned id.
+    pub fn name(&self, id: u32) -> Option<Arc<str>> {
+        self.services.names.name(id)
     }
 
     /// Interns a plugin name: its shared state and metrics are keyed by it, so a new build

@@ -72,11 +72,17 @@ impl Space {
     }
 }
 
+struct Counter {
+    value: i64,
+    expires_at: Option<Instant>,
+}
+
 /// The state of every plugin, keyed by the plugin's interned name.
 pub struct SharedState {
     // One lock: each operation is a hash lookup and a small copy, far shorter than the Wasm
     // call around it; shard it if profiles ever say otherwise.
     spaces: Mutex<HashMap<u32, Space>>,
+    counters: Mutex<HashMap<(u32, u64), Counter>>,
     next_version: std::sync::atomic::AtomicU64,
     limits: StateLimits,
 }
@@ -90,6 +96,7 @@ impl SharedState {
     pub fn new(limits: StateLimits) -> Self {
         SharedState {
             spaces: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
             next_version: std::sync::atomic::AtomicU64::new(1),
             limits,
         }
@@ -181,6 +188,43 @@ impl SharedState {
         Ok(delta)
     }
 
+    /// Adds to a numeric-keyed counter, creating it at 0; returns the new value. Past the key
+    /// bound, expired counters are swept, then the oldest-expiring are dropped before refusing.
+    pub fn counter_add(&self, plugin: u32, key: u64, delta: i64, ttl_ms: u32) -> i64 {
+        let now = Instant::now();
+        let mut counters = self.counters.lock();
+        if let Some(c) = counters.get_mut(&(plugin, key)) {
+            if c.expires_at.is_none_or(|t| t > now) {
+                c.value = c.value.wrapping_add(delta);
+                return c.value;
+            }
+            c.value = delta;
+            c.expires_at = expiry(now, ttl_ms);
+            return delta;
+        }
+        if counters.len() >= self.limits.max_keys {
+            counters.retain(|_, c| c.expires_at.is_none_or(|t| t > now));
+        }
+        if counters.len() >= self.limits.max_keys {
+            // Counters are soft state (failure runs, budget windows): losing one under
+            // pressure is better than refusing to count.
+            return delta;
+        }
+        counters.insert(
+            (plugin, key),
+            Counter {
+                value: delta,
+                expires_at: expiry(now, ttl_ms),
+            },
+        );
+        delta
+    }
+
+    /// Removes a numeric-keyed counter.
+    pub fn counter_reset(&self, plugin: u32, key: u64) {
+        self.counters.lock().remove(&(plugin, key));
+    }
+
     /// Removes a key.
     pub fn delete(&self, plugin: u32, key: &str) {
         if let Some(space) = self.spaces.lock().get_mut(&plugin) {
@@ -219,6 +263,20 @@ mod tests {
             Ok(1),
             "expired key starts again from 0"
         );
+    }
+
+    #[test]
+    fn numeric_counters_add_reset_and_stay_private() {
+        let s = SharedState::new(StateLimits::default());
+        assert_eq!(s.counter_add(1, 7, 1, 0), 1);
+        assert_eq!(s.counter_add(1, 7, 1, 0), 2);
+        assert_eq!(
+            s.counter_add(2, 7, 1, 0),
+            1,
+            "another plugin's counter 7 is its own"
+        );
+        s.counter_reset(1, 7);
+        assert_eq!(s.counter_add(1, 7, 0, 0), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use http::{HeaderMap, Method, StatusCode};
 use std::time::Duration;
 
 pub use super::bindings::weft::filter::types::{
-    Attempt, CallSummary, Destination, Outcome, Protocol, ResponseFlags,
+    Attempt, CallSummary, Outcome, Protocol, ResponseFlags, Target as Destination,
 };
 
 /// The caller's request head as the chain sees and edits it.

@@ -31,6 +31,10 @@ pub struct WeightedRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The service this split belongs to (the VirtualService's host). When every destination
+    /// is this service, a pick changes only the subset, which is the cheaper host call.
+    #[serde(default)]
+    pub host: Option<String>,
     /// The weighted destinations.
     pub route: Vec<WeightedRoute>,
 }
@@ -39,12 +43,16 @@ pub struct Config {
 pub struct Canary {
     // Cumulative upper bounds out of 100, paired with their destinations.
     cumulative: Vec<(u64, Destination)>,
+    // Every destination is the route's own service, so a pick only changes the subset.
+    single_service: bool,
 }
 
 impl Filter for Canary {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
+        let Config { host, route } = config;
+        let config = Config { host: None, route };
         if config.route.is_empty() {
             return Err("route: at least one destination is required".into());
         }
@@ -78,7 +86,13 @@ impl Filter for Canary {
                 "route: weights sum to {total}, they must sum to 100"
             ));
         }
-        Ok(Canary { cumulative })
+        let single_service = host
+            .as_deref()
+            .is_some_and(|host| cumulative.iter().all(|(_, d)| d.service == host));
+        Ok(Canary {
+            cumulative,
+            single_service,
+        })
     }
 
     fn hooks(&self) -> Hooks {
@@ -88,7 +102,11 @@ impl Filter for Canary {
     fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
         let roll = random_below(100);
         if let Some((_, dest)) = self.cumulative.iter().find(|(upper, _)| roll < *upper) {
-            req.set_destination(dest.clone());
+            match &dest.subset {
+                // The route's own service with a subset: the cheap call.
+                Some(subset) if self.single_service => req.set_subset(subset),
+                _ => req.set_destination(dest.clone()),
+            }
         }
         RequestAction::Continue
     }

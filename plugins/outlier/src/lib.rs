@@ -61,17 +61,13 @@ impl Filter for Outlier {
         if attempt.endpoint == 0 || self.threshold == 0 {
             return AttemptAction::Done;
         }
-        let key = format!("c5xx/{}", attempt.endpoint);
+        // The run of errors per endpoint is a numeric-keyed counter: one scalar host call.
         if !is_error(attempt.outcome) {
-            if state::counter(&key) != 0 {
-                state::delete(&key);
-            }
+            state::counter_reset(attempt.endpoint);
             return AttemptAction::Done;
         }
-        if let Ok(n) = state::add(&key, 1, 0)
-            && n >= self.threshold
-        {
-            state::delete(&key);
+        if state::counter_add(attempt.endpoint, 1, 0) >= self.threshold {
+            state::counter_reset(attempt.endpoint);
             endpoints::eject(attempt.endpoint, self.ejection_ms);
         }
         AttemptAction::Done

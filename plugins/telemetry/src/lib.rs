@@ -5,7 +5,7 @@ use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use weft_sdk::host::metrics::{self, MetricId, Sample, SeriesId};
-use weft_sdk::{CallSummary, Filter, Hooks, MetricKind, Protocol, export_filter};
+use weft_sdk::{CallSummary, Filter, Hooks, MetricKind, Name, Protocol, export_filter};
 
 /// Configuration.
 #[derive(Debug, Deserialize, Default)]
@@ -30,7 +30,8 @@ const DURATION_BUCKETS_MS: [f64; 14] = [
     30_000.0,
 ];
 
-type LabelKey = (String, String, Option<String>, u16, u16, bool);
+/// A label set by the ids and numbers the host passes: hashing it allocates nothing.
+type LabelKey = (Name, Name, Name, u16, u16, bool);
 
 /// The telemetry plugin.
 pub struct Telemetry {
@@ -82,9 +83,9 @@ impl Filter for Telemetry {
 
     fn on_done(&self, s: &CallSummary) {
         let key: LabelKey = (
-            s.source.clone(),
-            s.destination.service.clone(),
-            s.destination.subset.clone(),
+            s.source,
+            s.service,
+            s.subset,
             s.status,
             s.flags.bits(),
             s.protocol == Protocol::Http2,
@@ -93,12 +94,19 @@ impl Filter for Telemetry {
         let series = match cache.get(&key) {
             Some(series) => *series,
             None => {
+                // First time for this label set: resolve the names, then the series, once.
+                let (source, service, subset) =
+                    (s.source.resolve(), s.service.resolve(), s.subset.resolve());
                 let code = s.status.to_string();
                 let flags = s.flags.envoy_codes();
                 let values = [
-                    workload_of(&s.source),
-                    s.destination.service.as_str(),
-                    s.destination.subset.as_deref().unwrap_or("unknown"),
+                    workload_of(&source),
+                    &service,
+                    if subset.is_empty() {
+                        "unknown"
+                    } else {
+                        &subset
+                    },
                     code.as_str(),
                     flags.as_str(),
                     "http",
@@ -131,8 +139,7 @@ export_filter!(Telemetry);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_sdk::Destination;
-    use weft_sdk::testing::{Harness, histogram, metric_value};
+    use weft_sdk::testing::{Harness, histogram, intern, metric_value};
 
     #[test]
     fn counts_calls_with_istio_labels() {
@@ -140,11 +147,9 @@ mod tests {
         let s = CallSummary {
             status: 200,
             duration_us: 3_000,
-            source: "spiffe://weft.local/ns/default/sa/orders".into(),
-            destination: Destination {
-                service: "payments".into(),
-                subset: Some("v2".into()),
-            },
+            source: intern("spiffe://weft.local/ns/default/sa/orders"),
+            service: intern("payments"),
+            subset: intern("v2"),
             ..CallSummary::default()
         };
         h.on_done(&s);
