@@ -4,8 +4,12 @@
 //! Modules are the architecture's boxes (see `docs/architecture.md`):
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
+//! - [`proxy`]: the sidecar data plane (listeners, routing, load balancing, retries).
+//! - [`snapshot`]: the routing snapshot a sidecar applies.
 
 #![deny(unsafe_code)]
 
 pub mod endpoints;
 pub mod plugin;
+pub mod proxy;
+pub mod snapshot;

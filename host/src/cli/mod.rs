@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands themselves.
 
 mod plugin_check;
+mod sidecar;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ enum Command {
     /// Work with plugin artifacts.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run the sidecar proxy beside a service instance.
+    Sidecar(sidecar::Args),
     /// Run the seed scenario (orders -> payments v1 95% / v2 5%, retries, outlier ejection,
     /// telemetry) through the real built-in plugin chain against simulated payments pods.
     Simulate(simulate::Args),
@@ -34,5 +37,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Sidecar(args) => sidecar::run(args),
     }
 }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Load benchmark: direct app, the Weft sidecar pair (empty chain and the 4-plugin chain), and an
+# nginx pair doing the same two hops, side by side in one run on loopback.
+#
+# The load generator runs on core 0, proxies and backend on core 1 (taskset), so the numbers
+# compare proxies rather than a fight for cores. Installs what it needs from Debian (nginx,
+# wrk, hey) and builds weft in release. Bounded: every load lasts DURATION seconds.
+#
+#   bash bench/run.sh                 # defaults: 10 s per load, 64 connections
+#   DURATION=5 CONNS=32 bash bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+OUT=bench/results
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx || ! need wrk || ! need hey; then
+  echo "installing nginx, wrk, hey from Debian..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk hey) >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked -q -p weft
+WEFT=target/release/weft
+
+BACKEND=18080; NGX_A=18081; NGX_B=18082
+ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
+CH_OUT=18121; CH_IN=18122; CH_ADM=18123
+
+# --- backend and the nginx pair -------------------------------------------------------------
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  upstream hop_b   { server 127.0.0.1:$NGX_B; keepalive 128; }
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$NGX_B;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$NGX_A;
+    location / { proxy_pass http://hop_b; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+taskset -c 1 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" &
+PIDS+=($!); NGINX_PID=$!
+
+# --- the weft pairs ---------------------------------------------------------------------------
+snapshot() { # $1 = file, $2 = inbound port of payments, $3 = plugins json
+  cat > "$1" <<JSON
+{"version":"bench","services":{"payments":{"timeout":"6s",
+  "subsets":{"v1":{"version":"v1"},"v2":{"version":"v2"}},
+  "endpoints":[{"address":"127.0.0.1:$2","labels":{"version":"v1"}}],
+  "plugins":$3}}}
+JSON
+}
+bootstrap() { # $1 file, $2 service, $3 out, $4 in, $5 admin, $6 app port, $7 snapshot
+  cat > "$1" <<JSON
+{"service":"$2","outbound":"127.0.0.1:$3","inbound":"127.0.0.1:$4","admin":"127.0.0.1:$5",
+ "app":"127.0.0.1:$6","snapshot":"$7"}
+JSON
+}
+CHAIN='[{"name":"canary","builtin":"canary","config":{"host":"payments","route":[
+  {"destination":{"host":"payments","subset":"v1"},"weight":100},
+  {"destination":{"host":"payments","subset":"v2"},"weight":0}]}},
+ {"name":"retry","builtin":"retry","config":{"attempts":3,"perTryTimeout":"2s","retryOn":"5xx,reset"}},
+ {"name":"outlier","builtin":"outlier","config":{"consecutive5xxErrors":5,"baseEjectionTime":"30s"}},
+ {"name":"telemetry","builtin":"telemetry"}]'
+snapshot "$WORK/empty.json" "$PAY_IN" '[]'
+snapshot "$WORK/chain.json" "$PAY_IN" "$CHAIN"
+snapshot "$WORK/payments.json" "$PAY_IN" '[]'
+bootstrap "$WORK/orders.json" orders $ORD_OUT $ORD_IN $ORD_ADM 9 empty.json
+bootstrap "$WORK/orders-chain.json" orders $CH_OUT $CH_IN $CH_ADM 9 chain.json
+bootstrap "$WORK/payments-sc.json" payments $PAY_OUT $PAY_IN $PAY_ADM $BACKEND payments.json
+start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").log" 2>&1 & PIDS+=($!); echo $!; }
+PAY_PID=$(start "$WORK/payments-sc.json")
+ORD_PID=$(start "$WORK/orders.json")
+CH_PID=$(start "$WORK/orders-chain.json")
+for port in $BACKEND $NGX_A $ORD_ADM $CH_ADM $PAY_ADM; do
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
+    (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+sleep 1
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+TCK=$(getconf CLK_TCK)
+
+# $1 name, $2 url, $3 "pids of the proxies" (space separated; empty for direct)
+measure() {
+  local name=$1 url=$2 pids=$3 before=0 after=0 reqs rps p50 p90 p99 rss=0
+  for p in $pids; do before=$((before + $(cpu_ticks "$p"))); done
+  local wrk_out; wrk_out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: payments" "$url")
+  reqs=$(echo "$wrk_out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$wrk_out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  for p in $pids; do after=$((after + $(cpu_ticks "$p"))); r=$(rss_kib "$p"); rss=$((rss > r ? rss : r)); done
+  local cpu_per_10k; cpu_per_10k=$(awk -v t=$((after - before)) -v hz="$TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 10000; else print "-" }')
+  local lat=""
+  for rate in 1000 5000; do
+    local h; h=$(taskset -c 0 hey -z "${DURATION}s" -c 50 -q $((rate / 50)) -host payments "$url" 2>/dev/null)
+    p50=$(echo "$h" | awk '/ 50% in/ {printf "%.0f", $3 * 1e6}')
+    p90=$(echo "$h" | awk '/ 90% in/ {printf "%.0f", $3 * 1e6}')
+    p99=$(echo "$h" | awk '/ 99% in/ {printf "%.0f", $3 * 1e6}')
+    lat="$lat | ${p50:-?} / ${p90:-?} / ${p99:-?}"
+  done
+  printf "| %-28s | %8s %s | %8s | %6s |\n" "$name" "$rps" "$lat" "$cpu_per_10k" "$((rss / 1024))"
+}
+
+{
+  echo "Weft load benchmark — $(date -u +%FT%TZ), ${DURATION}s per load, $CONNS connections (wrk), hey at fixed rates"
+  echo
+  echo "| path                         | req/s    | p50/p90/p99 µs @1k rps | p50/p90/p99 µs @5k rps | CPU s/10k | RSS MiB |"
+  echo "|------------------------------|----------|------------------------|------------------------|-----------|---------|"
+  measure "direct app"                "http://127.0.0.1:$BACKEND/" ""
+  measure "nginx pair"                "http://127.0.0.1:$NGX_A/"   "$NGINX_PID"
+  measure "weft pair, empty chain"    "http://127.0.0.1:$ORD_OUT/" "$ORD_PID $PAY_PID"
+  measure "weft pair, 4-plugin chain" "http://127.0.0.1:$CH_OUT/"  "$CH_PID $PAY_PID"
+  echo
+  echo "CPU and RSS are summed (CPU) / max (RSS) over the proxy processes of each path; the nginx"
+  echo "pair runs as one worker process serving both hops and the backend, so its CPU includes the backend."
+} | tee "$OUT/latest.md"

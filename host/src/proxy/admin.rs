@@ -1,0 +1,60 @@
+//! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force).
+
+use super::body::{self, ProxyBody};
+use super::{Inputs, local_response};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Handles one admin request.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let resp = match req.uri().path() {
+        "/metrics" => {
+            let encoder = prometheus::TextEncoder::new();
+            match encoder.encode_to_string(&inputs.registry.gather()) {
+                Ok(text) => {
+                    let mut r = Response::new(body::full(text.into()));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+                Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        "/ready" => {
+            let routes = inputs.routes.load();
+            if inputs.draining.load(Ordering::Relaxed) {
+                local_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if routes.snapshot.version.is_empty() {
+                local_response(StatusCode::SERVICE_UNAVAILABLE, "no snapshot yet\n")
+            } else {
+                local_response(
+                    StatusCode::OK,
+                    format!("ready: snapshot {}\n", routes.snapshot.version),
+                )
+            }
+        }
+        "/config" => match serde_json::to_string_pretty(&inputs.routes.load().snapshot) {
+            Ok(json) => {
+                let mut r = Response::new(body::full(json.into()));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        _ => local_response(
+            StatusCode::NOT_FOUND,
+            "weft admin: /metrics, /ready, /config\n",
+        ),
+    };
+    Ok(resp)
+}

@@ -1,0 +1,124 @@
+//! Load balancing within a subset: power of two choices over least outstanding requests,
+//! skipping ejected endpoints and, on a retry, the endpoint that just failed when another exists.
+//! A pure function over a snapshot of the candidates, so it is table-tested without sockets.
+
+/// An endpoint that may be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Endpoint id.
+    pub id: u64,
+    /// Requests in flight to it now.
+    pub outstanding: u32,
+    /// Whether it is ejected.
+    pub ejected: bool,
+}
+
+/// Picks an endpoint, or none when every candidate is ejected. `random(n)` returns a uniform
+/// index below `n`.
+pub fn pick(
+    candidates: &[Candidate],
+    avoid: Option<u64>,
+    mut random: impl FnMut(usize) -> usize,
+) -> Option<u64> {
+    let healthy = |c: &&Candidate| !c.ejected;
+    let fresh = |c: &&Candidate| Some(c.id) != avoid;
+    let mut pool: Vec<&Candidate> = candidates.iter().filter(healthy).filter(fresh).collect();
+    if pool.is_empty() {
+        pool = candidates.iter().filter(healthy).collect();
+    }
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0].id),
+        n => {
+            let a = random(n);
+            let mut b = random(n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (pool[a], pool[b]);
+            Some(if b.outstanding < a.outstanding {
+                b.id
+            } else {
+                a.id
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: u64, outstanding: u32, ejected: bool) -> Candidate {
+        Candidate {
+            id,
+            outstanding,
+            ejected,
+        }
+    }
+
+    /// (candidates, endpoint to avoid, random indices drawn, expected pick)
+    type Case = (Vec<Candidate>, Option<u64>, Vec<usize>, Option<u64>);
+
+    #[test]
+    fn table() {
+        let cases: Vec<Case> = vec![
+            (vec![], None, vec![], None),
+            (vec![c(1, 0, true)], None, vec![], None),
+            (vec![c(1, 9, false)], None, vec![], Some(1)),
+            // The less loaded of the two sampled wins.
+            (
+                vec![c(1, 5, false), c(2, 1, false)],
+                None,
+                vec![0, 0],
+                Some(2),
+            ),
+            (
+                vec![c(1, 1, false), c(2, 5, false)],
+                None,
+                vec![0, 0],
+                Some(1),
+            ),
+            // Ejected endpoints are never sampled.
+            (vec![c(1, 0, true), c(2, 7, false)], None, vec![], Some(2)),
+            // A retry avoids the endpoint that failed...
+            (
+                vec![c(1, 0, false), c(2, 50, false)],
+                Some(1),
+                vec![],
+                Some(2),
+            ),
+            // ...unless it is the only healthy one.
+            (
+                vec![c(1, 0, false), c(2, 0, true)],
+                Some(1),
+                vec![],
+                Some(1),
+            ),
+        ];
+        for (i, (candidates, avoid, randoms, expected)) in cases.into_iter().enumerate() {
+            let mut r = randoms.into_iter();
+            let got = pick(&candidates, avoid, |_| r.next().unwrap_or(0));
+            assert_eq!(got, expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn spreads_load_evenly_when_idle() {
+        let candidates: Vec<Candidate> = (1..=4).map(|id| c(id, 0, false)).collect();
+        let mut seed = 12345u64;
+        let mut counts = [0u32; 5];
+        for _ in 0..40_000 {
+            let got = pick(&candidates, None, |n| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            });
+            counts[got.unwrap_or(0) as usize] += 1;
+        }
+        for (id, count) in counts.iter().enumerate().skip(1) {
+            assert!((9_000..11_000).contains(count), "endpoint {id}: {count}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Bodies on the way through: a request body buffered for replay up to a bound (larger ones
+//! stream once and are not retried), and a response body that counts its bytes and reports
+//! when it ends — completely, or because the caller went away.
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+/// Errors crossing a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every response and upstream request uses.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// A body of these bytes.
+pub fn full(bytes: Bytes) -> ProxyBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A request body as read for forwarding.
+pub enum RequestBody {
+    /// Fully read and within the bound: can be sent again.
+    Replayable(Bytes),
+    /// Too large (or still arriving past the bound): streams once.
+    Streaming(PrefixedBody),
+}
+
+impl RequestBody {
+    /// A body for one attempt; a streaming body can be taken only once.
+    pub fn attempt(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Replayable(b) => Some(full(b.clone())),
+            RequestBody::Streaming(p) => p.take().map(BodyExt::boxed_unsync),
+        }
+    }
+
+    /// Whether it can be sent again.
+    pub fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+}
+
+/// Reads `body` until it ends or passes `limit` bytes.
+pub async fn read_for_replay(
+    body: Incoming,
+    content_length: Option<u64>,
+    limit: usize,
+    counter: Arc<AtomicU64>,
+) -> Result<RequestBody, hyper::Error> {
+    if content_length.is_some_and(|n| n > limit as u64) {
+        return Ok(RequestBody::Streaming(PrefixedBody::new(
+            Bytes::new(),
+            body,
+            counter,
+        )));
+    }
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                return Ok(RequestBody::Streaming(PrefixedBody::new(
+                    buf.freeze(),
+                    body,
+                    counter,
+                )));
+            }
+        }
+    }
+    counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    Ok(RequestBody::Replayable(buf.freeze()))
+}
+
+/// Bytes already read, then the rest of the stream; counts what it forwards.
+pub struct PrefixedBody {
+    inner: Option<(Option<Bytes>, Incoming, Arc<AtomicU64>)>,
+}
+
+impl PrefixedBody {
+    fn new(prefix: Bytes, rest: Incoming, counter: Arc<AtomicU64>) -> Self {
+        let prefix = (!prefix.is_empty()).then_some(prefix);
+        PrefixedBody {
+            inner: Some((prefix, rest, counter)),
+        }
+    }
+
+    fn take(&mut self) -> Option<OnceBody> {
+        self.inner.take().map(|(prefix, rest, counter)| OnceBody {
+            prefix,
+            rest,
+            counter,
+        })
+    }
+}
+
+/// A streaming request body, sent once.
+pub struct OnceBody {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+    counter: Arc<AtomicU64>,
+}
+
+impl Body for OnceBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut self.rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// What happened to a response body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyEnd {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Whether it ended normally (false: an error, or the caller went away).
+    pub complete: bool,
+}
+
+/// A response body that counts bytes and calls `on_end` exactly once when it is over.
+pub struct ReportingBody {
+    inner: ProxyBody,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(BodyEnd) + Send>>,
+}
+
+impl ReportingBody {
+    /// Wraps `inner`.
+    pub fn new(inner: ProxyBody, on_end: impl FnOnce(BodyEnd) + Send + 'static) -> Self {
+        ReportingBody {
+            inner,
+            bytes: 0,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(BodyEnd {
+                bytes: self.bytes,
+                complete,
+            });
+        }
+    }
+}
+
+impl Body for ReportingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.end(false),
+            Poll::Ready(None) => self.end(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReportingBody {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.end(complete);
+    }
+}

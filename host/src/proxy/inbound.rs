@@ -1,0 +1,80 @@
+//! The inbound side (mesh → app): accept calls from peer sidecars and forward them to the local
+//! app over pooled HTTP/1.1, streaming both ways.
+
+use super::body::{self, ProxyBody};
+use super::headers;
+use super::outbound::FORWARDED_HOST;
+use super::{Inputs, local_response};
+use http::header::HOST;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Handles one request from a peer sidecar.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    let service = inputs.settings.service.clone();
+    let (mut parts, incoming) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    if let Some(host) = parts.headers.remove(FORWARDED_HOST) {
+        parts.headers.insert(HOST, host);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = format!("http://{}{path}", inputs.settings.app);
+    let Ok(uri) = uri.parse() else {
+        return Ok(local_response(
+            StatusCode::BAD_REQUEST,
+            "weft: invalid request path\n",
+        ));
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let upstream = Request::from_parts(
+        parts,
+        incoming
+            .map_err(|e| Box::new(e) as body::BoxError)
+            .boxed_unsync(),
+    );
+    let response = match inputs.app.request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, incoming) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(
+                parts,
+                incoming
+                    .map_err(|e| Box::new(e) as body::BoxError)
+                    .boxed_unsync(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(app = %inputs.settings.app, "local app unreachable: {e:?}");
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "weft: the local {service} app at {} is unreachable\n",
+                    inputs.settings.app
+                ),
+            )
+        }
+    };
+    let m = &inputs.metrics;
+    m.requests
+        .with_label_values(&["inbound", &service, response.status().as_str()])
+        .inc();
+    m.duration
+        .with_label_values(&["inbound", &service])
+        .observe(start.elapsed().as_secs_f64());
+    Ok(response)
+}

@@ -1,0 +1,71 @@
+//! The data plane's own metrics.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Requests, latency and connections, by direction (`inbound`/`outbound`).
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    /// Requests by direction, service and response code.
+    pub requests: IntCounterVec,
+    /// Request duration by direction and service.
+    pub duration: HistogramVec,
+    /// Open downstream connections by listener.
+    pub connections: IntGaugeVec,
+    /// Upstream attempts by service and outcome.
+    pub attempts: IntCounterVec,
+    /// Requests in flight.
+    pub in_flight: IntGauge,
+}
+
+impl ProxyMetrics {
+    /// Registers them.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "weft_requests_total",
+                "Requests handled, by direction, service and response code.",
+            ),
+            &["direction", "service", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weft_request_duration_seconds",
+                "Time from request head to response end.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["direction", "service"],
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "weft_active_connections",
+                "Open downstream connections, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "weft_upstream_attempts_total",
+                "Upstream attempts, by service and outcome.",
+            ),
+            &["service", "outcome"],
+        )?;
+        let in_flight = IntGauge::new("weft_requests_in_flight", "Requests being handled now.")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(ProxyMetrics {
+            requests,
+            duration,
+            connections,
+            attempts,
+            in_flight,
+        })
+    }
+}

@@ -1,0 +1,509 @@
+//! The outbound side (app → mesh): name the destination by authority, run the chain, pick an
+//! endpoint, send attempts under per-try and overall timeouts, retry as the chain decides, and
+//! stream the response back.
+
+use super::balance::{self, Candidate};
+use super::body::{self, BodyEnd, ProxyBody, ReportingBody};
+use super::headers;
+use super::routes::Route;
+use super::{Inputs, local_response};
+use crate::plugin::{
+    Attempt, AttemptVerdict, CallSummary, Chain, Destination, Outcome, Protocol, RequestHead,
+    RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict,
+};
+use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Carries the original authority to the inbound sidecar, which restores it as `Host`.
+pub const FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
+/// The service an authority names: its host, without port or brackets.
+pub fn service_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+/// What is known of a call for its summary.
+struct Call {
+    chain: Arc<Chain>,
+    id: u64,
+    start: Instant,
+    service: String,
+    summary: CallSummary,
+    request_bytes: Arc<AtomicU64>,
+    inputs: Arc<Inputs>,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, status: u16, response_bytes: u64, extra: ResponseFlags) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut s = self.summary;
+        s.status = status;
+        s.duration_us = self.start.elapsed().as_micros() as u64;
+        s.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        s.response_bytes = response_bytes;
+        s.response_flags |= extra;
+        // A plugin failing in on-done is counted by the runtime; the call is over either way.
+        self.chain.on_done(&s);
+        let m = &self.inputs.metrics;
+        let code = if status == 0 {
+            "0".to_string()
+        } else {
+            status.to_string()
+        };
+        m.requests
+            .with_label_values(&["outbound", &self.service, &code])
+            .inc();
+        m.duration
+            .with_label_values(&["outbound", &self.service])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Dropped unfinished: the caller went away before a response was sent.
+        self.finish(0, 0, ResponseFlags::DOWNSTREAM_DISCONNECT);
+        self.inputs.metrics.in_flight.dec();
+    }
+}
+
+fn flags_for(outcome: Outcome) -> ResponseFlags {
+    match outcome {
+        Outcome::NoEndpoint => ResponseFlags::NO_HEALTHY_UPSTREAM,
+        Outcome::ConnectFailure => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+        Outcome::Timeout => ResponseFlags::UPSTREAM_TIMEOUT,
+        Outcome::Reset | Outcome::RefusedStream => ResponseFlags::UPSTREAM_RESET,
+        Outcome::Response(_) => ResponseFlags::empty(),
+    }
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Response(s) if s >= 500 => "5xx",
+        Outcome::Response(_) => "response",
+        Outcome::ConnectFailure => "connect_failure",
+        Outcome::Reset => "reset",
+        Outcome::RefusedStream => "refused_stream",
+        Outcome::Timeout => "timeout",
+        Outcome::NoEndpoint => "no_endpoint",
+    }
+}
+
+fn local_for(outcome: Outcome, service: &str) -> Response<ProxyBody> {
+    let (status, text) = match outcome {
+        Outcome::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        Outcome::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
+        Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        _ => (StatusCode::BAD_GATEWAY, "upstream reset before response"),
+    };
+    local_response(status, format!("weft: {text} (service {service:?})\n"))
+}
+
+/// Classifies a failed attempt from the client's error.
+fn classify(err: &hyper_util::client::legacy::Error) -> Outcome {
+    if err.is_connect() {
+        return Outcome::ConnectFailure;
+    }
+    let text = format!("{err:?}");
+    if text.contains("REFUSED_STREAM") {
+        Outcome::RefusedStream
+    } else {
+        Outcome::Reset
+    }
+}
+
+/// Handles one request from the local app.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    Ok(route(inputs, req, peer).await)
+}
+
+async fn route(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let (mut parts, incoming) = req.into_parts();
+    if parts.method == Method::CONNECT || parts.headers.contains_key(UPGRADE) {
+        return local_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "weft: protocol upgrades (CONNECT, Upgrade) are not supported\n",
+        );
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let Some(authority) = authority else {
+        return local_response(
+            StatusCode::BAD_REQUEST,
+            "weft: the request names no destination: use an absolute URI or a Host header\n",
+        );
+    };
+    let service = service_of(&authority).to_string();
+    let routes = inputs.routes.load_full();
+    let Some(route) = routes.services.get(&service).cloned() else {
+        inputs
+            .metrics
+            .requests
+            .with_label_values(&["outbound", "unknown", "502"])
+            .inc();
+        let mut known: Vec<&str> = routes.services.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return local_response(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "weft: no route to service {service:?} (known services: {})\n",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    headers::ensure_ids(&mut parts.headers, || inputs.random());
+    let protocol = if parts.version == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let id = inputs.next_call_id();
+    inputs.metrics.in_flight.inc();
+    let mut call = Call {
+        chain: route.chain.clone(),
+        id,
+        start,
+        service: service.clone(),
+        summary: CallSummary {
+            call_id: id,
+            status: 0,
+            attempts: 0,
+            duration_us: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            endpoint: 0,
+            service: route.service_id,
+            subset: 0,
+            source: inputs.settings.identity_id,
+            destination_identity: 0,
+            protocol,
+            response_flags: ResponseFlags::empty(),
+        },
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        inputs: inputs.clone(),
+        done: false,
+    };
+    let mut head = RequestHead {
+        method: parts.method.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        authority: authority.clone(),
+        headers: std::mem::take(&mut parts.headers),
+        source: inputs.settings.identity.clone(),
+        destination: Destination {
+            service: route.service.clone(),
+            subset: None,
+        },
+        per_try_timeout: None,
+        timeout: None,
+    };
+    let decided = call.chain.on_request(id, &mut head);
+    if decided.plugin_failed {
+        call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+    }
+    if let RequestVerdict::Respond(reply) = decided.action {
+        let status = reply.status.as_u16();
+        let mut resp = Response::new(body::full(reply.body));
+        *resp.status_mut() = reply.status;
+        *resp.headers_mut() = reply.headers;
+        call.finish(
+            status,
+            resp.body().size_hint().exact().unwrap_or(0),
+            ResponseFlags::LOCAL_REPLY,
+        );
+        return resp;
+    }
+    // The chain may have sent the call to another service or subset.
+    let target = if head.destination.service == route.service {
+        route.clone()
+    } else {
+        match routes.services.get(&head.destination.service) {
+            Some(r) => r.clone(),
+            None => {
+                call.finish(502, 0, ResponseFlags::NO_ROUTE);
+                return local_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "weft: a plugin routed to unknown service {:?}\n",
+                        head.destination.service
+                    ),
+                );
+            }
+        }
+    };
+    call.summary.service = target.service_id;
+    let selector = match &head.destination.subset {
+        None => Default::default(),
+        Some(name) => match target.subsets.get(name) {
+            Some(subset) => {
+                call.summary.subset = subset.name_id;
+                subset.selector.clone()
+            }
+            None => {
+                call.finish(503, 0, ResponseFlags::NO_ROUTE);
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "weft: service {:?} has no subset {name:?}\n",
+                        target.service
+                    ),
+                );
+            }
+        },
+    };
+    let content_length = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut request_body = match body::read_for_replay(
+        incoming,
+        content_length,
+        inputs.settings.replay_limit,
+        call.request_bytes.clone(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(_) => {
+            call.finish(0, 0, ResponseFlags::DOWNSTREAM_DISCONNECT);
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                "weft: the request body could not be read\n",
+            );
+        }
+    };
+    let deadline = head.timeout.or(route.timeout).map(|t| start + t);
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        head.headers.insert(FORWARDED_HOST, v);
+    }
+    let (outcome, response) = attempts(
+        &inputs,
+        &mut call,
+        &target,
+        &selector,
+        &head,
+        &mut request_body,
+        deadline,
+    )
+    .await;
+    match response {
+        Some(resp) => respond(call, resp),
+        None => {
+            let resp = local_for(outcome, &target.service);
+            let mut flags = flags_for(outcome);
+            if call.summary.attempts > 1 {
+                flags |= ResponseFlags::RETRY_LIMIT_EXCEEDED;
+            }
+            call.finish(resp.status().as_u16(), 0, flags);
+            resp
+        }
+    }
+}
+
+/// Sends attempts until one stands; returns the last outcome and its response, if any.
+async fn attempts(
+    inputs: &Arc<Inputs>,
+    call: &mut Call,
+    target: &Route,
+    selector: &std::collections::BTreeMap<String, String>,
+    head: &RequestHead,
+    request_body: &mut body::RequestBody,
+    deadline: Option<Instant>,
+) -> (Outcome, Option<Response<Incoming>>) {
+    let mut last: Option<u64> = None;
+    let mut number = 0u32;
+    loop {
+        number += 1;
+        call.summary.attempts = number;
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let candidates: Vec<(Candidate, String, Arc<std::sync::atomic::AtomicU32>)> = inputs
+            .table
+            .select(&target.service, selector)
+            .into_iter()
+            .map(|e| {
+                let c = Candidate {
+                    id: e.id,
+                    outstanding: e.outstanding.load(Ordering::Relaxed),
+                    ejected: e.is_ejected(now),
+                };
+                (c, e.address, e.outstanding)
+            })
+            .collect();
+        let plain: Vec<Candidate> = candidates.iter().map(|c| c.0).collect();
+        let picked = balance::pick(&plain, last, |n| (inputs.random() % n as u64) as usize);
+        let attempt_start = Instant::now();
+        let mut response = None;
+        let outcome = match (picked, remaining) {
+            (_, Some(r)) if r.is_zero() => Outcome::Timeout,
+            (None, _) => Outcome::NoEndpoint,
+            (Some(id), _) => {
+                let Some((_, address, outstanding)) = candidates.into_iter().find(|c| c.0.id == id)
+                else {
+                    return (Outcome::NoEndpoint, None);
+                };
+                call.summary.endpoint = id;
+                let Some(body) = request_body.attempt() else {
+                    // A streamed body went with an earlier attempt; nothing left to send.
+                    return (Outcome::Reset, None);
+                };
+                let mut builder = Request::builder()
+                    .method(head.method.clone())
+                    .uri(format!("http://{address}{}", head.path))
+                    .version(Version::HTTP_2);
+                if let Some(h) = builder.headers_mut() {
+                    *h = head.headers.clone();
+                }
+                let Ok(upstream) = builder.body(body) else {
+                    return (Outcome::Reset, None);
+                };
+                outstanding.fetch_add(1, Ordering::Relaxed);
+                let per_try = match (head.per_try_timeout, remaining) {
+                    (Some(p), Some(r)) => Some(p.min(r)),
+                    (p, r) => p.or(r),
+                };
+                let sent = inputs.peers.request(upstream);
+                let result = match per_try {
+                    Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                    None => Some(sent.await),
+                };
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+                match result {
+                    None => Outcome::Timeout,
+                    Some(Ok(resp)) => {
+                        let status = resp.status().as_u16();
+                        response = Some(resp);
+                        Outcome::Response(status)
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(service = %target.service, endpoint = %address, "attempt failed: {e:?}");
+                        classify(&e)
+                    }
+                }
+            }
+        };
+        inputs
+            .metrics
+            .attempts
+            .with_label_values(&[&target.service, outcome_label(outcome)])
+            .inc();
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let attempt = Attempt {
+            call_id: call.id,
+            number,
+            endpoint: picked.unwrap_or(0),
+            outcome,
+            elapsed_us: attempt_start.elapsed().as_micros() as u64,
+            remaining_ms: remaining.map_or(u32::MAX, |r| {
+                u32::try_from(r.as_millis()).unwrap_or(u32::MAX)
+            }),
+            replayable: request_body.replayable(),
+        };
+        let decided = call.chain.on_attempt_end(&attempt);
+        if decided.plugin_failed {
+            call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+        }
+        match decided.action {
+            AttemptVerdict::Retry(delay)
+                if request_body.replayable() && remaining.is_none_or(|r| r > delay) =>
+            {
+                drop(response);
+                last = picked;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            _ => return (outcome, response),
+        }
+    }
+}
+
+fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, incoming) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let mut head = ResponseHead {
+        status: parts.status,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    let decided = call.chain.on_response(call.id, &mut head);
+    if decided.plugin_failed {
+        call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+    }
+    if let ResponseVerdict::Respond(reply) = decided.action {
+        let mut out = Response::new(body::full(reply.body));
+        *out.status_mut() = reply.status;
+        *out.headers_mut() = reply.headers;
+        call.finish(reply.status.as_u16(), 0, ResponseFlags::LOCAL_REPLY);
+        return out;
+    }
+    parts.status = head.status;
+    parts.headers = head.headers;
+    parts.version = Version::HTTP_11;
+    let status = parts.status.as_u16();
+    let upstream: ProxyBody = incoming
+        .map_err(|e| Box::new(e) as body::BoxError)
+        .boxed_unsync();
+    let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
+        let flags = if end.complete {
+            ResponseFlags::empty()
+        } else {
+            ResponseFlags::DOWNSTREAM_DISCONNECT
+        };
+        call.finish(status, end.bytes, flags);
+        drop(call);
+    });
+    Response::from_parts(parts, reporting.boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_of;
+
+    #[test]
+    fn the_authority_names_the_service() {
+        assert_eq!(service_of("payments"), "payments");
+        assert_eq!(service_of("payments:8080"), "payments");
+        assert_eq!(service_of("[::1]:80"), "::1");
+    }
+}

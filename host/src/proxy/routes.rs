@@ -1,0 +1,124 @@
+//! Routes: a snapshot compiled into what the data plane reads per request — per service its
+//! timeout, subsets and a ready plugin chain — with the endpoints put in the endpoint table.
+//! Built off the request path; applied whole or not at all.
+
+use crate::endpoints::{EndpointTable, endpoint_id};
+use crate::plugin::{Artifact, Chain, PluginRuntime, PluginSpec};
+use crate::snapshot::{Rejected, Snapshot, builtin_bytes, parse_duration};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A subset: its interned name and its label selector.
+#[derive(Debug, Clone)]
+pub struct Subset {
+    /// Interned name, as hooks see it.
+    pub name_id: u32,
+    /// Labels an endpoint must carry.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One service's route.
+pub struct Route {
+    /// The service.
+    pub service: String,
+    /// Its interned name.
+    pub service_id: u32,
+    /// Overall timeout per call.
+    pub timeout: Option<Duration>,
+    /// Subsets by name.
+    pub subsets: BTreeMap<String, Subset>,
+    /// The plugin chain.
+    pub chain: Arc<Chain>,
+}
+
+/// Every route of a snapshot.
+pub struct Routes {
+    /// The snapshot they came from.
+    pub snapshot: Snapshot,
+    /// Routes by service name.
+    pub services: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    /// No routes: a sidecar before its first snapshot.
+    pub fn empty() -> Self {
+        Routes {
+            snapshot: Snapshot::default(),
+            services: HashMap::new(),
+        }
+    }
+}
+
+/// Compiles a snapshot: validates it, loads every plugin (files relative to `base_dir`), and
+/// only when all of that succeeded, updates the endpoint table.
+pub fn build(
+    snapshot: Snapshot,
+    runtime: &PluginRuntime,
+    table: &EndpointTable,
+    base_dir: &Path,
+) -> Result<Routes, Rejected> {
+    snapshot.validate()?;
+    let mut errors = Vec::new();
+    let mut services = HashMap::new();
+    for (name, svc) in &snapshot.services {
+        let mut plugins = Vec::new();
+        for (i, p) in svc.plugins.iter().enumerate() {
+            let config = if p.config.is_null() {
+                "{}".to_string()
+            } else {
+                p.config.to_string()
+            };
+            let mut spec = PluginSpec::new(p.name.clone(), config);
+            spec.fail_strategy = p.fail_strategy;
+            let path;
+            let artifact = match (&p.builtin, &p.file) {
+                (Some(b), _) => match builtin_bytes(b) {
+                    Some(bytes) => Artifact::Bytes(bytes),
+                    None => continue,
+                },
+                (None, Some(f)) => {
+                    path = base_dir.join(f);
+                    Artifact::File(&path)
+                }
+                (None, None) => continue,
+            };
+            match runtime.plugin(artifact, p.sha256.as_deref(), spec) {
+                Ok(plugin) => plugins.push(plugin),
+                Err(e) => errors.push(format!("services.{name}.plugins[{i}]: {e}")),
+            }
+        }
+        let subsets = svc
+            .subsets
+            .iter()
+            .map(|(s, labels)| {
+                let subset = Subset {
+                    name_id: runtime.intern(s),
+                    selector: labels.clone(),
+                };
+                (s.clone(), subset)
+            })
+            .collect();
+        let route = Route {
+            service: name.clone(),
+            service_id: runtime.intern(name),
+            timeout: svc.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
+            subsets,
+            chain: Arc::new(Chain::new(plugins)),
+        };
+        services.insert(name.clone(), Arc::new(route));
+    }
+    if !errors.is_empty() {
+        return Err(Rejected(errors));
+    }
+    let mut keep = HashSet::new();
+    for (name, svc) in &snapshot.services {
+        for ep in &svc.endpoints {
+            table.upsert(name, &ep.address, ep.labels.clone());
+            keep.insert(endpoint_id(name, &ep.address));
+        }
+    }
+    table.retain(&keep);
+    Ok(Routes { snapshot, services })
+}

@@ -1,0 +1,204 @@
+//! The snapshot: everything a sidecar needs to route — services, their subsets, endpoints,
+//! timeouts and plugin chains — in the one form a local file gives today and the control plane
+//! will push later. Validation collects every problem, each with the field's path.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A versioned routing snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Identifies this snapshot; sidecars report it.
+    pub version: String,
+    /// Services by name (the authority callers use).
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+}
+
+/// One destination service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// Overall timeout per call (`"6s"`); none for unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Subsets by name, each a label selector.
+    #[serde(default)]
+    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The service's endpoints (their inbound sidecars).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// The filter chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+}
+
+/// An endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// `ip:port`.
+    pub address: String,
+    /// Labels (`version: v1`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A plugin in a chain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginRef {
+    /// Its name (metrics, logs, shared state).
+    pub name: String,
+    /// A built-in plugin: `canary`, `retry`, `outlier` or `telemetry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// A component file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The sha256 the artifact must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Its configuration.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// `fail-open` (default) or `fail-closed`.
+    #[serde(default)]
+    pub fail_strategy: crate::plugin::FailStrategy,
+}
+
+/// The built-in plugins the binary carries.
+pub const BUILTINS: [&str; 4] = ["canary", "retry", "outlier", "telemetry"];
+
+/// The embedded bytes of a built-in plugin.
+pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "canary" => Some(weft_artifacts::CANARY),
+        "retry" => Some(weft_artifacts::RETRY),
+        "outlier" => Some(weft_artifacts::OUTLIER),
+        "telemetry" => Some(weft_artifacts::TELEMETRY),
+        _ => None,
+    }
+}
+
+/// A snapshot that cannot be applied, with every reason found.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot rejected:\n  - {}", .0.join("\n  - "))]
+pub struct Rejected(pub Vec<String>);
+
+/// Parses an Istio-style duration (`"6s"`, `"250ms"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1e3)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60e3)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600e3)
+    } else {
+        return Err(format!(
+            "invalid duration {text:?}: expected a number and a unit (ms, s, m, h)"
+        ));
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale_ms / 1e3)),
+        _ => Err(format!("invalid duration {text:?}")),
+    }
+}
+
+impl Snapshot {
+    /// Parses JSON text.
+    pub fn from_json(text: &str) -> Result<Snapshot, Rejected> {
+        serde_json::from_str(text).map_err(|e| Rejected(vec![format!("invalid JSON: {e}")]))
+    }
+
+    /// Checks everything that can be checked without loading plugins.
+    pub fn validate(&self) -> Result<(), Rejected> {
+        let mut errors = Vec::new();
+        if self.version.trim().is_empty() {
+            errors.push("version: must not be empty".to_string());
+        }
+        for (name, svc) in &self.services {
+            let at = format!("services.{name}");
+            if name.is_empty() || name.contains(['/', ' ', ':']) {
+                errors.push(format!("{at}: invalid service name"));
+            }
+            if let Some(t) = &svc.timeout
+                && let Err(e) = parse_duration(t)
+            {
+                errors.push(format!("{at}.timeout: {e}"));
+            }
+            for (i, ep) in svc.endpoints.iter().enumerate() {
+                if ep.address.parse::<SocketAddr>().is_err() {
+                    errors.push(format!(
+                        "{at}.endpoints[{i}].address: {:?} is not ip:port",
+                        ep.address
+                    ));
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, p) in svc.plugins.iter().enumerate() {
+                let at = format!("{at}.plugins[{i}]");
+                if p.name.is_empty() {
+                    errors.push(format!("{at}.name: must not be empty"));
+                } else if !seen.insert(p.name.as_str()) {
+                    errors.push(format!(
+                        "{at}.name: {:?} appears twice in the chain",
+                        p.name
+                    ));
+                }
+                match (&p.builtin, &p.file) {
+                    (Some(b), None) if builtin_bytes(b).is_none() => errors.push(format!(
+                        "{at}.builtin: unknown built-in {b:?} (known: {})",
+                        BUILTINS.join(", ")
+                    )),
+                    (Some(_), None) | (None, Some(_)) => {}
+                    _ => errors.push(format!("{at}: exactly one of builtin or file is required")),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejected(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"{"version":"", "services":{"payments":{
+            "timeout":"6", "endpoints":[{"address":"nowhere"}],
+            "plugins":[{"name":"a","builtin":"nope"},{"name":"a","builtin":"retry","file":"x.wasm"}]}}}"#;
+        let err = Snapshot::from_json(text)
+            .expect("parses")
+            .validate()
+            .expect_err("invalid");
+        let all = err.0.join("\n");
+        for needle in [
+            "version: must not be empty",
+            "services.payments.timeout: invalid duration \"6\"",
+            "services.payments.endpoints[0].address: \"nowhere\" is not ip:port",
+            "services.payments.plugins[0].builtin: unknown built-in \"nope\"",
+            "services.payments.plugins[1].name: \"a\" appears twice",
+            "services.payments.plugins[1]: exactly one of builtin or file",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Snapshot::from_json(r#"{"version":"1","servces":{}}"#).expect_err("typo");
+        assert!(err.to_string().contains("unknown field `servces`"), "{err}");
+    }
+}
