@@ -32,25 +32,32 @@ BACKEND=18080; NGX_A=18081; NGX_B=18082
 ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
 CH_OUT=18121; CH_IN=18122; CH_ADM=18123
 
-# --- backend and the nginx pair -------------------------------------------------------------
-cat > "$WORK/nginx.conf" <<NGX
+# --- backend, and the nginx pair as a separate process ----------------------------------------
+nginx_conf() { # $1 name, $2 http block body
+  cat > "$WORK/$1.conf" <<NGX
 worker_processes 1;
+master_process off;
 daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  upstream hop_b   { server 127.0.0.1:$NGX_B; keepalive 128; }
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$NGX_B;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen 127.0.0.1:$NGX_A;
-    location / { proxy_pass http://hop_b; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  $2
 }
 NGX
-taskset -c 1 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" &
+}
+nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\\n\"; } }"
+nginx_conf pair "
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  upstream hop_b   { server 127.0.0.1:$NGX_B; keepalive 128; }
+  server { listen 127.0.0.1:$NGX_B;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
+  server { listen 127.0.0.1:$NGX_A;
+    location / { proxy_pass http://hop_b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+taskset -c 1 "$NGINX" -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend-error.log" &
+PIDS+=($!)
+taskset -c 1 "$NGINX" -c "$WORK/pair.conf" -p "$WORK" -e "$WORK/pair-error.log" &
 PIDS+=($!); NGINX_PID=$!
 
 # --- the weft pairs ---------------------------------------------------------------------------
@@ -124,6 +131,7 @@ measure() {
   measure "weft pair, empty chain"    "http://127.0.0.1:$ORD_OUT/" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "http://127.0.0.1:$CH_OUT/"  "$CH_PID $PAY_PID"
   echo
-  echo "CPU and RSS are summed (CPU) / max (RSS) over the proxy processes of each path; the nginx"
-  echo "pair runs as one worker process serving both hops and the backend, so its CPU includes the backend."
+  echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
+  echo "separate nginx process, not counted). The nginx pair is one process (master_process off, one"
+  echo "worker) serving both hops."
 } | tee "$OUT/latest.md"
