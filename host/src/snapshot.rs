@@ -89,26 +89,9 @@ pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
 #[error("snapshot rejected:\n  - {}", .0.join("\n  - "))]
 pub struct Rejected(pub Vec<String>);
 
-/// Parses an Istio-style duration (`"6s"`, `"250ms"`).
+/// Parses an Istio-style duration (`"6s"`, `"250ms"`), the same way plugins do.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, scale_ms) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1e3)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60e3)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3_600e3)
-    } else {
-        return Err(format!(
-            "invalid duration {text:?}: expected a number and a unit (ms, s, m, h)"
-        ));
-    };
-    match num.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale_ms / 1e3)),
-        _ => Err(format!("invalid duration {text:?}")),
-    }
+    weft_sdk::config::IstioDuration::parse(text).map(|d| d.0)
 }
 
 impl Snapshot {

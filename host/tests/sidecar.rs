@@ -53,6 +53,14 @@ fn payments(
     })
 }
 
+/// `payments` v1 with its sidecar, and an `orders` sidecar routing to it through `plugins`.
+async fn one_pod(plugins: serde_json::Value, timeout: &str) -> (Pod, Sidecar) {
+    let v1 = pod("payments", "payments-v1").await;
+    let endpoints = serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]);
+    let orders = orders(payments(endpoints, plugins, timeout)).await;
+    (v1, orders)
+}
+
 fn get(to: SocketAddr, path: &str) -> Request<support::Body> {
     Request::builder()
         .uri(format!("http://{to}{path}"))
@@ -63,13 +71,7 @@ fn get(to: SocketAddr, path: &str) -> Request<support::Body> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_through_the_sidecar_pair() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([]),
-        "6s",
-    ))
-    .await;
+    let (v1, orders) = one_pod(serde_json::json!([]), "6s").await;
     let mut req = get(orders.outbound, "/hello");
     req.headers_mut().insert(
         "connection",
@@ -106,13 +108,7 @@ async fn http1_through_the_sidecar_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_large_bodies_streamed_both_ways() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([]),
-        "6s",
-    ))
-    .await;
+    let (_v1, orders) = one_pod(serde_json::json!([]), "6s").await;
     let payload = vec![7u8; 3 * 1024 * 1024];
     // h2c with prior knowledge to the outbound listener; :authority names the service.
     let stream = tokio::net::TcpStream::connect(orders.outbound)
@@ -192,14 +188,8 @@ async fn an_endpoint_that_refuses_connections_is_retried_then_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_never_answers_meets_the_per_try_and_overall_timeouts() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([{"name": "retry", "builtin": "retry",
-                            "config": {"attempts": 5, "perTryTimeout": "300ms", "retryOn": "5xx"}}]),
-        "1s",
-    ))
-    .await;
+    let (v1, orders) = one_pod(serde_json::json!([{"name": "retry", "builtin": "retry",
+                            "config": {"attempts": 5, "perTryTimeout": "300ms", "retryOn": "5xx"}}]), "1s").await;
     let start = Instant::now();
     let (status, _, body) = read(
         h1_client()
@@ -287,13 +277,7 @@ async fn a_plugin_picks_the_subset_and_another_answers_locally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_request_cancels_the_upstream_call() {
     use tokio::io::AsyncWriteExt;
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([]),
-        "30s",
-    ))
-    .await;
+    let (v1, orders) = one_pod(serde_json::json!([]), "30s").await;
     let mut raw = tokio::net::TcpStream::connect(orders.outbound)
         .await
         .expect("connect");
@@ -323,13 +307,7 @@ async fn a_client_that_hangs_up_mid_request_cancels_the_upstream_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_snapshot_is_refused_and_the_last_good_one_keeps_serving() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([]),
-        "6s",
-    ))
-    .await;
+    let (_v1, orders) = one_pod(serde_json::json!([]), "6s").await;
     let bad: Snapshot = serde_json::from_value(payments(
         serde_json::json!([{"address": "127.0.0.1:1", "labels": {}}]),
         serde_json::json!([{"name": "picky", "file": weft_artifacts::CHAOS_PATH, "config": {"reject": true}}]),
@@ -359,13 +337,7 @@ async fn a_bad_snapshot_is_refused_and_the_last_good_one_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_calls_in_flight_and_refuses_new_ones() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
-        serde_json::json!([]),
-        "6s",
-    ))
-    .await;
+    let (_v1, orders) = one_pod(serde_json::json!([]), "6s").await;
     let outbound = orders.outbound;
     let slow = tokio::spawn(async move {
         h1_client()
@@ -401,12 +373,10 @@ async fn scrape(sidecar: &Sidecar) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
-    let v1 = pod("payments", "payments-v1").await;
-    let orders = orders(payments(
-        serde_json::json!([{"address": v1.sidecar.inbound.to_string(), "labels": {"version": "v1"}}]),
+    let (v1, orders) = one_pod(
         serde_json::json!([{"name": "telemetry", "builtin": "telemetry"}]),
         "6s",
-    ))
+    )
     .await;
     for _ in 0..3 {
         read(
