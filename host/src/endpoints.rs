@@ -1,33 +1,47 @@
-//! The host's table of upstream endpoints: each service's endpoints with their labels and
-//! ejection state. Plugins eject through [`EndpointHealth`]; load balancing skips the ejected.
+//! The host's table of upstream endpoints: each endpoint a shared slot holding its labels,
+//! requests in flight and ejection state, all atomics, so the data plane reads them per
+//! request without locks or copies. Plugins eject through [`EndpointHealth`]; load balancing
+//! skips the ejected.
 
 use crate::plugin::{EndpointHealth, EndpointState};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One upstream endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Endpoint {
-    /// Stable id for its address.
+    /// Stable id for its service and address.
     pub id: u64,
     /// The service it serves.
-    pub service: String,
+    pub service: Arc<str>,
     /// Its address.
-    pub address: String,
+    pub address: Arc<str>,
     /// Its labels (`version: v1`).
     pub labels: BTreeMap<String, String>,
     /// Requests in flight to it, for least-outstanding load balancing.
-    pub outstanding: Arc<AtomicU32>,
-    ejected_until: Option<Instant>,
+    pub outstanding: AtomicU32,
+    // Milliseconds since the table's epoch until which it is ejected; 0 when never.
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Endpoint {
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
     /// Whether it is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until.is_some_and(|t| t > now)
+        self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms(now)
+    }
+
+    /// Time left of its ejection at `now`.
+    pub fn ejected_for(&self, now: Instant) -> Duration {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(self.now_ms(now)))
     }
 
     /// Whether its labels include every label of `selector`.
@@ -39,9 +53,18 @@ impl Endpoint {
 }
 
 /// Every known endpoint, by id.
-#[derive(Default)]
 pub struct EndpointTable {
-    endpoints: RwLock<BTreeMap<u64, Endpoint>>,
+    epoch: Instant,
+    endpoints: RwLock<BTreeMap<u64, Arc<Endpoint>>>,
+}
+
+impl Default for EndpointTable {
+    fn default() -> Self {
+        EndpointTable {
+            epoch: Instant::now(),
+            endpoints: RwLock::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl EndpointTable {
@@ -50,27 +73,35 @@ impl EndpointTable {
         EndpointTable::default()
     }
 
-    /// Adds or updates an endpoint; its id is derived from service and address so it stays the
-    /// same across updates.
-    pub fn upsert(&self, service: &str, address: &str, labels: BTreeMap<String, String>) -> u64 {
+    /// Adds an endpoint, or returns the existing slot. A slot whose labels changed is replaced,
+    /// keeping its ejection; its id, derived from service and address, stays the same.
+    pub fn upsert(
+        &self,
+        service: &str,
+        address: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Arc<Endpoint> {
         let id = endpoint_id(service, address);
         let mut endpoints = self.endpoints.write();
-        let (ejected_until, outstanding) = match endpoints.get(&id) {
-            Some(e) => (e.ejected_until, e.outstanding.clone()),
-            None => (None, Arc::new(AtomicU32::new(0))),
-        };
-        endpoints.insert(
+        if let Some(e) = endpoints.get(&id)
+            && e.labels == labels
+        {
+            return e.clone();
+        }
+        let ejected = endpoints
+            .get(&id)
+            .map_or(0, |e| e.ejected_until_ms.load(Ordering::Relaxed));
+        let slot = Arc::new(Endpoint {
             id,
-            Endpoint {
-                id,
-                service: service.to_string(),
-                address: address.to_string(),
-                labels,
-                outstanding,
-                ejected_until,
-            },
-        );
-        id
+            service: Arc::from(service),
+            address: Arc::from(address),
+            labels,
+            outstanding: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(ejected),
+            epoch: self.epoch,
+        });
+        endpoints.insert(id, slot.clone());
+        slot
     }
 
     /// Drops every endpoint whose id is not in `keep`.
@@ -79,17 +110,17 @@ impl EndpointTable {
     }
 
     /// The endpoints of `service` whose labels match `selector`, ejected ones included.
-    pub fn select(&self, service: &str, selector: &BTreeMap<String, String>) -> Vec<Endpoint> {
+    pub fn select(&self, service: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<Endpoint>> {
         self.endpoints
             .read()
             .values()
-            .filter(|e| e.service == service && e.matches(selector))
+            .filter(|e| &*e.service == service && e.matches(selector))
             .cloned()
             .collect()
     }
 
     /// One endpoint.
-    pub fn get(&self, id: u64) -> Option<Endpoint> {
+    pub fn get(&self, id: u64) -> Option<Arc<Endpoint>> {
         self.endpoints.read().get(&id).cloned()
     }
 }
@@ -116,19 +147,17 @@ impl EndpointHealth for EndpointTable {
             .filter(|e| e.service == service)
             .map(|e| EndpointState {
                 id: e.id,
-                address: e.address.clone(),
-                ejected_for: e
-                    .ejected_until
-                    .map(|t| t.saturating_duration_since(now))
-                    .unwrap_or(Duration::ZERO),
+                address: e.address.to_string(),
+                ejected_for: e.ejected_for(now),
             })
             .collect()
     }
 
     fn eject(&self, endpoint: u64, duration: Duration) -> bool {
-        match self.endpoints.write().get_mut(&endpoint) {
+        match self.endpoints.read().get(&endpoint) {
             Some(e) => {
-                e.ejected_until = Some(Instant::now() + duration);
+                let until = e.now_ms(Instant::now()) + duration.as_millis() as u64;
+                e.ejected_until_ms.store(until, Ordering::Relaxed);
                 tracing::info!(endpoint = %e.address, service = %e.service, ?duration, "endpoint ejected");
                 true
             }
@@ -148,13 +177,15 @@ mod tests {
     #[test]
     fn subsets_select_by_label_and_ejection_is_kept_across_updates() {
         let t = EndpointTable::new();
-        let a = t.upsert("payments", "10.0.0.1:80", labels("v1"));
+        let a = t.upsert("payments", "10.0.0.1:80", labels("v1")).id;
         t.upsert("payments", "10.0.0.2:80", labels("v2"));
         t.upsert("orders", "10.0.0.3:80", labels("v1"));
         assert_eq!(t.select("payments", &labels("v1")).len(), 1);
         assert_eq!(t.select("payments", &BTreeMap::new()).len(), 2);
         assert!(t.eject(a, Duration::from_secs(30)));
-        assert_eq!(t.upsert("payments", "10.0.0.1:80", labels("v1")), a);
+        let mut relabelled = labels("v1");
+        relabelled.insert("zone".into(), "a".into());
+        assert_eq!(t.upsert("payments", "10.0.0.1:80", relabelled).id, a);
         assert!(t.select("payments", &labels("v1"))[0].is_ejected(Instant::now()));
         let pool = t.pool(a);
         assert_eq!(pool.len(), 2, "the pool is the endpoint's service");

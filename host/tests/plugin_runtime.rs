@@ -660,7 +660,7 @@ fn the_outlier_plugin_ejects_through_the_hosts_endpoint_table() {
     use weft::endpoints::EndpointTable;
     let table = Arc::new(EndpointTable::new());
     let labels = BTreeMap::from([("version".to_string(), "v1".to_string())]);
-    let bad = table.upsert("payments", "10.0.0.9:80", labels.clone());
+    let bad = table.upsert("payments", "10.0.0.9:80", labels.clone()).id;
     table.upsert("payments", "10.0.0.8:80", labels);
     let runtime = PluginRuntime::new(RuntimeConfig::default(), &Registry::new(), table.clone())
         .expect("runtime");

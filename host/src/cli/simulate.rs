@@ -300,7 +300,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, p)| {
             let labels = BTreeMap::from([("version".to_string(), p.subset.to_string())]);
-            table.upsert("payments", &format!("10.0.1.{}:8080", i + 1), labels)
+            table
+                .upsert("payments", &format!("10.0.1.{}:8080", i + 1), labels)
+                .id
         })
         .collect();
     let runtime = PluginRuntime::new(RuntimeConfig::default(), &registry, table.clone())?;

@@ -1,8 +1,50 @@
 //! The data plane's own metrics.
 
+use parking_lot::RwLock;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Attempt outcomes, as the `outcome` label spells them.
+pub const OUTCOMES: [&str; 7] = [
+    "response",
+    "5xx",
+    "connect_failure",
+    "reset",
+    "refused_stream",
+    "timeout",
+    "no_endpoint",
+];
+
+/// One route's metric handles, resolved when the route is built so a request hashes no labels.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    service: String,
+    requests: IntCounterVec,
+    codes: Arc<RwLock<HashMap<u16, IntCounter>>>,
+    /// Outbound request duration for this service.
+    pub duration: Histogram,
+    /// Attempts by outcome, indexed as [`OUTCOMES`].
+    pub attempts: [IntCounter; 7],
+}
+
+impl RouteMetrics {
+    /// Counts a request answered with `code` (0: no response was sent).
+    pub fn request(&self, code: u16) {
+        if let Some(c) = self.codes.read().get(&code) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .requests
+            .with_label_values(&["outbound", &self.service, &code.to_string()]);
+        c.inc();
+        self.codes.write().insert(code, c);
+    }
+}
 
 /// Requests, latency and connections, by direction (`inbound`/`outbound`).
 #[derive(Clone)]
@@ -20,6 +62,17 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
+    /// Handles for one route.
+    pub fn for_route(&self, service: &str) -> RouteMetrics {
+        RouteMetrics {
+            service: service.to_string(),
+            requests: self.requests.clone(),
+            codes: Arc::default(),
+            duration: self.duration.with_label_values(&["outbound", service]),
+            attempts: OUTCOMES.map(|o| self.attempts.with_label_values(&[service, o])),
+        }
+    }
+
     /// Registers them.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(

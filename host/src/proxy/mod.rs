@@ -299,7 +299,13 @@ impl Sidecar {
         let inputs = self.inputs.clone();
         let base = self.base_dir.clone();
         let built = tokio::task::spawn_blocking(move || {
-            routes::build(snapshot, &inputs.runtime, &inputs.table, &base)
+            routes::build(
+                snapshot,
+                &inputs.runtime,
+                &inputs.table,
+                &inputs.metrics,
+                &base,
+            )
         })
         .await
         .map_err(|e| Rejected(vec![format!("applying the snapshot panicked: {e}")]))??;

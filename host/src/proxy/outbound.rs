@@ -7,6 +7,7 @@ use super::body::{self, BodyEnd, ProxyBody, ReportingBody};
 use super::headers;
 use super::routes::Route;
 use super::{Inputs, local_response};
+use crate::endpoints::Endpoint;
 use crate::plugin::{
     Attempt, AttemptVerdict, CallSummary, Chain, Destination, Outcome, Protocol, RequestHead,
     RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict,
@@ -37,7 +38,7 @@ struct Call {
     chain: Arc<Chain>,
     id: u64,
     start: Instant,
-    service: String,
+    route: Arc<Route>,
     summary: CallSummary,
     request_bytes: Arc<AtomicU64>,
     inputs: Arc<Inputs>,
@@ -57,18 +58,9 @@ impl Call {
         s.response_flags |= extra;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
         self.chain.on_done(&s);
-        let m = &self.inputs.metrics;
-        let code = if status == 0 {
-            "0".to_string()
-        } else {
-            status.to_string()
-        };
-        m.requests
-            .with_label_values(&["outbound", &self.service, &code])
-            .inc();
-        m.duration
-            .with_label_values(&["outbound", &self.service])
-            .observe(self.start.elapsed().as_secs_f64());
+        let m = &self.route.metrics;
+        m.request(status);
+        m.duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -90,15 +82,16 @@ fn flags_for(outcome: Outcome) -> ResponseFlags {
     }
 }
 
-fn outcome_label(outcome: Outcome) -> &'static str {
+/// The outcome's index in [`super::metrics::OUTCOMES`].
+fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
-        Outcome::Response(s) if s >= 500 => "5xx",
-        Outcome::Response(_) => "response",
-        Outcome::ConnectFailure => "connect_failure",
-        Outcome::Reset => "reset",
-        Outcome::RefusedStream => "refused_stream",
-        Outcome::Timeout => "timeout",
-        Outcome::NoEndpoint => "no_endpoint",
+        Outcome::Response(s) if s >= 500 => 1,
+        Outcome::Response(_) => 0,
+        Outcome::ConnectFailure => 2,
+        Outcome::Reset => 3,
+        Outcome::RefusedStream => 4,
+        Outcome::Timeout => 5,
+        Outcome::NoEndpoint => 6,
     }
 }
 
@@ -200,7 +193,7 @@ async fn route(
         chain: route.chain.clone(),
         id,
         start,
-        service: service.clone(),
+        route: route.clone(),
         summary: CallSummary {
             call_id: id,
             status: 0,
@@ -272,12 +265,12 @@ async fn route(
         }
     };
     call.summary.service = target.service_id;
-    let selector = match &head.destination.subset {
-        None => Default::default(),
+    let endpoints: &[Arc<Endpoint>] = match &head.destination.subset {
+        None => &target.endpoints,
         Some(name) => match target.subsets.get(name) {
             Some(subset) => {
                 call.summary.subset = subset.name_id;
-                subset.selector.clone()
+                &subset.endpoints
             }
             None => {
                 call.finish(503, 0, ResponseFlags::NO_ROUTE);
@@ -321,7 +314,7 @@ async fn route(
         &inputs,
         &mut call,
         &target,
-        &selector,
+        endpoints,
         &head,
         &mut request_body,
         deadline,
@@ -346,7 +339,7 @@ async fn attempts(
     inputs: &Arc<Inputs>,
     call: &mut Call,
     target: &Route,
-    selector: &std::collections::BTreeMap<String, String>,
+    endpoints: &[Arc<Endpoint>],
     head: &RequestHead,
     request_body: &mut body::RequestBody,
     deadline: Option<Instant>,
@@ -358,31 +351,26 @@ async fn attempts(
         call.summary.attempts = number;
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let now = Instant::now();
-        let candidates: Vec<(Candidate, String, Arc<std::sync::atomic::AtomicU32>)> = inputs
-            .table
-            .select(&target.service, selector)
-            .into_iter()
-            .map(|e| {
-                let c = Candidate {
-                    id: e.id,
-                    outstanding: e.outstanding.load(Ordering::Relaxed),
-                    ejected: e.is_ejected(now),
-                };
-                (c, e.address, e.outstanding)
+        let candidates: Vec<Candidate> = endpoints
+            .iter()
+            .map(|e| Candidate {
+                id: e.id,
+                outstanding: e.outstanding.load(Ordering::Relaxed),
+                ejected: e.is_ejected(now),
             })
             .collect();
-        let plain: Vec<Candidate> = candidates.iter().map(|c| c.0).collect();
-        let picked = balance::pick(&plain, last, |n| (inputs.random() % n as u64) as usize);
+        let picked = balance::pick(&candidates, last, |n| (inputs.random() % n as u64) as usize);
         let attempt_start = Instant::now();
         let mut response = None;
         let outcome = match (picked, remaining) {
             (_, Some(r)) if r.is_zero() => Outcome::Timeout,
             (None, _) => Outcome::NoEndpoint,
             (Some(id), _) => {
-                let Some((_, address, outstanding)) = candidates.into_iter().find(|c| c.0.id == id)
-                else {
+                let Some(endpoint) = endpoints.iter().find(|e| e.id == id) else {
                     return (Outcome::NoEndpoint, None);
                 };
+                let address = &endpoint.address;
+                let outstanding = &endpoint.outstanding;
                 call.summary.endpoint = id;
                 let Some(body) = request_body.attempt() else {
                     // A streamed body went with an earlier attempt; nothing left to send.
@@ -423,11 +411,7 @@ async fn attempts(
                 }
             }
         };
-        inputs
-            .metrics
-            .attempts
-            .with_label_values(&[&target.service, outcome_label(outcome)])
-            .inc();
+        target.metrics.attempts[outcome_index(outcome)].inc();
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let attempt = Attempt {
             call_id: call.id,

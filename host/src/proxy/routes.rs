@@ -2,7 +2,8 @@
 //! timeout, subsets and a ready plugin chain — with the endpoints put in the endpoint table.
 //! Built off the request path; applied whole or not at all.
 
-use crate::endpoints::{EndpointTable, endpoint_id};
+use super::metrics::{ProxyMetrics, RouteMetrics};
+use crate::endpoints::{Endpoint, EndpointTable, endpoint_id};
 use crate::plugin::{Artifact, Chain, PluginRuntime, PluginSpec};
 use crate::snapshot::{Rejected, Snapshot, builtin_bytes, parse_duration};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,13 +11,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A subset: its interned name and its label selector.
+/// A subset: its interned name and its endpoints, selected once when the route is built.
 #[derive(Debug, Clone)]
 pub struct Subset {
     /// Interned name, as hooks see it.
     pub name_id: u32,
     /// Labels an endpoint must carry.
     pub selector: BTreeMap<String, String>,
+    /// The endpoints that carry them.
+    pub endpoints: Vec<Arc<Endpoint>>,
 }
 
 /// One service's route.
@@ -29,6 +32,10 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Subsets by name.
     pub subsets: BTreeMap<String, Subset>,
+    /// Every endpoint of the service (no subset chosen).
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Metric handles resolved once for this route.
+    pub metrics: RouteMetrics,
     /// The plugin chain.
     pub chain: Arc<Chain>,
 }
@@ -57,11 +64,12 @@ pub fn build(
     snapshot: Snapshot,
     runtime: &PluginRuntime,
     table: &EndpointTable,
+    metrics: &ProxyMetrics,
     base_dir: &Path,
 ) -> Result<Routes, Rejected> {
     snapshot.validate()?;
     let mut errors = Vec::new();
-    let mut services = HashMap::new();
+    let mut chains = HashMap::new();
     for (name, svc) in &snapshot.services {
         let mut plugins = Vec::new();
         for (i, p) in svc.plugins.iter().enumerate() {
@@ -89,6 +97,22 @@ pub fn build(
                 Err(e) => errors.push(format!("services.{name}.plugins[{i}]: {e}")),
             }
         }
+        chains.insert(name.clone(), Arc::new(Chain::new(plugins)));
+    }
+    if !errors.is_empty() {
+        return Err(Rejected(errors));
+    }
+    let mut keep = HashSet::new();
+    let mut services = HashMap::new();
+    for (name, svc) in &snapshot.services {
+        let endpoints: Vec<Arc<Endpoint>> = svc
+            .endpoints
+            .iter()
+            .map(|ep| {
+                keep.insert(endpoint_id(name, &ep.address));
+                table.upsert(name, &ep.address, ep.labels.clone())
+            })
+            .collect();
         let subsets = svc
             .subsets
             .iter()
@@ -96,6 +120,11 @@ pub fn build(
                 let subset = Subset {
                     name_id: runtime.intern(s),
                     selector: labels.clone(),
+                    endpoints: endpoints
+                        .iter()
+                        .filter(|e| e.matches(labels))
+                        .cloned()
+                        .collect(),
                 };
                 (s.clone(), subset)
             })
@@ -105,19 +134,13 @@ pub fn build(
             service_id: runtime.intern(name),
             timeout: svc.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
             subsets,
-            chain: Arc::new(Chain::new(plugins)),
+            endpoints,
+            metrics: metrics.for_route(name),
+            chain: chains
+                .remove(name)
+                .unwrap_or_else(|| Arc::new(Chain::empty())),
         };
         services.insert(name.clone(), Arc::new(route));
-    }
-    if !errors.is_empty() {
-        return Err(Rejected(errors));
-    }
-    let mut keep = HashSet::new();
-    for (name, svc) in &snapshot.services {
-        for ep in &svc.endpoints {
-            table.upsert(name, &ep.address, ep.labels.clone());
-            keep.insert(endpoint_id(name, &ep.address));
-        }
     }
     table.retain(&keep);
     Ok(Routes { snapshot, services })
