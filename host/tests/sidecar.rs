@@ -433,3 +433,66 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
         "no snapshot yet"
     );
 }
+
+/// Sends raw HTTP/1.1 bytes and reads the reply until the echoed body arrives (or 5 s pass).
+async fn raw_exchange(to: SocketAddr, parts: &[&[u8]], pause_after_head: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(to).await.expect("connect");
+    let mut got = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        s.write_all(part).await.expect("write");
+        if i == 0 && pause_after_head {
+            // Wait for the interim 100 Continue before sending the body, as a client must.
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("100 Continue in time")
+                .expect("read");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if text.contains("\r\n\r\n") && text.ends_with("hello chunked world") {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_and_expect_100_continue_cross_the_pair() {
+    let (_v1, orders) = one_pod(serde_json::json!([]), "6s").await;
+    let chunked = raw_exchange(
+        orders.outbound,
+        &[
+            b"POST /echo HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"6\r\nhello \r\n8\r\nchunked \r\n5\r\nworld\r\n0\r\n\r\n",
+        ],
+        false,
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    assert!(chunked.ends_with("hello chunked world"), "{chunked}");
+    let expect = raw_exchange(
+        orders.outbound,
+        &[
+            b"POST /echo HTTP/1.1\r\nhost: payments\r\nexpect: 100-continue\r\ncontent-length: 19\r\n\r\n",
+            b"hello chunked world",
+        ],
+        true,
+    )
+    .await;
+    assert!(expect.starts_with("HTTP/1.1 100 Continue"), "{expect}");
+    assert!(
+        expect.contains("HTTP/1.1 200") && expect.ends_with("hello chunked world"),
+        "{expect}"
+    );
+}
