@@ -109,16 +109,6 @@ impl EndpointTable {
         self.endpoints.write().retain(|id, _| keep.contains(id));
     }
 
-    /// The endpoints of `service` whose labels match `selector`, ejected ones included.
-    pub fn select(&self, service: &str, selector: &BTreeMap<String, String>) -> Vec<Arc<Endpoint>> {
-        self.endpoints
-            .read()
-            .values()
-            .filter(|e| &*e.service == service && e.matches(selector))
-            .cloned()
-            .collect()
-    }
-
     /// One endpoint.
     pub fn get(&self, id: u64) -> Option<Arc<Endpoint>> {
         self.endpoints.read().get(&id).cloned()
@@ -175,18 +165,26 @@ mod tests {
     }
 
     #[test]
-    fn subsets_select_by_label_and_ejection_is_kept_across_updates() {
+    fn labels_select_and_ejection_is_kept_across_updates() {
         let t = EndpointTable::new();
-        let a = t.upsert("payments", "10.0.0.1:80", labels("v1")).id;
-        t.upsert("payments", "10.0.0.2:80", labels("v2"));
+        let a = t.upsert("payments", "10.0.0.1:80", labels("v1"));
+        let b = t.upsert("payments", "10.0.0.2:80", labels("v2"));
         t.upsert("orders", "10.0.0.3:80", labels("v1"));
-        assert_eq!(t.select("payments", &labels("v1")).len(), 1);
-        assert_eq!(t.select("payments", &BTreeMap::new()).len(), 2);
+        assert!(a.matches(&labels("v1")) && !b.matches(&labels("v1")));
+        assert!(
+            b.matches(&BTreeMap::new()),
+            "no selector matches every endpoint"
+        );
+        let a = a.id;
         assert!(t.eject(a, Duration::from_secs(30)));
         let mut relabelled = labels("v1");
         relabelled.insert("zone".into(), "a".into());
-        assert_eq!(t.upsert("payments", "10.0.0.1:80", relabelled).id, a);
-        assert!(t.select("payments", &labels("v1"))[0].is_ejected(Instant::now()));
+        let slot = t.upsert("payments", "10.0.0.1:80", relabelled);
+        assert_eq!(slot.id, a, "the id follows service and address");
+        assert!(
+            slot.is_ejected(Instant::now()),
+            "a relabelled endpoint stays ejected"
+        );
         let pool = t.pool(a);
         assert_eq!(pool.len(), 2, "the pool is the endpoint's service");
         assert!(

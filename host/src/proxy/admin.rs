@@ -7,10 +7,11 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-/// Handles one admin request.
+/// Handles one admin request (the peer's address is not used).
 pub async fn handle(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
+    _peer: std::net::SocketAddr,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => {

@@ -251,34 +251,33 @@ impl Sidecar {
             local(&admin, "admin", config.admin)?,
         );
         let (shutdown, watch_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let i = inputs.clone();
-        tasks.push(tokio::spawn(serve(
-            outbound,
-            "outbound",
-            inputs.clone(),
-            watch_rx.clone(),
-            config.drain_timeout,
-            move |req, peer| outbound::handle(i.clone(), req, peer),
-        )));
-        let i = inputs.clone();
-        tasks.push(tokio::spawn(serve(
-            inbound,
-            "inbound",
-            inputs.clone(),
-            watch_rx.clone(),
-            config.drain_timeout,
-            move |req, peer| inbound::handle(i.clone(), req, peer),
-        )));
-        let i = inputs.clone();
-        tasks.push(tokio::spawn(serve(
-            admin,
-            "admin",
-            inputs.clone(),
-            watch_rx,
-            config.drain_timeout,
-            move |req, _| admin::handle(i.clone(), req),
-        )));
+        let drain = config.drain_timeout;
+        let tasks = vec![
+            tokio::spawn(serve(
+                outbound,
+                "outbound",
+                inputs.clone(),
+                watch_rx.clone(),
+                drain,
+                outbound::handle,
+            )),
+            tokio::spawn(serve(
+                inbound,
+                "inbound",
+                inputs.clone(),
+                watch_rx.clone(),
+                drain,
+                inbound::handle,
+            )),
+            tokio::spawn(serve(
+                admin,
+                "admin",
+                inputs.clone(),
+                watch_rx,
+                drain,
+                admin::handle,
+            )),
+        ];
         tracing::info!(service = %config.service, outbound = %out_addr, inbound = %in_addr, admin = %admin_addr, "sidecar listening");
         Ok(Sidecar {
             inputs,
@@ -331,7 +330,8 @@ impl Sidecar {
     }
 }
 
-/// Accepts connections until shutdown, then drains them within `drain`.
+/// Accepts connections until shutdown, then drains them within `drain`; each request goes to
+/// `handler` with the shared inputs and the peer's address.
 async fn serve<F, Fut>(
     listener: TcpListener,
     name: &'static str,
@@ -340,7 +340,7 @@ async fn serve<F, Fut>(
     drain: Duration,
     handler: F,
 ) where
-    F: Fn(http::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<Inputs>, http::Request<Incoming>, SocketAddr) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
         + Send
         + 'static,
@@ -362,8 +362,8 @@ async fn serve<F, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let svc = service_fn(move |req| handler(req, peer));
+                let shared = inputs.clone();
+                let svc = service_fn(move |req| handler(shared.clone(), req, peer));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let gauge = gauge.clone();
