@@ -398,6 +398,15 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
         metrics.contains("istio_requests_total{destination_service=\"payments\""),
         "{metrics}"
     );
+    // Three calls, one pooled HTTP/2 connection to the peer.
+    assert!(
+        metrics.contains("weft_upstream_connections_opened_total{pool=\"peers\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_upstream_connections_open{pool=\"peers\"} 1"),
+        "{metrics}"
+    );
     let get_admin = |path: &str| {
         Request::builder()
             .uri(format!("http://{}{path}", orders.admin))

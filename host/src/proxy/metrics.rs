@@ -59,9 +59,24 @@ pub struct ProxyMetrics {
     pub attempts: IntCounterVec,
     /// Requests in flight.
     pub in_flight: IntGauge,
+    /// Upstream connections opened, by pool.
+    pub pool_opened: IntCounterVec,
+    /// Upstream connections open now, by pool.
+    pub pool_open: IntGaugeVec,
+    /// Upstream connection attempts that failed, by pool.
+    pub pool_failed: IntCounterVec,
 }
 
 impl ProxyMetrics {
+    /// Connection counters of one upstream pool.
+    pub fn pool(&self, pool: &str) -> super::pool::PoolStats {
+        super::pool::PoolStats {
+            opened: self.pool_opened.with_label_values(&[pool]),
+            open: self.pool_open.with_label_values(&[pool]),
+            failed: self.pool_failed.with_label_values(&[pool]),
+        }
+    }
+
     /// Handles for one route.
     pub fn for_route(&self, service: &str) -> RouteMetrics {
         RouteMetrics {
@@ -108,6 +123,30 @@ impl ProxyMetrics {
             &["service", "outcome"],
         )?;
         let in_flight = IntGauge::new("weft_requests_in_flight", "Requests being handled now.")?;
+        let pool_opened = IntCounterVec::new(
+            Opts::new(
+                "weft_upstream_connections_opened_total",
+                "Upstream connections opened, by pool (peers: other sidecars over HTTP/2; app: the local app).",
+            ),
+            &["pool"],
+        )?;
+        let pool_open = IntGaugeVec::new(
+            Opts::new(
+                "weft_upstream_connections_open",
+                "Upstream connections open now, by pool.",
+            ),
+            &["pool"],
+        )?;
+        let pool_failed = IntCounterVec::new(
+            Opts::new(
+                "weft_upstream_connect_failures_total",
+                "Upstream connection attempts that failed, by pool.",
+            ),
+            &["pool"],
+        )?;
+        registry.register(Box::new(pool_opened.clone()))?;
+        registry.register(Box::new(pool_open.clone()))?;
+        registry.register(Box::new(pool_failed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -119,6 +158,9 @@ impl ProxyMetrics {
             connections,
             attempts,
             in_flight,
+            pool_opened,
+            pool_open,
+            pool_failed,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod pool;
 pub mod routes;
 
 use crate::endpoints::EndpointTable;
@@ -28,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics::ProxyMetrics;
+use pool::CountingConnector;
 use prometheus::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,9 +103,9 @@ pub struct Inputs {
     /// The plugin runtime.
     pub runtime: Arc<PluginRuntime>,
     /// Client to peer sidecars (HTTP/2, pooled).
-    pub peers: Client<HttpConnector, ProxyBody>,
+    pub peers: Client<CountingConnector, ProxyBody>,
     /// Client to the local app (HTTP/1.1, pooled).
-    pub app: Client<HttpConnector, ProxyBody>,
+    pub app: Client<CountingConnector, ProxyBody>,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The registry `/metrics` serves.
@@ -210,11 +212,14 @@ impl Sidecar {
             .http2_only(true)
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
+            .build(CountingConnector::new(
+                connector.clone(),
+                metrics.pool("peers"),
+            ));
         let app = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .build(CountingConnector::new(connector, metrics.pool("app")));
         let inputs = Arc::new(Inputs {
             routes: ArcSwap::from_pointee(routes::Routes::empty()),
             table,
