@@ -20,6 +20,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
+busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-2]|181[0-2][0-9])$' || true)
+if [ -n "$busy" ]; then echo "bench ports already in use: $busy (a previous run still alive?)" >&2; exit 1; fi
 if ! need nginx || ! need wrk || ! need hey; then
   echo "installing nginx, wrk, hey from Debian..."
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk hey) >/dev/null
@@ -48,17 +50,21 @@ http {
 NGX
 }
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\\n\"; } }"
-nginx_conf pair "
+# Two nginx processes, one per hop, as two sidecars are two processes.
+nginx_conf hop_b "
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  upstream hop_b   { server 127.0.0.1:$NGX_B; keepalive 128; }
   server { listen 127.0.0.1:$NGX_B;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx_conf hop_a "
+  upstream hop_b { server 127.0.0.1:$NGX_B; keepalive 128; }
   server { listen 127.0.0.1:$NGX_A;
     location / { proxy_pass http://hop_b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c 1 "$NGINX" -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend-error.log" &
 PIDS+=($!)
-taskset -c 1 "$NGINX" -c "$WORK/pair.conf" -p "$WORK" -e "$WORK/pair-error.log" &
-PIDS+=($!); NGINX_PID=$!
+taskset -c 1 "$NGINX" -c "$WORK/hop_b.conf" -p "$WORK" -e "$WORK/hop_b-error.log" &
+PIDS+=($!); NGX_B_PID=$!
+taskset -c 1 "$NGINX" -c "$WORK/hop_a.conf" -p "$WORK" -e "$WORK/hop_a-error.log" &
+PIDS+=($!); NGX_A_PID=$!
 
 # --- the weft pairs ---------------------------------------------------------------------------
 snapshot() { # $1 = file, $2 = inbound port of payments, $3 = plugins json
@@ -87,10 +93,14 @@ snapshot "$WORK/payments.json" "$PAY_IN" '[]'
 bootstrap "$WORK/orders.json" orders $ORD_OUT $ORD_IN $ORD_ADM 9 empty.json
 bootstrap "$WORK/orders-chain.json" orders $CH_OUT $CH_IN $CH_ADM 9 chain.json
 bootstrap "$WORK/payments-sc.json" payments $PAY_OUT $PAY_IN $PAY_ADM $BACKEND payments.json
-start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").log" 2>&1 & PIDS+=($!); echo $!; }
-PAY_PID=$(start "$WORK/payments-sc.json")
-ORD_PID=$(start "$WORK/orders.json")
-CH_PID=$(start "$WORK/orders-chain.json")
+# Started in this shell (not in a $(...) subshell) so the trap knows every PID and stops them.
+start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").log" 2>&1 & PIDS+=($!); }
+start "$WORK/payments-sc.json"; PAY_PID=$!
+start "$WORK/orders.json"; ORD_PID=$!
+start "$WORK/orders-chain.json"; CH_PID=$!
+for pid in $PAY_PID $ORD_PID $CH_PID; do
+  sleep 0.5; kill -0 "$pid" 2>/dev/null || { echo "a sidecar failed to start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
+done
 for port in $BACKEND $NGX_A $ORD_ADM $CH_ADM $PAY_ADM; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
@@ -127,11 +137,11 @@ measure() {
   echo "| path                         | req/s    | p50/p90/p99 µs @1k rps | p50/p90/p99 µs @5k rps | CPU s/10k | RSS MiB |"
   echo "|------------------------------|----------|------------------------|------------------------|-----------|---------|"
   measure "direct app"                "http://127.0.0.1:$BACKEND/" ""
-  measure "nginx pair"                "http://127.0.0.1:$NGX_A/"   "$NGINX_PID"
+  measure "nginx pair"                "http://127.0.0.1:$NGX_A/"   "$NGX_A_PID $NGX_B_PID"
   measure "weft pair, empty chain"    "http://127.0.0.1:$ORD_OUT/" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "http://127.0.0.1:$CH_OUT/"  "$CH_PID $PAY_PID"
   echo
   echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
-  echo "separate nginx process, not counted). The nginx pair is one process (master_process off, one"
-  echo "worker) serving both hops."
+  echo "separate nginx process, not counted). The nginx pair is two nginx processes"
+  echo "(master_process off, one worker each), one per hop, as the weft pair is two sidecars."
 } | tee "$OUT/latest.md"
