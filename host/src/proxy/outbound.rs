@@ -9,7 +9,7 @@ use super::routes::Route;
 use super::{Inputs, local_response};
 use crate::endpoints::Endpoint;
 use crate::plugin::{
-    Attempt, AttemptVerdict, CallSummary, Chain, Destination, Outcome, Protocol, RequestHead,
+    Attempt, AttemptVerdict, CallSummary, Destination, Outcome, Protocol, RequestHead,
     RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict,
 };
 use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
@@ -35,7 +35,6 @@ pub fn service_of(authority: &str) -> &str {
 
 /// What is known of a call for its summary.
 struct Call {
-    chain: Arc<Chain>,
     id: u64,
     start: Instant,
     route: Arc<Route>,
@@ -57,7 +56,7 @@ impl Call {
         s.response_bytes = response_bytes;
         s.response_flags |= extra;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
-        self.chain.on_done(&s);
+        self.route.chain.on_done(&s);
         let m = &self.route.metrics;
         m.request(status);
         m.duration.observe(self.start.elapsed().as_secs_f64());
@@ -190,7 +189,6 @@ async fn route(
     let id = inputs.next_call_id();
     inputs.metrics.in_flight.inc();
     let mut call = Call {
-        chain: route.chain.clone(),
         id,
         start,
         route: route.clone(),
@@ -230,7 +228,7 @@ async fn route(
         per_try_timeout: None,
         timeout: None,
     };
-    let decided = call.chain.on_request(id, &mut head);
+    let decided = call.route.chain.on_request(id, &mut head);
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
@@ -424,7 +422,7 @@ async fn attempts(
             }),
             replayable: request_body.replayable(),
         };
-        let decided = call.chain.on_attempt_end(&attempt);
+        let decided = call.route.chain.on_attempt_end(&attempt);
         if decided.plugin_failed {
             call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
@@ -450,7 +448,7 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
     };
-    let decided = call.chain.on_response(call.id, &mut head);
+    let decided = call.route.chain.on_response(call.id, &mut head);
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
