@@ -61,6 +61,11 @@ async fn one_pod(plugins: serde_json::Value, timeout: &str) -> (Pod, Sidecar) {
     (v1, orders)
 }
 
+/// A GET to `payments` through the sidecar at `to`, read whole.
+async fn call(to: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    read(h1_client().request(get(to, path)).await.expect("answered")).await
+}
+
 fn get(to: SocketAddr, path: &str) -> Request<support::Body> {
     Request::builder()
         .uri(format!("http://{to}{path}"))
@@ -132,11 +137,7 @@ async fn http2_with_large_bodies_streamed_both_ways() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.len(), payload.len(), "the whole body came back");
     assert!(body.iter().all(|&b| b == 7));
-    let resp = h1_client()
-        .request(get(orders.outbound, "/big/5000000"))
-        .await
-        .expect("answered");
-    let (status, _, body) = read(resp).await;
+    let (status, _, body) = call(orders.outbound, "/big/5000000").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.len(), 5_000_000);
 }
@@ -168,13 +169,7 @@ async fn an_endpoint_that_refuses_connections_is_retried_then_reported() {
         "6s",
     ))
     .await;
-    let (status, _, body) = read(
-        h1_client()
-            .request(get(orders.outbound, "/"))
-            .await
-            .expect("answered"),
-    )
-    .await;
+    let (status, _, body) = call(orders.outbound, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&body).contains("upstream connect error"));
     let metrics = scrape(&orders).await;
@@ -191,13 +186,7 @@ async fn an_endpoint_that_never_answers_meets_the_per_try_and_overall_timeouts()
     let (v1, orders) = one_pod(serde_json::json!([{"name": "retry", "builtin": "retry",
                             "config": {"attempts": 5, "perTryTimeout": "300ms", "retryOn": "5xx"}}]), "1s").await;
     let start = Instant::now();
-    let (status, _, body) = read(
-        h1_client()
-            .request(get(orders.outbound, "/hang"))
-            .await
-            .expect("answered"),
-    )
-    .await;
+    let (status, _, body) = call(orders.outbound, "/hang").await;
     let took = start.elapsed();
     assert_eq!(
         status,
@@ -233,13 +222,7 @@ async fn a_plugin_picks_the_subset_and_another_answers_locally() {
     ))
     .await;
     for _ in 0..20 {
-        let (status, headers, _) = read(
-            h1_client()
-                .request(get(orders.outbound, "/"))
-                .await
-                .expect("answered"),
-        )
-        .await;
+        let (status, headers, _) = call(orders.outbound, "/").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             headers.get("x-app").map(|v| v.as_bytes()),
@@ -258,13 +241,7 @@ async fn a_plugin_picks_the_subset_and_another_answers_locally() {
             .iter()
             .all(|s| s.headers.get("x-chaos-tag").is_some_and(|v| v == "e2e"))
     );
-    let (status, _, body) = read(
-        h1_client()
-            .request(get(orders.outbound, "/teapot"))
-            .await
-            .expect("answered"),
-    )
-    .await;
+    let (status, _, body) = call(orders.outbound, "/teapot").await;
     assert_eq!(status, StatusCode::IM_A_TEAPOT);
     assert_eq!(&body[..], b"short and stout");
     assert_eq!(
@@ -320,13 +297,7 @@ async fn a_bad_snapshot_is_refused_and_the_last_good_one_keeps_serving() {
             && err.to_string().contains("rejected on purpose"),
         "{err}"
     );
-    let (status, headers, _) = read(
-        h1_client()
-            .request(get(orders.outbound, "/"))
-            .await
-            .expect("answered"),
-    )
-    .await;
+    let (status, headers, _) = call(orders.outbound, "/").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         headers.get("x-app").map(|v| v.as_bytes()),
@@ -379,13 +350,7 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
     )
     .await;
     for _ in 0..3 {
-        read(
-            h1_client()
-                .request(get(orders.outbound, "/"))
-                .await
-                .expect("answered"),
-        )
-        .await;
+        call(orders.outbound, "/").await;
     }
     let metrics = scrape(&orders).await;
     assert!(
