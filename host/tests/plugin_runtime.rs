@@ -700,3 +700,35 @@ fn the_outlier_plugin_ejects_through_the_hosts_endpoint_table() {
     chain.on_attempt_end(&attempt(Outcome::Timeout));
     assert!(ejected(), "the fifth error in a row ejects");
 }
+
+#[test]
+fn a_runtime_without_an_instance_pool_runs_plugins_the_same() {
+    // instances: 0 allocates on demand, as the engine also does when the pool's address-space
+    // reservation is refused.
+    let config = RuntimeConfig {
+        pool: PoolSizes {
+            instances: 0,
+            ..PoolSizes::default()
+        },
+        ..RuntimeConfig::default()
+    };
+    let runtime =
+        PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints)).expect("runtime");
+    let mut spec = PluginSpec::new("on-demand", r#"{"tag":"od"}"#);
+    spec.limits.deadline = Duration::from_secs(1);
+    let plugin = runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+            None,
+            spec,
+        )
+        .expect("loads");
+    let chain = Chain::new(vec![plugin]);
+    assert_serves(&chain, "od");
+    let mut head = misbehaving("alloc");
+    assert!(
+        chain.on_request(1, &mut head).plugin_failed,
+        "the memory cap still holds"
+    );
+    assert_serves(&chain, "od");
+}

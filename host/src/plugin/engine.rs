@@ -12,7 +12,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Sizes of the instance pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSizes {
-    /// Component instances alive at once, across every plugin and worker.
+    /// Component instances alive at once, across every plugin and worker; 0 allocates each
+    /// instance on demand instead of from a pool.
     pub instances: u32,
     /// Largest memory any plugin may be configured to use.
     pub max_memory_bytes: usize,
@@ -21,18 +22,43 @@ pub struct PoolSizes {
 impl Default for PoolSizes {
     fn default() -> Self {
         PoolSizes {
-            instances: 1_000,
+            // A chain of a few plugins on a few workers needs tens of instances; swaps briefly
+            // double that. Each memory slot reserves ~4 GiB of address space, so keep this modest.
+            instances: 256,
             max_memory_bytes: 256 << 20,
         }
     }
 }
 
 /// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
+///
+/// The pooling allocator reserves address space for every slot up front (terabytes of it, never
+/// touched); where that reservation is refused — a `ulimit -v`, some sandboxes, valgrind — the
+/// engine falls back to allocating instances on demand, which is slower to instantiate but runs
+/// the same code.
 pub(crate) fn build(pool: PoolSizes) -> Result<Engine, PluginError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
+    let engine = if pool.instances == 0 {
+        Engine::new(&config)
+    } else {
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
+        Engine::new(&pooled).or_else(|e| {
+            tracing::warn!(
+                "plugin instance pool unavailable ({e:#}); allocating instances on demand"
+            );
+            Engine::new(&config)
+        })
+    }
+    .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    start_ticker(&engine);
+    Ok(engine)
+}
+
+fn pooling(pool: PoolSizes) -> PoolingAllocationConfig {
     let mut pooling = PoolingAllocationConfig::default();
     pooling
         .total_component_instances(pool.instances)
@@ -42,10 +68,7 @@ pub(crate) fn build(pool: PoolSizes) -> Result<Engine, PluginError> {
         .total_memories(pool.instances.saturating_mul(2))
         .total_tables(pool.instances.saturating_mul(4))
         .max_memory_size(pool.max_memory_bytes);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-    let engine = Engine::new(&config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-    start_ticker(&engine);
-    Ok(engine)
+    pooling
 }
 
 fn start_ticker(engine: &Engine) {
