@@ -19,6 +19,8 @@ pub struct Endpoint {
     pub service: Arc<str>,
     /// Its address.
     pub address: Arc<str>,
+    /// Its address as a URI authority, parsed once (none if it is not one).
+    pub authority: Option<http::uri::Authority>,
     /// Its labels (`version: v1`).
     pub labels: BTreeMap<String, String>,
     /// Requests in flight to it, for least-outstanding load balancing.
@@ -95,6 +97,7 @@ impl EndpointTable {
             id,
             service: Arc::from(service),
             address: Arc::from(address),
+            authority: address.parse().ok(),
             labels,
             outstanding: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(ejected),

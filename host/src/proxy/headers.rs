@@ -13,17 +13,30 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-forwarded-for`.
 pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-const HOP_BY_HOP: [&str; 6] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "http2-settings",
+const HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("http2-settings"),
 ];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || HOP_BY_HOP.iter().any(|h| h == name)
+}
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names, comparing pre-built names (no
+    // parsing), decides whether there is anything to remove.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -34,12 +47,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    headers.remove(CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
     // `te: trailers` is the one TE value that may cross (gRPC needs it).
     let keep_trailers = headers
         .get(TE)
@@ -48,7 +55,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    headers.remove(TE);
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE] {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
     if keep_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -83,39 +95,45 @@ pub fn valid_traceparent(value: &[u8]) -> bool {
         && hex(parts[3], 2)
 }
 
-/// Keeps a valid `traceparent`, or starts a trace; adds an `x-request-id` when absent.
-/// Returns the request id.
-pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) -> String {
+/// Writes `value` as `digits` lower-case hex digits into `out`.
+fn hex_into(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = out.len();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let shift = 4 * (n - 1 - i);
+        *slot = DIGITS[((value >> shift) & 0xf) as usize];
+    }
+}
+
+/// Keeps a valid `traceparent`, or starts a trace; adds an `x-request-id` (a UUIDv4) when
+/// absent. Built by hand into stack buffers: `format!` was a tenth of a sidecar's instructions.
+pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) {
     let keep = headers
         .get(&TRACEPARENT)
         .is_some_and(|v| valid_traceparent(v.as_bytes()));
     if !keep {
-        let value = format!(
-            "00-{:016x}{:016x}-{:016x}-01",
-            random() | 1,
-            random(),
-            random() | 1
-        );
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // 00-<32 hex trace id>-<16 hex span id>-01
+        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        hex_into(&mut tp[3..19], random() | 1);
+        hex_into(&mut tp[19..35], random());
+        hex_into(&mut tp[36..52], random() | 1);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
             headers.insert(TRACEPARENT, v);
         }
     }
-    if let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        return id.to_string();
+    if headers.contains_key(&REQUEST_ID) {
+        return;
     }
     let (a, b) = (random(), random());
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        ((b >> 48) & 0x3fff) | 0x8000,
-        b & 0xffff_ffff_ffff
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let mut id = *b"00000000-0000-4000-8000-000000000000";
+    hex_into(&mut id[0..8], a >> 32);
+    hex_into(&mut id[9..13], (a >> 16) & 0xffff);
+    hex_into(&mut id[15..18], a & 0x0fff);
+    hex_into(&mut id[19..23], ((b >> 48) & 0x3fff) | 0x8000);
+    hex_into(&mut id[24..36], b & 0xffff_ffff_ffff);
+    if let Ok(v) = HeaderValue::from_bytes(&id) {
         headers.insert(REQUEST_ID, v);
     }
-    id
 }
 
 #[cfg(test)]
@@ -159,7 +177,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_static(valid));
         h.insert(REQUEST_ID, HeaderValue::from_static("abc"));
-        assert_eq!(ensure_ids(&mut h, &mut random), "abc");
+        ensure_ids(&mut h, &mut random);
+        assert_eq!(
+            h.get(&REQUEST_ID).map(|v| v.as_bytes()),
+            Some(&b"abc"[..]),
+            "kept"
+        );
         assert_eq!(
             h.get(&TRACEPARENT).map(|v| v.as_bytes()),
             Some(valid.as_bytes())
@@ -167,8 +190,17 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_static("00-000-bad"));
-        let id = ensure_ids(&mut h, &mut random);
+        ensure_ids(&mut h, &mut random);
+        let id = h
+            .get(&REQUEST_ID)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
         assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4", "a version 4 UUID: {id}");
+        assert!(
+            id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+            "{id}"
+        );
         let tp = h
             .get(&TRACEPARENT)
             .map(|v| v.as_bytes().to_vec())

@@ -27,13 +27,17 @@ pub async fn handle(
     if let Some(host) = parts.headers.remove(FORWARDED_HOST) {
         parts.headers.insert(HOST, host);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let uri = format!("http://{}{path}", inputs.settings.app);
-    let Ok(uri) = uri.parse() else {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(inputs.settings.app_authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let Ok(uri) = http::Uri::from_parts(uri) else {
         return Ok(local_response(
             StatusCode::BAD_REQUEST,
             "weft: invalid request path\n",

@@ -90,6 +90,8 @@ pub struct Settings {
     pub identity_id: u32,
     /// The local app.
     pub app: SocketAddr,
+    /// The local app as a URI authority, built once.
+    pub app_authority: http::uri::Authority,
     /// The replay buffer bound.
     pub replay_limit: usize,
 }
@@ -144,6 +146,14 @@ fn fast_random() -> u64 {
         let t = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
         ((t >> 64) ^ t) as u64
     })
+}
+
+/// A socket address as a URI authority.
+fn authority_of(addr: SocketAddr) -> http::uri::Authority {
+    // A SocketAddr always prints as a valid authority (`1.2.3.4:5`, `[::1]:5`).
+    addr.to_string()
+        .parse()
+        .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"))
 }
 
 /// A plain-text local reply.
@@ -228,6 +238,7 @@ impl Sidecar {
                 identity,
                 service: config.service.clone(),
                 app: config.app,
+                app_authority: authority_of(config.app),
                 replay_limit: config.replay_limit,
             },
             runtime,

@@ -13,6 +13,7 @@ use crate::plugin::{
     RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict,
 };
 use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -211,13 +212,15 @@ async fn route(
         inputs: inputs.clone(),
         done: false,
     };
+    // Plugins can read the path but not change it: the original is reused for every attempt.
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut head = RequestHead {
         method: parts.method.clone(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
+        path: path_and_query.as_str().to_string(),
         authority: authority.clone(),
         headers: std::mem::take(&mut parts.headers),
         source: inputs.settings.identity.clone(),
@@ -308,16 +311,14 @@ async fn route(
     if let Ok(v) = HeaderValue::from_str(&authority) {
         head.headers.insert(FORWARDED_HOST, v);
     }
-    let (outcome, response) = attempts(
-        &inputs,
-        &mut call,
-        &target,
+    let upstream = Upstream {
+        target: &target,
         endpoints,
-        &head,
-        &mut request_body,
+        path_and_query: &path_and_query,
+        head: &head,
         deadline,
-    )
-    .await;
+    };
+    let (outcome, response) = attempts(&inputs, &mut call, &upstream, &mut request_body).await;
     match response {
         Some(resp) => respond(call, resp),
         None => {
@@ -332,16 +333,29 @@ async fn route(
     }
 }
 
+/// Where and what the attempts send.
+struct Upstream<'a> {
+    target: &'a Route,
+    endpoints: &'a [Arc<Endpoint>],
+    path_and_query: &'a PathAndQuery,
+    head: &'a RequestHead,
+    deadline: Option<Instant>,
+}
+
 /// Sends attempts until one stands; returns the last outcome and its response, if any.
 async fn attempts(
     inputs: &Arc<Inputs>,
     call: &mut Call,
-    target: &Route,
-    endpoints: &[Arc<Endpoint>],
-    head: &RequestHead,
+    up: &Upstream<'_>,
     request_body: &mut body::RequestBody,
-    deadline: Option<Instant>,
 ) -> (Outcome, Option<Response<Incoming>>) {
+    let Upstream {
+        target,
+        endpoints,
+        path_and_query,
+        head,
+        deadline,
+    } = *up;
     let mut last: Option<u64> = None;
     let mut number = 0u32;
     loop {
@@ -374,16 +388,21 @@ async fn attempts(
                     // A streamed body went with an earlier attempt; nothing left to send.
                     return (Outcome::Reset, None);
                 };
-                let mut builder = Request::builder()
-                    .method(head.method.clone())
-                    .uri(format!("http://{address}{}", head.path))
-                    .version(Version::HTTP_2);
-                if let Some(h) = builder.headers_mut() {
-                    *h = head.headers.clone();
-                }
-                let Ok(upstream) = builder.body(body) else {
+                let Some(authority) = endpoint.authority.clone() else {
+                    return (Outcome::ConnectFailure, None);
+                };
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(http::uri::Scheme::HTTP);
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path_and_query.clone());
+                let Ok(uri) = http::Uri::from_parts(uri) else {
                     return (Outcome::Reset, None);
                 };
+                let mut upstream = Request::new(body);
+                *upstream.method_mut() = head.method.clone();
+                *upstream.uri_mut() = uri;
+                *upstream.version_mut() = Version::HTTP_2;
+                *upstream.headers_mut() = head.headers.clone();
                 outstanding.fetch_add(1, Ordering::Relaxed);
                 let per_try = match (head.per_try_timeout, remaining) {
                     (Some(p), Some(r)) => Some(p.min(r)),
