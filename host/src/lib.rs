@@ -6,10 +6,12 @@
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
 //! - [`proxy`]: the sidecar data plane (listeners, routing, load balancing, retries).
 //! - [`snapshot`]: the routing snapshot a sidecar applies.
+//! - [`random`]: fast per-thread random numbers shared by the proxy and the plugin host.
 
 #![deny(unsafe_code)]
 
 pub mod endpoints;
 pub mod plugin;
 pub mod proxy;
+pub mod random;
 pub mod snapshot;

@@ -8,7 +8,6 @@ use super::metrics::{Kind, MetricDef, PluginMetrics};
 use super::state::{SharedState, StateWriteError};
 use super::types::{RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::ResourceLimiter;
@@ -251,27 +250,6 @@ impl response::Host for PluginCtx {
 /// Longest log line a plugin may write; longer ones are cut.
 const MAX_LOG_BYTES: usize = 4096;
 
-thread_local! {
-    // A per-thread xorshift generator, seeded from the std hasher's per-process random keys.
-    static RNG: Cell<u64> = Cell::new({
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
-        h.finish() | 1
-    });
-}
-
-fn next_random() -> u64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
 fn state_error(e: StateWriteError) -> host::StateError {
     match e {
         StateWriteError::Conflict(v) => host::StateError::Conflict(v),
@@ -326,7 +304,7 @@ impl host::Host for PluginCtx {
     }
 
     fn random_u64(&mut self) -> u64 {
-        next_random()
+        crate::random::fast_u64()
     }
 
     fn define_metric(&mut self, def: host::MetricDef) -> Result<u32, String> {

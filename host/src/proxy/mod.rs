@@ -125,27 +125,8 @@ impl Inputs {
     }
 
     fn random(&self) -> u64 {
-        fast_random()
+        crate::random::fast_u64()
     }
-}
-
-/// A fast per-thread random number (not for secrets).
-fn fast_random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u8(1);
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        let next = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(next);
-        let t = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) ^ t) as u64
-    })
 }
 
 /// A socket address as a URI authority.
