@@ -187,7 +187,7 @@ impl request::Host for PluginCtx {
     }
 
     fn source(&mut self) -> String {
-        self.request.source.clone()
+        self.request.source.to_string()
     }
 
     fn destination(&mut self) -> types::Target {

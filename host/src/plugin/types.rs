@@ -19,8 +19,8 @@ pub struct RequestHead {
     pub authority: String,
     /// Headers.
     pub headers: HeaderMap,
-    /// The caller's identity (SPIFFE ID), or empty.
-    pub source: String,
+    /// The caller's identity (SPIFFE ID), or empty; shared, as every call of a sidecar has it.
+    pub source: std::sync::Arc<str>,
     /// Where the call goes; plugins may change it.
     pub destination: Destination,
     /// Bound on each attempt, if a plugin set one.

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 pub async fn handle(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
-    _peer: std::net::SocketAddr,
+    _peer: Arc<super::Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let resp = match req.uri().path() {
         "/metrics" => {

@@ -32,20 +32,28 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the names, comparing pre-built names (no
-    // parsing), decides whether there is anything to remove.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names, comparing pre-built names (no parsing), finds what to remove;
+    // only those are removed (an HTTP/1.1 `Connection: keep-alive` is on most responses).
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            found.push(name.clone());
+        }
+    }
+    if found.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // Connection options, not header names: nothing more to remove for these.
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                found.push(name);
+            }
+        }
     }
     // `te: trailers` is the one TE value that may cross (gRPC needs it).
     let keep_trailers = headers
@@ -55,10 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE] {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    for name in found {
         headers.remove(name);
     }
     if keep_trailers {
@@ -66,13 +71,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client's address to `x-forwarded-for`.
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let value = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client.to_string(),
+/// A client address as an `x-forwarded-for` element, built once per connection.
+pub fn forwarded_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client's address (from [`forwarded_value`]) to `x-forwarded-for`.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let joined = match headers.get(&FORWARDED_FOR) {
+        Some(prior) if !prior.as_bytes().trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = joined {
         headers.insert(FORWARDED_FOR, v);
     }
 }
@@ -95,14 +112,22 @@ pub fn valid_traceparent(value: &[u8]) -> bool {
         && hex(parts[3], 2)
 }
 
-/// Writes `value` as `digits` lower-case hex digits into `out`.
+/// Writes the low `out.len()` hex digits of `value`, lower-case, into `out`.
 fn hex_into(out: &mut [u8], value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let n = out.len();
-    for (i, slot) in out.iter_mut().enumerate() {
-        let shift = 4 * (n - 1 - i);
-        *slot = DIGITS[((value >> shift) & 0xf) as usize];
+    let mut v = value;
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
+}
+
+/// Marks a per-request value "never indexed" for HPACK: a value seen once would otherwise be
+/// inserted into the peer connection's dynamic table and evict the reusable entries (`:path`,
+/// `x-forwarded-host`, ...). Measured: table upkeep was the largest single cost of the h2 hop.
+fn unique(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
 }
 
 /// Keeps a valid `traceparent`, or starts a trace; adds an `x-request-id` (a UUIDv4) when
@@ -118,10 +143,13 @@ pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) {
         hex_into(&mut tp[19..35], random());
         hex_into(&mut tp[36..52], random() | 1);
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
-            headers.insert(TRACEPARENT, v);
+            headers.insert(TRACEPARENT, unique(v));
         }
+    } else if let Some(v) = headers.get_mut(&TRACEPARENT) {
+        v.set_sensitive(true);
     }
-    if headers.contains_key(&REQUEST_ID) {
+    if let Some(v) = headers.get_mut(&REQUEST_ID) {
+        v.set_sensitive(true);
         return;
     }
     let (a, b) = (random(), random());
@@ -132,7 +160,7 @@ pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) {
     hex_into(&mut id[19..23], ((b >> 48) & 0x3fff) | 0x8000);
     hex_into(&mut id[24..36], b & 0xffff_ffff_ffff);
     if let Ok(v) = HeaderValue::from_bytes(&id) {
-        headers.insert(REQUEST_ID, v);
+        headers.insert(REQUEST_ID, unique(v));
     }
 }
 
@@ -156,10 +184,34 @@ mod tests {
     }
 
     #[test]
+    fn connection_options_are_not_taken_for_header_names() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, close"));
+        h.insert("close", HeaderValue::from_static("an end-to-end header"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["close", "content-length"]);
+    }
+
+    #[test]
+    fn per_request_ids_are_never_indexed_by_hpack() {
+        let mut h = HeaderMap::new();
+        ensure_ids(&mut h, || 7);
+        assert!(h.get(&TRACEPARENT).is_some_and(HeaderValue::is_sensitive));
+        assert!(h.get(&REQUEST_ID).is_some_and(HeaderValue::is_sensitive));
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("from-the-app"));
+        ensure_ids(&mut h, || 7);
+        assert!(h.get(&REQUEST_ID).is_some_and(HeaderValue::is_sensitive));
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1".parse().expect("ip"));
-        append_forwarded_for(&mut h, "::1".parse().expect("ip"));
+        append_forwarded_for(&mut h, &forwarded_value("10.0.0.1".parse().expect("ip")));
+        append_forwarded_for(&mut h, &forwarded_value("::1".parse().expect("ip")));
         assert_eq!(
             h.get(&FORWARDED_FOR).map(|v| v.as_bytes()),
             Some(&b"10.0.0.1, ::1"[..])

@@ -4,12 +4,11 @@
 use super::body::{self, ProxyBody};
 use super::headers;
 use super::outbound::FORWARDED_HOST;
-use super::{Inputs, local_response};
+use super::{Inputs, Peer, local_response};
 use http::header::HOST;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,13 +16,12 @@ use std::time::Instant;
 pub async fn handle(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
-    let service = inputs.settings.service.clone();
     let (mut parts, incoming) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     if let Some(host) = parts.headers.remove(FORWARDED_HOST) {
         parts.headers.insert(HOST, host);
     }
@@ -67,18 +65,14 @@ pub async fn handle(
             local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "weft: the local {service} app at {} is unreachable\n",
-                    inputs.settings.app
+                    "weft: the local {} app at {} is unreachable\n",
+                    inputs.settings.service, inputs.settings.app
                 ),
             )
         }
     };
-    let m = &inputs.metrics;
-    m.requests
-        .with_label_values(&["inbound", &service, response.status().as_str()])
-        .inc();
-    m.duration
-        .with_label_values(&["inbound", &service])
-        .observe(start.elapsed().as_secs_f64());
+    let m = &inputs.inbound_metrics;
+    m.request(response.status().as_u16());
+    m.duration.observe(start.elapsed().as_secs_f64());
     Ok(response)
 }

@@ -19,9 +19,11 @@ pub const OUTCOMES: [&str; 7] = [
     "no_endpoint",
 ];
 
-/// One route's metric handles, resolved when the route is built so a request hashes no labels.
+/// One route's (or the inbound side's) metric handles, resolved once so a request hashes no
+/// labels.
 #[derive(Clone)]
 pub struct RouteMetrics {
+    direction: &'static str,
     service: String,
     requests: IntCounterVec,
     codes: Arc<RwLock<HashMap<u16, IntCounter>>>,
@@ -38,9 +40,9 @@ impl RouteMetrics {
             c.inc();
             return;
         }
-        let c = self
-            .requests
-            .with_label_values(&["outbound", &self.service, &code.to_string()]);
+        let c =
+            self.requests
+                .with_label_values(&[self.direction, &self.service, &code.to_string()]);
         c.inc();
         self.codes.write().insert(code, c);
     }
@@ -79,11 +81,17 @@ impl ProxyMetrics {
 
     /// Handles for one route.
     pub fn for_route(&self, service: &str) -> RouteMetrics {
+        self.handles("outbound", service)
+    }
+
+    /// Handles for one direction and service.
+    pub fn handles(&self, direction: &'static str, service: &str) -> RouteMetrics {
         RouteMetrics {
+            direction,
             service: service.to_string(),
             requests: self.requests.clone(),
             codes: Arc::default(),
-            duration: self.duration.with_label_values(&["outbound", service]),
+            duration: self.duration.with_label_values(&[direction, service]),
             attempts: OUTCOMES.map(|o| self.attempts.with_label_values(&[service, o])),
         }
     }

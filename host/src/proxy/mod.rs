@@ -85,7 +85,7 @@ pub struct Settings {
     /// The local service.
     pub service: String,
     /// Its identity, as a SPIFFE ID.
-    pub identity: String,
+    pub identity: Arc<str>,
     /// The identity, interned.
     pub identity_id: u32,
     /// The local app.
@@ -110,6 +110,8 @@ pub struct Inputs {
     pub app: Client<CountingConnector, ProxyBody>,
     /// Metrics.
     pub metrics: ProxyMetrics,
+    /// The inbound side's metric handles, resolved once.
+    pub inbound_metrics: metrics::RouteMetrics,
     /// The registry `/metrics` serves.
     pub registry: Registry,
     /// Fixed settings.
@@ -127,6 +129,14 @@ impl Inputs {
     fn random(&self) -> u64 {
         crate::random::fast_u64()
     }
+}
+
+/// The other end of a downstream connection, with what every request on it reuses.
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its IP as an `x-forwarded-for` element, formatted once per connection.
+    pub forwarded: http::HeaderValue,
 }
 
 /// A socket address as a URI authority.
@@ -216,7 +226,7 @@ impl Sidecar {
             table,
             settings: Settings {
                 identity_id: runtime.intern(&identity),
-                identity,
+                identity: identity.into(),
                 service: config.service.clone(),
                 app: config.app,
                 app_authority: authority_of(config.app),
@@ -225,6 +235,7 @@ impl Sidecar {
             runtime,
             peers,
             app,
+            inbound_metrics: metrics.handles("inbound", &config.service),
             metrics,
             registry,
             draining: AtomicBool::new(false),
@@ -328,7 +339,7 @@ impl Sidecar {
 }
 
 /// Accepts connections until shutdown, then drains them within `drain`; each request goes to
-/// `handler` with the shared inputs and the peer's address.
+/// `handler` with the shared inputs and the peer.
 async fn serve<F, Fut>(
     listener: TcpListener,
     name: &'static str,
@@ -337,7 +348,7 @@ async fn serve<F, Fut>(
     drain: Duration,
     handler: F,
 ) where
-    F: Fn(Arc<Inputs>, http::Request<Incoming>, SocketAddr) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(Arc<Inputs>, http::Request<Incoming>, Arc<Peer>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
         + Send
         + 'static,
@@ -360,7 +371,8 @@ async fn serve<F, Fut>(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = inputs.clone();
-                let svc = service_fn(move |req| handler(shared.clone(), req, peer));
+                let who = Arc::new(Peer { addr: peer, forwarded: headers::forwarded_value(peer.ip()) });
+                let svc = service_fn(move |req| handler(shared.clone(), req, who.clone()));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let gauge = gauge.clone();

@@ -6,7 +6,7 @@ use super::balance::{self, Candidate};
 use super::body::{self, BodyEnd, ProxyBody, ReportingBody};
 use super::headers;
 use super::routes::Route;
-use super::{Inputs, local_response};
+use super::{Inputs, Peer, local_response};
 use crate::endpoints::Endpoint;
 use crate::plugin::{
     Attempt, AttemptVerdict, CallSummary, Destination, Outcome, Protocol, RequestHead,
@@ -18,7 +18,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -122,16 +121,12 @@ fn classify(err: &hyper_util::client::legacy::Error) -> Outcome {
 pub async fn handle(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    Ok(route(inputs, req, peer).await)
+    Ok(route(inputs, req, &peer).await)
 }
 
-async fn route(
-    inputs: Arc<Inputs>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
+async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let start = Instant::now();
     let (mut parts, incoming) = req.into_parts();
     if parts.method == Method::CONNECT || parts.headers.contains_key(UPGRADE) {
@@ -180,7 +175,9 @@ async fn route(
         );
     };
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    // Room for the four headers this hop adds, so the map grows at most once.
+    parts.headers.reserve(4);
+    headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     headers::ensure_ids(&mut parts.headers, || inputs.random());
     let protocol = if parts.version == Version::HTTP_2 {
         Protocol::Http2
