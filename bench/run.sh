@@ -3,8 +3,11 @@
 # nginx pair doing the same two hops, side by side in one run on loopback.
 #
 # The load generator runs on core 0, proxies and backend on core 1 (taskset), so the numbers
-# compare proxies rather than a fight for cores. Installs what it needs from Debian (nginx,
-# wrk, hey) and builds weft in release. Bounded: every load lasts DURATION seconds.
+# compare proxies rather than a fight for cores. Throughput: wrk at fixed concurrency. Latency:
+# bench/loadgen, an open-loop generator sending evenly spaced requests at 1,000 and 5,000 per
+# second (closed-loop tools fire in bursts and measure their own queue). Installs what it needs
+# from Debian (nginx, wrk) and builds weft and the generator in release. Bounded: every load
+# lasts DURATION seconds.
 #
 #   bash bench/run.sh                 # defaults: 10 s per load, 64 connections
 #   DURATION=5 CONNS=32 bash bench/run.sh
@@ -22,13 +25,15 @@ trap cleanup EXIT
 need() { command -v "$1" >/dev/null 2>&1; }
 busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-2]|181[0-2][0-9])$' || true)
 if [ -n "$busy" ]; then echo "bench ports already in use: $busy (a previous run still alive?)" >&2; exit 1; fi
-if ! need nginx || ! need wrk || ! need hey; then
-  echo "installing nginx, wrk, hey from Debian..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk hey) >/dev/null
+if ! need nginx || ! need wrk; then
+  echo "installing nginx and wrk from Debian..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk) >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -q -p weft
+cargo build --release --locked -q --manifest-path bench/loadgen/Cargo.toml
 WEFT=target/release/weft
+LOADGEN=bench/loadgen/target/release/weft-loadgen
 
 BACKEND=18080; NGX_A=18081; NGX_B=18082
 ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
@@ -111,9 +116,10 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 TCK=$(getconf CLK_TCK)
 
-# $1 name, $2 url, $3 "pids of the proxies" (space separated; empty for direct)
+# $1 name, $2 port, $3 "pids of the proxies" (space separated; empty for direct)
 measure() {
-  local name=$1 url=$2 pids=$3 before=0 after=0 reqs rps p50 p90 p99 rss=0
+  local name=$1 port=$2 pids=$3 before=0 after=0 reqs rps rss=0
+  local url="http://127.0.0.1:$port/"
   for p in $pids; do before=$((before + $(cpu_ticks "$p"))); done
   local wrk_out; wrk_out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: payments" "$url")
   reqs=$(echo "$wrk_out" | awk '/requests in/ {print $1}')
@@ -122,24 +128,24 @@ measure() {
   local cpu_per_10k; cpu_per_10k=$(awk -v t=$((after - before)) -v hz="$TCK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.3f", t / hz / n * 10000; else print "-" }')
   local lat=""
   for rate in 1000 5000; do
-    local h; h=$(taskset -c 0 hey -z "${DURATION}s" -c 50 -q $((rate / 50)) -host payments "$url" 2>/dev/null)
-    p50=$(echo "$h" | awk '/ 50% in/ {printf "%.0f", $3 * 1e6}')
-    p90=$(echo "$h" | awk '/ 90% in/ {printf "%.0f", $3 * 1e6}')
-    p99=$(echo "$h" | awk '/ 99% in/ {printf "%.0f", $3 * 1e6}')
-    lat="$lat | ${p50:-?} / ${p90:-?} / ${p99:-?}"
+    # sent ok errors late p50 p90 p99 max
+    local r; r=$(taskset -c 0 "$LOADGEN" "127.0.0.1:$port" "$rate" "$DURATION" 50 payments)
+    read -r sent ok errors late p50 p90 p99 _ <<<"$r"
+    local flag=""; [ "$errors" != 0 ] || [ "$late" -gt $((sent / 100)) ] && flag=" ($errors err, $late late)"
+    lat="$lat | $p50 / $p90 / $p99$flag"
   done
   printf "| %-28s | %8s %s | %8s | %6s |\n" "$name" "$rps" "$lat" "$cpu_per_10k" "$((rss / 1024))"
 }
 
 {
-  echo "Weft load benchmark — $(date -u +%FT%TZ), ${DURATION}s per load, $CONNS connections (wrk), hey at fixed rates"
+  echo "Weft load benchmark — $(date -u +%FT%TZ), ${DURATION}s per load, $CONNS connections (wrk); latency open-loop at fixed rates over 50 connections (bench/loadgen)"
   echo
   echo "| path                         | req/s    | p50/p90/p99 µs @1k rps | p50/p90/p99 µs @5k rps | CPU s/10k | RSS MiB |"
   echo "|------------------------------|----------|------------------------|------------------------|-----------|---------|"
-  measure "direct app"                "http://127.0.0.1:$BACKEND/" ""
-  measure "nginx pair"                "http://127.0.0.1:$NGX_A/"   "$NGX_A_PID $NGX_B_PID"
-  measure "weft pair, empty chain"    "http://127.0.0.1:$ORD_OUT/" "$ORD_PID $PAY_PID"
-  measure "weft pair, 4-plugin chain" "http://127.0.0.1:$CH_OUT/"  "$CH_PID $PAY_PID"
+  measure "direct app"                "$BACKEND" ""
+  measure "nginx pair"                "$NGX_A"   "$NGX_A_PID $NGX_B_PID"
+  measure "weft pair, empty chain"    "$ORD_OUT" "$ORD_PID $PAY_PID"
+  measure "weft pair, 4-plugin chain" "$CH_OUT"  "$CH_PID $PAY_PID"
   echo
   echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
   echo "separate nginx process, not counted). The nginx pair is two nginx processes"
