@@ -732,3 +732,99 @@ fn a_runtime_without_an_instance_pool_runs_plugins_the_same() {
     );
     assert_serves(&chain, "od");
 }
+
+fn runtime_compiling_with(exe: &Path) -> PluginRuntime {
+    let config = RuntimeConfig {
+        compiler: Compiler::Subprocess(exe.to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints)).expect("runtime")
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\ncat > /dev/null\n{body}\n")).expect("script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn a_component_compiled_by_the_weft_child_process_runs_in_the_parent() {
+    let runtime = runtime_compiling_with(Path::new(env!("CARGO_BIN_EXE_weft")));
+    let compiled = runtime
+        .load(
+            "child",
+            Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+            None,
+        )
+        .expect("compiled by the child");
+    assert!(!compiled.from_cache);
+    let mut spec = PluginSpec::new("child", r#"{"tag":"from-child"}"#);
+    spec.limits.deadline = Duration::from_secs(1);
+    let plugin = runtime.prepare(&compiled, spec).expect("prepares");
+    let chain = Chain::new(vec![plugin]);
+    assert_serves(&chain, "from-child");
+    let mut head = misbehaving("loop");
+    assert!(
+        chain.on_request(1, &mut head).plugin_failed,
+        "the deadline holds in code compiled elsewhere"
+    );
+    assert_serves(&chain, "from-child");
+}
+
+#[test]
+fn the_child_compilers_refusal_names_the_plugin_and_its_words() {
+    let dir = tempfile::tempdir().expect("dir");
+    let refuses = script(
+        dir.path(),
+        "refuses",
+        &format!("echo 'section 9 is malformed' >&2; exit {PRECOMPILE_REFUSED}"),
+    );
+    let err = runtime_compiling_with(&refuses)
+        .load(
+            "picky",
+            Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+            None,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("picky") && err.contains("section 9 is malformed"),
+        "{err}"
+    );
+
+    // A compiler that dies is a refusal too: never retried inside the proxy.
+    let dies = script(dir.path(), "dies", "kill -9 $$");
+    let err = runtime_compiling_with(&dies)
+        .load(
+            "victim",
+            Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+            None,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("the compiler process failed"), "{err}");
+}
+
+#[test]
+fn unusable_child_output_or_a_missing_compiler_falls_back_to_compiling_in_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    let junk = script(dir.path(), "junk", "echo 'not compiled code'");
+    let missing = dir.path().join("no-such-compiler");
+    for exe in [junk, missing] {
+        let runtime = runtime_compiling_with(&exe);
+        let mut spec = PluginSpec::new("fallback", r#"{"tag":"fb"}"#);
+        spec.limits.deadline = Duration::from_secs(1);
+        let plugin = runtime
+            .plugin(
+                Artifact::File(Path::new(weft_artifacts::CHAOS_PATH)),
+                None,
+                spec,
+            )
+            .unwrap_or_else(|e| panic!("{} -> {e}", exe.display()));
+        assert_serves(&Chain::new(vec![plugin]), "fb");
+    }
+}

@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands themselves.
 
 mod plugin_check;
+mod plugin_precompile;
 mod sidecar;
 mod simulate;
 
@@ -30,12 +31,16 @@ enum Command {
 enum PluginCommand {
     /// Load a plugin as a sidecar would: verify, compile, configure; print what it declares.
     Check(plugin_check::Args),
+    /// Compile a component (stdin) for a sidecar's engine (stdout); run by the sidecar itself.
+    #[command(hide = true)]
+    Precompile(plugin_precompile::Args),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
+        Command::Plugin(PluginCommand::Precompile(args)) => plugin_precompile::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Sidecar(args) => sidecar::run(args),
     }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use weft::plugin::RuntimeConfig;
+use weft::plugin::{Compiler, RuntimeConfig};
 use weft::proxy::{Sidecar, SidecarConfig};
 use weft::snapshot::{Snapshot, parse_duration};
 
@@ -78,6 +78,10 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
         base_dir: base.to_path_buf(),
         runtime: RuntimeConfig {
             cache_dir: b.cache_dir.map(|d| base.join(d)),
+            // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).
+            compiler: std::env::current_exe()
+                .map(Compiler::Subprocess)
+                .unwrap_or_default(),
             ..RuntimeConfig::default()
         },
     })

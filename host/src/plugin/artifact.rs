@@ -1,6 +1,8 @@
 //! Artifacts: bytes from a file or memory, checked against an expected sha256, compiled once,
 //! and cached compiled on disk keyed by digest and engine so a restart does not recompile.
 
+use super::compiler::{self, ChildOutcome, Compiler};
+use super::engine::PoolSizes;
 use super::error::PluginError;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -54,17 +56,32 @@ pub(crate) fn read(plugin: &str, artifact: Artifact<'_>) -> Result<Vec<u8>, Plug
     }
 }
 
+/// How this runtime compiles and caches.
+pub(crate) struct Compilation<'a> {
+    pub engine: &'a Engine,
+    pub fingerprint: &'a str,
+    pub cache_dir: Option<&'a Path>,
+    pub memory: &'a MemoryCache,
+    pub compiler: &'a Compiler,
+    pub pool: PoolSizes,
+}
+
 /// Checks the digest and compiles (or takes the component from `memory`, or loads it from
 /// `cache_dir`).
 pub(crate) fn compile(
-    engine: &Engine,
-    fingerprint: &str,
-    cache_dir: Option<&Path>,
-    memory: &MemoryCache,
+    how: &Compilation<'_>,
     plugin: &str,
     bytes: &[u8],
     expected_sha256: Option<&str>,
 ) -> Result<Compiled, PluginError> {
+    let Compilation {
+        engine,
+        fingerprint,
+        cache_dir,
+        memory,
+        compiler,
+        pool,
+    } = *how;
     let start = Instant::now();
     let digest = sha256_hex(bytes);
     if let Some(expected) = expected_sha256
@@ -107,10 +124,34 @@ pub(crate) fn compile(
             took: start.elapsed(),
         });
     }
-    let component = Component::new(engine, bytes).map_err(|e| PluginError::NotAComponent {
+    let refused = |reason: String| PluginError::NotAComponent {
         plugin: plugin.to_string(),
-        reason: format!("{e:#}"),
-    })?;
+        reason,
+    };
+    let from_child = match compiler {
+        Compiler::InProcess => None,
+        Compiler::Subprocess(exe) => match compiler::compile_in_child(exe, pool, bytes) {
+            ChildOutcome::Compiled(code) => match deserialize_trusted(engine, &code) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        plugin,
+                        "code compiled by the child process is unusable ({e:#}); compiling in process"
+                    );
+                    None
+                }
+            },
+            ChildOutcome::Refused(reason) => return Err(refused(reason)),
+            ChildOutcome::Unavailable(why) => {
+                tracing::warn!(plugin, "{why}; compiling in process");
+                None
+            }
+        },
+    };
+    let component = match from_child {
+        Some(c) => c,
+        None => Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?,
+    };
     if let Some(path) = &cache_file {
         store_cached(&component, path);
     }
@@ -138,18 +179,26 @@ fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
         let _ = std::fs::remove_file(path);
         return None;
     }
-    // SAFETY: `deserialize` requires bytes produced by `Component::serialize` of a compatible
-    // engine. The file is one this runtime wrote (its checksum matches what `store_cached`
-    // recorded) in a directory the proxy owns, and its name carries the engine fingerprint;
-    // wasmtime also checks the engine's compatibility itself and errors on mismatch.
-    #[allow(unsafe_code)]
-    let component = unsafe { Component::deserialize(engine, &data[32..]) };
-    match component {
+    match deserialize_trusted(engine, &data[32..]) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(path = %path.display(), "compile cache entry unusable ({e:#}); recompiling");
             None
         }
+    }
+}
+
+/// Loads compiled code that Weft itself produced: a cache file this runtime wrote, or the
+/// output of its own `weft plugin precompile` child.
+fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `deserialize` requires bytes produced by wasmtime's serialization for a
+    // compatible engine. Callers pass only (a) a cache file this runtime wrote, whose checksum
+    // matches what `store_cached` recorded, in a directory the proxy owns and named with the
+    // engine fingerprint, or (b) what our own executable's `plugin precompile` wrote to a pipe
+    // only we read. wasmtime also checks engine compatibility itself and errors on mismatch.
+    #[allow(unsafe_code)]
+    unsafe {
+        Component::deserialize(engine, code)
     }
 }
 

@@ -30,32 +30,37 @@ impl Default for PoolSizes {
     }
 }
 
-/// Builds the engine and starts its epoch ticker (which stops when the engine is dropped).
+/// Builds the engine and starts its epoch ticker (which stops when the engine is dropped);
+/// returns the pool sizes in force (`instances: 0` when it fell back to on-demand).
 ///
 /// The pooling allocator reserves address space for every slot up front (terabytes of it, never
 /// touched); where that reservation is refused — a `ulimit -v`, some sandboxes, valgrind — the
 /// engine falls back to allocating instances on demand, which is slower to instantiate but runs
 /// the same code.
-pub(crate) fn build(pool: PoolSizes) -> Result<Engine, PluginError> {
+pub(crate) fn build(pool: PoolSizes) -> Result<(Engine, PoolSizes), PluginError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
-    let engine = if pool.instances == 0 {
-        Engine::new(&config)
+    let on_demand = PoolSizes {
+        instances: 0,
+        ..pool
+    };
+    let built = if pool.instances == 0 {
+        Engine::new(&config).map(|e| (e, on_demand))
     } else {
         let mut pooled = config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
-        Engine::new(&pooled).or_else(|e| {
+        Engine::new(&pooled).map(|e| (e, pool)).or_else(|e| {
             tracing::warn!(
                 "plugin instance pool unavailable ({e:#}); allocating instances on demand"
             );
-            Engine::new(&config)
+            Engine::new(&config).map(|e| (e, on_demand))
         })
-    }
-    .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    };
+    let (engine, pool) = built.map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     start_ticker(&engine);
-    Ok(engine)
+    Ok((engine, pool))
 }
 
 fn pooling(pool: PoolSizes) -> PoolingAllocationConfig {

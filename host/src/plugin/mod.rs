@@ -9,6 +9,7 @@
 mod artifact;
 mod bindings;
 mod chain;
+mod compiler;
 mod engine;
 mod error;
 mod health;
@@ -21,6 +22,7 @@ mod wasi;
 
 pub use artifact::{Artifact, Compiled, sha256_hex};
 pub use chain::{Chain, ChainSlot};
+pub use compiler::{Compiler, REFUSED as PRECOMPILE_REFUSED, precompile};
 pub use engine::PoolSizes;
 pub use error::{Failure, PluginError};
 pub use health::{EndpointHealth, EndpointState, NoEndpoints};
@@ -49,6 +51,8 @@ pub struct RuntimeConfig {
     pub state: StateLimits,
     /// Label sets per plugin metric before the overflow series (0: 1,000).
     pub max_series_per_metric: usize,
+    /// How components are compiled (a sidecar compiles in a child process).
+    pub compiler: Compiler,
 }
 
 /// The plugin runtime of a process.
@@ -59,6 +63,8 @@ pub struct PluginRuntime {
     services: Arc<Services>,
     metrics: RuntimeMetrics,
     cache_dir: Option<PathBuf>,
+    compiler: Compiler,
+    pool: PoolSizes,
     compiled: artifact::MemoryCache,
     keys: Mutex<HashMap<String, u32>>,
 }
@@ -70,7 +76,7 @@ impl PluginRuntime {
         registry: &Registry,
         endpoints: Arc<dyn EndpointHealth>,
     ) -> Result<Self, PluginError> {
-        let engine = engine::build(config.pool)?;
+        let (engine, pool) = engine::build(config.pool)?;
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| PluginError::Engine(format!("linking the host: {e:#}"));
         bindings::Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
@@ -95,6 +101,8 @@ impl PluginRuntime {
             services,
             metrics,
             cache_dir: config.cache_dir,
+            compiler: config.compiler,
+            pool,
             compiled: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
         })
@@ -109,15 +117,15 @@ impl PluginRuntime {
         expected_sha256: Option<&str>,
     ) -> Result<Compiled, PluginError> {
         let bytes = artifact::read(name, artifact)?;
-        artifact::compile(
-            &self.engine,
-            &self.fingerprint,
-            self.cache_dir.as_deref(),
-            &self.compiled,
-            name,
-            &bytes,
-            expected_sha256,
-        )
+        let how = artifact::Compilation {
+            engine: &self.engine,
+            fingerprint: &self.fingerprint,
+            cache_dir: self.cache_dir.as_deref(),
+            memory: &self.compiled,
+            compiler: &self.compiler,
+            pool: self.pool,
+        };
+        artifact::compile(&how, name, &bytes, expected_sha256)
     }
 
     /// Checks the component implements the contract, then configures a first instance; the
