@@ -118,6 +118,11 @@ impl<'a> Response<'a> {
         self.inner.status()
     }
 
+    /// Upstream attempts made for this call, this response's included.
+    pub fn attempts(&self) -> u32 {
+        self.inner.attempts()
+    }
+
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.inner.header(name)

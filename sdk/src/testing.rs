@@ -531,6 +531,8 @@ pub struct TestResponse {
     pub status: u16,
     /// Headers, in order; names lower-case.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Upstream attempts made for the call, this response's included.
+    pub attempts: u32,
 }
 
 impl TestResponse {
@@ -539,6 +541,7 @@ impl TestResponse {
         TestResponse {
             status,
             headers: Vec::new(),
+            attempts: 1,
         }
     }
 
@@ -549,6 +552,9 @@ impl TestResponse {
 
     pub(crate) fn status(&self) -> u16 {
         self.status
+    }
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
     }
     pub(crate) fn header(&self, name: &str) -> Option<Vec<u8>> {
         first(&self.headers, name)

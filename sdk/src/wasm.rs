@@ -240,6 +240,9 @@ impl ResponseInner {
     pub(crate) fn status(&self) -> u16 {
         wit_response::status()
     }
+    pub(crate) fn attempts(&self) -> u32 {
+        wit_response::attempts()
+    }
     pub(crate) fn header(&self, name: &str) -> Option<Vec<u8>> {
         wit_response::header(name)
     }

@@ -220,6 +220,10 @@ impl response::Host for PluginCtx {
         self.response.status.as_u16()
     }
 
+    fn attempts(&mut self) -> u32 {
+        self.response.attempts
+    }
+
     fn header(&mut self, name: String) -> Option<Vec<u8>> {
         first(&self.response.headers, &name)
     }

@@ -47,6 +47,8 @@ pub struct ResponseHead {
     pub status: StatusCode,
     /// Headers.
     pub headers: HeaderMap,
+    /// Upstream attempts made for the call, this one included.
+    pub attempts: u32,
 }
 
 /// A reply a plugin gave in place of the upstream's.

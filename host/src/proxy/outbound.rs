@@ -463,6 +463,7 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
     let mut head = ResponseHead {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
+        attempts: call.summary.attempts,
     };
     let decided = call.route.chain.on_response(call.id, &mut head);
     if decided.plugin_failed {
