@@ -229,8 +229,14 @@ pub(crate) mod host_imp {
         labels: &[&str],
         _buckets: &[f64],
     ) -> Result<u32, String> {
-        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(format!("invalid metric name {name:?}"));
+        // The same rule as the host: a plugin cannot pass itself off as the proxy's own metrics.
+        if name.is_empty()
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || name.starts_with("weft_")
+        {
+            return Err(format!(
+                "invalid metric name {name:?}: use [a-zA-Z_:][a-zA-Z0-9_:]*, not starting with weft_"
+            ));
         }
         with(|h| {
             if let Some(i) = h.metrics.iter().position(|m| m.name == name) {
