@@ -1,11 +1,21 @@
-//! Weighted canary split: each call goes to one of the route's destinations, picked at random
-//! in proportion to its weight, as in Istio's `VirtualService` `http[].route[]`.
+//! Weighted canary split with Istio's `VirtualService` `http` route list: the first `http`
+//! entry whose `match` fits the request is chosen, and the call goes to one of its `route`
+//! destinations, picked at random in proportion to the weights, or by a hash of a sticky
+//! header so a user keeps their version. No entry fits: 404, as Envoy's "no route" (NR).
+//!
+//! See README.md beside this crate for the configuration reference.
 
+use regex_lite::{Regex, RegexBuilder};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use weft_sdk::config::IstioDuration;
 use weft_sdk::host::random_below;
-use weft_sdk::{Destination, Filter, Hooks, Request, RequestAction, export_filter};
+use weft_sdk::{Destination, Filter, Hooks, LocalResponse, Request, RequestAction, export_filter};
 
-/// A destination as Istio writes it.
+// === configuration, as Istio writes it ===
+
+/// A destination as Istio writes it (`HTTPRouteDestination.destination`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IstioDestination {
@@ -16,7 +26,7 @@ pub struct IstioDestination {
     pub subset: Option<String>,
 }
 
-/// One weighted destination.
+/// One weighted destination (Istio's `HTTPRouteDestination`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedRoute {
@@ -27,71 +37,378 @@ pub struct WeightedRoute {
     pub weight: Option<u32>,
 }
 
-/// The canary plugin's configuration: Istio's `route` list.
+/// Istio's `StringMatch`: one of `exact`, `prefix`, `regex` (none: presence, where allowed).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    /// The whole value equals this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// The value starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The whole value matches this regular expression (RE2-style syntax).
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// Istio's `HTTPMatchRequest`: every condition given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchRequest {
+    /// A label for people; not used in matching.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The path, without its query string.
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    /// The method.
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    /// Headers that must be present and match, by lower-case name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Headers that must not match (an absent header counts as empty).
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    /// Query parameters that must be present and match, by name.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    /// Compare `uri` `exact` and `prefix` without regard to ASCII case.
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+}
+
+/// One entry of Istio's `http` list (`HTTPRoute`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// A label for people, named in errors.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Alternatives, any of which selects this entry; none: every request.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<MatchRequest>,
+    /// The weighted destinations.
+    pub route: Vec<WeightedRoute>,
+    /// The call's overall timeout when this entry is chosen (`"0s"`: none from this entry).
+    #[serde(default)]
+    pub timeout: Option<IstioDuration>,
+}
+
+/// Keeps a user on one version by hashing a request header instead of rolling dice.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    /// The header whose value identifies the user (`x-user-id`).
+    pub header: String,
+}
+
+/// The canary plugin's configuration: Istio's `http` list, or the `route` shorthand.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The service this split belongs to (the VirtualService's host). When every destination
-    /// is this service, a pick changes only the subset, which is the cheaper host call.
+    /// The service this split belongs to (the VirtualService's host). A destination of this
+    /// service with a subset is reached by changing only the subset, the cheaper host call.
     #[serde(default)]
     pub host: Option<String>,
-    /// The weighted destinations.
-    pub route: Vec<WeightedRoute>,
+    /// Routes tried in order; the first that matches is used.
+    #[serde(default)]
+    pub http: Option<Vec<HttpRoute>>,
+    /// Shorthand for one `http` entry without `match`.
+    #[serde(default)]
+    pub route: Option<Vec<WeightedRoute>>,
+    /// Sticky picks; without it every call rolls afresh.
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
 }
+
+// === compiled form ===
 
 /// The canary split.
 pub struct Canary {
-    // Cumulative upper bounds out of 100, paired with their destinations.
-    cumulative: Vec<(u64, Destination)>,
-    // Every destination is the route's own service, so a pick only changes the subset.
-    single_service: bool,
+    entries: Vec<Entry>,
+    // Header names the configuration reads; conditions refer to them by index so each is
+    // fetched from the host at most once per call.
+    header_names: Vec<String>,
+    sticky: Option<usize>,
+    no_route: String,
+}
+
+struct Entry {
+    // Empty: matches every request, as an Istio `http` entry without `match`.
+    alternatives: Vec<Vec<Condition>>,
+    // Cumulative upper bounds out of 100, zero weights left out.
+    picks: Vec<(u64, Action)>,
+    timeout: Option<Duration>,
+}
+
+enum Action {
+    // The configured `host` itself: only the subset changes, one cheap host call.
+    Subset(String),
+    Destination(Destination),
+}
+
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    Present,
+}
+
+enum Condition {
+    Uri { pattern: Pattern, ignore_case: bool },
+    Method(Pattern),
+    Header { slot: usize, pattern: Pattern },
+    WithoutHeader { slot: usize, pattern: Pattern },
+    Query { name: String, pattern: Pattern },
+}
+
+// Big enough for any routing pattern people write; small enough that a handful of them stay
+// well inside the sandbox's memory cap (regex-lite's own default is 10 MiB each).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+impl Pattern {
+    /// Compiles a `StringMatch`. `presence` says whether `{}` is allowed (headers, query
+    /// parameters) and means "present", as Istio has it.
+    fn compile(m: StringMatch, at: &str, presence: bool) -> Result<Pattern, String> {
+        match (m.exact, m.prefix, m.regex) {
+            (Some(e), None, None) => Ok(Pattern::Exact(e)),
+            (None, Some(p), None) => Ok(Pattern::Prefix(p)),
+            // Istio turns the (invalid RE2) regex "*" into a presence check.
+            (None, None, Some(r)) if presence && r == "*" => Ok(Pattern::Present),
+            (None, None, Some(r)) => compile_regex(&r, &format!("{at}.regex")).map(Pattern::Regex),
+            (None, None, None) if presence => Ok(Pattern::Present),
+            _ => Err(format!("{at}: set exactly one of exact, prefix, regex")),
+        }
+    }
+
+    fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Pattern::Exact(e) => value == e.as_bytes(),
+            Pattern::Prefix(p) => value.starts_with(p.as_bytes()),
+            // regex-lite matches text only; a value that is not UTF-8 cannot match.
+            Pattern::Regex(r) => std::str::from_utf8(value).is_ok_and(|s| r.is_match(s)),
+            Pattern::Present => true,
+        }
+    }
+
+    fn matches_ignoring_case(&self, value: &[u8]) -> bool {
+        match self {
+            Pattern::Exact(e) => value.eq_ignore_ascii_case(e.as_bytes()),
+            Pattern::Prefix(p) => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+            // As Envoy: case-insensitivity does not apply to regexes; use `(?i)`.
+            _ => self.matches(value),
+        }
+    }
+}
+
+fn compile_regex(pattern: &str, at: &str) -> Result<Regex, String> {
+    let build = |p: &str| {
+        RegexBuilder::new(p)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| format!("{at}: {e}"))
+    };
+    // Compiled alone first, so that a pattern like `a)|(b` cannot close our group and slip
+    // out of the anchors below.
+    build(pattern)?;
+    // Envoy's safe_regex is a full match: the pattern must cover the whole value.
+    build(&format!(r"\A(?:{pattern})\z"))
+}
+
+fn check_header_name(name: &str, at: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("{at}: {name:?} is not a valid header name"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{at}: header names must be lower-case (as Istio requires)"
+        ));
+    }
+    Ok(())
+}
+
+/// Interns header names so that each is read from the host at most once per call.
+fn slot(names: &mut Vec<String>, name: &str) -> usize {
+    match names.iter().position(|n| n == name) {
+        Some(i) => i,
+        None => {
+            names.push(name.to_string());
+            names.len() - 1
+        }
+    }
+}
+
+fn compile_match(
+    m: MatchRequest,
+    at: &str,
+    names: &mut Vec<String>,
+) -> Result<Vec<Condition>, String> {
+    let mut out = Vec::new();
+    if let Some(uri) = m.uri {
+        out.push(Condition::Uri {
+            pattern: Pattern::compile(uri, &format!("{at}.uri"), false)?,
+            ignore_case: m.ignore_uri_case,
+        });
+    }
+    if let Some(method) = m.method {
+        let pattern = Pattern::compile(method, &format!("{at}.method"), false)?;
+        out.push(Condition::Method(pattern));
+    }
+    for (name, sm) in m.headers {
+        let here = format!("{at}.headers.{name}");
+        check_header_name(&name, &here)?;
+        out.push(Condition::Header {
+            slot: slot(names, &name),
+            pattern: Pattern::compile(sm, &here, true)?,
+        });
+    }
+    for (name, sm) in m.without_headers {
+        let here = format!("{at}.withoutHeaders.{name}");
+        check_header_name(&name, &here)?;
+        out.push(Condition::WithoutHeader {
+            slot: slot(names, &name),
+            pattern: Pattern::compile(sm, &here, true)?,
+        });
+    }
+    for (name, sm) in m.query_params {
+        let here = format!("{at}.queryParams.{name}");
+        if name.is_empty() {
+            return Err(format!("{here}: the parameter name must not be empty"));
+        }
+        out.push(Condition::Query {
+            pattern: Pattern::compile(sm, &here, true)?,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+fn compile_route(
+    route: Vec<WeightedRoute>,
+    at: &str,
+    label: Option<&str>,
+    host: Option<&str>,
+) -> Result<Vec<(u64, Action)>, String> {
+    if route.is_empty() {
+        return Err(format!("{at}: at least one destination is required"));
+    }
+    let single = route.len() == 1;
+    let mut total = 0u64;
+    let mut picks = Vec::with_capacity(route.len());
+    for (i, r) in route.into_iter().enumerate() {
+        let weight = match r.weight {
+            Some(w) => u64::from(w),
+            None if single => 100,
+            None => {
+                return Err(format!(
+                    "{at}[{i}].weight: required when there are several destinations"
+                ));
+            }
+        };
+        if r.destination.host.is_empty() {
+            return Err(format!("{at}[{i}].destination.host: must not be empty"));
+        }
+        total += weight;
+        if weight == 0 {
+            continue;
+        }
+        let action = match (r.destination.subset, host) {
+            (Some(subset), Some(h)) if r.destination.host == h => Action::Subset(subset),
+            (subset, _) => Action::Destination(Destination {
+                service: r.destination.host,
+                subset,
+            }),
+        };
+        picks.push((total, action));
+    }
+    if total != 100 {
+        let entry = label
+            .map(|n| format!(" in http entry {n:?}"))
+            .unwrap_or_default();
+        return Err(format!(
+            "{at}: weights sum to {total}{entry}; they must sum to 100"
+        ));
+    }
+    Ok(picks)
 }
 
 impl Filter for Canary {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        let Config { host, route } = config;
-        let config = Config { host: None, route };
-        if config.route.is_empty() {
-            return Err("route: at least one destination is required".into());
+        let Config {
+            host,
+            http,
+            route,
+            sticky,
+        } = config;
+        if host.as_deref() == Some("") {
+            return Err("host: must not be empty when given".into());
         }
-        let single = config.route.len() == 1;
-        let mut total = 0u64;
-        let mut cumulative = Vec::with_capacity(config.route.len());
-        for (i, r) in config.route.into_iter().enumerate() {
-            let weight = match r.weight {
-                Some(w) => u64::from(w),
-                None if single => 100,
-                None => {
-                    return Err(format!(
-                        "route[{i}].weight: required when there are several destinations"
-                    ));
-                }
-            };
-            if r.destination.host.is_empty() {
-                return Err(format!("route[{i}].destination.host: must not be empty"));
+        let host = host.as_deref();
+        let mut header_names = Vec::new();
+        let mut entries = Vec::new();
+        match (http, route) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "route and http: give one or the other (route is shorthand for a single \
+                     http entry without match)"
+                        .into(),
+                );
             }
-            total += weight;
-            cumulative.push((
-                total,
-                Destination {
-                    service: r.destination.host,
-                    subset: r.destination.subset,
-                },
-            ));
+            (None, None) => {
+                return Err("http: at least one entry is required (or the route shorthand)".into());
+            }
+            (None, Some(route)) => entries.push(Entry {
+                alternatives: Vec::new(),
+                picks: compile_route(route, "route", None, host)?,
+                timeout: None,
+            }),
+            (Some(http), None) => {
+                if http.is_empty() {
+                    return Err("http: at least one entry is required".into());
+                }
+                for (i, h) in http.into_iter().enumerate() {
+                    let at = format!("http[{i}]");
+                    let mut alternatives = Vec::with_capacity(h.matches.len());
+                    for (j, m) in h.matches.into_iter().enumerate() {
+                        let at = format!("{at}.match[{j}]");
+                        alternatives.push(compile_match(m, &at, &mut header_names)?);
+                    }
+                    let picks =
+                        compile_route(h.route, &format!("{at}.route"), h.name.as_deref(), host)?;
+                    entries.push(Entry {
+                        alternatives,
+                        picks,
+                        // Zero is Istio's "no timeout"; the host can only fall back to the
+                        // service's own, which is what leaving it unset does.
+                        timeout: h.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
+                    });
+                }
+            }
         }
-        if total != 100 {
-            return Err(format!(
-                "route: weights sum to {total}, they must sum to 100"
-            ));
-        }
-        let single_service = host
-            .as_deref()
-            .is_some_and(|host| cumulative.iter().all(|(_, d)| d.service == host));
+        let sticky = match sticky {
+            Some(s) => {
+                let name = s.header.to_ascii_lowercase();
+                check_header_name(&name, "sticky.header")?;
+                Some(slot(&mut header_names, &name))
+            }
+            None => None,
+        };
+        let no_route = match host {
+            Some(h) => format!("no route: no http entry for {h} matches this request\n"),
+            None => "no route: no http entry matches this request\n".to_string(),
+        };
         Ok(Canary {
-            cumulative,
-            single_service,
+            entries,
+            header_names,
+            sticky,
+            no_route,
         })
     }
 
@@ -100,63 +417,180 @@ impl Filter for Canary {
     }
 
     fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
-        let roll = random_below(100);
-        if let Some((_, dest)) = self.cumulative.iter().find(|(upper, _)| roll < *upper) {
-            match &dest.subset {
-                // The route's own service with a subset: the cheap call.
-                Some(subset) if self.single_service => req.set_subset(subset),
-                _ => req.set_destination(dest.clone()),
-            }
+        let (entry, action) = {
+            let mut reads = Reads::new(req, &self.header_names);
+            let Some(entry) = self.entries.iter().find(|e| e.matches(&mut reads)) else {
+                return RequestAction::Respond(LocalResponse::text(404, self.no_route.clone()));
+            };
+            (entry, entry.pick(|| self.roll(&mut reads)))
+        };
+        match action {
+            Some(Action::Subset(subset)) => req.set_subset(subset),
+            Some(Action::Destination(dest)) => req.set_destination(dest.clone()),
+            None => {}
+        }
+        if let Some(timeout) = entry.timeout {
+            req.set_timeout(timeout);
         }
         RequestAction::Continue
     }
 }
 
+impl Canary {
+    /// A number in `0..100` that decides the pick: the sticky header's bucket, else random.
+    fn roll(&self, reads: &mut Reads<'_, '_>) -> u64 {
+        match self.sticky.and_then(|slot| reads.header(slot)) {
+            Some(value) => bucket(value),
+            None => random_below(100),
+        }
+    }
+}
+
+impl Entry {
+    fn matches(&self, reads: &mut Reads<'_, '_>) -> bool {
+        self.alternatives.is_empty()
+            || self
+                .alternatives
+                .iter()
+                .any(|all| all.iter().all(|c| c.holds(reads)))
+    }
+
+    /// The destination for a roll; the roll is only drawn when there is a choice to make,
+    /// so a single destination costs neither a random number nor a header read.
+    fn pick(&self, roll: impl FnOnce() -> u64) -> Option<&Action> {
+        if let [(_, only)] = self.picks.as_slice() {
+            return Some(only);
+        }
+        let roll = roll();
+        self.picks
+            .iter()
+            .find(|(upper, _)| roll < *upper)
+            .map(|(_, a)| a)
+    }
+}
+
+impl Condition {
+    fn holds(&self, reads: &mut Reads<'_, '_>) -> bool {
+        match self {
+            Condition::Uri {
+                pattern,
+                ignore_case,
+            } => {
+                let path = path_only(reads.path()).as_bytes();
+                if *ignore_case {
+                    pattern.matches_ignoring_case(path)
+                } else {
+                    pattern.matches(path)
+                }
+            }
+            Condition::Method(pattern) => pattern.matches(reads.method().as_bytes()),
+            Condition::Header { slot, pattern } => {
+                reads.header(*slot).is_some_and(|v| pattern.matches(v))
+            }
+            // Istio sets Envoy's treat_missing_header_as_empty here, except for presence.
+            Condition::WithoutHeader { slot, pattern } => match (pattern, reads.header(*slot)) {
+                (Pattern::Present, value) => value.is_none(),
+                (pattern, value) => !pattern.matches(value.unwrap_or_default()),
+            },
+            Condition::Query { name, pattern } => {
+                query_param(reads.path(), name).is_some_and(|v| pattern.matches(v.as_bytes()))
+            }
+        }
+    }
+}
+
+/// The path without query string or fragment, as Envoy's path matchers see it.
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// The first value of a query parameter, undecoded, as Envoy's `parseQueryString`; a
+/// parameter without `=` has the empty value.
+fn query_param<'p>(path: &'p str, name: &str) -> Option<&'p str> {
+    let query = path.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// What one call reads from the host, each fetched at most once and only when needed.
+struct Reads<'r, 'a> {
+    req: &'r Request<'a>,
+    names: &'r [String],
+    method: Option<String>,
+    path: Option<String>,
+    // Per header slot: not yet read, or read (absent or its value).
+    headers: Vec<Option<Option<Vec<u8>>>>,
+}
+
+impl<'r, 'a> Reads<'r, 'a> {
+    fn new(req: &'r Request<'a>, names: &'r [String]) -> Self {
+        Reads {
+            req,
+            names,
+            method: None,
+            path: None,
+            headers: vec![None; names.len()],
+        }
+    }
+
+    fn method(&mut self) -> &str {
+        self.method.get_or_insert_with(|| self.req.method())
+    }
+
+    fn path(&mut self) -> &str {
+        self.path.get_or_insert_with(|| self.req.path())
+    }
+
+    fn header(&mut self, slot: usize) -> Option<&[u8]> {
+        let (req, name) = (self.req, self.names.get(slot)?);
+        self.headers
+            .get_mut(slot)?
+            .get_or_insert_with(|| joined_header(req, name))
+            .as_deref()
+    }
+}
+
+/// Every value of a header, joined by commas: Envoy matches a repeated header that way.
+fn joined_header(req: &Request<'_>, name: &str) -> Option<Vec<u8>> {
+    let mut values = req.header_all(name).into_iter();
+    let first = values.next()?;
+    Some(values.fold(first, |mut acc, v| {
+        acc.push(b',');
+        acc.extend_from_slice(&v);
+        acc
+    }))
+}
+
+/// FNV-1a, 64-bit: stable across builds, platforms and releases, so a user's bucket never
+/// moves on an upgrade.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// A sticky value's bucket in `0..100`.
+fn bucket(value: &[u8]) -> u64 {
+    // FNV-1a's last bytes reach the top bits only through carries, and multiply-shift reads
+    // the top bits: ids differing in their last character ("user-1", "user-2") would bunch.
+    // MurmurHash3's finaliser spreads every input bit over the whole word first.
+    let mut h = fnv1a64(value);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    // Multiply-shift: uses the whole hash, unlike a modulo that would read its low bits.
+    ((u128::from(h) * 100) >> 64) as u64
+}
+
 export_filter!(Canary);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use weft_sdk::testing::{Harness, TestRequest, seed_random};
-
-    const SEED: &str = r#"{"route":[
-        {"destination":{"host":"payments","subset":"v1"},"weight":95},
-        {"destination":{"host":"payments","subset":"v2"},"weight":5}]}"#;
-
-    #[test]
-    fn splits_by_weight() {
-        seed_random(42);
-        let mut h = Harness::<Canary>::new(SEED).expect("valid config");
-        let mut v2 = 0;
-        for _ in 0..10_000 {
-            let mut req = TestRequest::get("payments", "/charge");
-            h.on_request(&mut req);
-            if req.destination.subset.as_deref() == Some("v2") {
-                v2 += 1;
-            }
-        }
-        // 5% of 10,000 is 500, standard deviation ~21.8; 5 sigma either side.
-        assert!((391..=609).contains(&v2), "v2 got {v2} of 10000");
-    }
-
-    #[test]
-    fn zero_weight_gets_nothing() {
-        let cfg = r#"{"route":[
-            {"destination":{"host":"payments","subset":"v1"},"weight":100},
-            {"destination":{"host":"payments","subset":"v2"},"weight":0}]}"#;
-        let mut h = Harness::<Canary>::new(cfg).expect("valid config");
-        for _ in 0..1_000 {
-            let mut req = TestRequest::get("payments", "/");
-            h.on_request(&mut req);
-            assert_eq!(req.destination.subset.as_deref(), Some("v1"));
-        }
-    }
-
-    #[test]
-    fn weights_must_sum_to_100() {
-        let cfg = r#"{"route":[{"destination":{"host":"p","subset":"v1"},"weight":90},
-                                {"destination":{"host":"p","subset":"v2"},"weight":5}]}"#;
-        let err = Harness::<Canary>::new(cfg).err().expect("must be rejected");
-        assert!(err.contains("weights sum to 95"), "{err}");
-    }
-}
+mod tests;
