@@ -480,14 +480,21 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
     parts.headers = head.headers;
     parts.version = Version::HTTP_11;
     let status = parts.status.as_u16();
+    // Retried and still failing: the retries ran out (or the budget refused one), which
+    // Envoy, and so Istio's telemetry, flag as URX.
+    let exhausted = if call.summary.attempts > 1 && status >= 500 {
+        ResponseFlags::RETRY_LIMIT_EXCEEDED
+    } else {
+        ResponseFlags::empty()
+    };
     let upstream: ProxyBody = incoming
         .map_err(|e| Box::new(e) as body::BoxError)
         .boxed_unsync();
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
         let flags = if end.complete {
-            ResponseFlags::empty()
+            exhausted
         } else {
-            ResponseFlags::DOWNSTREAM_DISCONNECT
+            exhausted | ResponseFlags::DOWNSTREAM_DISCONNECT
         };
         call.finish(status, end.bytes, flags);
         drop(call);

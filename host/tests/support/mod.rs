@@ -34,6 +34,29 @@ pub struct Seen {
     pub body_complete: Option<bool>,
 }
 
+/// How an app answers besides its paths.
+#[derive(Clone, Default)]
+pub enum Behaviour {
+    /// By path (see [`App`]).
+    #[default]
+    Paths,
+    /// Every request gets this status.
+    Always(u16),
+    /// A share of requests (`percent`, drawn at random from a seeded generator) get `status`;
+    /// the rest are answered by path.
+    Flaky {
+        percent: u32,
+        status: u16,
+        seed: u64,
+    },
+    /// Every request is passed on to `via` (its own sidecar's outbound listener, set once the
+    /// sidecar runs) with `Host: host`; the answer's status comes back.
+    Relay {
+        via: Arc<std::sync::OnceLock<SocketAddr>>,
+        host: String,
+    },
+}
+
 /// A test app: `/echo` echoes, `/status/N` answers N, `/slow/MS` waits, `/big/N` sends N bytes,
 /// `/hang` never answers, `/drain` reads the whole body and records whether it arrived.
 /// Every response carries `x-app: <name>`.
@@ -41,22 +64,74 @@ pub struct App {
     pub addr: SocketAddr,
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests answered with the failure status of `Always` or `Flaky`.
+    pub failed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl App {
     pub async fn start(name: &str) -> App {
+        App::start_with(name, Behaviour::Paths).await
+    }
+
+    pub async fn start_with(name: &str, behaviour: Behaviour) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (n, s) = (name.to_string(), seen.clone());
+        let rng = Arc::new(Mutex::new(match &behaviour {
+            Behaviour::Flaky { seed, .. } => (*seed).max(1),
+            _ => 1,
+        }));
+        let client = h1_client();
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let f = failed.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (n, s) = (n.clone(), s.clone());
+                let (b, rng, client) = (behaviour.clone(), rng.clone(), client.clone());
+                let f = f.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(n.clone(), s.clone(), req));
+                    let svc = service_fn(move |req| {
+                        let (n, s, b, rng, client) =
+                            (n.clone(), s.clone(), b.clone(), rng.clone(), client.clone());
+                        let f = f.clone();
+                        async move {
+                            match b {
+                                Behaviour::Paths => answer(n, s, req).await,
+                                Behaviour::Always(status) => {
+                                    record(&s, &req);
+                                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    Ok(status_response(&n, status))
+                                }
+                                Behaviour::Flaky {
+                                    percent, status, ..
+                                } => {
+                                    let fail = {
+                                        let mut x = rng.lock();
+                                        // xorshift64: reproducible draws for a seeded test.
+                                        *x ^= *x << 13;
+                                        *x ^= *x >> 7;
+                                        *x ^= *x << 17;
+                                        (*x % 100) < u64::from(percent)
+                                    };
+                                    if fail {
+                                        record(&s, &req);
+                                        f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                        Ok(status_response(&n, status))
+                                    } else {
+                                        answer(n, s, req).await
+                                    }
+                                }
+                                Behaviour::Relay { via, host } => {
+                                    record(&s, &req);
+                                    Ok(relay(&n, &client, &via, &host, req.uri().path()).await)
+                                }
+                            }
+                        }
+                    });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -67,11 +142,86 @@ impl App {
             addr,
             name: name.to_string(),
             seen,
+            failed,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().clone()
+    }
+}
+
+fn record(seen: &Mutex<Vec<Seen>>, req: &Request<Incoming>) {
+    seen.lock().push(Seen {
+        path: req.uri().path().to_string(),
+        headers: req.headers().clone(),
+        body_complete: None,
+    });
+}
+
+fn status_response(name: &str, status: u16) -> Response<Body> {
+    let mut r = Response::new(full(format!("{name} answers {status}")));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("x-app", http::HeaderValue::from_str(name).expect("ascii"));
+    r
+}
+
+async fn relay(
+    name: &str,
+    client: &Client<HttpConnector, Body>,
+    via: &std::sync::OnceLock<SocketAddr>,
+    host: &str,
+    path: &str,
+) -> Response<Body> {
+    let Some(to) = via.get() else {
+        return status_response(name, 599);
+    };
+    let req = Request::builder()
+        .uri(format!("http://{to}{path}"))
+        .header("host", host)
+        .body(full(""))
+        .expect("request");
+    match client.request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let _ = read(resp).await;
+            status_response(name, status)
+        }
+        Err(_) => status_response(name, 502),
+    }
+}
+
+/// An endpoint that accepts TCP connections and resets each one (RST) once a request starts
+/// arriving; counts the connections.
+pub struct Resetter {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Resetter {
+    pub async fn start() -> Resetter {
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind resetter");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    // Linger 0: close sends RST, not FIN.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                });
+            }
+        });
+        Resetter { addr, connections }
     }
 }
 
