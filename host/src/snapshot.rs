@@ -34,6 +34,9 @@ pub struct Service {
     /// The filter chain, in order.
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// `leastRequest` (default), `roundRobin` or `random`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<String>,
 }
 
 /// An endpoint.
@@ -59,6 +62,9 @@ pub struct PluginRef {
     /// A component file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// An artifact in the control plane's store, by sha256 (hex); the sidecar fetches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
     /// The sha256 the artifact must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -82,6 +88,11 @@ pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
         "telemetry" => Some(weft_artifacts::TELEMETRY),
         _ => None,
     }
+}
+
+/// Whether `text` is a sha256 digest as the artifact store names them.
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A snapshot that cannot be applied, with every reason found.
@@ -116,6 +127,13 @@ impl Snapshot {
             {
                 errors.push(format!("{at}.timeout: {e}"));
             }
+            if let Some(lb) = &svc.load_balancer
+                && crate::proxy::balance::Kind::parse(lb).is_none()
+            {
+                errors.push(format!(
+                    "{at}.loadBalancer: unknown policy {lb:?} (known: leastRequest, roundRobin, random)"
+                ));
+            }
             for (i, ep) in svc.endpoints.iter().enumerate() {
                 if ep.address.parse::<SocketAddr>().is_err() {
                     errors.push(format!(
@@ -135,13 +153,18 @@ impl Snapshot {
                         p.name
                     ));
                 }
-                match (&p.builtin, &p.file) {
-                    (Some(b), None) if builtin_bytes(b).is_none() => errors.push(format!(
+                match (&p.builtin, &p.file, &p.artifact) {
+                    (Some(b), None, None) if builtin_bytes(b).is_none() => errors.push(format!(
                         "{at}.builtin: unknown built-in {b:?} (known: {})",
                         BUILTINS.join(", ")
                     )),
-                    (Some(_), None) | (None, Some(_)) => {}
-                    _ => errors.push(format!("{at}: exactly one of builtin or file is required")),
+                    (None, None, Some(d)) if !is_digest(d) => errors.push(format!(
+                        "{at}.artifact: {d:?} is not a sha256 (64 lower-case hex digits)"
+                    )),
+                    (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
+                    _ => errors.push(format!(
+                        "{at}: exactly one of builtin, file or artifact is required"
+                    )),
                 }
             }
         }
@@ -173,7 +196,7 @@ mod tests {
             "services.payments.endpoints[0].address: \"nowhere\" is not ip:port",
             "services.payments.plugins[0].builtin: unknown built-in \"nope\"",
             "services.payments.plugins[1].name: \"a\" appears twice",
-            "services.payments.plugins[1]: exactly one of builtin or file",
+            "services.payments.plugins[1]: exactly one of builtin, file or artifact",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

@@ -76,6 +76,7 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
         replay_limit: b.replay_limit.unwrap_or(64 * 1024),
         drain_timeout,
         base_dir: base.to_path_buf(),
+        artifact_dir: PathBuf::from("artifacts"),
         runtime: RuntimeConfig {
             cache_dir: b.cache_dir.map(|d| base.join(d)),
             // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).

@@ -1,6 +1,69 @@
-//! Load balancing within a subset: power of two choices over least outstanding requests,
-//! skipping ejected endpoints and, on a retry, the endpoint that just failed when another exists.
-//! A pure function over a snapshot of the candidates, so it is table-tested without sockets.
+//! Load balancing within a subset: power of two choices over least outstanding requests (the
+//! default, Istio's LEAST_REQUEST), round robin or random, skipping ejected endpoints and, on a
+//! retry, the endpoint that just failed when another exists. A pure function over a snapshot of
+//! the candidates, so it is table-tested without sockets.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How a pick is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Power of two choices over least outstanding requests.
+    LeastRequest,
+    /// The `n`th of the healthy candidates, modulo their number.
+    RoundRobin(usize),
+    /// Uniformly at random.
+    Random,
+}
+
+/// A route's balancing: its policy, and the turn counter round robin needs.
+#[derive(Debug)]
+pub struct Balancer {
+    kind: Kind,
+    turn: AtomicUsize,
+}
+
+/// The policy a snapshot names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `leastRequest` (default).
+    LeastRequest,
+    /// `roundRobin`.
+    RoundRobin,
+    /// `random`.
+    Random,
+}
+
+impl Kind {
+    /// The policy named in a snapshot (`leastRequest`, `roundRobin`, `random`).
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "leastRequest" => Some(Kind::LeastRequest),
+            "roundRobin" => Some(Kind::RoundRobin),
+            "random" => Some(Kind::Random),
+            _ => None,
+        }
+    }
+}
+
+impl Balancer {
+    /// A balancer of this kind.
+    pub fn new(kind: Kind) -> Self {
+        Balancer {
+            kind,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// The policy for the next pick.
+    pub fn next(&self) -> Policy {
+        match self.kind {
+            Kind::LeastRequest => Policy::LeastRequest,
+            Kind::Random => Policy::Random,
+            Kind::RoundRobin => Policy::RoundRobin(self.turn.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
 
 /// An endpoint that may be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +81,7 @@ pub struct Candidate {
 pub fn pick(
     candidates: &[Candidate],
     avoid: Option<u64>,
+    policy: Policy,
     mut random: impl FnMut(usize) -> usize,
 ) -> Option<u64> {
     let healthy = |c: &&Candidate| !c.ejected;
@@ -26,10 +90,12 @@ pub fn pick(
     if pool.is_empty() {
         pool = candidates.iter().filter(healthy).collect();
     }
-    match pool.len() {
-        0 => None,
-        1 => Some(pool[0].id),
-        n => {
+    match (pool.len(), policy) {
+        (0, _) => None,
+        (1, _) => Some(pool[0].id),
+        (n, Policy::Random) => Some(pool[random(n)].id),
+        (n, Policy::RoundRobin(turn)) => Some(pool[turn % n].id),
+        (n, Policy::LeastRequest) => {
             let a = random(n);
             let mut b = random(n - 1);
             if b >= a {
@@ -98,7 +164,9 @@ mod tests {
         ];
         for (i, (candidates, avoid, randoms, expected)) in cases.into_iter().enumerate() {
             let mut r = randoms.into_iter();
-            let got = pick(&candidates, avoid, |_| r.next().unwrap_or(0));
+            let got = pick(&candidates, avoid, Policy::LeastRequest, |_| {
+                r.next().unwrap_or(0)
+            });
             assert_eq!(got, expected, "case {i}");
         }
     }
@@ -109,7 +177,7 @@ mod tests {
         let mut seed = 12345u64;
         let mut counts = [0u32; 5];
         for _ in 0..40_000 {
-            let got = pick(&candidates, None, |n| {
+            let got = pick(&candidates, None, Policy::LeastRequest, |n| {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
@@ -120,5 +188,28 @@ mod tests {
         for (id, count) in counts.iter().enumerate().skip(1) {
             assert!((9_000..11_000).contains(count), "endpoint {id}: {count}");
         }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_over_the_healthy_and_random_ignores_load() {
+        let candidates = vec![
+            c(1, 0, false),
+            c(2, 0, true),
+            c(3, 0, false),
+            c(4, 9, false),
+        ];
+        let b = Balancer::new(Kind::RoundRobin);
+        let turns: Vec<Option<u64>> = (0..6)
+            .map(|_| pick(&candidates, None, b.next(), |_| 0))
+            .collect();
+        assert_eq!(
+            turns,
+            [1, 3, 4, 1, 3, 4].map(Some).to_vec(),
+            "ejected endpoint 2 skipped"
+        );
+        // Random takes the drawn index even when that endpoint is the busiest.
+        assert_eq!(pick(&candidates, None, Policy::Random, |_| 2), Some(4));
+        assert_eq!(Kind::parse("roundRobin"), Some(Kind::RoundRobin));
+        assert_eq!(Kind::parse("ROUND_ROBIN"), None);
     }
 }

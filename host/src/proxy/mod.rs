@@ -58,6 +58,8 @@ pub struct SidecarConfig {
     pub drain_timeout: Duration,
     /// Where relative plugin paths in snapshots are found.
     pub base_dir: PathBuf,
+    /// Where artifacts fetched from the control plane are kept, as `<sha256>.wasm`.
+    pub artifact_dir: PathBuf,
     /// The plugin runtime's settings.
     pub runtime: RuntimeConfig,
 }
@@ -75,6 +77,7 @@ impl SidecarConfig {
             replay_limit: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
             base_dir: PathBuf::from("."),
+            artifact_dir: PathBuf::from("artifacts"),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -189,6 +192,7 @@ pub struct Sidecar {
     /// The admin endpoint.
     pub admin: SocketAddr,
     base_dir: PathBuf,
+    artifact_dir: PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
@@ -292,6 +296,7 @@ impl Sidecar {
             outbound: out_addr,
             inbound: in_addr,
             admin: admin_addr,
+            artifact_dir: config.base_dir.join(&config.artifact_dir),
             base_dir: config.base_dir,
             shutdown,
             tasks,
@@ -305,6 +310,7 @@ impl Sidecar {
     pub async fn apply(&self, snapshot: Snapshot) -> Result<(), Rejected> {
         let inputs = self.inputs.clone();
         let base = self.base_dir.clone();
+        let artifacts = self.artifact_dir.clone();
         let built = tokio::task::spawn_blocking(move || {
             routes::build(
                 snapshot,
@@ -312,6 +318,7 @@ impl Sidecar {
                 &inputs.table,
                 &inputs.metrics,
                 &base,
+                &artifacts,
             )
         })
         .await
@@ -320,6 +327,16 @@ impl Sidecar {
         self.inputs.routes.store(Arc::new(built));
         tracing::info!(%version, "snapshot applied");
         Ok(())
+    }
+
+    /// Where artifacts fetched from the control plane are kept, as `<sha256>.wasm`.
+    pub fn artifact_dir(&self) -> &std::path::Path {
+        &self.artifact_dir
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Snapshot {
+        self.inputs.routes.load().snapshot.clone()
     }
 
     /// The shared inputs (routes, endpoint table, runtime, metrics).

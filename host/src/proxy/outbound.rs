@@ -368,7 +368,10 @@ async fn attempts(
                 ejected: e.is_ejected(now),
             })
             .collect();
-        let picked = balance::pick(&candidates, last, |n| (inputs.random() % n as u64) as usize);
+        let policy = target.balancer.next();
+        let picked = balance::pick(&candidates, last, policy, |n| {
+            (inputs.random() % n as u64) as usize
+        });
         let attempt_start = Instant::now();
         let mut response = None;
         let outcome = match (picked, remaining) {

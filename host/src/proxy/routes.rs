@@ -36,6 +36,8 @@ pub struct Route {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Metric handles resolved once for this route.
     pub metrics: RouteMetrics,
+    /// How endpoints are picked.
+    pub balancer: super::balance::Balancer,
     /// The plugin chain.
     pub chain: Arc<Chain>,
 }
@@ -58,14 +60,16 @@ impl Routes {
     }
 }
 
-/// Compiles a snapshot: validates it, loads every plugin (files relative to `base_dir`), and
-/// only when all of that succeeded, updates the endpoint table.
+/// Compiles a snapshot: validates it, loads every plugin (files relative to `base_dir`, stored
+/// artifacts as `<sha256>.wasm` in `artifact_dir`), and only when all of that succeeded,
+/// updates the endpoint table.
 pub fn build(
     snapshot: Snapshot,
     runtime: &PluginRuntime,
     table: &EndpointTable,
     metrics: &ProxyMetrics,
     base_dir: &Path,
+    artifact_dir: &Path,
 ) -> Result<Routes, Rejected> {
     snapshot.validate()?;
     let mut errors = Vec::new();
@@ -81,18 +85,26 @@ pub fn build(
             let mut spec = PluginSpec::new(p.name.clone(), config);
             spec.fail_strategy = p.fail_strategy;
             let path;
-            let artifact = match (&p.builtin, &p.file) {
-                (Some(b), _) => match builtin_bytes(b) {
+            let mut expected = p.sha256.as_deref();
+            let artifact = match (&p.builtin, &p.file, &p.artifact) {
+                (Some(b), _, _) => match builtin_bytes(b) {
                     Some(bytes) => Artifact::Bytes(bytes),
                     None => continue,
                 },
-                (None, Some(f)) => {
+                (None, Some(f), _) => {
                     path = base_dir.join(f);
                     Artifact::File(&path)
                 }
-                (None, None) => continue,
+                // Fetched from the control plane's store by the sidecar before applying; the
+                // digest is the name, and is verified again on load.
+                (None, None, Some(digest)) => {
+                    path = artifact_dir.join(format!("{digest}.wasm"));
+                    expected = Some(digest.as_str());
+                    Artifact::File(&path)
+                }
+                (None, None, None) => continue,
             };
-            match runtime.plugin(artifact, p.sha256.as_deref(), spec) {
+            match runtime.plugin(artifact, expected, spec) {
                 Ok(plugin) => plugins.push(plugin),
                 Err(e) => errors.push(format!("services.{name}.plugins[{i}]: {e}")),
             }
@@ -136,6 +148,12 @@ pub fn build(
             subsets,
             endpoints,
             metrics: metrics.for_route(name),
+            balancer: super::balance::Balancer::new(
+                svc.load_balancer
+                    .as_deref()
+                    .and_then(super::balance::Kind::parse)
+                    .unwrap_or(super::balance::Kind::LeastRequest),
+            ),
             chain: chains
                 .remove(name)
                 .unwrap_or_else(|| Arc::new(Chain::empty())),
