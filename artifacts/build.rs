@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         "plugins/telemetry",
         true,
     ),
+    ("FAULT", "weft-plugin-fault", "plugins/fault", true),
     ("CHAOS", "weft-guest-chaos", "tests/guests/chaos", false),
     (
         "NOT_A_FILTER",

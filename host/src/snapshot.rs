@@ -77,7 +77,7 @@ pub struct PluginRef {
 }
 
 /// The built-in plugins the binary carries.
-pub const BUILTINS: [&str; 4] = ["canary", "retry", "outlier", "telemetry"];
+pub const BUILTINS: [&str; 5] = ["canary", "retry", "outlier", "telemetry", "fault"];
 
 /// The embedded bytes of a built-in plugin.
 pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
@@ -86,6 +86,7 @@ pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
         "retry" => Some(weft_artifacts::RETRY),
         "outlier" => Some(weft_artifacts::OUTLIER),
         "telemetry" => Some(weft_artifacts::TELEMETRY),
+        "fault" => Some(weft_artifacts::FAULT),
         _ => None,
     }
 }

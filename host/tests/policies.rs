@@ -530,3 +530,104 @@ async fn telemetry_shows_on_metrics_with_istio_labels_and_counts() {
             .join("\n")
     );
 }
+
+fn fault(config: Value) -> Value {
+    json!({"name": "fault", "builtin": "fault", "config": config})
+}
+
+/// One GET through `to`, timed from before it is sent to the end of its body.
+async fn timed_call(to: SocketAddr) -> (StatusCode, String, Duration) {
+    let started = std::time::Instant::now();
+    let resp = h1_client()
+        .request(get(to, "/hello", &[]))
+        .await
+        .expect("answered");
+    let (status, _, body) = read(resp).await;
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_aborts_delays_and_times_out_end_to_end() {
+    let app = pod("payments", "payments-v1", Behaviour::Paths).await;
+    let via = |faults: Value| {
+        snapshot(
+            "payments",
+            vec![endpoint(app.sidecar.inbound, "v1")],
+            json!([fault(faults)]),
+        )
+    };
+
+    // Abort every call with 418: answered by the caller's sidecar, never reaching the app.
+    let orders = caller(via(
+        json!({"abort": {"httpStatus": 418, "percentage": {"value": 100.0}}}),
+    ))
+    .await;
+    let statuses = fire(orders.outbound, 50, 4, "/hello", &[]).await;
+    assert!(statuses.iter().all(|s| s.as_u16() == 418), "{statuses:?}");
+    let (status, body, _) = timed_call(orders.outbound).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (418, "fault filter abort")
+    );
+    assert!(app.app.seen().is_empty(), "an aborted call reaches no app");
+
+    // Delay every call by 300 ms: it is held, then goes through.
+    let orders = caller(via(
+        json!({"delay": {"fixedDelay": "300ms", "percentage": {"value": 100}}}),
+    ))
+    .await;
+    let (status, body, took) = timed_call(orders.outbound).await;
+    println!("fault: a call delayed 300 ms took {took:?}");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(took >= Duration::from_millis(300), "took {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(app.app.seen().len(), 1);
+
+    // Delayed and aborted: held for the delay first, then answered, as Envoy does.
+    let orders = caller(via(json!({
+        "delay": {"fixedDelay": "200ms", "percentage": {"value": 100}},
+        "abort": {"httpStatus": 503, "percentage": {"value": 100}}
+    })))
+    .await;
+    let (status, _, took) = timed_call(orders.outbound).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took >= Duration::from_millis(200), "took {took:?}");
+    assert_eq!(app.app.seen().len(), 1, "still only the delayed call");
+
+    // A 2 s delay under the service's 500 ms timeout: the caller gets the timeout's 504 (UT)
+    // at 500 ms, not the call after 2 s.
+    let mut timed_out = serde_json::to_value(snapshot(
+        "payments",
+        vec![endpoint(app.sidecar.inbound, "v1")],
+        json!([
+            fault(json!({"delay": {"fixedDelay": "2s", "percentage": {"value": 100}}})),
+            {"name": "telemetry", "builtin": "telemetry"},
+        ]),
+    ))
+    .expect("snapshot as JSON");
+    timed_out["services"]["payments"]["timeout"] = json!("500ms");
+    let orders = caller(serde_json::from_value(timed_out).expect("snapshot")).await;
+    let (status, body, took) = timed_call(orders.outbound).await;
+    println!("fault: a 2 s delay under a 500 ms timeout answered {status} after {took:?}");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("upstream request timeout"), "{body}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1_500),
+        "took {took:?}"
+    );
+    assert_eq!(app.app.seen().len(), 1, "a timed-out delay calls no app");
+    let m = scrape(&orders).await;
+    assert_eq!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "504"), ("response_flags", "UT")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -106,6 +106,13 @@ impl<'a> Request<'a> {
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.inner.set_timeout_ms(millis(timeout))
     }
+
+    /// Holds the call this long before its first upstream attempt, or before a local answer
+    /// this hook gives (fault injection); the delay counts against the overall timeout.
+    /// Zero removes a delay set earlier.
+    pub fn set_delay(&mut self, delay: Duration) {
+        self.inner.set_delay_ms(millis(delay))
+    }
 }
 
 impl<'a> Response<'a> {

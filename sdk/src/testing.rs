@@ -453,6 +453,8 @@ pub struct TestRequest {
     pub per_try_timeout_ms: Option<u32>,
     /// Overall timeout a plugin set.
     pub timeout_ms: Option<u32>,
+    /// Delay before the first attempt a plugin set (fault injection).
+    pub delay_ms: Option<u32>,
 }
 
 impl TestRequest {
@@ -527,6 +529,9 @@ impl TestRequest {
     }
     pub(crate) fn set_timeout_ms(&mut self, ms: u32) {
         self.timeout_ms = Some(ms);
+    }
+    pub(crate) fn set_delay_ms(&mut self, ms: u32) {
+        self.delay_ms = Some(ms);
     }
 }
 

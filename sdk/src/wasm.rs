@@ -231,6 +231,9 @@ impl RequestInner {
     pub(crate) fn set_timeout_ms(&mut self, ms: u32) {
         wit_request::set_timeout_ms(ms)
     }
+    pub(crate) fn set_delay_ms(&mut self, ms: u32) {
+        wit_request::set_delay_ms(ms)
+    }
 }
 
 /// The response head during `on-response`.

@@ -210,6 +210,10 @@ impl request::Host for PluginCtx {
         self.request.timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     }
 
+    fn set_delay_ms(&mut self, ms: u32) {
+        self.request.delay = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    }
+
     fn respond(&mut self, reply: types::LocalResponse) {
         self.reply = Some(reply);
     }

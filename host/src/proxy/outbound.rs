@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Carries the original authority to the inbound sidecar, which restores it as `Host`.
 pub const FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
@@ -227,12 +227,20 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         },
         per_try_timeout: None,
         timeout: None,
+        delay: None,
     };
     let decided = call.route.chain.on_request(id, &mut head);
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
+    let deadline = head.timeout.or(route.timeout).map(|t| start + t);
     if let RequestVerdict::Respond(reply) = decided.action {
+        // An injected delay holds a local answer too, as Envoy delays before it aborts.
+        if let Some(delay) = head.delay
+            && !hold(delay, deadline).await
+        {
+            return delay_timed_out(call, &route.service);
+        }
         let status = reply.status.as_u16();
         let mut resp = Response::new(body::full(reply.body));
         *resp.status_mut() = reply.status;
@@ -304,7 +312,11 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             );
         }
     };
-    let deadline = head.timeout.or(route.timeout).map(|t| start + t);
+    if let Some(delay) = head.delay
+        && !hold(delay, deadline).await
+    {
+        return delay_timed_out(call, &target.service);
+    }
     if let Ok(v) = HeaderValue::from_str(&authority) {
         head.headers.insert(FORWARDED_HOST, v);
     }
@@ -328,6 +340,33 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             resp
         }
     }
+}
+
+/// Holds the call for a plugin's injected delay, but never past its deadline. False when the
+/// deadline came first: the call has timed out. A caller hanging up drops this future, and so
+/// cancels the delay.
+async fn hold(delay: Duration, deadline: Option<Instant>) -> bool {
+    let Some(deadline) = deadline else {
+        tokio::time::sleep(delay).await;
+        return true;
+    };
+    // Like a retry's back-off, a delay that ends at or past the deadline leaves no time to
+    // call upstream: wait out only what the caller was promised.
+    if deadline.saturating_duration_since(Instant::now()) > delay {
+        tokio::time::sleep(delay).await;
+        true
+    } else {
+        tokio::time::sleep_until(deadline.into()).await;
+        false
+    }
+}
+
+/// The answer to a call whose injected delay reached its deadline: a 504 with the UT flag,
+/// as when the upstream is too slow, so callers and telemetry see one kind of timeout.
+fn delay_timed_out(mut call: Call, service: &str) -> Response<ProxyBody> {
+    let resp = local_for(Outcome::Timeout, service);
+    call.finish(resp.status().as_u16(), 0, ResponseFlags::UPSTREAM_TIMEOUT);
+    resp
 }
 
 /// Where and what the attempts send.
