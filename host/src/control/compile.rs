@@ -1,0 +1,1350 @@
+//! Istio resources, checked together and compiled into the snapshot one sidecar applies.
+//!
+//! Every sidecar gets every service the mesh knows (from the resources or from registered
+//! workloads). For each service:
+//!
+//! - `subsets` are its DestinationRule's; `endpoints` its registered workloads (address and
+//!   labels, each workload carrying `app: <its service>` unless it says otherwise);
+//! - `timeout` is its VirtualService's: the one `http` entry's, or the longest of several (each
+//!   entry's own also goes into its canary entry, so a shorter one still holds); `0s` is none;
+//! - `loadBalancer` is its DestinationRule's `trafficPolicy.loadBalancer.simple`
+//!   (`LEAST_REQUEST`/`UNSPECIFIED` → `leastRequest`, `ROUND_ROBIN` → `roundRobin`,
+//!   `RANDOM` → `random`);
+//! - the plugin chain, in this order:
+//!   1. WasmPlugins of phase `AUTHN`, then `AUTHZ` (within a phase: higher `priority` first,
+//!      then by name, then namespace);
+//!   2. `fault`, when an `http` entry has one (Weft has one fault per service: the first);
+//!   3. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
+//!      none without a VirtualService, nor when its one entry sends everything, unmatched and
+//!      unsplit, to the service itself (it would change nothing);
+//!   4. `retry`: the first entry's `retries`; Istio's default policy (2 attempts, connect
+//!      failures and refused streams) when it has none, as Istio gives every route, a service's
+//!      default route included; none when `attempts` is 0 or absent, as Istio turns retries off;
+//!   5. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
+//!   6. WasmPlugins of phase `STATS`;
+//!   7. `telemetry`, always;
+//!   8. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
+//!      the router.
+//!
+//! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
+//! workload's labels (or it has no selector), and only the chain of the services its
+//! `targetRefs` name (or every chain). Namespaces do not scope anything: Weft's service names
+//! are mesh-wide.
+//!
+//! A snapshot's version is a digest of its content, so identical content has the identical
+//! version and the control plane pushes only what changed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::istio::{
+    DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, Resource, Spec, VirtualService,
+    WasmPlugin, WasmSource, service_of_host,
+};
+use crate::plugin::FailStrategy;
+use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot, parse_duration};
+
+/// The names the built-in plugins take in a chain; a WasmPlugin with one of them is a new
+/// build of that built-in and takes its place.
+pub const BUILTIN_NAMES: &[&str] = &crate::snapshot::BUILTINS;
+
+/// Istio's default retries when a route sets none.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+/// Istio's default `retryOn`.
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+/// A registered service instance: what its sidecar is, and where callers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Its service (`payments`).
+    pub service: String,
+    /// Its labels (`version: v1`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its inbound sidecar, `ip:port`.
+    pub address: String,
+}
+
+impl Workload {
+    /// Its labels with `app: <service>` added unless it sets `app` itself, as selectors see them.
+    pub fn effective_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels
+            .entry("app".to_string())
+            .or_insert_with(|| self.service.clone());
+        labels
+    }
+}
+
+/// A compiled snapshot and what compiling it had to decide that the resources left open.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Compiled {
+    /// The snapshot, versioned.
+    pub snapshot: Snapshot,
+    /// Warnings (policies merged, plugins left out), each naming its resource.
+    pub warnings: Vec<String>,
+}
+
+/// Checks resources together, as they would stand once applied: the subsets routes name, one
+/// VirtualService and one DestinationRule per service, one resource per kind, namespace and
+/// name, WasmPlugin names, and that stored artifacts exist (`artifact_known` takes the hex
+/// digest). Each resource was checked on its own when read. Returns the warnings, or every error.
+pub fn validate(
+    resources: &[Resource],
+    artifact_known: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    let mut seen: BTreeMap<(Kind, &str, &str), &Resource> = BTreeMap::new();
+    for r in resources {
+        let key = (r.kind, r.namespace.as_str(), r.name.as_str());
+        match seen.get(&key) {
+            Some(first) => errors.push(format!(
+                "{}: {} {}/{} is defined twice (first by {})",
+                r.origin(),
+                r.kind,
+                r.namespace,
+                r.name,
+                first.origin()
+            )),
+            None => {
+                seen.insert(key, r);
+            }
+        }
+    }
+
+    let catalog = Catalog::new(resources);
+    for (service, list) in &catalog.virtual_services {
+        for (r, _) in list.iter().skip(1) {
+            errors.push(format!(
+                "{}: spec.hosts: {service} is already routed by {}; Weft takes one VirtualService per host",
+                r.origin(),
+                list[0].0.origin()
+            ));
+        }
+    }
+    for (service, list) in &catalog.destination_rules {
+        for (r, _) in list.iter().skip(1) {
+            errors.push(format!(
+                "{}: spec.host: {service} already has {}; Weft takes one DestinationRule per host",
+                r.origin(),
+                list[0].0.origin()
+            ));
+        }
+    }
+
+    let mut wasm_names: BTreeMap<&str, &Resource> = BTreeMap::new();
+    for r in resources {
+        match &r.spec {
+            Spec::VirtualService(vs) => {
+                check_subsets(r, vs, &catalog, &mut errors);
+                warn_virtual_service(r, vs, &mut warnings);
+            }
+            Spec::DestinationRule(dr) => warn_destination_rule(r, dr, &mut warnings),
+            Spec::WasmPlugin(wp) => {
+                if let Some(first) = wasm_names.get(r.name.as_str()) {
+                    if first.namespace != r.namespace {
+                        errors.push(format!(
+                            "{}: metadata.name: a WasmPlugin {} is also in namespace {} ({}); plugin names are mesh-wide in Weft",
+                            r.origin(),
+                            r.name,
+                            first.namespace,
+                            first.origin()
+                        ));
+                    }
+                } else {
+                    wasm_names.insert(r.name.as_str(), r);
+                }
+                if let Ok(WasmSource::Stored(hex)) = wp.source()
+                    && !artifact_known(&hex)
+                {
+                    errors.push(format!(
+                        "{}: spec.url: no artifact sha256:{hex} in the store",
+                        r.origin()
+                    ));
+                }
+                for (field, value) in [
+                    ("imagePullPolicy", &wp.image_pull_policy),
+                    ("pluginName", &wp.plugin_name),
+                ] {
+                    if value.is_some() {
+                        warnings.push(format!(
+                            "{}: spec.{field}: ignored: Weft loads one component by URL or digest",
+                            r.origin()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Compiles the snapshot for the sidecar of workload `me`. Deterministic: the same resources
+/// and workloads, in any order, give the same snapshot and version.
+pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Compiled {
+    let catalog = Catalog::new(resources);
+    let mut warnings = Vec::new();
+
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    services.extend(catalog.virtual_services.keys().copied());
+    services.extend(catalog.destination_rules.keys().copied());
+    for (_, vs) in &catalog.virtual_service_list {
+        let hosts = vs.http.iter().flat_map(|e| &e.route);
+        services.extend(hosts.filter_map(|d| service_of_host(&d.destination.host).ok()));
+    }
+    services.extend(workloads.iter().map(|w| w.service.as_str()));
+    services.insert(me.service.as_str());
+    services.remove("");
+
+    for (service, list) in &catalog.virtual_services {
+        if list.len() > 1 {
+            warnings.push(format!(
+                "{service}: several VirtualServices; using {}",
+                list[0].0.origin()
+            ));
+        }
+    }
+    for (service, list) in &catalog.destination_rules {
+        if list.len() > 1 {
+            warnings.push(format!(
+                "{service}: several DestinationRules; using {}",
+                list[0].0.origin()
+            ));
+        }
+    }
+    for (r, vs) in &catalog.virtual_service_list {
+        let policies = HttpPolicies::of(vs);
+        warnings.extend(
+            policies
+                .warnings
+                .iter()
+                .map(|w| format!("{}: {w}", r.origin())),
+        );
+    }
+
+    // The WasmPlugins this sidecar runs, in chain order within each phase.
+    let labels = me.effective_labels();
+    let mut mine: Vec<(&Resource, &WasmPlugin, PluginRef)> = Vec::new();
+    for (r, wp) in &catalog.wasm_plugins {
+        if !wp.selects(&labels) {
+            continue;
+        }
+        match wasm_plugin_ref(r, wp) {
+            Ok(p) => mine.push((r, wp, p)),
+            Err(w) => warnings.push(w),
+        }
+    }
+    mine.sort_by(|a, b| {
+        let key = |(r, wp, _): &(&Resource, &WasmPlugin, PluginRef)| {
+            (
+                wp.phase(),
+                Reverse(wp.priority.unwrap_or(0)),
+                r.name.clone(),
+                r.namespace.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+
+    let mut snapshot = Snapshot::default();
+    for service in services {
+        let vs = catalog
+            .virtual_services
+            .get(service)
+            .and_then(|l| l.first());
+        let dr = catalog
+            .destination_rules
+            .get(service)
+            .and_then(|l| l.first());
+        let applies = move |wp: &WasmPlugin| {
+            let targets = wp.targets();
+            targets.is_empty() || targets.contains(service)
+        };
+        // A WasmPlugin named like a built-in is a new build of that policy (see below).
+        let overrides = |p: &PluginRef| BUILTIN_NAMES.contains(&p.name.as_str());
+        let wasm = |phase: Phase| {
+            mine.iter()
+                .filter(move |(_, wp, _)| wp.phase() == phase)
+                .filter(move |(_, wp, p)| applies(wp) && !overrides(p))
+                .map(|(_, _, p)| p.clone())
+        };
+
+        let mut plugins: Vec<PluginRef> = Vec::new();
+        plugins.extend(wasm(Phase::Authn));
+        plugins.extend(wasm(Phase::Authz));
+        match vs {
+            Some((_, vs)) => {
+                let policies = HttpPolicies::of(vs);
+                if let Some(config) = policies.fault {
+                    plugins.push(builtin("fault", config));
+                }
+                if let Some(config) = canary_config(service, vs) {
+                    plugins.push(builtin("canary", config));
+                }
+                if let Some(config) = policies.retry {
+                    plugins.push(builtin("retry", config));
+                }
+            }
+            None => plugins.push(builtin("retry", default_retry())),
+        }
+        if let Some(outlier) = dr
+            .and_then(|(_, d)| d.traffic_policy.as_ref())
+            .and_then(|t| t.outlier_detection.as_ref())
+        {
+            let config = serde_json::to_value(outlier).unwrap_or_else(|_| json!({}));
+            plugins.push(builtin("outlier", config));
+        }
+        plugins.extend(wasm(Phase::Stats));
+        plugins.push(builtin("telemetry", json!({})));
+        plugins.extend(wasm(Phase::Unspecified));
+        for (_, _, build) in mine.iter().filter(|(_, wp, p)| applies(wp) && overrides(p)) {
+            replace_builtin(&mut plugins, build);
+        }
+
+        let mut endpoints: Vec<EndpointSpec> = workloads
+            .iter()
+            .filter(|w| w.service == service)
+            .map(|w| EndpointSpec {
+                address: w.address.clone(),
+                labels: w.effective_labels(),
+            })
+            .collect();
+        endpoints.sort_by(|a, b| (&a.address, &a.labels).cmp(&(&b.address, &b.labels)));
+        endpoints.dedup();
+
+        let compiled = Service {
+            timeout: vs.and_then(|(_, vs)| service_timeout(vs)),
+            subsets: dr
+                .map(|(_, d)| {
+                    d.subsets
+                        .iter()
+                        .map(|s| (s.name.clone(), s.labels.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            endpoints,
+            plugins,
+            load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
+        };
+        snapshot.services.insert(service.to_string(), compiled);
+    }
+    snapshot.version = version_of(&snapshot);
+    Compiled { snapshot, warnings }
+}
+
+/// Puts `build` (a WasmPlugin named like a built-in) in the built-in's place: same position,
+/// the configuration the resources give the built-in with `pluginConfig`'s fields on top, the
+/// artifact and fail strategy of the WasmPlugin. This is how a new build of a policy ships:
+/// push the artifact, apply a WasmPlugin named `retry`, and every chain that had the built-in
+/// retry runs the new build under the same VirtualService settings. Without the built-in in
+/// the chain, the build goes just before telemetry.
+fn replace_builtin(plugins: &mut Vec<PluginRef>, build: &PluginRef) {
+    match plugins
+        .iter_mut()
+        .find(|p| p.builtin.as_deref() == Some(build.name.as_str()))
+    {
+        Some(slot) => {
+            let mut config = slot.config.clone();
+            if let (Some(base), Some(extra)) = (config.as_object_mut(), build.config.as_object()) {
+                for (k, v) in extra {
+                    base.insert(k.clone(), v.clone());
+                }
+            } else if !build.config.is_null() {
+                config = build.config.clone();
+            }
+            *slot = PluginRef {
+                config,
+                ..build.clone()
+            };
+        }
+        None => {
+            let at = plugins
+                .iter()
+                .position(|p| p.builtin.as_deref() == Some("telemetry"))
+                .unwrap_or(plugins.len());
+            plugins.insert(at, build.clone());
+        }
+    }
+}
+
+/// [`compile`]'s snapshot alone.
+pub fn snapshot_for(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Snapshot {
+    compile(resources, workloads, me).snapshot
+}
+
+/// `sha256:` and the first 16 hex digits of the sha256 of the snapshot's canonical JSON (keys
+/// sorted, no spaces), its version left out: identical content, identical version.
+pub fn version_of(snapshot: &Snapshot) -> String {
+    let mut unversioned = snapshot.clone();
+    unversioned.version = String::new();
+    let value = serde_json::to_value(&unversioned).unwrap_or(Value::Null);
+    let mut text = String::new();
+    canonical_json(&value, &mut text);
+    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+    format!("sha256:{}", &digest[..16])
+}
+
+/// JSON with keys sorted at every level, whatever order the map type keeps.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Resources by what compiling needs, in a fixed order whatever order they came in.
+struct Catalog<'a> {
+    virtual_services: BTreeMap<&'a str, Vec<(&'a Resource, &'a VirtualService)>>,
+    virtual_service_list: Vec<(&'a Resource, &'a VirtualService)>,
+    destination_rules: BTreeMap<&'a str, Vec<(&'a Resource, &'a DestinationRule)>>,
+    wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
+}
+
+impl<'a> Catalog<'a> {
+    fn new(resources: &'a [Resource]) -> Self {
+        let mut sorted: Vec<&Resource> = resources.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.kind, &a.namespace, &a.name, &a.source, a.index).cmp(&(
+                b.kind,
+                &b.namespace,
+                &b.name,
+                &b.source,
+                b.index,
+            ))
+        });
+        let mut catalog = Catalog {
+            virtual_services: BTreeMap::new(),
+            virtual_service_list: Vec::new(),
+            destination_rules: BTreeMap::new(),
+            wasm_plugins: Vec::new(),
+        };
+        for r in sorted {
+            match &r.spec {
+                Spec::VirtualService(vs) => {
+                    catalog.virtual_service_list.push((r, vs));
+                    let services: BTreeSet<&str> = vs
+                        .hosts
+                        .iter()
+                        .filter_map(|h| service_of_host(h).ok())
+                        .collect();
+                    for s in services {
+                        catalog.virtual_services.entry(s).or_default().push((r, vs));
+                    }
+                }
+                Spec::DestinationRule(dr) => {
+                    if let Ok(s) = service_of_host(&dr.host) {
+                        catalog
+                            .destination_rules
+                            .entry(s)
+                            .or_default()
+                            .push((r, dr));
+                    }
+                }
+                Spec::WasmPlugin(wp) => catalog.wasm_plugins.push((r, wp)),
+            }
+        }
+        catalog
+    }
+}
+
+fn check_subsets(r: &Resource, vs: &VirtualService, catalog: &Catalog, errors: &mut Vec<String>) {
+    for (i, entry) in vs.http.iter().enumerate() {
+        for (j, d) in entry.route.iter().enumerate() {
+            let (Some(subset), Ok(service)) =
+                (&d.destination.subset, service_of_host(&d.destination.host))
+            else {
+                continue;
+            };
+            let at = format!(
+                "{}: spec.http[{i}].route[{j}].destination.subset",
+                r.origin()
+            );
+            match catalog
+                .destination_rules
+                .get(service)
+                .and_then(|l| l.first())
+            {
+                None => errors.push(format!(
+                    "{at}: unknown subset {subset} of {service} (no DestinationRule for {service})"
+                )),
+                Some((dr_resource, dr)) if !dr.subsets.iter().any(|s| &s.name == subset) => {
+                    let defined: Vec<&str> = dr.subsets.iter().map(|s| s.name.as_str()).collect();
+                    let defined = if defined.is_empty() {
+                        "no subsets".to_string()
+                    } else {
+                        defined.join(", ")
+                    };
+                    errors.push(format!(
+                        "{at}: unknown subset {subset} of {service} (DestinationRule {} defines {defined})",
+                        dr_resource.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<String>) {
+    let origin = r.origin();
+    let elsewhere: Vec<&str> = vs
+        .gateways
+        .iter()
+        .map(String::as_str)
+        .filter(|g| *g != "mesh")
+        .collect();
+    if !elsewhere.is_empty() {
+        if vs.gateways.iter().any(|g| g == "mesh") {
+            warnings.push(format!(
+                "{origin}: spec.gateways: {} ignored: Weft has no gateways",
+                elsewhere.join(", ")
+            ));
+        } else {
+            warnings.push(format!(
+                "{origin}: spec.gateways: ignored: Weft has no gateways, so these routes apply to every sidecar, where Istio would apply them only at {}",
+                elsewhere.join(", ")
+            ));
+        }
+    }
+    if !vs.export_to.is_empty() {
+        warnings.push(format!(
+            "{origin}: spec.exportTo: ignored: every Weft sidecar sees every service"
+        ));
+    }
+    for (i, entry) in vs.http.iter().enumerate() {
+        let Some(fault) = &entry.fault else { continue };
+        let unset = [
+            (
+                "delay",
+                fault
+                    .delay
+                    .as_ref()
+                    .map(|d| d.percentage.is_none() && d.percent.is_none()),
+            ),
+            (
+                "abort",
+                fault
+                    .abort
+                    .as_ref()
+                    .map(|a| a.percentage.is_none() && a.percent.is_none()),
+            ),
+        ];
+        for (what, no_share) in unset {
+            if no_share == Some(true) {
+                warnings.push(format!(
+                    "{origin}: spec.http[{i}].fault.{what}: no percentage, so it never applies (as in Istio); set percentage.value to 100 to apply it to every call"
+                ));
+            }
+        }
+    }
+    let policies = HttpPolicies::of(vs);
+    warnings.extend(
+        policies
+            .warnings
+            .into_iter()
+            .map(|w| format!("{origin}: {w}")),
+    );
+}
+
+fn warn_destination_rule(r: &Resource, dr: &DestinationRule, warnings: &mut Vec<String>) {
+    if !dr.export_to.is_empty() {
+        warnings.push(format!(
+            "{}: spec.exportTo: ignored: every Weft sidecar sees every service",
+            r.origin()
+        ));
+    }
+    let simple = dr
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.load_balancer.as_ref())
+        .and_then(|l| l.simple.as_deref());
+    if simple == Some("LEAST_CONN") {
+        warnings.push(format!(
+            "{}: spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is Istio's deprecated name for LEAST_REQUEST",
+            r.origin()
+        ));
+    }
+}
+
+/// What a VirtualService's `http` entries give the chain-wide plugins, which have one
+/// configuration per service where Istio has one per route.
+struct HttpPolicies {
+    fault: Option<Value>,
+    retry: Option<Value>,
+    /// Each `path: message`, without the resource.
+    warnings: Vec<String>,
+}
+
+impl HttpPolicies {
+    fn of(vs: &VirtualService) -> HttpPolicies {
+        let mut warnings = Vec::new();
+
+        let retries: Vec<Option<Value>> = vs.http.iter().map(entry_retry).collect();
+        for (i, entry) in vs.http.iter().enumerate() {
+            if let Some(r) = &entry.retries
+                && r.attempts.unwrap_or(0) == 0
+                && (r.per_try_timeout.is_some() || r.retry_on.is_some())
+            {
+                warnings.push(format!(
+                    "spec.http[{i}].retries: attempts is 0 or absent, so retries are off (as in Istio) and perTryTimeout and retryOn have no effect"
+                ));
+            }
+            if i > 0 && retries[i] != retries[0] {
+                warnings.push(format!(
+                    "spec.http[{i}].retries: ignored: Weft has one retry policy per service and uses spec.http[0]'s"
+                ));
+            }
+        }
+
+        let faults: Vec<Option<Value>> = vs
+            .http
+            .iter()
+            .map(|e| e.fault.as_ref().map(|f| f.to_config()))
+            .collect();
+        let first = faults.iter().position(Option::is_some);
+        if let Some(k) = first {
+            for (i, f) in faults.iter().enumerate() {
+                if i == k || *f == faults[k] {
+                    continue;
+                }
+                warnings.push(match f {
+                    Some(_) => format!(
+                        "spec.http[{i}].fault: ignored: Weft has one fault per service and uses spec.http[{k}]'s"
+                    ),
+                    None => format!(
+                        "spec.http[{i}]: has no fault, but spec.http[{k}]'s applies to its calls too: Weft has one fault per service"
+                    ),
+                });
+            }
+        }
+
+        if vs.http.len() > 1
+            && let Some(longest) = service_timeout(vs)
+        {
+            for (i, entry) in vs.http.iter().enumerate() {
+                if !has_timeout(entry) {
+                    warnings.push(format!(
+                        "spec.http[{i}]: has no timeout, so the service's applies: {longest}, the longest of its entries' (Istio would set none)"
+                    ));
+                }
+            }
+        }
+
+        HttpPolicies {
+            fault: first.and_then(|k| faults[k].clone()),
+            retry: retries.first().cloned().flatten(),
+            warnings,
+        }
+    }
+}
+
+fn default_retry() -> Value {
+    json!({ "attempts": DEFAULT_RETRY_ATTEMPTS, "retryOn": DEFAULT_RETRY_ON })
+}
+
+/// The retry plugin's configuration for one entry; none when retries are off.
+fn entry_retry(entry: &HttpRoute) -> Option<Value> {
+    let Some(r) = &entry.retries else {
+        return Some(default_retry());
+    };
+    let attempts = r.attempts.filter(|a| *a > 0)?;
+    let mut config = Map::new();
+    config.insert("attempts".into(), Value::from(attempts));
+    if let Some(t) = &r.per_try_timeout {
+        config.insert("perTryTimeout".into(), Value::from(t.as_str()));
+    }
+    if let Some(on) = &r.retry_on {
+        config.insert("retryOn".into(), Value::from(on.as_str()));
+    }
+    Some(Value::Object(config))
+}
+
+fn has_timeout(entry: &HttpRoute) -> bool {
+    entry
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+        .is_some_and(|d| !d.is_zero())
+}
+
+/// The service's timeout: the longest of its entries' (the one entry's, when one); `0s` is none.
+fn service_timeout(vs: &VirtualService) -> Option<String> {
+    vs.http
+        .iter()
+        .filter_map(|e| e.timeout.as_ref())
+        .filter_map(|t| {
+            let d = parse_duration(t).ok().filter(|d| !d.is_zero())?;
+            Some((d, t))
+        })
+        .max_by_key(|(d, _)| *d)
+        .map(|(_, t)| t.clone())
+}
+
+fn canary_config(service: &str, vs: &VirtualService) -> Option<Value> {
+    let short = |host: &str| service_of_host(host).unwrap_or(host).to_string();
+    if let [entry] = vs.http.as_slice()
+        && entry.matches.is_empty()
+        && let [only] = entry.route.as_slice()
+        && only.destination.subset.is_none()
+        && short(&only.destination.host) == service
+    {
+        return None;
+    }
+    let entries: Vec<Value> = vs
+        .http
+        .iter()
+        .map(|entry| {
+            let mut out = Map::new();
+            if let Some(name) = &entry.name {
+                out.insert("name".into(), Value::from(name.as_str()));
+            }
+            if !entry.matches.is_empty() {
+                let matches = serde_json::to_value(&entry.matches).unwrap_or(Value::Null);
+                out.insert("match".into(), matches);
+            }
+            let route: Vec<Value> = entry
+                .route
+                .iter()
+                .map(|d| {
+                    // The proxy knows services by short name; the canary names them so.
+                    let mut destination = json!({ "host": short(&d.destination.host) });
+                    if let Some(subset) = &d.destination.subset {
+                        destination["subset"] = Value::from(subset.as_str());
+                    }
+                    let mut item = json!({ "destination": destination });
+                    if let Some(w) = d.weight {
+                        item["weight"] = Value::from(w);
+                    }
+                    item
+                })
+                .collect();
+            out.insert("route".into(), Value::Array(route));
+            if let Some(t) = &entry.timeout {
+                out.insert("timeout".into(), Value::from(t.as_str()));
+            }
+            Value::Object(out)
+        })
+        .collect();
+    Some(json!({ "host": service, "http": entries }))
+}
+
+fn builtin(name: &str, config: Value) -> PluginRef {
+    PluginRef {
+        name: name.to_string(),
+        builtin: Some(name.to_string()),
+        file: None,
+        artifact: None,
+        sha256: None,
+        config,
+        fail_strategy: FailStrategy::FailOpen,
+    }
+}
+
+/// A WasmPlugin's place in a chain, or a warning why it has none.
+fn wasm_plugin_ref(r: &Resource, wp: &WasmPlugin) -> Result<PluginRef, String> {
+    let (file, artifact) = match wp.source() {
+        Ok(WasmSource::File(path)) => (Some(path), None),
+        Ok(WasmSource::Stored(hex)) => (None, Some(hex)),
+        // The apply handler stores what a URL serves and rewrites the URL to its digest; a
+        // given sha256 names the same artifact.
+        Ok(WasmSource::Http(url)) => match wp.digest() {
+            Some(hex) => (None, Some(hex)),
+            None => {
+                return Err(format!(
+                    "{}: spec.url: {url} has not been fetched into the artifact store; the plugin is left out of the chains",
+                    r.origin()
+                ));
+            }
+        },
+        Err(e) => return Err(format!("{}: spec.url: {e}", r.origin())),
+    };
+    Ok(PluginRef {
+        name: r.name.clone(),
+        builtin: None,
+        file,
+        artifact,
+        sha256: wp.digest(),
+        config: wp.plugin_config.clone().unwrap_or_else(|| json!({})),
+        fail_strategy: match wp.fail_strategy {
+            Some(IstioFailStrategy::FailOpen) => FailStrategy::FailOpen,
+            // Istio's default; FAIL_RELOAD is refused when read.
+            _ => FailStrategy::FailClosed,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::istio::parse_yaml;
+
+    const SEED: &str = include_str!("../../../examples/payments/payments.yaml");
+    const FEATURES: &str = include_str!("../../tests/data/istio/features.yaml");
+
+    fn parse(text: &str) -> Vec<Resource> {
+        match parse_yaml(text, "t.yaml") {
+            Ok(r) => r,
+            Err(e) => panic!("does not parse:\n{}", e.join("\n")),
+        }
+    }
+
+    fn workload(service: &str, version: &str, address: &str) -> Workload {
+        let mut labels = BTreeMap::new();
+        if !version.is_empty() {
+            labels.insert("version".to_string(), version.to_string());
+        }
+        Workload {
+            service: service.to_string(),
+            labels,
+            address: address.to_string(),
+        }
+    }
+
+    fn mesh() -> Vec<Workload> {
+        vec![
+            workload("payments", "v1", "127.0.0.1:9001"),
+            workload("payments", "v2", "127.0.0.1:9002"),
+            workload("orders", "", "127.0.0.1:9101"),
+        ]
+    }
+
+    fn chain(snapshot: &Snapshot, service: &str) -> Vec<String> {
+        snapshot.services[service]
+            .plugins
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    fn plugin<'a>(snapshot: &'a Snapshot, service: &str, name: &str) -> &'a PluginRef {
+        match snapshot.services[service]
+            .plugins
+            .iter()
+            .find(|p| p.name == name)
+        {
+            Some(p) => p,
+            None => panic!("no {name} in {service}'s chain"),
+        }
+    }
+
+    fn validate_errors(resources: &[Resource]) -> String {
+        match validate(resources, &|_| true) {
+            Ok(w) => panic!("expected errors; warnings: {w:?}"),
+            Err(e) => e.join("\n"),
+        }
+    }
+
+    fn validate_warnings(resources: &[Resource]) -> String {
+        match validate(resources, &|_| true) {
+            Ok(w) => w.join("\n"),
+            Err(e) => panic!("rejected:\n{}", e.join("\n")),
+        }
+    }
+
+    #[test]
+    fn the_seed_compiles_to_the_expected_snapshot() {
+        let resources = parse(SEED);
+        assert_eq!(validate(&resources, &|_| false), Ok(vec![]));
+        let workloads = mesh();
+        let compiled = compile(&resources, &workloads, &workloads[2]);
+        assert_eq!(compiled.warnings, Vec::<String>::new());
+        let snapshot = compiled.snapshot;
+        let payments = serde_json::to_value(&snapshot.services["payments"]).expect("serializes");
+        assert_eq!(
+            payments,
+            json!({
+                "timeout": "6s",
+                "subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}},
+                "endpoints": [
+                    {"address": "127.0.0.1:9001", "labels": {"app": "payments", "version": "v1"}},
+                    {"address": "127.0.0.1:9002", "labels": {"app": "payments", "version": "v2"}}
+                ],
+                "plugins": [
+                    {"name": "canary", "builtin": "canary", "failStrategy": "fail-open",
+                     "config": {"host": "payments", "http": [{
+                        "route": [
+                            {"destination": {"host": "payments", "subset": "v1"}, "weight": 95},
+                            {"destination": {"host": "payments", "subset": "v2"}, "weight": 5}
+                        ],
+                        "timeout": "6s"}]}},
+                    {"name": "retry", "builtin": "retry", "failStrategy": "fail-open",
+                     "config": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset"}},
+                    {"name": "outlier", "builtin": "outlier", "failStrategy": "fail-open",
+                     "config": {"consecutive5xxErrors": 5, "baseEjectionTime": "30s"}},
+                    {"name": "telemetry", "builtin": "telemetry", "failStrategy": "fail-open",
+                     "config": {}}
+                ]
+            })
+        );
+        // A service with no VirtualService gets Istio's default retries, as Istio's default
+        // route does.
+        let orders = serde_json::to_value(&snapshot.services["orders"]).expect("serializes");
+        assert_eq!(
+            orders,
+            json!({
+                "subsets": {},
+                "endpoints": [{"address": "127.0.0.1:9101", "labels": {"app": "orders"}}],
+                "plugins": [
+                    {"name": "retry", "builtin": "retry", "failStrategy": "fail-open",
+                     "config": {"attempts": 2, "retryOn": DEFAULT_RETRY_ON}},
+                    {"name": "telemetry", "builtin": "telemetry", "failStrategy": "fail-open",
+                     "config": {}}
+                ]
+            })
+        );
+        assert_eq!(snapshot.services.len(), 2);
+        assert!(snapshot.validate().is_ok(), "{:?}", snapshot.validate());
+        let hex = snapshot
+            .version
+            .strip_prefix("sha256:")
+            .expect("sha256: prefix");
+        assert!(
+            hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{hex}"
+        );
+        assert_eq!(snapshot.version, version_of(&snapshot));
+    }
+
+    #[test]
+    fn a_weight_change_changes_only_the_canary_config_and_the_version() {
+        let workloads = mesh();
+        let before = snapshot_for(&parse(SEED), &workloads, &workloads[2]);
+        let text = SEED
+            .replace("weight: 95", "weight: 50")
+            .replace("weight: 5\n", "weight: 50\n");
+        let after = snapshot_for(&parse(&text), &workloads, &workloads[2]);
+        assert_ne!(before.version, after.version);
+        let canary =
+            |s: &Snapshot| plugin(s, "payments", "canary").config["http"][0]["route"].clone();
+        assert_eq!(canary(&after)[0]["weight"], 50);
+        assert_eq!(canary(&after)[1]["weight"], 50);
+        let mut patched = before.clone();
+        patched.version = after.version.clone();
+        patched
+            .services
+            .get_mut("payments")
+            .expect("payments")
+            .plugins[0]
+            .config = plugin(&after, "payments", "canary").config.clone();
+        assert_eq!(patched, after);
+    }
+
+    #[test]
+    fn identical_inputs_give_identical_versions_in_any_order() {
+        let resources = parse(SEED);
+        let workloads = mesh();
+        let a = snapshot_for(&resources, &workloads, &workloads[0]);
+        let b = snapshot_for(&resources, &workloads, &workloads[0]);
+        assert_eq!(a, b);
+        let mut reversed = resources.clone();
+        reversed.reverse();
+        let mut shuffled = workloads.clone();
+        shuffled.rotate_left(1);
+        let c = snapshot_for(&reversed, &shuffled, &workloads[0]);
+        assert_eq!(a, c);
+        // Without selectors, every sidecar gets the same snapshot, so one push serves all.
+        let d = snapshot_for(&resources, &workloads, &workloads[2]);
+        assert_eq!(a.version, d.version);
+        // A new endpoint is new content.
+        let mut more = workloads.clone();
+        more.push(workload("payments", "v2", "127.0.0.1:9003"));
+        assert_ne!(
+            snapshot_for(&resources, &more, &workloads[0]).version,
+            a.version
+        );
+    }
+
+    #[test]
+    fn unknown_subsets_are_named_with_what_is_defined() {
+        let text = SEED.replace("subset: v2 }", "subset: v3 }");
+        assert_eq!(
+            validate_errors(&parse(&text)),
+            "t.yaml: document 1 (VirtualService payments): spec.http[0].route[1].destination.subset: unknown subset v3 of payments (DestinationRule payments defines v1, v2)"
+        );
+        let vs_only: String = SEED.split("---").next().unwrap_or_default().to_string();
+        let all = validate_errors(&parse(&vs_only));
+        assert!(
+            all.contains("spec.http[0].route[0].destination.subset: unknown subset v1 of payments (no DestinationRule for payments)"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn one_virtual_service_and_one_destination_rule_per_host() {
+        let mut resources = parse(SEED);
+        let mut second = parse(&SEED.replace(
+            "metadata: { name: payments }",
+            "metadata: { name: payments-2 }",
+        ));
+        for r in &mut second {
+            r.source = "u.yaml".to_string();
+        }
+        resources.append(&mut second);
+        let all = validate_errors(&resources);
+        for needle in [
+            "u.yaml: document 1 (VirtualService payments-2): spec.hosts: payments is already routed by t.yaml: document 1 (VirtualService payments); Weft takes one VirtualService per host",
+            "u.yaml: document 2 (DestinationRule payments-2): spec.host: payments already has t.yaml: document 2 (DestinationRule payments); Weft takes one DestinationRule per host",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // Compiling anyway picks the first by namespace and name, and says so.
+        let compiled = compile(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+        assert!(
+            compiled
+                .warnings
+                .iter()
+                .any(|w| w.contains("several VirtualServices"))
+        );
+    }
+
+    #[test]
+    fn the_same_resource_twice_is_an_error() {
+        let mut resources = parse(SEED);
+        resources.extend(parse(SEED));
+        let all = validate_errors(&resources);
+        assert!(
+            all.contains("t.yaml: document 1 (VirtualService payments): VirtualService default/payments is defined twice (first by t.yaml: document 1 (VirtualService payments))"),
+            "{all}"
+        );
+    }
+
+    fn wasm_doc(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: {name} }}\nspec:\n{spec}---\n"
+        )
+    }
+
+    #[test]
+    fn stored_artifacts_must_exist() {
+        let hex = "ab".repeat(32);
+        let resources = parse(&wasm_doc("gate", &format!("  url: sha256:{hex}\n")));
+        let err = validate(&resources, &|_| false).expect_err("unknown artifact");
+        assert_eq!(
+            err,
+            [format!(
+                "t.yaml: document 1 (WasmPlugin gate): spec.url: no artifact sha256:{hex} in the store"
+            )]
+        );
+        assert_eq!(validate(&resources, &|d| d == hex), Ok(vec![]));
+        // File and http sources are not the store's business here.
+        let resources = parse(&wasm_doc(
+            "gate",
+            "  url: https://plugins.example/gate.wasm\n",
+        ));
+        assert_eq!(validate(&resources, &|_| false), Ok(vec![]));
+    }
+
+    #[test]
+    fn wasm_plugin_names_are_mesh_wide() {
+        let text = format!(
+            "{}apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: gate, namespace: shop }}\nspec: {{ url: file:///b.wasm }}\n",
+            wasm_doc("gate", "  url: file:///a.wasm\n")
+        );
+        let all = validate_errors(&parse(&text));
+        assert!(
+            all.contains("metadata.name: a WasmPlugin gate is also in namespace"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn warnings_for_what_is_ignored_or_merged() {
+        let text = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  gateways: [edge]
+  exportTo: ['.']
+  http:
+  - match: [{ headers: { x-test: { exact: '1' } } }]
+    route: [{ destination: { host: payments } }]
+    retries: { attempts: 5 }
+    fault: { abort: { httpStatus: 503, percentage: { value: 1 } } }
+    timeout: 2s
+  - route: [{ destination: { host: payments } }]
+    retries: { perTryTimeout: 1s }
+    fault: { delay: { fixedDelay: 1s } }
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  trafficPolicy: { loadBalancer: { simple: LEAST_CONN } }
+";
+        let all = validate_warnings(&parse(text));
+        for needle in [
+            "(VirtualService payments): spec.gateways: ignored: Weft has no gateways, so these routes apply to every sidecar, where Istio would apply them only at edge",
+            "(VirtualService payments): spec.exportTo: ignored",
+            "spec.http[1].retries: attempts is 0 or absent, so retries are off",
+            "spec.http[1].retries: ignored: Weft has one retry policy per service and uses spec.http[0]'s",
+            "spec.http[1].fault: ignored: Weft has one fault per service and uses spec.http[0]'s",
+            "spec.http[1].fault.delay: no percentage, so it never applies (as in Istio)",
+            "spec.http[1]: has no timeout, so the service's applies: 2s",
+            "(DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is Istio's deprecated name",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_features_example_compiles() {
+        let resources = parse(FEATURES);
+        let warnings = validate(&resources, &|_| true).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let me = workload("orders", "", "127.0.0.1:9101");
+        let snapshot = snapshot_for(&resources, &mesh(), &me);
+        let payments = &snapshot.services["payments"];
+        assert_eq!(payments.load_balancer.as_deref(), Some("roundRobin"));
+        // The longest entry timeout bounds the service; each entry keeps its own.
+        assert_eq!(payments.timeout.as_deref(), Some("6s"));
+        assert_eq!(
+            chain(&snapshot, "payments"),
+            [
+                "authn",
+                "authz-first",
+                "authz-second",
+                "a-authz-low",
+                "fault",
+                "canary",
+                "retry",
+                "outlier",
+                "stats",
+                "telemetry",
+                "last"
+            ]
+        );
+        let canary = &plugin(&snapshot, "payments", "canary").config;
+        assert_eq!(
+            canary["http"][0],
+            json!({"name": "testers",
+                   "match": [{"headers": {"x-user": {"exact": "tester"}}, "uri": {"prefix": "/charge"}}],
+                   "route": [{"destination": {"host": "payments", "subset": "v2"}}],
+                   "timeout": "2s"})
+        );
+        assert_eq!(
+            canary["http"][1]["route"][1]["destination"],
+            json!({"host": "payments-next"})
+        );
+        assert_eq!(
+            plugin(&snapshot, "payments", "fault").config,
+            json!({"delay": {"fixedDelay": "5s", "percentage": {"value": 10.0}},
+                   "abort": {"httpStatus": 503, "percentage": {"value": 5.0}}})
+        );
+        assert_eq!(
+            plugin(&snapshot, "payments", "outlier").config,
+            json!({"consecutive5xxErrors": 3, "consecutiveGatewayErrors": 2, "interval": "5s",
+                   "baseEjectionTime": "15s", "maxEjectionPercent": 50, "minHealthPercent": 20})
+        );
+        // A route to another service makes it known to every sidecar.
+        assert!(snapshot.services.contains_key("payments-next"));
+        // targetRefs: authn targets payments only.
+        assert!(!chain(&snapshot, "orders").contains(&"authn".to_string()));
+        assert!(chain(&snapshot, "orders").contains(&"authz-first".to_string()));
+
+        let authz = plugin(&snapshot, "payments", "authz-first");
+        assert_eq!(authz.file.as_deref(), Some("/opt/weft/plugins/authz.wasm"));
+        assert_eq!(authz.fail_strategy, FailStrategy::FailClosed);
+        assert_eq!(authz.config, json!({"allow": ["orders"]}));
+        let stats = plugin(&snapshot, "payments", "stats");
+        assert_eq!(
+            stats.artifact.as_deref(),
+            Some("0123456789abcdef".repeat(4).as_str())
+        );
+        assert_eq!(
+            stats.sha256.as_deref(),
+            Some("0123456789abcdef".repeat(4).as_str())
+        );
+        assert_eq!(stats.fail_strategy, FailStrategy::FailOpen);
+        assert_eq!(stats.config, json!({}));
+    }
+
+    #[test]
+    fn selectors_pick_sidecars() {
+        let text = format!(
+            "{}{}",
+            wasm_doc(
+                "for-orders",
+                "  url: file:///o.wasm\n  selector: { matchLabels: { app: orders } }\n"
+            ),
+            wasm_doc(
+                "for-v2",
+                "  url: file:///v.wasm\n  selector: { matchLabels: { version: v2 } }\n  targetRefs: [{ kind: Service, name: orders }]\n"
+            )
+        );
+        let resources = parse(&text);
+        let workloads = mesh();
+        let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+        assert_eq!(
+            chain(&orders, "payments"),
+            ["retry", "telemetry", "for-orders"]
+        );
+        let v2 = snapshot_for(&resources, &workloads, &workloads[1]);
+        assert_eq!(chain(&v2, "payments"), ["retry", "telemetry"]);
+        assert_eq!(chain(&v2, "orders"), ["retry", "telemetry", "for-v2"]);
+        assert_ne!(orders.version, v2.version);
+        // A workload's own `app` label wins over the implicit one.
+        let mut renamed = workloads[2].clone();
+        renamed.labels.insert("app".into(), "checkout".into());
+        let other = snapshot_for(&resources, &workloads, &renamed);
+        assert_eq!(chain(&other, "payments"), ["retry", "telemetry"]);
+    }
+
+    #[test]
+    fn retries_follow_istio() {
+        let base = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: payments }\nspec:\n  hosts: [payments]\n  http:\n  - route: [{ destination: { host: payments } }]\n";
+        let me = workload("payments", "v1", "127.0.0.1:9001");
+        // No retries: Istio's default policy. The lone unsplit route needs no canary.
+        let s = snapshot_for(&parse(base), &[], &me);
+        assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
+        assert_eq!(plugin(&s, "payments", "retry").config, default_retry());
+        // attempts 0: retries off, no plugin at all.
+        let s = snapshot_for(
+            &parse(&format!("{base}    retries: {{ attempts: 0 }}\n")),
+            &[],
+            &me,
+        );
+        assert_eq!(chain(&s, "payments"), ["telemetry"]);
+        // `timeout: 0s` is Istio's "none".
+        let s = snapshot_for(&parse(&format!("{base}    timeout: 0s\n")), &[], &me);
+        assert_eq!(s.services["payments"].timeout, None);
+    }
+
+    #[test]
+    fn one_fault_per_service_the_first_given() {
+        let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ uri: { prefix: /health } }]
+    route: [{ destination: { host: payments } }]
+  - route: [{ destination: { host: payments } }]
+    fault: { abort: { httpStatus: 503, percentage: { value: 50 } } }
+";
+        let resources = parse(text);
+        let all = validate_warnings(&resources);
+        assert!(
+            all.contains("spec.http[0]: has no fault, but spec.http[1]'s applies to its calls too"),
+            "{all}"
+        );
+        let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+        assert_eq!(
+            chain(&s, "payments"),
+            ["fault", "canary", "retry", "telemetry"]
+        );
+        assert_eq!(
+            plugin(&s, "payments", "fault").config,
+            json!({"abort": {"httpStatus": 503, "percentage": {"value": 50.0}}})
+        );
+    }
+
+    #[test]
+    fn http_urls_use_their_digest_until_rewritten() {
+        let hex = "cd".repeat(32);
+        let text = format!(
+            "{}{}",
+            wasm_doc(
+                "pinned",
+                &format!(
+                    "  url: https://example.invalid/p.wasm\n  sha256: {}\n",
+                    hex.to_uppercase()
+                )
+            ),
+            wasm_doc("loose", "  url: https://example.invalid/l.wasm\n")
+        );
+        let me = workload("orders", "", "127.0.0.1:9101");
+        let compiled = compile(&parse(&text), &[], &me);
+        let pinned = plugin(&compiled.snapshot, "orders", "pinned");
+        assert_eq!(pinned.artifact.as_deref(), Some(hex.as_str()));
+        assert_eq!(pinned.sha256.as_deref(), Some(hex.as_str()));
+        assert_eq!(
+            chain(&compiled.snapshot, "orders"),
+            ["retry", "telemetry", "pinned"]
+        );
+        assert_eq!(
+            compiled.warnings,
+            [
+                "t.yaml: document 2 (WasmPlugin loose): spec.url: https://example.invalid/l.wasm has not been fetched into the artifact store; the plugin is left out of the chains"
+            ]
+        );
+        assert!(compiled.snapshot.validate().is_ok());
+    }
+
+    #[test]
+    fn the_snapshot_passes_its_own_validation() {
+        let snapshot = snapshot_for(&parse(FEATURES), &mesh(), &mesh()[2]);
+        assert!(snapshot.validate().is_ok(), "{:?}", snapshot.validate());
+    }
+
+    #[test]
+    fn a_wasm_plugin_named_like_a_built_in_is_a_new_build_in_its_place() {
+        let digest = "ab".repeat(32);
+        let text = format!(
+            "{SEED}---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+             metadata: {{ name: retry }}\nspec:\n  url: sha256:{digest}\n  \
+             pluginConfig: {{ attemptCountHeader: x-retry-build }}\n"
+        );
+        let resources = parse(&text);
+        let me = Workload {
+            service: "orders".into(),
+            labels: BTreeMap::new(),
+            address: "127.0.0.1:1".into(),
+        };
+        let snapshot = snapshot_for(&resources, &[], &me);
+        let chain = &snapshot.services["payments"].plugins;
+        let names: Vec<&str> = chain.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["canary", "retry", "outlier", "telemetry"],
+            "same place"
+        );
+        let retry = &chain[1];
+        assert_eq!(retry.builtin, None);
+        assert_eq!(retry.artifact.as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            retry.config,
+            json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset",
+                   "attemptCountHeader": "x-retry-build"}),
+            "the VirtualService's settings, with pluginConfig on top"
+        );
+    }
+}
