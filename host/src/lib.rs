@@ -2,6 +2,7 @@
 //! traffic policy as sandboxed Wasm plugins.
 //!
 //! Modules are the architecture's boxes (see `docs/architecture.md`):
+//! - [`control`]: the control plane's core: Istio resources compiled into per-sidecar snapshots.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
 //! - [`proxy`]: the sidecar data plane (listeners, routing, load balancing, retries).
@@ -10,6 +11,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod control;
 pub mod endpoints;
 pub mod plugin;
 pub mod proxy;

@@ -1,5 +1,6 @@
 //! Fast per-thread random numbers for load balancing, ids and plugins' `random-u64`: wyrand,
-//! seeded per thread from the standard library's per-process random hasher keys. Not for secrets.
+//! seeded per thread from the standard library's per-process random hasher keys. Not for
+//! secrets: those come from [`secure_bytes`].
 
 use std::cell::Cell;
 
@@ -22,6 +23,14 @@ pub fn fast_u64() -> u64 {
         let t = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
         ((t >> 64) ^ t) as u64
     })
+}
+
+/// 32 bytes from the kernel's CSPRNG, for secrets (tokens, keys).
+pub fn secure_bytes() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut out = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
+    Ok(out)
 }
 
 #[cfg(test)]

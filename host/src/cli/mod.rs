@@ -1,5 +1,7 @@
 //! Command-line parsing and the commands themselves.
 
+mod control;
+mod operator;
 mod plugin_check;
 mod plugin_precompile;
 mod sidecar;
@@ -17,9 +19,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply Istio resources (VirtualService, DestinationRule, WasmPlugin YAML).
+    Apply(operator::ApplyArgs),
+    /// Run the control plane.
+    Control(control::Args),
+    /// Delete a resource.
+    Delete(operator::DeleteArgs),
+    /// Show resources.
+    Get(operator::GetArgs),
     /// Work with plugin artifacts.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Show every sidecar: service, snapshot version, ACK state, last seen.
+    Status(operator::ConnArgs),
+    /// Print the bootstrap token for a service's sidecars.
+    Token(operator::TokenArgs),
     /// Run the sidecar proxy beside a service instance.
     Sidecar(sidecar::Args),
     /// Run the seed scenario (orders -> payments v1 95% / v2 5%, retries, outlier ejection,
@@ -31,6 +45,8 @@ enum Command {
 enum PluginCommand {
     /// Load a plugin as a sidecar would: verify, compile, configure; print what it declares.
     Check(plugin_check::Args),
+    /// Upload a component to the control plane's artifact store; prints its sha256.
+    Push(operator::PushArgs),
     /// Compile a component (stdin) for a sidecar's engine (stdout); run by the sidecar itself.
     #[command(hide = true)]
     Precompile(plugin_precompile::Args),
@@ -39,9 +55,32 @@ enum PluginCommand {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Apply(args) => operator::apply(args),
+        Command::Control(args) => control::run(args),
+        Command::Delete(args) => operator::delete(args),
+        Command::Get(args) => operator::get(args),
+        Command::Status(args) => operator::status(args),
+        Command::Token(args) => operator::token(args),
+        Command::Plugin(PluginCommand::Push(args)) => operator::push(args),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
         Command::Plugin(PluginCommand::Precompile(args)) => plugin_precompile::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Sidecar(args) => sidecar::run(args),
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

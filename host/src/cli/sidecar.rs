@@ -1,11 +1,13 @@
-//! `weft sidecar`: run the data plane from a bootstrap file and a snapshot file, until SIGTERM
-//! or Ctrl-C, then drain.
+//! `weft sidecar`: run the data plane from a bootstrap file — with a snapshot file, a control
+//! plane to watch, or both (the file serves until the first push) — until SIGTERM or Ctrl-C,
+//! then drain.
 
 use anyhow::Context as _;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use weft::control::client::WatchConfig;
 use weft::plugin::{Compiler, RuntimeConfig};
 use weft::proxy::{Sidecar, SidecarConfig};
 use weft::snapshot::{Snapshot, parse_duration};
@@ -27,13 +29,33 @@ struct Bootstrap {
     inbound: String,
     admin: String,
     app: String,
-    snapshot: PathBuf,
+    #[serde(default)]
+    snapshot: Option<PathBuf>,
+    #[serde(default)]
+    control_plane: Option<ControlPlaneRef>,
+    /// Workload labels (`version: v1`), registered with the control plane.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    /// The inbound address peers should use, when it differs from `inbound`.
+    #[serde(default)]
+    advertise: Option<String>,
     #[serde(default)]
     replay_limit: Option<usize>,
     #[serde(default)]
     drain_timeout: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
+}
+
+/// Where the control plane is and the service's token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ControlPlaneRef {
+    address: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 /// Checks every field, reporting all problems at once.
@@ -88,46 +110,107 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
     })
 }
 
+/// What the watch needs from the bootstrap, taken before the rest is settled.
+struct WatchParts {
+    service: String,
+    labels: std::collections::BTreeMap<String, String>,
+    advertise: Option<String>,
+    control_plane: ControlPlaneRef,
+}
+
+impl WatchParts {
+    /// The watch, once the inbound listener's address is known.
+    fn config(self, base: &Path, inbound: SocketAddr) -> anyhow::Result<WatchConfig> {
+        let cp = self.control_plane;
+        let server: SocketAddr = cp
+            .address
+            .parse()
+            .with_context(|| format!("controlPlane.address: {:?} is not ip:port", cp.address))?;
+        let token = match (cp.token, cp.token_file) {
+            (Some(t), _) => t,
+            (None, Some(f)) => std::fs::read_to_string(base.join(&f))
+                .with_context(|| format!("controlPlane.tokenFile: reading {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => anyhow::bail!("controlPlane: token or tokenFile is required"),
+        };
+        let address = match &self.advertise {
+            Some(a) => a
+                .parse()
+                .with_context(|| format!("advertise: {a:?} is not ip:port"))?,
+            None => inbound,
+        };
+        Ok(WatchConfig {
+            server,
+            token,
+            id: format!("{}-{}-{}", self.service, address, std::process::id()),
+            service: self.service,
+            labels: self.labels,
+            address,
+        })
+    }
+}
+
 /// Runs `weft sidecar`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let bootstrap: Bootstrap = serde_json::from_str(&text)
+    let mut bootstrap: Bootstrap = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", args.config.display()))?;
     let base = args.config.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let snapshot_path = base.join(&bootstrap.snapshot);
+    anyhow::ensure!(
+        bootstrap.snapshot.is_some() || bootstrap.control_plane.is_some(),
+        "invalid bootstrap: give a snapshot file, a controlPlane, or both"
+    );
+    let snapshot = match &bootstrap.snapshot {
+        Some(file) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(Snapshot::from_json(&text)?)
+        }
+        None => None,
+    };
+    let watch = bootstrap
+        .control_plane
+        .take()
+        .map(|control_plane| WatchParts {
+            service: bootstrap.service.clone(),
+            labels: bootstrap.labels.clone(),
+            advertise: bootstrap.advertise.clone(),
+            control_plane,
+        });
     let config = settle(bootstrap, &base)?;
-    let snapshot_text = std::fs::read_to_string(&snapshot_path)
-        .with_context(|| format!("reading {}", snapshot_path.display()))?;
-    let snapshot = Snapshot::from_json(&snapshot_text)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let sidecar = Sidecar::start(config).await?;
-        sidecar.apply(snapshot).await?;
+        if let Some(snapshot) = snapshot {
+            sidecar.apply(snapshot).await?;
+        }
+        let watch = match watch {
+            Some(w) => Some(w.config(&base, sidecar.inbound)?),
+            None => None,
+        };
         println!(
             "weft sidecar ready: outbound {} inbound {} admin {}",
             sidecar.outbound, sidecar.inbound, sidecar.admin
         );
-        wait_for_signal().await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let watching = async {
+            match watch {
+                Some(cfg) => weft::control::client::run(cfg, &sidecar, stopped).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = super::wait_for_signal() => {}
+            _ = watching => {}
+        }
+        let _ = stop.send(true);
         eprintln!("weft sidecar: draining");
         sidecar.shutdown().await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

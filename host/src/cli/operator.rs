@@ -1,0 +1,288 @@
+//! The operator's commands against a running control plane: `apply`, `get`, `delete`,
+//! `status`, `token` and `plugin push`.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::Method;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use weft::control::client::{ClientError, call};
+use weft::control::istio;
+
+/// Where the control plane is and the credential to use.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// The control plane's API address.
+    #[arg(long, env = "WEFT_SERVER", default_value = "127.0.0.1:15010")]
+    server: SocketAddr,
+    /// The operator token (default: read from DATA/operator.token).
+    #[arg(long, env = "WEFT_TOKEN")]
+    token: Option<String>,
+    /// The control plane's data directory, to find the operator token in.
+    #[arg(long, default_value = ".weft")]
+    data: PathBuf,
+}
+
+impl Conn {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let path = self.data.join("operator.token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_string())
+            .with_context(|| {
+                format!(
+                    "no --token, no WEFT_TOKEN and no {} (run from the control plane's directory, \
+                     or pass --data)",
+                    path.display()
+                )
+            })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<serde_json::Value> {
+        let token = self.token()?;
+        match call(self.server, &token, method, path, body).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)),
+            Err(ClientError::Refused { body, status }) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                match v.get("errors").and_then(|e| e.as_array()) {
+                    Some(list) => bail!(
+                        "refused ({status}):\n  - {}",
+                        list.iter()
+                            .map(|e| e.as_str().unwrap_or_default().to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n  - ")
+                    ),
+                    None => bail!("refused ({status}): {body}"),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Arguments of `weft apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// YAML files or directories of them (`.yaml`, `.yml`), applied as one change each.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of `weft get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// VirtualService (vs), DestinationRule (dr) or WasmPlugin.
+    kind: String,
+    /// One resource by name.
+    name: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "yaml", value_parser = ["yaml", "json"])]
+    output: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of `weft delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The kind (vs, dr, WasmPlugin).
+    kind: String,
+    /// The name.
+    name: String,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of commands that need only the connection.
+#[derive(Debug, clap::Args)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of `weft token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The service whose sidecars will use the token.
+    service: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of `weft plugin push`.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// The component (`.wasm`).
+    file: PathBuf,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        Ok(files)
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+/// Runs `weft apply`.
+pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    for f in args
+        .files
+        .iter()
+        .flat_map(|p| yaml_files(p).unwrap_or_else(|_| vec![p.clone()]))
+    {
+        let text = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        let name = f.display().to_string();
+        let path = format!(
+            "/v1/apply?source={}",
+            name.replace(['&', '?', '#', ' '], "_")
+        );
+        let out = rt
+            .block_on(args.conn.call(Method::POST, &path, Bytes::from(text)))
+            .with_context(|| format!("applying {name}"))?;
+        let list = |k: &str| -> Vec<String> {
+            out.get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for c in list("changed") {
+            println!("{c} configured (revision {})", out["revision"]);
+        }
+        for c in list("unchanged") {
+            println!("{c} unchanged");
+        }
+        for w in list("warnings") {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `weft get`.
+pub fn get(args: GetArgs) -> anyhow::Result<()> {
+    let kind: istio::Kind = args.kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let path = match &args.name {
+        Some(n) => format!("/v1/resources/{kind}/{n}"),
+        None => format!("/v1/resources/{kind}"),
+    };
+    let out = runtime()?.block_on(args.conn.call(Method::GET, &path, Bytes::new()))?;
+    let docs = out.as_array().cloned().unwrap_or_default();
+    if args.output == "json" {
+        let v = if args.name.is_some() && docs.len() == 1 {
+            docs[0].clone()
+        } else {
+            serde_json::Value::Array(docs)
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let texts: Vec<String> = docs.iter().map(istio::to_yaml).collect();
+        print!("{}", texts.join("---\n"));
+    }
+    Ok(())
+}
+
+/// Runs `weft delete`.
+pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let kind: istio::Kind = args.kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let path = format!(
+        "/v1/resources/{kind}/{}?namespace={}",
+        args.name, args.namespace
+    );
+    let out = runtime()?.block_on(args.conn.call(Method::DELETE, &path, Bytes::new()))?;
+    println!(
+        "{kind} {}/{} deleted (revision {})",
+        args.namespace, args.name, out["revision"]
+    );
+    Ok(())
+}
+
+/// Runs `weft status`.
+pub fn status(args: ConnArgs) -> anyhow::Result<()> {
+    let out = runtime()?.block_on(args.conn.call(Method::GET, "/v1/status", Bytes::new()))?;
+    println!("revision {}", out["revision"]);
+    println!(
+        "{:<12} {:<22} {:<26} {:<10} {:<12} LAST SEEN",
+        "SERVICE", "ADDRESS", "VERSION", "STATE", "CONNECTED"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for s in out["sidecars"].as_array().cloned().unwrap_or_default() {
+        let sent = s["sent"].as_str().unwrap_or("");
+        let acked = s["acked"].as_str().unwrap_or("");
+        let state = match s.get("nack").and_then(|n| n.as_str()) {
+            Some(_) => "NACK",
+            None if sent == acked => "ACK",
+            None => "pending",
+        };
+        let seen = now.saturating_sub(s["lastSeenMs"].as_u64().unwrap_or(0)) as f64 / 1000.0;
+        println!(
+            "{:<12} {:<22} {:<26} {:<10} {:<12} {seen:.1}s ago",
+            s["service"].as_str().unwrap_or(""),
+            s["address"].as_str().unwrap_or(""),
+            acked,
+            state,
+            s["connected"]
+        );
+        if let Some(reason) = s.get("nack").and_then(|n| n.as_str()) {
+            println!("    NACK: {reason}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `weft token`.
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let out = runtime()?.block_on(args.conn.call(
+        Method::GET,
+        &format!("/v1/tokens/{}", args.service),
+        Bytes::new(),
+    ))?;
+    println!("{}", out["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Runs `weft plugin push`.
+pub fn push(args: PushArgs) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let out = runtime()?.block_on(args.conn.call(
+        Method::POST,
+        "/v1/artifacts",
+        Bytes::from(bytes),
+    ))?;
+    println!("sha256:{}", out["sha256"].as_str().unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,932 @@
+//! `weft control`: the HTTP API for resources, artifacts and status, and the watch stream that
+//! carries versioned snapshots to sidecars (each ACKed or NACKed, as xDS does).
+//!
+//! One lock guards the mesh state; every change is validated whole against the state it would
+//! produce, persisted, and only then made current and pushed, so nothing is half-applied and a
+//! restart resumes exactly where the last change left off. A sidecar is pushed a snapshot only
+//! when its own snapshot's version (a content hash) differs from what it last got.
+
+use super::auth::{Auth, Caller};
+use super::compile::{self, Workload};
+use super::istio::{self, Kind, Resource};
+use super::store::{Change, Registration, State, Store, StoreError, Stored, key};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The data directory (state, history, artifacts, secrets).
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// How long a sidecar stays registered after its stream drops.
+    pub lease: Duration,
+    /// How often the stream carries a heartbeat.
+    pub heartbeat: Duration,
+}
+
+impl ControlConfig {
+    /// Defaults for a data directory: loopback port 15010, 10 s lease, 2 s heartbeat.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ControlConfig {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The data directory.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Stored resources that no longer parse (written by another version).
+    #[error("stored resources do not load:\n  - {}", .0.join("\n  - "))]
+    Resources(Vec<String>),
+}
+
+/// What the control plane knows of one sidecar.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarStatus {
+    /// Its id.
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// Its inbound address.
+    pub address: String,
+    /// The snapshot version last sent.
+    pub sent: String,
+    /// The version it last ACKed (the one it runs).
+    pub acked: String,
+    /// The reason of its last NACK, if the last answer was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack: Option<String>,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// When it was last heard from (ms since the Unix epoch).
+    pub last_seen_ms: u64,
+}
+
+/// One message on the watch stream (a JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum StreamMessage {
+    /// A snapshot to apply.
+    Snapshot {
+        /// Its version.
+        version: String,
+        /// The control plane's revision it was compiled from.
+        revision: u64,
+        /// The snapshot.
+        snapshot: crate::snapshot::Snapshot,
+    },
+    /// Nothing changed; the stream is alive.
+    Heartbeat,
+}
+
+/// A sidecar's answer to a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ack {
+    /// The sidecar's id.
+    pub id: String,
+    /// The version answered.
+    pub version: String,
+    /// Applied, or not.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+struct Conn {
+    status: SidecarStatus,
+    stream: Option<mpsc::Sender<Bytes>>,
+}
+
+struct Mesh {
+    state: State,
+    resources: Vec<Resource>,
+    sidecars: HashMap<String, Conn>,
+}
+
+struct Shared {
+    store: Store,
+    auth: Auth,
+    operator_token: String,
+    mesh: Mutex<Mesh>,
+    lease: Duration,
+    heartbeat: Duration,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Parses stored documents back into resources.
+fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (k, stored) in &state.resources {
+        match istio::from_document(stored.document.clone(), k) {
+            Ok(r) => out.push(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+impl ControlPlane {
+    /// Opens the data directory, loads the state and starts serving.
+    pub async fn start(config: ControlConfig) -> Result<ControlPlane, ControlError> {
+        let store = Store::open(&config.data_dir)?;
+        let mut state = store.load()?;
+        let resources = parse_stored(&state).map_err(ControlError::Resources)?;
+        // Sidecars that were connected when the control plane stopped get a fresh lease to
+        // come back in, rather than being dropped (and their endpoints pushed away) at once.
+        let until = now_ms() + config.lease.as_millis() as u64;
+        for w in state.workloads.values_mut() {
+            if w.lease_until_ms == 0 {
+                w.lease_until_ms = until;
+            }
+        }
+        let operator_token = store.secret("operator.token")?;
+        let auth = Auth::new(operator_token.clone(), &store.secret("secret")?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ControlError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ControlError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            store,
+            auth,
+            operator_token,
+            mesh: Mutex::new(Mesh {
+                state,
+                resources,
+                sidecars: HashMap::new(),
+            }),
+            lease: config.lease,
+            heartbeat: config.heartbeat,
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(serve(listener, shared.clone(), rx.clone())),
+            tokio::spawn(housekeeping(shared.clone(), rx)),
+        ];
+        tracing::info!(%addr, data = %config.data_dir.display(), "control plane listening");
+        Ok(ControlPlane {
+            addr,
+            shared,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The operator's token.
+    pub fn operator_token(&self) -> &str {
+        &self.shared.operator_token
+    }
+
+    /// The bootstrap token for a service's sidecars.
+    pub fn service_token(&self, service: &str) -> String {
+        self.shared.auth.service_token(service)
+    }
+
+    /// The sidecars known now.
+    pub fn status(&self) -> Vec<SidecarStatus> {
+        status(&self.shared)
+    }
+
+    /// Stops serving (streams close; sidecars keep their last snapshot).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+fn status(shared: &Shared) -> Vec<SidecarStatus> {
+    let mesh = shared.mesh.lock();
+    let mut out: Vec<SidecarStatus> = mesh.sidecars.values().map(|c| c.status.clone()).collect();
+    out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    out
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let svc = service_fn(move |req| handle(shared.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("control connection ended: {e}");
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Heartbeats on every stream, and expiry of leases.
+async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.heartbeat);
+    let heartbeat = line(&StreamMessage::Heartbeat);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let expired = {
+            let mut mesh = shared.mesh.lock();
+            for conn in mesh.sidecars.values_mut() {
+                if let Some(tx) = &conn.stream
+                    && tx.try_send(heartbeat.clone()).is_err()
+                {
+                    // A full or closed stream: the sidecar will reconnect.
+                    conn.stream = None;
+                }
+            }
+            let now = now_ms();
+            let gone: Vec<String> = mesh
+                .state
+                .workloads
+                .iter()
+                .filter(|(_, w)| w.lease_until_ms != 0 && w.lease_until_ms < now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                mesh.state.workloads.remove(id);
+                mesh.sidecars.remove(id);
+                tracing::info!(sidecar = %id, "lease expired; endpoint removed");
+            }
+            !gone.is_empty()
+        };
+        if expired {
+            persist_and_push(&shared);
+        }
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn errors(status: StatusCode, list: Vec<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "errors": list }))
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    errors(status, vec![text.into()])
+}
+
+fn line<T: Serialize>(msg: &T) -> Bytes {
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// The largest request body the API reads (resources and artifacts).
+const MAX_BODY: usize = 32 << 20;
+
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body unreadable or over {MAX_BODY} bytes: {e}"),
+        )),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn caller(shared: &Shared, req: &Request<Incoming>) -> Option<Caller> {
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    shared.auth.check(token.trim())
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let Some(who) = caller(&shared, &req) else {
+        return Ok(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown credential: send 'Authorization: Bearer <token>' (the operator \
+             token is in the data directory's operator.token; sidecars use their service's token)",
+        ));
+    };
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let operator = who == Caller::Operator;
+    let forbidden = || error(StatusCode::FORBIDDEN, "this credential may not do that");
+    let resp = match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["v1", "watch"]) => watch_stream(&shared, &who, &req),
+        (Method::POST, ["v1", "ack"]) => match body_bytes(req).await {
+            Ok(b) => ack(&shared, &who, &b),
+            Err(r) => r,
+        },
+        (Method::GET, ["v1", "artifacts", digest]) => match shared.store.artifact(digest) {
+            Some(bytes) => Response::new(Full::new(Bytes::from(bytes)).boxed_unsync()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no artifact {digest} in the store"),
+            ),
+        },
+        _ if !operator => forbidden(),
+        (Method::POST, ["v1", "apply"]) => {
+            let source = query(&req)
+                .remove("source")
+                .unwrap_or_else(|| "request".into());
+            match body_bytes(req).await {
+                Ok(b) => apply(&shared, &source, &b).await,
+                Err(r) => r,
+            }
+        }
+        (Method::GET, ["v1", "resources"]) => list(&shared, None, None),
+        (Method::GET, ["v1", "resources", kind]) => list(&shared, Some(kind), None),
+        (Method::GET, ["v1", "resources", kind, name]) => list(&shared, Some(kind), Some(name)),
+        (Method::DELETE, ["v1", "resources", kind, name]) => {
+            let ns = query(&req)
+                .remove("namespace")
+                .unwrap_or_else(|| "default".into());
+            delete(&shared, kind, &ns, name)
+        }
+        (Method::POST, ["v1", "artifacts"]) => match body_bytes(req).await {
+            Ok(b) => push_artifact(&shared, &b),
+            Err(r) => r,
+        },
+        (Method::GET, ["v1", "status"]) => {
+            let revision = shared.mesh.lock().state.revision;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"revision": revision, "sidecars": status(&shared)}),
+            )
+        }
+        (Method::GET, ["v1", "history"]) => match shared.store.history() {
+            Ok(h) => json(StatusCode::OK, &h),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (Method::GET, ["v1", "tokens", service]) => json(
+            StatusCode::OK,
+            &serde_json::json!({"service": service, "token": shared.auth.service_token(service)}),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no API at {path}")),
+    };
+    Ok(resp)
+}
+
+/// The workloads registered now, for compiling snapshots.
+fn workloads(state: &State) -> Vec<Workload> {
+    state
+        .workloads
+        .values()
+        .map(|w| Workload {
+            service: w.service.clone(),
+            labels: w.labels.clone(),
+            address: w.address.clone(),
+        })
+        .collect()
+}
+
+/// Sends each connected sidecar its snapshot if its version changed. Sidecars of one service
+/// with the same labels get the same snapshot: it is compiled and serialized once per push.
+fn push(mesh: &mut Mesh) {
+    let all = workloads(&mesh.state);
+    let revision = mesh.state.revision;
+    let Mesh {
+        state,
+        resources,
+        sidecars,
+    } = mesh;
+    let mut compiled: HashMap<(String, BTreeMap<String, String>), (String, Bytes)> = HashMap::new();
+    for (id, conn) in sidecars.iter_mut() {
+        let Some(tx) = &conn.stream else { continue };
+        let Some(w) = state.workloads.get(id) else {
+            continue;
+        };
+        let (version, message) = compiled
+            .entry((w.service.clone(), w.labels.clone()))
+            .or_insert_with(|| {
+                let me = Workload {
+                    service: w.service.clone(),
+                    labels: w.labels.clone(),
+                    address: w.address.clone(),
+                };
+                let snapshot = compile::snapshot_for(resources, &all, &me);
+                let version = snapshot.version.clone();
+                let msg = StreamMessage::Snapshot {
+                    version: version.clone(),
+                    revision,
+                    snapshot,
+                };
+                (version, line(&msg))
+            });
+        if *version == conn.status.sent {
+            continue;
+        }
+        if tx.try_send(message.clone()).is_ok() {
+            conn.status.sent = version.clone();
+        } else {
+            conn.stream = None;
+        }
+    }
+}
+
+fn persist_and_push(shared: &Shared) {
+    let mut mesh = shared.mesh.lock();
+    if let Err(e) = shared.store.save(&mesh.state) {
+        tracing::error!("cannot persist control plane state: {e}");
+    }
+    push(&mut mesh);
+}
+
+/// A channel as a streaming response body.
+struct StreamBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn watch_stream(shared: &Arc<Shared>, who: &Caller, req: &Request<Incoming>) -> Response<Body> {
+    let q = query(req);
+    let (Some(id), Some(service), Some(address)) =
+        (q.get("id"), q.get("service"), q.get("address"))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "watch needs id, service and address query parameters",
+        );
+    };
+    if let Caller::Service(s) = who
+        && s != service
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("a token of service {s:?} cannot watch as {service:?}"),
+        );
+    }
+    if address.parse::<SocketAddr>().is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("address {address:?} is not ip:port"),
+        );
+    }
+    let mut labels: BTreeMap<String, String> = q
+        .get("labels")
+        .map(|l| {
+            l.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    labels
+        .entry("app".to_string())
+        .or_insert_with(|| service.clone());
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let registration = Registration {
+        id: id.clone(),
+        service: service.clone(),
+        labels,
+        address: address.clone(),
+        lease_until_ms: 0,
+    };
+    {
+        let mut mesh = shared.mesh.lock();
+        let changed = mesh.state.workloads.get(id) != Some(&registration);
+        mesh.state.workloads.insert(id.clone(), registration);
+        let current = q.get("version").cloned().unwrap_or_default();
+        let acked = mesh
+            .sidecars
+            .get(id)
+            .map(|c| c.status.acked.clone())
+            .unwrap_or_default();
+        mesh.sidecars.insert(
+            id.clone(),
+            Conn {
+                status: SidecarStatus {
+                    id: id.clone(),
+                    service: service.clone(),
+                    address: address.clone(),
+                    // What the sidecar says it runs: a reconnect after a control plane restart
+                    // is not pushed the same snapshot again.
+                    sent: current.clone(),
+                    acked: if current.is_empty() { acked } else { current },
+                    nack: None,
+                    connected: true,
+                    last_seen_ms: now_ms(),
+                },
+                stream: Some(tx.clone()),
+            },
+        );
+        if changed && let Err(e) = shared.store.save(&mesh.state) {
+            tracing::error!("cannot persist registration: {e}");
+        }
+        // A new or moved endpoint changes everyone's snapshot; otherwise only this one's.
+        push(&mut mesh);
+    }
+    // When the stream ends, the sidecar's lease starts running.
+    let weak = Arc::downgrade(shared);
+    let id = id.clone();
+    tokio::spawn(async move {
+        tx.closed().await;
+        let Some(shared) = weak.upgrade() else { return };
+        let mut mesh = shared.mesh.lock();
+        let still_this = mesh
+            .sidecars
+            .get(&id)
+            .and_then(|c| c.stream.as_ref())
+            .is_none_or(|s| s.same_channel(&tx));
+        if !still_this {
+            return; // it reconnected already
+        }
+        if let Some(c) = mesh.sidecars.get_mut(&id) {
+            c.status.connected = false;
+            c.stream = None;
+        }
+        let until = now_ms() + shared.lease.as_millis() as u64;
+        if let Some(w) = mesh.state.workloads.get_mut(&id) {
+            w.lease_until_ms = until;
+        }
+        if let Err(e) = shared.store.save(&mesh.state) {
+            tracing::error!("cannot persist lease: {e}");
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody(rx)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn ack(shared: &Shared, who: &Caller, body: &[u8]) -> Response<Body> {
+    let a: Ack = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid ACK: {e}")),
+    };
+    let mut mesh = shared.mesh.lock();
+    let Some(conn) = mesh.sidecars.get_mut(&a.id) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown sidecar {:?}", a.id));
+    };
+    if let Caller::Service(s) = who
+        && *s != conn.status.service
+    {
+        return error(StatusCode::FORBIDDEN, "not this credential's sidecar");
+    }
+    conn.status.last_seen_ms = now_ms();
+    if a.ok {
+        conn.status.acked = a.version;
+        conn.status.nack = None;
+    } else {
+        tracing::warn!(sidecar = %a.id, version = %a.version, reason = ?a.reason, "NACK");
+        conn.status.nack = Some(a.reason.unwrap_or_else(|| "no reason given".into()));
+    }
+    json(StatusCode::OK, &serde_json::json!({"ok": true}))
+}
+
+/// Downloads `http(s)://` WasmPlugin URLs into the store; returns url → digest.
+async fn fetch_remote(
+    shared: &Shared,
+    docs: &[serde_json::Value],
+) -> Result<BTreeMap<String, String>, Vec<String>> {
+    let mut fetched = BTreeMap::new();
+    let mut errs = Vec::new();
+    for doc in docs {
+        let Some(url) = doc.pointer("/spec/url").and_then(|u| u.as_str()) else {
+            continue;
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            continue;
+        }
+        if shared.mesh.lock().state.fetched.contains_key(url) {
+            continue;
+        }
+        match super::client::download(url).await {
+            Ok(bytes) => match shared.store.put_artifact(&bytes) {
+                Ok(d) => {
+                    fetched.insert(url.to_string(), d);
+                }
+                Err(e) => errs.push(format!("{url}: {e}")),
+            },
+            Err(e) => errs.push(format!("WasmPlugin url {url}: {e}")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(fetched)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Stored documents with fetched URLs replaced by their digests, as the compiler reads them.
+fn resolved(doc: &serde_json::Value, fetched: &BTreeMap<String, String>) -> serde_json::Value {
+    let mut doc = doc.clone();
+    if let Some(url) = doc.pointer_mut("/spec/url")
+        && let Some(d) = url.as_str().and_then(|u| fetched.get(u))
+    {
+        *url = serde_json::Value::String(format!("sha256:{d}"));
+    }
+    doc
+}
+
+async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Response<Body> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return error(StatusCode::BAD_REQUEST, format!("{source}: not UTF-8 text"));
+    };
+    let parsed = match istio::parse_yaml(text, source) {
+        Ok(p) => p,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    if parsed.is_empty() {
+        return error(StatusCode::BAD_REQUEST, format!("{source}: no resources"));
+    }
+    let docs: Vec<serde_json::Value> = parsed.iter().map(|r| r.document.clone()).collect();
+    let fetched = match fetch_remote(shared, &docs).await {
+        Ok(f) => f,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    let mut mesh = shared.mesh.lock();
+    let mut next = mesh.state.clone();
+    next.fetched.extend(fetched);
+    let revision = next.revision + 1;
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
+    for r in &parsed {
+        let kind = r.kind.to_string();
+        let k = key(&kind, &r.namespace, &r.name);
+        let label = format!("{kind} {}/{}", r.namespace, r.name);
+        if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) {
+            unchanged.push(label);
+            continue;
+        }
+        next.resources.insert(
+            k,
+            Stored {
+                kind,
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                revision,
+                document: r.document.clone(),
+            },
+        );
+        changed.push(label);
+    }
+    if changed.is_empty() {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({"revision": next.revision, "changed": [], "unchanged": unchanged, "warnings": []}),
+        );
+    }
+    let (resources, warnings) = match check(shared, &next) {
+        Ok(ok) => ok,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    next.revision = revision;
+    commit(
+        shared,
+        &mut mesh,
+        next,
+        resources,
+        changed.iter().map(|c| format!("apply {c}")).collect(),
+    );
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"revision": revision, "changed": changed, "unchanged": unchanged, "warnings": warnings}),
+    )
+}
+
+/// Parses and validates the whole state a change would produce.
+fn check(shared: &Shared, next: &State) -> Result<(Vec<Resource>, Vec<String>), Vec<String>> {
+    let mut resources = Vec::new();
+    let mut errs = Vec::new();
+    for (k, s) in &next.resources {
+        match istio::from_document(resolved(&s.document, &next.fetched), k) {
+            Ok(r) => resources.push(r),
+            Err(e) => errs.extend(e),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let known = |d: &str| shared.store.has_artifact(d);
+    let warnings = compile::validate(&resources, &known)?;
+    Ok((resources, warnings))
+}
+
+/// Persists `next`, then makes it current and pushes; a state that cannot be persisted is
+/// not made current.
+fn commit(
+    shared: &Shared,
+    mesh: &mut Mesh,
+    next: State,
+    resources: Vec<Resource>,
+    what: Vec<String>,
+) {
+    if let Err(e) = shared.store.save(&next) {
+        tracing::error!("cannot persist: {e}");
+        return;
+    }
+    let change = Change {
+        revision: next.revision,
+        at_ms: now_ms(),
+        what,
+    };
+    if let Err(e) = shared.store.record(&change) {
+        tracing::warn!("cannot record history: {e}");
+    }
+    mesh.state = next;
+    mesh.resources = resources;
+    push(mesh);
+}
+
+fn list(shared: &Shared, kind: Option<&str>, name: Option<&str>) -> Response<Body> {
+    let kind = match kind.map(str::parse::<Kind>) {
+        Some(Ok(k)) => Some(k.to_string()),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        None => None,
+    };
+    let mesh = shared.mesh.lock();
+    let docs: Vec<&serde_json::Value> = mesh
+        .state
+        .resources
+        .values()
+        .filter(|s| kind.as_deref().is_none_or(|k| s.kind == k))
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .map(|s| &s.document)
+        .collect();
+    if name.is_some() && docs.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no {} named {:?}",
+                kind.unwrap_or_default(),
+                name.unwrap_or_default()
+            ),
+        );
+    }
+    json(StatusCode::OK, &docs)
+}
+
+fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -> Response<Body> {
+    let kind = match kind.parse::<Kind>() {
+        Ok(k) => k.to_string(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut mesh = shared.mesh.lock();
+    let mut next = mesh.state.clone();
+    if next
+        .resources
+        .remove(&key(&kind, namespace, name))
+        .is_none()
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {namespace}/{name}"),
+        );
+    }
+    let (resources, _) = match check(shared, &next) {
+        Ok(ok) => ok,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    next.revision += 1;
+    let revision = next.revision;
+    commit(
+        shared,
+        &mut mesh,
+        next,
+        resources,
+        vec![format!("delete {kind} {namespace}/{name}")],
+    );
+    json(StatusCode::OK, &serde_json::json!({"revision": revision}))
+}
+
+fn push_artifact(shared: &Shared, body: &[u8]) -> Response<Body> {
+    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
+    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
+             wasm-tools component new)",
+        );
+    }
+    match shared.store.put_artifact(body) {
+        Ok(d) => json(StatusCode::OK, &serde_json::json!({"sha256": d})),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

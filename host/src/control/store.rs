@@ -1,0 +1,303 @@
+//! The control plane's durable state in its data directory: the resources in force with the
+//! revision each was last changed at, the revision counter, a history of changes, the
+//! registered workloads with their leases, and the artifact store (`artifacts/<sha256>.wasm`).
+//!
+//! Every file is written whole to a temporary name, synced and renamed into place, so a crash
+//! leaves the old state or the new one, never a torn mix.
+
+use crate::plugin::sha256_hex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A state file exists but does not parse.
+    #[error("{path}: corrupt state: {reason}")]
+    Corrupt {
+        /// Which file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A resource as applied, with the revision it was last changed at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// `VirtualService`, `DestinationRule`, `WasmPlugin`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The revision that last changed it.
+    pub revision: u64,
+    /// The whole document as applied.
+    pub document: serde_json::Value,
+}
+
+/// One entry of the change history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The revision this change made.
+    pub revision: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What changed (`apply VirtualService default/payments`).
+    pub what: Vec<String>,
+}
+
+/// A registered workload (a sidecar and its app).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The sidecar's id (unique per process).
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its inbound address.
+    pub address: String,
+    /// When its lease ends unless it renews (ms since the Unix epoch); 0 while connected.
+    pub lease_until_ms: u64,
+}
+
+/// Everything the control plane keeps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The newest revision.
+    pub revision: u64,
+    /// Resources by `kind/namespace/name`.
+    pub resources: BTreeMap<String, Stored>,
+    /// Registered workloads by id.
+    pub workloads: BTreeMap<String, Registration>,
+    /// WasmPlugin URLs downloaded into the artifact store, url → sha256.
+    #[serde(default)]
+    pub fetched: BTreeMap<String, String>,
+}
+
+/// The key a resource is stored under.
+pub fn key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+/// The data directory.
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, sync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl Store {
+    /// Opens (creating) the data directory.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir.join("artifacts")).map_err(io(dir))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The state on disk, or an empty one for a new directory.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let path = self.state_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Saves the state whole.
+    pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+            path: self.state_path().display().to_string(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.state_path(), &bytes)
+    }
+
+    /// Appends to the history (one JSON line per change).
+    pub fn record(&self, change: &Change) -> Result<(), StoreError> {
+        let path = self.dir.join("history.jsonl");
+        let mut line = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.write_all(&line).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
+    }
+
+    /// The history, oldest first.
+    pub fn history(&self) -> Result<Vec<Change>, StoreError> {
+        let path = self.dir.join("history.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        // A line torn by a crash mid-append is the last one; skip what does not parse.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Where an artifact lives.
+    pub fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.dir.join("artifacts").join(format!("{digest}.wasm"))
+    }
+
+    /// Whether the store has an artifact.
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        crate::snapshot::is_digest(digest) && self.artifact_path(digest).is_file()
+    }
+
+    /// Stores an artifact; returns its sha256.
+    pub fn put_artifact(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let digest = sha256_hex(bytes);
+        let path = self.artifact_path(&digest);
+        if !path.is_file() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// An artifact's bytes.
+    pub fn artifact(&self, digest: &str) -> Option<Vec<u8>> {
+        if !crate::snapshot::is_digest(digest) {
+            return None;
+        }
+        std::fs::read(self.artifact_path(digest)).ok()
+    }
+
+    /// A secret kept in the data directory, created on first use (`operator.token`, `secret`).
+    pub fn secret(&self, name: &str) -> Result<String, StoreError> {
+        let path = self.dir.join(name);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let text = text.trim().to_string();
+            if !text.is_empty() {
+                return Ok(text);
+            }
+        }
+        let bytes = crate::random::secure_bytes().map_err(io(&path))?;
+        let value = hex::encode(bytes);
+        write_atomic(&path, value.as_bytes())?;
+        restrict(&path);
+        Ok(value)
+    }
+}
+
+/// Makes a secret file readable by its owner only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), "cannot restrict permissions: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_history_artifacts_and_secrets_survive_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut state = store.load().expect("empty");
+        assert_eq!(state, State::default());
+        state.revision = 3;
+        state.resources.insert(
+            key("VirtualService", "default", "payments"),
+            Stored {
+                kind: "VirtualService".into(),
+                namespace: "default".into(),
+                name: "payments".into(),
+                revision: 3,
+                document: serde_json::json!({"kind": "VirtualService"}),
+            },
+        );
+        store.save(&state).expect("save");
+        store
+            .record(&Change {
+                revision: 3,
+                at_ms: 1,
+                what: vec!["apply VirtualService default/payments".into()],
+            })
+            .expect("record");
+        let digest = store.put_artifact(b"\0asm component").expect("put");
+        let token = store.secret("operator.token").expect("token");
+
+        let again = Store::open(dir.path()).expect("reopen");
+        assert_eq!(again.load().expect("load"), state);
+        assert_eq!(again.history().expect("history")[0].revision, 3);
+        assert!(again.has_artifact(&digest));
+        assert_eq!(
+            again.artifact(&digest).as_deref(),
+            Some(&b"\0asm component"[..])
+        );
+        assert_eq!(again.secret("operator.token").expect("token"), token);
+        assert_eq!(token.len(), 64);
+        assert!(
+            !again.has_artifact("../state"),
+            "only digests name artifacts"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_an_empty_mesh() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("state.json"), b"{not json").expect("write");
+        let err = Store::open(dir.path())
+            .expect("open")
+            .load()
+            .expect_err("corrupt");
+        assert!(err.to_string().contains("corrupt state"), "{err}");
+    }
+}

@@ -1,0 +1,526 @@
+//! The control plane end to end: a real `weft control` process, real `weft sidecar` processes
+//! watching it, the operator's CLI, and the seed's own YAML — applied verbatim, changed,
+//! refused when wrong, survived through a control plane crash and a sidecar restart — plus a
+//! plugin swap under load and fifty watchers following one change.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{App, full, h1_client, read};
+use weft::control::client::call;
+
+const SEED: &str = include_str!("../../examples/payments/payments.yaml");
+
+struct Proc {
+    child: Child,
+    words: Vec<String>,
+}
+
+impl Proc {
+    /// The address after `key` in the process's ready line.
+    fn addr(&self, key: &str) -> SocketAddr {
+        let i = self
+            .words
+            .iter()
+            .position(|w| w == key)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.words));
+        self.words[i + 1].parse().expect("address")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `weft ARGS` and waits for its ready line.
+fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weft");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    assert!(line.contains("ready"), "not ready: {line:?}");
+    Proc {
+        child,
+        words: line.split_whitespace().map(String::from).collect(),
+    }
+}
+
+fn control(data: &Path, listen: &str) -> Proc {
+    spawn(&[
+        "control",
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--listen",
+        listen,
+        "--lease",
+        "3s",
+    ])
+}
+
+/// The operator's CLI against the control plane at `cp`.
+fn weft(cp: SocketAddr, data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--server", &cp.to_string(), "--data"])
+        .arg(data)
+        .output()
+        .expect("run weft")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("operator.token"))
+        .expect("operator token")
+        .trim()
+        .to_string()
+}
+
+/// Starts a sidecar process watching `cp` as `service` with `labels`, in front of `app`.
+fn sidecar(
+    dir: &Path,
+    cp: SocketAddr,
+    service_token: &str,
+    service: &str,
+    labels: &[(&str, &str)],
+    app: SocketAddr,
+) -> Proc {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let name = format!("{service}-{}", labels.get("version").unwrap_or(&"x"));
+    let bootstrap = serde_json::json!({
+        "service": service, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
+        "admin": "127.0.0.1:0", "app": app.to_string(), "labels": labels,
+        "controlPlane": {"address": cp.to_string(), "token": service_token},
+        "drainTimeout": "2s",
+    });
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, bootstrap.to_string()).expect("bootstrap");
+    spawn(&["sidecar", "--config", path.to_str().expect("utf-8")])
+}
+
+async fn api(cp: SocketAddr, token: &str, method: Method, path: &str) -> serde_json::Value {
+    let bytes = call(cp, token, method, path, Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// Waits until `n` connected sidecars run what they were sent (with no NACK); returns the
+/// versions they run.
+async fn converged(cp: SocketAddr, token: &str, n: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = api(cp, token, Method::GET, "/v1/status").await;
+        let live: Vec<&serde_json::Value> = st["sidecars"]
+            .as_array()
+            .map(|a| a.iter().filter(|s| s["connected"] == true).collect())
+            .unwrap_or_default();
+        let done = live.len() == n
+            && live
+                .iter()
+                .all(|s| s["acked"] == s["sent"] && s.get("nack").is_none() && s["acked"] != "");
+        if done {
+            return live
+                .iter()
+                .map(|s| s["acked"].as_str().unwrap_or("").to_string())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "not converged: {st:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` calls to payments through `orders`; (calls that reached v2, calls that failed).
+async fn split(orders: SocketAddr, v2: &App, n: usize) -> (usize, usize) {
+    let before = v2.seen().len();
+    let client = h1_client();
+    let mut failed = 0;
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let client = client.clone();
+        set.spawn(async move {
+            let mut failed = 0;
+            for _ in 0..(n / 8 + usize::from(w < n % 8)) {
+                let req = Request::builder()
+                    .uri(format!("http://{orders}/charge"))
+                    .header("host", "payments")
+                    .body(full(""))
+                    .expect("request");
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = read(r).await;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            failed
+        });
+    }
+    while let Some(f) = set.join_next().await {
+        failed += f.expect("worker");
+    }
+    (v2.seen().len() - before, failed)
+}
+
+fn reweighted(v1: u32, v2: u32) -> String {
+    let out = SEED
+        .replacen("weight: 5\n", &format!("weight: {v2}\n"), 1)
+        .replacen("weight: 95\n", &format!("weight: {v1}\n"), 1);
+    assert_ne!(out, SEED, "the seed YAML changed shape");
+    out
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let mut cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let pay_token = api(cp, &op, Method::GET, "/v1/tokens/payments").await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let orders_token = api(cp, &op, Method::GET, "/v1/tokens/orders").await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let (v1, v2) = (
+        App::start("payments-v1").await,
+        App::start("payments-v2").await,
+    );
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let _p1 = sidecar(
+        dir.path(),
+        cp,
+        &pay_token,
+        "payments",
+        &[("version", "v1")],
+        v1.addr,
+    );
+    let _p2 = sidecar(
+        dir.path(),
+        cp,
+        &pay_token,
+        "payments",
+        &[("version", "v2")],
+        v2.addr,
+    );
+    let mut orders = sidecar(
+        dir.path(),
+        cp,
+        &orders_token,
+        "orders",
+        &[("version", "v1")],
+        nowhere,
+    );
+
+    // The seed's YAML, verbatim.
+    let out = weft(
+        cp,
+        &data,
+        &[
+            "apply",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/payments/payments.yaml"
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("VirtualService default/payments configured"),
+        "{}",
+        text(&out)
+    );
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let (to_v2, failed) = split(orders.addr("outbound"), &v2, 2_000).await;
+    // Binomial(2,000, 0.05): mean 100, sd 9.7; 5 sigma either side.
+    println!("weight 5: {to_v2} of 2,000 calls reached v2");
+    assert_eq!(failed, 0);
+    assert!((51..=149).contains(&to_v2), "{to_v2} of 2,000 to v2");
+
+    // weight: 5 -> 50, applied: every sidecar follows.
+    let file = write(dir.path(), "payments-50.yaml", &reweighted(50, 50));
+    let started = Instant::now();
+    let out = weft(cp, &data, &["apply", "-f", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let versions = converged(cp, &op, 3, Duration::from_secs(10)).await;
+    println!(
+        "apply (CLI process included) to all 3 sidecars ACKed: {:?}",
+        started.elapsed()
+    );
+    let (to_v2, failed) = split(orders.addr("outbound"), &v2, 2_000).await;
+    println!("weight 50: {to_v2} of 2,000 calls reached v2");
+    assert_eq!(failed, 0);
+    // Binomial(2,000, 0.5): sd 22.4; 5 sigma.
+    assert!((888..=1112).contains(&to_v2), "{to_v2} of 2,000 to v2");
+
+    // Wrong input is refused whole, with the path of the mistake; the mesh keeps its state.
+    let revision = api(cp, &op, Method::GET, "/v1/status").await["revision"].clone();
+    let bad = write(dir.path(), "bad-weight.yaml", &reweighted(60, 50));
+    let out = weft(cp, &data, &["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("spec.http[0].route") && text(&out).contains("110"),
+        "{}",
+        text(&out)
+    );
+    let junk = write(
+        dir.path(),
+        "junk.yaml",
+        "kind: VirtualService\nspec: [unclosed\n",
+    );
+    let out = weft(cp, &data, &["apply", "-f", junk.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("junk.yaml"), "{}", text(&out));
+    assert_eq!(
+        api(cp, &op, Method::GET, "/v1/status").await["revision"],
+        revision
+    );
+    assert_eq!(
+        converged(cp, &op, 3, Duration::from_secs(5)).await,
+        versions
+    );
+
+    // The control plane dies under load: traffic flows on the last snapshot.
+    let load_failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outbound = orders.addr("outbound");
+    let load = {
+        let (failed, stop) = (load_failed.clone(), stop.clone());
+        let v2_seen = v2.seen.clone();
+        tokio::spawn(async move {
+            let client = h1_client();
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let req = Request::builder()
+                    .uri(format!("http://{outbound}/charge"))
+                    .header("host", "payments")
+                    .body(full(""))
+                    .expect("request");
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = read(r).await;
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                n += 1;
+            }
+            let _ = v2_seen;
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp_proc.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Restarted on the same address and data: every resource and revision is there, and the
+    // sidecars come back without being pushed anything new.
+    let cp_proc2 = control(&data, &cp.to_string());
+    assert_eq!(cp_proc2.addr("api"), cp);
+    assert_eq!(
+        api(cp, &op, Method::GET, "/v1/status").await["revision"],
+        revision
+    );
+    assert_eq!(
+        converged(cp, &op, 3, Duration::from_secs(15)).await,
+        versions
+    );
+    stop.store(true, Ordering::SeqCst);
+    let calls = load.await.expect("load");
+    println!("calls during the control plane's crash and restart: {calls}");
+    assert_eq!(load_failed.load(Ordering::SeqCst), 0, "of {calls} calls");
+    assert!(calls > 50, "load ran: {calls}");
+    let out = weft(cp, &data, &["get", "vs", "payments", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let vs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(vs["spec"]["http"][0]["route"][1]["weight"], 50);
+    let out = weft(cp, &data, &["get", "dr", "-o", "yaml"]);
+    assert!(
+        text(&out).contains("consecutive5xxErrors: 5"),
+        "{}",
+        text(&out)
+    );
+
+    // A restarted sidecar gets its snapshot and serves.
+    orders.kill();
+    let orders2 = sidecar(
+        dir.path(),
+        cp,
+        &orders_token,
+        "orders",
+        &[("version", "v1")],
+        nowhere,
+    );
+    // The dead sidecar's registration lingers until its lease (3 s) ends; count the live ones.
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let (to_v2, failed) = split(orders2.addr("outbound"), &v2, 400).await;
+    assert_eq!(failed, 0);
+    assert!((100..=300).contains(&to_v2), "{to_v2} of 400 to v2");
+    let out = weft(cp, &data, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ACK"), "{}", text(&out));
+}
+
+/// A watcher that registers like a sidecar and records when each version arrives.
+async fn simulated_sidecar(
+    cp: SocketAddr,
+    token: String,
+    i: usize,
+    arrivals: Arc<parking_lot::Mutex<Vec<(usize, String, Instant)>>>,
+) {
+    use http_body_util::BodyExt;
+    let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
+    let req = Request::get(format!(
+        "http://{cp}/v1/watch?id=sim-{i}&service=payments&address=127.0.0.{}%3A{}&labels=version%3D{version}",
+        1 + i / 200,
+        20_000 + i
+    ))
+    .header("authorization", format!("Bearer {token}"))
+    .body(full(""))
+    .expect("request");
+    let resp = h1_client().request(req).await.expect("watch");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let msg: serde_json::Value = serde_json::from_slice(&line).expect("json line");
+            if msg["type"] == "snapshot" {
+                let v = msg["version"].as_str().unwrap_or("").to_string();
+                arrivals.lock().push((i, v, Instant::now()));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sidecars_follow_a_weight_change_within_moments() {
+    use weft::control::server::{ControlConfig, ControlPlane};
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = ControlConfig::new(dir.path().to_path_buf());
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cp = ControlPlane::start(config).await.expect("control plane");
+    let op = cp.operator_token().to_string();
+    let applied = call(
+        cp.addr,
+        &op,
+        Method::POST,
+        "/v1/apply?source=seed",
+        Bytes::from(SEED),
+    )
+    .await
+    .expect("seed applies");
+    assert!(!applied.is_empty());
+    let arrivals = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let token = cp.service_token("payments");
+    let watchers: Vec<_> = (0..50)
+        .map(|i| {
+            tokio::spawn(simulated_sidecar(
+                cp.addr,
+                token.clone(),
+                i,
+                arrivals.clone(),
+            ))
+        })
+        .collect();
+    // Every registration changes every snapshot (one more endpoint); wait until all 50 know
+    // all 50 endpoints, i.e. the versions settle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = cp.status();
+        if st.len() == 50 && st.iter().all(|s| s.sent == st[0].sent) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "50 watchers never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cp.status()[0].sent.clone();
+
+    let started = Instant::now();
+    call(
+        cp.addr,
+        &op,
+        Method::POST,
+        "/v1/apply?source=weight-50",
+        Bytes::from(reweighted(50, 50)),
+    )
+    .await
+    .expect("applies");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut latencies: Vec<Duration> = loop {
+        let got: Vec<Duration> = arrivals
+            .lock()
+            .iter()
+            .filter(|(_, v, at)| *v != before && *at >= started)
+            .map(|(_, _, at)| *at - started)
+            .collect();
+        if got.len() >= 50 {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 50 got the change",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    latencies.sort();
+    let p = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    println!(
+        "apply to snapshot received, 50 sidecars: p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        latencies[latencies.len() - 1]
+    );
+    for w in watchers {
+        w.abort();
+    }
+    cp.stop().await;
+}
