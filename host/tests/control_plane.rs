@@ -524,3 +524,206 @@ async fn fifty_sidecars_follow_a_weight_change_within_moments() {
     }
     cp.stop().await;
 }
+
+/// Calls through `orders` until told to stop; (calls, failures, responses carrying `header`).
+fn steady_load(
+    orders: SocketAddr,
+    stop: Arc<AtomicBool>,
+    header: &'static str,
+) -> tokio::task::JoinHandle<(usize, usize, usize)> {
+    tokio::spawn(async move {
+        let client = h1_client();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (client, stop) = (client.clone(), stop.clone());
+            set.spawn(async move {
+                let (mut calls, mut failed, mut marked) = (0, 0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    let req = Request::builder()
+                        .uri(format!("http://{orders}/charge"))
+                        .header("host", "payments")
+                        .body(full(""))
+                        .expect("request");
+                    calls += 1;
+                    match client.request(req).await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            if r.headers().contains_key(header) {
+                                marked += 1;
+                            }
+                            let _ = read(r).await;
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (calls, failed, marked)
+            });
+        }
+        let mut total = (0, 0, 0);
+        while let Some(Ok((c, f, m))) = set.join_next().await {
+            total = (total.0 + c, total.1 + f, total.2 + m);
+        }
+        total
+    })
+}
+
+fn wasm_plugin(name: &str, digest: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: {name} }}\n\
+         spec:\n  url: {digest}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let tok = |s: &'static str| {
+        let op = op.clone();
+        async move {
+            api(cp, &op, Method::GET, &format!("/v1/tokens/{s}")).await["token"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        }
+    };
+    let (pay, ord) = (tok("payments").await, tok("orders").await);
+    let (v1, v2) = (
+        App::start("payments-v1").await,
+        App::start("payments-v2").await,
+    );
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let _p1 = sidecar(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v1")],
+        v1.addr,
+    );
+    let _p2 = sidecar(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v2")],
+        v2.addr,
+    );
+    let orders = sidecar(
+        dir.path(),
+        cp,
+        &ord,
+        "orders",
+        &[("version", "v1")],
+        nowhere,
+    );
+    let seed = write(dir.path(), "payments.yaml", SEED);
+    let out = weft(cp, &data, &["apply", "-f", seed.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(orders.addr("outbound"), stop.clone(), "x-retry-build");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new build of the retry policy, shipped as an artifact and swapped in under load.
+    let out = weft(cp, &data, &["plugin", "push", weft_artifacts::RETRY_PATH]);
+    assert!(out.status.success(), "{}", text(&out));
+    let retry = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(retry.starts_with("sha256:") && retry.len() == 71, "{retry}");
+    let swap = write(
+        dir.path(),
+        "retry-build.yaml",
+        &wasm_plugin(
+            "retry",
+            &retry,
+            "  pluginConfig: { attemptCountHeader: x-retry-build }\n",
+        ),
+    );
+    let out = weft(cp, &data, &["apply", "-f", swap.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let swapped = converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let (_, headers, _) = read(
+        h1_client()
+            .request(
+                Request::builder()
+                    .uri(format!("http://{}/charge", orders.addr("outbound")))
+                    .header("host", "payments")
+                    .body(full(""))
+                    .expect("request"),
+            )
+            .await
+            .expect("answered"),
+    )
+    .await;
+    assert_eq!(
+        headers.get("x-retry-build").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "the new build answers right after the ACK"
+    );
+
+    // A digest that does not match: refused at apply, naming both.
+    let out = weft(cp, &data, &["plugin", "push", weft_artifacts::CHAOS_PATH]);
+    assert!(out.status.success(), "{}", text(&out));
+    let chaos = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let wrong = write(
+        dir.path(),
+        "wrong-sha.yaml",
+        &wasm_plugin("gate", &chaos, &format!("  sha256: {}\n", &retry[7..])),
+    );
+    let out = weft(cp, &data, &["apply", "-f", wrong.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&chaos[7..]) && text(&out).contains(&retry[7..]),
+        "{}",
+        text(&out)
+    );
+
+    // A component that traps in configure: every sidecar NACKs with the reason and keeps
+    // serving what it had.
+    let trap = write(
+        dir.path(),
+        "trap.yaml",
+        &wasm_plugin(
+            "chaos-gate",
+            &chaos,
+            "  pluginConfig: { tag: t, configure: trap }\n",
+        ),
+    );
+    let out = weft(cp, &data, &["apply", "-f", trap.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = api(cp, &op, Method::GET, "/v1/status").await;
+        let nacks = st["sidecars"]
+            .as_array()
+            .map(|a| a.iter().filter(|s| s.get("nack").is_some()).count())
+            .unwrap_or(0);
+        if nacks == 3 {
+            let reason = st["sidecars"][0]["nack"].as_str().unwrap_or("").to_string();
+            assert!(reason.contains("chaos-gate"), "{reason}");
+            for s in st["sidecars"].as_array().into_iter().flatten() {
+                assert!(swapped.contains(&s["acked"].as_str().unwrap_or("").to_string()));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NACKs: {st:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = weft(cp, &data, &["status"]);
+    assert!(text(&out).contains("NACK"), "{}", text(&out));
+    let out = weft(cp, &data, &["delete", "WasmPlugin", "chaos-gate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed, marked) = load.await.expect("load");
+    println!(
+        "plugin swap under load: {calls} calls, {failed} failed, {marked} answered by the new build"
+    );
+    assert_eq!(failed, 0, "of {calls} calls");
+    assert!(calls >= 1_000, "a steady load of thousands: {calls}");
+    assert!(marked > 0);
+}
