@@ -127,18 +127,18 @@ fn hooks(c: &mut Criterion) {
     });
     let ok = attempt(Outcome::Response(200));
     g.bench_function("on-attempt-end/retry-scalar", |b| {
-        b.iter(|| black_box(retry.on_attempt_end(black_box(&ok))))
+        b.iter(|| black_box(retry.on_attempt_end(black_box(&ok), RouteId::NONE)))
     });
     g.bench_function("on-attempt-end/outlier-with-state", |b| {
-        b.iter(|| black_box(outlier.on_attempt_end(black_box(&ok))))
+        b.iter(|| black_box(outlier.on_attempt_end(black_box(&ok), RouteId::NONE)))
     });
     let mut resp = ResponseHead::default();
     g.bench_function("on-response/set-header", |b| {
-        b.iter(|| black_box(editor.on_response(1, &mut resp)))
+        b.iter(|| black_box(editor.on_response(1, &mut resp, RouteId::NONE)))
     });
     let done = summary(&rt);
     g.bench_function("on-done/telemetry", |b| {
-        b.iter(|| black_box(telemetry.on_done(black_box(&done))))
+        b.iter(|| black_box(telemetry.on_done(black_box(&done), RouteId::NONE)))
     });
     g.finish();
 }
@@ -160,15 +160,15 @@ fn chain(c: &mut Criterion) {
     g.bench_function("4-plugins/per-request", |b| {
         b.iter(|| {
             black_box(chain.on_request(1, &mut head));
-            black_box(chain.on_attempt_end(&ok));
-            black_box(chain.on_done(&done));
+            black_box(chain.on_attempt_end(&ok, head.route));
+            black_box(chain.on_done(&done, head.route));
         })
     });
     g.bench_function("empty/per-request", |b| {
         b.iter(|| {
             black_box(empty.on_request(1, &mut head));
-            black_box(empty.on_attempt_end(&ok));
-            black_box(empty.on_done(&done));
+            black_box(empty.on_attempt_end(&ok, head.route));
+            black_box(empty.on_done(&done, head.route));
         })
     });
     g.finish();
@@ -193,7 +193,9 @@ fn cold_start(c: &mut Criterion) {
                 PluginSpec::new("retry", RETRY),
             )
             .expect("plugin");
-        black_box(Chain::new(vec![p]).on_attempt_end(&attempt(Outcome::Response(503))));
+        black_box(
+            Chain::new(vec![p]).on_attempt_end(&attempt(Outcome::Response(503)), RouteId::NONE),
+        );
     };
     // A fresh runtime per iteration (made outside the timing): nothing in memory, nothing on disk.
     let empty_dir = tempfile::tempdir().expect("tempdir");

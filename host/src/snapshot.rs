@@ -74,6 +74,10 @@ pub struct PluginRef {
     /// `fail-open` (default) or `fail-closed`.
     #[serde(default)]
     pub fail_strategy: crate::plugin::FailStrategy,
+    /// The routes (VirtualService `http` entry names) it runs for, as an earlier plugin
+    /// names them; empty: every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 /// The built-in plugins the binary carries.
@@ -167,6 +171,11 @@ impl Snapshot {
                         "{at}: exactly one of builtin, file or artifact is required"
                     )),
                 }
+                for (j, route) in p.routes.iter().enumerate() {
+                    if route.is_empty() {
+                        errors.push(format!("{at}.routes[{j}]: must not be empty"));
+                    }
+                }
             }
         }
         if errors.is_empty() {
@@ -185,7 +194,8 @@ mod tests {
     fn every_problem_is_reported_with_its_path() {
         let text = r#"{"version":"", "services":{"payments":{
             "timeout":"6", "endpoints":[{"address":"nowhere"}],
-            "plugins":[{"name":"a","builtin":"nope"},{"name":"a","builtin":"retry","file":"x.wasm"}]}}}"#;
+            "plugins":[{"name":"a","builtin":"nope"},{"name":"a","builtin":"retry","file":"x.wasm"},
+                       {"name":"b","builtin":"retry","routes":["testers",""]}]}}}"#;
         let err = Snapshot::from_json(text)
             .expect("parses")
             .validate()
@@ -198,9 +208,31 @@ mod tests {
             "services.payments.plugins[0].builtin: unknown built-in \"nope\"",
             "services.payments.plugins[1].name: \"a\" appears twice",
             "services.payments.plugins[1]: exactly one of builtin, file or artifact",
+            "services.payments.plugins[2].routes[1]: must not be empty",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn routes_round_trip_and_are_left_out_when_empty() {
+        let text = r#"{"version":"1","services":{"payments":{"plugins":[
+            {"name":"a","builtin":"retry","routes":["testers"]},{"name":"b","builtin":"fault"}]}}}"#;
+        let snapshot = Snapshot::from_json(text).expect("parses");
+        assert!(snapshot.validate().is_ok());
+        let plugins = &snapshot.services["payments"].plugins;
+        assert_eq!(plugins[0].routes, ["testers"]);
+        assert!(plugins[1].routes.is_empty());
+        let json = serde_json::to_value(&snapshot).expect("serializes");
+        assert_eq!(
+            json["services"]["payments"]["plugins"][0]["routes"][0],
+            "testers"
+        );
+        assert!(
+            json["services"]["payments"]["plugins"][1]
+                .get("routes")
+                .is_none()
+        );
     }
 
     #[test]

@@ -631,3 +631,62 @@ async fn fault_injection_aborts_delays_and_times_out_end_to_end() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_scoped_to_a_route_acts_only_on_the_calls_the_canary_sends_down_it() {
+    let v1 = pod("payments", "payments-v1", Behaviour::Paths).await;
+    let v2 = pod("payments", "payments-v2", Behaviour::Paths).await;
+    let canary = json!({"name": "canary", "builtin": "canary", "config": {
+    "host": "payments",
+    "http": [
+        {"name": "testers",
+         "match": [{"headers": {"x-user": {"exact": "tester"}}}],
+         "route": [{"destination": {"host": "payments", "subset": "v2"}}]},
+        {"name": "default",
+         "route": [{"destination": {"host": "payments", "subset": "v1"}}]}
+    ]}});
+    // Stamps `x-chaos-tag` on the request and `x-chaos-status` on the response — for testers.
+    let stamp = json!({"name": "stamp", "file": weft_artifacts::CHAOS_PATH,
+                       "config": {"tag": "tester-only"}, "routes": ["testers"]});
+    let orders = caller(snapshot(
+        "payments",
+        vec![
+            endpoint(v1.sidecar.inbound, "v1"),
+            endpoint(v2.sidecar.inbound, "v2"),
+        ],
+        json!([canary, stamp]),
+    ))
+    .await;
+
+    let statuses = fire(orders.outbound, 100, 4, "/hello", &[("x-user", "tester")]).await;
+    assert_eq!(failures(&statuses), 0);
+    let statuses = fire(orders.outbound, 100, 4, "/hello", &[]).await;
+    assert_eq!(failures(&statuses), 0);
+    let (testers, others) = (v2.app.seen(), v1.app.seen());
+    assert_eq!((testers.len(), others.len()), (100, 100));
+    let tag = |s: &support::Seen| s.headers.get("x-chaos-tag").cloned();
+    assert!(
+        testers
+            .iter()
+            .all(|s| tag(s).is_some_and(|t| t == "tester-only")),
+        "every tester call was stamped"
+    );
+    assert!(others.iter().all(|s| tag(s).is_none()), "no other call was");
+
+    // The route reaches on-response too.
+    let response_stamp = |headers: &[(&str, &str)]| {
+        let req = get(orders.outbound, "/hello", headers);
+        async move {
+            let resp = h1_client().request(req).await.expect("answered");
+            let (status, headers, _) = read(resp).await;
+            assert_eq!(status, StatusCode::OK);
+            headers.get("x-chaos-status").cloned()
+        }
+    };
+    assert!(
+        response_stamp(&[("x-user", "tester")])
+            .await
+            .is_some_and(|v| v == "200")
+    );
+    assert_eq!(response_stamp(&[]).await, None);
+}

@@ -113,6 +113,12 @@ impl<'a> Request<'a> {
     pub fn set_delay(&mut self, delay: Duration) {
         self.inner.set_delay_ms(millis(delay))
     }
+
+    /// Names the route (a VirtualService `http` entry) this call took: plugins scoped to other
+    /// routes are skipped for the rest of the call. An empty name clears it.
+    pub fn set_route(&mut self, name: &str) {
+        self.inner.set_route(name)
+    }
 }
 
 impl<'a> Response<'a> {

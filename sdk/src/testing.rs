@@ -455,6 +455,8 @@ pub struct TestRequest {
     pub timeout_ms: Option<u32>,
     /// Delay before the first attempt a plugin set (fault injection).
     pub delay_ms: Option<u32>,
+    /// The route a plugin named (`set_route`); an empty name clears it, as the host does.
+    pub route: Option<String>,
 }
 
 impl TestRequest {
@@ -532,6 +534,9 @@ impl TestRequest {
     }
     pub(crate) fn set_delay_ms(&mut self, ms: u32) {
         self.delay_ms = Some(ms);
+    }
+    pub(crate) fn set_route(&mut self, name: &str) {
+        self.route = (!name.is_empty()).then(|| name.to_string());
     }
 }
 

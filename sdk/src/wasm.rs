@@ -234,6 +234,9 @@ impl RequestInner {
     pub(crate) fn set_delay_ms(&mut self, ms: u32) {
         wit_request::set_delay_ms(ms)
     }
+    pub(crate) fn set_route(&mut self, name: &str) {
+        wit_request::set_route(name)
+    }
 }
 
 /// The response head during `on-response`.

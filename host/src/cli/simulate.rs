@@ -210,7 +210,7 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
             flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
         }
         last = Some(endpoint);
-        match chain.on_attempt_end(&attempt).action {
+        match chain.on_attempt_end(&attempt, head.route).action {
             AttemptVerdict::Retry(_) => tally.retries += 1,
             AttemptVerdict::Done => break,
         }
@@ -223,25 +223,28 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
     } else {
         tally.failed += 1;
     }
-    chain.on_done(&CallSummary {
-        call_id,
-        status,
-        attempts: number,
-        duration_us: 800 * u64::from(number),
-        request_bytes: 64,
-        response_bytes: 128,
-        endpoint: last.unwrap_or(0),
-        service: world.names.payments,
-        subset: if subset == "v2" {
-            world.names.v2
-        } else {
-            world.names.v1
+    chain.on_done(
+        &CallSummary {
+            call_id,
+            status,
+            attempts: number,
+            duration_us: 800 * u64::from(number),
+            request_bytes: 64,
+            response_bytes: 128,
+            endpoint: last.unwrap_or(0),
+            service: world.names.payments,
+            subset: if subset == "v2" {
+                world.names.v2
+            } else {
+                world.names.v1
+            },
+            source: world.names.orders,
+            destination_identity: 0,
+            protocol: Protocol::Http1,
+            response_flags: flags,
         },
-        source: world.names.orders,
-        destination_identity: 0,
-        protocol: Protocol::Http1,
-        response_flags: flags,
-    });
+        head.route,
+    );
 }
 
 fn plugin(

@@ -16,20 +16,25 @@
 //!   2. `fault`, when an `http` entry has one (Weft has one fault per service: the first);
 //!   3. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
 //!      none without a VirtualService, nor when its one entry sends everything, unmatched and
-//!      unsplit, to the service itself (it would change nothing);
-//!   4. `retry`: the first entry's `retries`; Istio's default policy (2 attempts, connect
+//!      unsplit, to the service itself (it would change nothing) — unless a route-scoped
+//!      WasmPlugin needs that entry's name;
+//!   4. route-scoped WasmPlugins (annotation `weft.io/routes`), whatever their phase: they
+//!      need the route the canary names, so they come right after it (among themselves in
+//!      phase, then priority order);
+//!   5. `retry`: the first entry's `retries`; Istio's default policy (2 attempts, connect
 //!      failures and refused streams) when it has none, as Istio gives every route, a service's
 //!      default route included; none when `attempts` is 0 or absent, as Istio turns retries off;
-//!   5. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
-//!   6. WasmPlugins of phase `STATS`;
-//!   7. `telemetry`, always;
-//!   8. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
+//!   6. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
+//!   7. WasmPlugins of phase `STATS`;
+//!   8. `telemetry`, always;
+//!   9. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
 //!      the router.
 //!
 //! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
 //! workload's labels (or it has no selector), and only the chain of the services its
 //! `targetRefs` name (or every chain). Namespaces do not scope anything: Weft's service names
-//! are mesh-wide.
+//! are mesh-wide. A route-scoped WasmPlugin targets exactly one service and runs only for its
+//! calls that took one of the named `http` entries.
 //!
 //! A snapshot's version is a digest of its content, so identical content has the identical
 //! version and the control plane pushes only what changed.
@@ -41,8 +46,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::istio::{
-    DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, Resource, Spec, VirtualService,
-    WasmPlugin, WasmSource, service_of_host,
+    DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, ROUTES_PATH, Resource, Spec,
+    VirtualService, WasmPlugin, WasmSource, service_of_host,
 };
 use crate::plugin::FailStrategy;
 use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot, parse_duration};
@@ -162,6 +167,7 @@ pub fn validate(
                 } else {
                     wasm_names.insert(r.name.as_str(), r);
                 }
+                check_routes(r, wp, &catalog, &mut errors);
                 if let Ok(WasmSource::Stored(hex)) = wp.source()
                     && !artifact_known(&hex)
                 {
@@ -278,9 +284,15 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         let wasm = |phase: Phase| {
             mine.iter()
                 .filter(move |(_, wp, _)| wp.phase() == phase)
-                .filter(move |(_, wp, p)| applies(wp) && !overrides(p))
+                .filter(move |(_, wp, p)| applies(wp) && !overrides(p) && p.routes.is_empty())
                 .map(|(_, _, p)| p.clone())
         };
+        // Route-scoped plugins, in phase and priority order as `mine` is sorted.
+        let scoped: Vec<PluginRef> = mine
+            .iter()
+            .filter(|(_, wp, p)| applies(wp) && !overrides(p) && !p.routes.is_empty())
+            .map(|(_, _, p)| p.clone())
+            .collect();
 
         let mut plugins: Vec<PluginRef> = Vec::new();
         plugins.extend(wasm(Phase::Authn));
@@ -291,8 +303,11 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
                 if let Some(config) = policies.fault {
                     plugins.push(builtin("fault", config));
                 }
-                if let Some(config) = canary_config(service, vs) {
+                // Scoped plugins need the canary to name the route, even where it would
+                // otherwise change nothing.
+                if let Some(config) = canary_config(service, vs, !scoped.is_empty()) {
                     plugins.push(builtin("canary", config));
+                    plugins.extend(scoped.iter().cloned());
                 }
                 if let Some(config) = policies.retry {
                     plugins.push(builtin("retry", config));
@@ -306,6 +321,21 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         {
             let config = serde_json::to_value(outlier).unwrap_or_else(|_| json!({}));
             plugins.push(builtin("outlier", config));
+        }
+        if !scoped.is_empty()
+            && !plugins
+                .iter()
+                .any(|p| p.builtin.as_deref() == Some("canary"))
+        {
+            // Validation refuses this (the routes must be the VirtualService's); compiling
+            // anyway, a scoped plugin with no canary before it would never run.
+            for p in &scoped {
+                warnings.push(format!(
+                    "{service}: WasmPlugin {} is scoped to routes {} but {service} has no VirtualService http entries to name them; left out of its chain",
+                    p.name,
+                    p.routes.join(", ")
+                ));
+            }
         }
         plugins.extend(wasm(Phase::Stats));
         plugins.push(builtin("telemetry", json!({})));
@@ -521,6 +551,47 @@ fn check_subsets(r: &Resource, vs: &VirtualService, catalog: &Catalog, errors: &
     }
 }
 
+/// A route-scoped WasmPlugin: its routes are `http` entry names of its one target service's
+/// VirtualService, and it is not a new build of a built-in (those keep the built-in's place,
+/// for every route).
+fn check_routes(r: &Resource, wp: &WasmPlugin, catalog: &Catalog, errors: &mut Vec<String>) {
+    if wp.routes.is_empty() {
+        return;
+    }
+    let at = format!("{}: {ROUTES_PATH}", r.origin());
+    if BUILTIN_NAMES.contains(&r.name.as_str()) {
+        errors.push(format!(
+            "{at}: {} is a new build of the built-in {} and takes its place on every route; it cannot be scoped to routes",
+            r.name, r.name
+        ));
+    }
+    // Exactly one target is checked when the document is read.
+    let targets = wp.targets();
+    let Some(service) = targets.first().copied().filter(|_| targets.len() == 1) else {
+        return;
+    };
+    let vs = catalog
+        .virtual_services
+        .get(service)
+        .and_then(|l| l.first());
+    let known: Vec<&str> = vs
+        .map(|(_, vs)| vs.http.iter().filter_map(|e| e.name.as_deref()).collect())
+        .unwrap_or_default();
+    for route in &wp.routes {
+        if known.contains(&route.as_str()) {
+            continue;
+        }
+        let why = match vs {
+            None => format!("no VirtualService for {service}"),
+            Some((vr, _)) if known.is_empty() => {
+                format!("VirtualService {} names none of its http entries", vr.name)
+            }
+            Some((vr, _)) => format!("VirtualService {} names {}", vr.name, known.join(", ")),
+        };
+        errors.push(format!("{at}: unknown route {route} of {service} ({why})"));
+    }
+}
+
 fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<String>) {
     let origin = r.origin();
     let elsewhere: Vec<&str> = vs
@@ -716,9 +787,12 @@ fn service_timeout(vs: &VirtualService) -> Option<String> {
         .map(|(_, t)| t.clone())
 }
 
-fn canary_config(service: &str, vs: &VirtualService) -> Option<Value> {
+/// The canary's configuration for `service`; none when it would change nothing, unless it
+/// must run anyway (`names_routes`: a scoped plugin needs the route it names).
+fn canary_config(service: &str, vs: &VirtualService, names_routes: bool) -> Option<Value> {
     let short = |host: &str| service_of_host(host).unwrap_or(host).to_string();
-    if let [entry] = vs.http.as_slice()
+    if !names_routes
+        && let [entry] = vs.http.as_slice()
         && entry.matches.is_empty()
         && let [only] = entry.route.as_slice()
         && only.destination.subset.is_none()
@@ -773,6 +847,7 @@ fn builtin(name: &str, config: Value) -> PluginRef {
         sha256: None,
         config,
         fail_strategy: FailStrategy::FailOpen,
+        routes: Vec::new(),
     }
 }
 
@@ -806,6 +881,7 @@ fn wasm_plugin_ref(r: &Resource, wp: &WasmPlugin) -> Result<PluginRef, String> {
             // Istio's default; FAIL_RELOAD is refused when read.
             _ => FailStrategy::FailClosed,
         },
+        routes: wp.routes.clone(),
     })
 }
 
@@ -1345,6 +1421,163 @@ spec:
             json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset",
                    "attemptCountHeader": "x-retry-build"}),
             "the VirtualService's settings, with pluginConfig on top"
+        );
+    }
+
+    const SCOPED_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - name: testers
+    match: [{ headers: { x-user: { exact: tester } } }]
+    route: [{ destination: { host: payments, subset: v2 } }]
+  - name: default
+    route: [{ destination: { host: payments, subset: v1 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+";
+
+    fn scoped_wasm(name: &str, routes: &str, service: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: {name}\n  annotations: {{ weft.io/routes: '{routes}' }}\nspec:\n  url: file:///{name}.wasm\n  targetRefs: [{{ kind: Service, name: {service} }}]\n{extra}---\n"
+        )
+    }
+
+    #[test]
+    fn route_scoped_wasm_plugins_run_right_after_the_canary_in_phase_order() {
+        let text = format!(
+            "{SCOPED_VS}{}{}{}{}",
+            scoped_wasm("audit", "testers,default", "payments", "  phase: STATS\n"),
+            scoped_wasm("stamp", "testers", "payments", "  phase: AUTHN\n"),
+            scoped_wasm(
+                "stamp-low",
+                "testers",
+                "payments",
+                "  phase: AUTHN\n  priority: -1\n"
+            ),
+            wasm_doc("gate", "  url: file:///gate.wasm\n  phase: AUTHZ\n"),
+        );
+        let resources = parse(&text);
+        assert_eq!(validate(&resources, &|_| true), Ok(vec![]));
+        let compiled = compile(&resources, &mesh(), &mesh()[2]);
+        assert_eq!(compiled.warnings, Vec::<String>::new());
+        let s = compiled.snapshot;
+        assert_eq!(
+            chain(&s, "payments"),
+            [
+                "gate",
+                "canary",
+                "stamp",
+                "stamp-low",
+                "audit",
+                "retry",
+                "telemetry"
+            ]
+        );
+        assert_eq!(plugin(&s, "payments", "stamp").routes, ["testers"]);
+        assert_eq!(
+            plugin(&s, "payments", "audit").routes,
+            ["testers", "default"]
+        );
+        assert!(plugin(&s, "payments", "gate").routes.is_empty());
+        assert_eq!(
+            plugin(&s, "payments", "canary").config["http"][0]["name"],
+            "testers"
+        );
+        // Scoped to payments' routes, so in no other chain.
+        assert_eq!(chain(&s, "orders"), ["gate", "retry", "telemetry"]);
+        assert!(s.validate().is_ok(), "{:?}", s.validate());
+        // The scope is content: it is in the snapshot's JSON and so in its version.
+        let json = serde_json::to_value(&s.services["payments"]).expect("serializes");
+        assert_eq!(json["plugins"][2]["routes"], json!(["testers"]));
+        assert!(json["plugins"][0].get("routes").is_none());
+    }
+
+    #[test]
+    fn a_scoped_plugin_keeps_a_canary_that_would_change_nothing() {
+        let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: orders }
+spec:
+  hosts: [orders]
+  http:
+  - name: all
+    route: [{ destination: { host: orders } }]
+---
+";
+        let me = workload("payments", "v1", "127.0.0.1:9001");
+        let alone = snapshot_for(&parse(vs), &[], &me);
+        assert_eq!(chain(&alone, "orders"), ["retry", "telemetry"]);
+        let text = format!("{vs}{}", scoped_wasm("stamp", "all", "orders", ""));
+        let resources = parse(&text);
+        assert_eq!(validate(&resources, &|_| true), Ok(vec![]));
+        let s = snapshot_for(&resources, &[], &me);
+        assert_eq!(
+            chain(&s, "orders"),
+            ["canary", "stamp", "retry", "telemetry"]
+        );
+        assert_eq!(
+            plugin(&s, "orders", "canary").config,
+            json!({"host": "orders", "http": [
+                {"name": "all", "route": [{"destination": {"host": "orders"}}]}]})
+        );
+    }
+
+    #[test]
+    fn scoped_routes_must_be_the_target_services_http_entries() {
+        let text = format!(
+            "{SCOPED_VS}{}",
+            scoped_wasm("stamp", "testers,checkout", "payments", "")
+        );
+        assert_eq!(
+            validate_errors(&parse(&text)),
+            "t.yaml: document 3 (WasmPlugin stamp): metadata.annotations.weft.io/routes: unknown route checkout of payments (VirtualService payments names testers, default)"
+        );
+        let text = format!(
+            "{SCOPED_VS}{}",
+            scoped_wasm("stamp", "testers", "orders", "")
+        );
+        assert_eq!(
+            validate_errors(&parse(&text)),
+            "t.yaml: document 3 (WasmPlugin stamp): metadata.annotations.weft.io/routes: unknown route testers of orders (no VirtualService for orders)"
+        );
+        let unnamed = SEED.to_string() + "---\n" + &scoped_wasm("stamp", "testers", "payments", "");
+        let all = validate_errors(&parse(&unnamed));
+        assert!(
+            all.contains("unknown route testers of payments (VirtualService payments names none of its http entries)"),
+            "{all}"
+        );
+        let text = format!(
+            "{SCOPED_VS}{}",
+            scoped_wasm("retry", "testers", "payments", "")
+        );
+        let all = validate_errors(&parse(&text));
+        assert!(
+            all.contains("(WasmPlugin retry): metadata.annotations.weft.io/routes: retry is a new build of the built-in retry and takes its place on every route; it cannot be scoped to routes"),
+            "{all}"
+        );
+        // Compiled anyway without a VirtualService: left out, with a warning, as it could
+        // never run.
+        let text = scoped_wasm("stamp", "testers", "orders", "");
+        let compiled = compile(&parse(&text), &[], &workload("orders", "", "127.0.0.1:1"));
+        assert_eq!(chain(&compiled.snapshot, "orders"), ["retry", "telemetry"]);
+        assert!(
+            compiled
+                .warnings
+                .iter()
+                .any(|w| w.contains("WasmPlugin stamp is scoped to routes testers")),
+            "{:?}",
+            compiled.warnings
         );
     }
 }

@@ -681,7 +681,18 @@ pub struct WasmPlugin {
     /// `HTTP` (or unspecified); `NETWORK` plugins are not supported.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub plugin_type: Option<PluginType>,
+    /// The routes (the target service's VirtualService `http` entry names) it runs for, from
+    /// the annotation [`ROUTES_ANNOTATION`], not from the spec: an annotation keeps the
+    /// document valid Istio. Empty: every route.
+    #[serde(skip)]
+    pub routes: Vec<String>,
 }
+
+/// The WasmPlugin annotation that scopes it to routes: `weft.io/routes: "testers,checkout"`.
+pub const ROUTES_ANNOTATION: &str = "weft.io/routes";
+
+/// Where [`ROUTES_ANNOTATION`] sits, for messages.
+pub const ROUTES_PATH: &str = "metadata.annotations.weft.io/routes";
 
 /// Istio's `WorkloadSelector`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1000,7 +1011,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
     let (name, namespace) = read_metadata(top.get("metadata"), problems);
     // A WasmPlugin named like a built-in (`retry`) replaces it: see compile::replace_builtin.
 
-    let spec = match top.get("spec") {
+    let mut spec = match top.get("spec") {
         None => {
             problems.at("spec", "required");
             None
@@ -1014,7 +1025,78 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
             None
         }
     };
+    if let Some(Spec::WasmPlugin(wp)) = &mut spec {
+        wp.routes = read_routes(top.get("metadata"), problems);
+        check_route_scope(wp, problems);
+    }
     Some((kind?, name?, namespace, spec?))
+}
+
+/// A WasmPlugin's route scope from its annotation: comma-separated names, each trimmed and
+/// non-empty, duplicates dropped; none without the annotation.
+fn read_routes(metadata: Option<&Value>, problems: &mut Problems) -> Vec<String> {
+    let Some(annotations) = metadata.and_then(|m| m.get("annotations")) else {
+        return Vec::new();
+    };
+    let Some(annotations) = annotations.as_object() else {
+        problems.at(
+            "metadata.annotations",
+            format!("expected a mapping, found {}", type_name(annotations)),
+        );
+        return Vec::new();
+    };
+    let text = match annotations.get(ROUTES_ANNOTATION) {
+        None => return Vec::new(),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            problems.at(
+                ROUTES_PATH,
+                format!(
+                    "expected a string of comma-separated route names, found {}",
+                    type_name(other)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    if text.trim().is_empty() {
+        problems.at(
+            ROUTES_PATH,
+            "names no route; list http entry names (\"testers,checkout\"), or remove the annotation to run on every route",
+        );
+        return Vec::new();
+    }
+    let mut routes: Vec<String> = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        if name.is_empty() {
+            problems.at(
+                ROUTES_PATH,
+                format!("{text:?} has an empty route name (names are separated by commas)"),
+            );
+            return Vec::new();
+        }
+        if !routes.iter().any(|r| r == name) {
+            routes.push(name.to_string());
+        }
+    }
+    routes
+}
+
+/// A route names an `http` entry of one VirtualService, so a scoped plugin targets exactly
+/// the one service whose entries those are.
+fn check_route_scope(wp: &WasmPlugin, problems: &mut Problems) {
+    if wp.routes.is_empty() {
+        return;
+    }
+    let refs = wp.target_refs.len() + usize::from(wp.target_ref.is_some());
+    if refs != 1 {
+        problems.at(
+            "spec.targetRefs",
+            format!(
+                "a WasmPlugin scoped to routes ({ROUTES_PATH}) must target exactly one Service, whose VirtualService names them; found {refs} targets"
+            ),
+        );
+    }
 }
 
 fn read_metadata(metadata: Option<&Value>, problems: &mut Problems) -> (Option<String>, String) {
@@ -2002,6 +2084,80 @@ mod tests {
             &wasm("  url: file:///p.wasm\n  phase: EARLY\n"),
             "spec.phase: unknown variant `EARLY`",
         );
+    }
+
+    fn scoped(annotations: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: gate\n  annotations: {annotations}\nspec:\n  url: file:///p.wasm\n{spec}"
+        )
+    }
+
+    #[test]
+    fn the_routes_annotation_scopes_a_wasm_plugin() {
+        let one = "  targetRefs: [{ kind: Service, name: payments }]\n";
+        let text = scoped(
+            r#"{ weft.io/routes: " testers, checkout,testers", team: shop }"#,
+            one,
+        );
+        let rs = parse_yaml(&text, "t.yaml").expect("parses");
+        let Spec::WasmPlugin(w) = &rs[0].spec else {
+            panic!("not a WasmPlugin")
+        };
+        assert_eq!(
+            w.routes,
+            ["testers", "checkout"],
+            "trimmed, duplicates dropped"
+        );
+        // The annotation stays in the document, so `weft get` shows it and it reads back.
+        let again = from_document(rs[0].document.clone(), "stored").expect("reads");
+        assert_eq!(again.spec, rs[0].spec);
+        // The older single targetRef counts as one target too.
+        let single = scoped(
+            "{ weft.io/routes: testers }",
+            "  targetRef: { kind: Service, name: payments }\n",
+        );
+        assert!(parse_yaml(&single, "t.yaml").is_ok());
+        // No annotation, or others only: every route.
+        let rs = parse_yaml(&scoped("{ team: shop }", ""), "t.yaml").expect("parses");
+        let Spec::WasmPlugin(w) = &rs[0].spec else {
+            panic!("not a WasmPlugin")
+        };
+        assert!(w.routes.is_empty());
+
+        for (annotations, spec, needle) in [
+            (
+                "{ weft.io/routes: 'testers,,checkout' }",
+                one,
+                "metadata.annotations.weft.io/routes: \"testers,,checkout\" has an empty route name",
+            ),
+            (
+                "{ weft.io/routes: ' ' }",
+                one,
+                "metadata.annotations.weft.io/routes: names no route",
+            ),
+            (
+                "{ weft.io/routes: [testers] }",
+                one,
+                "metadata.annotations.weft.io/routes: expected a string of comma-separated route names, found a sequence",
+            ),
+            (
+                "[weft.io/routes]",
+                one,
+                "metadata.annotations: expected a mapping, found a sequence",
+            ),
+            (
+                "{ weft.io/routes: testers }",
+                "",
+                "spec.targetRefs: a WasmPlugin scoped to routes (metadata.annotations.weft.io/routes) must target exactly one Service, whose VirtualService names them; found 0 targets",
+            ),
+            (
+                "{ weft.io/routes: testers }",
+                "  targetRefs: [{ kind: Service, name: payments }, { kind: Service, name: orders }]\n",
+                "must target exactly one Service, whose VirtualService names them; found 2 targets",
+            ),
+        ] {
+            assert_error(&scoped(annotations, spec), needle);
+        }
     }
 
     #[test]

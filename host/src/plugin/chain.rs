@@ -1,11 +1,15 @@
 //! A chain of plugins run in order on each hook, and the slot that lets a chain be replaced
 //! atomically while calls run: a call holds the chain it started with until it ends.
+//!
+//! A plugin scoped to routes runs only for calls whose route (named in `on-request` by an
+//! earlier plugin, carried by the caller to the later hooks) is one of them; an unscoped
+//! plugin costs one more branch per hook.
 
 use super::bindings::weft::filter::types as wit;
 use super::instance::Plugin;
 use super::types::{
     Attempt, AttemptVerdict, CallSummary, Decided, FailStrategy, LocalReply, RequestHead,
-    RequestVerdict, ResponseHead, ResponseVerdict,
+    RequestVerdict, ResponseHead, ResponseVerdict, RouteId,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -77,10 +81,14 @@ impl Chain {
         &self.plugins
     }
 
-    /// Runs `on-request` through the chain; the first local answer stops it.
+    /// Runs `on-request` through the chain; the first local answer stops it. A scoped plugin
+    /// is checked against `head.route` at its turn, so it sees the route earlier plugins named.
     pub fn on_request(&self, call_id: u64, head: &mut RequestHead) -> Decided<RequestVerdict> {
         let mut plugin_failed = false;
         for plugin in &self.on_request {
+            if !plugin.serves(head.route) {
+                continue;
+            }
             match plugin.on_request(call_id, head) {
                 Ok(None) => {}
                 Ok(Some(r)) => {
@@ -104,12 +112,15 @@ impl Chain {
         }
     }
 
-    /// Runs `on-attempt-end` through every plugin that asked (all observe); a retry is asked
-    /// for if any plugin asks, after the longest delay asked.
-    pub fn on_attempt_end(&self, attempt: &Attempt) -> Decided<AttemptVerdict> {
+    /// Runs `on-attempt-end` through every plugin that asked and serves the call's `route`
+    /// (all observe); a retry is asked for if any plugin asks, after the longest delay asked.
+    pub fn on_attempt_end(&self, attempt: &Attempt, route: RouteId) -> Decided<AttemptVerdict> {
         let mut plugin_failed = false;
         let mut retry: Option<u32> = None;
         for plugin in &self.on_attempt_end {
+            if !plugin.serves(route) {
+                continue;
+            }
             match plugin.on_attempt_end(attempt) {
                 Ok(wit::AttemptAction::Done) => {}
                 Ok(wit::AttemptAction::Retry(ms)) => retry = Some(retry.unwrap_or(0).max(ms)),
@@ -126,10 +137,19 @@ impl Chain {
         }
     }
 
-    /// Runs `on-response` through the chain; the first replacement stops it.
-    pub fn on_response(&self, call_id: u64, head: &mut ResponseHead) -> Decided<ResponseVerdict> {
+    /// Runs `on-response` through the plugins that serve the call's `route`; the first
+    /// replacement stops it.
+    pub fn on_response(
+        &self,
+        call_id: u64,
+        head: &mut ResponseHead,
+        route: RouteId,
+    ) -> Decided<ResponseVerdict> {
         let mut plugin_failed = false;
         for plugin in &self.on_response {
+            if !plugin.serves(route) {
+                continue;
+            }
             match plugin.on_response(call_id, head) {
                 Ok(None) => {}
                 Ok(Some(r)) => {
@@ -153,10 +173,10 @@ impl Chain {
         }
     }
 
-    /// Runs `on-done` through every plugin that asked.
-    pub fn on_done(&self, summary: &CallSummary) -> bool {
+    /// Runs `on-done` through every plugin that asked and serves the call's `route`.
+    pub fn on_done(&self, summary: &CallSummary, route: RouteId) -> bool {
         let mut plugin_failed = false;
-        for plugin in &self.on_done {
+        for plugin in self.on_done.iter().filter(|p| p.serves(route)) {
             plugin_failed |= plugin.on_done(summary).is_err();
         }
         plugin_failed

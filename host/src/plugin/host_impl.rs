@@ -6,9 +6,10 @@ use super::bindings::weft::filter::{host, request, response, types};
 use super::health::EndpointHealth;
 use super::metrics::{Kind, MetricDef, PluginMetrics};
 use super::state::{SharedState, StateWriteError};
-use super::types::{RequestHead, ResponseHead};
+use super::types::{RequestHead, ResponseHead, RouteId};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -20,6 +21,9 @@ pub(crate) struct Services {
     pub(crate) metrics: PluginMetrics,
     pub(crate) endpoints: Arc<dyn EndpointHealth>,
     pub(crate) names: Interner,
+    /// Whether any plugin has been prepared with a route scope: until one is, `set-route`
+    /// has nothing to match and skips the name lookup (and its shared lock) altogether.
+    pub(crate) routes_scoped: std::sync::atomic::AtomicBool,
 }
 
 /// Names (services, subsets, identities) interned to stable ids, so hooks carry integers.
@@ -48,6 +52,15 @@ impl Interner {
         let id = inner.1.len() as u32;
         inner.0.insert(name, id);
         id
+    }
+
+    /// The id of a name interned before, or 0: never adds one, so names a plugin makes up
+    /// (`set-route`) cannot grow the table.
+    pub(crate) fn lookup(&self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        self.inner.read().0.get(name).copied().unwrap_or(0)
     }
 
     pub(crate) fn name(&self, id: u32) -> Option<Arc<str>> {
@@ -212,6 +225,16 @@ impl request::Host for PluginCtx {
 
     fn set_delay_ms(&mut self, ms: u32) {
         self.request.delay = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+    }
+
+    fn set_route(&mut self, name: String) {
+        // Scopes are interned when their plugins are prepared, so a name not interned yet is
+        // no plugin's scope: NONE serves it the same, without storing what the plugin sent.
+        self.request.route = if self.services.routes_scoped.load(Ordering::Relaxed) {
+            RouteId(self.services.names.lookup(&name))
+        } else {
+            RouteId::NONE
+        };
     }
 
     fn respond(&mut self, reply: types::LocalResponse) {

@@ -13,7 +13,9 @@ use super::engine::deadline_ticks;
 use super::error::{Failure, PluginError};
 use super::host_impl::{MemoryCap, PluginCtx, Services};
 use super::metrics::PluginStats;
-use super::types::{Attempt, CallSummary, FailStrategy, Hook, HookSet, RequestHead, ResponseHead};
+use super::types::{
+    Attempt, CallSummary, FailStrategy, Hook, HookSet, RequestHead, ResponseHead, RouteId,
+};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,6 +52,9 @@ pub struct PluginSpec {
     pub fail_strategy: FailStrategy,
     /// Its sandbox bounds.
     pub limits: Limits,
+    /// The routes it runs for (VirtualService `http` entry names, as an earlier plugin names
+    /// them with `set-route`); empty: every call.
+    pub routes: Vec<String>,
 }
 
 impl PluginSpec {
@@ -60,6 +65,7 @@ impl PluginSpec {
             config: config.into(),
             fail_strategy: FailStrategy::FailOpen,
             limits: Limits::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Plugin {
     key: u32,
     digest: String,
     spec: PluginSpec,
+    // `spec.routes` interned, so the per-hook check compares integers; empty: every call.
+    scope: Box<[RouteId]>,
     hooks: HookSet,
     engine: Engine,
     pre: PluginPre<PluginCtx>,
@@ -123,11 +131,20 @@ impl Plugin {
         digest: String,
         spec: PluginSpec,
     ) -> Result<Plugin, PluginError> {
+        if !spec.routes.is_empty() {
+            // Before any chain holding this plugin is in force, so no call misses its route.
+            services.routes_scoped.store(true, Ordering::Relaxed);
+        }
         let mut plugin = Plugin {
             name: Arc::from(spec.name.as_str()),
             key,
             digest,
             deadline_ticks: deadline_ticks(spec.limits.deadline),
+            scope: spec
+                .routes
+                .iter()
+                .map(|r| RouteId(services.names.intern(r)))
+                .collect(),
             spec,
             hooks: HookSet::default(),
             engine: engine.clone(),
@@ -176,6 +193,12 @@ impl Plugin {
     /// Its fail strategy.
     pub fn fail_strategy(&self) -> FailStrategy {
         self.spec.fail_strategy
+    }
+
+    /// Whether it runs for a call on `route`: always when unscoped, else only on its routes.
+    #[inline]
+    pub fn serves(&self, route: RouteId) -> bool {
+        self.scope.is_empty() || self.scope.contains(&route)
     }
 
     /// Instances idle in its pool.

@@ -93,6 +93,7 @@ impl PluginRuntime {
             metrics: metrics::PluginMetrics::new(registry.clone(), metrics.clone(), max_series),
             endpoints,
             names: host_impl::Interner::default(),
+            routes_scoped: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(PluginRuntime {
             fingerprint: engine::fingerprint(&engine),
@@ -139,6 +140,14 @@ impl PluginRuntime {
             return Err(PluginError::Settings {
                 plugin: spec.name,
                 reason: "deadline and memory cap must be above zero".into(),
+            });
+        }
+        // An empty name would intern to 0, the id of "no route", and so run the plugin on
+        // calls that named no route at all.
+        if spec.routes.iter().any(String::is_empty) {
+            return Err(PluginError::Settings {
+                plugin: spec.name,
+                reason: "route names must not be empty".into(),
             });
         }
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {

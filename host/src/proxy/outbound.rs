@@ -10,7 +10,7 @@ use super::{Inputs, Peer, local_response};
 use crate::endpoints::Endpoint;
 use crate::plugin::{
     Attempt, AttemptVerdict, CallSummary, Destination, Outcome, Protocol, RequestHead,
-    RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict,
+    RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
 };
 use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
 use http::uri::PathAndQuery;
@@ -38,6 +38,8 @@ struct Call {
     id: u64,
     start: Instant,
     route: Arc<Route>,
+    /// The route a plugin named in `on-request`, for the scoped plugins of the later hooks.
+    route_id: RouteId,
     summary: CallSummary,
     request_bytes: Arc<AtomicU64>,
     inputs: Arc<Inputs>,
@@ -56,7 +58,7 @@ impl Call {
         s.response_bytes = response_bytes;
         s.response_flags |= extra;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
-        self.route.chain.on_done(&s);
+        self.route.chain.on_done(&s, self.route_id);
         let m = &self.route.metrics;
         m.request(status);
         m.duration.observe(self.start.elapsed().as_secs_f64());
@@ -190,6 +192,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         id,
         start,
         route: route.clone(),
+        route_id: RouteId::NONE,
         summary: CallSummary {
             call_id: id,
             status: 0,
@@ -228,8 +231,10 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         per_try_timeout: None,
         timeout: None,
         delay: None,
+        route: RouteId::NONE,
     };
     let decided = call.route.chain.on_request(id, &mut head);
+    call.route_id = head.route;
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
@@ -480,7 +485,7 @@ async fn attempts(
             }),
             replayable: request_body.replayable(),
         };
-        let decided = call.route.chain.on_attempt_end(&attempt);
+        let decided = call.route.chain.on_attempt_end(&attempt, call.route_id);
         if decided.plugin_failed {
             call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
@@ -507,7 +512,10 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
         headers: std::mem::take(&mut parts.headers),
         attempts: call.summary.attempts,
     };
-    let decided = call.route.chain.on_response(call.id, &mut head);
+    let decided = call
+        .route
+        .chain
+        .on_response(call.id, &mut head, call.route_id);
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }

@@ -84,6 +84,7 @@ pub fn build(
             };
             let mut spec = PluginSpec::new(p.name.clone(), config);
             spec.fail_strategy = p.fail_strategy;
+            spec.routes = p.routes.clone();
             let path;
             let mut expected = p.sha256.as_deref();
             let artifact = match (&p.builtin, &p.file, &p.artifact) {

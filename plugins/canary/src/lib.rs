@@ -83,7 +83,8 @@ pub struct MatchRequest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpRoute {
-    /// A label for people, named in errors.
+    /// A label for people, named in errors; also the route name the plugin gives the host
+    /// when this entry is chosen, so plugins scoped to it run.
     #[serde(default)]
     pub name: Option<String>,
     /// Alternatives, any of which selects this entry; none: every request.
@@ -136,6 +137,8 @@ pub struct Canary {
 }
 
 struct Entry {
+    // The entry's `name`, told to the host so plugins scoped to it run; none: nothing to tell.
+    name: Option<String>,
     // Empty: matches every request, as an Istio `http` entry without `match`.
     alternatives: Vec<Vec<Condition>>,
     // Cumulative upper bounds out of 100, zero weights left out.
@@ -365,6 +368,7 @@ impl Filter for Canary {
                 return Err("http: at least one entry is required (or the route shorthand)".into());
             }
             (None, Some(route)) => entries.push(Entry {
+                name: None,
                 alternatives: Vec::new(),
                 picks: compile_route(route, "route", None, host)?,
                 timeout: None,
@@ -383,6 +387,7 @@ impl Filter for Canary {
                     let picks =
                         compile_route(h.route, &format!("{at}.route"), h.name.as_deref(), host)?;
                     entries.push(Entry {
+                        name: h.name.filter(|n| !n.is_empty()),
                         alternatives,
                         picks,
                         // Zero is Istio's "no timeout"; the host can only fall back to the
@@ -431,6 +436,10 @@ impl Filter for Canary {
         }
         if let Some(timeout) = entry.timeout {
             req.set_timeout(timeout);
+        }
+        // Only a named entry costs the host call; plugins scoped to it come after this one.
+        if let Some(name) = &entry.name {
+            req.set_route(name);
         }
         RequestAction::Continue
     }

@@ -786,3 +786,42 @@ fn the_sticky_hash_is_pinned() {
 }
 
 const PINNED_BUCKETS: [u64; 5] = [20, 96, 25, 66, 93];
+
+// === route names ===
+
+#[test]
+fn a_named_entry_names_the_route_and_an_unnamed_one_does_not() {
+    let mut h = canary(
+        r#"{"host":"payments","http":[
+            {"name":"testers","match":[{"headers":{"x-user":{"exact":"tester"}}}],
+             "route":[{"destination":{"host":"payments","subset":"v2"}}]},
+            {"name":"","match":[{"uri":{"prefix":"/blank"}}],
+             "route":[{"destination":{"host":"payments","subset":"v1"}}]},
+            {"match":[{"uri":{"prefix":"/anon"}}],
+             "route":[{"destination":{"host":"payments","subset":"v1"}}]},
+            {"name":"default","route":[{"destination":{"host":"payments","subset":"v1"}}]}]}"#,
+    );
+    let route = |h: &mut Harness<Canary>, mut req: TestRequest| {
+        let (_, action) = h.on_request(&mut req);
+        assert!(matches!(action, RequestAction::Continue));
+        req.route
+    };
+    assert_eq!(
+        route(&mut h, get("/charge").with_header("x-user", "tester")).as_deref(),
+        Some("testers")
+    );
+    assert_eq!(route(&mut h, get("/charge")).as_deref(), Some("default"));
+    // No name (or an empty one): no host call, no route.
+    assert_eq!(route(&mut h, get("/anon")), None);
+    assert_eq!(route(&mut h, get("/blank")), None);
+    // The shorthand has no names; a 404 chose no entry.
+    let mut shorthand = canary(SEED);
+    assert_eq!(route(&mut shorthand, get("/")), None);
+    let mut only = only_when(r#"[{"uri":{"exact":"/x"}}]"#);
+    let mut req = get("/y");
+    assert!(matches!(
+        only.on_request(&mut req).1,
+        RequestAction::Respond(_)
+    ));
+    assert_eq!(req.route, None);
+}
