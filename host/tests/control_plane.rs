@@ -13,12 +13,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::{App, full, h1_client, read};
 use weft::control::client::call;
 
 const SEED: &str = include_str!("../../examples/payments/payments.yaml");
+
+/// Each test runs a control plane and several sidecar processes: one test at a time, so a
+/// 2-core machine is not asked to run a dozen proxies at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Proc {
     child: Child,
@@ -120,7 +124,7 @@ fn sidecar(
         "service": service, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
         "admin": "127.0.0.1:0", "app": app.to_string(), "labels": labels,
         "controlPlane": {"address": cp.to_string(), "token": service_token},
-        "drainTimeout": "2s",
+        "drainTimeout": "2s", "pluginDeadline": "1s",
     });
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, bootstrap.to_string()).expect("bootstrap");
@@ -159,6 +163,15 @@ async fn converged(cp: SocketAddr, token: &str, n: usize, within: Duration) -> V
     }
 }
 
+/// A call to payments through the sidecar whose outbound listener is `orders`.
+fn charge(orders: SocketAddr) -> Request<support::Body> {
+    Request::builder()
+        .uri(format!("http://{orders}/charge"))
+        .header("host", "payments")
+        .body(full(""))
+        .expect("request")
+}
+
 /// `n` calls to payments through `orders`; (calls that reached v2, calls that failed).
 async fn split(orders: SocketAddr, v2: &App, n: usize) -> (usize, usize) {
     let before = v2.seen().len();
@@ -170,12 +183,7 @@ async fn split(orders: SocketAddr, v2: &App, n: usize) -> (usize, usize) {
         set.spawn(async move {
             let mut failed = 0;
             for _ in 0..(n / 8 + usize::from(w < n % 8)) {
-                let req = Request::builder()
-                    .uri(format!("http://{orders}/charge"))
-                    .header("host", "payments")
-                    .body(full(""))
-                    .expect("request");
-                match client.request(req).await {
+                match client.request(charge(orders)).await {
                     Ok(r) if r.status() == StatusCode::OK => {
                         let _ = read(r).await;
                     }
@@ -207,6 +215,7 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let mut cp_proc = control(&data, "127.0.0.1:0");
@@ -224,6 +233,8 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         App::start("payments-v1").await,
         App::start("payments-v2").await,
     );
+    // A broken v1 pod: the seed's retries must hide it and its outlier detection eject it.
+    let broken = App::start_with("payments-v1-broken", support::Behaviour::Always(503)).await;
     let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
     let _p1 = sidecar(
         dir.path(),
@@ -240,6 +251,14 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         "payments",
         &[("version", "v2")],
         v2.addr,
+    );
+    let _p3 = sidecar(
+        dir.path(),
+        cp,
+        &pay_token,
+        "payments",
+        &[("version", "v1"), ("pod", "broken")],
+        broken.addr,
     );
     let mut orders = sidecar(
         dir.path(),
@@ -269,26 +288,35 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         "{}",
         text(&out)
     );
-    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    converged(cp, &op, 4, Duration::from_secs(10)).await;
     let (to_v2, failed) = split(orders.addr("outbound"), &v2, 2_000).await;
     // Binomial(2,000, 0.05): mean 100, sd 9.7; 5 sigma either side.
-    println!("weight 5: {to_v2} of 2,000 calls reached v2");
-    assert_eq!(failed, 0);
+    println!(
+        "weight 5: {to_v2} of 2,000 calls reached v2; the broken pod got {} before ejection",
+        broken.seen().len()
+    );
+    assert_eq!(failed, 0, "retries (5xx,reset) hide the broken pod");
     assert!((51..=149).contains(&to_v2), "{to_v2} of 2,000 to v2");
+    let hits = broken.seen().len();
+    assert!(
+        (5..=20).contains(&hits),
+        "ejected after 5 consecutive 5xx (a few more may be in flight): {hits}"
+    );
 
     // weight: 5 -> 50, applied: every sidecar follows.
     let file = write(dir.path(), "payments-50.yaml", &reweighted(50, 50));
     let started = Instant::now();
     let out = weft(cp, &data, &["apply", "-f", file.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
-    let versions = converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let versions = converged(cp, &op, 4, Duration::from_secs(10)).await;
     println!(
-        "apply (CLI process included) to all 3 sidecars ACKed: {:?}",
+        "apply (CLI process included) to all 4 sidecars ACKed: {:?}",
         started.elapsed()
     );
     let (to_v2, failed) = split(orders.addr("outbound"), &v2, 2_000).await;
     println!("weight 50: {to_v2} of 2,000 calls reached v2");
     assert_eq!(failed, 0);
+    assert_eq!(broken.seen().len(), hits, "still ejected (30 s)");
     // Binomial(2,000, 0.5): sd 22.4; 5 sigma.
     assert!((888..=1112).contains(&to_v2), "{to_v2} of 2,000 to v2");
 
@@ -315,40 +343,13 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         revision
     );
     assert_eq!(
-        converged(cp, &op, 3, Duration::from_secs(5)).await,
+        converged(cp, &op, 4, Duration::from_secs(5)).await,
         versions
     );
 
     // The control plane dies under load: traffic flows on the last snapshot.
-    let load_failed = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let outbound = orders.addr("outbound");
-    let load = {
-        let (failed, stop) = (load_failed.clone(), stop.clone());
-        let v2_seen = v2.seen.clone();
-        tokio::spawn(async move {
-            let client = h1_client();
-            let mut n = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let req = Request::builder()
-                    .uri(format!("http://{outbound}/charge"))
-                    .header("host", "payments")
-                    .body(full(""))
-                    .expect("request");
-                match client.request(req).await {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let _ = read(r).await;
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                n += 1;
-            }
-            let _ = v2_seen;
-            n
-        })
-    };
+    let load = steady_load(orders.addr("outbound"), stop.clone(), "x-none");
     tokio::time::sleep(Duration::from_millis(300)).await;
     cp_proc.kill();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -361,13 +362,13 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         revision
     );
     assert_eq!(
-        converged(cp, &op, 3, Duration::from_secs(15)).await,
+        converged(cp, &op, 4, Duration::from_secs(15)).await,
         versions
     );
     stop.store(true, Ordering::SeqCst);
-    let calls = load.await.expect("load");
+    let (calls, failed, _) = load.await.expect("load");
     println!("calls during the control plane's crash and restart: {calls}");
-    assert_eq!(load_failed.load(Ordering::SeqCst), 0, "of {calls} calls");
+    assert_eq!(failed, 0, "of {calls} calls");
     assert!(calls > 50, "load ran: {calls}");
     let out = weft(cp, &data, &["get", "vs", "payments", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -391,7 +392,9 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         nowhere,
     );
     // The dead sidecar's registration lingers until its lease (3 s) ends; count the live ones.
-    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    // The new orders sidecar keeps its own outlier state: it meets the broken pod afresh and
+    // its retries hide it again.
+    converged(cp, &op, 4, Duration::from_secs(10)).await;
     let (to_v2, failed) = split(orders2.addr("outbound"), &v2, 400).await;
     assert_eq!(failed, 0);
     assert!((100..=300).contains(&to_v2), "{to_v2} of 400 to v2");
@@ -439,6 +442,7 @@ async fn simulated_sidecar(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sidecars_follow_a_weight_change_within_moments() {
+    let _serial = SERIAL.lock().await;
     use weft::control::server::{ControlConfig, ControlPlane};
     let dir = tempfile::tempdir().expect("dir");
     let mut config = ControlConfig::new(dir.path().to_path_buf());
@@ -539,13 +543,8 @@ fn steady_load(
             set.spawn(async move {
                 let (mut calls, mut failed, mut marked) = (0, 0, 0);
                 while !stop.load(Ordering::SeqCst) {
-                    let req = Request::builder()
-                        .uri(format!("http://{orders}/charge"))
-                        .header("host", "payments")
-                        .body(full(""))
-                        .expect("request");
                     calls += 1;
-                    match client.request(req).await {
+                    match client.request(charge(orders)).await {
                         Ok(r) if r.status() == StatusCode::OK => {
                             if r.headers().contains_key(header) {
                                 marked += 1;
@@ -575,6 +574,7 @@ fn wasm_plugin(name: &str, digest: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let cp_proc = control(&data, "127.0.0.1:0");
@@ -647,13 +647,7 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     let swapped = converged(cp, &op, 3, Duration::from_secs(10)).await;
     let (_, headers, _) = read(
         h1_client()
-            .request(
-                Request::builder()
-                    .uri(format!("http://{}/charge", orders.addr("outbound")))
-                    .header("host", "payments")
-                    .body(full(""))
-                    .expect("request"),
-            )
+            .request(charge(orders.addr("outbound")))
             .await
             .expect("answered"),
     )

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{App, Behaviour, Resetter, full, h1_client, read};
-use weft::proxy::{Sidecar, SidecarConfig};
+use weft::proxy::Sidecar;
 use weft::snapshot::Snapshot;
 
 /// An app with its sidecar.
@@ -23,7 +23,7 @@ struct Pod {
 
 async fn pod(service: &str, name: &str, behaviour: Behaviour) -> Pod {
     let app = App::start_with(name, behaviour).await;
-    let sidecar = Sidecar::start(SidecarConfig::local(service, app.addr))
+    let sidecar = Sidecar::start(support::sidecar_config(service, app.addr))
         .await
         .expect("sidecar");
     Pod { app, sidecar }
@@ -52,7 +52,7 @@ fn snapshot(service: &str, endpoints: Vec<Value>, plugins: Value) -> Snapshot {
 /// A caller's sidecar (`orders`, whose own app is never called) with `snapshot` applied.
 async fn caller(snapshot: Snapshot) -> Sidecar {
     let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
-    let sidecar = Sidecar::start(SidecarConfig::local("orders", nowhere))
+    let sidecar = Sidecar::start(support::sidecar_config("orders", nowhere))
         .await
         .expect("sidecar");
     sidecar.apply(snapshot).await.expect("applies");

@@ -7,7 +7,7 @@ use http::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::{App, full, h1_client, read};
-use weft::proxy::{Sidecar, SidecarConfig};
+use weft::proxy::Sidecar;
 use weft::snapshot::Snapshot;
 
 /// One app with its sidecar (inbound side in use).
@@ -18,7 +18,7 @@ struct Pod {
 
 async fn pod(service: &str, name: &str) -> Pod {
     let app = App::start(name).await;
-    let sidecar = Sidecar::start(SidecarConfig::local(service, app.addr))
+    let sidecar = Sidecar::start(support::sidecar_config(service, app.addr))
         .await
         .expect("sidecar");
     Pod { app, sidecar }
@@ -27,7 +27,7 @@ async fn pod(service: &str, name: &str) -> Pod {
 /// The caller's sidecar, with a snapshot that names `payments` endpoints.
 async fn orders(snapshot: serde_json::Value) -> Sidecar {
     let app = SocketAddr::from(([127, 0, 0, 1], 9)); // orders' own app is not called here
-    let sidecar = Sidecar::start(SidecarConfig::local("orders", app))
+    let sidecar = Sidecar::start(support::sidecar_config("orders", app))
         .await
         .expect("sidecar");
     let snapshot: Snapshot = serde_json::from_value(snapshot).expect("snapshot");
@@ -394,7 +394,7 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
     )
     .await;
     assert!(String::from_utf8_lossy(&config).contains("\"test-1\""));
-    let unready = Sidecar::start(SidecarConfig::local("x", v1.app.addr))
+    let unready = Sidecar::start(support::sidecar_config("x", v1.app.addr))
         .await
         .expect("sidecar");
     let req = Request::builder()

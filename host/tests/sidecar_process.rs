@@ -29,7 +29,7 @@ fn start(dir: &Path, name: &str, app: SocketAddr, snapshot: serde_json::Value) -
     let bootstrap = serde_json::json!({
         "service": name, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
         "admin": "127.0.0.1:0", "app": app.to_string(), "snapshot": format!("{name}-snapshot.json"),
-        "drainTimeout": "5s",
+        "drainTimeout": "5s", "pluginDeadline": "1s",
     });
     std::fs::write(dir.join(format!("{name}.json")), bootstrap.to_string()).expect("write");
     std::fs::write(

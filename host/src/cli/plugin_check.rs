@@ -44,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     spec.limits = Limits {
         deadline: Duration::from_millis(args.deadline_ms),
         memory_bytes: args.memory_mib << 20,
+        ..Limits::default()
     };
     let plugin = runtime.prepare(&compiled, spec)?;
     let hooks = plugin.hooks();

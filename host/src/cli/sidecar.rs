@@ -43,6 +43,9 @@ struct Bootstrap {
     replay_limit: Option<usize>,
     #[serde(default)]
     drain_timeout: Option<String>,
+    /// Longest a plugin hook call may run (`"10ms"`).
+    #[serde(default)]
+    plugin_deadline: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
 }
@@ -81,6 +84,13 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
             Duration::from_secs(10)
         }
     };
+    let mut plugin_limits = weft::plugin::Limits::default();
+    match b.plugin_deadline.as_deref().map(parse_duration) {
+        None => {}
+        Some(Ok(d)) if !d.is_zero() => plugin_limits.deadline = d,
+        Some(Ok(_)) => errors.push("pluginDeadline: must be above zero".into()),
+        Some(Err(e)) => errors.push(format!("pluginDeadline: {e}")),
+    }
     if b.service.is_empty() {
         errors.push("service: must not be empty".into());
     }
@@ -99,6 +109,7 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
         drain_timeout,
         base_dir: base.to_path_buf(),
         artifact_dir: PathBuf::from("artifacts"),
+        plugin_limits,
         runtime: RuntimeConfig {
             cache_dir: b.cache_dir.map(|d| base.join(d)),
             // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).

@@ -28,6 +28,10 @@ use wasmtime::{Engine, Store, Trap};
 pub struct Limits {
     /// Longest a single hook call may run.
     pub deadline: Duration,
+    /// Longest instantiation plus `configure` may run: once per instance, compiling what the
+    /// config says (a canary's regexes), so it gets more room than a hook; still bounded so
+    /// a `configure` that loops cannot hang a snapshot.
+    pub setup_deadline: Duration,
     /// Most linear memory an instance may hold.
     pub memory_bytes: usize,
 }
@@ -36,6 +40,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline: Duration::from_millis(10),
+            setup_deadline: Duration::from_secs(1),
             memory_bytes: 16 << 20,
         }
     }
@@ -105,6 +110,7 @@ pub struct Plugin {
     services: Arc<Services>,
     stats: PluginStats,
     deadline_ticks: u64,
+    setup_ticks: u64,
     pool: Mutex<Vec<Instance>>,
     failures_hint: AtomicU32,
     crash: Mutex<CrashState>,
@@ -140,6 +146,7 @@ impl Plugin {
             key,
             digest,
             deadline_ticks: deadline_ticks(spec.limits.deadline),
+            setup_ticks: deadline_ticks(spec.limits.setup_deadline.max(spec.limits.deadline)),
             scope: spec
                 .routes
                 .iter()
@@ -224,13 +231,13 @@ impl Plugin {
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|ctx| &mut ctx.memory);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(self.setup_ticks);
         let start = Instant::now();
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| StartError::Failed(classify(&e, &store, "instantiate")))?;
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(self.setup_ticks);
         let configured = bindings
             .weft_filter_filter()
             .call_configure(&mut store, &self.spec.config);

@@ -62,6 +62,8 @@ pub struct SidecarConfig {
     pub artifact_dir: PathBuf,
     /// The plugin runtime's settings.
     pub runtime: RuntimeConfig,
+    /// Deadline and memory cap of every plugin call.
+    pub plugin_limits: crate::plugin::Limits,
 }
 
 impl SidecarConfig {
@@ -79,6 +81,7 @@ impl SidecarConfig {
             base_dir: PathBuf::from("."),
             artifact_dir: PathBuf::from("artifacts"),
             runtime: RuntimeConfig::default(),
+            plugin_limits: crate::plugin::Limits::default(),
         }
     }
 }
@@ -193,6 +196,7 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     base_dir: PathBuf,
     artifact_dir: PathBuf,
+    plugin_limits: crate::plugin::Limits,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
@@ -297,6 +301,7 @@ impl Sidecar {
             inbound: in_addr,
             admin: admin_addr,
             artifact_dir: config.base_dir.join(&config.artifact_dir),
+            plugin_limits: config.plugin_limits,
             base_dir: config.base_dir,
             shutdown,
             tasks,
@@ -311,14 +316,19 @@ impl Sidecar {
         let inputs = self.inputs.clone();
         let base = self.base_dir.clone();
         let artifacts = self.artifact_dir.clone();
+        let limits = self.plugin_limits;
         let built = tokio::task::spawn_blocking(move || {
+            let sources = routes::PluginSources {
+                base_dir: &base,
+                artifact_dir: &artifacts,
+                limits,
+            };
             routes::build(
                 snapshot,
                 &inputs.runtime,
                 &inputs.table,
                 &inputs.metrics,
-                &base,
-                &artifacts,
+                &sources,
             )
         })
         .await

@@ -4,7 +4,7 @@
 
 use super::metrics::{ProxyMetrics, RouteMetrics};
 use crate::endpoints::{Endpoint, EndpointTable, endpoint_id};
-use crate::plugin::{Artifact, Chain, PluginRuntime, PluginSpec};
+use crate::plugin::{Artifact, Chain, Limits, PluginRuntime, PluginSpec};
 use crate::snapshot::{Rejected, Snapshot, builtin_bytes, parse_duration};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -60,6 +60,16 @@ impl Routes {
     }
 }
 
+/// Where a snapshot's plugins come from and the limits they run under.
+pub struct PluginSources<'a> {
+    /// Relative `file` paths are resolved here.
+    pub base_dir: &'a Path,
+    /// Stored artifacts are `<sha256>.wasm` here.
+    pub artifact_dir: &'a Path,
+    /// Deadline and memory cap of every plugin.
+    pub limits: Limits,
+}
+
 /// Compiles a snapshot: validates it, loads every plugin (files relative to `base_dir`, stored
 /// artifacts as `<sha256>.wasm` in `artifact_dir`), and only when all of that succeeded,
 /// updates the endpoint table.
@@ -68,9 +78,13 @@ pub fn build(
     runtime: &PluginRuntime,
     table: &EndpointTable,
     metrics: &ProxyMetrics,
-    base_dir: &Path,
-    artifact_dir: &Path,
+    sources: &PluginSources<'_>,
 ) -> Result<Routes, Rejected> {
+    let PluginSources {
+        base_dir,
+        artifact_dir,
+        limits,
+    } = *sources;
     snapshot.validate()?;
     let mut errors = Vec::new();
     let mut chains = HashMap::new();
@@ -85,6 +99,7 @@ pub fn build(
             let mut spec = PluginSpec::new(p.name.clone(), config);
             spec.fail_strategy = p.fail_strategy;
             spec.routes = p.routes.clone();
+            spec.limits = limits;
             let path;
             let mut expected = p.sha256.as_deref();
             let artifact = match (&p.builtin, &p.file, &p.artifact) {

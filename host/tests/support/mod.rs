@@ -34,6 +34,15 @@ pub struct Seen {
     pub body_complete: Option<bool>,
 }
 
+/// A loopback sidecar config for tests: plugin calls get 1 s rather than 10 ms, because the
+/// deadline is wall-clock and a test machine running several sidecars on 2 cores can preempt
+/// a call past 10 ms; tests about the deadline set their own.
+pub fn sidecar_config(service: &str, app: SocketAddr) -> weft::proxy::SidecarConfig {
+    let mut c = weft::proxy::SidecarConfig::local(service, app);
+    c.plugin_limits.deadline = Duration::from_secs(1);
+    c
+}
+
 /// How an app answers besides its paths.
 #[derive(Clone, Default)]
 pub enum Behaviour {
