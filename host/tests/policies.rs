@@ -111,19 +111,6 @@ fn failures(statuses: &[StatusCode]) -> usize {
     statuses.iter().filter(|s| !s.is_success()).count()
 }
 
-async fn scrape(sidecar: &Sidecar) -> String {
-    let resp = h1_client()
-        .request(
-            Request::builder()
-                .uri(format!("http://{}/metrics", sidecar.admin))
-                .body(full(""))
-                .expect("request"),
-        )
-        .await
-        .expect("metrics");
-    String::from_utf8_lossy(&read(resp).await.2).into_owned()
-}
-
 /// The value of the sample `name` whose labels include every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
@@ -330,7 +317,7 @@ async fn an_endpoint_answering_only_5xx_is_ejected_returns_and_is_ejected_longer
     assert_eq!(bad_seen(), 15, "back after 2 s");
     assert_eq!(good.app.failed.load(Ordering::SeqCst), 0);
 
-    let metrics = scrape(&orders).await;
+    let metrics = support::scrape(&orders).await;
     assert_eq!(
         sample(&metrics, "outlier_ejections_total", &[]),
         Some(3.0),
@@ -482,7 +469,7 @@ async fn telemetry_shows_on_metrics_with_istio_labels_and_counts() {
     fire(orders.outbound, 2, 1, "/status/503", &[]).await;
     // on-done runs as the response body ends; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = scrape(&orders).await;
+    let m = support::scrape(&orders).await;
     let route = [
         ("source_workload", "orders"),
         ("destination_service", "payments"),
@@ -620,7 +607,7 @@ async fn fault_injection_aborts_delays_and_times_out_end_to_end() {
         "took {took:?}"
     );
     assert_eq!(app.app.seen().len(), 1, "a timed-out delay calls no app");
-    let m = scrape(&orders).await;
+    let m = support::scrape(&orders).await;
     assert_eq!(
         sample(
             &m,

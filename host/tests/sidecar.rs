@@ -172,7 +172,7 @@ async fn an_endpoint_that_refuses_connections_is_retried_then_reported() {
     let (status, _, body) = call(orders.outbound, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&body).contains("upstream connect error"));
-    let metrics = scrape(&orders).await;
+    let metrics = support::scrape(&orders).await;
     assert!(
         metrics.contains(
             "weft_upstream_attempts_total{outcome=\"connect_failure\",service=\"payments\"} 3"
@@ -329,19 +329,6 @@ async fn drain_finishes_calls_in_flight_and_refuses_new_ones() {
     );
 }
 
-async fn scrape(sidecar: &Sidecar) -> String {
-    let resp = h1_client()
-        .request(
-            Request::builder()
-                .uri(format!("http://{}/metrics", sidecar.admin))
-                .body(full(""))
-                .expect("req"),
-        )
-        .await
-        .expect("metrics");
-    String::from_utf8_lossy(&read(resp).await.2).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
     let (v1, orders) = one_pod(
@@ -352,7 +339,7 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
     for _ in 0..3 {
         call(orders.outbound, "/").await;
     }
-    let metrics = scrape(&orders).await;
+    let metrics = support::scrape(&orders).await;
     assert!(
         metrics.contains(
             "weft_requests_total{code=\"200\",direction=\"outbound\",service=\"payments\"} 3"

@@ -317,3 +317,17 @@ pub async fn read(resp: Response<Incoming>) -> (StatusCode, http::HeaderMap, Byt
         .unwrap_or_default();
     (parts.status, parts.headers, bytes)
 }
+
+/// A sidecar's `/metrics` text.
+pub async fn scrape(sidecar: &weft::proxy::Sidecar) -> String {
+    let resp = h1_client()
+        .request(
+            Request::builder()
+                .uri(format!("http://{}/metrics", sidecar.admin))
+                .body(full(""))
+                .expect("request"),
+        )
+        .await
+        .expect("metrics");
+    String::from_utf8_lossy(&read(resp).await.2).into_owned()
+}
