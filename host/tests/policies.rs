@@ -278,7 +278,7 @@ async fn an_endpoint_answering_only_5xx_is_ejected_returns_and_is_ejected_longer
     let good = pod("payments", "good", Behaviour::Paths).await;
     let bad = pod("payments", "bad", Behaviour::Always(503)).await;
     let outlier = json!({"name": "outlier", "builtin": "outlier", "config": {
-        "consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "1s",
+        "consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "2s",
         "maxEjectionPercent": 100}});
     let orders = caller(snapshot(
         "payments",
@@ -296,25 +296,25 @@ async fn an_endpoint_answering_only_5xx_is_ejected_returns_and_is_ejected_longer
     sequential(orders.outbound, 30).await;
     assert_eq!(bad_seen(), 5, "no traffic while ejected");
 
-    // Base ejection time (1 s) passed: back in service, and ejected again after five more,
-    // now for 2 × base.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Base ejection time (2 s; roomy, as a loaded machine slows the calls) passed: back in
+    // service, and ejected again after five more, now for 2 × base.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     sequential(orders.outbound, 60).await;
     assert_eq!(
         bad_seen(),
         10,
-        "back after 1 s, ejected again after five errors"
+        "back after 2 s, ejected again after five errors"
     );
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
     sequential(orders.outbound, 30).await;
     assert_eq!(
         bad_seen(),
         10,
         "the second ejection lasts longer than the first"
     );
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     sequential(orders.outbound, 60).await;
-    assert_eq!(bad_seen(), 15, "back after 2 s");
+    assert_eq!(bad_seen(), 15, "back after 4 s");
     assert_eq!(good.app.failed.load(Ordering::SeqCst), 0);
 
     let metrics = support::scrape(&orders).await;
