@@ -5,6 +5,7 @@
 //! - [`control`]: the control plane's core: Istio resources compiled into per-sidecar snapshots.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
+//! - [`identity`]: mesh identity: SPIFFE IDs, the CA, workload certificates, mTLS configs.
 //! - [`proxy`]: the sidecar data plane (listeners, routing, load balancing, retries).
 //! - [`snapshot`]: the routing snapshot a sidecar applies.
 //! - [`random`]: fast per-thread random numbers shared by the proxy and the plugin host.
@@ -13,6 +14,7 @@
 
 pub mod control;
 pub mod endpoints;
+pub mod identity;
 pub mod plugin;
 pub mod proxy;
 pub mod random;

@@ -1,0 +1,25 @@
+//! Mesh identity (issue 6): SPIFFE IDs, the mesh CA, the workload's key and rotating
+//! certificate, and the rustls configs for mTLS between sidecars.
+//!
+//! A library so far: neither the proxy nor the control plane uses it yet.
+//!
+//! - [`spiffe`]: `SpiffeId` parse/format, reading the SPIFFE ID out of a certificate.
+//! - [`ca`]: `Ca`: root generation, persistence and rotation; signing CSRs for a proven identity.
+//! - [`workload`]: the sidecar's key, CSR and current certificate (`ArcSwap`); renewal time.
+//! - [`tls`]: server and client configs (TLS 1.3, ALPN h2, SPIFFE checks), `TrustBundle`.
+
+pub mod ca;
+pub mod spiffe;
+pub mod tls;
+pub mod workload;
+
+#[cfg(test)]
+mod tests;
+
+pub use ca::{Ca, CaError, Clock, DEFAULT_LIFETIME, IssuedCert, system_clock};
+pub use spiffe::{SanError, SpiffeError, SpiffeId};
+pub use tls::{
+    PeerAuthMode, TlsError, TrustBundle, caller_identity, client_config, looks_like_tls,
+    peer_identity, server_config, server_name,
+};
+pub use workload::{PendingKey, Workload, WorkloadError, renew_at};

@@ -1,0 +1,353 @@
+//! rustls configurations for mTLS between sidecars: TLS 1.3 only, ALPN `h2`, the `ring`
+//! provider passed to every builder (no process-wide default is assumed or installed).
+//!
+//! Certificates are read per handshake from the [`Workload`]'s `ArcSwap` and roots from the
+//! [`TrustBundle`]'s, so a rotated certificate or bundle takes effect on the next handshake
+//! without rebuilding configs. Session resumption is off on both sides: a resumed session
+//! skips certificate verification, which would let a connection outlive a retired root or an
+//! expired certificate; pooled HTTP/2 connections amortise full handshakes instead.
+
+use super::spiffe::SpiffeId;
+use super::workload::Workload;
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
+    OtherError, RootCertStore, ServerConfig, SignatureScheme,
+};
+use std::sync::{Arc, OnceLock};
+
+/// The ALPN protocol sidecars speak to each other.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Why a TLS config or bundle could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The trust bundle is not PEM certificates, is empty, or holds an unusable root.
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    /// rustls refused the configuration.
+    #[error("TLS config: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Inbound peer authentication, as Istio's `PeerAuthentication` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAuthMode {
+    /// Callers must present a certificate chaining to the bundle.
+    Strict,
+    /// Callers may present one; without one they have no identity (and plaintext is accepted
+    /// by the listener, see [`looks_like_tls`]).
+    Permissive,
+}
+
+/// The ring provider with TLS 1.3 suites only, shared by every config.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = rustls::crypto::ring::default_provider();
+            p.cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13);
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// Whether a connection's first byte starts a TLS handshake (a handshake record, 0x16), for a
+/// PERMISSIVE listener deciding between TLS and plaintext.
+pub fn looks_like_tls(first: u8) -> bool {
+    first == 0x16
+}
+
+/// The roots a workload trusts, replaceable while configs built on it are in use.
+#[derive(Debug)]
+pub struct TrustBundle {
+    state: ArcSwap<BundleState>,
+}
+
+#[derive(Debug)]
+struct BundleState {
+    roots: Arc<RootCertStore>,
+    // Built once per bundle, not per handshake.
+    clients: Arc<dyn ClientCertVerifier>,
+}
+
+impl TrustBundle {
+    /// A bundle from PEM roots (the CA's `bundle()`).
+    pub fn from_pem(pem: &str) -> Result<TrustBundle, TlsError> {
+        Ok(TrustBundle {
+            state: ArcSwap::from_pointee(bundle_state(pem)?),
+        })
+    }
+
+    /// Replaces the roots; handshakes from now on use the new ones.
+    pub fn update(&self, pem: &str) -> Result<(), TlsError> {
+        self.state.store(Arc::new(bundle_state(pem)?));
+        Ok(())
+    }
+}
+
+fn bundle_state(pem: &str) -> Result<BundleState, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Bundle(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Bundle(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Bundle("no certificate in the PEM".into()));
+    }
+    let roots = Arc::new(roots);
+    // Whether a certificate is required is decided by the wrapper (per mode), not here.
+    let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Bundle(e.to_string()))?;
+    Ok(BundleState { roots, clients })
+}
+
+/// The inbound listener's config: presents the workload's current certificate, verifies a
+/// caller's against the bundle (required in `Strict`, optional in `Permissive`).
+pub fn server_config(
+    workload: Arc<Workload>,
+    bundle: Arc<TrustBundle>,
+    mode: PeerAuthMode,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = MeshClientVerifier {
+        bundle,
+        mandatory: mode == PeerAuthMode::Strict,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(CurrentCert(workload)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The outbound config for calls to `expected_server`: presents the workload's current
+/// certificate and accepts only a server chaining to the bundle whose SPIFFE ID is
+/// `expected_server` (DNS names are ignored: mesh identities are URI SANs).
+pub fn client_config(
+    workload: Arc<Workload>,
+    bundle: Arc<TrustBundle>,
+    expected_server: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = MeshServerVerifier {
+        bundle,
+        expected: expected_server,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(CurrentCert(workload)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.resumption = Resumption::disabled();
+    // The server name means nothing to the mesh; don't announce it in clear text.
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// The name to pass to `TlsConnector::connect`: the API wants one, but verification ignores
+/// it (identities are SPIFFE IDs) and SNI is off, so any fixed name does.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+/// The peer's SPIFFE ID on an established connection (either side); `None` if it presented no
+/// certificate (PERMISSIVE) or, which the verifiers prevent, one without a SPIFFE ID.
+pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
+    let leaf = conn.peer_certificates()?.first()?;
+    SpiffeId::from_cert_der(leaf).ok()
+}
+
+/// The caller's SPIFFE ID on an accepted inbound stream.
+pub fn caller_identity<IO>(stream: &tokio_rustls::server::TlsStream<IO>) -> Option<SpiffeId> {
+    peer_identity(stream.get_ref().1)
+}
+
+/// Presents the workload's current certificate, read at each handshake.
+#[derive(Debug)]
+struct CurrentCert(Arc<Workload>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|c| c.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.current().is_some()
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// The server's identity is not the destination's.
+#[derive(Debug, thiserror::Error)]
+#[error("server is {presented}, expected {expected}")]
+struct WrongServer {
+    expected: String,
+    presented: String,
+}
+
+/// Verifies callers against the current bundle and requires their certificate to carry a
+/// SPIFFE ID.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    bundle: Arc<TrustBundle>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Sidecars hold one certificate each; hints would only advertise the roots.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.bundle
+            .state
+            .load()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)?;
+        SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies the server's chain against the current bundle (webpki, no name check) and that
+/// its SPIFFE ID is the destination's.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    bundle: Arc<TrustBundle>,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.bundle.state.load().roots,
+            intermediates,
+            now,
+            provider().signature_verification_algorithms.all,
+        )?;
+        let presented = SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
+        if presented != self.expected {
+            return Err(invalid(WrongServer {
+                expected: self.expected.to_string(),
+                presented: presented.to_string(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
