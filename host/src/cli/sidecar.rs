@@ -110,6 +110,7 @@ fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
         base_dir: base.to_path_buf(),
         artifact_dir: PathBuf::from("artifacts"),
         plugin_limits,
+        mtls: None,
         runtime: RuntimeConfig {
             cache_dir: b.cache_dir.map(|d| base.join(d)),
             // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).

@@ -39,6 +39,27 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Mutual TLS between sidecars: who this sidecar is, whom it trusts, and whether its inbound
+/// listener still accepts plaintext.
+#[derive(Clone)]
+pub struct Mtls {
+    /// This sidecar's identity and its rotating certificate.
+    pub workload: Arc<crate::identity::Workload>,
+    /// The roots a peer's certificate must chain to.
+    pub bundle: Arc<crate::identity::TrustBundle>,
+    /// `Strict` refuses plaintext on the inbound listener; `Permissive` accepts both.
+    pub mode: crate::identity::PeerAuthMode,
+}
+
+impl std::fmt::Debug for Mtls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mtls")
+            .field("identity", &self.workload.id().to_string())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
 /// How a sidecar is set up.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
@@ -64,6 +85,8 @@ pub struct SidecarConfig {
     pub runtime: RuntimeConfig,
     /// Deadline and memory cap of every plugin call.
     pub plugin_limits: crate::plugin::Limits,
+    /// Mutual TLS between sidecars; none for plaintext HTTP/2 (h2c).
+    pub mtls: Option<Mtls>,
 }
 
 impl SidecarConfig {
@@ -82,6 +105,7 @@ impl SidecarConfig {
             artifact_dir: PathBuf::from("artifacts"),
             runtime: RuntimeConfig::default(),
             plugin_limits: crate::plugin::Limits::default(),
+            mtls: None,
         }
     }
 }
