@@ -112,6 +112,16 @@ impl EndpointTable {
         self.endpoints.write().retain(|id, _| keep.contains(id));
     }
 
+    /// The service of the endpoint at `address`; the first by id if several share it.
+    pub fn service_at(&self, address: &str) -> Option<Arc<str>> {
+        // A scan, but only per new upstream connection (pooled), never per request.
+        self.endpoints
+            .read()
+            .values()
+            .find(|e| &*e.address == address)
+            .map(|e| e.service.clone())
+    }
+
     /// One endpoint.
     pub fn get(&self, id: u64) -> Option<Arc<Endpoint>> {
         self.endpoints.read().get(&id).cloned()

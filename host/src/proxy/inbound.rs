@@ -5,12 +5,15 @@ use super::body::{self, ProxyBody};
 use super::headers;
 use super::outbound::FORWARDED_HOST;
 use super::{Inputs, Peer, local_response};
-use http::header::HOST;
+use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The caller's identity for the app, as Istio's sidecars forward it (`By=<us>;URI=<caller>`).
+pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Handles one request from a peer sidecar.
 pub async fn handle(
@@ -22,6 +25,12 @@ pub async fn handle(
     let (mut parts, incoming) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
+    // Only mTLS vouches for a caller: whatever arrived in the header is dropped (a caller must
+    // not forge it), and it is set only from the connection's authenticated identity.
+    parts.headers.remove(FORWARDED_CLIENT_CERT);
+    if let Some(xfcc) = &peer.xfcc {
+        parts.headers.insert(FORWARDED_CLIENT_CERT, xfcc.clone());
+    }
     if let Some(host) = parts.headers.remove(FORWARDED_HOST) {
         parts.headers.insert(HOST, host);
     }

@@ -67,6 +67,8 @@ pub struct ProxyMetrics {
     pub pool_open: IntGaugeVec,
     /// Upstream connection attempts that failed, by pool.
     pub pool_failed: IntCounterVec,
+    /// Inbound connections closed before serving for want of an acceptable TLS handshake.
+    pub tls_refused: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -152,6 +154,14 @@ impl ProxyMetrics {
             ),
             &["pool"],
         )?;
+        let tls_refused = IntCounterVec::new(
+            Opts::new(
+                "weft_inbound_tls_refused_total",
+                "Inbound connections refused under mTLS, by reason (plaintext: not TLS under STRICT; handshake: TLS failed, e.g. an untrusted or missing certificate; timeout).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(tls_refused.clone()))?;
         registry.register(Box::new(pool_opened.clone()))?;
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(pool_failed.clone()))?;
@@ -169,6 +179,7 @@ impl ProxyMetrics {
             pool_opened,
             pool_open,
             pool_failed,
+            tls_refused,
         })
     }
 }

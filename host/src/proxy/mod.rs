@@ -2,8 +2,9 @@
 //! and an admin listener, all on one multi-threaded Tokio runtime, with the plugin chain run at
 //! the points of a call and the routing state swapped atomically when a snapshot arrives.
 //!
-//! Between sidecars calls travel as HTTP/2 (h2c for now; the transport is the `peers` client,
-//! where TLS slots in) over pooled, multiplexed connections.
+//! Between sidecars calls travel as HTTP/2 over pooled, multiplexed connections: h2c, or with
+//! [`Mtls`] configured, mutual TLS (the `peers` client's [`pool::PeerConnector`] and the inbound
+//! listener's handshake in [`serve`]).
 
 pub mod admin;
 pub mod balance;
@@ -29,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics::ProxyMetrics;
-use pool::CountingConnector;
+use pool::{CountingConnector, PeerConnector};
 use prometheus::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -135,7 +136,7 @@ pub struct Inputs {
     /// The plugin runtime.
     pub runtime: Arc<PluginRuntime>,
     /// Client to peer sidecars (HTTP/2, pooled).
-    pub peers: Client<CountingConnector, ProxyBody>,
+    pub peers: Client<CountingConnector<PeerConnector>, ProxyBody>,
     /// Client to the local app (HTTP/1.1, pooled).
     pub app: Client<CountingConnector, ProxyBody>,
     /// Metrics.
@@ -167,6 +168,36 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its IP as an `x-forwarded-for` element, formatted once per connection.
     pub forwarded: http::HeaderValue,
+    /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
+    pub identity: Option<crate::identity::SpiffeId>,
+    /// The `x-forwarded-client-cert` value for its requests (`By=<us>;URI=<it>`), formatted once
+    /// per connection; none without an authenticated identity.
+    pub xfcc: Option<http::HeaderValue>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, identity: Option<crate::identity::SpiffeId>, us: &str) -> Peer {
+        let xfcc = identity.as_ref().and_then(|id| {
+            // SPIFFE IDs are validated to URI-safe characters, so this never fails in practice.
+            http::HeaderValue::from_str(&format!("By={us};URI={id}")).ok()
+        });
+        Peer {
+            addr,
+            forwarded: headers::forwarded_value(addr.ip()),
+            identity,
+            xfcc,
+        }
+    }
+}
+
+/// How long an inbound connection may take to show its first byte and finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The inbound listener's TLS: the acceptor and whether plaintext is still accepted.
+#[derive(Clone)]
+struct InboundTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    mode: crate::identity::PeerAuthMode,
 }
 
 /// A socket address as a URI authority.
@@ -207,6 +238,9 @@ pub enum SidecarError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The mTLS configuration could not be built.
+    #[error("mTLS: {0}")]
+    Tls(#[from] crate::identity::TlsError),
 }
 
 /// A running sidecar.
@@ -237,16 +271,37 @@ impl Sidecar {
             table.clone(),
         )?);
         let metrics = ProxyMetrics::register(&registry)?;
-        let identity = format!("spiffe://weft.local/ns/default/sa/{}", config.service);
+        let identity = match &config.mtls {
+            Some(m) => m.workload.id().to_string(),
+            None => format!("spiffe://weft.local/ns/default/sa/{}", config.service),
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let (peer_connector, inbound_tls) = match &config.mtls {
+            None => (PeerConnector::plain(connector.clone()), None),
+            Some(m) => {
+                let server =
+                    crate::identity::server_config(m.workload.clone(), m.bundle.clone(), m.mode)?;
+                let tls = InboundTls {
+                    acceptor: tokio_rustls::TlsAcceptor::from(server),
+                    mode: m.mode,
+                };
+                let peers = PeerConnector::mtls(
+                    connector.clone(),
+                    m.workload.clone(),
+                    m.bundle.clone(),
+                    table.clone(),
+                );
+                (peers, Some(tls))
+            }
+        };
         let peers = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(CountingConnector::new(
-                connector.clone(),
+                peer_connector,
                 metrics.pool("peers"),
             ));
         let app = Client::builder(TokioExecutor::new())
@@ -296,6 +351,7 @@ impl Sidecar {
             tokio::spawn(serve(
                 outbound,
                 "outbound",
+                None,
                 inputs.clone(),
                 watch_rx.clone(),
                 drain,
@@ -304,6 +360,7 @@ impl Sidecar {
             tokio::spawn(serve(
                 inbound,
                 "inbound",
+                inbound_tls,
                 inputs.clone(),
                 watch_rx.clone(),
                 drain,
@@ -312,6 +369,7 @@ impl Sidecar {
             tokio::spawn(serve(
                 admin,
                 "admin",
+                None,
                 inputs.clone(),
                 watch_rx,
                 drain,
@@ -390,10 +448,13 @@ impl Sidecar {
 }
 
 /// Accepts connections until shutdown, then drains them within `drain`; each request goes to
-/// `handler` with the shared inputs and the peer.
+/// `handler` with the shared inputs and the peer. With `tls`, each connection first passes the
+/// TLS handshake (or, PERMISSIVE, may be plaintext), in its own task so a slow handshake never
+/// holds up the accept loop.
 async fn serve<F, Fut>(
     listener: TcpListener,
     name: &'static str,
+    tls: Option<InboundTls>,
     inputs: Arc<Inputs>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
@@ -422,14 +483,38 @@ async fn serve<F, Fut>(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = inputs.clone();
-                let who = Arc::new(Peer { addr: peer, forwarded: headers::forwarded_value(peer.ip()) });
-                let svc = service_fn(move |req| handler(shared.clone(), req, who.clone()));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                // Taken before the task starts, so a shutdown meanwhile still reaches it.
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 let gauge = gauge.clone();
                 gauge.inc();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let us = shared.settings.identity.clone();
+                    let result = match tls {
+                        None => {
+                            let who = Arc::new(Peer::new(peer, None, &us));
+                            serve_connection(&builder, watcher, stream, shared, who, handler).await
+                        }
+                        Some(tls) => match accept_tls(&tls, stream).await {
+                            Ok(Accepted::Plain(stream)) => {
+                                let who = Arc::new(Peer::new(peer, None, &us));
+                                serve_connection(&builder, watcher, stream, shared, who, handler).await
+                            }
+                            Ok(Accepted::Tls(stream)) => {
+                                let caller = crate::identity::caller_identity(&stream);
+                                let who = Arc::new(Peer::new(peer, caller, &us));
+                                serve_connection(&builder, watcher, *stream, shared, who, handler).await
+                            }
+                            Ok(Accepted::Closed) => Ok(()),
+                            Err(refused) => {
+                                tracing::debug!(listener = name, %peer, reason = refused.reason, "connection refused: {}", refused.detail);
+                                shared.metrics.tls_refused.with_label_values(&[refused.reason]).inc();
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(listener = name, %peer, "connection ended: {e}");
                     }
                     gauge.dec();
@@ -443,4 +528,82 @@ async fn serve<F, Fut>(
         _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, "drain timeout: closing remaining connections"),
     }
+}
+
+/// Serves HTTP (1.1 or 2) on one accepted connection until it ends or the drain closes it.
+async fn serve_connection<I, F, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    inputs: Arc<Inputs>,
+    who: Arc<Peer>,
+    handler: F,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Arc<Inputs>, http::Request<Incoming>, Arc<Peer>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let svc = service_fn(move |req| handler(inputs.clone(), req, who.clone()));
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    watcher.watch(conn).await
+}
+
+/// An inbound connection past the TLS gate.
+enum Accepted {
+    /// Authenticated (or, PERMISSIVE, anonymous) TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    /// Plaintext, which only PERMISSIVE lets through.
+    Plain(tokio::net::TcpStream),
+    /// The caller left before sending a byte.
+    Closed,
+}
+
+/// Why an inbound connection was refused, as the metric's `reason` label and a detail to log.
+struct Refused {
+    reason: &'static str,
+    detail: String,
+}
+
+/// Sniffs the first byte (without consuming it) and runs the TLS handshake, all within
+/// [`TLS_HANDSHAKE_TIMEOUT`].
+async fn accept_tls(tls: &InboundTls, stream: tokio::net::TcpStream) -> Result<Accepted, Refused> {
+    let gate = async {
+        let mut first = [0u8; 1];
+        let n = stream.peek(&mut first).await.map_err(|e| Refused {
+            reason: "handshake",
+            detail: e.to_string(),
+        })?;
+        if n == 0 {
+            return Ok(Accepted::Closed);
+        }
+        if !crate::identity::looks_like_tls(first[0]) {
+            return match tls.mode {
+                crate::identity::PeerAuthMode::Permissive => Ok(Accepted::Plain(stream)),
+                // Closed without a TLS alert: the caller is not speaking TLS anyway.
+                crate::identity::PeerAuthMode::Strict => Err(Refused {
+                    reason: "plaintext",
+                    detail: "not a TLS handshake under STRICT mTLS".into(),
+                }),
+            };
+        }
+        tls.acceptor
+            .accept(stream)
+            .await
+            .map(|s| Accepted::Tls(Box::new(s)))
+            .map_err(|e| Refused {
+                reason: "handshake",
+                detail: e.to_string(),
+            })
+    };
+    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, gate)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refused {
+                reason: "timeout",
+                detail: format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+            })
+        })
 }
