@@ -1,4 +1,5 @@
-//! `weft control`: run the control plane on a data directory until SIGTERM or Ctrl-C.
+//! `weft control`: run the control plane (and mesh CA) on a data directory until SIGTERM or
+//! Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,12 @@ pub struct Args {
     /// How long a sidecar whose stream dropped stays registered (`10s`).
     #[arg(long, default_value = "10s")]
     lease: String,
+    /// The SPIFFE trust domain of the mesh's workload certificates.
+    #[arg(long, default_value = weft::control::server::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// How long a workload certificate is valid (`24h`; `30s` for tests of renewal).
+    #[arg(long, default_value = "24h")]
+    cert_lifetime: String,
 }
 
 /// Runs `weft control`.
@@ -24,6 +31,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ControlConfig::new(args.data.clone());
     config.listen = args.listen;
     config.lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;
+    config.trust_domain = args.trust_domain.clone();
+    config.cert_lifetime =
+        parse_duration(&args.cert_lifetime).map_err(|e| anyhow::anyhow!("--cert-lifetime: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

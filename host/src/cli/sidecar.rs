@@ -1,6 +1,7 @@
 //! `weft sidecar`: run the data plane from a bootstrap file — with a snapshot file, a control
 //! plane to watch, or both (the file serves until the first push) — until SIGTERM or Ctrl-C,
-//! then drain.
+//! then drain. With `"mtls"`, it first gets its certificate from the control plane and keeps
+//! renewing it.
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -8,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weft::control::client::WatchConfig;
+use weft::identity::PeerAuthMode;
 use weft::plugin::{Compiler, RuntimeConfig};
-use weft::proxy::{Sidecar, SidecarConfig};
+use weft::proxy::{Mtls, Sidecar, SidecarConfig};
 use weft::snapshot::{Snapshot, parse_duration};
 
 /// Arguments of `weft sidecar`.
@@ -48,6 +50,24 @@ struct Bootstrap {
     plugin_deadline: Option<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
+    /// Mutual TLS between sidecars: `STRICT` or `PERMISSIVE`; absent, plaintext.
+    #[serde(default)]
+    mtls: Option<String>,
+}
+
+/// How long the sidecar waits for its first certificate before giving up.
+const CERTIFICATE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `mtls` field: absent means plaintext.
+fn mtls_mode(text: Option<&str>) -> anyhow::Result<Option<PeerAuthMode>> {
+    match text {
+        None => Ok(None),
+        Some("STRICT") => Ok(Some(PeerAuthMode::Strict)),
+        Some("PERMISSIVE") => Ok(Some(PeerAuthMode::Permissive)),
+        Some(other) => {
+            anyhow::bail!("invalid bootstrap: mtls: {other:?} is not STRICT or PERMISSIVE")
+        }
+    }
 }
 
 /// Where the control plane is and the service's token.
@@ -131,21 +151,27 @@ struct WatchParts {
 }
 
 impl WatchParts {
-    /// The watch, once the inbound listener's address is known.
-    fn config(self, base: &Path, inbound: SocketAddr) -> anyhow::Result<WatchConfig> {
-        let cp = self.control_plane;
+    /// The control plane's address and the service's token.
+    fn credentials(&self, base: &Path) -> anyhow::Result<(SocketAddr, String)> {
+        let cp = &self.control_plane;
         let server: SocketAddr = cp
             .address
             .parse()
             .with_context(|| format!("controlPlane.address: {:?} is not ip:port", cp.address))?;
-        let token = match (cp.token, cp.token_file) {
-            (Some(t), _) => t,
-            (None, Some(f)) => std::fs::read_to_string(base.join(&f))
+        let token = match (&cp.token, &cp.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(base.join(f))
                 .with_context(|| format!("controlPlane.tokenFile: reading {}", f.display()))?
                 .trim()
                 .to_string(),
             (None, None) => anyhow::bail!("controlPlane: token or tokenFile is required"),
         };
+        Ok((server, token))
+    }
+
+    /// The watch, once the inbound listener's address is known.
+    fn config(self, base: &Path, inbound: SocketAddr) -> anyhow::Result<WatchConfig> {
+        let (server, token) = self.credentials(base)?;
         let address = match &self.advertise {
             Some(a) => a
                 .parse()
@@ -174,6 +200,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bootstrap.snapshot.is_some() || bootstrap.control_plane.is_some(),
         "invalid bootstrap: give a snapshot file, a controlPlane, or both"
     );
+    let mode = mtls_mode(bootstrap.mtls.as_deref())?;
+    anyhow::ensure!(
+        mode.is_none() || bootstrap.control_plane.is_some(),
+        "invalid bootstrap: mtls needs a controlPlane (it issues the certificates)"
+    );
     let snapshot = match &bootstrap.snapshot {
         Some(file) => {
             let path = base.join(file);
@@ -192,11 +223,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             advertise: bootstrap.advertise.clone(),
             control_plane,
         });
-    let config = settle(bootstrap, &base)?;
+    let mut config = settle(bootstrap, &base)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut renewing = None;
+        if let (Some(mode), Some(w)) = (mode, &watch) {
+            let (server, token) = w.credentials(&base)?;
+            let (workload, bundle) =
+                weft::control::client::obtain(server, &token, CERTIFICATE_PATIENCE)
+                    .await
+                    .with_context(|| {
+                        format!("mtls: getting this sidecar's certificate from {server}")
+                    })?;
+            anyhow::ensure!(
+                workload.id().service() == config.service,
+                "mtls: the controlPlane token is for {}, but this sidecar's service is {:?}",
+                workload.id(),
+                config.service
+            );
+            eprintln!("weft sidecar: identity {}", workload.id());
+            renewing = Some(tokio::spawn(weft::control::client::renew_loop(
+                server,
+                token,
+                workload.clone(),
+                bundle.clone(),
+                stopped.clone(),
+            )));
+            config.mtls = Some(Mtls {
+                workload,
+                bundle,
+                mode,
+            });
+        }
         let sidecar = Sidecar::start(config).await?;
         if let Some(snapshot) = snapshot {
             sidecar.apply(snapshot).await?;
@@ -209,7 +270,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "weft sidecar ready: outbound {} inbound {} admin {}",
             sidecar.outbound, sidecar.inbound, sidecar.admin
         );
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         let watching = async {
             match watch {
                 Some(cfg) => weft::control::client::run(cfg, &sidecar, stopped).await,
@@ -223,6 +283,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = stop.send(true);
         eprintln!("weft sidecar: draining");
         sidecar.shutdown().await;
+        if let Some(task) = renewing {
+            let _ = task.await;
+        }
         Ok(())
     })
 }

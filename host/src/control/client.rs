@@ -2,8 +2,15 @@
 //! names (verified by digest), apply it off the request path, and ACK or NACK. A lost control
 //! plane is retried with exponential back-off and full jitter while the sidecar keeps serving
 //! its last snapshot.
+//!
+//! It also keeps the sidecar's certificate: [`obtain`] learns the identity the token proves,
+//! makes a key and CSR and gets the first certificate; [`renew_loop`] replaces it with a
+//! certificate for a new key before it expires, and refreshes the trust bundle each time.
 
-use super::server::{Ack, StreamMessage};
+use super::server::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
+use crate::identity::{
+    PendingKey, SpiffeError, SpiffeId, TlsError, TrustBundle, Workload, WorkloadError, renew_at,
+};
 use crate::proxy::Sidecar;
 use crate::snapshot::Snapshot;
 use bytes::{Buf, Bytes, BytesMut};
@@ -14,7 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Where and as whom a sidecar watches.
@@ -289,6 +297,198 @@ pub async fn run(cfg: WatchConfig, sidecar: &Sidecar, mut shutdown: watch::Recei
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Why the sidecar has no (new) certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The request failed or was refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The control plane answered something this sidecar cannot read.
+    #[error("unreadable answer from the control plane: {0}")]
+    Answer(String),
+    /// The identity the control plane named is malformed.
+    #[error("the control plane named an invalid identity: {0}")]
+    Identity(#[from] SpiffeError),
+    /// The key, CSR or returned certificate is unusable.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The returned trust bundle is unusable.
+    #[error("trust bundle: {0}")]
+    Bundle(#[from] TlsError),
+    /// The control plane stayed unreachable.
+    #[error("no certificate after {waited:?}: {last}")]
+    GaveUp {
+        /// How long it tried.
+        waited: Duration,
+        /// The last failure.
+        last: Box<IdentityError>,
+    },
+}
+
+impl IdentityError {
+    /// Whether trying again may help: an unreachable or failing control plane, not a refusal.
+    fn transient(&self) -> bool {
+        match self {
+            IdentityError::Client(ClientError::Unreachable(_)) => true,
+            IdentityError::Client(ClientError::Refused { status, .. }) => status.is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+/// The identity the control plane signs for this token (`GET /v1/identity`).
+pub async fn identity(server: SocketAddr, token: &str) -> Result<SpiffeId, IdentityError> {
+    let body = call(server, token, Method::GET, "/v1/identity", Bytes::new()).await?;
+    let answer: IdentityAnswer =
+        serde_json::from_slice(&body).map_err(|e| IdentityError::Answer(e.to_string()))?;
+    Ok(SpiffeId::parse(&answer.spiffe_id)?)
+}
+
+/// A fresh key for `id` and the control plane's certificate for it (`POST /v1/certificates`).
+pub async fn request_certificate(
+    server: SocketAddr,
+    token: &str,
+    id: &SpiffeId,
+) -> Result<(PendingKey, CertificateAnswer), IdentityError> {
+    // A P-256 key takes microseconds: generated inline, not on a blocking thread.
+    let key = PendingKey::generate(id)?;
+    let body = Bytes::from(key.csr_pem().to_owned());
+    let answer = call(server, token, Method::POST, "/v1/certificates", body).await?;
+    let answer: CertificateAnswer =
+        serde_json::from_slice(&answer).map_err(|e| IdentityError::Answer(e.to_string()))?;
+    Ok((key, answer))
+}
+
+/// Tries `attempt` until it succeeds, fails for good, or `patience` runs out; back-off from
+/// 200 ms doubling to 5 s with jitter between tries.
+async fn patiently<T, F, Fut>(patience: Duration, mut attempt: F) -> Result<T, IdentityError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, IdentityError>>,
+{
+    let started = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.transient() => return Err(e),
+            Err(e) => e,
+        };
+        let delay = backoff(failures, Duration::from_millis(200), Duration::from_secs(5));
+        failures = failures.saturating_add(1);
+        if started.elapsed() + delay > patience {
+            return Err(IdentityError::GaveUp {
+                waited: started.elapsed(),
+                last: Box::new(e),
+            });
+        }
+        tracing::warn!("no certificate yet, retrying in {delay:?}: {e}");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// `base` doubled per failure up to `max`, drawn from its upper half so retries spread out
+/// without collapsing to zero.
+fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
+    let window = base.saturating_mul(1u32 << failures.min(16)).min(max);
+    let half = window / 2;
+    let jitter_ms = crate::random::fast_u64() % (half.as_millis() as u64 + 1);
+    half + Duration::from_millis(jitter_ms)
+}
+
+/// The sidecar's first certificate: learns its identity from the control plane (which decides
+/// it from the token), generates a key and CSR, and installs the answer; retries while the
+/// control plane is unreachable, for up to `patience`. A refusal is final.
+pub async fn obtain(
+    server: SocketAddr,
+    token: &str,
+    patience: Duration,
+) -> Result<(Arc<Workload>, Arc<TrustBundle>), IdentityError> {
+    let started = Instant::now();
+    let id = patiently(patience, || identity(server, token)).await?;
+    let left = patience.saturating_sub(started.elapsed());
+    let (key, answer) = patiently(left, || request_certificate(server, token, &id)).await?;
+    let workload = Workload::new(id);
+    workload.install(key, &answer.chain)?;
+    let bundle = TrustBundle::from_pem(&answer.bundle)?;
+    tracing::info!(identity = %workload.id(), not_after_ms = answer.not_after, "obtained a workload certificate");
+    Ok((Arc::new(workload), Arc::new(bundle)))
+}
+
+/// One renewal: a new key and CSR, the certificate installed, the bundle replaced by the one
+/// returned (so a root rotation reaches this sidecar).
+pub async fn renew(
+    server: SocketAddr,
+    token: &str,
+    workload: &Workload,
+    bundle: &TrustBundle,
+) -> Result<(), IdentityError> {
+    let (key, answer) = request_certificate(server, token, workload.id()).await?;
+    // Bundle first: a new certificate from a new root must not be presented to peers before
+    // this sidecar itself trusts that root.
+    bundle.update(&answer.bundle)?;
+    workload.install(key, &answer.chain)?;
+    tracing::info!(identity = %workload.id(), not_after_ms = answer.not_after, "rotated the workload certificate");
+    Ok(())
+}
+
+/// When to renew a certificate received at `received`: 50–70% of the life left then.
+///
+/// Not [`Workload::renew_at`]: it counts from `not_before`, which the CA backdates by minutes
+/// for clock skew, so a short-lived certificate would look due at once.
+fn next_renewal(workload: &Workload, received: SystemTime) -> SystemTime {
+    match workload.current() {
+        Some(c) => renew_at(received.max(c.not_before), c.not_after),
+        None => received,
+    }
+}
+
+/// Renews the certificate before it expires until `shutdown`; a failed renewal is retried
+/// with back-off (1 s doubling to 30 s) while the current certificate keeps serving.
+pub async fn renew_loop(
+    server: SocketAddr,
+    token: String,
+    workload: Arc<Workload>,
+    bundle: Arc<TrustBundle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut received = SystemTime::now();
+    let mut failures = 0u32;
+    loop {
+        let delay = if failures == 0 {
+            next_renewal(&workload, received)
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                // Never a busy loop, even for a certificate already expired.
+                .max(Duration::from_millis(200))
+        } else {
+            backoff(
+                failures - 1,
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+            )
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        let renewed = tokio::select! {
+            r = renew(server, &token, &workload, &bundle) => r,
+            _ = shutdown.changed() => return,
+        };
+        match renewed {
+            Ok(()) => {
+                received = SystemTime::now();
+                failures = 0;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(identity = %workload.id(), attempt = failures, "certificate renewal failed, the current one keeps serving: {e}");
+            }
         }
     }
 }

@@ -5,11 +5,15 @@
 //! produce, persisted, and only then made current and pushed, so nothing is half-applied and a
 //! restart resumes exactly where the last change left off. A sidecar is pushed a snapshot only
 //! when its own snapshot's version (a content hash) differs from what it last got.
+//!
+//! It is also the mesh CA: a sidecar sends a CSR with its service token and gets a certificate
+//! for exactly its service's SPIFFE ID, plus the trust bundle (see [`crate::identity`]).
 
 use super::auth::{Auth, Caller};
 use super::compile::{self, Workload};
 use super::istio::{self, Kind, Resource};
 use super::store::{Change, Registration, State, Store, StoreError, Stored, key};
+use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -40,16 +44,29 @@ pub struct ControlConfig {
     pub lease: Duration,
     /// How often the stream carries a heartbeat.
     pub heartbeat: Duration,
+    /// The SPIFFE trust domain of the workload certificates it issues.
+    pub trust_domain: String,
+    /// How long a workload certificate is valid.
+    pub cert_lifetime: Duration,
 }
 
+/// The namespace of every workload identity: the mesh has no namespaces yet.
+pub const NAMESPACE: &str = "default";
+
+/// The default SPIFFE trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
+
 impl ControlConfig {
-    /// Defaults for a data directory: loopback port 15010, 10 s lease, 2 s heartbeat.
+    /// Defaults for a data directory: loopback port 15010, 10 s lease, 2 s heartbeat, trust
+    /// domain `weft.local`, 24 h certificates.
     pub fn new(data_dir: PathBuf) -> Self {
         ControlConfig {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cert_lifetime: crate::identity::DEFAULT_LIFETIME,
         }
     }
 }
@@ -71,6 +88,46 @@ pub enum ControlError {
     /// Stored resources that no longer parse (written by another version).
     #[error("stored resources do not load:\n  - {}", .0.join("\n  - "))]
     Resources(Vec<String>),
+    /// The CA directory (`<data>/ca`) cannot be opened or its root is unusable.
+    #[error("mesh CA: {0}")]
+    Ca(#[from] CaError),
+    /// The trust domain is not a valid SPIFFE trust domain.
+    #[error("trust domain {domain:?}: {source}")]
+    TrustDomain {
+        /// The configured domain.
+        domain: String,
+        /// Why it is refused.
+        source: SpiffeError,
+    },
+    /// A zero certificate lifetime.
+    #[error("certificate lifetime must be above zero")]
+    CertLifetime,
+}
+
+/// The answer to `POST /v1/certificates`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateAnswer {
+    /// The certificate chain, leaf first (PEM).
+    pub chain: String,
+    /// The trust bundle: every root a peer's certificate may chain to (PEM).
+    pub bundle: String,
+    /// End of the certificate's validity (ms since the Unix epoch).
+    pub not_after: u64,
+    /// The identity the certificate names.
+    pub spiffe_id: String,
+    /// The trust domain, so a sidecar learns it from the control plane.
+    pub trust_domain: String,
+}
+
+/// The answer to `GET /v1/identity`: who the caller's token makes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityAnswer {
+    /// The SPIFFE ID the control plane signs for this token, and no other.
+    pub spiffe_id: String,
+    /// The trust domain.
+    pub trust_domain: String,
 }
 
 /// What the control plane knows of one sidecar.
@@ -145,6 +202,10 @@ struct Shared {
     mesh: Mutex<Mesh>,
     lease: Duration,
     heartbeat: Duration,
+    /// A mutex so a root rotation never races a signing.
+    ca: Mutex<Ca>,
+    trust_domain: String,
+    cert_lifetime: Duration,
 }
 
 /// A running control plane.
@@ -193,6 +254,17 @@ impl ControlPlane {
                 w.lease_until_ms = until;
             }
         }
+        // Checked now, so a bad flag stops the start rather than every certificate request.
+        SpiffeId::new(&config.trust_domain, NAMESPACE, "probe").map_err(|source| {
+            ControlError::TrustDomain {
+                domain: config.trust_domain.clone(),
+                source,
+            }
+        })?;
+        if config.cert_lifetime.is_zero() {
+            return Err(ControlError::CertLifetime);
+        }
+        let ca = Ca::open(&config.data_dir.join("ca"), system_clock())?;
         let operator_token = store.secret("operator.token")?;
         let auth = Auth::new(operator_token.clone(), &store.secret("secret")?);
         let listener =
@@ -217,6 +289,9 @@ impl ControlPlane {
             }),
             lease: config.lease,
             heartbeat: config.heartbeat,
+            ca: Mutex::new(ca),
+            trust_domain: config.trust_domain.clone(),
+            cert_lifetime: config.cert_lifetime,
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -240,6 +315,17 @@ impl ControlPlane {
     /// The bootstrap token for a service's sidecars.
     pub fn service_token(&self, service: &str) -> String {
         self.shared.auth.service_token(service)
+    }
+
+    /// The trust bundle sidecars get now (PEM).
+    pub fn bundle(&self) -> String {
+        self.shared.ca.lock().bundle()
+    }
+
+    /// Rotates the CA's root: new certificates are signed by a new root, and the bundle keeps
+    /// the old one, so sidecars pick up both at their next renewal.
+    pub fn rotate_ca_root(&self) -> Result<(), CaError> {
+        self.shared.ca.lock().rotate_root()
     }
 
     /// The sidecars known now.
@@ -432,6 +518,20 @@ async fn handle(
             Ok(b) => ack(&shared, &who, &b),
             Err(r) => r,
         },
+        (Method::GET, ["v1", "identity"]) => identity(&shared, &who),
+        (Method::GET, ["v1", "bundle"]) => {
+            let mut r =
+                Response::new(Full::new(Bytes::from(shared.ca.lock().bundle())).boxed_unsync());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-pem-file"),
+            );
+            r
+        }
+        (Method::POST, ["v1", "certificates"]) => match body_bytes(req).await {
+            Ok(b) => certificate(&shared, &who, &b),
+            Err(r) => r,
+        },
         (Method::GET, ["v1", "artifacts", digest]) => match shared.store.artifact(digest) {
             Some(bytes) => Response::new(Full::new(Bytes::from(bytes)).boxed_unsync()),
             None => error(
@@ -480,6 +580,120 @@ async fn handle(
         _ => error(StatusCode::NOT_FOUND, format!("no API at {path}")),
     };
     Ok(resp)
+}
+
+/// The identity a service's token proves: the only one the CA signs for it.
+fn identity_of(shared: &Shared, service: &str) -> Result<SpiffeId, String> {
+    SpiffeId::new(&shared.trust_domain, NAMESPACE, service)
+        .map_err(|e| format!("service {service:?} cannot be a SPIFFE identity: {e}"))
+}
+
+fn identity(shared: &Shared, who: &Caller) -> Response<Body> {
+    let Caller::Service(service) = who else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the operator token names no workload: use a service token",
+        );
+    };
+    match identity_of(shared, service) {
+        Ok(id) => json(
+            StatusCode::OK,
+            &IdentityAnswer {
+                spiffe_id: id.to_string(),
+                trust_domain: shared.trust_domain.clone(),
+            },
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// The largest CSR read: a P-256 CSR with one URI SAN is well under 1 KiB.
+const MAX_CSR: usize = 16 << 10;
+
+/// Signs a CSR: a sidecar gets exactly its token's identity; the operator gets the service the
+/// CSR names, within this trust domain and namespace.
+fn certificate(shared: &Shared, who: &Caller, body: &[u8]) -> Response<Body> {
+    if body.len() > MAX_CSR {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a CSR is at most {MAX_CSR} bytes"),
+        );
+    }
+    let Ok(csr) = std::str::from_utf8(body) else {
+        return error(StatusCode::BAD_REQUEST, "the CSR is not PEM text");
+    };
+    let service = match who {
+        Caller::Service(s) => s.clone(),
+        Caller::Operator => match requested_service(csr) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+    };
+    let expected = match identity_of(shared, &service) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (issued, bundle) = {
+        let ca = shared.ca.lock();
+        (
+            ca.sign_csr(csr, &expected, shared.cert_lifetime),
+            ca.bundle(),
+        )
+    };
+    let issued = match issued {
+        Ok(i) => i,
+        Err(e @ CaError::WrongIdentity { .. }) => {
+            tracing::warn!(caller = %expected, "certificate refused: {e}");
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a sidecar cannot obtain a certificate for another service's identity: {e}"
+                ),
+            );
+        }
+        Err(
+            e @ (CaError::Csr(_)
+            | CaError::NoIdentity
+            | CaError::OtherSans(_)
+            | CaError::BadIdentity(_)),
+        ) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!(identity = %expected, "cannot sign a certificate: {e}");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    let not_after = issued
+        .not_after
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    tracing::info!(identity = %expected, not_after_ms = not_after, "issued a workload certificate");
+    json(
+        StatusCode::OK,
+        &CertificateAnswer {
+            chain: issued.chain_pem,
+            bundle,
+            not_after,
+            spiffe_id: expected.to_string(),
+            trust_domain: shared.trust_domain.clone(),
+        },
+    )
+}
+
+/// The service a CSR's SPIFFE ID names (the operator's requests; the CA still checks the whole
+/// ID against this trust domain and namespace).
+fn requested_service(csr: &str) -> Result<String, String> {
+    let parsed = rcgen::CertificateSigningRequestParams::from_pem(csr)
+        .map_err(|e| format!("CSR refused: {e}"))?;
+    parsed
+        .params
+        .subject_alt_names
+        .iter()
+        .find_map(|san| match san {
+            rcgen::SanType::URI(uri) => SpiffeId::parse(uri.as_str()).ok(),
+            _ => None,
+        })
+        .map(|id| id.service().to_string())
+        .ok_or_else(|| "CSR refused: it names no SPIFFE ID (one URI SAN expected)".to_string())
 }
 
 /// The workloads registered now, for compiling snapshots.

@@ -1,7 +1,8 @@
 //! Mesh identity (issue 6): SPIFFE IDs, the mesh CA, the workload's key and rotating
 //! certificate, and the rustls configs for mTLS between sidecars.
 //!
-//! A library so far: neither the proxy nor the control plane uses it yet.
+//! `weft control` is the CA (`control/server.rs`); sidecars obtain and renew certificates
+//! through `control/client.rs` and the proxy uses them for mTLS.
 //!
 //! - [`spiffe`]: `SpiffeId` parse/format, reading the SPIFFE ID out of a certificate.
 //! - [`ca`]: `Ca`: root generation, persistence and rotation; signing CSRs for a proven identity.
