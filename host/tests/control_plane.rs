@@ -54,12 +54,23 @@ impl Drop for Proc {
 
 /// Starts `weft ARGS` and waits for its ready line.
 fn spawn(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weft");
+    spawn_logged(args, None)
+}
+
+/// Starts `weft ARGS`, its info-level log in `log` if given, and waits for its ready line.
+fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.args(args).stdout(Stdio::piped());
+    match log {
+        Some(path) => {
+            cmd.env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(path).expect("log file"));
+        }
+        None => {
+            cmd.stderr(Stdio::null());
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn weft");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
@@ -118,17 +129,45 @@ fn sidecar(
     labels: &[(&str, &str)],
     app: SocketAddr,
 ) -> Proc {
+    sidecar_with(
+        dir,
+        cp,
+        service_token,
+        service,
+        labels,
+        app,
+        serde_json::json!({}),
+        None,
+    )
+}
+
+/// [`sidecar`] with `extra` bootstrap fields, logging to `log` if given.
+#[allow(clippy::too_many_arguments)]
+fn sidecar_with(
+    dir: &Path,
+    cp: SocketAddr,
+    service_token: &str,
+    service: &str,
+    labels: &[(&str, &str)],
+    app: SocketAddr,
+    extra: serde_json::Value,
+    log: Option<&Path>,
+) -> Proc {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let name = format!("{service}-{}", labels.get("version").unwrap_or(&"x"));
-    let bootstrap = serde_json::json!({
+    let values: Vec<&str> = labels.values().copied().collect();
+    let name = format!("{service}-{}", values.join("-"));
+    let mut bootstrap = serde_json::json!({
         "service": service, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
         "admin": "127.0.0.1:0", "app": app.to_string(), "labels": labels,
         "controlPlane": {"address": cp.to_string(), "token": service_token},
         "drainTimeout": "2s", "pluginDeadline": "1s",
     });
+    if let (Some(b), Some(extra)) = (bootstrap.as_object_mut(), extra.as_object()) {
+        b.extend(extra.clone());
+    }
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, bootstrap.to_string()).expect("bootstrap");
-    spawn(&["sidecar", "--config", path.to_str().expect("utf-8")])
+    spawn_logged(&["sidecar", "--config", path.to_str().expect("utf-8")], log)
 }
 
 async fn api(cp: SocketAddr, token: &str, method: Method, path: &str) -> serde_json::Value {
@@ -720,4 +759,127 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     assert_eq!(failed, 0, "of {calls} calls");
     assert!(calls >= 1_000, "a steady load of thousands: {calls}");
     assert!(marked > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_log = dir.path().join("control.log");
+    let data_arg = data.to_str().expect("utf-8").to_string();
+    // Certificates live 3 s: renewed every 1.5-2.1 s, several times during the load below.
+    let _cp = spawn_logged(
+        &[
+            "control",
+            "--data",
+            &data_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--lease",
+            "3s",
+            "--cert-lifetime",
+            "3s",
+        ],
+        Some(&cp_log),
+    );
+    let cp = _cp.addr("api");
+    let op = token(&data);
+    let tok = |s: &'static str| {
+        let op = op.clone();
+        async move {
+            api(cp, &op, Method::GET, &format!("/v1/tokens/{s}")).await["token"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        }
+    };
+    let (pay, ord) = (tok("payments").await, tok("orders").await);
+    let (v1, v2) = (
+        App::start("payments-v1").await,
+        App::start("payments-v2").await,
+    );
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let strict = serde_json::json!({"mtls": "STRICT"});
+    let p1 = sidecar_with(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v1")],
+        v1.addr,
+        strict.clone(),
+        None,
+    );
+    let _p2 = sidecar_with(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v2")],
+        v2.addr,
+        strict.clone(),
+        None,
+    );
+    let orders = sidecar_with(
+        dir.path(),
+        cp,
+        &ord,
+        "orders",
+        &[("version", "v1")],
+        nowhere,
+        strict,
+        None,
+    );
+    let seed = write(dir.path(), "payments.yaml", SEED);
+    let out = weft(cp, &data, &["apply", "-f", seed.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+
+    let issued_before = std::fs::read_to_string(&cp_log)
+        .unwrap_or_default()
+        .matches("issued a workload certificate")
+        .count();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(orders.addr("outbound"), stop.clone(), "x-none");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed, _) = load.await.expect("load");
+    let issued = std::fs::read_to_string(&cp_log)
+        .unwrap_or_default()
+        .matches("issued a workload certificate")
+        .count()
+        - issued_before;
+    println!(
+        "mTLS under rotation: {calls} calls, {failed} failed, {issued} certificates issued meanwhile"
+    );
+    assert_eq!(failed, 0, "of {calls} calls");
+    assert!(calls >= 1_000, "{calls}");
+    assert!(
+        issued >= 6,
+        "three sidecars renewing about every 2 s for 7 s: {issued}"
+    );
+
+    // The payments app learns who called, from a certificate the mesh issued.
+    let seen = v1.seen();
+    let xfcc = seen
+        .last()
+        .and_then(|s| s.headers.get("x-forwarded-client-cert"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        xfcc.contains("URI=spiffe://weft.local/ns/default/sa/orders"),
+        "{xfcc:?}"
+    );
+    // A plaintext client straight to a STRICT inbound listener is refused.
+    let plain = support::h2_client()
+        .request(
+            Request::builder()
+                .uri(format!("http://{}/charge", p1.addr("inbound")))
+                .body(full(""))
+                .expect("request"),
+        )
+        .await;
+    assert!(plain.is_err(), "plaintext to STRICT must fail: {plain:?}");
 }
