@@ -16,6 +16,119 @@ pub struct Snapshot {
     /// Services by name (the authority callers use).
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    /// What the inbound side enforces on calls to this workload; left out when empty, so a
+    /// snapshot without it keeps the version it had before the section existed.
+    #[serde(default, skip_serializing_if = "Inbound::is_empty")]
+    pub inbound: Inbound,
+}
+
+/// The inbound side's policies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Inbound {
+    /// Authorization policies (Istio's `AuthorizationPolicy`) that select this workload.
+    #[serde(default)]
+    pub authorization: Vec<AuthzPolicy>,
+}
+
+impl Inbound {
+    /// Whether there is nothing to enforce.
+    pub fn is_empty(&self) -> bool {
+        self.authorization.is_empty()
+    }
+}
+
+/// One authorization policy: a rule matching a call triggers `action`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzPolicy {
+    /// Where it came from (`<namespace>/<name>`), for logs.
+    #[serde(default)]
+    pub name: String,
+    /// `ALLOW` or `DENY`.
+    #[serde(default)]
+    pub action: AuthzAction,
+    /// Any of them matching is the policy matching; none never matches (Istio: an ALLOW with
+    /// no rules allows nothing).
+    #[serde(default)]
+    pub rules: Vec<AuthzRule>,
+}
+
+/// What a matching policy does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthzAction {
+    /// Calls must match one ALLOW policy when there is any.
+    #[default]
+    #[serde(rename = "ALLOW")]
+    Allow,
+    /// A call matching one is refused.
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+/// One rule: every non-empty clause list must have an entry that matches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzRule {
+    /// Who may call; any entry matching is enough, none: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<AuthzSource>,
+    /// What they may call; any entry matching is enough, none: anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<AuthzOperation>,
+}
+
+/// A caller condition; every non-empty field must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzSource {
+    /// Istio principals (`<trust domain>/ns/<ns>/sa/<sa>`, `*`, `prefix*`, `*suffix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Principals the caller must not be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+}
+
+/// A request condition; every non-empty field must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzOperation {
+    /// Paths (without the query), as patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Paths the request's must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+    /// Methods, as patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Methods the request's must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+}
+
+/// Checks an authorization pattern as Istio writes them: `*` alone, `prefix*`, `*suffix` or
+/// an exact value; a `*` anywhere else would be read literally by Istio, so it is refused.
+pub fn check_authz_pattern(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if text == "*" {
+        return Ok(());
+    }
+    let inner = text.strip_prefix('*').unwrap_or(text);
+    let inner = if inner.len() == text.len() {
+        inner.strip_suffix('*').unwrap_or(inner)
+    } else {
+        inner
+    };
+    if inner.contains('*') {
+        return Err(format!(
+            "{text:?}: `*` may only stand alone, start (`*suffix`) or end (`prefix*`) a value"
+        ));
+    }
+    Ok(())
 }
 
 /// One destination service.
@@ -174,6 +287,37 @@ impl Snapshot {
                 for (j, route) in p.routes.iter().enumerate() {
                     if route.is_empty() {
                         errors.push(format!("{at}.routes[{j}]: must not be empty"));
+                    }
+                }
+            }
+        }
+        for (i, policy) in self.inbound.authorization.iter().enumerate() {
+            let at = format!("inbound.authorization[{i}]");
+            for (j, rule) in policy.rules.iter().enumerate() {
+                let at = format!("{at}.rules[{j}]");
+                let lists = rule
+                    .from
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, s)| {
+                        [
+                            (format!("{at}.from[{k}].principals"), &s.principals),
+                            (format!("{at}.from[{k}].notPrincipals"), &s.not_principals),
+                        ]
+                    })
+                    .chain(rule.to.iter().enumerate().flat_map(|(k, o)| {
+                        [
+                            (format!("{at}.to[{k}].paths"), &o.paths),
+                            (format!("{at}.to[{k}].notPaths"), &o.not_paths),
+                            (format!("{at}.to[{k}].methods"), &o.methods),
+                            (format!("{at}.to[{k}].notMethods"), &o.not_methods),
+                        ]
+                    }));
+                for (at, values) in lists {
+                    for (k, v) in values.iter().enumerate() {
+                        if let Err(e) = check_authz_pattern(v) {
+                            errors.push(format!("{at}[{k}]: {e}"));
+                        }
                     }
                 }
             }

@@ -90,9 +90,15 @@ async fn pod(mesh: &Mesh, service: &str, mode: PeerAuthMode) -> Pod {
 
 /// An `orders` sidecar over mTLS whose `payments` endpoint is `payments_at`.
 async fn orders(mesh: &Mesh, payments_at: SocketAddr) -> Sidecar {
-    let app = SocketAddr::from(([127, 0, 0, 1], 9)); // orders' own app is not called here
-    let mut config = support::sidecar_config("orders", app);
-    config.mtls = Some(mesh.mtls(mesh.workload("orders"), PeerAuthMode::Strict));
+    caller(mesh, "orders", payments_at).await
+}
+
+/// A sidecar of `service` over mTLS (its own certificate) whose `payments` endpoint is
+/// `payments_at`.
+async fn caller(mesh: &Mesh, service: &str, payments_at: SocketAddr) -> Sidecar {
+    let app = SocketAddr::from(([127, 0, 0, 1], 9)); // the caller's own app is not called here
+    let mut config = support::sidecar_config(service, app);
+    config.mtls = Some(mesh.mtls(mesh.workload(service), PeerAuthMode::Strict));
     let sidecar = Sidecar::start(config).await.expect("sidecar");
     let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
         "version": "mtls-1",
@@ -341,4 +347,76 @@ async fn a_certificate_rotated_mid_stream_loses_no_call() {
     let fresh = self::orders(&mesh, payments.sidecar.inbound).await;
     assert_eq!(call(fresh.outbound, "/").await, StatusCode::OK);
     assert_eq!(payments.app.seen().len(), 301);
+}
+
+/// A payments snapshot whose inbound section is what an AuthorizationPolicy compiles to.
+fn payments_authz(version: &str, authorization: serde_json::Value) -> Snapshot {
+    serde_json::from_value(serde_json::json!({
+        "version": version,
+        "inbound": { "authorization": authorization },
+    }))
+    .expect("snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policies_are_enforced_on_the_callers_identity() {
+    let mesh = Mesh::new();
+    let payments = pod(&mesh, "payments", PeerAuthMode::Strict).await;
+    let allow_orders = serde_json::json!({
+        "name": "default/payments-allow-orders",
+        "action": "ALLOW",
+        "rules": [{ "from": [{ "principals": ["weft.local/ns/default/sa/orders"] }] }],
+    });
+    payments
+        .sidecar
+        .apply(payments_authz("authz-1", serde_json::json!([allow_orders])))
+        .await
+        .expect("applies");
+    let orders = orders(&mesh, payments.sidecar.inbound).await;
+    let inventory = caller(&mesh, "inventory", payments.sidecar.inbound).await;
+
+    assert_eq!(call(orders.outbound, "/pay").await, StatusCode::OK);
+    let resp = h1_client()
+        .request(get(inventory.outbound, "/pay"))
+        .await
+        .expect("answered");
+    let (status, _, body) = read(resp).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, "RBAC: access denied");
+    let seen = payments.app.seen();
+    assert_eq!(seen.len(), 1, "the app saw only orders' call");
+    assert_eq!(seen[0].path, "/pay");
+
+    // A DENY on /admin* refuses even orders, whom the ALLOW lets in.
+    let no_admin = serde_json::json!({
+        "name": "default/payments-no-admin",
+        "action": "DENY",
+        "rules": [{ "to": [{ "paths": ["/admin*"] }] }],
+    });
+    payments
+        .sidecar
+        .apply(payments_authz(
+            "authz-2",
+            serde_json::json!([allow_orders, no_admin]),
+        ))
+        .await
+        .expect("applies");
+    assert_eq!(
+        call(orders.outbound, "/admin/users").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(call(orders.outbound, "/pay").await, StatusCode::OK);
+    assert_eq!(payments.app.seen().len(), 2);
+
+    let metrics = support::scrape(&payments.sidecar).await;
+    for needle in [
+        "weft_inbound_denied_total 2\n",
+        "weft_requests_total{code=\"403\",direction=\"inbound\",service=\"payments\"} 2\n",
+        "weft_requests_total{code=\"200\",direction=\"inbound\",service=\"payments\"} 2\n",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "missing {needle:?} in:\n{metrics}"
+        );
+    }
 }

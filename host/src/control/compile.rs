@@ -36,6 +36,13 @@
 //! are mesh-wide. A route-scoped WasmPlugin targets exactly one service and runs only for its
 //! calls that took one of the named `http` entries.
 //!
+//! The snapshot's `inbound.authorization` holds the AuthorizationPolicies that select workload
+//! `me`: in namespace `default` (every Weft workload's) or Istio's root namespace `istio-system`
+//! (mesh-wide), with `selector.matchLabels` among its labels or no selector; in a fixed order
+//! (namespace, then name). Principals are kept as written: the sidecar compares them exactly
+//! with the caller's SPIFFE ID minus `spiffe://`, so they name Weft's trust domain
+//! (`weft.local/ns/default/sa/orders`), not Istio's `cluster.local`.
+//!
 //! A snapshot's version is a digest of its content, so identical content has the identical
 //! version and the control plane pushes only what changed.
 
@@ -46,8 +53,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::istio::{
-    DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, ROUTES_PATH, Resource, Spec,
-    VirtualService, WasmPlugin, WasmSource, service_of_host,
+    AuthorizationPolicy, DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, ROUTES_PATH,
+    Resource, Spec, VirtualService, WasmPlugin, WasmSource, service_of_host,
 };
 use crate::plugin::FailStrategy;
 use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot, parse_duration};
@@ -153,6 +160,7 @@ pub fn validate(
                 warn_virtual_service(r, vs, &mut warnings);
             }
             Spec::DestinationRule(dr) => warn_destination_rule(r, dr, &mut warnings),
+            Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
             Spec::WasmPlugin(wp) => {
                 if let Some(first) = wasm_names.get(r.name.as_str()) {
                     if first.namespace != r.namespace {
@@ -371,6 +379,12 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         };
         snapshot.services.insert(service.to_string(), compiled);
     }
+    snapshot.inbound.authorization = catalog
+        .authorization_policies
+        .iter()
+        .filter(|(r, ap)| ap.selects(&r.namespace, &labels))
+        .map(|(r, ap)| ap.to_snapshot(format!("{}/{}", r.namespace, r.name)))
+        .collect();
     snapshot.version = version_of(&snapshot);
     Compiled { snapshot, warnings }
 }
@@ -464,6 +478,7 @@ struct Catalog<'a> {
     virtual_service_list: Vec<(&'a Resource, &'a VirtualService)>,
     destination_rules: BTreeMap<&'a str, Vec<(&'a Resource, &'a DestinationRule)>>,
     wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
+    authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
 }
 
 impl<'a> Catalog<'a> {
@@ -483,6 +498,7 @@ impl<'a> Catalog<'a> {
             virtual_service_list: Vec::new(),
             destination_rules: BTreeMap::new(),
             wasm_plugins: Vec::new(),
+            authorization_policies: Vec::new(),
         };
         for r in sorted {
             match &r.spec {
@@ -507,6 +523,7 @@ impl<'a> Catalog<'a> {
                     }
                 }
                 Spec::WasmPlugin(wp) => catalog.wasm_plugins.push((r, wp)),
+                Spec::AuthorizationPolicy(ap) => catalog.authorization_policies.push((r, ap)),
             }
         }
         catalog
@@ -651,6 +668,30 @@ fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<St
             .into_iter()
             .map(|w| format!("{origin}: {w}")),
     );
+}
+
+fn warn_authorization_policy(r: &Resource, ap: &AuthorizationPolicy, warnings: &mut Vec<String>) {
+    use super::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
+    if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
+        warnings.push(format!(
+            "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for a mesh-wide policy)",
+            r.origin()
+        ));
+    }
+    let principals = ap
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.from)
+        .filter_map(|f| f.source.as_ref())
+        .flat_map(|s| s.principals.iter().chain(&s.not_principals));
+    for p in principals {
+        if p.starts_with("cluster.local/") {
+            warnings.push(format!(
+                "{}: principal {p:?} names Istio's default trust domain; Weft compares principals exactly with its own trust domain's (--trust-domain, default weft.local)",
+                r.origin()
+            ));
+        }
+    }
 }
 
 fn warn_destination_rule(r: &Resource, dr: &DestinationRule, warnings: &mut Vec<String>) {
@@ -1301,6 +1342,99 @@ spec:
         renamed.labels.insert("app".into(), "checkout".into());
         let other = snapshot_for(&resources, &workloads, &renamed);
         assert_eq!(chain(&other, "payments"), ["retry", "telemetry"]);
+    }
+
+    fn authz_doc(namespace: &str, name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
+        )
+    }
+
+    #[test]
+    fn authorization_policies_go_to_the_workloads_they_select() {
+        let text = [
+            authz_doc(
+                "default",
+                "payments-only-orders",
+                "  selector: { matchLabels: { app: payments } }\n  rules: [{ from: [{ source: { principals: [weft.local/ns/default/sa/orders] } }] }]\n",
+            ),
+            authz_doc(
+                "istio-system",
+                "no-admin",
+                "  action: DENY\n  rules: [{ to: [{ operation: { paths: [/admin*] } }] }]\n",
+            ),
+            authz_doc(
+                "default",
+                "v2-nothing",
+                "  selector: { matchLabels: { version: v2 } }\n",
+            ),
+            authz_doc(
+                "shop",
+                "elsewhere",
+                "  rules: [{ from: [{ source: { principals: [cluster.local/ns/shop/sa/x] } }] }]\n",
+            ),
+        ]
+        .concat();
+        let resources = parse(&text);
+        let warnings = validate_warnings(&resources);
+        assert!(
+            warnings.contains(
+                "(AuthorizationPolicy elsewhere): metadata.namespace: selects no workload"
+            ),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(
+                "principal \"cluster.local/ns/shop/sa/x\" names Istio's default trust domain"
+            ),
+            "{warnings}"
+        );
+        let workloads = mesh();
+        let names = |s: &Snapshot| -> Vec<String> {
+            s.inbound
+                .authorization
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let v1 = snapshot_for(&resources, &workloads, &workloads[0]);
+        assert_eq!(
+            names(&v1),
+            ["default/payments-only-orders", "istio-system/no-admin"]
+        );
+        let allow = &v1.inbound.authorization[0];
+        assert_eq!(allow.action, crate::snapshot::AuthzAction::Allow);
+        assert_eq!(
+            allow.rules[0].from[0].principals,
+            ["weft.local/ns/default/sa/orders"]
+        );
+        assert_eq!(
+            v1.inbound.authorization[1].action,
+            crate::snapshot::AuthzAction::Deny
+        );
+        assert!(v1.validate().is_ok(), "{:?}", v1.validate());
+        let v2 = snapshot_for(&resources, &workloads, &workloads[1]);
+        assert_eq!(
+            names(&v2),
+            [
+                "default/payments-only-orders",
+                "default/v2-nothing",
+                "istio-system/no-admin"
+            ]
+        );
+        assert!(v2.inbound.authorization[1].rules.is_empty());
+        let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+        assert_eq!(names(&orders), ["istio-system/no-admin"]);
+        // Without policies the section is absent and the version what it was.
+        let none = snapshot_for(&[], &workloads, &workloads[2]);
+        assert!(none.inbound.is_empty());
+        assert!(
+            serde_json::to_value(&none)
+                .expect("json")
+                .get("inbound")
+                .is_none()
+        );
+        assert_ne!(none.version, orders.version);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Istio resources as people write them: `VirtualService` and `DestinationRule`
-//! (`networking.istio.io`), `WasmPlugin` (`extensions.istio.io`), read from multi-document YAML.
+//! (`networking.istio.io`), `WasmPlugin` (`extensions.istio.io`) and `AuthorizationPolicy`
+//! (`security.istio.io`), read from multi-document YAML.
 //!
 //! YAML is read with `yaml-rust2` into its tree, turned into JSON, then into the typed structs
 //! below through `serde_path_to_error`, so every error names its document and the field's path
@@ -34,14 +35,17 @@ pub enum Kind {
     DestinationRule,
     /// `extensions.istio.io` WasmPlugin: a plugin joining the chain.
     WasmPlugin,
+    /// `security.istio.io` AuthorizationPolicy: who may call a workload, enforced inbound.
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 4] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -50,6 +54,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -62,6 +67,7 @@ impl Kind {
                 "networking.istio.io/v1alpha3",
             ],
             Kind::WasmPlugin => &["extensions.istio.io/v1alpha1"],
+            Kind::AuthorizationPolicy => &["security.istio.io/v1", "security.istio.io/v1beta1"],
         }
     }
 
@@ -86,8 +92,9 @@ impl FromStr for Kind {
             "virtualservice" | "virtualservices" | "vs" => Ok(Kind::VirtualService),
             "destinationrule" | "destinationrules" | "dr" => Ok(Kind::DestinationRule),
             "wasmplugin" | "wasmplugins" => Ok(Kind::WasmPlugin),
+            "authorizationpolicy" | "authorizationpolicies" | "ap" => Ok(Kind::AuthorizationPolicy),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap)"
             )),
         }
     }
@@ -122,6 +129,8 @@ pub enum Spec {
     DestinationRule(DestinationRule),
     /// A WasmPlugin's spec.
     WasmPlugin(WasmPlugin),
+    /// An AuthorizationPolicy's spec.
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 impl Resource {
@@ -860,6 +869,159 @@ pub fn service_of_host(host: &str) -> Result<&str, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// AuthorizationPolicy
+
+/// Istio's root namespace: an AuthorizationPolicy there applies mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// The namespace every Weft workload is in (its identity's `ns`).
+pub const WORKLOAD_NAMESPACE: &str = "default";
+
+/// An AuthorizationPolicy's spec: which workloads' inbound calls it judges, and how.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicy {
+    /// The workloads it applies to, by labels; none: every workload in its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// `ALLOW` (default) or `DENY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<AuthzActionName>,
+    /// Any matching is the policy matching; none: it never matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AuthzRuleSpec>,
+}
+
+/// Istio's `AuthorizationPolicy.Action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthzActionName {
+    /// Allow matching calls (and, once any ALLOW applies, only those).
+    #[serde(rename = "ALLOW")]
+    Allow,
+    /// Deny matching calls.
+    #[serde(rename = "DENY")]
+    Deny,
+    /// Not supported by Weft yet.
+    #[serde(rename = "AUDIT")]
+    Audit,
+    /// Not supported by Weft yet (external authorizers).
+    #[serde(rename = "CUSTOM")]
+    Custom,
+}
+
+/// Istio's `Rule`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzRuleSpec {
+    /// Callers; any entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<AuthzFrom>,
+    /// Requests; any entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<AuthzTo>,
+}
+
+/// Istio's `Rule.From`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzFrom {
+    /// The caller's conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AuthzSourceSpec>,
+}
+
+/// Istio's `Source`, the fields Weft implements.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzSourceSpec {
+    /// Peer principals (`<trust domain>/ns/<ns>/sa/<sa>`, with `*` wildcards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Principals the caller must not be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+}
+
+/// Istio's `Rule.To`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzTo {
+    /// The request's conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<AuthzOperationSpec>,
+}
+
+/// Istio's `Operation`, the fields Weft implements.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthzOperationSpec {
+    /// Paths without the query (`/exact`, `/prefix*`, `*suffix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Paths the request's must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+    /// Methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Methods the request's must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+}
+
+impl AuthorizationPolicy {
+    /// Whether it judges the inbound calls of a workload carrying `labels` (Weft's workloads
+    /// are all in [`WORKLOAD_NAMESPACE`]; a policy in [`ROOT_NAMESPACE`] applies mesh-wide).
+    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        (namespace == WORKLOAD_NAMESPACE || namespace == ROOT_NAMESPACE)
+            && self.selector.as_ref().is_none_or(|s| {
+                s.match_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+            })
+    }
+
+    /// The snapshot's form, named `<namespace>/<name>` (a checked policy: its action is ALLOW
+    /// or DENY, each `source`/`operation` present).
+    pub fn to_snapshot(&self, name: String) -> crate::snapshot::AuthzPolicy {
+        use crate::snapshot::{AuthzAction, AuthzOperation, AuthzRule, AuthzSource};
+        crate::snapshot::AuthzPolicy {
+            name,
+            action: match self.action {
+                Some(AuthzActionName::Deny) => AuthzAction::Deny,
+                _ => AuthzAction::Allow,
+            },
+            rules: self
+                .rules
+                .iter()
+                .map(|r| AuthzRule {
+                    from: r
+                        .from
+                        .iter()
+                        .filter_map(|f| f.source.as_ref())
+                        .map(|s| AuthzSource {
+                            principals: s.principals.clone(),
+                            not_principals: s.not_principals.clone(),
+                        })
+                        .collect(),
+                    to: r
+                        .to
+                        .iter()
+                        .filter_map(|t| t.operation.as_ref())
+                        .map(|o| AuthzOperation {
+                            paths: o.paths.clone(),
+                            not_paths: o.not_paths.clone(),
+                            methods: o.methods.clone(),
+                            not_methods: o.not_methods.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reading a document
 
 /// Problems found in one document, each `path: message`.
@@ -946,6 +1108,30 @@ const DR_UNSUPPORTED: Unsupported = &[
 
 const WASM_UNSUPPORTED: Unsupported = &[("", &["imagePullSecret", "vmConfig", "match"])];
 
+const AUTHZ_UNSUPPORTED: Unsupported = &[
+    ("", &["targetRef", "targetRefs", "provider"]),
+    ("rules[]", &["when"]),
+    (
+        "rules[].from[].source",
+        &[
+            "requestPrincipals",
+            "notRequestPrincipals",
+            "namespaces",
+            "notNamespaces",
+            "ipBlocks",
+            "notIpBlocks",
+            "remoteIpBlocks",
+            "notRemoteIpBlocks",
+            "serviceAccounts",
+            "notServiceAccounts",
+        ],
+    ),
+    (
+        "rules[].to[].operation",
+        &["hosts", "notHosts", "ports", "notPorts"],
+    ),
+];
+
 /// Reads kind, name, namespace and spec, recording every problem found.
 fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, String, Spec)> {
     let Some(top) = doc.as_object() else {
@@ -975,7 +1161,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
                 problems.at(
                     "kind",
                     format!(
-                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin)"
+                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy)"
                     ),
                 );
                 None
@@ -1157,6 +1343,7 @@ fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> 
         Kind::VirtualService => VS_UNSUPPORTED,
         Kind::DestinationRule => DR_UNSUPPORTED,
         Kind::WasmPlugin => WASM_UNSUPPORTED,
+        Kind::AuthorizationPolicy => AUTHZ_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -1177,6 +1364,10 @@ fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> 
         Kind::WasmPlugin => typed::<WasmPlugin>(spec, problems).map(|wp| {
             check_wasm_plugin(&wp, problems);
             Spec::WasmPlugin(wp)
+        }),
+        Kind::AuthorizationPolicy => typed::<AuthorizationPolicy>(spec, problems).map(|ap| {
+            check_authorization_policy(&ap, problems);
+            Spec::AuthorizationPolicy(ap)
         }),
     }
 }
@@ -1525,6 +1716,77 @@ fn check_wasm_plugin(wp: &WasmPlugin, problems: &mut Problems) {
     }
     if wp.plugin_type == Some(PluginType::Network) {
         problems.at("spec.type", "NETWORK plugins are not supported by Weft yet");
+    }
+}
+
+fn check_authorization_policy(ap: &AuthorizationPolicy, problems: &mut Problems) {
+    if let Some(action @ (AuthzActionName::Audit | AuthzActionName::Custom)) = ap.action {
+        let name = if action == AuthzActionName::Audit {
+            "AUDIT"
+        } else {
+            "CUSTOM"
+        };
+        problems.at(
+            "spec.action",
+            format!("{name} is not supported by Weft yet (use ALLOW or DENY)"),
+        );
+    }
+    let check = |at: String, values: &[String], is_path: bool, problems: &mut Problems| {
+        for (i, v) in values.iter().enumerate() {
+            // Templates first: `{*}` would otherwise read as a misplaced wildcard.
+            if is_path && v.contains(['{', '}']) {
+                problems.at(
+                    format!("{at}[{i}]"),
+                    format!("{v:?}: path templates ({{*}}, {{**}}) are not supported by Weft yet"),
+                );
+            } else if let Err(e) = crate::snapshot::check_authz_pattern(v) {
+                problems.at(format!("{at}[{i}]"), e);
+            }
+        }
+    };
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let at = format!("{at}.from[{j}].source");
+            match &from.source {
+                None => problems.at(at, "required"),
+                Some(s) if s.principals.is_empty() && s.not_principals.is_empty() => {
+                    problems.at(at, "must not be empty (give principals or notPrincipals)")
+                }
+                Some(s) => {
+                    check(format!("{at}.principals"), &s.principals, false, problems);
+                    check(
+                        format!("{at}.notPrincipals"),
+                        &s.not_principals,
+                        false,
+                        problems,
+                    );
+                }
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let at = format!("{at}.to[{j}].operation");
+            match &to.operation {
+                None => problems.at(at, "required"),
+                Some(o)
+                    if o.paths.is_empty()
+                        && o.not_paths.is_empty()
+                        && o.methods.is_empty()
+                        && o.not_methods.is_empty() =>
+                {
+                    problems.at(
+                        at,
+                        "must not be empty (give paths, notPaths, methods or notMethods)",
+                    )
+                }
+                Some(o) => {
+                    check(format!("{at}.paths"), &o.paths, true, problems);
+                    check(format!("{at}.notPaths"), &o.not_paths, true, problems);
+                    check(format!("{at}.methods"), &o.methods, false, problems);
+                    check(format!("{at}.notMethods"), &o.not_methods, false, problems);
+                }
+            }
+        }
     }
 }
 
@@ -1915,7 +2177,7 @@ mod tests {
             [
                 "t.yaml: document 2 (DestinationRule payments): spec.subsets[1].name: subset v1 is defined twice",
                 "t.yaml: document 2 (DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported by Weft yet",
-                "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin)",
+                "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy)",
             ]
         );
     }
@@ -2158,6 +2420,88 @@ mod tests {
         ] {
             assert_error(&scoped(annotations, spec), needle);
         }
+    }
+
+    fn authz(version: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/{version}\nkind: AuthorizationPolicy\nmetadata: {{ name: payments-authz }}\nspec:\n{spec}"
+        )
+    }
+
+    #[test]
+    fn authorization_policies_parse() {
+        let spec = "  selector: { matchLabels: { app: payments } }\n  action: DENY\n  rules:\n  - from:\n    - source: { principals: [\"weft.local/ns/default/sa/orders\", \"*/sa/inventory\"], notPrincipals: [\"*\"] }\n    to:\n    - operation: { paths: [/admin*, /exact], notPaths: [\"*.json\"], methods: [GET], notMethods: [DELETE] }\n";
+        for version in ["v1", "v1beta1"] {
+            let rs = parse_yaml(&authz(version, spec), "t.yaml").expect("parses");
+            let Spec::AuthorizationPolicy(ap) = &rs[0].spec else {
+                panic!("not an AuthorizationPolicy")
+            };
+            assert_eq!(ap.action, Some(AuthzActionName::Deny));
+            let compiled = ap.to_snapshot("default/payments-authz".into());
+            assert_eq!(compiled.action, crate::snapshot::AuthzAction::Deny);
+            assert_eq!(
+                compiled.rules[0].from[0].principals,
+                ["weft.local/ns/default/sa/orders", "*/sa/inventory"]
+            );
+            assert_eq!(compiled.rules[0].to[0].not_methods, ["DELETE"]);
+        }
+        // `spec: {}` is Istio's allow-nothing: ALLOW with no rules.
+        let rs = parse_yaml(&authz("v1", "  {}\n"), "t.yaml").expect("parses");
+        let Spec::AuthorizationPolicy(ap) = &rs[0].spec else {
+            panic!("not an AuthorizationPolicy")
+        };
+        let compiled = ap.to_snapshot("default/deny-all".into());
+        assert_eq!(compiled.action, crate::snapshot::AuthzAction::Allow);
+        assert!(compiled.rules.is_empty());
+        assert_eq!("ap".parse::<Kind>(), Ok(Kind::AuthorizationPolicy));
+        assert_eq!(
+            "AuthorizationPolicies".parse::<Kind>(),
+            Ok(Kind::AuthorizationPolicy)
+        );
+    }
+
+    #[test]
+    fn authorization_policy_checks() {
+        let text = authz(
+            "v1",
+            "  action: CUSTOM\n  provider: { name: ext }\n  targetRefs: [{ kind: Service, name: payments }]\n  rules:\n  - from:\n    - source: { namespaces: [default] }\n    - source: { principals: [\"a*b\", \"\"] }\n    - {}\n    to:\n    - operation: { hosts: [x], paths: [\"/{*}/x\"] }\n    - operation: {}\n    when: [{ key: source.ip, values: [y] }]\n",
+        );
+        let all = errors_of(&text);
+        for needle in [
+            "spec.provider: not supported by Weft yet",
+            "spec.targetRefs: not supported by Weft yet",
+            "spec.rules[0].when: not supported by Weft yet",
+            "spec.rules[0].from[0].source.namespaces: not supported by Weft yet",
+            "spec.rules[0].to[0].operation.hosts: not supported by Weft yet",
+            "spec.action: CUSTOM is not supported by Weft yet (use ALLOW or DENY)",
+            "spec.rules[0].from[0].source: must not be empty",
+            "spec.rules[0].from[1].source.principals[0]: \"a*b\": `*` may only",
+            "spec.rules[0].from[1].source.principals[1]: must not be empty",
+            "spec.rules[0].from[2].source: required",
+            "spec.rules[0].to[0].operation.paths[0]: \"/{*}/x\": path templates",
+            "spec.rules[0].to[1].operation: must not be empty",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_error(
+            &authz("v1", "  action: AUDIT\n"),
+            "spec.action: AUDIT is not supported by Weft yet",
+        );
+        assert_error(
+            &authz("v1", "  action: REJECT\n"),
+            "spec.action: unknown variant `REJECT`",
+        );
+        assert_error(
+            &authz(
+                "v1",
+                "  rules: [{ from: [{ source: { principal: [x] } }] }]\n",
+            ),
+            "spec.rules[0].from[0].source.principal: unknown field `principal`",
+        );
+        assert_error(
+            &authz("v1alpha1", "  {}\n"),
+            "apiVersion: security.istio.io/v1alpha1 does not serve AuthorizationPolicy",
+        );
     }
 
     #[test]

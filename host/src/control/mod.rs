@@ -1,8 +1,9 @@
 //! The control plane. Its core is pure and without I/O: [`istio`] reads the Istio resources
-//! people apply (`VirtualService`, `DestinationRule`, `WasmPlugin` YAML) and checks each on its
-//! own; [`compile`] checks them together and turns them into the snapshot each sidecar applies.
-//! Around it: [`store`] keeps state durable, [`auth`] checks credentials, [`server`] is
-//! `weft control` (the API and the watch stream), and [`client`] is the sidecar's side.
+//! people apply (`VirtualService`, `DestinationRule`, `WasmPlugin`, `AuthorizationPolicy` YAML)
+//! and checks each on its own; [`compile`] checks them together and turns them into the
+//! snapshot each sidecar applies. Around it: [`store`] keeps state durable, [`auth`] checks
+//! credentials, [`server`] is `weft control` (the API and the watch stream), and [`client`] is
+//! the sidecar's side.
 
 pub mod auth;
 pub mod client;

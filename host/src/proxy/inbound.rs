@@ -4,7 +4,7 @@
 use super::body::{self, ProxyBody};
 use super::headers;
 use super::outbound::FORWARDED_HOST;
-use super::{Inputs, Peer, local_response};
+use super::{Inputs, Peer, authz, local_response};
 use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -22,6 +22,31 @@ pub async fn handle(
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
+    let m = &inputs.inbound_metrics;
+    // Judged against the routes in force, before anything reaches the app; no policy costs one
+    // branch.
+    let routes = inputs.routes.load();
+    if !routes.authz.is_empty() {
+        let call = authz::Call {
+            principal: peer.principal.as_deref(),
+            method: req.method().as_str(),
+            path: req.uri().path(),
+        };
+        if let authz::Verdict::Deny(policy) = routes.authz.check(&call) {
+            tracing::debug!(
+                caller = peer.principal.as_deref().unwrap_or("(unauthenticated)"),
+                method = %req.method(),
+                path = req.uri().path(),
+                policy = policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
+                "inbound call denied"
+            );
+            inputs.metrics.inbound_denied.inc();
+            m.request(403);
+            m.duration.observe(start.elapsed().as_secs_f64());
+            return Ok(local_response(StatusCode::FORBIDDEN, authz::DENIED_BODY));
+        }
+    }
+    drop(routes);
     let (mut parts, incoming) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
@@ -80,7 +105,6 @@ pub async fn handle(
             )
         }
     };
-    let m = &inputs.inbound_metrics;
     m.request(response.status().as_u16());
     m.duration.observe(start.elapsed().as_secs_f64());
     Ok(response)

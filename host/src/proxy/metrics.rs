@@ -69,6 +69,8 @@ pub struct ProxyMetrics {
     pub pool_failed: IntCounterVec,
     /// Inbound connections closed before serving for want of an acceptable TLS handshake.
     pub tls_refused: IntCounterVec,
+    /// Inbound calls refused by an authorization policy.
+    pub inbound_denied: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -161,6 +163,11 @@ impl ProxyMetrics {
             ),
             &["reason"],
         )?;
+        let inbound_denied = IntCounter::new(
+            "weft_inbound_denied_total",
+            "Inbound calls refused with 403 by an authorization policy.",
+        )?;
+        registry.register(Box::new(inbound_denied.clone()))?;
         registry.register(Box::new(tls_refused.clone()))?;
         registry.register(Box::new(pool_opened.clone()))?;
         registry.register(Box::new(pool_open.clone()))?;
@@ -180,6 +187,7 @@ impl ProxyMetrics {
             pool_open,
             pool_failed,
             tls_refused,
+            inbound_denied,
         })
     }
 }

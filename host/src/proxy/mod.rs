@@ -7,6 +7,7 @@
 //! listener's handshake in [`serve`]).
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod headers;
@@ -173,6 +174,9 @@ pub struct Peer {
     /// The `x-forwarded-client-cert` value for its requests (`By=<us>;URI=<it>`), formatted once
     /// per connection; none without an authenticated identity.
     pub xfcc: Option<http::HeaderValue>,
+    /// Its Istio principal (`<trust domain>/ns/<ns>/sa/<sa>`), which authorization policies
+    /// name; formatted once per connection.
+    pub principal: Option<String>,
 }
 
 impl Peer {
@@ -184,6 +188,7 @@ impl Peer {
         Peer {
             addr,
             forwarded: headers::forwarded_value(addr.ip()),
+            principal: identity.as_ref().map(authz::principal_of),
             identity,
             xfcc,
         }

@@ -48,6 +48,8 @@ pub struct Routes {
     pub snapshot: Snapshot,
     /// Routes by service name.
     pub services: HashMap<String, Arc<Route>>,
+    /// The inbound side's authorization, compiled once from the snapshot's `inbound` section.
+    pub authz: super::authz::Authorizer,
 }
 
 impl Routes {
@@ -56,6 +58,7 @@ impl Routes {
         Routes {
             snapshot: Snapshot::default(),
             services: HashMap::new(),
+            authz: super::authz::Authorizer::default(),
         }
     }
 }
@@ -177,5 +180,10 @@ pub fn build(
         services.insert(name.clone(), Arc::new(route));
     }
     table.retain(&keep);
-    Ok(Routes { snapshot, services })
+    let authz = super::authz::Authorizer::new(&snapshot.inbound.authorization);
+    Ok(Routes {
+        snapshot,
+        services,
+        authz,
+    })
 }
