@@ -29,12 +29,37 @@ pub struct Inbound {
     /// Authorization policies (Istio's `AuthorizationPolicy`) that select this workload.
     #[serde(default)]
     pub authorization: Vec<AuthzPolicy>,
+    /// The mTLS mode Istio's `PeerAuthentication` puts in force on the inbound listener; none:
+    /// the sidecar keeps the mode its bootstrap gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_authentication: Option<MtlsMode>,
 }
 
 impl Inbound {
     /// Whether there is nothing to enforce.
     pub fn is_empty(&self) -> bool {
-        self.authorization.is_empty()
+        self.authorization.is_empty() && self.peer_authentication.is_none()
+    }
+}
+
+/// The inbound listener's mTLS mode, as `PeerAuthentication` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MtlsMode {
+    /// Only mTLS with a certificate from the mesh.
+    #[serde(rename = "STRICT")]
+    Strict,
+    /// mTLS or plaintext.
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+}
+
+impl MtlsMode {
+    /// The identity layer's form, which the listener's TLS configs are built for.
+    pub fn peer_auth_mode(self) -> crate::identity::PeerAuthMode {
+        match self {
+            MtlsMode::Strict => crate::identity::PeerAuthMode::Strict,
+            MtlsMode::Permissive => crate::identity::PeerAuthMode::Permissive,
+        }
     }
 }
 
@@ -376,6 +401,26 @@ mod tests {
             json["services"]["payments"]["plugins"][1]
                 .get("routes")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn peer_authentication_round_trips_and_is_left_out_when_absent() {
+        let text = r#"{"version":"1","inbound":{"peerAuthentication":"STRICT"}}"#;
+        let snapshot = Snapshot::from_json(text).expect("parses");
+        assert_eq!(snapshot.inbound.peer_authentication, Some(MtlsMode::Strict));
+        assert!(!snapshot.inbound.is_empty());
+        let json = serde_json::to_value(&snapshot).expect("serializes");
+        assert_eq!(json["inbound"]["peerAuthentication"], "STRICT");
+        let none = Snapshot::from_json(r#"{"version":"1"}"#).expect("parses");
+        let json = serde_json::to_value(&none).expect("serializes");
+        assert!(json.get("inbound").is_none());
+        let err =
+            Snapshot::from_json(r#"{"version":"1","inbound":{"peerAuthentication":"DISABLE"}}"#)
+                .expect_err("not a mode");
+        assert!(
+            err.to_string().contains("unknown variant `DISABLE`"),
+            "{err}"
         );
     }
 

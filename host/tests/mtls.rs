@@ -420,3 +420,108 @@ async fn authorization_policies_are_enforced_on_the_callers_identity() {
         );
     }
 }
+
+/// A payments snapshot whose inbound section is what a PeerAuthentication compiles to.
+fn payments_peer_authn(version: &str, mode: Option<&str>) -> Snapshot {
+    let inbound = match mode {
+        Some(mode) => serde_json::json!({ "peerAuthentication": mode }),
+        None => serde_json::json!({}),
+    };
+    serde_json::from_value(serde_json::json!({ "version": version, "inbound": inbound }))
+        .expect("snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_authentication_snapshot_switches_new_connections_to_strict() {
+    let mesh = Mesh::new();
+    let payments = pod(&mesh, "payments", PeerAuthMode::Permissive).await;
+    let orders = orders(&mesh, payments.sidecar.inbound).await;
+    let plain = || async {
+        // A fresh client each time: a new connection, which is where the mode is read.
+        h2_client()
+            .request(get(payments.sidecar.inbound, "/plain"))
+            .await
+    };
+
+    let resp = plain().await.expect("PERMISSIVE accepts plaintext");
+    assert_eq!(read(resp).await.0, StatusCode::OK);
+    assert_eq!(call(orders.outbound, "/tls").await, StatusCode::OK);
+
+    payments
+        .sidecar
+        .apply(payments_peer_authn("pa-strict", Some("STRICT")))
+        .await
+        .expect("applies");
+    assert!(
+        plain().await.is_err(),
+        "a new plaintext connection is refused under STRICT"
+    );
+    // orders' pooled connection keeps going, and a new caller's mTLS handshake passes.
+    assert_eq!(call(orders.outbound, "/tls").await, StatusCode::OK);
+    let fresh = caller(&mesh, "orders", payments.sidecar.inbound).await;
+    assert_eq!(call(fresh.outbound, "/tls").await, StatusCode::OK);
+    let metrics = support::scrape(&payments.sidecar).await;
+    assert!(
+        metrics.contains("weft_inbound_tls_refused_total{reason=\"plaintext\"} 1"),
+        "{metrics}"
+    );
+
+    // Without a PeerAuthentication the bootstrap's PERMISSIVE is back in force.
+    payments
+        .sidecar
+        .apply(payments_peer_authn("pa-none", None))
+        .await
+        .expect("applies");
+    let resp = plain().await.expect("plaintext accepted again");
+    assert_eq!(read(resp).await.0, StatusCode::OK);
+
+    let paths: Vec<String> = payments.app.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/plain", "/tls", "/tls", "/tls", "/plain"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permissive_peer_authentication_relaxes_a_strict_bootstrap() {
+    let mesh = Mesh::new();
+    let payments = pod(&mesh, "payments", PeerAuthMode::Strict).await;
+    assert!(
+        h2_client()
+            .request(get(payments.sidecar.inbound, "/plain"))
+            .await
+            .is_err(),
+        "STRICT bootstrap refuses plaintext"
+    );
+    payments
+        .sidecar
+        .apply(payments_peer_authn("pa-permissive", Some("PERMISSIVE")))
+        .await
+        .expect("applies");
+    let resp = h2_client()
+        .request(get(payments.sidecar.inbound, "/plain"))
+        .await
+        .expect("PERMISSIVE accepts plaintext");
+    assert_eq!(read(resp).await.0, StatusCode::OK);
+    let orders = orders(&mesh, payments.sidecar.inbound).await;
+    assert_eq!(call(orders.outbound, "/tls").await, StatusCode::OK);
+    let seen = payments.app.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(xfcc(&seen[1].headers), vec![EXPECTED_XFCC.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_without_mtls_keeps_serving_plaintext_under_strict() {
+    let app = support::App::start("payments").await;
+    let sidecar = Sidecar::start(support::sidecar_config("payments", app.addr))
+        .await
+        .expect("sidecar");
+    // It has no certificate to require TLS with: a warning, and plaintext goes on.
+    sidecar
+        .apply(payments_peer_authn("pa-strict", Some("STRICT")))
+        .await
+        .expect("applies");
+    let resp = h2_client()
+        .request(get(sidecar.inbound, "/plain"))
+        .await
+        .expect("plaintext still served");
+    assert_eq!(read(resp).await.0, StatusCode::OK);
+    assert_eq!(app.seen().len(), 1);
+}

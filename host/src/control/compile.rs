@@ -43,6 +43,16 @@
 //! with the caller's SPIFFE ID minus `spiffe://`, so they name Weft's trust domain
 //! (`weft.local/ns/default/sa/orders`), not Istio's `cluster.local`.
 //!
+//! The snapshot's `inbound.peerAuthentication` is the mTLS mode Istio's PeerAuthentication
+//! precedence gives workload `me`: a policy with `selector.matchLabels` among its labels (in
+//! `default`) over the namespace-wide one (`default`, no selector) over the mesh-wide one
+//! (`istio-system`, no selector); a level whose mode is `UNSET` (or has no `mtls`) inherits the
+//! next. Absent when no level sets a mode: the sidecar keeps its bootstrap mode (Istio's default
+//! would be PERMISSIVE). Istio ignores a selector in the root namespace; so does Weft, with a
+//! warning. One namespace-wide policy per namespace and one mesh-wide policy (Istio keeps the
+//! oldest, which Weft cannot tell); among several workload policies selecting one workload, the
+//! first by namespace and name wins, with a warning.
+//!
 //! A snapshot's version is a digest of its content, so identical content has the identical
 //! version and the control plane pushes only what changed.
 
@@ -53,8 +63,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::istio::{
-    AuthorizationPolicy, DestinationRule, HttpRoute, IstioFailStrategy, Kind, Phase, ROUTES_PATH,
-    Resource, Spec, VirtualService, WasmPlugin, WasmSource, service_of_host,
+    AuthorizationPolicy, DestinationRule, HttpRoute, IstioFailStrategy, Kind, PeerAuthentication,
+    PeerAuthnScope, Phase, ROUTES_PATH, Resource, Spec, VirtualService, WasmPlugin, WasmSource,
+    service_of_host,
 };
 use crate::plugin::FailStrategy;
 use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot, parse_duration};
@@ -152,6 +163,34 @@ pub fn validate(
         }
     }
 
+    // Istio keeps the oldest of several namespace-wide (or mesh-wide) policies; Weft keeps no
+    // creation times, so it refuses the ambiguity instead of picking by name.
+    let mut wide: BTreeMap<&str, &Resource> = BTreeMap::new();
+    for (r, pa) in &catalog.peer_authentications {
+        if !matches!(
+            pa.scope(&r.namespace),
+            Some(PeerAuthnScope::Mesh | PeerAuthnScope::Namespace)
+        ) {
+            continue;
+        }
+        match wide.get(r.namespace.as_str()) {
+            Some(first) => errors.push(format!(
+                "{}: spec.selector: namespace {} already has a {} PeerAuthentication ({}); Weft takes one per namespace (give this one a selector or merge them)",
+                r.origin(),
+                r.namespace,
+                if r.namespace == super::istio::ROOT_NAMESPACE {
+                    "mesh-wide"
+                } else {
+                    "namespace-wide"
+                },
+                first.origin()
+            )),
+            None => {
+                wide.insert(r.namespace.as_str(), r);
+            }
+        }
+    }
+
     let mut wasm_names: BTreeMap<&str, &Resource> = BTreeMap::new();
     for r in resources {
         match &r.spec {
@@ -161,6 +200,7 @@ pub fn validate(
             }
             Spec::DestinationRule(dr) => warn_destination_rule(r, dr, &mut warnings),
             Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
+            Spec::PeerAuthentication(pa) => warn_peer_authentication(r, pa, &mut warnings),
             Spec::WasmPlugin(wp) => {
                 if let Some(first) = wasm_names.get(r.name.as_str()) {
                     if first.namespace != r.namespace {
@@ -385,8 +425,44 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         .filter(|(r, ap)| ap.selects(&r.namespace, &labels))
         .map(|(r, ap)| ap.to_snapshot(format!("{}/{}", r.namespace, r.name)))
         .collect();
+    snapshot.inbound.peer_authentication =
+        peer_authentication(&catalog, me, &labels, &mut warnings);
     snapshot.version = version_of(&snapshot);
     Compiled { snapshot, warnings }
+}
+
+/// The mTLS mode in force for a workload carrying `labels`: per level (mesh, namespace,
+/// workload) the first selecting policy in the catalog's order, then the most specific level
+/// that sets a mode.
+fn peer_authentication(
+    catalog: &Catalog,
+    me: &Workload,
+    labels: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Option<crate::snapshot::MtlsMode> {
+    let mut levels: [Option<(&Resource, &PeerAuthentication)>; 3] = [None; 3];
+    for (r, pa) in &catalog.peer_authentications {
+        let Some(scope) = pa.scope(&r.namespace) else {
+            continue;
+        };
+        if !pa.selects(&r.namespace, labels) {
+            continue;
+        }
+        let slot = &mut levels[scope as usize];
+        match slot {
+            None => *slot = Some((r, pa)),
+            // Validation refuses two at the other levels.
+            Some((first, _)) => warnings.push(format!(
+                "{}: several PeerAuthentications select workload {} ({:?}); using {}",
+                r.origin(),
+                me.service,
+                labels,
+                first.origin()
+            )),
+        }
+    }
+    // Most specific first: the first level that sets a mode wins.
+    levels.iter().rev().flatten().find_map(|(_, pa)| pa.mode())
 }
 
 /// Puts `build` (a WasmPlugin named like a built-in) in the built-in's place: same position,
@@ -479,6 +555,7 @@ struct Catalog<'a> {
     destination_rules: BTreeMap<&'a str, Vec<(&'a Resource, &'a DestinationRule)>>,
     wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
     authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
+    peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
 }
 
 impl<'a> Catalog<'a> {
@@ -499,6 +576,7 @@ impl<'a> Catalog<'a> {
             destination_rules: BTreeMap::new(),
             wasm_plugins: Vec::new(),
             authorization_policies: Vec::new(),
+            peer_authentications: Vec::new(),
         };
         for r in sorted {
             match &r.spec {
@@ -524,6 +602,7 @@ impl<'a> Catalog<'a> {
                 }
                 Spec::WasmPlugin(wp) => catalog.wasm_plugins.push((r, wp)),
                 Spec::AuthorizationPolicy(ap) => catalog.authorization_policies.push((r, ap)),
+                Spec::PeerAuthentication(pa) => catalog.peer_authentications.push((r, pa)),
             }
         }
         catalog
@@ -691,6 +770,21 @@ fn warn_authorization_policy(r: &Resource, ap: &AuthorizationPolicy, warnings: &
                 r.origin()
             ));
         }
+    }
+}
+
+fn warn_peer_authentication(r: &Resource, pa: &PeerAuthentication, warnings: &mut Vec<String>) {
+    use super::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
+    if pa.scope(&r.namespace).is_none() {
+        warnings.push(format!(
+            "{}: spec.selector: ignored, as Istio does in the root namespace {ROOT_NAMESPACE}: selects no workload (put it in {WORKLOAD_NAMESPACE}, or drop the selector for a mesh-wide policy)",
+            r.origin()
+        ));
+    } else if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
+        warnings.push(format!(
+            "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for a mesh-wide policy)",
+            r.origin()
+        ));
     }
 }
 
@@ -1435,6 +1529,159 @@ spec:
                 .is_none()
         );
         assert_ne!(none.version, orders.version);
+    }
+
+    fn peer_authn_doc(namespace: &str, name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
+        )
+    }
+
+    fn modes(text: &str) -> Vec<Option<crate::snapshot::MtlsMode>> {
+        let resources = if text.is_empty() {
+            Vec::new()
+        } else {
+            parse(text)
+        };
+        let workloads = mesh();
+        workloads
+            .iter()
+            .map(|w| {
+                snapshot_for(&resources, &workloads, w)
+                    .inbound
+                    .peer_authentication
+            })
+            .collect()
+    }
+
+    #[test]
+    fn peer_authentication_follows_istio_precedence() {
+        use crate::snapshot::MtlsMode::{Permissive, Strict};
+        let mesh_strict = peer_authn_doc("istio-system", "mesh", "  mtls: { mode: STRICT }\n");
+        let ns_permissive = peer_authn_doc("default", "ns", "  mtls: { mode: PERMISSIVE }\n");
+        let v2_strict = peer_authn_doc(
+            "default",
+            "v2",
+            "  selector: { matchLabels: { app: payments, version: v2 } }\n  mtls: { mode: STRICT }\n",
+        );
+        let v2_unset = peer_authn_doc(
+            "default",
+            "v2",
+            "  selector: { matchLabels: { version: v2 } }\n  mtls: { mode: UNSET }\n",
+        );
+        // mesh() is payments v1, payments v2, orders.
+        assert_eq!(modes(""), [None, None, None], "no policy: bootstrap mode");
+        assert_eq!(modes(&mesh_strict), [Some(Strict); 3]);
+        assert_eq!(
+            modes(&[mesh_strict.clone(), ns_permissive.clone()].concat()),
+            [Some(Permissive); 3],
+            "namespace-wide over mesh-wide"
+        );
+        assert_eq!(
+            modes(&[mesh_strict.clone(), ns_permissive.clone(), v2_strict].concat()),
+            [Some(Permissive), Some(Strict), Some(Permissive)],
+            "workload over namespace-wide"
+        );
+        assert_eq!(
+            modes(&[mesh_strict.clone(), ns_permissive.clone(), v2_unset.clone()].concat()),
+            [Some(Permissive); 3],
+            "UNSET inherits the namespace's"
+        );
+        let ns_unset = peer_authn_doc("default", "ns", "  mtls: {}\n");
+        assert_eq!(
+            modes(&[mesh_strict.clone(), ns_unset, v2_unset.clone()].concat()),
+            [Some(Strict); 3],
+            "UNSET twice inherits the mesh's"
+        );
+        assert_eq!(
+            modes(&v2_unset),
+            [None, None, None],
+            "only UNSET: nothing in force"
+        );
+        // Policies that select no Weft workload change nothing, with a warning.
+        let ignored = [
+            peer_authn_doc(
+                "istio-system",
+                "rooted",
+                "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+            ),
+            peer_authn_doc("shop", "elsewhere", "  mtls: { mode: STRICT }\n"),
+        ]
+        .concat();
+        assert_eq!(modes(&ignored), [None, None, None]);
+        let warnings = validate_warnings(&parse(&ignored));
+        for needle in [
+            "(PeerAuthentication rooted): spec.selector: ignored, as Istio does in the root namespace",
+            "(PeerAuthentication elsewhere): metadata.namespace: selects no workload",
+        ] {
+            assert!(
+                warnings.contains(needle),
+                "missing {needle:?} in:\n{warnings}"
+            );
+        }
+        // The mode is part of the content, so of the version.
+        let resources = parse(&mesh_strict);
+        let workloads = mesh();
+        let strict = snapshot_for(&resources, &workloads, &workloads[2]);
+        let none = snapshot_for(&[], &workloads, &workloads[2]);
+        assert_ne!(strict.version, none.version);
+        assert!(strict.validate().is_ok());
+        assert_eq!(
+            serde_json::to_value(&strict).expect("json")["inbound"]["peerAuthentication"],
+            "STRICT"
+        );
+    }
+
+    #[test]
+    fn one_wide_peer_authentication_per_namespace() {
+        let text = [
+            peer_authn_doc("default", "a", "  mtls: { mode: STRICT }\n"),
+            peer_authn_doc(
+                "default",
+                "b",
+                "  selector: {}\n  mtls: { mode: PERMISSIVE }\n",
+            ),
+            peer_authn_doc("istio-system", "m1", "  mtls: { mode: STRICT }\n"),
+            peer_authn_doc("istio-system", "m2", "  {}\n"),
+        ]
+        .concat();
+        let errors = validate_errors(&parse(&text));
+        for needle in [
+            "(PeerAuthentication b): spec.selector: namespace default already has a namespace-wide PeerAuthentication",
+            "(PeerAuthentication m2): spec.selector: namespace istio-system already has a mesh-wide PeerAuthentication",
+        ] {
+            assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
+        }
+        // Several workload policies may exist; one selecting a workload twice is a warning.
+        let text = [
+            peer_authn_doc(
+                "default",
+                "a-payments",
+                "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+            ),
+            peer_authn_doc(
+                "default",
+                "b-v2",
+                "  selector: { matchLabels: { version: v2 } }\n  mtls: { mode: PERMISSIVE }\n",
+            ),
+        ]
+        .concat();
+        let resources = parse(&text);
+        assert!(validate(&resources, &|_| true).is_ok());
+        let workloads = mesh();
+        let v2 = compile(&resources, &workloads, &workloads[1]);
+        assert_eq!(
+            v2.snapshot.inbound.peer_authentication,
+            Some(crate::snapshot::MtlsMode::Strict)
+        );
+        assert!(
+            v2.warnings.iter().any(|w| w.contains(
+                "(PeerAuthentication b-v2): several PeerAuthentications select workload payments"
+            ) && w
+                .contains("using t.yaml: document 1 (PeerAuthentication a-payments)")),
+            "{:?}",
+            v2.warnings
+        );
     }
 
     #[test]

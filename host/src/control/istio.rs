@@ -1,6 +1,6 @@
 //! Istio resources as people write them: `VirtualService` and `DestinationRule`
-//! (`networking.istio.io`), `WasmPlugin` (`extensions.istio.io`) and `AuthorizationPolicy`
-//! (`security.istio.io`), read from multi-document YAML.
+//! (`networking.istio.io`), `WasmPlugin` (`extensions.istio.io`), `AuthorizationPolicy` and
+//! `PeerAuthentication` (`security.istio.io`), read from multi-document YAML.
 //!
 //! YAML is read with `yaml-rust2` into its tree, turned into JSON, then into the typed structs
 //! below through `serde_path_to_error`, so every error names its document and the field's path
@@ -37,15 +37,18 @@ pub enum Kind {
     WasmPlugin,
     /// `security.istio.io` AuthorizationPolicy: who may call a workload, enforced inbound.
     AuthorizationPolicy,
+    /// `security.istio.io` PeerAuthentication: whether a workload's inbound listener requires mTLS.
+    PeerAuthentication,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
         Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -55,6 +58,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::WasmPlugin => "WasmPlugin",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -67,7 +71,9 @@ impl Kind {
                 "networking.istio.io/v1alpha3",
             ],
             Kind::WasmPlugin => &["extensions.istio.io/v1alpha1"],
-            Kind::AuthorizationPolicy => &["security.istio.io/v1", "security.istio.io/v1beta1"],
+            Kind::AuthorizationPolicy | Kind::PeerAuthentication => {
+                &["security.istio.io/v1", "security.istio.io/v1beta1"]
+            }
         }
     }
 
@@ -93,8 +99,9 @@ impl FromStr for Kind {
             "destinationrule" | "destinationrules" | "dr" => Ok(Kind::DestinationRule),
             "wasmplugin" | "wasmplugins" => Ok(Kind::WasmPlugin),
             "authorizationpolicy" | "authorizationpolicies" | "ap" => Ok(Kind::AuthorizationPolicy),
+            "peerauthentication" | "peerauthentications" | "pa" => Ok(Kind::PeerAuthentication),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa)"
             )),
         }
     }
@@ -131,6 +138,8 @@ pub enum Spec {
     WasmPlugin(WasmPlugin),
     /// An AuthorizationPolicy's spec.
     AuthorizationPolicy(AuthorizationPolicy),
+    /// A PeerAuthentication's spec.
+    PeerAuthentication(PeerAuthentication),
 }
 
 impl Resource {
@@ -1022,6 +1031,101 @@ impl AuthorizationPolicy {
 }
 
 // ---------------------------------------------------------------------------------------------
+// PeerAuthentication
+
+/// A PeerAuthentication's spec: the mTLS mode of the inbound listener of the workloads it
+/// selects.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerAuthentication {
+    /// The workloads it applies to, by labels; none (or no labels): its whole namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// The mode; none: inherit (as `UNSET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<PeerMtls>,
+}
+
+/// Istio's `PeerAuthentication.MutualTLS`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerMtls {
+    /// The mode; none: `UNSET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsModeName>,
+}
+
+/// Istio's `PeerAuthentication.MutualTLS.Mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MtlsModeName {
+    /// Inherit from the namespace-wide or mesh-wide policy.
+    #[serde(rename = "UNSET")]
+    Unset,
+    /// Refused: a Weft sidecar with mTLS always has an identity to present.
+    #[serde(rename = "DISABLE")]
+    Disable,
+    /// mTLS or plaintext.
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    /// mTLS only.
+    #[serde(rename = "STRICT")]
+    Strict,
+}
+
+/// Which of Istio's three levels a PeerAuthentication is at, most specific last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PeerAuthnScope {
+    /// In [`ROOT_NAMESPACE`] without a selector: every workload.
+    Mesh,
+    /// In a workload namespace without a selector: every workload there.
+    Namespace,
+    /// In a workload namespace with `selector.matchLabels`: the workloads carrying them.
+    Workload,
+}
+
+impl PeerAuthentication {
+    /// Its level, as Istio reads it, or none when it can select no workload: Istio ignores a
+    /// selector in the root namespace (it would pick root-namespace workloads only).
+    pub fn scope(&self, namespace: &str) -> Option<PeerAuthnScope> {
+        let selects = self
+            .selector
+            .as_ref()
+            .is_some_and(|s| !s.match_labels.is_empty());
+        match (namespace == ROOT_NAMESPACE, selects) {
+            (true, false) => Some(PeerAuthnScope::Mesh),
+            (true, true) => None,
+            (false, false) => Some(PeerAuthnScope::Namespace),
+            (false, true) => Some(PeerAuthnScope::Workload),
+        }
+    }
+
+    /// Whether it applies to a workload carrying `labels` (every Weft workload is in
+    /// [`WORKLOAD_NAMESPACE`]).
+    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self.scope(namespace) {
+            None => false,
+            Some(PeerAuthnScope::Mesh) => true,
+            Some(_) if namespace != WORKLOAD_NAMESPACE => false,
+            Some(_) => self.selector.as_ref().is_none_or(|s| {
+                s.match_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+            }),
+        }
+    }
+
+    /// The mode it sets, none when it inherits (`UNSET` or no `mtls`); `DISABLE` is refused
+    /// when the document is read, so it never gets here.
+    pub fn mode(&self) -> Option<crate::snapshot::MtlsMode> {
+        match self.mtls.as_ref().and_then(|m| m.mode) {
+            Some(MtlsModeName::Strict) => Some(crate::snapshot::MtlsMode::Strict),
+            Some(MtlsModeName::Permissive) => Some(crate::snapshot::MtlsMode::Permissive),
+            Some(MtlsModeName::Unset | MtlsModeName::Disable) | None => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reading a document
 
 /// Problems found in one document, each `path: message`.
@@ -1108,6 +1212,9 @@ const DR_UNSUPPORTED: Unsupported = &[
 
 const WASM_UNSUPPORTED: Unsupported = &[("", &["imagePullSecret", "vmConfig", "match"])];
 
+// Per-port modes need the listener to know the app's ports, which Weft's sidecar does not.
+const PEER_AUTHN_UNSUPPORTED: Unsupported = &[("", &["portLevelMtls"])];
+
 const AUTHZ_UNSUPPORTED: Unsupported = &[
     ("", &["targetRef", "targetRefs", "provider"]),
     ("rules[]", &["when"]),
@@ -1161,7 +1268,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
                 problems.at(
                     "kind",
                     format!(
-                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy)"
+                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication)"
                     ),
                 );
                 None
@@ -1344,6 +1451,7 @@ fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> 
         Kind::DestinationRule => DR_UNSUPPORTED,
         Kind::WasmPlugin => WASM_UNSUPPORTED,
         Kind::AuthorizationPolicy => AUTHZ_UNSUPPORTED,
+        Kind::PeerAuthentication => PEER_AUTHN_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -1368,6 +1476,10 @@ fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> 
         Kind::AuthorizationPolicy => typed::<AuthorizationPolicy>(spec, problems).map(|ap| {
             check_authorization_policy(&ap, problems);
             Spec::AuthorizationPolicy(ap)
+        }),
+        Kind::PeerAuthentication => typed::<PeerAuthentication>(spec, problems).map(|pa| {
+            check_peer_authentication(&pa, problems);
+            Spec::PeerAuthentication(pa)
         }),
     }
 }
@@ -1716,6 +1828,15 @@ fn check_wasm_plugin(wp: &WasmPlugin, problems: &mut Problems) {
     }
     if wp.plugin_type == Some(PluginType::Network) {
         problems.at("spec.type", "NETWORK plugins are not supported by Weft yet");
+    }
+}
+
+fn check_peer_authentication(pa: &PeerAuthentication, problems: &mut Problems) {
+    if pa.mtls.as_ref().and_then(|m| m.mode) == Some(MtlsModeName::Disable) {
+        problems.at(
+            "spec.mtls.mode",
+            "DISABLE is not supported: Weft sidecars always have identities once mTLS is on (use PERMISSIVE to accept plaintext as well)",
+        );
     }
 }
 
@@ -2177,7 +2298,7 @@ mod tests {
             [
                 "t.yaml: document 2 (DestinationRule payments): spec.subsets[1].name: subset v1 is defined twice",
                 "t.yaml: document 2 (DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported by Weft yet",
-                "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy)",
+                "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication)",
             ]
         );
     }
@@ -2501,6 +2622,111 @@ mod tests {
         assert_error(
             &authz("v1alpha1", "  {}\n"),
             "apiVersion: security.istio.io/v1alpha1 does not serve AuthorizationPolicy",
+        );
+    }
+
+    fn peer_authn(version: &str, namespace: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/{version}\nkind: PeerAuthentication\nmetadata: {{ name: pa, namespace: {namespace} }}\nspec:\n{spec}"
+        )
+    }
+
+    fn read_peer_authn(text: &str) -> (String, PeerAuthentication) {
+        let rs = parse_yaml(text, "t.yaml").expect("parses");
+        let Spec::PeerAuthentication(pa) = &rs[0].spec else {
+            panic!("not a PeerAuthentication")
+        };
+        (rs[0].namespace.clone(), pa.clone())
+    }
+
+    #[test]
+    fn peer_authentications_parse_with_their_scope_and_mode() {
+        use crate::snapshot::MtlsMode;
+        let labels: BTreeMap<String, String> = [("app", "payments"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for version in ["v1", "v1beta1"] {
+            let (ns, pa) = read_peer_authn(&peer_authn(
+                version,
+                "default",
+                "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+            ));
+            assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Workload));
+            assert_eq!(pa.mode(), Some(MtlsMode::Strict));
+            assert!(pa.selects(&ns, &labels));
+        }
+        let (ns, pa) = read_peer_authn(&peer_authn(
+            "v1",
+            "default",
+            "  selector: { matchLabels: { app: orders } }\n  mtls: { mode: PERMISSIVE }\n",
+        ));
+        assert!(!pa.selects(&ns, &labels));
+        assert_eq!(pa.mode(), Some(MtlsMode::Permissive));
+        // No selector, or one without labels: namespace-wide.
+        for spec in [
+            "  mtls: { mode: PERMISSIVE }\n",
+            "  selector: {}\n  mtls: {}\n",
+        ] {
+            let (ns, pa) = read_peer_authn(&peer_authn("v1", "default", spec));
+            assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Namespace));
+            assert!(pa.selects(&ns, &labels));
+        }
+        // UNSET, an empty `mtls` and no `mtls` all inherit.
+        for spec in ["  mtls: { mode: UNSET }\n", "  mtls: {}\n", "  {}\n"] {
+            let (_, pa) = read_peer_authn(&peer_authn("v1", "default", spec));
+            assert_eq!(pa.mode(), None, "{spec}");
+        }
+        let (ns, pa) = read_peer_authn(&peer_authn(
+            "v1",
+            "istio-system",
+            "  mtls: { mode: STRICT }\n",
+        ));
+        assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Mesh));
+        assert!(pa.selects(&ns, &labels));
+        // Istio ignores a selector in the root namespace.
+        let (ns, pa) = read_peer_authn(&peer_authn(
+            "v1",
+            "istio-system",
+            "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+        ));
+        assert_eq!(pa.scope(&ns), None);
+        assert!(!pa.selects(&ns, &labels));
+        // Another namespace holds no Weft workload.
+        let (ns, pa) = read_peer_authn(&peer_authn("v1", "shop", "  mtls: { mode: STRICT }\n"));
+        assert!(!pa.selects(&ns, &labels));
+        assert_eq!("pa".parse::<Kind>(), Ok(Kind::PeerAuthentication));
+        assert_eq!(
+            "PeerAuthentications".parse::<Kind>(),
+            Ok(Kind::PeerAuthentication)
+        );
+    }
+
+    #[test]
+    fn peer_authentication_checks() {
+        assert_error(
+            &peer_authn("v1", "default", "  mtls: { mode: DISABLE }\n"),
+            "spec.mtls.mode: DISABLE is not supported: Weft sidecars always have identities once mTLS is on",
+        );
+        assert_error(
+            &peer_authn(
+                "v1",
+                "default",
+                "  mtls: { mode: STRICT }\n  portLevelMtls: { 8080: { mode: PERMISSIVE } }\n",
+            ),
+            "spec.portLevelMtls: not supported by Weft yet",
+        );
+        assert_error(
+            &peer_authn("v1", "default", "  mtls: { mode: strict }\n"),
+            "spec.mtls.mode: unknown variant `strict`",
+        );
+        assert_error(
+            &peer_authn("v1", "default", "  mtls: { mod: STRICT }\n"),
+            "spec.mtls.mod: unknown field `mod`",
+        );
+        assert_error(
+            &peer_authn("v1alpha1", "default", "  {}\n"),
+            "apiVersion: security.istio.io/v1alpha1 does not serve PeerAuthentication",
         );
     }
 

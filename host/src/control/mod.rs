@@ -1,7 +1,7 @@
 //! The control plane. Its core is pure and without I/O: [`istio`] reads the Istio resources
-//! people apply (`VirtualService`, `DestinationRule`, `WasmPlugin`, `AuthorizationPolicy` YAML)
-//! and checks each on its own; [`compile`] checks them together and turns them into the
-//! snapshot each sidecar applies. Around it: [`store`] keeps state durable, [`auth`] checks
+//! people apply (`VirtualService`, `DestinationRule`, `WasmPlugin`, `AuthorizationPolicy`,
+//! `PeerAuthentication` YAML) and checks each on its own; [`compile`] checks them together and
+//! turns them into the snapshot each sidecar applies. Around it: [`store`] keeps state durable, [`auth`] checks
 //! credentials, [`server`] is `weft control` (the API and the watch stream), and [`client`] is
 //! the sidecar's side.
 

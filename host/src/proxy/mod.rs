@@ -49,7 +49,8 @@ pub struct Mtls {
     pub workload: Arc<crate::identity::Workload>,
     /// The roots a peer's certificate must chain to.
     pub bundle: Arc<crate::identity::TrustBundle>,
-    /// `Strict` refuses plaintext on the inbound listener; `Permissive` accepts both.
+    /// `Strict` refuses plaintext on the inbound listener; `Permissive` accepts both. The
+    /// bootstrap's mode: a snapshot's `inbound.peerAuthentication` overrides it per connection.
     pub mode: crate::identity::PeerAuthMode,
 }
 
@@ -198,11 +199,28 @@ impl Peer {
 /// How long an inbound connection may take to show its first byte and finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The inbound listener's TLS: the acceptor and whether plaintext is still accepted.
+/// The inbound listener's TLS: an acceptor per mode (the client certificate is mandatory only
+/// in the STRICT one), so the mode a snapshot puts in force applies to the next connection
+/// without rebuilding anything, and the bootstrap's mode for when no snapshot sets one.
 #[derive(Clone)]
 struct InboundTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    mode: crate::identity::PeerAuthMode,
+    strict: tokio_rustls::TlsAcceptor,
+    permissive: tokio_rustls::TlsAcceptor,
+    bootstrap: crate::identity::PeerAuthMode,
+}
+
+impl InboundTls {
+    /// The mode for a connection accepted now: the snapshot's PeerAuthentication, else the
+    /// bootstrap's.
+    fn mode_in_force(&self, inputs: &Inputs) -> crate::identity::PeerAuthMode {
+        inputs
+            .routes
+            .load()
+            .snapshot
+            .inbound
+            .peer_authentication
+            .map_or(self.bootstrap, crate::snapshot::MtlsMode::peer_auth_mode)
+    }
 }
 
 /// A socket address as a URI authority.
@@ -263,6 +281,8 @@ pub struct Sidecar {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
+    /// Whether the inbound listener can do TLS at all (the config had `mtls`).
+    mtls: bool,
 }
 
 impl Sidecar {
@@ -286,11 +306,15 @@ impl Sidecar {
         let (peer_connector, inbound_tls) = match &config.mtls {
             None => (PeerConnector::plain(connector.clone()), None),
             Some(m) => {
-                let server =
-                    crate::identity::server_config(m.workload.clone(), m.bundle.clone(), m.mode)?;
+                use crate::identity::{PeerAuthMode, server_config};
+                let acceptor = |mode| {
+                    server_config(m.workload.clone(), m.bundle.clone(), mode)
+                        .map(tokio_rustls::TlsAcceptor::from)
+                };
                 let tls = InboundTls {
-                    acceptor: tokio_rustls::TlsAcceptor::from(server),
-                    mode: m.mode,
+                    strict: acceptor(PeerAuthMode::Strict)?,
+                    permissive: acceptor(PeerAuthMode::Permissive)?,
+                    bootstrap: m.mode,
                 };
                 let peers = PeerConnector::mtls(
                     connector.clone(),
@@ -393,6 +417,7 @@ impl Sidecar {
             shutdown,
             tasks,
             drain_timeout: config.drain_timeout,
+            mtls: config.mtls.is_some(),
         })
     }
 
@@ -421,8 +446,25 @@ impl Sidecar {
         .await
         .map_err(|e| Rejected(vec![format!("applying the snapshot panicked: {e}")]))??;
         let version = built.snapshot.version.clone();
-        self.inputs.routes.store(Arc::new(built));
+        let mode = built.snapshot.inbound.peer_authentication;
+        let previous = self.inputs.routes.swap(Arc::new(built));
         tracing::info!(%version, "snapshot applied");
+        if mode != previous.snapshot.inbound.peer_authentication {
+            if !self.mtls && mode == Some(crate::snapshot::MtlsMode::Strict) {
+                // Without a certificate there is no TLS to require: refusing plaintext would
+                // cut the workload off, so it keeps serving and says so.
+                tracing::warn!(
+                    %version,
+                    "PeerAuthentication asks for STRICT mTLS but this sidecar has no mTLS configured (no `mtls` in its bootstrap): the inbound listener keeps accepting plaintext"
+                );
+            } else if self.mtls {
+                tracing::info!(
+                    %version,
+                    mode = ?mode,
+                    "inbound mTLS mode for new connections (none: the bootstrap's)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -501,7 +543,7 @@ async fn serve<F, Fut>(
                             let who = Arc::new(Peer::new(peer, None, &us));
                             serve_connection(&builder, watcher, stream, shared, who, handler).await
                         }
-                        Some(tls) => match accept_tls(&tls, stream).await {
+                        Some(tls) => match accept_tls(&tls, tls.mode_in_force(&shared), stream).await {
                             Ok(Accepted::Plain(stream)) => {
                                 let who = Arc::new(Peer::new(peer, None, &us));
                                 serve_connection(&builder, watcher, stream, shared, who, handler).await
@@ -572,9 +614,13 @@ struct Refused {
     detail: String,
 }
 
-/// Sniffs the first byte (without consuming it) and runs the TLS handshake, all within
-/// [`TLS_HANDSHAKE_TIMEOUT`].
-async fn accept_tls(tls: &InboundTls, stream: tokio::net::TcpStream) -> Result<Accepted, Refused> {
+/// Sniffs the first byte (without consuming it) and runs the TLS handshake under `mode`, all
+/// within [`TLS_HANDSHAKE_TIMEOUT`].
+async fn accept_tls(
+    tls: &InboundTls,
+    mode: crate::identity::PeerAuthMode,
+    stream: tokio::net::TcpStream,
+) -> Result<Accepted, Refused> {
     let gate = async {
         let mut first = [0u8; 1];
         let n = stream.peek(&mut first).await.map_err(|e| Refused {
@@ -585,7 +631,7 @@ async fn accept_tls(tls: &InboundTls, stream: tokio::net::TcpStream) -> Result<A
             return Ok(Accepted::Closed);
         }
         if !crate::identity::looks_like_tls(first[0]) {
-            return match tls.mode {
+            return match mode {
                 crate::identity::PeerAuthMode::Permissive => Ok(Accepted::Plain(stream)),
                 // Closed without a TLS alert: the caller is not speaking TLS anyway.
                 crate::identity::PeerAuthMode::Strict => Err(Refused {
@@ -594,7 +640,11 @@ async fn accept_tls(tls: &InboundTls, stream: tokio::net::TcpStream) -> Result<A
                 }),
             };
         }
-        tls.acceptor
+        let acceptor = match mode {
+            crate::identity::PeerAuthMode::Strict => &tls.strict,
+            crate::identity::PeerAuthMode::Permissive => &tls.permissive,
+        };
+        acceptor
             .accept(stream)
             .await
             .map(|s| Accepted::Tls(Box::new(s)))
