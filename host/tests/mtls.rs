@@ -180,11 +180,7 @@ async fn strict_refuses_a_plaintext_client() {
         .await;
     assert!(sent.is_err(), "h2c to a STRICT listener must fail");
     assert!(payments.app.seen().is_empty(), "the app saw nothing");
-    let metrics = support::scrape(&payments.sidecar).await;
-    assert!(
-        metrics.contains("weft_inbound_tls_refused_total{reason=\"plaintext\"} 1"),
-        "{metrics}"
-    );
+    refusals_counted(&payments.sidecar, "plaintext").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +247,25 @@ async fn strict_refuses_a_certificate_from_another_ca() {
         .expect("refused promptly");
     assert!(result.is_err(), "got {result:?}");
     assert!(payments.app.seen().is_empty(), "the app saw nothing");
-    let metrics = support::scrape(&payments.sidecar).await;
-    assert!(
-        metrics.contains("weft_inbound_tls_refused_total{reason=\"handshake\"} 1"),
-        "{metrics}"
-    );
+    refusals_counted(&payments.sidecar, "handshake").await;
+}
+
+/// Waits briefly for one refusal of `reason` in the sidecar's metrics: the server records
+/// its side in the connection's own task, possibly after the client has seen the refusal.
+async fn refusals_counted(sidecar: &weft::proxy::Sidecar, reason: &str) {
+    let wanted = format!("weft_inbound_tls_refused_total{{reason=\"{reason}\"}} 1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let metrics = support::scrape(sidecar).await;
+        if metrics.contains(&wanted) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,11 +470,7 @@ async fn a_peer_authentication_snapshot_switches_new_connections_to_strict() {
     assert_eq!(call(orders.outbound, "/tls").await, StatusCode::OK);
     let fresh = caller(&mesh, "orders", payments.sidecar.inbound).await;
     assert_eq!(call(fresh.outbound, "/tls").await, StatusCode::OK);
-    let metrics = support::scrape(&payments.sidecar).await;
-    assert!(
-        metrics.contains("weft_inbound_tls_refused_total{reason=\"plaintext\"} 1"),
-        "{metrics}"
-    );
+    refusals_counted(&payments.sidecar, "plaintext").await;
 
     // Without a PeerAuthentication the bootstrap's PERMISSIVE is back in force.
     payments
