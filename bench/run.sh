@@ -23,11 +23,11 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
-busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-2]|181[0-2][0-9])$' || true)
+busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-4]|181[0-4][0-9])$' || true)
 if [ -n "$busy" ]; then echo "bench ports already in use: $busy (a previous run still alive?)" >&2; exit 1; fi
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk from Debian..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk) >/dev/null
+if ! need nginx || ! need wrk || ! need openssl; then
+  echo "installing nginx, wrk and openssl (for the nginx pair's certificates) from Debian..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk openssl) >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -q -p weft
@@ -35,9 +35,10 @@ cargo build --release --locked -q --manifest-path bench/loadgen/Cargo.toml
 WEFT=target/release/weft
 LOADGEN=bench/loadgen/target/release/weft-loadgen
 
-BACKEND=18080; NGX_A=18081; NGX_B=18082
+BACKEND=18080; NGX_A=18081; NGX_B=18082; NGX_TA=18083; NGX_TB=18084
 ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
 CH_OUT=18121; CH_IN=18122; CH_ADM=18123
+CP=18130; TO_OUT=18131; TO_IN=18132; TO_ADM=18133; TP_OUT=18141; TP_IN=18142; TP_ADM=18143
 
 # --- backend, and the nginx pair as a separate process ----------------------------------------
 nginx_conf() { # $1 name, $2 http block body
@@ -71,6 +72,36 @@ PIDS+=($!); NGX_B_PID=$!
 taskset -c 1 "$NGINX" -c "$WORK/hop_a.conf" -p "$WORK" -e "$WORK/hop_a-error.log" &
 PIDS+=($!); NGX_A_PID=$!
 
+# The nginx pair with mutual TLS 1.3 between the hops (ECDSA P-256, a CA of its own), as the
+# Weft mTLS pair below: hop B requires a client certificate, hop A presents one and verifies B.
+tls() { openssl "$@" >/dev/null 2>&1; }
+tls ecparam -name prime256v1 -genkey -noout -out "$WORK/ca.key"
+tls req -x509 -new -key "$WORK/ca.key" -subj "/CN=bench-ca" -days 2 -out "$WORK/ca.pem"
+for who in hop_b hop_a; do
+  tls ecparam -name prime256v1 -genkey -noout -out "$WORK/$who.key"
+  tls req -new -key "$WORK/$who.key" -subj "/CN=$who" -out "$WORK/$who.csr"
+  printf 'subjectAltName=DNS:%s\n' "$who" > "$WORK/$who.ext"
+  tls x509 -req -in "$WORK/$who.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 2 -extfile "$WORK/$who.ext" -out "$WORK/$who.pem"
+done
+nginx_conf tls_b "
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server { listen 127.0.0.1:$NGX_TB ssl;
+    ssl_protocols TLSv1.3; ssl_certificate $WORK/hop_b.pem; ssl_certificate_key $WORK/hop_b.key;
+    ssl_verify_client on; ssl_client_certificate $WORK/ca.pem;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx_conf tls_a "
+  upstream tls_b { server 127.0.0.1:$NGX_TB; keepalive 128; }
+  server { listen 127.0.0.1:$NGX_TA;
+    location / { proxy_pass https://tls_b; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+      proxy_ssl_certificate $WORK/hop_a.pem; proxy_ssl_certificate_key $WORK/hop_a.key;
+      proxy_ssl_trusted_certificate $WORK/ca.pem; proxy_ssl_verify on; proxy_ssl_name hop_b; } }"
+taskset -c 1 "$NGINX" -c "$WORK/tls_b.conf" -p "$WORK" -e "$WORK/tls_b-error.log" &
+PIDS+=($!); NGX_TB_PID=$!
+taskset -c 1 "$NGINX" -c "$WORK/tls_a.conf" -p "$WORK" -e "$WORK/tls_a-error.log" &
+PIDS+=($!); NGX_TA_PID=$!
+
 # --- the weft pairs ---------------------------------------------------------------------------
 snapshot() { # $1 = file, $2 = inbound port of payments, $3 = plugins json
   cat > "$1" <<JSON
@@ -103,10 +134,31 @@ start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").lo
 start "$WORK/payments-sc.json"; PAY_PID=$!
 start "$WORK/orders.json"; ORD_PID=$!
 start "$WORK/orders-chain.json"; CH_PID=$!
-for pid in $PAY_PID $ORD_PID $CH_PID; do
+# The Weft pair with mTLS: certificates from weft control (the mesh CA), STRICT inbound. The
+# control plane compiles the chain: with no VirtualService, Istio's default retry plus
+# telemetry, so this pair also runs two plugins.
+taskset -c 1 "$WEFT" control --data "$WORK/cp" --listen "127.0.0.1:$CP" >"$WORK/control.log" 2>&1 &
+PIDS+=($!); CP_PID=$!
+for _ in $(seq 100); do [ -s "$WORK/cp/operator.token" ] && break; sleep 0.1; done
+sleep 0.3
+OPERATOR=$(cat "$WORK/cp/operator.token")
+token_of() { curl -fs -H "Authorization: Bearer $OPERATOR" "http://127.0.0.1:$CP/v1/tokens/$1" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'; }
+mtls_bootstrap() { # $1 file, $2 service, $3 out, $4 in, $5 admin, $6 app port, $7 token
+  cat > "$1" <<JSON
+{"service":"$2","outbound":"127.0.0.1:$3","inbound":"127.0.0.1:$4","admin":"127.0.0.1:$5",
+ "app":"127.0.0.1:$6","labels":{"version":"v1"},"mtls":"STRICT",
+ "controlPlane":{"address":"127.0.0.1:$CP","token":"$7"}}
+JSON
+}
+mtls_bootstrap "$WORK/tpay.json" payments $TP_OUT $TP_IN $TP_ADM $BACKEND "$(token_of payments)"
+mtls_bootstrap "$WORK/tord.json" orders $TO_OUT $TO_IN $TO_ADM 9 "$(token_of orders)"
+start "$WORK/tpay.json"; TP_PID=$!
+start "$WORK/tord.json"; TO_PID=$!
+for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID; do
   sleep 0.5; kill -0 "$pid" 2>/dev/null || { echo "a sidecar failed to start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
-for port in $BACKEND $NGX_A $ORD_ADM $CH_ADM $PAY_ADM; do
+for port in $BACKEND $NGX_A $NGX_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
@@ -146,6 +198,8 @@ measure() {
   measure "nginx pair"                "$NGX_A"   "$NGX_A_PID $NGX_B_PID"
   measure "weft pair, empty chain"    "$ORD_OUT" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "$CH_OUT"  "$CH_PID $PAY_PID"
+  measure "nginx pair, mTLS 1.3"      "$NGX_TA"  "$NGX_TA_PID $NGX_TB_PID"
+  measure "weft pair, mTLS (2 plugins)" "$TO_OUT" "$TO_PID $TP_PID"
   echo
   echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
   echo "separate nginx process, not counted). The nginx pair is two nginx processes"
