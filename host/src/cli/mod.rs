@@ -19,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply Istio resources (VirtualService, DestinationRule, WasmPlugin YAML).
+    /// Apply Istio resources (VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy,
+    /// PeerAuthentication YAML).
     Apply(operator::ApplyArgs),
     /// Run the control plane.
     Control(control::Args),

@@ -80,7 +80,8 @@ pub struct ApplyArgs {
 /// Arguments of `weft get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// VirtualService (vs), DestinationRule (dr) or WasmPlugin.
+    /// VirtualService (vs), DestinationRule (dr), WasmPlugin, AuthorizationPolicy (ap) or
+    /// PeerAuthentication (pa).
     kind: String,
     /// One resource by name.
     name: Option<String>,
