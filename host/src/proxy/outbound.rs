@@ -154,9 +154,9 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             "weft: the request names no destination: use an absolute URI or a Host header\n",
         );
     };
-    let service = service_of(&authority).to_string();
+    let service = service_of(&authority);
     let routes = inputs.routes.load_full();
-    let Some(route) = routes.services.get(&service).cloned() else {
+    let Some(route) = routes.services.get(service).cloned() else {
         inputs
             .metrics
             .requests
@@ -176,6 +176,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             ),
         );
     };
+    // Made now, so the authority itself can move into the head without a copy.
+    let forwarded_host = HeaderValue::from_str(&authority).ok();
     headers::strip_hop_by_hop(&mut parts.headers);
     // Room for the four headers this hop adds, so the map grows at most once.
     parts.headers.reserve(4);
@@ -221,7 +223,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     let mut head = RequestHead {
         method: parts.method.clone(),
         path: path_and_query.as_str().to_string(),
-        authority: authority.clone(),
+        authority,
         headers: std::mem::take(&mut parts.headers),
         source: inputs.settings.identity.clone(),
         destination: Destination {
@@ -322,7 +324,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     {
         return delay_timed_out(call, &target.service);
     }
-    if let Ok(v) = HeaderValue::from_str(&authority) {
+    if let Some(v) = forwarded_host {
         head.headers.insert(FORWARDED_HOST, v);
     }
     let upstream = Upstream {
