@@ -177,6 +177,14 @@ async fn api(cp: SocketAddr, token: &str, method: Method, path: &str) -> serde_j
     serde_json::from_slice(&bytes).expect("json")
 }
 
+/// The bootstrap token of `service`'s sidecars, asked for with the operator token.
+async fn service_token(cp: SocketAddr, op: &str, service: &str) -> String {
+    api(cp, op, Method::GET, &format!("/v1/tokens/{service}")).await["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
 /// Waits until `n` connected sidecars run what they were sent (with no NACK); returns the
 /// versions they run.
 async fn converged(cp: SocketAddr, token: &str, n: usize, within: Duration) -> Vec<String> {
@@ -260,14 +268,8 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
     let mut cp_proc = control(&data, "127.0.0.1:0");
     let cp = cp_proc.addr("api");
     let op = token(&data);
-    let pay_token = api(cp, &op, Method::GET, "/v1/tokens/payments").await["token"]
-        .as_str()
-        .expect("token")
-        .to_string();
-    let orders_token = api(cp, &op, Method::GET, "/v1/tokens/orders").await["token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let pay_token = service_token(cp, &op, "payments").await;
+    let orders_token = service_token(cp, &op, "orders").await;
     let (v1, v2) = (
         App::start("payments-v1").await,
         App::start("payments-v2").await,
@@ -619,16 +621,10 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     let cp_proc = control(&data, "127.0.0.1:0");
     let cp = cp_proc.addr("api");
     let op = token(&data);
-    let tok = |s: &'static str| {
-        let op = op.clone();
-        async move {
-            api(cp, &op, Method::GET, &format!("/v1/tokens/{s}")).await["token"]
-                .as_str()
-                .expect("token")
-                .to_string()
-        }
-    };
-    let (pay, ord) = (tok("payments").await, tok("orders").await);
+    let (pay, ord) = (
+        service_token(cp, &op, "payments").await,
+        service_token(cp, &op, "orders").await,
+    );
     let (v1, v2) = (
         App::start("payments-v1").await,
         App::start("payments-v2").await,
@@ -785,16 +781,10 @@ async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
     );
     let cp = _cp.addr("api");
     let op = token(&data);
-    let tok = |s: &'static str| {
-        let op = op.clone();
-        async move {
-            api(cp, &op, Method::GET, &format!("/v1/tokens/{s}")).await["token"]
-                .as_str()
-                .expect("token")
-                .to_string()
-        }
-    };
-    let (pay, ord) = (tok("payments").await, tok("orders").await);
+    let (pay, ord) = (
+        service_token(cp, &op, "payments").await,
+        service_token(cp, &op, "orders").await,
+    );
     let (v1, v2) = (
         App::start("payments-v1").await,
         App::start("payments-v2").await,
