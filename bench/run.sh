@@ -139,16 +139,16 @@ start "$WORK/orders-chain.json"; CH_PID=$!
 # telemetry, so this pair also runs two plugins.
 taskset -c 1 "$WEFT" control --data "$WORK/cp" --listen "127.0.0.1:$CP" >"$WORK/control.log" 2>&1 &
 PIDS+=($!); CP_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/cp/operator.token" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -s "$WORK/cp/bundle.pem" ] && break; sleep 0.1; done
 sleep 0.3
-OPERATOR=$(cat "$WORK/cp/operator.token")
-token_of() { curl -fs -H "Authorization: Bearer $OPERATOR" "http://127.0.0.1:$CP/v1/tokens/$1" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'; }
+# The API is TLS with the control plane's own certificate from the mesh CA; the CLI verifies
+# it against the bundle the control plane publishes in its data directory.
+token_of() { "$WEFT" token "$1" --server "127.0.0.1:$CP" --data "$WORK/cp"; }
 mtls_bootstrap() { # $1 file, $2 service, $3 out, $4 in, $5 admin, $6 app port, $7 token
   cat > "$1" <<JSON
 {"service":"$2","outbound":"127.0.0.1:$3","inbound":"127.0.0.1:$4","admin":"127.0.0.1:$5",
  "app":"127.0.0.1:$6","labels":{"version":"v1"},"mtls":"STRICT",
- "controlPlane":{"address":"127.0.0.1:$CP","token":"$7"}}
+ "controlPlane":{"address":"127.0.0.1:$CP","token":"$7","caFile":"$WORK/cp/bundle.pem"}}
 JSON
 }
 mtls_bootstrap "$WORK/tpay.json" payments $TP_OUT $TP_IN $TP_ADM $BACKEND "$(token_of payments)"

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::{App, full, h1_client, read};
+use weft::control::channel::Endpoint;
 use weft::control::client::call;
 
 const SEED: &str = include_str!("../../examples/payments/payments.yaml");
@@ -84,7 +85,7 @@ fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
 }
 
 fn control(data: &Path, listen: &str) -> Proc {
-    spawn(&[
+    let p = spawn(&[
         "control",
         "--data",
         data.to_str().expect("utf-8 path"),
@@ -92,7 +93,34 @@ fn control(data: &Path, listen: &str) -> Proc {
         listen,
         "--lease",
         "3s",
-    ])
+    ]);
+    remember(p.addr("api"), data);
+    p
+}
+
+/// Each control plane's data directory by API address, so helpers given only the address can
+/// trust the bundle it publishes there, as a sidecar's `caFile` does.
+static DATA_DIRS: std::sync::LazyLock<parking_lot::Mutex<BTreeMap<SocketAddr, PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn remember(cp: SocketAddr, data: &Path) {
+    DATA_DIRS.lock().insert(cp, data.to_path_buf());
+}
+
+/// `<data>/bundle.pem` of the control plane at `cp`.
+fn bundle_file(cp: SocketAddr) -> PathBuf {
+    DATA_DIRS
+        .lock()
+        .get(&cp)
+        .unwrap_or_else(|| panic!("no data directory known for {cp}"))
+        .join("bundle.pem")
+}
+
+/// A verified TLS endpoint for the control plane at `cp`.
+fn endpoint(cp: SocketAddr) -> Endpoint {
+    Endpoint::from_bundle_file(cp, &bundle_file(cp))
+        .expect("the control plane's bundle")
+        .0
 }
 
 /// The operator's CLI against the control plane at `cp`.
@@ -159,7 +187,8 @@ fn sidecar_with(
     let mut bootstrap = serde_json::json!({
         "service": service, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
         "admin": "127.0.0.1:0", "app": app.to_string(), "labels": labels,
-        "controlPlane": {"address": cp.to_string(), "token": service_token},
+        "controlPlane": {"address": cp.to_string(), "token": service_token,
+                         "caFile": bundle_file(cp)},
         "drainTimeout": "2s", "pluginDeadline": "1s",
     });
     if let (Some(b), Some(extra)) = (bootstrap.as_object_mut(), extra.as_object()) {
@@ -171,7 +200,7 @@ fn sidecar_with(
 }
 
 async fn api(cp: SocketAddr, token: &str, method: Method, path: &str) -> serde_json::Value {
-    let bytes = call(cp, token, method, path, Bytes::new())
+    let bytes = call(&endpoint(cp), token, method, path, Bytes::new())
         .await
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_slice(&bytes).expect("json")
@@ -446,7 +475,7 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
 
 /// A watcher that registers like a sidecar and records when each version arrives.
 async fn simulated_sidecar(
-    cp: SocketAddr,
+    cp: Endpoint,
     token: String,
     i: usize,
     arrivals: Arc<parking_lot::Mutex<Vec<(usize, String, Instant)>>>,
@@ -454,14 +483,14 @@ async fn simulated_sidecar(
     use http_body_util::BodyExt;
     let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
     let req = Request::get(format!(
-        "http://{cp}/v1/watch?id=sim-{i}&service=payments&address=127.0.0.{}%3A{}&labels=version%3D{version}",
+        "/v1/watch?id=sim-{i}&service=payments&address=127.0.0.{}%3A{}&labels=version%3D{version}",
         1 + i / 200,
         20_000 + i
     ))
     .header("authorization", format!("Bearer {token}"))
-    .body(full(""))
+    .body(http_body_util::Full::new(Bytes::new()))
     .expect("request");
-    let resp = h1_client().request(req).await.expect("watch");
+    let resp = cp.send(req).await.expect("watch");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut buf = Vec::new();
@@ -491,7 +520,7 @@ async fn fifty_sidecars_follow_a_weight_change_within_moments() {
     let cp = ControlPlane::start(config).await.expect("control plane");
     let op = cp.operator_token().to_string();
     let applied = call(
-        cp.addr,
+        &cp.endpoint(),
         &op,
         Method::POST,
         "/v1/apply?source=seed",
@@ -505,7 +534,7 @@ async fn fifty_sidecars_follow_a_weight_change_within_moments() {
     let watchers: Vec<_> = (0..50)
         .map(|i| {
             tokio::spawn(simulated_sidecar(
-                cp.addr,
+                cp.endpoint(),
                 token.clone(),
                 i,
                 arrivals.clone(),
@@ -528,7 +557,7 @@ async fn fifty_sidecars_follow_a_weight_change_within_moments() {
 
     let started = Instant::now();
     call(
-        cp.addr,
+        &cp.endpoint(),
         &op,
         Method::POST,
         "/v1/apply?source=weight-50",
@@ -780,6 +809,7 @@ async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
         Some(&cp_log),
     );
     let cp = _cp.addr("api");
+    remember(cp, &data);
     let op = token(&data);
     let (pay, ord) = (
         service_token(cp, &op, "payments").await,
@@ -872,4 +902,53 @@ async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
         )
         .await;
     assert!(plain.is_err(), "plaintext to STRICT must fail: {plain:?}");
+
+    // Root rotation under the same load, each step a renewal (≤ 2.1 s here) apart. Fresh orders
+    // sidecars join at each step so new handshakes cross the roots: one certified by the new
+    // root right after activation (payments still present old-root certificates), one after
+    // the old root is retired (it trusts the new root alone, the control plane included).
+    let ca = |verb: &str| {
+        let out = weft(cp, &data, &["ca", verb]);
+        assert!(out.status.success(), "ca {verb}: {}", text(&out));
+        text(&out)
+    };
+    let renewal = Duration::from_millis(3_500);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(orders.addr("outbound"), stop.clone(), "x-none");
+    assert!(ca("rotate").contains("2 roots"));
+    tokio::time::sleep(renewal).await;
+    ca("activate");
+    let fresh = |version: &str| {
+        sidecar_with(
+            dir.path(),
+            cp,
+            &ord,
+            "orders",
+            &[("version", version)],
+            nowhere,
+            serde_json::json!({"mtls": "STRICT"}),
+            None,
+        )
+    };
+    let crossing = fresh("v2");
+    converged(cp, &op, 4, Duration::from_secs(10)).await;
+    let (_, crossing_failed) = split(crossing.addr("outbound"), &v2, 200).await;
+    tokio::time::sleep(renewal).await;
+    assert!(ca("retire").contains("1 root"));
+    tokio::time::sleep(renewal).await;
+    let bundle = std::fs::read_to_string(bundle_file(cp)).expect("bundle.pem");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
+    let late = fresh("v3");
+    converged(cp, &op, 5, Duration::from_secs(10)).await;
+    let (_, late_failed) = split(late.addr("outbound"), &v2, 200).await;
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed, _) = load.await.expect("load");
+    println!(
+        "root rotation: {calls} calls under load, {failed} failed; fresh sidecars: \
+         {crossing_failed} and {late_failed} of 200 failed"
+    );
+    assert_eq!(failed, 0, "of {calls} calls through the rotation");
+    assert!(calls >= 1_000, "{calls}");
+    assert_eq!(crossing_failed, 0, "a new-root caller to old-root payments");
+    assert_eq!(late_failed, 0, "a caller trusting only the new root");
 }

@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use weft::control::channel::Endpoint;
 use weft::control::client::{self, ClientError, IdentityError, call};
 use weft::control::server::{CertificateAnswer, ControlConfig, ControlPlane};
 use weft::identity::{PeerAuthMode, PendingKey, SpiffeId, TrustBundle, Workload, tls};
@@ -17,6 +18,17 @@ async fn control_plane(dir: &tempfile::TempDir, lifetime: Duration) -> ControlPl
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.cert_lifetime = lifetime;
     ControlPlane::start(config).await.expect("control plane")
+}
+
+/// A sidecar's first certificate, as `weft sidecar` gets it: the endpoint trusts the bundle
+/// the control plane published, which `obtain` then refreshes.
+async fn obtain(cp: &ControlPlane, token: &str) -> (Arc<Workload>, Arc<TrustBundle>, Endpoint) {
+    let bundle = Arc::new(TrustBundle::from_pem(&cp.bundle()).expect("bundle"));
+    let endpoint = Endpoint::new(cp.addr, bundle.clone()).expect("endpoint");
+    let workload = client::obtain(&endpoint, &bundle, token, Duration::from_secs(5))
+        .await
+        .expect("obtain");
+    (workload, bundle, endpoint)
 }
 
 fn id(service: &str) -> SpiffeId {
@@ -77,7 +89,7 @@ async fn handshake(
 
 async fn post_csr(cp: &ControlPlane, token: &str, key: &PendingKey) -> Result<Bytes, ClientError> {
     call(
-        cp.addr,
+        &cp.endpoint(),
         token,
         Method::POST,
         "/v1/certificates",
@@ -92,7 +104,9 @@ async fn a_service_token_gets_a_certificate_for_its_own_service() {
     let cp = control_plane(&dir, Duration::from_secs(3600)).await;
     let token = cp.service_token("payments");
 
-    let told = client::identity(cp.addr, &token).await.expect("identity");
+    let told = client::identity(&cp.endpoint(), &token)
+        .await
+        .expect("identity");
     assert_eq!(
         told,
         id("payments"),
@@ -130,12 +144,9 @@ async fn a_service_token_gets_a_certificate_for_its_own_service() {
     );
 
     // The library's own path: the same as the sidecar takes at start.
-    let (workload, bundle) = client::obtain(cp.addr, &token, Duration::from_secs(5))
-        .await
-        .expect("obtain");
+    let (workload, _, _) = obtain(&cp, &token).await;
     assert_eq!(workload.id(), &id("payments"));
     assert!(workload.current().is_some());
-    drop(bundle);
     cp.stop().await;
 }
 
@@ -166,7 +177,7 @@ async fn a_csr_for_another_service_is_forbidden() {
     }
     // Garbage is a bad request, not a certificate.
     match call(
-        cp.addr,
+        &cp.endpoint(),
         &token,
         Method::POST,
         "/v1/certificates",
@@ -187,7 +198,7 @@ async fn the_bundle_needs_a_valid_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = control_plane(&dir, Duration::from_secs(3600)).await;
     let op = cp.operator_token().to_string();
-    let bundle = call(cp.addr, &op, Method::GET, "/v1/bundle", Bytes::new())
+    let bundle = call(&cp.endpoint(), &op, Method::GET, "/v1/bundle", Bytes::new())
         .await
         .expect("operator gets the bundle");
     let text = String::from_utf8(bundle.to_vec()).expect("PEM text");
@@ -195,12 +206,26 @@ async fn the_bundle_needs_a_valid_token() {
     assert_eq!(certs(&text).len(), 1, "one root");
 
     let svc = cp.service_token("orders");
-    call(cp.addr, &svc, Method::GET, "/v1/bundle", Bytes::new())
-        .await
-        .expect("a service token gets the bundle");
+    call(
+        &cp.endpoint(),
+        &svc,
+        Method::GET,
+        "/v1/bundle",
+        Bytes::new(),
+    )
+    .await
+    .expect("a service token gets the bundle");
 
     for token in ["", "orders.00", "nonsense"] {
-        match call(cp.addr, token, Method::GET, "/v1/bundle", Bytes::new()).await {
+        match call(
+            &cp.endpoint(),
+            token,
+            Method::GET,
+            "/v1/bundle",
+            Bytes::new(),
+        )
+        .await
+        {
             Err(ClientError::Refused { status, .. }) => {
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}")
             }
@@ -224,13 +249,11 @@ async fn the_sidecar_renews_before_expiry_and_picks_up_a_rotated_root() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = control_plane(&dir, Duration::from_secs(2)).await;
     let token = cp.service_token("orders");
-    let (workload, bundle) = client::obtain(cp.addr, &token, Duration::from_secs(5))
-        .await
-        .expect("obtain");
+    let (workload, bundle, endpoint) = obtain(&cp, &token).await;
     let first = workload.current().expect("installed").not_after;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client::renew_loop(
-        cp.addr,
+        endpoint,
         token.clone(),
         workload.clone(),
         bundle.clone(),
@@ -262,14 +285,32 @@ async fn the_sidecar_renews_before_expiry_and_picks_up_a_rotated_root() {
         "not_after moves forward: {first:?} → {latest:?}"
     );
 
-    // A root rotation reaches the sidecar at its next renewal: its own certificate then
-    // chains to the new root, and its bundle trusts a peer certified by the new root.
-    cp.rotate_ca_root().expect("rotate");
+    // A root rotation reaches the sidecar at its renewals: a staged root joins its bundle
+    // while the old root still signs; once activated, its own certificate chains to the new
+    // root, and its bundle trusts a peer certified by the new root.
+    cp.stage_ca_root().expect("stage");
     assert_eq!(
         certs(&cp.bundle()).len(),
         2,
-        "old and new roots during the overlap"
+        "old and staged roots during the overlap"
     );
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while bundle.root_count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the staged root never reached the sidecar"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        chains_to(
+            &workload.current().expect("cert").key.cert,
+            &pem_of(&certs(&cp.bundle())[0])
+        )
+        .is_ok(),
+        "still signed by the old root while the new one is only staged"
+    );
+    cp.activate_ca_root().expect("activate");
     let deadline = Instant::now() + Duration::from_secs(4);
     while certs(&cp.bundle())[..1]
         .iter()
@@ -282,9 +323,7 @@ async fn the_sidecar_renews_before_expiry_and_picks_up_a_rotated_root() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let peer_token = cp.service_token("payments");
-    let (peer, peer_bundle) = client::obtain(cp.addr, &peer_token, Duration::from_secs(5))
-        .await
-        .expect("peer");
+    let (peer, peer_bundle, _) = obtain(&cp, &peer_token).await;
     let caller = handshake(
         workload.clone(),
         bundle.clone(),
@@ -310,7 +349,11 @@ async fn obtain_waits_for_the_control_plane_then_gives_up_clearly() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let started = Instant::now();
-    let err = client::obtain(addr, "orders.00", Duration::from_secs(1))
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = control_plane(&dir, Duration::from_secs(3600)).await;
+    let bundle = Arc::new(TrustBundle::from_pem(&cp.bundle()).expect("bundle"));
+    let nowhere = Endpoint::new(addr, bundle.clone()).expect("endpoint");
+    let err = client::obtain(&nowhere, &bundle, "orders.00", Duration::from_secs(1))
         .await
         .expect_err("nobody is there");
     assert!(
@@ -321,13 +364,86 @@ async fn obtain_waits_for_the_control_plane_then_gives_up_clearly() {
     assert!(err.to_string().contains("unreachable"), "{err}");
 
     // A refusal is final at once: a wrong token does not wait out the patience.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cp = control_plane(&dir, Duration::from_secs(3600)).await;
     let started = Instant::now();
-    let err = client::obtain(cp.addr, "orders.00", Duration::from_secs(30))
-        .await
-        .expect_err("bad token");
+    let err = client::obtain(
+        &cp.endpoint(),
+        &bundle,
+        "orders.00",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect_err("bad token");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(err.to_string().contains("401"), "{err}");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_api_speaks_only_tls_and_clients_check_whom_they_reach() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = control_plane(&dir, Duration::from_secs(3600)).await;
+    let op = cp.operator_token().to_string();
+    call(&cp.endpoint(), &op, Method::GET, "/v1/status", Bytes::new())
+        .await
+        .expect("a client trusting the mesh's bundle gets through");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bundle.pem")).expect("bundle.pem"),
+        cp.bundle(),
+        "the public bundle is published in the data directory"
+    );
+
+    // Plaintext HTTP gets no answer, and a token sent that way reaches no handler.
+    let mut plain = tokio::net::TcpStream::connect(cp.addr)
+        .await
+        .expect("connect");
+    plain
+        .write_all(
+            format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {op}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "plaintext answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // A client trusting another mesh's roots refuses this control plane.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = control_plane(&other_dir, Duration::from_secs(3600)).await;
+    let foreign_roots = Arc::new(TrustBundle::from_pem(&other.bundle()).expect("bundle"));
+    let foreign = Endpoint::new(cp.addr, foreign_roots).expect("endpoint");
+    match call(&foreign, &op, Method::GET, "/v1/status", Bytes::new()).await {
+        Err(ClientError::Unreachable(e)) => assert!(e.contains("UnknownIssuer"), "{e}"),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+    other.stop().await;
+
+    // A workload's certificate chains to the same roots but cannot pose as the control plane.
+    let (payments, bundle, _) = obtain(&cp, &cp.service_token("payments")).await;
+    let impostor = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let impostor_addr = impostor.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls::control_server_config(payments).expect("server config"),
+    );
+    tokio::spawn(async move {
+        if let Ok((tcp, _)) = impostor.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let fooled = Endpoint::new(impostor_addr, bundle).expect("endpoint");
+    match call(&fooled, &op, Method::GET, "/v1/status", Bytes::new()).await {
+        Err(ClientError::Unreachable(e)) => {
+            assert!(e.contains("ns/weft-system/sa/weft-control"), "{e}");
+            assert!(e.contains("sa/payments"), "{e}");
+        }
+        other => panic!("expected the impostor refused, got {other:?}"),
+    }
     cp.stop().await;
 }

@@ -22,6 +22,10 @@ enum Command {
     /// Apply Istio resources (VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy,
     /// PeerAuthentication YAML).
     Apply(operator::ApplyArgs),
+    /// Rotate the mesh CA's root in three steps, each a certificate renewal apart: `rotate`
+    /// (stage a new root), `activate` (sign with it), `retire` (drop the old one).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Run the control plane.
     Control(control::Args),
     /// Delete a resource.
@@ -43,6 +47,16 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Stage a new root: trusted from now on, signing after `activate`.
+    Rotate(operator::ConnArgs),
+    /// Sign with the staged root; the old one stays trusted until `retire`.
+    Activate(operator::ConnArgs),
+    /// Drop the old roots from the bundle: certificates they signed stop being trusted.
+    Retire(operator::ConnArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Load a plugin as a sidecar would: verify, compile, configure; print what it declares.
     Check(plugin_check::Args),
@@ -57,6 +71,9 @@ enum PluginCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Apply(args) => operator::apply(args),
+        Command::Ca(CaCommand::Rotate(args)) => operator::ca(args, "rotate"),
+        Command::Ca(CaCommand::Activate(args)) => operator::ca(args, "activate"),
+        Command::Ca(CaCommand::Retire(args)) => operator::ca(args, "retire"),
         Command::Control(args) => control::run(args),
         Command::Delete(args) => operator::delete(args),
         Command::Get(args) => operator::get(args),

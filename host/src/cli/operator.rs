@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::Method;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use weft::control::channel::Endpoint;
 use weft::control::client::{ClientError, call};
 use weft::control::istio;
 
@@ -18,9 +19,12 @@ pub struct Conn {
     /// The operator token (default: read from DATA/operator.token).
     #[arg(long, env = "WEFT_TOKEN")]
     token: Option<String>,
-    /// The control plane's data directory, to find the operator token in.
+    /// The control plane's data directory, to find the operator token and trust bundle in.
     #[arg(long, default_value = ".weft")]
     data: PathBuf,
+    /// The mesh's trust bundle to verify the control plane with (default: DATA/bundle.pem).
+    #[arg(long, env = "WEFT_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl Conn {
@@ -47,7 +51,14 @@ impl Conn {
         body: Bytes,
     ) -> anyhow::Result<serde_json::Value> {
         let token = self.token()?;
-        match call(self.server, &token, method, path, body).await {
+        let ca_file = self
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| self.data.join(weft::control::serving::BUNDLE_FILE));
+        let (server, _) = Endpoint::from_bundle_file(self.server, &ca_file).with_context(
+            || "pass --ca-file (or WEFT_CA_FILE), or --data for the control plane's directory",
+        )?;
+        match call(&server, &token, method, path, body).await {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)),
             Err(ClientError::Refused { body, status }) => {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -272,6 +283,29 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
         Bytes::new(),
     ))?;
     println!("{}", out["token"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Runs `weft ca rotate` or `weft ca retire`.
+pub fn ca(args: ConnArgs, verb: &str) -> anyhow::Result<()> {
+    let out = runtime()?.block_on(args.conn.call(
+        Method::POST,
+        &format!("/v1/ca/{verb}"),
+        Bytes::new(),
+    ))?;
+    let roots = out["roots"].as_u64().unwrap_or(0);
+    // Each step must reach every sidecar (at its next renewal) before the next one.
+    match verb {
+        "rotate" => println!(
+            "staged: the bundle holds {roots} roots; once every sidecar has renewed, run \
+             `weft ca activate`"
+        ),
+        "activate" => println!(
+            "activated: new certificates come from the new root; once every sidecar has \
+             renewed, run `weft ca retire`"
+        ),
+        _ => println!("retired: the bundle holds {roots} root(s)"),
+    }
     Ok(())
 }
 

@@ -7,9 +7,12 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use weft::control::channel::Endpoint;
 use weft::control::client::WatchConfig;
 use weft::identity::PeerAuthMode;
+use weft::identity::TrustBundle;
 use weft::plugin::{Compiler, RuntimeConfig};
 use weft::proxy::{Mtls, Sidecar, SidecarConfig};
 use weft::snapshot::{Snapshot, parse_duration};
@@ -70,7 +73,7 @@ fn mtls_mode(text: Option<&str>) -> anyhow::Result<Option<PeerAuthMode>> {
     }
 }
 
-/// Where the control plane is and the service's token.
+/// Where the control plane is, the service's token, and the roots to verify it with.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ControlPlaneRef {
@@ -79,6 +82,9 @@ struct ControlPlaneRef {
     token: Option<String>,
     #[serde(default)]
     token_file: Option<PathBuf>,
+    /// The mesh's trust bundle (`weft control` writes it to `<data>/bundle.pem`).
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 /// Checks every field, reporting all problems at once.
@@ -151,13 +157,20 @@ struct WatchParts {
 }
 
 impl WatchParts {
-    /// The control plane's address and the service's token.
-    fn credentials(&self, base: &Path) -> anyhow::Result<(SocketAddr, String)> {
+    /// The control plane (verified against `caFile`), the bundle it trusts, and the service's
+    /// token.
+    fn credentials(&self, base: &Path) -> anyhow::Result<(Endpoint, Arc<TrustBundle>, String)> {
         let cp = &self.control_plane;
-        let server: SocketAddr = cp
+        let addr: SocketAddr = cp
             .address
             .parse()
             .with_context(|| format!("controlPlane.address: {:?} is not ip:port", cp.address))?;
+        let ca_file = cp.ca_file.as_ref().context(
+            "controlPlane.caFile is required: the mesh's trust bundle, which `weft control` \
+             writes to <data>/bundle.pem (the control plane is only reached over verified TLS)",
+        )?;
+        let (server, bundle) =
+            Endpoint::from_bundle_file(addr, &base.join(ca_file)).context("controlPlane.caFile")?;
         let token = match (&cp.token, &cp.token_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => std::fs::read_to_string(base.join(f))
@@ -166,12 +179,16 @@ impl WatchParts {
                 .to_string(),
             (None, None) => anyhow::bail!("controlPlane: token or tokenFile is required"),
         };
-        Ok((server, token))
+        Ok((server, bundle, token))
     }
 
     /// The watch, once the inbound listener's address is known.
-    fn config(self, base: &Path, inbound: SocketAddr) -> anyhow::Result<WatchConfig> {
-        let (server, token) = self.credentials(base)?;
+    fn config(
+        self,
+        server: Endpoint,
+        token: String,
+        inbound: SocketAddr,
+    ) -> anyhow::Result<WatchConfig> {
         let address = match &self.advertise {
             Some(a) => a
                 .parse()
@@ -230,13 +247,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut renewing = None;
-        if let (Some(mode), Some(w)) = (mode, &watch) {
-            let (server, token) = w.credentials(&base)?;
-            let (workload, bundle) =
-                weft::control::client::obtain(server, &token, CERTIFICATE_PATIENCE)
+        let credentials = watch.as_ref().map(|w| w.credentials(&base)).transpose()?;
+        if let (Some(mode), Some((server, bundle, token))) = (mode, &credentials) {
+            let workload =
+                weft::control::client::obtain(server, bundle, token, CERTIFICATE_PATIENCE)
                     .await
                     .with_context(|| {
-                        format!("mtls: getting this sidecar's certificate from {server}")
+                        format!(
+                            "mtls: getting this sidecar's certificate from {}",
+                            server.addr
+                        )
                     })?;
             anyhow::ensure!(
                 workload.id().service() == config.service,
@@ -246,15 +266,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             eprintln!("weft sidecar: identity {}", workload.id());
             renewing = Some(tokio::spawn(weft::control::client::renew_loop(
-                server,
-                token,
+                server.clone(),
+                token.clone(),
                 workload.clone(),
                 bundle.clone(),
                 stopped.clone(),
             )));
             config.mtls = Some(Mtls {
                 workload,
-                bundle,
+                bundle: bundle.clone(),
                 mode,
             });
         }
@@ -262,9 +282,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(snapshot) = snapshot {
             sidecar.apply(snapshot).await?;
         }
-        let watch = match watch {
-            Some(w) => Some(w.config(&base, sidecar.inbound)?),
-            None => None,
+        let watch = match (watch, credentials) {
+            (Some(w), Some((server, _, token))) => {
+                Some(w.config(server, token, sidecar.inbound)?)
+            }
+            _ => None,
         };
         println!(
             "weft sidecar ready: outbound {} inbound {} admin {}",

@@ -7,6 +7,7 @@
 //! makes a key and CSR and gets the first certificate; [`renew_loop`] replaces it with a
 //! certificate for a new key before it expires, and refreshes the trust bundle each time.
 
+use super::channel::Endpoint;
 use super::server::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
 use crate::identity::{
     PendingKey, SpiffeError, SpiffeId, TlsError, TrustBundle, Workload, WorkloadError, renew_at,
@@ -28,8 +29,8 @@ use tokio::sync::watch;
 /// Where and as whom a sidecar watches.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
-    /// The control plane's API address.
-    pub server: SocketAddr,
+    /// The control plane.
+    pub server: Endpoint,
     /// The service's bootstrap token.
     pub token: String,
     /// This sidecar's id (unique in the mesh).
@@ -67,9 +68,9 @@ fn http() -> Http {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// One API call: `method` `path` with a bearer token; the whole answer body.
+/// One API call over TLS: `method` `path` with a bearer token; the whole answer body.
 pub async fn call(
-    server: SocketAddr,
+    server: &Endpoint,
     token: &str,
     method: Method,
     path: &str,
@@ -77,14 +78,14 @@ pub async fn call(
 ) -> Result<Bytes, ClientError> {
     let req = Request::builder()
         .method(method)
-        .uri(format!("http://{server}{path}"))
+        .uri(path)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Full::new(body))
         .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), http().request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(30), server.send(req))
         .await
         .map_err(|_| ClientError::Unreachable("no answer within 30 s".into()))?
-        .map_err(|e| ClientError::Unreachable(format!("{e}")))?;
+        .map_err(ClientError::Unreachable)?;
     let status = resp.status();
     let bytes = resp
         .into_body()
@@ -145,7 +146,7 @@ async fn fetch_artifacts(
                 continue;
             }
             let bytes = call(
-                cfg.server,
+                &cfg.server,
                 &cfg.token,
                 Method::GET,
                 &format!("/v1/artifacts/{digest}"),
@@ -182,7 +183,7 @@ async fn take(cfg: &WatchConfig, sidecar: &Sidecar, version: String, snapshot: S
         reason: applied.err(),
     };
     let body = Bytes::from(serde_json::to_vec(&ack).unwrap_or_default());
-    if let Err(e) = call(cfg.server, &cfg.token, Method::POST, "/v1/ack", body).await {
+    if let Err(e) = call(&cfg.server, &cfg.token, Method::POST, "/v1/ack", body).await {
         tracing::warn!("cannot send ACK: {e}");
     }
 }
@@ -218,18 +219,13 @@ async fn watch_once(
     heartbeat_timeout: Duration,
 ) -> Result<(), String> {
     let version = sidecar.snapshot().version;
-    let req = Request::get(format!(
-        "http://{}{}",
-        cfg.server,
-        watch_path(cfg, &version)
-    ))
-    .header(http::header::AUTHORIZATION, format!("Bearer {}", cfg.token))
-    .body(Full::new(Bytes::new()))
-    .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), http().request(req))
+    let req = Request::get(watch_path(cfg, &version))
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", cfg.token))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), cfg.server.send(req))
         .await
-        .map_err(|_| "no answer within 5 s".to_string())?
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|_| "no answer within 5 s".to_string())??;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp
@@ -243,7 +239,7 @@ async fn watch_once(
             String::from_utf8_lossy(&body)
         ));
     }
-    tracing::info!(server = %cfg.server, "watching the control plane");
+    tracing::info!(server = %cfg.server.addr, "watching the control plane");
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
     loop {
@@ -341,7 +337,7 @@ impl IdentityError {
 }
 
 /// The identity the control plane signs for this token (`GET /v1/identity`).
-pub async fn identity(server: SocketAddr, token: &str) -> Result<SpiffeId, IdentityError> {
+pub async fn identity(server: &Endpoint, token: &str) -> Result<SpiffeId, IdentityError> {
     let body = call(server, token, Method::GET, "/v1/identity", Bytes::new()).await?;
     let answer: IdentityAnswer =
         serde_json::from_slice(&body).map_err(|e| IdentityError::Answer(e.to_string()))?;
@@ -350,7 +346,7 @@ pub async fn identity(server: SocketAddr, token: &str) -> Result<SpiffeId, Ident
 
 /// A fresh key for `id` and the control plane's certificate for it (`POST /v1/certificates`).
 pub async fn request_certificate(
-    server: SocketAddr,
+    server: &Endpoint,
     token: &str,
     id: &SpiffeId,
 ) -> Result<(PendingKey, CertificateAnswer), IdentityError> {
@@ -402,27 +398,29 @@ fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
 
 /// The sidecar's first certificate: learns its identity from the control plane (which decides
 /// it from the token), generates a key and CSR, and installs the answer; retries while the
-/// control plane is unreachable, for up to `patience`. A refusal is final.
+/// control plane is unreachable, for up to `patience`. A refusal is final. `bundle`, the one
+/// the endpoint trusts, is replaced by the control plane's current one.
 pub async fn obtain(
-    server: SocketAddr,
+    server: &Endpoint,
+    bundle: &TrustBundle,
     token: &str,
     patience: Duration,
-) -> Result<(Arc<Workload>, Arc<TrustBundle>), IdentityError> {
+) -> Result<Arc<Workload>, IdentityError> {
     let started = Instant::now();
     let id = patiently(patience, || identity(server, token)).await?;
     let left = patience.saturating_sub(started.elapsed());
     let (key, answer) = patiently(left, || request_certificate(server, token, &id)).await?;
     let workload = Workload::new(id);
+    bundle.update(&answer.bundle)?;
     workload.install(key, &answer.chain)?;
-    let bundle = TrustBundle::from_pem(&answer.bundle)?;
     tracing::info!(identity = %workload.id(), not_after_ms = answer.not_after, "obtained a workload certificate");
-    Ok((Arc::new(workload), Arc::new(bundle)))
+    Ok(Arc::new(workload))
 }
 
 /// One renewal: a new key and CSR, the certificate installed, the bundle replaced by the one
 /// returned (so a root rotation reaches this sidecar).
 pub async fn renew(
-    server: SocketAddr,
+    server: &Endpoint,
     token: &str,
     workload: &Workload,
     bundle: &TrustBundle,
@@ -450,7 +448,7 @@ fn next_renewal(workload: &Workload, received: SystemTime) -> SystemTime {
 /// Renews the certificate before it expires until `shutdown`; a failed renewal is retried
 /// with back-off (1 s doubling to 30 s) while the current certificate keeps serving.
 pub async fn renew_loop(
-    server: SocketAddr,
+    server: Endpoint,
     token: String,
     workload: Arc<Workload>,
     bundle: Arc<TrustBundle>,
@@ -477,7 +475,7 @@ pub async fn renew_loop(
             _ = shutdown.changed() => return,
         }
         let renewed = tokio::select! {
-            r = renew(server, &token, &workload, &bundle) => r,
+            r = renew(&server, &token, &workload, &bundle) => r,
             _ = shutdown.changed() => return,
         };
         match renewed {

@@ -2,12 +2,15 @@
 //! people apply (`VirtualService`, `DestinationRule`, `WasmPlugin`, `AuthorizationPolicy`,
 //! `PeerAuthentication` YAML) and checks each on its own; [`compile`] checks them together and
 //! turns them into the snapshot each sidecar applies. Around it: [`store`] keeps state durable, [`auth`] checks
-//! credentials, [`server`] is `weft control` (the API and the watch stream), and [`client`] is
-//! the sidecar's side.
+//! credentials, [`server`] is `weft control` (the API and the watch stream) with [`serving`] its
+//! own TLS certificate, [`client`] is the sidecar's side and [`channel`] the verified TLS
+//! connection every client uses.
 
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod compile;
 pub mod istio;
 pub mod server;
+pub mod serving;
 pub mod store;

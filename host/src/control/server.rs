@@ -8,10 +8,15 @@
 //!
 //! It is also the mesh CA: a sidecar sends a CSR with its service token and gets a certificate
 //! for exactly its service's SPIFFE ID, plus the trust bundle (see [`crate::identity`]).
+//!
+//! Everything is served over TLS 1.3 with the control plane's own certificate from that CA
+//! (see [`super::serving`]); clients verify it before sending a token.
 
 use super::auth::{Auth, Caller};
+use super::channel::Endpoint;
 use super::compile::{self, Workload};
 use super::istio::{self, Kind, Resource};
+use super::serving::{ServingError, ServingIdentity, write_bundle};
 use super::store::{Change, Registration, State, Store, StoreError, Stored, key};
 use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
 use bytes::Bytes;
@@ -102,6 +107,9 @@ pub enum ControlError {
     /// A zero certificate lifetime.
     #[error("certificate lifetime must be above zero")]
     CertLifetime,
+    /// The control plane's own certificate or bundle file.
+    #[error(transparent)]
+    Serving(#[from] ServingError),
 }
 
 /// The answer to `POST /v1/certificates`.
@@ -204,6 +212,9 @@ struct Shared {
     heartbeat: Duration,
     /// A mutex so a root rotation never races a signing.
     ca: Mutex<Ca>,
+    /// The API's own certificate.
+    serving: ServingIdentity,
+    data_dir: PathBuf,
     trust_domain: String,
     cert_lifetime: Duration,
 }
@@ -265,6 +276,9 @@ impl ControlPlane {
             return Err(ControlError::CertLifetime);
         }
         let ca = Ca::open(&config.data_dir.join("ca"), system_clock())?;
+        let serving = ServingIdentity::issue(&ca, &config.trust_domain, config.cert_lifetime)?;
+        let acceptor = serving.acceptor()?;
+        write_bundle(&config.data_dir, &ca.bundle())?;
         let operator_token = store.secret("operator.token")?;
         let auth = Auth::new(operator_token.clone(), &store.secret("secret")?);
         let listener =
@@ -290,12 +304,14 @@ impl ControlPlane {
             lease: config.lease,
             heartbeat: config.heartbeat,
             ca: Mutex::new(ca),
+            serving,
+            data_dir: config.data_dir.clone(),
             trust_domain: config.trust_domain.clone(),
             cert_lifetime: config.cert_lifetime,
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(serve(listener, shared.clone(), rx.clone())),
+            tokio::spawn(serve(listener, acceptor, shared.clone(), rx.clone())),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         tracing::info!(%addr, data = %config.data_dir.display(), "control plane listening");
@@ -322,10 +338,27 @@ impl ControlPlane {
         self.shared.ca.lock().bundle()
     }
 
-    /// Rotates the CA's root: new certificates are signed by a new root, and the bundle keeps
-    /// the old one, so sidecars pick up both at their next renewal.
-    pub fn rotate_ca_root(&self) -> Result<(), CaError> {
-        self.shared.ca.lock().rotate_root()
+    /// Rotation step one: a new root joins the bundle (sidecars pick it up at their next
+    /// renewal); the current root keeps signing.
+    pub fn stage_ca_root(&self) -> Result<(), ControlError> {
+        stage_root(&self.shared)
+    }
+
+    /// Rotation step two: the staged root signs; the old one stays trusted.
+    pub fn activate_ca_root(&self) -> Result<(), ControlError> {
+        activate_root(&self.shared)
+    }
+
+    /// Rotation step three: the old roots leave the bundle.
+    pub fn retire_ca_roots(&self) -> Result<(), ControlError> {
+        retire_roots(&self.shared)
+    }
+
+    /// A client endpoint for this control plane, trusting its current bundle.
+    pub fn endpoint(&self) -> Endpoint {
+        let bundle = crate::identity::TrustBundle::from_pem(&self.bundle())
+            .expect("the CA's own bundle parses");
+        Endpoint::new(self.addr, Arc::new(bundle)).expect("the TLS 1.3 client config builds")
     }
 
     /// The sidecars known now.
@@ -350,21 +383,69 @@ fn status(shared: &Shared) -> Vec<SidecarStatus> {
     out
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// Stages a new root and publishes the bundle holding both.
+fn stage_root(shared: &Shared) -> Result<(), ControlError> {
+    let mut ca = shared.ca.lock();
+    ca.stage_root()?;
+    write_bundle(&shared.data_dir, &ca.bundle())?;
+    tracing::info!("CA root staged: trusted from now on, signing after `weft ca activate`");
+    Ok(())
+}
+
+/// Signs with the staged root from now on, the API's own certificate included.
+fn activate_root(shared: &Shared) -> Result<(), ControlError> {
+    let mut ca = shared.ca.lock();
+    ca.activate_root()?;
+    write_bundle(&shared.data_dir, &ca.bundle())?;
+    shared.serving.reissue(&ca)?;
+    tracing::info!("CA root activated: new certificates come from the new root, both are trusted");
+    Ok(())
+}
+
+/// Retires the old roots and publishes the bundle without them.
+fn retire_roots(shared: &Shared) -> Result<(), ControlError> {
+    let mut ca = shared.ca.lock();
+    ca.retire_old_roots()?;
+    write_bundle(&shared.data_dir, &ca.bundle())?;
+    tracing::info!("old CA roots retired: only the current root is trusted");
+    Ok(())
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let svc = service_fn(move |req| handle(shared.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "control API TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "control API TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let svc = service_fn(move |req| handle(shared.clone(), req));
+                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                         tracing::debug!("control connection ended: {e}");
                     }
                 });
@@ -410,6 +491,12 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         };
         if expired {
             persist_and_push(&shared);
+        }
+        let ca = shared.ca.lock();
+        if shared.serving.due(SystemTime::now())
+            && let Err(e) = shared.serving.reissue(&ca)
+        {
+            tracing::warn!("renewing the control plane's certificate failed, retrying: {e}");
         }
     }
 }
@@ -569,6 +656,9 @@ async fn handle(
                 &serde_json::json!({"revision": revision, "sidecars": status(&shared)}),
             )
         }
+        (Method::POST, ["v1", "ca", "rotate"]) => ca_change(&shared, stage_root),
+        (Method::POST, ["v1", "ca", "activate"]) => ca_change(&shared, activate_root),
+        (Method::POST, ["v1", "ca", "retire"]) => ca_change(&shared, retire_roots),
         (Method::GET, ["v1", "history"]) => match shared.store.history() {
             Ok(h) => json(StatusCode::OK, &h),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -580,6 +670,21 @@ async fn handle(
         _ => error(StatusCode::NOT_FOUND, format!("no API at {path}")),
     };
     Ok(resp)
+}
+
+/// Applies a CA change and answers with the bundle now in force.
+fn ca_change(shared: &Shared, change: fn(&Shared) -> Result<(), ControlError>) -> Response<Body> {
+    match change(shared) {
+        Ok(()) => {
+            let bundle = shared.ca.lock().bundle();
+            let roots = bundle.matches("-----BEGIN CERTIFICATE-----").count();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"roots": roots, "bundle": bundle}),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// The identity a service's token proves: the only one the CA signs for it.

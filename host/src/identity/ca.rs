@@ -2,9 +2,15 @@
 //! operator's root; it signs workload certificates from CSRs for exactly the identity the caller
 //! proved, and rotates its root with an overlap during which the trust bundle holds both.
 //!
+//! A rotation has three steps, each given a renewal period to reach every workload, so no
+//! handshake ever meets a root its peer does not trust yet: [`Ca::stage_root`] adds a new root
+//! to the bundle (the old one still signs); [`Ca::activate_root`] signs with the new root (both
+//! trusted); [`Ca::retire_old_roots`] drops the old one.
+//!
 //! Files in the CA directory (mode 0700): `root.pem`, the signing root's certificate and key in
 //! one file (0600) so a crash can never pair a key with another root's certificate;
-//! `previous.pem`, roots still trusted during a rotation (certificates only: they sign nothing).
+//! `next.pem`, a staged root (certificate and key, 0600); `previous.pem`, roots still trusted
+//! after a rotation (certificates only: they sign nothing).
 
 use super::spiffe::{SpiffeError, SpiffeId};
 use crate::control::store::{StoreError, write_atomic};
@@ -102,6 +108,8 @@ struct Root {
 pub struct Ca {
     dir: Option<PathBuf>,
     signer: Root,
+    /// A staged root: trusted, not signing yet.
+    next: Option<Root>,
     /// Roots still in the bundle but no longer signing (PEM certificates).
     previous: Vec<String>,
     clock: Clock,
@@ -150,9 +158,17 @@ impl Ca {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(&previous_path)(e)),
         };
+        let next_path = dir.join("next.pem");
+        let next = match std::fs::read_to_string(&next_path) {
+            // A crash after activation wrote root.pem but before next.pem went leaves both equal.
+            Ok(pem) => Some(load_root(&pem, &pem)?).filter(|n| n.cert_pem != signer.cert_pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&next_path)(e)),
+        };
         Ok(Ca {
             dir: Some(dir.to_path_buf()),
             signer,
+            next,
             previous,
             clock,
         })
@@ -163,6 +179,7 @@ impl Ca {
         Ok(Ca {
             dir: None,
             signer: load_root(cert_pem, key_pem)?,
+            next: None,
             previous: Vec::new(),
             clock,
         })
@@ -235,30 +252,73 @@ impl Ca {
     }
 
     /// The trust bundle: every root currently trusted (the signer and, during a rotation, the
-    /// previous ones), PEM.
+    /// staged or previous ones), PEM.
     pub fn bundle(&self) -> String {
         let mut out = String::new();
-        for pem in self.previous.iter().chain([&self.signer.cert_pem]) {
+        let next = self.next.as_ref().map(|n| &n.cert_pem);
+        for pem in self
+            .previous
+            .iter()
+            .chain([&self.signer.cert_pem])
+            .chain(next)
+        {
             out.push_str(pem);
         }
         out
     }
 
-    /// Generates a new root and signs with it from now on; the old one stays in the bundle
-    /// until [`Ca::retire_old_roots`], so certificates it signed keep working meanwhile.
-    pub fn rotate_root(&mut self) -> Result<(), CaError> {
+    /// Step one of a rotation: a new root joins the bundle; the current one keeps signing.
+    /// Staging again replaces a staged root that was never activated.
+    pub fn stage_root(&mut self) -> Result<(), CaError> {
         let root = generate_root((self.clock)())?;
+        if let Some(dir) = &self.dir {
+            write_private(&dir.join("next.pem"), &root)?;
+        }
+        self.next = Some(root);
+        Ok(())
+    }
+
+    /// Step two: the staged root signs from now on; the old one stays in the bundle until
+    /// [`Ca::retire_old_roots`], so certificates it signed keep working meanwhile. Refused
+    /// without a staged root.
+    pub fn activate_root(&mut self) -> Result<(), CaError> {
+        let Some(next) = &self.next else {
+            return Err(CaError::Root(
+                "no staged root to activate: stage one first (weft ca rotate)".into(),
+            ));
+        };
         let mut previous = self.previous.clone();
         previous.push(self.signer.cert_pem.clone());
         // Previous first: a crash before the new root is written leaves the old signer and a
-        // bundle that merely lists it twice (deduplicated on open).
+        // bundle that merely lists it twice (deduplicated on open); a crash before next.pem is
+        // removed leaves it equal to root.pem (dropped on open).
         if let Some(dir) = &self.dir {
             write_atomic(&dir.join("previous.pem"), previous.concat().as_bytes())?;
-            write_private(&dir.join("root.pem"), &root)?;
+            write_private(&dir.join("root.pem"), next)?;
+            let path = dir.join("next.pem");
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
         }
         self.previous = previous;
-        self.signer = root;
+        if let Some(next) = self.next.take() {
+            self.signer = next;
+        }
         Ok(())
+    }
+
+    /// Stages and activates a new root at once: for a mesh whose workloads need no warning
+    /// (none hold certificates yet), and for tests of the renewal path.
+    pub fn rotate_root(&mut self) -> Result<(), CaError> {
+        self.stage_root()?;
+        self.activate_root()
+    }
+
+    /// Whether a rotation is in progress: a root is staged or old roots are still trusted.
+    pub fn rotating(&self) -> bool {
+        self.next.is_some() || !self.previous.is_empty()
     }
 
     /// Drops the roots kept from rotations: certificates they signed are no longer trusted.

@@ -7,7 +7,8 @@
 //! - [`spiffe`]: `SpiffeId` parse/format, reading the SPIFFE ID out of a certificate.
 //! - [`ca`]: `Ca`: root generation, persistence and rotation; signing CSRs for a proven identity.
 //! - [`workload`]: the sidecar's key, CSR and current certificate (`ArcSwap`); renewal time.
-//! - [`tls`]: server and client configs (TLS 1.3, ALPN h2, SPIFFE checks), `TrustBundle`.
+//! - [`tls`]: server and client configs (TLS 1.3, ALPN h2, SPIFFE checks) for sidecars and for
+//!   the control plane's API, `TrustBundle`.
 
 pub mod ca;
 pub mod spiffe;
@@ -20,7 +21,8 @@ mod tests;
 pub use ca::{Ca, CaError, Clock, DEFAULT_LIFETIME, IssuedCert, system_clock};
 pub use spiffe::{SanError, SpiffeError, SpiffeId};
 pub use tls::{
-    PeerAuthMode, TlsError, TrustBundle, caller_identity, client_config, looks_like_tls,
-    peer_identity, server_config, server_name,
+    CONTROL_NAMESPACE, CONTROL_SERVICE, PeerAuthMode, TlsError, TrustBundle, caller_identity,
+    client_config, control_client_config, control_server_config, looks_like_tls, peer_identity,
+    server_config, server_name,
 };
 pub use workload::{PendingKey, Workload, WorkloadError, renew_at};

@@ -474,6 +474,56 @@ fn the_ca_persists_its_root_privately_and_survives_a_restart() {
 }
 
 #[test]
+fn a_staged_root_is_trusted_before_it_signs_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_dir = dir.path().join("ca");
+    let mut ca = Ca::open(&ca_dir, system_clock()).expect("ca");
+    let old = ca.bundle();
+    let err = ca.activate_root().expect_err("nothing staged");
+    assert!(err.to_string().contains("no staged root"), "{err}");
+
+    ca.stage_root().expect("staged");
+    assert!(ca.rotating());
+    let staged = ca.bundle();
+    assert!(staged.starts_with(&old));
+    assert_eq!(staged.matches("BEGIN CERTIFICATE").count(), 2);
+    let new_root_only = staged.replacen(&old, "", 1);
+    // Still signed by the old root: a peer trusting only the old root accepts it.
+    let only_old = TrustBundle::from_pem(&old).expect("bundle");
+    let only_new = TrustBundle::from_pem(&new_root_only).expect("bundle");
+    let chain = |ca: &Ca| {
+        workload(ca, "payments")
+            .current()
+            .expect("cert")
+            .key
+            .cert
+            .clone()
+    };
+    let verify = |roots: &TrustBundle, chain: &[rustls::pki_types::CertificateDer<'static>]| {
+        roots.verify_chain(chain)
+    };
+    assert!(verify(&only_old, &chain(&ca)).is_ok());
+    assert!(verify(&only_new, &chain(&ca)).is_err());
+
+    let mut reopened = Ca::open(&ca_dir, system_clock()).expect("reopen");
+    assert_eq!(
+        reopened.bundle(),
+        staged,
+        "the staged root is kept across a restart"
+    );
+    reopened.activate_root().expect("activated");
+    assert_eq!(reopened.bundle().matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(verify(&only_new, &chain(&reopened)).is_ok());
+    assert!(verify(&only_old, &chain(&reopened)).is_err());
+    reopened.retire_old_roots().expect("retired");
+    assert!(!reopened.rotating());
+    assert_eq!(
+        Ca::open(&ca_dir, system_clock()).expect("reopen").bundle(),
+        new_root_only
+    );
+}
+
+#[test]
 fn an_operator_root_must_be_a_ca_and_match_its_key() {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::default();

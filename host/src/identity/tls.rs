@@ -93,6 +93,26 @@ impl TrustBundle {
         self.state.store(Arc::new(bundle_state(pem)?));
         Ok(())
     }
+
+    /// How many roots it holds (two during a rotation).
+    pub fn root_count(&self) -> usize {
+        self.state.load().roots.len()
+    }
+
+    /// Whether `chain` (leaf first) chains to one of these roots now.
+    pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        let cert = ParsedCertificate::try_from(leaf)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.state.load().roots,
+            intermediates,
+            UnixTime::now(),
+            provider().signature_verification_algorithms.all,
+        )
+    }
 }
 
 fn bundle_state(pem: &str) -> Result<BundleState, TlsError> {
@@ -146,7 +166,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = MeshServerVerifier {
         bundle,
-        expected: expected_server,
+        expected: Expected::Exactly(expected_server),
     };
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -156,6 +176,45 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     // The server name means nothing to the mesh; don't announce it in clear text.
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// The control plane's own identity's namespace and service: `spiffe://<td>/ns/weft-system/sa/weft-control`.
+/// Workload identities live in other namespaces, so no sidecar can be issued it.
+pub const CONTROL_NAMESPACE: &str = "weft-system";
+/// See [`CONTROL_NAMESPACE`].
+pub const CONTROL_SERVICE: &str = "weft-control";
+
+/// The ALPN protocols the control plane's API speaks (the CLI and sidecars use HTTP/1.1).
+const CONTROL_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The control plane's API listener: presents its certificate (signed by the mesh CA for the
+/// control identity); callers authenticate with bearer tokens, not certificates.
+pub fn control_server_config(control: Arc<Workload>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CurrentCert(control)));
+    config.alpn_protocols = CONTROL_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client of the control plane's API: accepts only a server chaining to `bundle` whose
+/// SPIFFE ID is the control identity (in any trust domain: the bundle already pins the mesh).
+/// A sidecar's certificate chains to the same roots, so the identity check is what keeps a
+/// workload from posing as the control plane.
+pub fn control_client_config(bundle: Arc<TrustBundle>) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = MeshServerVerifier {
+        bundle,
+        expected: Expected::ControlPlane,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.enable_sni = false;
     Ok(Arc::new(config))
 }
@@ -212,6 +271,37 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
 struct WrongServer {
     expected: String,
     presented: String,
+}
+
+/// Whom a client expects the server to be.
+#[derive(Debug)]
+enum Expected {
+    /// A destination service's identity.
+    Exactly(SpiffeId),
+    /// The control plane (see [`control_client_config`]).
+    ControlPlane,
+}
+
+impl Expected {
+    fn admits(&self, presented: &SpiffeId) -> bool {
+        match self {
+            Expected::Exactly(id) => id == presented,
+            Expected::ControlPlane => {
+                presented.namespace() == CONTROL_NAMESPACE && presented.service() == CONTROL_SERVICE
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Exactly(id) => id.fmt(f),
+            Expected::ControlPlane => {
+                write!(f, "spiffe://*/ns/{CONTROL_NAMESPACE}/sa/{CONTROL_SERVICE}")
+            }
+        }
+    }
 }
 
 /// Verifies callers against the current bundle and requires their certificate to carry a
@@ -271,11 +361,11 @@ impl ClientCertVerifier for MeshClientVerifier {
 }
 
 /// Verifies the server's chain against the current bundle (webpki, no name check) and that
-/// its SPIFFE ID is the destination's.
+/// its SPIFFE ID is the one expected.
 #[derive(Debug)]
 struct MeshServerVerifier {
     bundle: Arc<TrustBundle>,
-    expected: SpiffeId,
+    expected: Expected,
 }
 
 impl ServerCertVerifier for MeshServerVerifier {
@@ -296,7 +386,7 @@ impl ServerCertVerifier for MeshServerVerifier {
             provider().signature_verification_algorithms.all,
         )?;
         let presented = SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
-        if presented != self.expected {
+        if !self.expected.admits(&presented) {
             return Err(invalid(WrongServer {
                 expected: self.expected.to_string(),
                 presented: presented.to_string(),
