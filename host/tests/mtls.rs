@@ -421,6 +421,9 @@ async fn authorization_policies_are_enforced_on_the_callers_identity() {
     let metrics = support::scrape(&payments.sidecar).await;
     for needle in [
         "weft_inbound_denied_total 2\n",
+        "weft_inbound_requests_by_source_total{decision=\"allowed\",source_principal=\"weft.local/ns/default/sa/orders\"} 2\n",
+        "weft_inbound_requests_by_source_total{decision=\"denied\",source_principal=\"weft.local/ns/default/sa/orders\"} 1\n",
+        "weft_inbound_requests_by_source_total{decision=\"denied\",source_principal=\"weft.local/ns/default/sa/inventory\"} 1\n",
         "weft_requests_total{code=\"403\",direction=\"inbound\",service=\"payments\"} 2\n",
         "weft_requests_total{code=\"200\",direction=\"inbound\",service=\"payments\"} 2\n",
     ] {

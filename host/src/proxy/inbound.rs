@@ -41,12 +41,14 @@ pub async fn handle(
                 "inbound call denied"
             );
             inputs.metrics.inbound_denied.inc();
+            peer.count_inbound(&inputs.metrics, false);
             m.request(403);
             m.duration.observe(start.elapsed().as_secs_f64());
             return Ok(local_response(StatusCode::FORBIDDEN, authz::DENIED_BODY));
         }
     }
     drop(routes);
+    peer.count_inbound(&inputs.metrics, true);
     let (mut parts, incoming) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);

@@ -71,6 +71,8 @@ pub struct ProxyMetrics {
     pub tls_refused: IntCounterVec,
     /// Inbound calls refused by an authorization policy.
     pub inbound_denied: IntCounter,
+    /// Inbound calls by the caller's authenticated identity and the authorization decision.
+    pub inbound_by_source: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -167,6 +169,14 @@ impl ProxyMetrics {
             "weft_inbound_denied_total",
             "Inbound calls refused with 403 by an authorization policy.",
         )?;
+        let inbound_by_source = IntCounterVec::new(
+            Opts::new(
+                "weft_inbound_requests_by_source_total",
+                "Inbound calls by the caller's mTLS identity (Istio principal; unknown without one) and decision (allowed, denied).",
+            ),
+            &["source_principal", "decision"],
+        )?;
+        registry.register(Box::new(inbound_by_source.clone()))?;
         registry.register(Box::new(inbound_denied.clone()))?;
         registry.register(Box::new(tls_refused.clone()))?;
         registry.register(Box::new(pool_opened.clone()))?;
@@ -188,6 +198,7 @@ impl ProxyMetrics {
             pool_failed,
             tls_refused,
             inbound_denied,
+            inbound_by_source,
         })
     }
 }

@@ -178,6 +178,9 @@ pub struct Peer {
     /// Its Istio principal (`<trust domain>/ns/<ns>/sa/<sa>`), which authorization policies
     /// name; formatted once per connection.
     pub principal: Option<String>,
+    /// Its inbound counters (allowed, denied), resolved at its first inbound call: the
+    /// outbound listener shares this type and must not create series.
+    by_source: std::sync::OnceLock<[prometheus::IntCounter; 2]>,
 }
 
 impl Peer {
@@ -192,7 +195,21 @@ impl Peer {
             principal: identity.as_ref().map(authz::principal_of),
             identity,
             xfcc,
+            by_source: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts an inbound call from this peer as allowed or denied.
+    pub(crate) fn count_inbound(&self, metrics: &ProxyMetrics, allowed: bool) {
+        let [yes, no] = self.by_source.get_or_init(|| {
+            let who = self.principal.as_deref().unwrap_or("unknown");
+            let vec = &metrics.inbound_by_source;
+            [
+                vec.with_label_values(&[who, "allowed"]),
+                vec.with_label_values(&[who, "denied"]),
+            ]
+        });
+        if allowed { yes.inc() } else { no.inc() }
     }
 }
 
