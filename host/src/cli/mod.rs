@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands themselves.
 
 mod control;
+mod demo;
 mod operator;
 mod plugin_check;
 mod plugin_precompile;
@@ -28,6 +29,9 @@ enum Command {
     Ca(CaCommand),
     /// Run the control plane.
     Control(control::Args),
+    /// Run the seed scenario end to end on real processes: control plane, sidecars, demo
+    /// apps, traffic, and the story (canary, retries, ejection, reweighting, plugin swap).
+    Demo(demo::Args),
     /// Delete a resource.
     Delete(operator::DeleteArgs),
     /// Show resources.
@@ -75,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(CaCommand::Activate(args)) => operator::ca(args, "activate"),
         Command::Ca(CaCommand::Retire(args)) => operator::ca(args, "retire"),
         Command::Control(args) => control::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Delete(args) => operator::delete(args),
         Command::Get(args) => operator::get(args),
         Command::Status(args) => operator::status(args),

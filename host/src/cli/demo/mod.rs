@@ -1,0 +1,420 @@
+//! `weft demo`: the seed scenario end to end, on real processes. It starts the control plane,
+//! payments v1 (two pods) and v2 and an orders app, each behind its own sidecar (STRICT mTLS),
+//! applies the seed's VirtualService and DestinationRule verbatim, drives orders → payments
+//! traffic, and walks through the story: the 95/5 canary, a flaky pod hidden by retries, a
+//! broken pod ejected, the weight changed to 50 through the control plane, a plugin swapped
+//! under load — showing split, success, retries, ejections and latency for each.
+
+mod apps;
+mod mesh;
+mod view;
+
+use anyhow::Context as _;
+use apps::{Health, Pod, VERSION_HEADER};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mesh::{ControlPlane, SidecarProc};
+use parking_lot::Mutex;
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use view::{Counters, PhaseReport, Tally};
+
+/// The seed's Istio YAML: the demo's embedded default.
+const SEED: &str = include_str!("../../../../examples/payments/payments.yaml");
+
+/// The header the swapped retry build adds (its `attemptCountHeader`).
+const NEW_BUILD_HEADER: &str = "x-weft-attempts";
+
+/// Arguments of `weft demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Total run time in seconds, shared by the story's five phases (each at least 3 s).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Calls per second from orders to payments.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// `text` (a live table on a terminal, a summary per phase elsewhere) or `json` (one
+    /// report at the end; the narration goes to stderr).
+    #[arg(short = 'o', long, default_value = "text")]
+    output: String,
+    /// Keep the work directory (logs, bootstraps, the control plane's data) afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One step of the story.
+struct Phase {
+    name: &'static str,
+    story: &'static str,
+}
+
+const PHASES: [Phase; 5] = [
+    Phase {
+        name: "canary",
+        story: "The seed applied: 95% of payments calls go to v1, 5% to the v2 canary; every hop is mTLS.",
+    },
+    Phase {
+        name: "flaky",
+        story: "Pod payments-v1-a fails 30% of calls with 503: `attempts: 3` on 5xx retries them, callers see no error.",
+    },
+    Phase {
+        name: "broken",
+        story: "Pod payments-v1-b answers every call with 503: after 5 consecutive 5xx it is ejected for 30 s.",
+    },
+    Phase {
+        name: "weight-50",
+        story: "The pods recover, and `weight: 5` becomes `50` through the control plane: every sidecar follows.",
+    },
+    Phase {
+        name: "plugin-swap",
+        story: "A new build of the retry plugin is pushed and applied as a WasmPlugin, under load: no call fails.",
+    },
+];
+
+/// Where the story's output goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Live,
+    Summary,
+    Json,
+}
+
+/// Runs `weft demo`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mode = match args.output.as_str() {
+        "json" => Mode::Json,
+        "text" if std::io::stdout().is_terminal() => Mode::Live,
+        "text" => Mode::Summary,
+        other => anyhow::bail!("-o {other:?}: choose text or json"),
+    };
+    let work = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = story(&args, mode, &work) => r.map(Some),
+            _ = super::wait_for_signal() => Ok(None),
+        }
+    });
+    // The story's processes were dropped (and killed) with its future, finished or not.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if args.keep {
+        eprintln!("work directory kept: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    match outcome {
+        Ok(Some(reports)) => {
+            if mode == Mode::Json {
+                let out = serde_json::json!({
+                    "workDir": work,
+                    "phases": reports,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(())
+        }
+        Ok(None) => {
+            eprintln!("weft demo: interrupted; every process stopped");
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!(
+            "weft demo failed (rerun with --keep to read the logs in {})",
+            work.display()
+        ))),
+    }
+}
+
+/// Prints narration where it belongs for `mode`.
+fn say(mode: Mode, text: &str) {
+    match mode {
+        Mode::Json => eprintln!("{text}"),
+        _ => println!("{text}"),
+    }
+}
+
+/// The mesh the story runs on; dropping it stops every process.
+struct Mesh {
+    cp: ControlPlane,
+    orders: SidecarProc,
+    pods: Vec<Pod>,
+    _sidecars: Vec<SidecarProc>,
+    _orders_app: Pod,
+}
+
+async fn start_mesh(mode: Mode, work: &Path) -> anyhow::Result<Mesh> {
+    let w = work.to_path_buf();
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w)).await??;
+    say(
+        mode,
+        &format!(
+            "control plane on {} (mesh CA, API over TLS); work directory {}",
+            cp.endpoint.addr,
+            work.display()
+        ),
+    );
+    let pods = vec![
+        Pod::start("payments-v1-a", "v1").await?,
+        Pod::start("payments-v1-b", "v1").await?,
+        Pod::start("payments-v2", "v2").await?,
+    ];
+    let orders_app = Pod::start("orders", "v1").await?;
+    let mut sidecars = Vec::new();
+    for pod in &pods {
+        sidecars
+            .push(mesh::sidecar(work, &cp, &pod.name, "payments", &pod.version, pod.addr).await?);
+    }
+    let orders = mesh::sidecar(work, &cp, "orders", "orders", "v1", orders_app.addr).await?;
+    say(
+        mode,
+        &format!(
+            "sidecars up (pids {}), each with a certificate from the mesh CA",
+            sidecars
+                .iter()
+                .chain([&orders])
+                .map(|s| s.proc.pid().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    Ok(Mesh {
+        cp,
+        orders,
+        pods,
+        _sidecars: sidecars,
+        _orders_app: orders_app,
+    })
+}
+
+/// Applies YAML through the control plane and waits until all four sidecars run the result.
+async fn apply(cp: &ControlPlane, source: &str, yaml: String) -> anyhow::Result<Duration> {
+    let before = cp.sent().await?;
+    let started = Instant::now();
+    cp.api(
+        Method::POST,
+        &format!("/v1/apply?source={source}"),
+        Bytes::from(yaml),
+    )
+    .await?;
+    cp.followed(4, &before, Duration::from_secs(30)).await?;
+    Ok(started.elapsed())
+}
+
+/// The seed with the canary at `v2` percent.
+fn reweighted(v2: u32) -> String {
+    // v2's line first: "weight: 5\n" is not a substring of "weight: 95\n", but would be of
+    // the "weight: 50" that replacing 95 first could produce.
+    SEED.replacen("weight: 5\n", &format!("weight: {v2}\n"), 1)
+        .replacen("weight: 95\n", &format!("weight: {}\n", 100 - v2), 1)
+}
+
+async fn counters(admin: SocketAddr) -> Counters {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let Ok(uri) = format!("http://{admin}/metrics").parse::<http::Uri>() else {
+        return Counters::default();
+    };
+    match client.get(uri).await {
+        Ok(resp) => match resp.into_body().collect().await {
+            Ok(b) => Counters::parse(&String::from_utf8_lossy(&b.to_bytes())),
+            Err(_) => Counters::default(),
+        },
+        Err(_) => Counters::default(),
+    }
+}
+
+/// Calls payments through the orders sidecar at `rate` per second until stopped.
+fn drive(
+    outbound: SocketAddr,
+    rate: u32,
+    tally: Arc<Mutex<Tally>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    const WORKERS: u32 = 8;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let period = Duration::from_secs_f64(f64::from(WORKERS) / f64::from(rate.max(1)));
+    (0..WORKERS)
+        .map(|_| {
+            let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let Ok(req) = Request::get(format!("http://{outbound}/charge"))
+                        .header(http::header::HOST, "payments")
+                        .body(Full::new(Bytes::new()))
+                    else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(7), client.request(req)).await;
+                    let (version, ok, marked) = match answer {
+                        Ok(Ok(resp)) => {
+                            let ok = resp.status() == StatusCode::OK;
+                            let h = resp.headers();
+                            let version = h
+                                .get(VERSION_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("none")
+                                .to_string();
+                            let marked = h.contains_key(NEW_BUILD_HEADER);
+                            let _ = resp.into_body().collect().await;
+                            (version, ok, marked)
+                        }
+                        _ => ("none".to_string(), false, false),
+                    };
+                    tally.lock().record(&version, ok, started.elapsed(), marked);
+                }
+            })
+        })
+        .collect()
+}
+
+/// What a phase changes before it is measured; how long the sidecars took to follow, if the
+/// change went through the control plane.
+async fn change(i: usize, mesh: &Mesh) -> anyhow::Result<Option<Duration>> {
+    Ok(match PHASES[i].name {
+        "canary" => Some(apply(&mesh.cp, "seed", SEED.to_string()).await?),
+        "flaky" => {
+            mesh.pods[0].set(Health::Flaky);
+            None
+        }
+        "broken" => {
+            mesh.pods[0].set(Health::Healthy);
+            mesh.pods[1].set(Health::Broken);
+            None
+        }
+        "weight-50" => {
+            mesh.pods[1].set(Health::Healthy);
+            Some(apply(&mesh.cp, "weight-50", reweighted(50)).await?)
+        }
+        _ => {
+            let pushed = mesh
+                .cp
+                .api(
+                    Method::POST,
+                    "/v1/artifacts",
+                    Bytes::from_static(weft_artifacts::RETRY),
+                )
+                .await?;
+            let digest = pushed["sha256"]
+                .as_str()
+                .context("no sha256 in the answer")?;
+            let url = if digest.starts_with("sha256:") {
+                digest.to_string()
+            } else {
+                format!("sha256:{digest}")
+            };
+            let yaml = format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{ name: retry }}\nspec:\n  url: {url}\n\
+                 \x20 pluginConfig: {{ attemptCountHeader: {NEW_BUILD_HEADER} }}\n"
+            );
+            Some(apply(&mesh.cp, "retry-build", yaml).await?)
+        }
+    })
+}
+
+async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<PhaseReport>> {
+    let mesh = start_mesh(mode, work).await?;
+    let phase_time = Duration::from_secs((args.duration / PHASES.len() as u64).max(3));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut driver = None;
+    let mut reports = Vec::new();
+    for i in 0..PHASES.len() {
+        let followed = change(i, &mesh).await?;
+        let start = counters(mesh.orders.admin).await;
+        *tally.lock() = Tally::default();
+        let began = Instant::now();
+        if driver.is_none() {
+            driver = Some(drive(
+                mesh.orders.outbound,
+                args.rate,
+                tally.clone(),
+                stop.clone(),
+            ));
+        }
+        let phase = &PHASES[i];
+        if mode != Mode::Live {
+            say(mode, &format!("\n== {}: {}", phase.name, phase.story));
+        }
+        let mut last = None;
+        while began.elapsed() < phase_time {
+            tokio::time::sleep(
+                Duration::from_secs(1).min(phase_time.saturating_sub(began.elapsed())),
+            )
+            .await;
+            let now = counters(mesh.orders.admin).await;
+            let snapshot = tally.lock().clone();
+            let r = view::report(
+                phase.name,
+                phase.story,
+                &snapshot,
+                began.elapsed(),
+                start,
+                now,
+                followed,
+            );
+            if mode == Mode::Live {
+                let past: String = reports
+                    .iter()
+                    .map(|p: &PhaseReport| {
+                        format!(
+                            "  ✓ {:<12} {} calls, success {:.2}%, retries {}, ejections {}\n",
+                            p.name, p.calls, p.success_rate, p.retries, p.ejections
+                        )
+                    })
+                    .collect();
+                print!(
+                    "\x1b[H\x1b[2Jweft demo — orders → payments, the seed scenario (Ctrl-C stops)\n\n{past}\n{}",
+                    view::table(i + 1, PHASES.len(), &r)
+                );
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }
+            last = Some(r);
+        }
+        let Some(r) = last else { continue };
+        if mode == Mode::Summary {
+            println!("{}", view::table(i + 1, PHASES.len(), &r));
+        } else if mode == Mode::Json {
+            eprintln!("{}", view::table(i + 1, PHASES.len(), &r));
+        }
+        reports.push(r);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in driver.into_iter().flatten() {
+        let _ = task.await;
+    }
+    if mode == Mode::Live {
+        println!("\ndone: every process stops now.");
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reweighting_changes_only_the_two_weights() {
+        let half = super::reweighted(50);
+        assert_eq!(half.matches("weight: 50\n").count(), 2, "{half}");
+        assert_eq!(half.len(), super::SEED.len() + 1);
+        let tenth = super::reweighted(10);
+        assert!(tenth.contains("weight: 90\n") && tenth.contains("weight: 10\n"));
+    }
+}
