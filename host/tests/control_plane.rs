@@ -952,3 +952,103 @@ async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
     assert_eq!(crossing_failed, 0, "a new-root caller to old-root payments");
     assert_eq!(late_failed, 0, "a caller trusting only the new root");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_stat_reports_each_subset_from_the_sidecars_metrics() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let (pay, ord) = (
+        service_token(cp, &op, "payments").await,
+        service_token(cp, &op, "orders").await,
+    );
+    let (v1, v2) = (
+        App::start("payments-v1").await,
+        App::start("payments-v2").await,
+    );
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+    let _p1 = sidecar(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v1")],
+        v1.addr,
+    );
+    let _p2 = sidecar(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v2")],
+        v2.addr,
+    );
+    let orders = sidecar(
+        dir.path(),
+        cp,
+        &ord,
+        "orders",
+        &[("version", "v1")],
+        nowhere,
+    );
+    let seed = write(dir.path(), "payments.yaml", SEED);
+    let out = weft(cp, &data, &["apply", "-f", seed.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let status = api(cp, &op, Method::GET, "/v1/status").await;
+    assert!(
+        status["sidecars"]
+            .as_array()
+            .expect("sidecars")
+            .iter()
+            .all(|s| s["admin"]
+                .as_str()
+                .is_some_and(|a| a.parse::<SocketAddr>().is_ok())),
+        "every sidecar registers its admin endpoint: {status}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(orders.addr("outbound"), stop.clone(), "x-none");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        weft(
+            cp,
+            &data,
+            &["stat", "payments", "-o", "json", "--window", "3s"],
+        )
+    })
+    .await
+    .expect("stat");
+    stop.store(true, Ordering::SeqCst);
+    let (calls, failed, _) = load.await.expect("load");
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out)));
+    let rows = rows.as_array().expect("rows");
+    let row = |subset: &str| {
+        rows.iter()
+            .find(|r| r["service"] == "payments" && r["subset"] == subset)
+            .unwrap_or_else(|| panic!("no payments {subset} in {rows:?}"))
+    };
+    let (r1, r2) = (row("v1"), row("v2"));
+    let rps = |r: &serde_json::Value| r["rps"].as_f64().unwrap_or(0.0);
+    assert!(rps(r1) > 0.0 && rps(r2) > 0.0, "{rows:?}");
+    let v2_share = 100.0 * rps(r2) / (rps(r1) + rps(r2));
+    assert!(
+        (1.0..=15.0).contains(&v2_share),
+        "v2 has {v2_share}% of the rate: {rows:?}"
+    );
+    assert_eq!(r1["successRate"], 100.0, "{r1}");
+    let p50 = r1["p50Ms"].as_f64().expect("p50");
+    let p99 = r1["p99Ms"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p99 >= p50, "{r1}");
+    assert!(
+        rows.iter().all(|r| r["service"] == "payments"),
+        "filtered: {rows:?}"
+    );
+    println!("weft stat under load ({calls} calls, {failed} failed): {rows:?}");
+    assert_eq!(failed, 0);
+}

@@ -7,6 +7,7 @@ mod plugin_check;
 mod plugin_precompile;
 mod sidecar;
 mod simulate;
+mod stat;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,9 @@ enum Command {
     Plugin(PluginCommand),
     /// Show every sidecar: service, snapshot version, ACK state, last seen.
     Status(operator::ConnArgs),
+    /// Success rate, requests/s and latency percentiles per service and subset, from every
+    /// sidecar's metrics (like `linkerd viz stat`).
+    Stat(stat::Args),
     /// Print the bootstrap token for a service's sidecars.
     Token(operator::TokenArgs),
     /// Run the sidecar proxy beside a service instance.
@@ -82,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Delete(args) => operator::delete(args),
         Command::Get(args) => operator::get(args),
+        Command::Stat(args) => stat::run(args),
         Command::Status(args) => operator::status(args),
         Command::Token(args) => operator::token(args),
         Command::Plugin(PluginCommand::Push(args)) => operator::push(args),

@@ -44,7 +44,8 @@ impl Conn {
             })
     }
 
-    async fn call(
+    /// One API call with the operator token; the JSON answer, or the refusal as an error.
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,

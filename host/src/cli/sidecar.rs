@@ -188,6 +188,7 @@ impl WatchParts {
         server: Endpoint,
         token: String,
         inbound: SocketAddr,
+        admin: SocketAddr,
     ) -> anyhow::Result<WatchConfig> {
         let address = match &self.advertise {
             Some(a) => a
@@ -202,6 +203,7 @@ impl WatchParts {
             service: self.service,
             labels: self.labels,
             address,
+            admin: Some(admin),
         })
     }
 }
@@ -284,7 +286,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let watch = match (watch, credentials) {
             (Some(w), Some((server, _, token))) => {
-                Some(w.config(server, token, sidecar.inbound)?)
+                Some(w.config(server, token, sidecar.inbound, sidecar.admin)?)
             }
             _ => None,
         };

@@ -41,6 +41,8 @@ pub struct WatchConfig {
     pub labels: BTreeMap<String, String>,
     /// The inbound address peers reach it at.
     pub address: SocketAddr,
+    /// Its admin endpoint, which the control plane reads `/metrics` from for `weft stat`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Why a request to the control plane failed.
@@ -190,14 +192,18 @@ async fn take(cfg: &WatchConfig, sidecar: &Sidecar, version: String, snapshot: S
 
 fn watch_path(cfg: &WatchConfig, version: &str) -> String {
     let labels: Vec<String> = cfg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!(
+    let mut path = format!(
         "/v1/watch?id={}&service={}&address={}&labels={}&version={}",
         enc(&cfg.id),
         enc(&cfg.service),
         enc(&cfg.address.to_string()),
         enc(&labels.join(",")),
         enc(version)
-    )
+    );
+    if let Some(admin) = cfg.admin {
+        path.push_str(&format!("&admin={}", enc(&admin.to_string())));
+    }
+    path
 }
 
 fn enc(s: &str) -> String {

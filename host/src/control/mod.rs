@@ -4,7 +4,8 @@
 //! turns them into the snapshot each sidecar applies. Around it: [`store`] keeps state durable, [`auth`] checks
 //! credentials, [`server`] is `weft control` (the API and the watch stream) with [`serving`] its
 //! own TLS certificate, [`client`] is the sidecar's side and [`channel`] the verified TLS
-//! connection every client uses.
+//! connection every client uses; [`stats`] turns the sidecars' Istio metrics into `weft stat`'s
+//! rows.
 
 pub mod auth;
 pub mod channel;
@@ -13,4 +14,5 @@ pub mod compile;
 pub mod istio;
 pub mod server;
 pub mod serving;
+pub mod stats;
 pub mod store;

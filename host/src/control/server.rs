@@ -17,6 +17,7 @@ use super::channel::Endpoint;
 use super::compile::{self, Workload};
 use super::istio::{self, Kind, Resource};
 use super::serving::{ServingError, ServingIdentity, write_bundle};
+use super::stats;
 use super::store::{Change, Registration, State, Store, StoreError, Stored, key};
 use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
 use bytes::Bytes;
@@ -148,6 +149,9 @@ pub struct SidecarStatus {
     pub service: String,
     /// Its inbound address.
     pub address: String,
+    /// Its admin endpoint (`/metrics`), when it told us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// The snapshot version last sent.
     pub sent: String,
     /// The version it last ACKed (the one it runs).
@@ -659,6 +663,7 @@ async fn handle(
         (Method::POST, ["v1", "ca", "rotate"]) => ca_change(&shared, stage_root),
         (Method::POST, ["v1", "ca", "activate"]) => ca_change(&shared, activate_root),
         (Method::POST, ["v1", "ca", "retire"]) => ca_change(&shared, retire_roots),
+        (Method::GET, ["v1", "stats"]) => stats(&shared).await,
         (Method::GET, ["v1", "history"]) => match shared.store.history() {
             Ok(h) => json(StatusCode::OK, &h),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -670,6 +675,42 @@ async fn handle(
         _ => error(StatusCode::NOT_FOUND, format!("no API at {path}")),
     };
     Ok(resp)
+}
+
+/// Reads every connected sidecar's `/metrics` (1 s each, concurrently) into one
+/// [`stats::Reading`] of the mesh's Istio series; sidecars that did not answer are listed.
+async fn stats(shared: &Shared) -> Response<Body> {
+    let targets: Vec<(String, String)> = status(shared)
+        .into_iter()
+        .filter(|s| s.connected)
+        .filter_map(|s| Some((s.id, s.admin?)))
+        .collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (id, admin) in targets {
+        set.spawn(async move {
+            let url = format!("http://{admin}/metrics");
+            let got = tokio::time::timeout(Duration::from_secs(1), super::client::download(&url))
+                .await
+                .map_err(|_| "no answer within 1 s".to_string())
+                .and_then(|r| r);
+            (id, got)
+        });
+    }
+    let mut reading = stats::Reading::default();
+    let (mut scraped, mut unreachable) = (0, Vec::new());
+    while let Some(Ok((id, got))) = set.join_next().await {
+        match got {
+            Ok(bytes) => {
+                reading.add_exposition(&String::from_utf8_lossy(&bytes));
+                scraped += 1;
+            }
+            Err(e) => unreachable.push(format!("{id}: {e}")),
+        }
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"scraped": scraped, "unreachable": unreachable, "reading": reading}),
+    )
 }
 
 /// Applies a CA change and answers with the bundle now in force.
@@ -942,6 +983,10 @@ fn watch_stream(shared: &Arc<Shared>, who: &Caller, req: &Request<Incoming>) -> 
                     id: id.clone(),
                     service: service.clone(),
                     address: address.clone(),
+                    admin: q
+                        .get("admin")
+                        .filter(|a| a.parse::<SocketAddr>().is_ok())
+                        .cloned(),
                     // What the sidecar says it runs: a reconnect after a control plane restart
                     // is not pushed the same snapshot again.
                     sent: current.clone(),
