@@ -286,8 +286,8 @@ fn drive(
 
 /// What a phase changes before it is measured; how long the sidecars took to follow, if the
 /// change went through the control plane.
-async fn change(i: usize, mesh: &Mesh) -> anyhow::Result<Option<Duration>> {
-    Ok(match PHASES[i].name {
+async fn change(phase: &Phase, mesh: &Mesh) -> anyhow::Result<Option<Duration>> {
+    Ok(match phase.name {
         "canary" => Some(apply(&mesh.cp, "seed", SEED.to_string()).await?),
         "flaky" => {
             mesh.pods[0].set(Health::Flaky);
@@ -336,8 +336,8 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
     let stop = Arc::new(AtomicBool::new(false));
     let mut driver = None;
     let mut reports = Vec::new();
-    for i in 0..PHASES.len() {
-        let followed = change(i, &mesh).await?;
+    for (i, phase) in PHASES.iter().enumerate() {
+        let followed = change(phase, &mesh).await?;
         let start = counters(mesh.orders.admin).await;
         *tally.lock() = Tally::default();
         let began = Instant::now();
@@ -349,7 +349,6 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
                 stop.clone(),
             ));
         }
-        let phase = &PHASES[i];
         if mode != Mode::Live {
             say(mode, &format!("\n== {}: {}", phase.name, phase.story));
         }
