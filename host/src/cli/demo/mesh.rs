@@ -224,6 +224,9 @@ pub async fn sidecar(
         "mtls": "STRICT",
         "cacheDir": work.join("cache"),
         "drainTimeout": "1s",
+        // Plugins in other languages may load with `--apply`; their first calls on a fresh
+        // instance can take more than the default 10 ms.
+        "pluginDeadline": "50ms",
     });
     let path = work.join(format!("{name}.json"));
     std::fs::write(&path, bootstrap.to_string())

@@ -49,6 +49,10 @@ pub struct Args {
     /// Keep the work directory (logs, bootstraps, the control plane's data) afterwards.
     #[arg(long)]
     keep: bool,
+    /// More Istio YAML to apply after the seed, e.g. a WasmPlugin loading your own filter
+    /// (`examples/plugins/*/wasmplugin.yaml`); repeatable.
+    #[arg(long = "apply", value_name = "FILE")]
+    extra: Vec<std::path::PathBuf>,
 }
 
 /// One step of the story.
@@ -207,7 +211,9 @@ async fn apply(cp: &ControlPlane, source: &str, yaml: String) -> anyhow::Result<
         Bytes::from(yaml),
     )
     .await?;
-    cp.followed(4, &before, Duration::from_secs(30)).await?;
+    // Generous: a plugin in another language is a 12–18 MB component, compiled by every
+    // sidecar (a debug build takes seconds per sidecar).
+    cp.followed(4, &before, Duration::from_secs(120)).await?;
     Ok(started.elapsed())
 }
 
@@ -255,6 +261,8 @@ fn drive(
                     tick.tick().await;
                     let Ok(req) = Request::get(format!("http://{outbound}/charge"))
                         .header(http::header::HOST, "payments")
+                        // A tenant the header-gate example lets through, should it be applied.
+                        .header("x-tenant", "acme")
                         .body(Full::new(Bytes::new()))
                     else {
                         return;
@@ -286,9 +294,19 @@ fn drive(
 
 /// What a phase changes before it is measured; how long the sidecars took to follow, if the
 /// change went through the control plane.
-async fn change(phase: &Phase, mesh: &Mesh) -> anyhow::Result<Option<Duration>> {
+async fn change(
+    phase: &Phase,
+    mesh: &Mesh,
+    extra: &[(String, String)],
+) -> anyhow::Result<Option<Duration>> {
     Ok(match phase.name {
-        "canary" => Some(apply(&mesh.cp, "seed", SEED.to_string()).await?),
+        "canary" => {
+            let mut took = apply(&mesh.cp, "seed", SEED.to_string()).await?;
+            for (name, yaml) in extra {
+                took += apply(&mesh.cp, name, yaml.clone()).await?;
+            }
+            Some(took)
+        }
         "flaky" => {
             mesh.pods[0].set(Health::Flaky);
             None
@@ -330,6 +348,16 @@ async fn change(phase: &Phase, mesh: &Mesh) -> anyhow::Result<Option<Duration>> 
 }
 
 async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<PhaseReport>> {
+    // Read first: a wrong path fails before any process starts.
+    let mut extra = Vec::new();
+    for path in &args.extra {
+        let yaml =
+            std::fs::read_to_string(path).with_context(|| format!("--apply {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map_or_else(|| "extra".into(), |n| n.to_string_lossy().into_owned());
+        extra.push((name, yaml));
+    }
     let mesh = start_mesh(mode, work).await?;
     let phase_time = Duration::from_secs((args.duration / PHASES.len() as u64).max(3));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -337,7 +365,7 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
     let mut driver = None;
     let mut reports = Vec::new();
     for (i, phase) in PHASES.iter().enumerate() {
-        let followed = change(phase, &mesh).await?;
+        let followed = change(phase, &mesh, &extra).await?;
         let start = counters(mesh.orders.admin).await;
         *tally.lock() = Tally::default();
         let began = Instant::now();
