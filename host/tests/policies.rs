@@ -677,3 +677,43 @@ async fn a_plugin_scoped_to_a_route_acts_only_on_the_calls_the_canary_sends_down
     );
     assert_eq!(response_stamp(&[]).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_answer_goes_back_through_the_plugins_that_saw_the_request() {
+    let app = pod("payments", "payments-v1", Behaviour::Paths).await;
+    let abort = fault(json!({"abort": {"httpStatus": 418, "percentage": {"value": 100}}}));
+    let counting = retry(json!({"attempts": 1, "attemptCountHeader": "x-attempts"}));
+    let with = |plugins: Value| {
+        snapshot(
+            "payments",
+            vec![endpoint(app.sidecar.inbound, "v1")],
+            plugins,
+        )
+    };
+
+    // retry before the fault: it saw the request, so its on-response stamps the 418 (no
+    // upstream attempt was made).
+    let orders = caller(with(json!([counting, abort]))).await;
+    let resp = h1_client()
+        .request(get(orders.outbound, "/hello", &[]))
+        .await
+        .expect("answered");
+    let (status, headers, body) = read(resp).await;
+    assert_eq!(status.as_u16(), 418);
+    assert_eq!(body, "fault filter abort", "the body is the answer's");
+    assert_eq!(
+        headers.get("x-attempts").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+
+    // retry after the fault never saw the request: its on-response does not run.
+    let orders = caller(with(json!([abort, counting]))).await;
+    let resp = h1_client()
+        .request(get(orders.outbound, "/hello", &[]))
+        .await
+        .expect("answered");
+    let (status, headers, _) = read(resp).await;
+    assert_eq!(status.as_u16(), 418);
+    assert!(headers.get("x-attempts").is_none(), "{headers:?}");
+    assert!(app.app.seen().is_empty());
+}

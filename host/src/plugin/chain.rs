@@ -23,6 +23,8 @@ pub struct Chain {
     on_request: Vec<Arc<Plugin>>,
     on_attempt_end: Vec<Arc<Plugin>>,
     on_response: Vec<Arc<Plugin>>,
+    /// Each `on_response` plugin's place in `plugins`, to stop at a local answer's author.
+    on_response_at: Vec<usize>,
     on_done: Vec<Arc<Plugin>>,
 }
 
@@ -66,6 +68,9 @@ impl Chain {
             on_request: pick(|p| p.hooks().on_request),
             on_attempt_end: pick(|p| p.hooks().on_attempt_end),
             on_response: pick(|p| p.hooks().on_response),
+            on_response_at: (0..plugins.len())
+                .filter(|&i| plugins[i].hooks().on_response)
+                .collect(),
             on_done: pick(|p| p.hooks().on_done),
             plugins,
         }
@@ -81,35 +86,56 @@ impl Chain {
         &self.plugins
     }
 
-    /// Runs `on-request` through the chain; the first local answer stops it. A scoped plugin
-    /// is checked against `head.route` at its turn, so it sees the route earlier plugins named.
+    /// Runs `on-request` through the chain; the first local answer stops it (see
+    /// [`Chain::on_local_reply`] for the answer's way back). A scoped plugin is checked against
+    /// `head.route` at its turn, so it sees the route earlier plugins named.
     pub fn on_request(&self, call_id: u64, head: &mut RequestHead) -> Decided<RequestVerdict> {
         let mut plugin_failed = false;
         for plugin in &self.on_request {
             if !plugin.serves(head.route) {
                 continue;
             }
-            match plugin.on_request(call_id, head) {
-                Ok(None) => {}
-                Ok(Some(r)) => {
-                    return Decided {
-                        action: RequestVerdict::Respond(local_reply(r)),
-                        plugin_failed,
-                    };
-                }
+            let reply = match plugin.on_request(call_id, head) {
+                Ok(None) => continue,
+                Ok(Some(r)) => local_reply(r),
                 Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
-                    return Decided {
-                        action: RequestVerdict::Respond(failed_closed(plugin)),
-                        plugin_failed: true,
-                    };
+                    plugin_failed = true;
+                    failed_closed(plugin)
                 }
-                Err(_) => plugin_failed = true,
-            }
+                Err(_) => {
+                    plugin_failed = true;
+                    continue;
+                }
+            };
+            return Decided {
+                action: RequestVerdict::Respond(reply),
+                plugin_failed,
+                answered_at: self.place_of(plugin),
+            };
         }
         Decided {
             action: RequestVerdict::Continue,
             plugin_failed,
+            answered_at: None,
         }
+    }
+
+    fn place_of(&self, plugin: &Arc<Plugin>) -> Option<usize> {
+        self.plugins.iter().position(|p| Arc::ptr_eq(p, plugin))
+    }
+
+    /// Runs `on-response` on a local answer from `on-request` (by the plugin at `answered_at`
+    /// in the chain), through the plugins before it: they saw the request, so they see its
+    /// answer, as Envoy sends a local reply back through the filters that saw the request. The
+    /// answering plugin and those after it never saw the request and are skipped.
+    pub fn on_local_reply(
+        &self,
+        call_id: u64,
+        head: &mut ResponseHead,
+        route: RouteId,
+        answered_at: usize,
+    ) -> Decided<ResponseVerdict> {
+        self.on_response_before(call_id, head, route, answered_at)
     }
 
     /// Runs `on-attempt-end` through every plugin that asked and serves the call's `route`
@@ -134,6 +160,7 @@ impl Chain {
         Decided {
             action,
             plugin_failed,
+            answered_at: None,
         }
     }
 
@@ -145,8 +172,22 @@ impl Chain {
         head: &mut ResponseHead,
         route: RouteId,
     ) -> Decided<ResponseVerdict> {
+        self.on_response_before(call_id, head, route, usize::MAX)
+    }
+
+    /// `on-response` through the plugins placed before `end` in the chain.
+    fn on_response_before(
+        &self,
+        call_id: u64,
+        head: &mut ResponseHead,
+        route: RouteId,
+        end: usize,
+    ) -> Decided<ResponseVerdict> {
         let mut plugin_failed = false;
-        for plugin in &self.on_response {
+        for (plugin, &at) in self.on_response.iter().zip(&self.on_response_at) {
+            if at >= end {
+                break;
+            }
             if !plugin.serves(route) {
                 continue;
             }
@@ -156,12 +197,14 @@ impl Chain {
                     return Decided {
                         action: ResponseVerdict::Respond(local_reply(r)),
                         plugin_failed,
+                        answered_at: None,
                     };
                 }
                 Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
                     return Decided {
                         action: ResponseVerdict::Respond(failed_closed(plugin)),
                         plugin_failed: true,
+                        answered_at: None,
                     };
                 }
                 Err(_) => plugin_failed = true,
@@ -170,6 +213,7 @@ impl Chain {
         Decided {
             action: ResponseVerdict::Continue,
             plugin_failed,
+            answered_at: None,
         }
     }
 

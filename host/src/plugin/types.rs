@@ -130,6 +130,8 @@ pub struct Decided<A> {
     pub action: A,
     /// Whether a plugin failed on this hook.
     pub plugin_failed: bool,
+    /// For a local answer from `on-request`: the answering plugin's place in the chain.
+    pub answered_at: Option<usize>,
 }
 
 /// The hooks a plugin asked for.

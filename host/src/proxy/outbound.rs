@@ -248,10 +248,29 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         {
             return delay_timed_out(call, &route.service);
         }
-        let status = reply.status.as_u16();
-        let mut resp = Response::new(body::full(reply.body));
-        *resp.status_mut() = reply.status;
-        *resp.headers_mut() = reply.headers;
+        // Back through the plugins that saw the request, as any response goes.
+        let mut head = ResponseHead {
+            status: reply.status,
+            headers: reply.headers,
+            attempts: 0,
+        };
+        let mut payload = reply.body;
+        if let Some(at) = decided.answered_at {
+            let back = call
+                .route
+                .chain
+                .on_local_reply(id, &mut head, call.route_id, at);
+            if back.plugin_failed {
+                call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+            }
+            if let ResponseVerdict::Respond(r) = back.action {
+                (head.status, head.headers, payload) = (r.status, r.headers, r.body);
+            }
+        }
+        let status = head.status.as_u16();
+        let mut resp = Response::new(body::full(payload));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
         call.finish(
             status,
             resp.body().size_hint().exact().unwrap_or(0),
