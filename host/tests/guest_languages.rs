@@ -1,5 +1,5 @@
-//! Plugins written in Python and JavaScript, built by their examples' own `build.sh`
-//! (`examples/plugins/{python,js}`) and run the way a user runs them: loaded by a real sidecar
+//! Plugins written in Python, JavaScript and C, built by their examples' own `build.sh`
+//! (`examples/plugins/{python,js,c}`) and run the way a user runs them: loaded by a real sidecar
 //! from a snapshot, with real HTTP calls through it to a real app on loopback. Then the cost of
 //! one hook call of each, measured through the plugin runtime beside the Rust twin of the
 //! Python gate (`examples/tenant-gate`); the numbers are printed, never asserted.
@@ -60,6 +60,7 @@ struct Guest {
 static PYTHON: LazyLock<Result<Guest, String>> =
     LazyLock::new(|| build("python", "header_gate.wasm"));
 static JS: LazyLock<Result<Guest, String>> = LazyLock::new(|| build("js", "request_id.wasm"));
+static C: LazyLock<Result<Guest, String>> = LazyLock::new(|| build("c", "rate_limit.wasm"));
 
 /// The built guest, or the test fails with why the build did not work (the script's stderr).
 fn guest(built: &'static LazyLock<Result<Guest, String>>) -> &'static Guest {
@@ -561,6 +562,53 @@ async fn a_chain_of_the_js_and_python_plugins_stamps_every_call_and_gates_it() {
     assert_ran_cleanly(&orders, "header-gate", 3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_rate_limit_answers_429_past_its_burst_and_lets_calls_through_again() {
+    let _one = SERIAL.lock().await;
+    let c = guest(&C);
+    println!(
+        "c: rate_limit.wasm is {} bytes, built in {:.1?}",
+        c.size, c.build_took
+    );
+    let app = pod("payments-v1").await;
+    // 5 calls per 500 ms window.
+    let (orders, _) = caller(
+        &app,
+        json!([{"name": "rate-limit", "file": c.wasm, "sha256": c.digest,
+                "config": {"requestsPerSecond": 10, "burst": 5}}]),
+        None,
+    )
+    .await;
+    let (mut ok, mut limited) = (0, 0);
+    let started = Instant::now();
+    for i in 0..20 {
+        let (status, headers, body) = call(orders.outbound, &format!("/burst/{i}"), &[]).await;
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(body, "rate limited\n");
+                assert_eq!(header(&headers, "retry-after"), Some("1"));
+            }
+            other => panic!("call {i}: {other} {body}"),
+        }
+    }
+    let took = started.elapsed();
+    // 20 calls in well under a second span at most two or three windows of 5.
+    let windows = 1 + (took.as_millis() / 500) as usize + 1;
+    assert!(
+        (5..=5 * windows).contains(&ok),
+        "{ok} let through in {took:?}"
+    );
+    assert_eq!(ok + limited, 20);
+    assert_eq!(app.app.seen().len(), ok, "a limited call reaches no app");
+    // A later window lets calls through again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _, _) = call(orders.outbound, "/later", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ran_cleanly(&orders, "rate-limit", 21).await;
+}
+
 /// A request as an app sends it: ten headers (as `benches/plugin_hooks.rs` has it), the
 /// tenant `tenant`.
 fn request(tenant: &'static str) -> RequestHead {
@@ -647,9 +695,9 @@ fn time_gate(chain: &Chain, head: &RequestHead, allowed: bool) -> Timings {
 }
 
 #[test]
-fn per_call_overhead_of_the_python_and_js_guests_against_rust() {
+fn per_call_overhead_of_the_python_js_and_c_guests_against_rust() {
     let _one = SERIAL.blocking_lock();
-    let (python, js) = (guest(&PYTHON), guest(&JS));
+    let (python, js, c) = (guest(&PYTHON), guest(&JS), guest(&C));
     let runtime = PluginRuntime::new(
         RuntimeConfig {
             cache_dir: Some(CACHE.clone()),
@@ -689,6 +737,8 @@ fn per_call_overhead_of_the_python_and_js_guests_against_rust() {
         &js.wasm,
         r#"{"header":"x-correlation-id","prefix":"orders-"}"#,
     );
+    // A limit no run reaches: every call counts and goes on.
+    let (limit, c_c, c_setup) = load("rate-limit", &c.wasm, r#"{"requestsPerSecond":1000000000}"#);
     let how = |c: &Compiled| {
         if c.from_cache {
             "from cache"
@@ -697,22 +747,26 @@ fn per_call_overhead_of_the_python_and_js_guests_against_rust() {
         }
     };
     println!(
-        "load: rust {:.2?} ({}), python {:.2?} ({}), js {:.2?} ({})",
+        "load: rust {:.2?} ({}), python {:.2?} ({}), js {:.2?} ({}), c {:.2?} ({})",
         rust_c.took,
         how(&rust_c),
         py_c.took,
         how(&py_c),
         js_c.took,
-        how(&js_c)
+        how(&js_c),
+        c_c.took,
+        how(&c_c)
     );
     println!(
-        "first instance (instantiate + configure): rust {:.2?}, python {:.2?}, js {:.2?}",
-        rust_setup, py_setup, js_setup
+        "first instance (instantiate + configure): rust {:.2?}, python {:.2?}, js {:.2?}, \
+         c {:.2?}",
+        rust_setup, py_setup, js_setup, c_setup
     );
 
     let (acme, evil) = (request("acme"), request("evil"));
     let rust_allow = time_gate(&rust, &acme, true);
     let py_allow = time_gate(&py, &acme, true);
+    let c_count = time_gate(&limit, &acme, true);
     let rust_deny = time_gate(&rust, &evil, false);
     let py_deny = time_gate(&py, &evil, false);
 
@@ -754,11 +808,13 @@ fn per_call_overhead_of_the_python_and_js_guests_against_rust() {
     }
 
     println!(
-        "per-call: rust {:.1} µs, python {:.1} µs, js {:.1} µs \
-         (on-request, median of {CALLS}; gates letting `acme` through, js stamping a new id)",
+        "per-call: rust {:.1} µs, python {:.1} µs, js {:.1} µs, c {:.1} µs \
+         (on-request, median of {CALLS}; gates letting `acme` through, js stamping a new id, \
+         c counting the call in a host counter)",
         rust_allow.median(),
         py_allow.median(),
-        js_req.median()
+        js_req.median(),
+        c_count.median()
     );
     println!(
         "per-call, answering 403: rust {:.1} µs, python {:.1} µs; js on-response {:.1} µs",
@@ -773,6 +829,7 @@ fn per_call_overhead_of_the_python_and_js_guests_against_rust() {
         ("python deny", &py_deny),
         ("js on-request", &js_req),
         ("js on-response", &js_resp),
+        ("c on-request", &c_count),
     ] {
         println!(
             "  {what:<15} mean {:>7.1} µs, p99 {:>7.1} µs",
