@@ -194,7 +194,7 @@ pub struct EndpointSpec {
 pub struct PluginRef {
     /// Its name (metrics, logs, shared state).
     pub name: String,
-    /// A built-in plugin: `canary`, `retry`, `outlier` or `telemetry`.
+    /// A built-in plugin: `canary`, `retry`, `outlier`, `telemetry` or `fault`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<String>,
     /// A component file.

@@ -673,7 +673,8 @@ pub struct WasmPlugin {
     /// Istio's older single form of `targetRefs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<TargetRef>,
-    /// `file:///abs/path.wasm`, `http(s)://…`, or `sha256:<hex>` of a stored artifact.
+    /// `file:///abs/path.wasm`, `http://…` (https is not fetched yet), or `sha256:<hex>` of a
+    /// stored artifact.
     pub url: String,
     /// The sha256 (hex) the component must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -827,7 +828,7 @@ impl WasmPlugin {
         } else {
             Err(format!(
                 "{url:?}: not supported by Weft yet (OCI images included); use \
-                 file:///path/to/plugin.wasm, http(s)://… or sha256:<digest> of a stored artifact"
+                 file:///path/to/plugin.wasm, http://… or sha256:<digest> of a stored artifact"
             ))
         }
     }

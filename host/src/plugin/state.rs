@@ -189,7 +189,8 @@ impl SharedState {
     }
 
     /// Adds to a numeric-keyed counter, creating it at 0; returns the new value. Past the key
-    /// bound, expired counters are swept, then the oldest-expiring are dropped before refusing.
+    /// bound (one bound for every plugin's counters together), expired counters are swept;
+    /// still full, a new counter is not kept and the call returns `delta` as if it were.
     pub fn counter_add(&self, plugin: u32, key: u64, delta: i64, ttl_ms: u32) -> i64 {
         let now = Instant::now();
         let mut counters = self.counters.lock();
