@@ -642,13 +642,25 @@ fn wasm_plugin(name: &str, digest: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
-    let _serial = SERIAL.lock().await;
+/// A control plane with payments v1 and v2 and an orders sidecar, each a process, the seed
+/// applied and every sidecar running it.
+struct SeedMesh {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    cp: SocketAddr,
+    op: String,
+    orders: Proc,
+    // Kept alive for the test's length.
+    _apps: [App; 2],
+    _pods: [Proc; 2],
+    _control: Proc,
+}
+
+async fn seed_mesh() -> SeedMesh {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
-    let cp_proc = control(&data, "127.0.0.1:0");
-    let cp = cp_proc.addr("api");
+    let control_proc = control(&data, "127.0.0.1:0");
+    let cp = control_proc.addr("api");
     let op = token(&data);
     let (pay, ord) = (
         service_token(cp, &op, "payments").await,
@@ -659,7 +671,7 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
         App::start("payments-v2").await,
     );
     let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
-    let _p1 = sidecar(
+    let p1 = sidecar(
         dir.path(),
         cp,
         &pay,
@@ -667,7 +679,7 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
         &[("version", "v1")],
         v1.addr,
     );
-    let _p2 = sidecar(
+    let p2 = sidecar(
         dir.path(),
         cp,
         &pay,
@@ -687,18 +699,41 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     let out = weft(cp, &data, &["apply", "-f", seed.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
     converged(cp, &op, 3, Duration::from_secs(10)).await;
+    SeedMesh {
+        dir,
+        data,
+        cp,
+        op,
+        orders,
+        _apps: [v1, v2],
+        _pods: [p1, p2],
+        _control: control_proc,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let mesh = seed_mesh().await;
+    let (dir, data, cp, op) = (
+        mesh.dir.path(),
+        mesh.data.as_path(),
+        mesh.cp,
+        mesh.op.as_str(),
+    );
+    let orders = &mesh.orders;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(orders.addr("outbound"), stop.clone(), "x-retry-build");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A new build of the retry policy, shipped as an artifact and swapped in under load.
-    let out = weft(cp, &data, &["plugin", "push", weft_artifacts::RETRY_PATH]);
+    let out = weft(cp, data, &["plugin", "push", weft_artifacts::RETRY_PATH]);
     assert!(out.status.success(), "{}", text(&out));
     let retry = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(retry.starts_with("sha256:") && retry.len() == 71, "{retry}");
     let swap = write(
-        dir.path(),
+        dir,
         "retry-build.yaml",
         &wasm_plugin(
             "retry",
@@ -706,9 +741,9 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
             "  pluginConfig: { attemptCountHeader: x-retry-build }\n",
         ),
     );
-    let out = weft(cp, &data, &["apply", "-f", swap.to_str().expect("utf-8")]);
+    let out = weft(cp, data, &["apply", "-f", swap.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
-    let swapped = converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let swapped = converged(cp, op, 3, Duration::from_secs(10)).await;
     let (_, headers, _) = read(
         h1_client()
             .request(charge(orders.addr("outbound")))
@@ -723,15 +758,15 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     );
 
     // A digest that does not match: refused at apply, naming both.
-    let out = weft(cp, &data, &["plugin", "push", weft_artifacts::CHAOS_PATH]);
+    let out = weft(cp, data, &["plugin", "push", weft_artifacts::CHAOS_PATH]);
     assert!(out.status.success(), "{}", text(&out));
     let chaos = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let wrong = write(
-        dir.path(),
+        dir,
         "wrong-sha.yaml",
         &wasm_plugin("gate", &chaos, &format!("  sha256: {}\n", &retry[7..])),
     );
-    let out = weft(cp, &data, &["apply", "-f", wrong.to_str().expect("utf-8")]);
+    let out = weft(cp, data, &["apply", "-f", wrong.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains(&chaos[7..]) && text(&out).contains(&retry[7..]),
@@ -742,7 +777,7 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
     // A component that traps in configure: every sidecar NACKs with the reason and keeps
     // serving what it had.
     let trap = write(
-        dir.path(),
+        dir,
         "trap.yaml",
         &wasm_plugin(
             "chaos-gate",
@@ -750,11 +785,11 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
             "  pluginConfig: { tag: t, configure: trap }\n",
         ),
     );
-    let out = weft(cp, &data, &["apply", "-f", trap.to_str().expect("utf-8")]);
+    let out = weft(cp, data, &["apply", "-f", trap.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st = api(cp, &op, Method::GET, "/v1/status").await;
+        let st = api(cp, op, Method::GET, "/v1/status").await;
         let nacks = st["sidecars"]
             .as_array()
             .map(|a| a.iter().filter(|s| s.get("nack").is_some()).count())
@@ -770,11 +805,11 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
         assert!(Instant::now() < deadline, "no NACKs: {st:#}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let out = weft(cp, &data, &["status"]);
+    let out = weft(cp, data, &["status"]);
     assert!(text(&out).contains("NACK"), "{}", text(&out));
-    let out = weft(cp, &data, &["delete", "WasmPlugin", "chaos-gate"]);
+    let out = weft(cp, data, &["delete", "WasmPlugin", "chaos-gate"]);
     assert!(out.status.success(), "{}", text(&out));
-    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    converged(cp, op, 3, Duration::from_secs(10)).await;
 
     stop.store(true, Ordering::SeqCst);
     let (calls, failed, marked) = load.await.expect("load");
@@ -956,49 +991,10 @@ async fn sidecar_processes_talk_mtls_and_rotate_certificates_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_stat_reports_each_subset_from_the_sidecars_metrics() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("data");
-    let cp_proc = control(&data, "127.0.0.1:0");
-    let cp = cp_proc.addr("api");
-    let op = token(&data);
-    let (pay, ord) = (
-        service_token(cp, &op, "payments").await,
-        service_token(cp, &op, "orders").await,
-    );
-    let (v1, v2) = (
-        App::start("payments-v1").await,
-        App::start("payments-v2").await,
-    );
-    let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
-    let _p1 = sidecar(
-        dir.path(),
-        cp,
-        &pay,
-        "payments",
-        &[("version", "v1")],
-        v1.addr,
-    );
-    let _p2 = sidecar(
-        dir.path(),
-        cp,
-        &pay,
-        "payments",
-        &[("version", "v2")],
-        v2.addr,
-    );
-    let orders = sidecar(
-        dir.path(),
-        cp,
-        &ord,
-        "orders",
-        &[("version", "v1")],
-        nowhere,
-    );
-    let seed = write(dir.path(), "payments.yaml", SEED);
-    let out = weft(cp, &data, &["apply", "-f", seed.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", text(&out));
-    converged(cp, &op, 3, Duration::from_secs(10)).await;
-    let status = api(cp, &op, Method::GET, "/v1/status").await;
+    let mesh = seed_mesh().await;
+    let (cp, op, orders) = (mesh.cp, mesh.op.as_str(), &mesh.orders);
+    let data = mesh.data.clone();
+    let status = api(cp, op, Method::GET, "/v1/status").await;
     assert!(
         status["sidecars"]
             .as_array()

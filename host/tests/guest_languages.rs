@@ -9,7 +9,7 @@
 
 mod support;
 
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus::Registry;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-use support::{App, full, h1_client, read};
+use support::{App, get, h1_client, read};
 use weft::plugin::*;
 use weft::proxy::{Sidecar, SidecarConfig};
 use weft::snapshot::Snapshot;
@@ -177,16 +177,6 @@ async fn caller(to: &Pod, plugins: Value, artifact_dir: Option<&Path>) -> (Sidec
         panic!("the snapshot with plugins {names:?} was refused: {e}");
     }
     (sidecar, started.elapsed())
-}
-
-fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<support::Body> {
-    let mut b = Request::builder()
-        .uri(format!("http://{to}{path}"))
-        .header("host", "payments");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(full("")).expect("request")
 }
 
 /// One GET through `to`: status, headers and body as text.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::{App, Behaviour, Resetter, full, h1_client, read};
+use support::{App, Behaviour, Resetter, full, get, h1_client, read};
 use weft::proxy::Sidecar;
 use weft::snapshot::Snapshot;
 
@@ -57,16 +57,6 @@ async fn caller(snapshot: Snapshot) -> Sidecar {
         .expect("sidecar");
     sidecar.apply(snapshot).await.expect("applies");
     sidecar
-}
-
-fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<support::Body> {
-    let mut b = Request::builder()
-        .uri(format!("http://{to}{path}"))
-        .header("host", "payments");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(full("")).expect("request")
 }
 
 /// Sends `n` GETs over `conns` concurrent connections; the statuses, in no order.

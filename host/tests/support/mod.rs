@@ -296,6 +296,17 @@ async fn answer(
 }
 
 /// An HTTP/1.1 client.
+/// A GET of `path` to `payments` through the listener at `to`, with extra `headers`.
+pub fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::builder()
+        .uri(format!("http://{to}{path}"))
+        .header("host", "payments");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(full("")).expect("request")
+}
+
 pub fn h1_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
