@@ -20,11 +20,11 @@ use std::time::Duration;
 /// Plugins in order, with the ones to call per hook picked out once.
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
-    on_request: Vec<Arc<Plugin>>,
+    /// With each plugin's place in `plugins`: a local answer names its author's place.
+    on_request: Vec<(usize, Arc<Plugin>)>,
     on_attempt_end: Vec<Arc<Plugin>>,
-    on_response: Vec<Arc<Plugin>>,
-    /// Each `on_response` plugin's place in `plugins`, to stop at a local answer's author.
-    on_response_at: Vec<usize>,
+    /// With each plugin's place in `plugins`: a local answer goes back only before its author.
+    on_response: Vec<(usize, Arc<Plugin>)>,
     on_done: Vec<Arc<Plugin>>,
 }
 
@@ -64,13 +64,16 @@ impl Chain {
         let pick = |f: fn(&Plugin) -> bool| -> Vec<Arc<Plugin>> {
             plugins.iter().filter(|p| f(p)).cloned().collect()
         };
+        let placed = |f: fn(&Plugin) -> bool| -> Vec<(usize, Arc<Plugin>)> {
+            (plugins.iter().enumerate())
+                .filter(|(_, p)| f(p))
+                .map(|(i, p)| (i, p.clone()))
+                .collect()
+        };
         Chain {
-            on_request: pick(|p| p.hooks().on_request),
+            on_request: placed(|p| p.hooks().on_request),
             on_attempt_end: pick(|p| p.hooks().on_attempt_end),
-            on_response: pick(|p| p.hooks().on_response),
-            on_response_at: (0..plugins.len())
-                .filter(|&i| plugins[i].hooks().on_response)
-                .collect(),
+            on_response: placed(|p| p.hooks().on_response),
             on_done: pick(|p| p.hooks().on_done),
             plugins,
         }
@@ -91,7 +94,7 @@ impl Chain {
     /// `head.route` at its turn, so it sees the route earlier plugins named.
     pub fn on_request(&self, call_id: u64, head: &mut RequestHead) -> Decided<RequestVerdict> {
         let mut plugin_failed = false;
-        for plugin in &self.on_request {
+        for (at, plugin) in &self.on_request {
             if !plugin.serves(head.route) {
                 continue;
             }
@@ -110,7 +113,7 @@ impl Chain {
             return Decided {
                 action: RequestVerdict::Respond(reply),
                 plugin_failed,
-                answered_at: self.place_of(plugin),
+                answered_at: Some(*at),
             };
         }
         Decided {
@@ -118,10 +121,6 @@ impl Chain {
             plugin_failed,
             answered_at: None,
         }
-    }
-
-    fn place_of(&self, plugin: &Arc<Plugin>) -> Option<usize> {
-        self.plugins.iter().position(|p| Arc::ptr_eq(p, plugin))
     }
 
     /// Runs `on-response` on a local answer from `on-request` (by the plugin at `answered_at`
@@ -184,8 +183,8 @@ impl Chain {
         end: usize,
     ) -> Decided<ResponseVerdict> {
         let mut plugin_failed = false;
-        for (plugin, &at) in self.on_response.iter().zip(&self.on_response_at) {
-            if at >= end {
+        for (at, plugin) in &self.on_response {
+            if *at >= end {
                 break;
             }
             if !plugin.serves(route) {
