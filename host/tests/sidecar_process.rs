@@ -4,25 +4,12 @@
 mod support;
 
 use http::{Request, StatusCode};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::mesh::{Proc, spawn};
 use support::{App, full, h1_client, read};
-
-struct Proc {
-    child: Child,
-    outbound: SocketAddr,
-    inbound: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `weft sidecar` and reads the addresses it bound from its ready line.
 fn start(dir: &Path, name: &str, app: SocketAddr, snapshot: serde_json::Value) -> Proc {
@@ -37,32 +24,8 @@ fn start(dir: &Path, name: &str, app: SocketAddr, snapshot: serde_json::Value) -
         snapshot.to_string(),
     )
     .expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["sidecar", "--config"])
-        .arg(dir.join(format!("{name}.json")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weft sidecar");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    // "weft sidecar ready: outbound A inbound B admin C"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let addr = |key: &str| -> SocketAddr {
-        let i = words
-            .iter()
-            .position(|w| *w == key)
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"));
-        words[i + 1].parse().expect("address")
-    };
-    Proc {
-        outbound: addr("outbound"),
-        inbound: addr("inbound"),
-        child,
-    }
+    let config = dir.join(format!("{name}.json"));
+    spawn(&["sidecar", "--config", config.to_str().expect("utf-8 path")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +40,7 @@ async fn sidecar_processes_serve_and_drain_on_sigterm() {
     );
     let snapshot = serde_json::json!({"version": "o1", "services": {"payments": {
         "timeout": "6s",
-        "endpoints": [{"address": payments.inbound.to_string(), "labels": {"version": "v1"}}],
+        "endpoints": [{"address": payments.addr("inbound").to_string(), "labels": {"version": "v1"}}],
         "plugins": [{"name": "telemetry", "builtin": "telemetry"}]}}});
     let orders = start(
         dir.path(),
@@ -87,7 +50,7 @@ async fn sidecar_processes_serve_and_drain_on_sigterm() {
     );
     let get = |path: &str| {
         Request::builder()
-            .uri(format!("http://{}{path}", orders.outbound))
+            .uri(format!("http://{}{path}", orders.addr("outbound")))
             .header("host", "payments")
             .body(full(""))
             .expect("request")
