@@ -5,6 +5,7 @@
 //! - [`control`]: the control plane's core: Istio resources compiled into per-sidecar snapshots.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
+//! - [`files`]: files written whole and atomically, private from the start.
 //! - [`identity`]: mesh identity: SPIFFE IDs, the CA, workload certificates, mTLS configs.
 //! - [`proxy`]: the sidecar data plane (listeners, routing, load balancing, retries).
 //! - [`snapshot`]: the routing snapshot a sidecar applies.
@@ -14,6 +15,7 @@
 
 pub mod control;
 pub mod endpoints;
+pub mod files;
 pub mod identity;
 pub mod plugin;
 pub mod proxy;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weft::control::channel::Endpoint;
 use weft::control::client::{self, ClientError, IdentityError, call};
-use weft::control::server::{CertificateAnswer, ControlConfig, ControlPlane};
+use weft::control::server::{ControlConfig, ControlPlane};
+use weft::control::wire::CertificateAnswer;
 use weft::identity::{PeerAuthMode, PendingKey, SpiffeId, TrustBundle, Workload, tls};
 
 async fn control_plane(dir: &tempfile::TempDir, lifetime: Duration) -> ControlPlane {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use weft::control::channel::Endpoint;
 use weft::control::client::{ClientError, call};
-use weft::control::istio;
+use weft::control::{istio, yaml};
 
 /// Where the control plane is and the credential to use.
 #[derive(Debug, Clone, clap::Args)]
@@ -220,7 +220,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let texts: Vec<String> = docs.iter().map(istio::to_yaml).collect();
+        let texts: Vec<String> = docs.iter().map(yaml::to_yaml).collect();
         print!("{}", texts.join("---\n"));
     }
     Ok(())

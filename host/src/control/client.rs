@@ -8,7 +8,7 @@
 //! certificate for a new key before it expires, and refreshes the trust bundle each time.
 
 use super::channel::Endpoint;
-use super::server::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
+use super::wire::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
 use crate::identity::{
     PendingKey, SpiffeError, SpiffeId, TlsError, TrustBundle, Workload, WorkloadError, renew_at,
 };
@@ -163,7 +163,8 @@ async fn fetch_artifacts(
                     p.name
                 ));
             }
-            super::store::write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+            crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

@@ -16,13 +16,13 @@
 //! This module checks each document on its own; checks that need several resources (subsets a
 //! route names, one VirtualService per host, stored artifacts) are [`super::compile::validate`]'s.
 
+use super::yaml;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
-use yaml_rust2::parser::Parser;
-use yaml_rust2::{Event, ScanError, Yaml, YamlEmitter, YamlLoader};
+use yaml_rust2::Yaml;
 
 use crate::snapshot::{is_digest, parse_duration};
 
@@ -170,6 +170,13 @@ impl Resource {
             _ => at,
         };
         let mut problems = Problems::default();
+        let size = serde_json::to_vec(&document).map_or(0, |b| b.len());
+        if size > MAX_RESOURCE_BYTES {
+            return Err(vec![format!(
+                "{label}: {size} bytes; a resource may be at most {} KiB",
+                MAX_RESOURCE_BYTES >> 10
+            )]);
+        }
         let parsed = read_document(&document, &mut problems);
         match parsed {
             Some((kind, name, namespace, spec)) if problems.0.is_empty() => Ok(Resource {
@@ -181,14 +188,26 @@ impl Resource {
                 document,
                 spec,
             }),
+            // A message may quote the value it refuses: clipped, so a huge value does not
+            // come back as a huge error.
             _ => Err(problems
                 .0
                 .into_iter()
-                .map(|p| format!("{label}: {p}"))
+                .map(|p| format!("{label}: {}", yaml::clip(&p, MAX_MESSAGE_BYTES)))
                 .collect()),
         }
     }
 }
+
+/// The largest resource, as JSON: Kubernetes stores objects of up to about 1.5 MiB; Istio
+/// resources are a few KiB, and every one is kept, re-read at each change and sent to sidecars.
+pub const MAX_RESOURCE_BYTES: usize = 1 << 20;
+
+/// The most all of a resource's annotations may hold, as in Kubernetes.
+const MAX_ANNOTATION_BYTES: usize = 256 << 10;
+
+/// The most one error message may say.
+const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// `: document N` for a document of a multi-document source; nothing for a lone one (index 0).
 fn document_number(index: usize) -> String {
@@ -209,8 +228,7 @@ pub fn from_document(document: Value, source: &str) -> Result<Resource, Vec<Stri
 /// document rejects the whole text, with every problem found, each naming `source`, the
 /// document and the field's path. A syntax error names its line and column.
 pub fn parse_yaml(text: &str, source: &str) -> Result<Vec<Resource>, Vec<String>> {
-    check_size(text, source)?;
-    let docs = YamlLoader::load_from_str(text).map_err(|e| vec![syntax_error(source, &e)])?;
+    let docs = yaml::load(text, source)?;
     let mut resources = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
@@ -219,7 +237,7 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Vec<Resource>, Vec<String>
         if matches!(doc, Yaml::Null | Yaml::BadValue) {
             continue;
         }
-        let value = match yaml_to_json(doc, "") {
+        let value = match yaml::to_json(doc, "") {
             Ok(v) => v,
             Err(e) => {
                 let label = match (doc["kind"].as_str(), doc["metadata"]["name"].as_str()) {
@@ -243,100 +261,6 @@ pub fn parse_yaml(text: &str, source: &str) -> Result<Vec<Resource>, Vec<String>
     } else {
         Err(errors)
     }
-}
-
-/// How deep one document may nest: Istio resources need about ten levels, and the YAML reader
-/// and everything after it recurse per level, so unbounded nesting would overflow the stack.
-const MAX_DEPTH: usize = 100;
-
-/// How many nodes a text may hold once aliases are expanded: an alias copies its anchor's node,
-/// so a few lines of aliases of aliases ("billion laughs") would otherwise exhaust memory.
-const MAX_NODES: u64 = 1_000_000;
-
-/// Walks the text's events (iteratively, building nothing) and refuses what would be too deep
-/// or too large to load.
-fn check_size(text: &str, source: &str) -> Result<(), Vec<String>> {
-    let mut parser = Parser::new_from_str(text);
-    // Collections still open: the node count when each opened, and its anchor.
-    let mut open: Vec<(u64, usize)> = Vec::new();
-    let mut anchored: HashMap<usize, u64> = HashMap::new();
-    let mut nodes: u64 = 0;
-    loop {
-        let (event, mark) = parser
-            .next_token()
-            .map_err(|e| vec![syntax_error(source, &e)])?;
-        match event {
-            Event::StreamEnd => return Ok(()),
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                nodes += 1;
-                open.push((nodes, anchor));
-                if open.len() > MAX_DEPTH {
-                    return Err(vec![format!(
-                        "{source}: line {}, column {}: nested deeper than {MAX_DEPTH} levels",
-                        mark.line(),
-                        mark.col() + 1
-                    )]);
-                }
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some((start, anchor)) = open.pop()
-                    && anchor > 0
-                {
-                    anchored.insert(anchor, nodes - start + 1);
-                }
-            }
-            Event::Scalar(_, _, anchor, _) => {
-                nodes += 1;
-                if anchor > 0 {
-                    anchored.insert(anchor, 1);
-                }
-            }
-            Event::Alias(anchor) => {
-                nodes = nodes.saturating_add(anchored.get(&anchor).copied().unwrap_or(1));
-            }
-            _ => {}
-        }
-        if nodes > MAX_NODES {
-            return Err(vec![format!(
-                "{source}: line {}, column {}: more than {MAX_NODES} nodes once aliases are expanded",
-                mark.line(),
-                mark.col() + 1
-            )]);
-        }
-    }
-}
-
-fn syntax_error(source: &str, e: &ScanError) -> String {
-    // yaml-rust2 names a duplicated key by its Debug form (`String("a")`).
-    let info = match e.info().strip_suffix(": duplicated key in mapping") {
-        Some(key) => {
-            let key = key
-                .strip_prefix("String(")
-                .and_then(|k| k.strip_suffix(')'));
-            format!("duplicated key {}", key.unwrap_or("in mapping"))
-        }
-        None => e.info().to_string(),
-    };
-    // The marker's column counts from 0; editors count from 1.
-    format!(
-        "{source}: line {}, column {}: invalid YAML: {info}",
-        e.marker().line(),
-        e.marker().col() + 1,
-    )
-}
-
-/// Writes a JSON value as a YAML document (without the leading `---`), for `weft get -o yaml`.
-/// What it writes reads back, through [`parse_yaml`], as the same value.
-pub fn to_yaml(value: &Value) -> String {
-    let yaml = json_to_yaml(value);
-    let mut out = String::new();
-    let mut emitter = YamlEmitter::new(&mut out);
-    if emitter.dump(&yaml).is_err() {
-        // Writing to a String cannot fail; should it ever, JSON is YAML too.
-        return serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
-    }
-    let body = out.strip_prefix("---\n").unwrap_or(&out);
-    format!("{body}\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1407,7 +1331,22 @@ fn read_metadata(metadata: Option<&Value>, problems: &mut Problems) -> (Option<S
         return (None, namespace);
     };
     // Other metadata (labels, annotations, what a server adds) is kept in the document and
-    // otherwise not read.
+    // otherwise not read; annotations are bounded as Kubernetes bounds them.
+    if let Some(Value::Object(annotations)) = m.get("annotations") {
+        let size: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > MAX_ANNOTATION_BYTES {
+            problems.at(
+                "metadata.annotations",
+                format!(
+                    "{size} bytes; annotations may hold at most {} KiB in all",
+                    MAX_ANNOTATION_BYTES >> 10
+                ),
+            );
+        }
+    }
     let name = match m.get("name") {
         None => {
             problems.at("metadata.name", "required");
@@ -1937,86 +1876,6 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
-// YAML ⇄ JSON
-
-/// Turns a YAML node into JSON, as Kubernetes does: mapping keys that are scalars become
-/// strings; anything JSON cannot hold is an error naming its path.
-fn yaml_to_json(node: &Yaml, path: &str) -> Result<Value, String> {
-    let here = |message: &str| {
-        if path.is_empty() {
-            message.to_string()
-        } else {
-            format!("{path}: {message}")
-        }
-    };
-    Ok(match node {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => Value::from(*i),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Real(text) => {
-            let n = text
-                .parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-                .ok_or_else(|| here(&format!("{text} is not a finite number")))?;
-            Value::Number(n)
-        }
-        Yaml::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| yaml_to_json(item, &format!("{path}[{i}]")))
-                .collect::<Result<_, _>>()?,
-        ),
-        Yaml::Hash(entries) => {
-            let mut object = Map::new();
-            for (k, v) in entries {
-                let key = match k {
-                    Yaml::String(s) | Yaml::Real(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    Yaml::Boolean(b) => b.to_string(),
-                    Yaml::Null => "null".to_string(),
-                    _ => return Err(here("a mapping key must be a scalar")),
-                };
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                object.insert(key, yaml_to_json(v, &child)?);
-            }
-            Value::Object(object)
-        }
-        Yaml::Alias(_) => return Err(here("unresolved alias")),
-        Yaml::BadValue => return Err(here("invalid value (does it match its tag?)")),
-    })
-}
-
-fn json_to_yaml(value: &Value) -> Yaml {
-    match value {
-        Value::Null => Yaml::Null,
-        Value::Bool(b) => Yaml::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Yaml::Integer(i),
-            // Written as Rust writes floats: always reads back as a float (`10.0`, `1e300`).
-            None => Yaml::Real(
-                n.as_f64()
-                    .map(|f| format!("{f:?}"))
-                    .unwrap_or_else(|| n.to_string()),
-            ),
-        },
-        Value::String(s) => Yaml::String(s.clone()),
-        Value::Array(items) => Yaml::Array(items.iter().map(json_to_yaml).collect()),
-        Value::Object(entries) => Yaml::Hash(
-            entries
-                .iter()
-                .map(|(k, v)| (Yaml::String(k.clone()), json_to_yaml(v)))
-                .collect(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2256,32 +2115,6 @@ mod tests {
             &vs(&format!("{ROUTE}    timeout: !!int x\n")),
             "t.yaml: document 1 (VirtualService payments): spec.http[0].timeout: invalid value (does it match its tag?)",
         );
-    }
-
-    #[test]
-    fn aliases_and_nesting_are_bounded() {
-        // Ten aliases of ten aliases, seven deep: 10^7 nodes from a few lines.
-        let mut text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n".to_string();
-        for level in 1..7 {
-            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
-            text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
-        }
-        assert_error(&text, "nodes once aliases are expanded");
-        assert_error(&"[".repeat(150), "nested deeper than 100 levels");
-        assert_error(
-            &format!("{}x\n", "- ".repeat(5000)),
-            "nested deeper than 100 levels",
-        );
-        // Aliases within bounds read as copies.
-        let rs = parse_yaml(
-            &vs("  hosts: [payments]\n  http:\n  - route: &r [{ destination: { host: payments } }]\n  - route: *r\n"),
-            "t.yaml",
-        )
-        .expect("parses");
-        let Spec::VirtualService(v) = &rs[0].spec else {
-            panic!("not a VirtualService")
-        };
-        assert_eq!(v.http[0].route, v.http[1].route);
     }
 
     #[test]
@@ -2768,17 +2601,10 @@ mod tests {
     #[test]
     fn to_yaml_round_trips() {
         for r in parse_yaml(SEED, "payments.yaml").expect("seed parses") {
-            let text = to_yaml(&r.document);
+            let text = yaml::to_yaml(&r.document);
             let back = parse_yaml(&text, "again.yaml").expect("reparses");
             assert_eq!(back[0].document, r.document, "{text}");
             assert_eq!(back[0].spec, r.spec);
         }
-        // Strings that look like other things stay strings; numbers stay numbers.
-        let tricky = json!({"a": "5", "b": "true", "c": "", "d": "x: y", "e": "-1", "f": 2.5,
-                            "g": 10.0, "h": [], "i": {}, "j": null, "k": "line\nbreak", "l": "~",
-                            "m": " padded ", "n": [{"x": 1}, {"y": [1, 2]}], "o": "#hash", "p": 7});
-        let text = to_yaml(&tricky);
-        let docs = YamlLoader::load_from_str(&text).expect("valid YAML");
-        assert_eq!(yaml_to_json(&docs[0], "").expect("json"), tricky, "{text}");
     }
 }

@@ -32,7 +32,7 @@ pub enum ServingError {
     Tls(#[from] TlsError),
     /// Writing the bundle file failed.
     #[error(transparent)]
-    Store(#[from] super::store::StoreError),
+    Write(#[from] crate::files::WriteError),
 }
 
 /// The control plane's certificate, swapped in place on renewal.
@@ -88,6 +88,10 @@ impl ServingIdentity {
 
 /// Writes the public bundle into the data directory, atomically.
 pub fn write_bundle(data_dir: &Path, pem: &str) -> Result<(), ServingError> {
-    super::store::write_atomic(&data_dir.join(BUNDLE_FILE), pem.as_bytes())?;
+    crate::files::write_atomic(
+        &data_dir.join(BUNDLE_FILE),
+        pem.as_bytes(),
+        crate::files::Mode::Public,
+    )?;
     Ok(())
 }

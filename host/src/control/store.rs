@@ -2,9 +2,10 @@
 //! revision each was last changed at, the revision counter, a history of changes, the
 //! registered workloads with their leases, and the artifact store (`artifacts/<sha256>.wasm`).
 //!
-//! Every file is written whole to a temporary name, synced and renamed into place, so a crash
-//! leaves the old state or the new one, never a torn mix.
+//! Every file is written whole (see [`crate::files`]): a crash leaves the old state or the new
+//! one, never a torn mix; state, history and secrets are the owner's alone (0600).
 
+use crate::files::{Mode, WriteError, write_atomic};
 use crate::plugin::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +23,9 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
     /// A state file exists but does not parse.
     #[error("{path}: corrupt state: {reason}")]
     Corrupt {
@@ -104,23 +108,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, sync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 impl Store {
     /// Opens (creating) the data directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir.join("artifacts")).map_err(io(dir))?;
+        use std::os::unix::fs::DirBuilderExt;
+        // The directory holds the operator token and the CA's keys: the owner's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("artifacts"))
+            .map_err(io(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
         })
@@ -154,11 +151,12 @@ impl Store {
             path: self.state_path().display().to_string(),
             reason: e.to_string(),
         })?;
-        write_atomic(&self.state_path(), &bytes)
+        Ok(write_atomic(&self.state_path(), &bytes, Mode::Private)?)
     }
 
     /// Appends to the history (one JSON line per change).
     pub fn record(&self, change: &Change) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join("history.jsonl");
         let mut line = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt {
             path: path.display().to_string(),
@@ -168,6 +166,7 @@ impl Store {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
         f.write_all(&line).map_err(io(&path))?;
@@ -204,7 +203,7 @@ impl Store {
         let digest = sha256_hex(bytes);
         let path = self.artifact_path(&digest);
         if !path.is_file() {
-            write_atomic(&path, bytes)?;
+            write_atomic(&path, bytes, Mode::Public)?;
         }
         Ok(digest)
     }
@@ -217,28 +216,34 @@ impl Store {
         std::fs::read(self.artifact_path(digest)).ok()
     }
 
-    /// A secret kept in the data directory, created on first use (`operator.token`, `secret`).
+    /// A secret kept in the data directory (`operator.token`, `secret`): created, owner-only,
+    /// when the file does not exist; any other problem (unreadable, not what this store
+    /// writes) is an error naming the file, never a silent replacement that would void every
+    /// token issued from it.
     pub fn secret(&self, name: &str) -> Result<String, StoreError> {
         let path = self.dir.join(name);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let text = text.trim().to_string();
-            if !text.is_empty() {
-                return Ok(text);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+                if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok(text.to_string());
+                }
+                Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    reason: "not a secret this control plane wrote (64 hex digits); restore it \
+                             from a backup, or remove it to make a new one, which voids every \
+                             token issued so far"
+                        .into(),
+                })
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let bytes = crate::random::secure_bytes().map_err(io(&path))?;
+                let value = hex::encode(bytes);
+                write_atomic(&path, value.as_bytes(), Mode::Private)?;
+                Ok(value)
+            }
+            Err(e) => Err(io(&path)(e)),
         }
-        let bytes = crate::random::secure_bytes().map_err(io(&path))?;
-        let value = hex::encode(bytes);
-        write_atomic(&path, value.as_bytes())?;
-        restrict(&path);
-        Ok(value)
-    }
-}
-
-/// Makes a secret file readable by its owner only.
-fn restrict(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), "cannot restrict permissions: {e}");
     }
 }
 
@@ -299,5 +304,54 @@ mod tests {
             .load()
             .expect_err("corrupt");
         assert!(err.to_string().contains("corrupt state"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_secret_stops_the_start_and_is_never_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        let token = store.secret("secret").expect("created");
+        let path = dir.path().join("secret");
+        let mut damaged = std::fs::read(&path).expect("read");
+        damaged.push(0xff);
+        std::fs::write(&path, &damaged).expect("damage");
+        let err = store.secret("secret").expect_err("damaged");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("kept"),
+            damaged,
+            "left as found"
+        );
+        // A directory where the file should be cannot be read: an error too, not a new secret.
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("dir in the way");
+        assert!(store.secret("secret").is_err());
+        std::fs::remove_dir(&path).expect("rmdir");
+        assert_ne!(store.secret("secret").expect("missing: made anew"), token);
+    }
+
+    #[test]
+    fn state_history_and_secrets_are_private_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().join("data");
+        let store = Store::open(&data).expect("open");
+        store.secret("operator.token").expect("token");
+        store.save(&State::default()).expect("save");
+        store
+            .record(&Change {
+                revision: 1,
+                at_ms: 1,
+                what: vec![],
+            })
+            .expect("record");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for f in ["operator.token", "state.json", "history.jsonl"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! after a rotation (certificates only: they sign nothing).
 
 use super::spiffe::{SpiffeError, SpiffeId};
-use crate::control::store::{StoreError, write_atomic};
+use crate::files::{Mode, WriteError, write_atomic};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -46,7 +46,7 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 pub enum CaError {
     /// Writing a CA file failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Write(#[from] WriteError),
     /// Reading a CA file or setting its permissions failed.
     #[error("{path}: {source}")]
     Io {
@@ -293,7 +293,11 @@ impl Ca {
         // bundle that merely lists it twice (deduplicated on open); a crash before next.pem is
         // removed leaves it equal to root.pem (dropped on open).
         if let Some(dir) = &self.dir {
-            write_atomic(&dir.join("previous.pem"), previous.concat().as_bytes())?;
+            write_atomic(
+                &dir.join("previous.pem"),
+                previous.concat().as_bytes(),
+                Mode::Public,
+            )?;
             write_private(&dir.join("root.pem"), next)?;
             let path = dir.join("next.pem");
             match std::fs::remove_file(&path) {
@@ -324,7 +328,7 @@ impl Ca {
     /// Drops the roots kept from rotations: certificates they signed are no longer trusted.
     pub fn retire_old_roots(&mut self) -> Result<(), CaError> {
         if let Some(dir) = &self.dir {
-            write_atomic(&dir.join("previous.pem"), b"")?;
+            write_atomic(&dir.join("previous.pem"), b"", Mode::Public)?;
         }
         self.previous.clear();
         Ok(())
@@ -426,12 +430,7 @@ fn write_private(path: &Path, root: &Root) -> Result<(), CaError> {
         private_dir(dir)?;
     }
     let text = format!("{}{}", root.cert_pem, root.key_pem);
-    write_atomic(path, text.as_bytes())?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
-    }
+    write_atomic(path, text.as_bytes(), Mode::Private)?;
     Ok(())
 }
 

@@ -1,0 +1,270 @@
+//! Changes to the mesh: `apply` and `delete` of Istio resources, each validated against the
+//! whole state it would produce, saved, and only then made current and pushed; the listing
+//! `weft get` reads; and the artifact store's uploads.
+
+use super::api::{Body, error, errors, json};
+use super::compile;
+use super::istio::{self, Kind, Resource};
+use super::registry::push;
+use super::server::{Mesh, Shared, now_ms};
+use super::store::{Change, State, Stored, key};
+use http::{Response, StatusCode};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Parses stored documents back into resources.
+pub(super) fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (k, stored) in &state.resources {
+        match istio::from_document(stored.document.clone(), k) {
+            Ok(r) => out.push(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Downloads `http(s)://` WasmPlugin URLs into the store; returns url → digest.
+async fn fetch_remote(
+    shared: &Shared,
+    docs: &[serde_json::Value],
+) -> Result<BTreeMap<String, String>, Vec<String>> {
+    let mut fetched = BTreeMap::new();
+    let mut errs = Vec::new();
+    for doc in docs {
+        let Some(url) = doc.pointer("/spec/url").and_then(|u| u.as_str()) else {
+            continue;
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            continue;
+        }
+        if shared.mesh.lock().state.fetched.contains_key(url) {
+            continue;
+        }
+        match super::client::download(url).await {
+            Ok(bytes) => match shared.store.put_artifact(&bytes) {
+                Ok(d) => {
+                    fetched.insert(url.to_string(), d);
+                }
+                Err(e) => errs.push(format!("{url}: {e}")),
+            },
+            Err(e) => errs.push(format!("WasmPlugin url {url}: {e}")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(fetched)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Stored documents with fetched URLs replaced by their digests, as the compiler reads them.
+fn resolved(doc: &serde_json::Value, fetched: &BTreeMap<String, String>) -> serde_json::Value {
+    let mut doc = doc.clone();
+    if let Some(url) = doc.pointer_mut("/spec/url")
+        && let Some(d) = url.as_str().and_then(|u| fetched.get(u))
+    {
+        *url = serde_json::Value::String(format!("sha256:{d}"));
+    }
+    doc
+}
+
+pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Response<Body> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return error(StatusCode::BAD_REQUEST, format!("{source}: not UTF-8 text"));
+    };
+    let parsed = match istio::parse_yaml(text, source) {
+        Ok(p) => p,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    if parsed.is_empty() {
+        return error(StatusCode::BAD_REQUEST, format!("{source}: no resources"));
+    }
+    let docs: Vec<serde_json::Value> = parsed.iter().map(|r| r.document.clone()).collect();
+    let fetched = match fetch_remote(shared, &docs).await {
+        Ok(f) => f,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    let mut mesh = shared.mesh.lock();
+    let mut next = mesh.state.clone();
+    next.fetched.extend(fetched);
+    let revision = next.revision + 1;
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
+    for r in &parsed {
+        let kind = r.kind.to_string();
+        let k = key(&kind, &r.namespace, &r.name);
+        let label = format!("{kind} {}/{}", r.namespace, r.name);
+        if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) {
+            unchanged.push(label);
+            continue;
+        }
+        next.resources.insert(
+            k,
+            Stored {
+                kind,
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                revision,
+                document: r.document.clone(),
+            },
+        );
+        changed.push(label);
+    }
+    if changed.is_empty() {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({"revision": next.revision, "changed": [], "unchanged": unchanged, "warnings": []}),
+        );
+    }
+    let (resources, warnings) = match check(shared, &next) {
+        Ok(ok) => ok,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    next.revision = revision;
+    if let Err(refused) = commit(
+        shared,
+        &mut mesh,
+        next,
+        resources,
+        changed.iter().map(|c| format!("apply {c}")).collect(),
+    ) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, refused);
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"revision": revision, "changed": changed, "unchanged": unchanged, "warnings": warnings}),
+    )
+}
+
+/// Parses and validates the whole state a change would produce.
+fn check(shared: &Shared, next: &State) -> Result<(Vec<Resource>, Vec<String>), Vec<String>> {
+    let mut resources = Vec::new();
+    let mut errs = Vec::new();
+    for (k, s) in &next.resources {
+        match istio::from_document(resolved(&s.document, &next.fetched), k) {
+            Ok(r) => resources.push(r),
+            Err(e) => errs.extend(e),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let known = |d: &str| shared.store.has_artifact(d);
+    let warnings = compile::validate(&resources, &known)?;
+    Ok((resources, warnings))
+}
+
+/// Persists `next`, then makes it current and pushes. A state that cannot be saved is not
+/// made current and nothing is pushed: the caller gets the error, and the mesh and the disk
+/// keep agreeing.
+fn commit(
+    shared: &Shared,
+    mesh: &mut Mesh,
+    next: State,
+    resources: Vec<Resource>,
+    what: Vec<String>,
+) -> Result<(), String> {
+    if let Err(e) = shared.store.save(&next) {
+        tracing::error!("change not applied: cannot save the state: {e}");
+        return Err(format!(
+            "not applied: the control plane cannot save its state: {e}"
+        ));
+    }
+    let change = Change {
+        revision: next.revision,
+        at_ms: now_ms(),
+        what,
+    };
+    // The state is saved, so the change stands; a history line is a record of it, not it.
+    if let Err(e) = shared.store.record(&change) {
+        tracing::warn!("cannot record history: {e}");
+    }
+    mesh.state = next;
+    mesh.resources = resources;
+    push(mesh);
+    Ok(())
+}
+
+pub(super) fn list(shared: &Shared, kind: Option<&str>, name: Option<&str>) -> Response<Body> {
+    let kind = match kind.map(str::parse::<Kind>) {
+        Some(Ok(k)) => Some(k.to_string()),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        None => None,
+    };
+    let mesh = shared.mesh.lock();
+    let docs: Vec<&serde_json::Value> = mesh
+        .state
+        .resources
+        .values()
+        .filter(|s| kind.as_deref().is_none_or(|k| s.kind == k))
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .map(|s| &s.document)
+        .collect();
+    if name.is_some() && docs.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no {} named {:?}",
+                kind.unwrap_or_default(),
+                name.unwrap_or_default()
+            ),
+        );
+    }
+    json(StatusCode::OK, &docs)
+}
+
+pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -> Response<Body> {
+    let kind = match kind.parse::<Kind>() {
+        Ok(k) => k.to_string(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let mut mesh = shared.mesh.lock();
+    let mut next = mesh.state.clone();
+    if next
+        .resources
+        .remove(&key(&kind, namespace, name))
+        .is_none()
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no {kind} {namespace}/{name}"),
+        );
+    }
+    let (resources, _) = match check(shared, &next) {
+        Ok(ok) => ok,
+        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+    };
+    next.revision += 1;
+    let revision = next.revision;
+    if let Err(refused) = commit(
+        shared,
+        &mut mesh,
+        next,
+        resources,
+        vec![format!("delete {kind} {namespace}/{name}")],
+    ) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, refused);
+    }
+    json(StatusCode::OK, &serde_json::json!({"revision": revision}))
+}
+
+pub(super) fn push_artifact(shared: &Shared, body: &[u8]) -> Response<Body> {
+    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
+    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
+             wasm-tools component new)",
+        );
+    }
+    match shared.store.put_artifact(body) {
+        Ok(d) => json(StatusCode::OK, &serde_json::json!({"sha256": d})),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,202 @@
+//! Attacks and careless input, each against real processes: what an attacker holding a token,
+//! a caller on the network, a hostile plugin or a slip of the operator's hand could do, and
+//! what Weft does instead. Every test here failed before its fix.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use support::mesh::*;
+use weft::control::client::{ClientError, call};
+
+/// Each test runs a control plane, and some sidecars: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The status and body of an API call that is expected to be refused.
+async fn refused(
+    cp: std::net::SocketAddr,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> (StatusCode, String) {
+    match call(&endpoint(cp), token, method, path, body.into()).await {
+        Ok(b) => panic!("{path}: accepted: {}", String::from_utf8_lossy(&b)),
+        Err(ClientError::Refused { status, body }) => (status, body),
+        Err(e) => panic!("{path}: no answer: {e}"),
+    }
+}
+
+fn vs_with_timeout(timeout: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: payments }}\n\
+         spec:\n  hosts: [payments]\n  http:\n  - timeout: {timeout}\n    route:\n    \
+         - destination: {{ host: payments }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_yaml_is_refused_briefly_and_the_control_plane_lives_on() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+
+    // One 1 MiB anchored string aliased 300 times: 300 MiB once expanded.
+    let big = "x".repeat(1 << 20);
+    let mut text = format!("a: &big {big}\nb: [");
+    text.push_str(&vec!["*big"; 300].join(", "));
+    text.push_str("]\n");
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/apply", text).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("once aliases are expanded"), "{body}");
+    assert!(
+        body.len() < 1024,
+        "a short answer, not the value: {} bytes",
+        body.len()
+    );
+
+    // A 20 MB annotation: past what apply reads at all. The answer is a 413, or the
+    // connection cut while the client is still sending; nothing is kept either way.
+    let huge = "y".repeat(20 << 20);
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: payments\n  \
+         annotations: {{ note: {huge} }}\nspec:\n  hosts: [payments]\n"
+    );
+    match call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply",
+        Bytes::from(text),
+    )
+    .await
+    {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+            assert!(body.len() < 1024, "{} bytes", body.len());
+        }
+        Err(ClientError::Unreachable(e)) => assert!(e.contains("writing"), "{e}"),
+        Ok(b) => panic!("accepted: {}", String::from_utf8_lossy(&b)),
+    }
+    // 2 MiB: read, and refused as a resource too large.
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: payments\n  \
+         annotations: {{ note: {} }}\nspec:\n  hosts: [payments]\n  http:\n  - route:\n    \
+         - destination: {{ host: payments }}\n",
+        "z".repeat(2 << 20)
+    );
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/apply", text).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.contains("a resource may be at most 1024 KiB"),
+        "{body}"
+    );
+    assert!(body.len() < 2048, "{} bytes", body.len());
+
+    // Durations past any clock: a refusal naming the field, not a panic.
+    for timeout in ["1e300s", "99999999999999999999h", "2562048h"] {
+        let (status, body) =
+            refused(cp, &op, Method::POST, "/v1/apply", vs_with_timeout(timeout)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{timeout}: {body}");
+        assert!(body.contains("spec.http[0].timeout"), "{timeout}: {body}");
+    }
+
+    // Still serving, and nothing of the above was kept.
+    let listed = api(cp, &op, Method::GET, "/v1/resources").await;
+    assert_eq!(listed, serde_json::json!([]));
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply",
+        Bytes::from(SEED),
+    )
+    .await
+    .expect("the seed applies after all that");
+    drop(cp_proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply",
+        Bytes::from(vs_with_timeout("2s")),
+    )
+    .await
+    .expect("first apply");
+    // A directory where the state file goes: the rename that saves it fails, even for root.
+    let state = data.join("state.json");
+    std::fs::remove_file(&state).expect("rm state");
+    std::fs::create_dir(&state).expect("dir in the way");
+    std::fs::write(state.join("keep"), b"x").expect("non-empty");
+
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/apply", vs_with_timeout("3s")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("not applied"), "{body}");
+    let (status, body) = refused(
+        cp,
+        &op,
+        Method::DELETE,
+        "/v1/resources/VirtualService/payments",
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let listed = api(cp, &op, Method::GET, "/v1/resources").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        listed[0].pointer("/spec/http/0/timeout"),
+        Some(&serde_json::json!("2s")),
+        "the last saved change is the one in force: {listed}"
+    );
+    drop(cp_proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_secret_stops_the_control_plane_naming_the_file() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    drop(cp_proc);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| {
+        std::fs::metadata(data.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for f in ["secret", "operator.token", "ca/root.pem"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    let secret = data.join("secret");
+    let mut bytes = std::fs::read(&secret).expect("secret");
+    bytes.push(b'!');
+    std::fs::write(&secret, &bytes).expect("damage");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["control", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "it started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&secret.display().to_string()), "{err}");
+    assert_eq!(
+        std::fs::read(&secret).expect("kept"),
+        bytes,
+        "left as found"
+    );
+}
