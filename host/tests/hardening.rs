@@ -6,6 +6,7 @@ mod support;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use std::time::Duration;
 use support::mesh::*;
 use weft::control::client::{ClientError, call};
 
@@ -199,4 +200,95 @@ async fn a_damaged_secret_stops_the_control_plane_naming_the_file() {
         bytes,
         "left as found"
     );
+}
+
+/// Opens a watch as `service` with `id` using `token`; the response status.
+async fn watch_as(
+    cp: std::net::SocketAddr,
+    token: &str,
+    id: &str,
+    service: &str,
+    admin: &str,
+) -> (StatusCode, http::Response<hyper::body::Incoming>) {
+    let path = format!(
+        "/v1/watch?id={id}&service={service}&address=127.0.0.1:9&labels=&version=&admin={admin}"
+    );
+    let req = http::Request::get(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    let resp = endpoint(cp).send(req).await.expect("answered");
+    (resp.status(), resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_cannot_take_another_services_registration_or_aim_the_stats_scraper() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let orders_token = service_token(cp, &op, "orders").await;
+    let pay_token = service_token(cp, &op, "payments").await;
+    let app = support::App::start("orders").await;
+    let _orders = sidecar(dir.path(), cp, &orders_token, "orders", &[], app.addr);
+    let sidecars = converged(cp, &op, 1, Duration::from_secs(20)).await;
+    assert_eq!(sidecars.len(), 1);
+    let status = api(cp, &op, Method::GET, "/v1/status").await;
+    let id = status["sidecars"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let nonce = id.strip_prefix("orders-").expect("service first");
+    assert_eq!(nonce.len(), 32, "128 random bits: {id}");
+    assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+
+    // payments' token reusing orders' id: refused, and orders keeps its stream and endpoint.
+    let (code, resp) = watch_as(cp, &pay_token, &id, "payments", "").await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let (_, _, body) = support::read(resp).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("registered to another service"),
+        "{body:?}"
+    );
+    let status = api(cp, &op, Method::GET, "/v1/status").await;
+    let entry = &status["sidecars"][0];
+    assert_eq!(entry["service"], "orders", "{status:#}");
+    assert_eq!(entry["connected"], true, "{status:#}");
+
+    // An admin address on another host is not recorded, so `weft stat` never reads it; one
+    // on every interface is read at the watch's own host.
+    let (code, _held) = watch_as(
+        cp,
+        &pay_token,
+        "payments-probe-1",
+        "payments",
+        "127.0.0.2:80",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _held2) = watch_as(
+        cp,
+        &pay_token,
+        "payments-probe-2",
+        "payments",
+        "0.0.0.0:15000",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let status = api(cp, &op, Method::GET, "/v1/status").await;
+    let admin_of = |id: &str| {
+        status["sidecars"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id))
+            .map(|s| s.get("admin").cloned())
+    };
+    assert_eq!(admin_of("payments-probe-1"), Some(None), "{status:#}");
+    assert_eq!(
+        admin_of("payments-probe-2"),
+        Some(Some(serde_json::json!("127.0.0.1:15000"))),
+        "{status:#}"
+    );
+    drop(cp_proc);
 }

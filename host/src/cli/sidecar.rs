@@ -196,10 +196,13 @@ impl WatchParts {
                 .with_context(|| format!("advertise: {a:?} is not ip:port"))?,
             None => inbound,
         };
+        // 128 random bits: another workload cannot guess the id to take its registration,
+        // and the control plane binds an id to the service that first used it.
+        let nonce = weft::random::secure_bytes().context("random sidecar id")?;
         Ok(WatchConfig {
             server,
             token,
-            id: format!("{}-{}-{}", self.service, address, std::process::id()),
+            id: format!("{}-{}", self.service, hex::encode(&nonce[..16])),
             service: self.service,
             labels: self.labels,
             address,

@@ -98,6 +98,33 @@ pub(super) fn persist_and_push(shared: &Shared) {
     push(&mut mesh);
 }
 
+/// Where the control plane may read a sidecar's `/metrics`: its admin port on the host its
+/// watch comes from. A sidecar reporting an admin address on another host is not scraped at
+/// all, so no token can point the control plane at an arbitrary address; one listening on
+/// every interface (`0.0.0.0`) is reached at the watch's own address.
+fn admin_target(reported: &str, peer: SocketAddr) -> Option<SocketAddr> {
+    let reported: SocketAddr = reported.parse().ok()?;
+    if reported.ip().is_unspecified() {
+        return Some(SocketAddr::new(peer.ip(), reported.port()));
+    }
+    if reported.ip() == peer.ip().to_canonical() || reported.ip().to_canonical() == peer.ip() {
+        return Some(reported);
+    }
+    tracing::warn!(%reported, %peer, "admin address on another host than the sidecar's watch: not scraped");
+    None
+}
+
+/// The longest sidecar id.
+const MAX_ID: usize = 128;
+
+/// Whether `id` is a name a sidecar may register under: short and printable.
+fn is_sidecar_id(id: &str) -> bool {
+    (1..=MAX_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A channel as a streaming response body.
 struct StreamBody(mpsc::Receiver<Bytes>);
 
@@ -113,10 +140,13 @@ impl http_body::Body for StreamBody {
     }
 }
 
+/// Registers a sidecar (query: id, service, address, labels, admin, the version it runs) and
+/// answers with its stream of snapshots and heartbeats; `peer` is where the watch comes from.
 pub(super) fn watch_stream(
     shared: &Arc<Shared>,
     who: &Caller,
     req: &Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let q = query(req);
     let (Some(id), Some(service), Some(address)) =
@@ -153,6 +183,15 @@ pub(super) fn watch_stream(
     labels
         .entry("app".to_string())
         .or_insert_with(|| service.clone());
+    if !is_sidecar_id(id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "sidecar id {:?}: 1 to {MAX_ID} letters, digits, '-', '_' or '.'",
+                super::yaml::clip(id, MAX_ID)
+            ),
+        );
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let registration = Registration {
         id: id.clone(),
@@ -163,6 +202,19 @@ pub(super) fn watch_stream(
     };
     {
         let mut mesh = shared.mesh.lock();
+        // An id belongs to the service that registered it first: another service's token
+        // reusing it would cut that sidecar's stream and take over its endpoint.
+        if let Some(held) = mesh.state.workloads.get(id)
+            && held.service != *service
+        {
+            tracing::warn!(sidecar = %id, held_by = %held.service, claimed_by = %service, "registration refused: id taken");
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "sidecar id {id:?} is registered to another service; each sidecar needs an id of its own"
+                ),
+            );
+        }
         let changed = mesh.state.workloads.get(id) != Some(&registration);
         mesh.state.workloads.insert(id.clone(), registration);
         let current = q.get("version").cloned().unwrap_or_default();
@@ -180,8 +232,8 @@ pub(super) fn watch_stream(
                     address: address.clone(),
                     admin: q
                         .get("admin")
-                        .filter(|a| a.parse::<SocketAddr>().is_ok())
-                        .cloned(),
+                        .and_then(|a| admin_target(a, peer))
+                        .map(|a| a.to_string()),
                     // What the sidecar says it runs: a reconnect after a control plane restart
                     // is not pushed the same snapshot again.
                     sent: current.clone(),
@@ -296,4 +348,32 @@ pub(super) async fn stats(shared: &Shared) -> Response<Body> {
         StatusCode::OK,
         &serde_json::json!({"scraped": scraped, "unreachable": unreachable, "reading": reading}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_addresses_are_taken_only_on_the_watch_host() {
+        let peer: SocketAddr = "198.18.0.7:40000".parse().expect("addr");
+        let at = |a: &str| admin_target(a, peer).map(|a| a.to_string());
+        assert_eq!(at("198.18.0.7:15000").as_deref(), Some("198.18.0.7:15000"));
+        assert_eq!(at("0.0.0.0:15000").as_deref(), Some("198.18.0.7:15000"));
+        assert_eq!(at("198.18.0.8:15000"), None);
+        assert_eq!(at("127.0.0.1:15000"), None);
+        assert_eq!(at("169.254.169.254:80"), None);
+        assert_eq!(at("not an address"), None);
+        let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert!(admin_target("127.0.0.1:15000", local).is_some());
+    }
+
+    #[test]
+    fn sidecar_ids_are_short_and_printable() {
+        assert!(is_sidecar_id("payments-0123456789abcdef0123456789abcdef"));
+        assert!(!is_sidecar_id(""));
+        assert!(!is_sidecar_id("a b"));
+        assert!(!is_sidecar_id("a/b"));
+        assert!(!is_sidecar_id(&"x".repeat(129)));
+    }
 }

@@ -314,7 +314,7 @@ async fn serve(
                             return;
                         }
                     };
-                    let svc = service_fn(move |req| handle(shared.clone(), req));
+                    let svc = service_fn(move |req| handle(shared.clone(), req, peer));
                     if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                         tracing::debug!("control connection ended: {e}");
                     }
@@ -386,6 +386,7 @@ const MAX_SMALL_BODY: usize = 64 << 10;
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let Some(who) = caller(&shared, &req) else {
         return Ok(error(
@@ -399,7 +400,7 @@ async fn handle(
     let operator = who == Caller::Operator;
     let forbidden = || error(StatusCode::FORBIDDEN, "this credential may not do that");
     let resp = match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["v1", "watch"]) => registry::watch_stream(&shared, &who, &req),
+        (Method::GET, ["v1", "watch"]) => registry::watch_stream(&shared, &who, &req, peer),
         (Method::POST, ["v1", "ack"]) => match api::body_bytes(req, MAX_SMALL_BODY).await {
             Ok(b) => registry::ack(&shared, &who, &b),
             Err(r) => r,
