@@ -34,7 +34,7 @@ struct Mesh {
 impl Mesh {
     fn new() -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::open(&dir.path().join("ca"), system_clock()).expect("ca");
+        let ca = Ca::open(&dir.path().join("ca"), "weft.local", system_clock()).expect("ca");
         let bundle = Arc::new(TrustBundle::from_pem(&ca.bundle()).expect("bundle"));
         Mesh {
             _dir: dir,

@@ -59,8 +59,7 @@ pub struct ControlConfig {
 /// The namespace of every workload identity: the mesh has no namespaces yet.
 pub const NAMESPACE: &str = "default";
 
-/// The default SPIFFE trust domain.
-pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
+pub use crate::identity::DEFAULT_TRUST_DOMAIN;
 
 impl ControlConfig {
     /// Defaults for a data directory: loopback port 15010, 10 s lease, 2 s heartbeat, trust
@@ -180,7 +179,11 @@ impl ControlPlane {
         if config.cert_lifetime.is_zero() {
             return Err(ControlError::CertLifetime);
         }
-        let ca = Ca::open(&config.data_dir.join("ca"), system_clock())?;
+        let ca = Ca::open(
+            &config.data_dir.join("ca"),
+            &config.trust_domain,
+            system_clock(),
+        )?;
         let serving = ServingIdentity::issue(&ca, &config.trust_domain, config.cert_lifetime)?;
         let acceptor = serving.acceptor()?;
         write_bundle(&config.data_dir, &ca.bundle())?;

@@ -73,6 +73,14 @@ pub enum CaError {
     /// The CSR's SPIFFE ID is malformed.
     #[error("CSR refused: {0}")]
     BadIdentity(#[from] SpiffeError),
+    /// The identity asked for is in another trust domain than this CA's.
+    #[error("this CA signs for trust domain {ours}, not {asked}")]
+    ForeignTrustDomain {
+        /// This CA's.
+        ours: String,
+        /// The identity's.
+        asked: String,
+    },
     /// The CSR asks for an identity other than the one the caller proved.
     #[error("CSR refused: it asks for {requested} but the caller is {expected}")]
     WrongIdentity {
@@ -107,6 +115,8 @@ struct Root {
 /// The mesh certificate authority.
 pub struct Ca {
     dir: Option<PathBuf>,
+    /// The trust domain it signs for, named in the roots it makes.
+    trust_domain: String,
     signer: Root,
     /// A staged root: trusted, not signing yet.
     next: Option<Root>,
@@ -133,14 +143,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
 }
 
 impl Ca {
-    /// Opens the CA kept in `dir`, generating and persisting a root on first use.
-    pub fn open(dir: &Path, clock: Clock) -> Result<Ca, CaError> {
+    /// Opens the CA kept in `dir` for `trust_domain`, generating and persisting a root (which
+    /// names the trust domain) on first use.
+    pub fn open(dir: &Path, trust_domain: &str, clock: Clock) -> Result<Ca, CaError> {
+        super::spiffe::valid_trust_domain(trust_domain)?;
         private_dir(dir)?;
         let root_path = dir.join("root.pem");
         let signer = match std::fs::read_to_string(&root_path) {
             Ok(pem) => load_root(&pem, &pem)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let root = generate_root(clock())?;
+                let root = generate_root(clock(), trust_domain)?;
                 write_private(&root_path, &root)?;
                 tracing::info!(dir = %dir.display(), "generated a new mesh CA root");
                 root
@@ -165,8 +177,10 @@ impl Ca {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&next_path)(e)),
         };
+        check_root_domain(&signer, trust_domain)?;
         Ok(Ca {
             dir: Some(dir.to_path_buf()),
+            trust_domain: trust_domain.to_owned(),
             signer,
             next,
             previous,
@@ -174,15 +188,30 @@ impl Ca {
         })
     }
 
-    /// A CA from an operator's root (PEM certificate and PEM key), held in memory only.
-    pub fn from_pem(cert_pem: &str, key_pem: &str, clock: Clock) -> Result<Ca, CaError> {
+    /// A CA for `trust_domain` from an operator's root (PEM certificate and PEM key), held in
+    /// memory only.
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        clock: Clock,
+    ) -> Result<Ca, CaError> {
+        super::spiffe::valid_trust_domain(trust_domain)?;
+        let signer = load_root(cert_pem, key_pem)?;
+        check_root_domain(&signer, trust_domain)?;
         Ok(Ca {
             dir: None,
-            signer: load_root(cert_pem, key_pem)?,
+            trust_domain: trust_domain.to_owned(),
+            signer,
             next: None,
             previous: Vec::new(),
             clock,
         })
+    }
+
+    /// The trust domain it signs for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// Signs a workload CSR for `expected`, the identity the caller proved; refuses a CSR
@@ -209,6 +238,12 @@ impl Ca {
             }
         }
         let requested = requested.ok_or(CaError::NoIdentity)?;
+        if expected.trust_domain() != self.trust_domain {
+            return Err(CaError::ForeignTrustDomain {
+                ours: self.trust_domain.clone(),
+                asked: expected.trust_domain().to_owned(),
+            });
+        }
         if requested != *expected {
             return Err(CaError::WrongIdentity {
                 expected: expected.to_string(),
@@ -270,7 +305,7 @@ impl Ca {
     /// Step one of a rotation: a new root joins the bundle; the current one keeps signing.
     /// Staging again replaces a staged root that was never activated.
     pub fn stage_root(&mut self) -> Result<(), CaError> {
-        let root = generate_root((self.clock)())?;
+        let root = generate_root((self.clock)(), &self.trust_domain)?;
         if let Some(dir) = &self.dir {
             write_private(&dir.join("next.pem"), &root)?;
         }
@@ -345,7 +380,31 @@ fn describe_san(san: &SanType) -> String {
     }
 }
 
-fn generate_root(now: SystemTime) -> Result<Root, CaError> {
+/// A root that names a trust domain must name this CA's: a CA opened for `weft.local` never
+/// signs with a root made for another mesh. A root naming none (made before roots named
+/// theirs, or an operator's) is taken with a warning: peers then assume the default domain.
+fn check_root_domain(root: &Root, trust_domain: &str) -> Result<(), CaError> {
+    let der = CertificateDer::from_pem_slice(root.cert_pem.as_bytes())
+        .map_err(|e| CaError::Root(format!("certificate: {e}")))?;
+    match super::spiffe::trust_domain_of_root(&der) {
+        Some(named) if named == trust_domain => Ok(()),
+        Some(named) => Err(CaError::Root(format!(
+            "the root is for trust domain {named}, not {trust_domain}"
+        ))),
+        None => {
+            if trust_domain != super::spiffe::DEFAULT_TRUST_DOMAIN {
+                tracing::warn!(
+                    trust_domain,
+                    "the CA root names no trust domain, so clients of the control plane assume {}: rotate the root (weft ca rotate, activate, retire) to name {trust_domain}",
+                    super::spiffe::DEFAULT_TRUST_DOMAIN
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn generate_root(now: SystemTime, trust_domain: &str) -> Result<Root, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -354,6 +413,9 @@ fn generate_root(now: SystemTime) -> Result<Root, CaError> {
     let suffix = hex::encode(&random_serial()?.to_bytes()[..4]);
     dn.push(DnType::CommonName, format!("weft mesh root {suffix}"));
     params.distinguished_name = dn;
+    // The SPIFFE X.509 spec lets a signing certificate name its trust domain: the bundle then
+    // says which domain its roots vouch for, and clients check identities against it.
+    params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
     // Signs workload leaves only, never another CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];

@@ -19,7 +19,9 @@ pub mod workload;
 mod tests;
 
 pub use ca::{Ca, CaError, Clock, DEFAULT_LIFETIME, IssuedCert, system_clock};
-pub use spiffe::{SanError, SpiffeError, SpiffeId};
+pub use spiffe::{
+    DEFAULT_TRUST_DOMAIN, SanError, SpiffeError, SpiffeId, trust_domain_of_root, valid_trust_domain,
+};
 pub use tls::{
     CONTROL_NAMESPACE, CONTROL_SERVICE, PeerAuthMode, TlsError, TrustBundle, caller_identity,
     client_config, control_client_config, control_server_config, looks_like_tls, peer_identity,

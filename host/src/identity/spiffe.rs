@@ -144,6 +144,30 @@ impl SpiffeId {
     }
 }
 
+/// The trust domain when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
+
+/// The trust domain a CA certificate names with a path-less SPIFFE ID URI SAN
+/// (`spiffe://weft.local`, as the SPIFFE X.509 spec allows a signing certificate to carry), if
+/// it names one.
+pub fn trust_domain_of_root(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let td = uri.strip_prefix("spiffe://")?;
+            check_trust_domain(td).ok()?;
+            Some(td.to_owned())
+        }
+        _ => None,
+    })
+}
+
+/// Checks a trust domain name against the SPIFFE grammar.
+pub fn valid_trust_domain(td: &str) -> Result<(), SpiffeError> {
+    check_trust_domain(td)
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -22,7 +22,7 @@ fn new_ca() -> (tempfile::TempDir, Ca) {
 
 fn new_ca_at(clock: Clock) -> (tempfile::TempDir, Ca) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::open(&dir.path().join("ca"), clock).expect("ca");
+    let ca = Ca::open(&dir.path().join("ca"), "weft.local", clock).expect("ca");
     (dir, ca)
 }
 
@@ -167,7 +167,8 @@ async fn expired_certificates_are_refused_both_ways() {
     // The same root, with a clock two days back: what it issues for an hour has expired.
     let root = std::fs::read_to_string(dir.path().join("ca/root.pem")).expect("root.pem");
     let two_days_ago = SystemTime::now() - 48 * HOUR;
-    let past = Ca::from_pem(&root, &root, Arc::new(move || two_days_ago)).expect("ca");
+    let past =
+        Ca::from_pem(&root, &root, "weft.local", Arc::new(move || two_days_ago)).expect("ca");
     let expired_client = Arc::new(Workload::new(id("orders")));
     issue(&past, &expired_client, HOUR);
     let server = server_config(workload(&ca, "payments"), bundle(&ca), PeerAuthMode::Strict)
@@ -424,7 +425,7 @@ async fn root_rotation_overlaps_then_retires_the_old_root() {
 fn the_ca_persists_its_root_privately_and_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_dir = dir.path().join("ca");
-    let mut ca = Ca::open(&ca_dir, system_clock()).expect("ca");
+    let mut ca = Ca::open(&ca_dir, "weft.local", system_clock()).expect("ca");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -436,12 +437,14 @@ fn the_ca_persists_its_root_privately_and_survives_a_restart() {
     }
     let first = ca.bundle();
     assert_eq!(
-        Ca::open(&ca_dir, system_clock()).expect("reopen").bundle(),
+        Ca::open(&ca_dir, "weft.local", system_clock())
+            .expect("reopen")
+            .bundle(),
         first
     );
 
     ca.rotate_root().expect("rotated");
-    let reopened = Ca::open(&ca_dir, system_clock()).expect("reopen");
+    let reopened = Ca::open(&ca_dir, "weft.local", system_clock()).expect("reopen");
     assert_eq!(reopened.bundle(), ca.bundle());
     assert!(reopened.bundle().starts_with(&first));
     // The reopened CA signs with the new root: its certificate verifies under the new root alone.
@@ -469,7 +472,7 @@ fn the_ca_persists_its_root_privately_and_survives_a_restart() {
     });
 
     ca.retire_old_roots().expect("retired");
-    let reopened = Ca::open(&ca_dir, system_clock()).expect("reopen");
+    let reopened = Ca::open(&ca_dir, "weft.local", system_clock()).expect("reopen");
     assert_eq!(reopened.bundle(), new_root_only);
 }
 
@@ -477,7 +480,7 @@ fn the_ca_persists_its_root_privately_and_survives_a_restart() {
 fn a_staged_root_is_trusted_before_it_signs_and_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_dir = dir.path().join("ca");
-    let mut ca = Ca::open(&ca_dir, system_clock()).expect("ca");
+    let mut ca = Ca::open(&ca_dir, "weft.local", system_clock()).expect("ca");
     let old = ca.bundle();
     let err = ca.activate_root().expect_err("nothing staged");
     assert!(err.to_string().contains("no staged root"), "{err}");
@@ -505,7 +508,7 @@ fn a_staged_root_is_trusted_before_it_signs_and_survives_a_restart() {
     assert!(verify(&only_old, &chain(&ca)).is_ok());
     assert!(verify(&only_new, &chain(&ca)).is_err());
 
-    let mut reopened = Ca::open(&ca_dir, system_clock()).expect("reopen");
+    let mut reopened = Ca::open(&ca_dir, "weft.local", system_clock()).expect("reopen");
     assert_eq!(
         reopened.bundle(),
         staged,
@@ -518,7 +521,9 @@ fn a_staged_root_is_trusted_before_it_signs_and_survives_a_restart() {
     reopened.retire_old_roots().expect("retired");
     assert!(!reopened.rotating());
     assert_eq!(
-        Ca::open(&ca_dir, system_clock()).expect("reopen").bundle(),
+        Ca::open(&ca_dir, "weft.local", system_clock())
+            .expect("reopen")
+            .bundle(),
         new_root_only
     );
 }
@@ -529,19 +534,134 @@ fn an_operator_root_must_be_a_ca_and_match_its_key() {
     let mut params = rcgen::CertificateParams::default();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let root = params.self_signed(&key).expect("root");
-    let ca =
-        Ca::from_pem(&root.pem(), &key.serialize_pem(), system_clock()).expect("operator root");
+    let ca = Ca::from_pem(
+        &root.pem(),
+        &key.serialize_pem(),
+        "weft.local",
+        system_clock(),
+    )
+    .expect("operator root");
     let w = Workload::new(id("orders"));
     issue(&ca, &w, HOUR);
 
     let other_key = rcgen::KeyPair::generate().expect("key");
-    let err = Ca::from_pem(&root.pem(), &other_key.serialize_pem(), system_clock())
-        .expect_err("mismatch");
+    let err = Ca::from_pem(
+        &root.pem(),
+        &other_key.serialize_pem(),
+        "weft.local",
+        system_clock(),
+    )
+    .expect_err("mismatch");
     assert!(err.to_string().contains("does not belong"), "{err}");
     let leaf = rcgen::CertificateParams::default()
         .self_signed(&key)
         .expect("leaf");
-    let err =
-        Ca::from_pem(&leaf.pem(), &key.serialize_pem(), system_clock()).expect_err("not a CA");
+    let err = Ca::from_pem(
+        &leaf.pem(),
+        &key.serialize_pem(),
+        "weft.local",
+        system_clock(),
+    )
+    .expect_err("not a CA");
     assert!(err.to_string().contains("not a CA"), "{err}");
+}
+
+/// A workload certificate for `forged`, signed with the key of the root in `ca_dir` (as
+/// someone holding the CA's key, or a CA bug, could make): the trust-domain checks must hold
+/// even against a chain that verifies.
+fn forged(ca_dir: &std::path::Path, forged: &SpiffeId) -> Arc<Workload> {
+    use rcgen::{CertificateParams, CertificateSigningRequestParams, Issuer, KeyPair, SanType};
+    use rustls::pki_types::pem::PemObject;
+    let root_pem = std::fs::read_to_string(ca_dir.join("root.pem")).expect("root");
+    let root =
+        rustls::pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes()).expect("cert");
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(root_pem.as_bytes()).expect("key");
+    let key = KeyPair::try_from(&key_der).expect("key pair");
+    let issuer = Issuer::from_ca_cert_der(&root, key).expect("issuer");
+    let w = Workload::new(forged.clone());
+    let pending = PendingKey::generate(forged).expect("key");
+    let mut csr = CertificateSigningRequestParams::from_pem(pending.csr_pem()).expect("csr");
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(forged.to_string().try_into().expect("uri"))];
+    csr.params = params;
+    let cert = csr.signed_by(&issuer).expect("signed");
+    w.install(pending, &cert.pem()).expect("installed");
+    Arc::new(w)
+}
+
+#[tokio::test]
+async fn an_identity_from_another_trust_domain_is_refused_though_the_mesh_root_signed_it() {
+    let (dir, ca) = new_ca();
+    let ca_dir = dir.path().join("ca");
+    let roots = bundle(&ca);
+    assert_eq!(
+        roots.trust_domain(),
+        "weft.local",
+        "the root names its domain"
+    );
+    let server = server_config(
+        workload(&ca, "payments"),
+        roots.clone(),
+        PeerAuthMode::Strict,
+    )
+    .expect("server");
+    let (addr, mut rx) = serve(server).await;
+    let evil = SpiffeId::new("evil.example", "default", "orders").expect("id");
+    let client =
+        client_config(forged(&ca_dir, &evil), roots.clone(), id("payments")).expect("client");
+    assert!(connect(client, addr).await.is_err());
+    let err = accepted(&mut rx).await.expect_err("refused");
+    assert!(
+        err.contains("ForeignDomain") && err.contains("evil.example"),
+        "{err}"
+    );
+
+    // A control plane posing from another domain, with a chain that verifies: refused.
+    let fake = SpiffeId::new("evil.example", CONTROL_NAMESPACE, CONTROL_SERVICE).expect("id");
+    let (addr, _rx) = serve(control_server_config(forged(&ca_dir, &fake)).expect("server")).await;
+    let client = control_client_config(roots.clone()).expect("client");
+    let err = connect(client, addr).await.expect_err("refused");
+    assert!(
+        err.contains("spiffe://weft.local/ns/weft-system/sa/weft-control"),
+        "{err}"
+    );
+    // The real one, from this domain, is accepted.
+    let real = SpiffeId::new("weft.local", CONTROL_NAMESPACE, CONTROL_SERVICE).expect("id");
+    let (addr, _rx) = serve(control_server_config(forged(&ca_dir, &real)).expect("server")).await;
+    connect(control_client_config(roots).expect("client"), addr)
+        .await
+        .expect("accepted");
+}
+
+#[test]
+fn a_ca_signs_and_trusts_only_its_own_trust_domain() {
+    let (dir, ca) = new_ca();
+    let evil = SpiffeId::new("evil.example", "default", "orders").expect("id");
+    let pending = PendingKey::generate(&evil).expect("key");
+    let err = ca
+        .sign_csr(pending.csr_pem(), &evil, HOUR)
+        .expect_err("foreign domain");
+    assert!(matches!(err, CaError::ForeignTrustDomain { .. }), "{err}");
+    // The same root opened for another domain: refused, naming both.
+    let err = Ca::open(&dir.path().join("ca"), "other.example", system_clock())
+        .expect_err("other domain");
+    assert!(err.to_string().contains("weft.local"), "{err}");
+    // A bundle never switches domains on update.
+    let (_d2, other) = new_ca_for("other.example");
+    let roots = bundle(&ca);
+    let err = roots.update(&other.bundle()).expect_err("refused");
+    assert!(err.to_string().contains("other.example"), "{err}");
+    assert_eq!(roots.trust_domain(), "weft.local");
+    let mixed = format!("{}{}", ca.bundle(), other.bundle());
+    assert!(
+        TrustBundle::from_pem(&mixed).is_err(),
+        "two domains in one bundle"
+    );
+}
+
+fn new_ca_for(trust_domain: &str) -> (tempfile::TempDir, Ca) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::open(&dir.path().join("ca"), trust_domain, system_clock()).expect("ca");
+    (dir, ca)
 }

@@ -78,6 +78,8 @@ struct BundleState {
     roots: Arc<RootCertStore>,
     // Built once per bundle, not per handshake.
     clients: Arc<dyn ClientCertVerifier>,
+    /// The trust domain the roots name (all must agree), if any does.
+    trust_domain: Option<String>,
 }
 
 impl TrustBundle {
@@ -88,10 +90,29 @@ impl TrustBundle {
         })
     }
 
-    /// Replaces the roots; handshakes from now on use the new ones.
+    /// Replaces the roots; handshakes from now on use the new ones. Roots for another trust
+    /// domain than the current ones are refused: a bundle vouches for one mesh.
     pub fn update(&self, pem: &str) -> Result<(), TlsError> {
-        self.state.store(Arc::new(bundle_state(pem)?));
+        let next = bundle_state(pem)?;
+        if let (Some(now), Some(new)) = (&self.state.load().trust_domain, &next.trust_domain)
+            && now != new
+        {
+            return Err(TlsError::Bundle(format!(
+                "the new roots are for trust domain {new}, the current ones for {now}"
+            )));
+        }
+        self.state.store(Arc::new(next));
         Ok(())
+    }
+
+    /// The trust domain its roots vouch for: the one they name, or the default for roots that
+    /// name none.
+    pub fn trust_domain(&self) -> String {
+        self.state
+            .load()
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| super::spiffe::DEFAULT_TRUST_DOMAIN.to_owned())
     }
 
     /// How many roots it holds (two during a rotation).
@@ -117,8 +138,19 @@ impl TrustBundle {
 
 fn bundle_state(pem: &str) -> Result<BundleState, TlsError> {
     let mut roots = RootCertStore::empty();
+    let mut trust_domain: Option<String> = None;
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let cert = cert.map_err(|e| TlsError::Bundle(e.to_string()))?;
+        if let Some(named) = super::spiffe::trust_domain_of_root(&cert) {
+            match &trust_domain {
+                Some(td) if *td != named => {
+                    return Err(TlsError::Bundle(format!(
+                        "its roots name two trust domains, {td} and {named}"
+                    )));
+                }
+                _ => trust_domain = Some(named),
+            }
+        }
         roots
             .add(cert)
             .map_err(|e| TlsError::Bundle(e.to_string()))?;
@@ -132,7 +164,11 @@ fn bundle_state(pem: &str) -> Result<BundleState, TlsError> {
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Bundle(e.to_string()))?;
-    Ok(BundleState { roots, clients })
+    Ok(BundleState {
+        roots,
+        clients,
+        trust_domain,
+    })
 }
 
 /// The inbound listener's config: presents the workload's current certificate, verifies a
@@ -145,6 +181,7 @@ pub fn server_config(
     let verifier = MeshClientVerifier {
         bundle,
         mandatory: mode == PeerAuthMode::Strict,
+        trust_domain: workload.id().trust_domain().to_owned(),
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -201,7 +238,7 @@ pub fn control_server_config(control: Arc<Workload>) -> Result<Arc<ServerConfig>
 }
 
 /// A client of the control plane's API: accepts only a server chaining to `bundle` whose
-/// SPIFFE ID is the control identity (in any trust domain: the bundle already pins the mesh).
+/// SPIFFE ID is the control identity in the trust domain the bundle's roots name.
 /// A sidecar's certificate chains to the same roots, so the identity check is what keeps a
 /// workload from posing as the control plane.
 pub fn control_client_config(bundle: Arc<TrustBundle>) -> Result<Arc<ClientConfig>, TlsError> {
@@ -273,6 +310,14 @@ struct WrongServer {
     presented: String,
 }
 
+/// The peer's identity is in another trust domain.
+#[derive(Debug, thiserror::Error)]
+#[error("{presented} is not in trust domain {ours}")]
+struct ForeignDomain {
+    ours: String,
+    presented: String,
+}
+
 /// Whom a client expects the server to be.
 #[derive(Debug)]
 enum Expected {
@@ -283,33 +328,38 @@ enum Expected {
 }
 
 impl Expected {
-    fn admits(&self, presented: &SpiffeId) -> bool {
+    /// Whether `presented` is who is expected; the control plane must be in the trust domain
+    /// `bundle` vouches for.
+    fn admits(&self, presented: &SpiffeId, bundle: &TrustBundle) -> bool {
         match self {
             Expected::Exactly(id) => id == presented,
             Expected::ControlPlane => {
-                presented.namespace() == CONTROL_NAMESPACE && presented.service() == CONTROL_SERVICE
+                presented.namespace() == CONTROL_NAMESPACE
+                    && presented.service() == CONTROL_SERVICE
+                    && presented.trust_domain() == bundle.trust_domain()
             }
         }
     }
-}
 
-impl std::fmt::Display for Expected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn describe(&self, bundle: &TrustBundle) -> String {
         match self {
-            Expected::Exactly(id) => id.fmt(f),
-            Expected::ControlPlane => {
-                write!(f, "spiffe://*/ns/{CONTROL_NAMESPACE}/sa/{CONTROL_SERVICE}")
-            }
+            Expected::Exactly(id) => id.to_string(),
+            Expected::ControlPlane => format!(
+                "spiffe://{}/ns/{CONTROL_NAMESPACE}/sa/{CONTROL_SERVICE}",
+                bundle.trust_domain()
+            ),
         }
     }
 }
 
 /// Verifies callers against the current bundle and requires their certificate to carry a
-/// SPIFFE ID.
+/// SPIFFE ID in this workload's trust domain: a certificate for another domain is refused even
+/// when it chains to a trusted root.
 #[derive(Debug)]
 struct MeshClientVerifier {
     bundle: Arc<TrustBundle>,
     mandatory: bool,
+    trust_domain: String,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
@@ -333,7 +383,13 @@ impl ClientCertVerifier for MeshClientVerifier {
             .load()
             .clients
             .verify_client_cert(end_entity, intermediates, now)?;
-        SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
+        let presented = SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
+        if presented.trust_domain() != self.trust_domain {
+            return Err(invalid(ForeignDomain {
+                ours: self.trust_domain.clone(),
+                presented: presented.to_string(),
+            }));
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -386,9 +442,9 @@ impl ServerCertVerifier for MeshServerVerifier {
             provider().signature_verification_algorithms.all,
         )?;
         let presented = SpiffeId::from_cert_der(end_entity).map_err(invalid)?;
-        if !self.expected.admits(&presented) {
+        if !self.expected.admits(&presented, &self.bundle) {
             return Err(invalid(WrongServer {
-                expected: self.expected.to_string(),
+                expected: self.expected.describe(&self.bundle),
                 presented: presented.to_string(),
             }));
         }
