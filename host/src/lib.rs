@@ -2,6 +2,8 @@
 //! traffic policy as sandboxed Wasm plugins.
 //!
 //! Modules are the architecture's boxes (see `docs/architecture.md`):
+//! - [`bootstrap`]: the sidecar's bootstrap file, read and checked whole.
+//! - [`conn`]: downstream connections served with bounds (protocol detection, timeouts, drain).
 //! - [`control`]: the control plane's core: Istio resources compiled into per-sidecar snapshots.
 //! - [`plugin`]: the sandboxed plugin runtime (wasmtime component model).
 //! - [`endpoints`]: upstream endpoints, their labels and ejection state.
@@ -13,6 +15,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod bootstrap;
+pub mod conn;
 pub mod control;
 pub mod endpoints;
 pub mod files;

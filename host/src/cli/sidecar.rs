@@ -4,18 +4,17 @@
 //! renewing it.
 
 use anyhow::Context as _;
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use weft::bootstrap::ControlPlaneRef;
 use weft::control::channel::Endpoint;
 use weft::control::client::WatchConfig;
-use weft::identity::PeerAuthMode;
 use weft::identity::TrustBundle;
-use weft::plugin::{Compiler, RuntimeConfig};
-use weft::proxy::{Mtls, Sidecar, SidecarConfig};
-use weft::snapshot::{Snapshot, parse_duration};
+use weft::plugin::Compiler;
+use weft::proxy::{Mtls, Sidecar};
+use weft::snapshot::Snapshot;
 
 /// Arguments of `weft sidecar`.
 #[derive(Debug, clap::Args)]
@@ -25,134 +24,14 @@ pub struct Args {
     config: PathBuf,
 }
 
-/// The bootstrap file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Bootstrap {
-    service: String,
-    outbound: String,
-    inbound: String,
-    admin: String,
-    app: String,
-    #[serde(default)]
-    snapshot: Option<PathBuf>,
-    #[serde(default)]
-    control_plane: Option<ControlPlaneRef>,
-    /// Workload labels (`version: v1`), registered with the control plane.
-    #[serde(default)]
-    labels: std::collections::BTreeMap<String, String>,
-    /// The inbound address peers should use, when it differs from `inbound`.
-    #[serde(default)]
-    advertise: Option<String>,
-    #[serde(default)]
-    replay_limit: Option<usize>,
-    #[serde(default)]
-    drain_timeout: Option<String>,
-    /// Longest a plugin hook call may run (`"10ms"`).
-    #[serde(default)]
-    plugin_deadline: Option<String>,
-    #[serde(default)]
-    cache_dir: Option<PathBuf>,
-    /// Mutual TLS between sidecars: `STRICT` or `PERMISSIVE`; absent, plaintext.
-    #[serde(default)]
-    mtls: Option<String>,
-}
-
 /// How long the sidecar waits for its first certificate before giving up.
 const CERTIFICATE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The `mtls` field: absent means plaintext.
-fn mtls_mode(text: Option<&str>) -> anyhow::Result<Option<PeerAuthMode>> {
-    match text {
-        None => Ok(None),
-        Some("STRICT") => Ok(Some(PeerAuthMode::Strict)),
-        Some("PERMISSIVE") => Ok(Some(PeerAuthMode::Permissive)),
-        Some(other) => {
-            anyhow::bail!("invalid bootstrap: mtls: {other:?} is not STRICT or PERMISSIVE")
-        }
-    }
-}
-
-/// Where the control plane is, the service's token, and the roots to verify it with.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ControlPlaneRef {
-    address: String,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    token_file: Option<PathBuf>,
-    /// The mesh's trust bundle (`weft control` writes it to `<data>/bundle.pem`).
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-}
-
-/// Checks every field, reporting all problems at once.
-fn settle(b: Bootstrap, base: &Path) -> anyhow::Result<SidecarConfig> {
-    let mut errors = Vec::new();
-    let mut addr = |field: &str, text: &str| -> SocketAddr {
-        text.parse().unwrap_or_else(|_| {
-            errors.push(format!("{field}: {text:?} is not ip:port"));
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        })
-    };
-    let (outbound, inbound, admin, app) = (
-        addr("outbound", &b.outbound),
-        addr("inbound", &b.inbound),
-        addr("admin", &b.admin),
-        addr("app", &b.app),
-    );
-    let drain_timeout = match b.drain_timeout.as_deref().map(parse_duration) {
-        None => Duration::from_secs(10),
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
-            errors.push(format!("drainTimeout: {e}"));
-            Duration::from_secs(10)
-        }
-    };
-    let mut plugin_limits = weft::plugin::Limits::default();
-    match b.plugin_deadline.as_deref().map(parse_duration) {
-        None => {}
-        Some(Ok(d)) if !d.is_zero() => plugin_limits.deadline = d,
-        Some(Ok(_)) => errors.push("pluginDeadline: must be above zero".into()),
-        Some(Err(e)) => errors.push(format!("pluginDeadline: {e}")),
-    }
-    if b.service.is_empty() {
-        errors.push("service: must not be empty".into());
-    }
-    anyhow::ensure!(
-        errors.is_empty(),
-        "invalid bootstrap:\n  - {}",
-        errors.join("\n  - ")
-    );
-    Ok(SidecarConfig {
-        service: b.service,
-        outbound,
-        inbound,
-        admin,
-        app,
-        replay_limit: b.replay_limit.unwrap_or(64 * 1024),
-        drain_timeout,
-        base_dir: base.to_path_buf(),
-        artifact_dir: PathBuf::from("artifacts"),
-        plugin_limits,
-        mtls: None,
-        runtime: RuntimeConfig {
-            cache_dir: b.cache_dir.map(|d| base.join(d)),
-            // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).
-            compiler: std::env::current_exe()
-                .map(Compiler::Subprocess)
-                .unwrap_or_default(),
-            ..RuntimeConfig::default()
-        },
-    })
-}
-
-/// What the watch needs from the bootstrap, taken before the rest is settled.
+/// What the watch needs from the bootstrap.
 struct WatchParts {
     service: String,
     labels: std::collections::BTreeMap<String, String>,
-    advertise: Option<String>,
+    advertise: Option<SocketAddr>,
     control_plane: ControlPlaneRef,
 }
 
@@ -190,12 +69,7 @@ impl WatchParts {
         inbound: SocketAddr,
         admin: SocketAddr,
     ) -> anyhow::Result<WatchConfig> {
-        let address = match &self.advertise {
-            Some(a) => a
-                .parse()
-                .with_context(|| format!("advertise: {a:?} is not ip:port"))?,
-            None => inbound,
-        };
+        let address = self.advertise.unwrap_or(inbound);
         // 128 random bits: another workload cannot guess the id to take its registration,
         // and the control plane binds an id to the service that first used it.
         let nonce = weft::random::secure_bytes().context("random sidecar id")?;
@@ -215,18 +89,10 @@ impl WatchParts {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let mut bootstrap: Bootstrap = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", args.config.display()))?;
     let base = args.config.parent().unwrap_or(Path::new(".")).to_path_buf();
-    anyhow::ensure!(
-        bootstrap.snapshot.is_some() || bootstrap.control_plane.is_some(),
-        "invalid bootstrap: give a snapshot file, a controlPlane, or both"
-    );
-    let mode = mtls_mode(bootstrap.mtls.as_deref())?;
-    anyhow::ensure!(
-        mode.is_none() || bootstrap.control_plane.is_some(),
-        "invalid bootstrap: mtls needs a controlPlane (it issues the certificates)"
-    );
+    let bootstrap = weft::bootstrap::parse(&text, &base)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let mode = bootstrap.mtls;
     let snapshot = match &bootstrap.snapshot {
         Some(file) => {
             let path = base.join(file);
@@ -236,16 +102,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let watch = bootstrap
-        .control_plane
-        .take()
-        .map(|control_plane| WatchParts {
-            service: bootstrap.service.clone(),
-            labels: bootstrap.labels.clone(),
-            advertise: bootstrap.advertise.clone(),
-            control_plane,
-        });
-    let mut config = settle(bootstrap, &base)?;
+    let watch = bootstrap.control_plane.map(|control_plane| WatchParts {
+        service: bootstrap.sidecar.service.clone(),
+        labels: bootstrap.labels,
+        advertise: bootstrap.advertise,
+        control_plane,
+    });
+    let mut config = bootstrap.sidecar;
+    // The sidecar keeps the compiler's memory out of its own (see plugin::Compiler).
+    config.runtime.compiler = std::env::current_exe()
+        .map(Compiler::Subprocess)
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

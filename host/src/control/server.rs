@@ -22,14 +22,12 @@ use super::registry::{self, Conn};
 use super::serving::{ServingError, ServingIdentity, write_bundle};
 use super::store::{State, Store, StoreError};
 use super::wire::{SidecarStatus, StreamMessage};
+use crate::conn::Ended;
 use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +52,8 @@ pub struct ControlConfig {
     pub trust_domain: String,
     /// How long a workload certificate is valid.
     pub cert_lifetime: Duration,
+    /// Bounds on the API's connections.
+    pub limits: ApiLimits,
 }
 
 /// The namespace of every workload identity: the mesh has no namespaces yet.
@@ -72,6 +72,7 @@ impl ControlConfig {
             heartbeat: Duration::from_secs(2),
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             cert_lifetime: crate::identity::DEFAULT_LIFETIME,
+            limits: ApiLimits::default(),
         }
     }
 }
@@ -219,7 +220,13 @@ impl ControlPlane {
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(serve(listener, acceptor, shared.clone(), rx.clone())),
+            tokio::spawn(serve(
+                listener,
+                acceptor,
+                shared.clone(),
+                config.limits,
+                rx.clone(),
+            )),
             tokio::spawn(housekeeping(shared.clone(), rx)),
         ];
         tracing::info!(%addr, data = %config.data_dir.display(), "control plane listening");
@@ -284,6 +291,30 @@ impl ControlPlane {
     }
 }
 
+/// Bounds on the API's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Per connection. A sidecar's watch stream is a response in flight, never idle; its
+    /// heartbeats keep it moving.
+    pub connection: crate::conn::Limits,
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+}
+
+impl Default for ApiLimits {
+    /// 10 s for request headers, 2 min idle, 4,096 connections.
+    fn default() -> Self {
+        ApiLimits {
+            connection: crate::conn::Limits {
+                request_headers: Duration::from_secs(10),
+                idle: Duration::from_secs(120),
+                max_duration: None,
+            },
+            max_connections: 4096,
+        }
+    }
+}
+
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -291,9 +322,11 @@ async fn serve(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: ApiLimits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut stop = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -301,11 +334,18 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                // Past the cap a connection is closed at once: a flood of idle connections
+                // cannot grow the control plane without bound.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = limits.max_connections, "control API connection refused: at the connection limit");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let acceptor = acceptor.clone();
-                let builder = builder.clone();
+                let drain = shutdown.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -317,13 +357,17 @@ async fn serve(
                             return;
                         }
                     };
-                    let svc = service_fn(move |req| handle(shared.clone(), req, peer));
-                    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
-                        tracing::debug!("control connection ended: {e}");
+                    let handler = move |req| handle(shared.clone(), req, peer);
+                    match crate::conn::serve(tls, limits.connection, drain, handler).await {
+                        Ended::Closed => {}
+                        Ended::TimedOut(t) => {
+                            tracing::debug!(%peer, timeout = t.as_str(), "control connection closed by a bound");
+                        }
+                        Ended::Failed(e) => tracing::debug!(%peer, "control connection ended: {e}"),
                     }
                 });
             }
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         }
     }
 }

@@ -52,13 +52,16 @@ impl RequestBody {
     }
 }
 
+/// A request body as it arrives from downstream, bounded in time.
+pub type Downstream = super::deadline::Bounded<Incoming>;
+
 /// Reads `body` until it ends or passes `limit` bytes.
 pub async fn read_for_replay(
-    body: Incoming,
+    body: Downstream,
     content_length: Option<u64>,
     limit: usize,
     counter: Arc<AtomicU64>,
-) -> Result<RequestBody, hyper::Error> {
+) -> Result<RequestBody, BoxError> {
     if content_length.is_some_and(|n| n > limit as u64) {
         return Ok(RequestBody::Streaming(PrefixedBody::new(
             Bytes::new(),
@@ -88,11 +91,11 @@ pub async fn read_for_replay(
 
 /// Bytes already read, then the rest of the stream; counts what it forwards.
 pub struct PrefixedBody {
-    inner: Option<(Option<Bytes>, Incoming, Arc<AtomicU64>)>,
+    inner: Option<(Option<Bytes>, Downstream, Arc<AtomicU64>)>,
 }
 
 impl PrefixedBody {
-    fn new(prefix: Bytes, rest: Incoming, counter: Arc<AtomicU64>) -> Self {
+    fn new(prefix: Bytes, rest: Downstream, counter: Arc<AtomicU64>) -> Self {
         let prefix = (!prefix.is_empty()).then_some(prefix);
         PrefixedBody {
             inner: Some((prefix, rest, counter)),
@@ -111,7 +114,7 @@ impl PrefixedBody {
 /// A streaming request body, sent once.
 pub struct OnceBody {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: Downstream,
     counter: Arc<AtomicU64>,
 }
 
@@ -133,7 +136,7 @@ impl Body for OnceBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -1,7 +1,7 @@
 //! The inbound side (mesh → app): accept calls from peer sidecars and forward them to the local
 //! app over pooled HTTP/1.1, streaming both ways.
 
-use super::body::{self, ProxyBody};
+use super::body::ProxyBody;
 use super::headers;
 use super::outbound::FORWARDED_HOST;
 use super::{Inputs, Peer, authz, local_response};
@@ -14,6 +14,9 @@ use std::time::Instant;
 
 /// The caller's identity for the app, as Istio's sidecars forward it (`By=<us>;URI=<caller>`).
 pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// The inbound listener's place in [`Inputs::stream_timeouts`].
+const INBOUND: usize = 1;
 
 /// Handles one request from a peer sidecar.
 pub async fn handle(
@@ -79,22 +82,21 @@ pub async fn handle(
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let upstream = Request::from_parts(
-        parts,
-        incoming
-            .map_err(|e| Box::new(e) as body::BoxError)
-            .boxed_unsync(),
-    );
+    let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
+    let upstream = Request::from_parts(parts, incoming.boxed_unsync());
     let response = match inputs.app.request(upstream).await {
         Ok(resp) => {
             let (mut parts, incoming) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(
                 parts,
-                incoming
-                    .map_err(|e| Box::new(e) as body::BoxError)
-                    .boxed_unsync(),
+                inputs.bound_response(incoming, INBOUND).boxed_unsync(),
             )
+        }
+        // The caller's body stalled or came too late: its lateness, not the app, is the
+        // answer, as Envoy's 408.
+        Err(_) if tripped.as_ref().is_some_and(|t| t.get().is_some()) => {
+            local_response(StatusCode::REQUEST_TIMEOUT, "weft: request timeout\n")
         }
         Err(e) => {
             tracing::warn!(app = %inputs.settings.app, "local app unreachable: {e:?}");

@@ -73,9 +73,53 @@ pub struct ProxyMetrics {
     pub inbound_denied: IntCounter,
     /// Inbound calls by the caller's authenticated identity and the authorization decision.
     pub inbound_by_source: IntCounterVec,
+    /// Downstream connections and streams ended by a bound, by listener and bound.
+    pub timeouts: IntCounterVec,
+}
+
+/// Which bound ended a downstream stream (connections: [`crate::conn::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTimeout {
+    /// No piece of a body came for the stream idle timeout.
+    StreamIdle,
+    /// The whole request did not arrive within the request timeout.
+    Request,
+}
+
+/// One listener's timeout counters, resolved once.
+#[derive(Clone)]
+pub struct DownstreamTimeouts {
+    connection: [IntCounter; 3],
+    stream: [IntCounter; 2],
+}
+
+impl DownstreamTimeouts {
+    /// Counts a connection ended by a bound.
+    pub fn count(&self, t: crate::conn::Timeout) {
+        let i = match t {
+            crate::conn::Timeout::RequestHeaders => 0,
+            crate::conn::Timeout::Idle => 1,
+            crate::conn::Timeout::MaxDuration => 2,
+        };
+        self.connection[i].inc();
+    }
+
+    /// Counts a stream ended by a bound.
+    pub fn count_stream(&self, t: StreamTimeout) {
+        self.stream[t as usize].inc();
+    }
 }
 
 impl ProxyMetrics {
+    /// The timeout counters of one listener.
+    pub fn downstream_timeouts(&self, listener: &str) -> DownstreamTimeouts {
+        let c = |t: &str| self.timeouts.with_label_values(&[listener, t]);
+        DownstreamTimeouts {
+            connection: [c("request_headers"), c("idle"), c("max_duration")],
+            stream: [c("stream_idle"), c("request")],
+        }
+    }
+
     /// Connection counters of one upstream pool.
     pub fn pool(&self, pool: &str) -> super::pool::PoolStats {
         super::pool::PoolStats {
@@ -176,6 +220,14 @@ impl ProxyMetrics {
             ),
             &["source_principal", "decision"],
         )?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "weft_downstream_timeouts_total",
+                "Downstream connections and streams ended by a bound, by listener and timeout (request_headers, idle, max_duration: the connection; stream_idle, request: one call).",
+            ),
+            &["listener", "timeout"],
+        )?;
+        registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(inbound_by_source.clone()))?;
         registry.register(Box::new(inbound_denied.clone()))?;
         registry.register(Box::new(tls_refused.clone()))?;
@@ -199,6 +251,7 @@ impl ProxyMetrics {
             tls_refused,
             inbound_denied,
             inbound_by_source,
+            timeouts,
         })
     }
 }

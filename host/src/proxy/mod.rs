@@ -4,14 +4,17 @@
 //!
 //! Between sidecars calls travel as HTTP/2 over pooled, multiplexed connections: h2c, or with
 //! [`Mtls`] configured, mutual TLS (the `peers` client's [`pool::PeerConnector`] and the inbound
-//! listener's handshake in [`serve`]).
+//! listener's handshake in [`listener`]). Every downstream connection and stream is bounded in
+//! time ([`Timeouts`]).
 
 pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod deadline;
 pub mod headers;
 pub mod inbound;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
@@ -23,13 +26,10 @@ use crate::snapshot::{Rejected, Snapshot};
 use arc_swap::ArcSwap;
 use body::ProxyBody;
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use listener::{InboundTls, serve};
 use metrics::ProxyMetrics;
 use pool::{CountingConnector, PeerConnector};
 use prometheus::Registry;
@@ -40,6 +40,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub use listener::Peer;
 
 /// Mutual TLS between sidecars: who this sidecar is, whom it trusts, and whether its inbound
 /// listener still accepts plaintext.
@@ -60,6 +62,30 @@ impl std::fmt::Debug for Mtls {
             .field("identity", &self.workload.id().to_string())
             .field("mode", &self.mode)
             .finish()
+    }
+}
+
+/// How long a downstream connection and its requests may take, as Envoy bounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Per connection: request headers, idle, maximum duration (see [`crate::conn`]).
+    pub connection: crate::conn::Limits,
+    /// Longest wait for the next piece of a request or response body, either way.
+    pub stream_idle: Duration,
+    /// Longest time to receive a whole request (head and body); none for no bound, as in
+    /// Envoy, because streaming calls may last as long as they like.
+    pub request: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    /// Envoy's defaults: 5 min stream idle, no request timeout; connections as
+    /// [`crate::conn::Limits::default`].
+    fn default() -> Self {
+        Timeouts {
+            connection: crate::conn::Limits::default(),
+            stream_idle: Duration::from_secs(300),
+            request: None,
+        }
     }
 }
 
@@ -90,6 +116,8 @@ pub struct SidecarConfig {
     pub plugin_limits: crate::plugin::Limits,
     /// Mutual TLS between sidecars; none for plaintext HTTP/2 (h2c).
     pub mtls: Option<Mtls>,
+    /// Bounds on downstream connections and streams.
+    pub timeouts: Timeouts,
 }
 
 impl SidecarConfig {
@@ -109,6 +137,7 @@ impl SidecarConfig {
             runtime: RuntimeConfig::default(),
             plugin_limits: crate::plugin::Limits::default(),
             mtls: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -127,6 +156,8 @@ pub struct Settings {
     pub app_authority: http::uri::Authority,
     /// The replay buffer bound.
     pub replay_limit: usize,
+    /// Stream bounds (body idle, whole request).
+    pub timeouts: Timeouts,
 }
 
 /// What every handler shares: the test seams and the state in force.
@@ -145,6 +176,8 @@ pub struct Inputs {
     pub metrics: ProxyMetrics,
     /// The inbound side's metric handles, resolved once.
     pub inbound_metrics: metrics::RouteMetrics,
+    /// Stream timeout counters of the outbound and inbound listeners.
+    pub stream_timeouts: [Arc<metrics::DownstreamTimeouts>; 2],
     /// The registry `/metrics` serves.
     pub registry: Registry,
     /// Fixed settings.
@@ -155,88 +188,49 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// Bounds a downstream request body: the stream idle timeout, and the request timeout
+    /// from `start`; the bound that ends it is counted on `listener` (0 outbound, 1 inbound)
+    /// and noted in the returned flag, when the body is not already over.
+    fn bound_request(
+        &self,
+        body: hyper::body::Incoming,
+        start: std::time::Instant,
+        listener: usize,
+    ) -> (body::Downstream, Option<Arc<deadline::Tripped>>) {
+        use http_body::Body as _;
+        let t = &self.settings.timeouts;
+        let tripped = (!body.is_end_stream()).then(|| Arc::new(deadline::Tripped::default()));
+        let bounded = deadline::Bounded::new(
+            body,
+            t.stream_idle,
+            t.request.map(|r| tokio::time::Instant::from_std(start) + r),
+            self.stream_timeouts[listener].clone(),
+            tripped.clone(),
+        );
+        (bounded, tripped)
+    }
+
+    /// Bounds an upstream response body by the stream idle timeout, counted on `listener`.
+    fn bound_response(
+        &self,
+        body: hyper::body::Incoming,
+        listener: usize,
+    ) -> deadline::Bounded<hyper::body::Incoming> {
+        deadline::Bounded::new(
+            body,
+            self.settings.timeouts.stream_idle,
+            None,
+            self.stream_timeouts[listener].clone(),
+            None,
+        )
+    }
+
     fn next_call_id(&self) -> u64 {
         self.call_ids.fetch_add(1, Ordering::Relaxed)
     }
 
     fn random(&self) -> u64 {
         crate::random::fast_u64()
-    }
-}
-
-/// The other end of a downstream connection, with what every request on it reuses.
-pub struct Peer {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Its IP as an `x-forwarded-for` element, formatted once per connection.
-    pub forwarded: http::HeaderValue,
-    /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
-    pub identity: Option<crate::identity::SpiffeId>,
-    /// The `x-forwarded-client-cert` value for its requests (`By=<us>;URI=<it>`), formatted once
-    /// per connection; none without an authenticated identity.
-    pub xfcc: Option<http::HeaderValue>,
-    /// Its Istio principal (`<trust domain>/ns/<ns>/sa/<sa>`), which authorization policies
-    /// name; formatted once per connection.
-    pub principal: Option<String>,
-    /// Its inbound counters (allowed, denied), resolved at its first inbound call: the
-    /// outbound listener shares this type and must not create series.
-    by_source: std::sync::OnceLock<[prometheus::IntCounter; 2]>,
-}
-
-impl Peer {
-    fn new(addr: SocketAddr, identity: Option<crate::identity::SpiffeId>, us: &str) -> Peer {
-        let xfcc = identity.as_ref().and_then(|id| {
-            // SPIFFE IDs are validated to URI-safe characters, so this never fails in practice.
-            http::HeaderValue::from_str(&format!("By={us};URI={id}")).ok()
-        });
-        Peer {
-            addr,
-            forwarded: headers::forwarded_value(addr.ip()),
-            principal: identity.as_ref().map(authz::principal_of),
-            identity,
-            xfcc,
-            by_source: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Counts an inbound call from this peer as allowed or denied.
-    pub(crate) fn count_inbound(&self, metrics: &ProxyMetrics, allowed: bool) {
-        let [yes, no] = self.by_source.get_or_init(|| {
-            let who = self.principal.as_deref().unwrap_or("unknown");
-            let vec = &metrics.inbound_by_source;
-            [
-                vec.with_label_values(&[who, "allowed"]),
-                vec.with_label_values(&[who, "denied"]),
-            ]
-        });
-        if allowed { yes.inc() } else { no.inc() }
-    }
-}
-
-/// How long an inbound connection may take to show its first byte and finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The inbound listener's TLS: an acceptor per mode (the client certificate is mandatory only
-/// in the STRICT one), so the mode a snapshot puts in force applies to the next connection
-/// without rebuilding anything, and the bootstrap's mode for when no snapshot sets one.
-#[derive(Clone)]
-struct InboundTls {
-    strict: tokio_rustls::TlsAcceptor,
-    permissive: tokio_rustls::TlsAcceptor,
-    bootstrap: crate::identity::PeerAuthMode,
-}
-
-impl InboundTls {
-    /// The mode for a connection accepted now: the snapshot's PeerAuthentication, else the
-    /// bootstrap's.
-    fn mode_in_force(&self, inputs: &Inputs) -> crate::identity::PeerAuthMode {
-        inputs
-            .routes
-            .load()
-            .snapshot
-            .inbound
-            .peer_authentication
-            .map_or(self.bootstrap, crate::snapshot::MtlsMode::peer_auth_mode)
     }
 }
 
@@ -364,11 +358,16 @@ impl Sidecar {
                 app: config.app,
                 app_authority: authority_of(config.app),
                 replay_limit: config.replay_limit,
+                timeouts: config.timeouts,
             },
             runtime,
             peers,
             app,
             inbound_metrics: metrics.handles("inbound", &config.service),
+            stream_timeouts: [
+                Arc::new(metrics.downstream_timeouts("outbound")),
+                Arc::new(metrics.downstream_timeouts("inbound")),
+            ],
             metrics,
             registry,
             draining: AtomicBool::new(false),
@@ -393,6 +392,7 @@ impl Sidecar {
         );
         let (shutdown, watch_rx) = watch::channel(false);
         let drain = config.drain_timeout;
+        let limits = config.timeouts.connection;
         let tasks = vec![
             tokio::spawn(serve(
                 outbound,
@@ -401,6 +401,7 @@ impl Sidecar {
                 inputs.clone(),
                 watch_rx.clone(),
                 drain,
+                limits,
                 outbound::handle,
             )),
             tokio::spawn(serve(
@@ -410,6 +411,7 @@ impl Sidecar {
                 inputs.clone(),
                 watch_rx.clone(),
                 drain,
+                limits,
                 inbound::handle,
             )),
             tokio::spawn(serve(
@@ -419,6 +421,7 @@ impl Sidecar {
                 inputs.clone(),
                 watch_rx,
                 drain,
+                limits,
                 admin::handle,
             )),
         ];
@@ -509,173 +512,4 @@ impl Sidecar {
             let _ = tokio::time::timeout(bound, task).await;
         }
     }
-}
-
-/// Accepts connections until shutdown, then drains them within `drain`; each request goes to
-/// `handler` with the shared inputs and the peer. With `tls`, each connection first passes the
-/// TLS handshake (or, PERMISSIVE, may be plaintext), in its own task so a slow handshake never
-/// holds up the accept loop.
-async fn serve<F, Fut>(
-    listener: TcpListener,
-    name: &'static str,
-    tls: Option<InboundTls>,
-    inputs: Arc<Inputs>,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-    handler: F,
-) where
-    F: Fn(Arc<Inputs>, http::Request<Incoming>, Arc<Peer>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
-        + Send
-        + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let gauge = inputs.metrics.connections.with_label_values(&[name]);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(listener = name, "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = inputs.clone();
-                // Taken before the task starts, so a shutdown meanwhile still reaches it.
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let tls = tls.clone();
-                let gauge = gauge.clone();
-                gauge.inc();
-                tokio::spawn(async move {
-                    let us = shared.settings.identity.clone();
-                    let result = match tls {
-                        None => {
-                            let who = Arc::new(Peer::new(peer, None, &us));
-                            serve_connection(&builder, watcher, stream, shared, who, handler).await
-                        }
-                        Some(tls) => match accept_tls(&tls, tls.mode_in_force(&shared), stream).await {
-                            Ok(Accepted::Plain(stream)) => {
-                                let who = Arc::new(Peer::new(peer, None, &us));
-                                serve_connection(&builder, watcher, stream, shared, who, handler).await
-                            }
-                            Ok(Accepted::Tls(stream)) => {
-                                let caller = crate::identity::caller_identity(&stream);
-                                let who = Arc::new(Peer::new(peer, caller, &us));
-                                serve_connection(&builder, watcher, *stream, shared, who, handler).await
-                            }
-                            Ok(Accepted::Closed) => Ok(()),
-                            Err(refused) => {
-                                tracing::debug!(listener = name, %peer, reason = refused.reason, "connection refused: {}", refused.detail);
-                                shared.metrics.tls_refused.with_label_values(&[refused.reason]).inc();
-                                Ok(())
-                            }
-                        },
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(listener = name, %peer, "connection ended: {e}");
-                    }
-                    gauge.dec();
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = name, "drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, "drain timeout: closing remaining connections"),
-    }
-}
-
-/// Serves HTTP (1.1 or 2) on one accepted connection until it ends or the drain closes it.
-async fn serve_connection<I, F, Fut>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    io: I,
-    inputs: Arc<Inputs>,
-    who: Arc<Peer>,
-    handler: F,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Arc<Inputs>, http::Request<Incoming>, Arc<Peer>) -> Fut + Copy + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
-        + Send
-        + 'static,
-{
-    let svc = service_fn(move |req| handler(inputs.clone(), req, who.clone()));
-    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    watcher.watch(conn).await
-}
-
-/// An inbound connection past the TLS gate.
-enum Accepted {
-    /// Authenticated (or, PERMISSIVE, anonymous) TLS.
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-    /// Plaintext, which only PERMISSIVE lets through.
-    Plain(tokio::net::TcpStream),
-    /// The caller left before sending a byte.
-    Closed,
-}
-
-/// Why an inbound connection was refused, as the metric's `reason` label and a detail to log.
-struct Refused {
-    reason: &'static str,
-    detail: String,
-}
-
-/// Sniffs the first byte (without consuming it) and runs the TLS handshake under `mode`, all
-/// within [`TLS_HANDSHAKE_TIMEOUT`].
-async fn accept_tls(
-    tls: &InboundTls,
-    mode: crate::identity::PeerAuthMode,
-    stream: tokio::net::TcpStream,
-) -> Result<Accepted, Refused> {
-    let gate = async {
-        let mut first = [0u8; 1];
-        let n = stream.peek(&mut first).await.map_err(|e| Refused {
-            reason: "handshake",
-            detail: e.to_string(),
-        })?;
-        if n == 0 {
-            return Ok(Accepted::Closed);
-        }
-        if !crate::identity::looks_like_tls(first[0]) {
-            return match mode {
-                crate::identity::PeerAuthMode::Permissive => Ok(Accepted::Plain(stream)),
-                // Closed without a TLS alert: the caller is not speaking TLS anyway.
-                crate::identity::PeerAuthMode::Strict => Err(Refused {
-                    reason: "plaintext",
-                    detail: "not a TLS handshake under STRICT mTLS".into(),
-                }),
-            };
-        }
-        let acceptor = match mode {
-            crate::identity::PeerAuthMode::Strict => &tls.strict,
-            crate::identity::PeerAuthMode::Permissive => &tls.permissive,
-        };
-        acceptor
-            .accept(stream)
-            .await
-            .map(|s| Accepted::Tls(Box::new(s)))
-            .map_err(|e| Refused {
-                reason: "handshake",
-                detail: e.to_string(),
-            })
-    };
-    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, gate)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Refused {
-                reason: "timeout",
-                detail: format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
-            })
-        })
 }

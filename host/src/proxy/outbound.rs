@@ -316,6 +316,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             }
         },
     };
+    let (incoming, tripped) = inputs.bound_request(incoming, start, OUTBOUND);
     let content_length = head
         .headers
         .get(CONTENT_LENGTH)
@@ -330,6 +331,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     .await
     {
         Ok(b) => b,
+        Err(_) if timed_out(&tripped) => return request_timed_out(call),
         Err(_) => {
             call.finish(0, 0, ResponseFlags::DOWNSTREAM_DISCONNECT);
             return local_response(
@@ -356,6 +358,9 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     let (outcome, response) = attempts(&inputs, &mut call, &upstream, &mut request_body).await;
     match response {
         Some(resp) => respond(call, resp),
+        // A streamed body that stalled fails its attempt; the caller's lateness, not the
+        // upstream's, is what the answer says.
+        None if timed_out(&tripped) => request_timed_out(call),
         None => {
             let resp = local_for(outcome, &target.service);
             let mut flags = flags_for(outcome);
@@ -393,6 +398,20 @@ fn delay_timed_out(mut call: Call, service: &str) -> Response<ProxyBody> {
     let resp = local_for(Outcome::Timeout, service);
     call.finish(resp.status().as_u16(), 0, ResponseFlags::UPSTREAM_TIMEOUT);
     resp
+}
+
+/// The outbound listener's place in [`Inputs::stream_timeouts`].
+const OUTBOUND: usize = 0;
+
+/// Whether the request body was ended by a bound.
+fn timed_out(tripped: &Option<Arc<super::deadline::Tripped>>) -> bool {
+    tripped.as_ref().is_some_and(|t| t.get().is_some())
+}
+
+/// The answer to a call whose request did not arrive in time: Envoy's 408.
+fn request_timed_out(mut call: Call) -> Response<ProxyBody> {
+    call.finish(408, 0, ResponseFlags::empty());
+    local_response(StatusCode::REQUEST_TIMEOUT, "weft: request timeout\n")
 }
 
 /// Where and what the attempts send.
@@ -558,8 +577,9 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
     } else {
         ResponseFlags::empty()
     };
-    let upstream: ProxyBody = incoming
-        .map_err(|e| Box::new(e) as body::BoxError)
+    let upstream: ProxyBody = call
+        .inputs
+        .bound_response(incoming, OUTBOUND)
         .boxed_unsync();
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
         let flags = if end.complete {

@@ -69,7 +69,8 @@ pub enum Behaviour {
 }
 
 /// A test app: `/echo` echoes, `/status/N` answers N, `/slow/MS` waits, `/big/N` sends N bytes,
-/// `/hang` never answers, `/drain` reads the whole body and records whether it arrived.
+/// `/hang` never answers, `/stall` sends its head and one chunk then nothing more, `/drain`
+/// reads the whole body and records whether it arrived.
 /// Every response carries `x-app: <name>`.
 pub struct App {
     pub addr: SocketAddr,
@@ -285,6 +286,7 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(full(""))
         }
+        "stall" => Response::new(Stall(Some(Bytes::from_static(b"first"))).boxed_unsync()),
         "drain" => {
             let complete = req.into_body().collect().await.is_ok();
             seen.lock()[index].body_complete = Some(complete);
@@ -295,6 +297,24 @@ async fn answer(
     resp.headers_mut()
         .insert("x-app", http::HeaderValue::from_str(&name).expect("ascii"));
     Ok(resp)
+}
+
+/// A body that sends one chunk, then never another and never ends.
+struct Stall(Option<Bytes>);
+
+impl http_body::Body for Stall {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// An HTTP/1.1 client.
