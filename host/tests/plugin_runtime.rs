@@ -263,6 +263,30 @@ fn a_plugin_that_allocates_without_end_is_stopped_at_its_cap() {
 }
 
 #[test]
+fn a_plugin_that_floods_the_request_with_headers_fails_at_the_host_bound() {
+    assert_isolated("headers", "limit");
+}
+
+#[test]
+fn a_plugin_that_replies_with_a_flood_of_headers_fails_at_the_host_bound() {
+    assert_isolated("reply-headers", "limit");
+    // Failing closed, the caller gets the host's 503, never the flood.
+    let chain = Chain::new(vec![chaos(
+        "reply-flood-closed",
+        r#"{"tag":"ok"}"#,
+        FailStrategy::FailClosed,
+    )]);
+    let mut head = misbehaving("reply-headers");
+    match chain.on_request(1, &mut head).action {
+        RequestVerdict::Respond(reply) => {
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(reply.headers.get("x-flood").is_none());
+        }
+        other => panic!("expected the fail-closed answer, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_plugin_that_traps_is_isolated() {
     assert_isolated("trap", "trap");
 }

@@ -30,7 +30,8 @@ pub struct Chain {
 
 fn local_reply(r: wit::LocalResponse) -> LocalReply {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    // The host bounded the count when the plugin replied; the bound holds here too.
+    let mut headers = HeaderMap::with_capacity(r.headers.len().min(64));
     for (name, value) in r.headers {
         match (
             HeaderName::from_bytes(name.as_bytes()),

@@ -83,6 +83,8 @@ pub enum Failure {
     BackingOff,
     /// A new instance could not be created.
     Instantiate(String),
+    /// It handed the host more than a host bound allows (headers), which the host refused.
+    Limit(String),
 }
 
 impl Failure {
@@ -94,6 +96,7 @@ impl Failure {
             Failure::Trap(_) => "trap",
             Failure::BackingOff => "backing_off",
             Failure::Instantiate(_) => "instantiate",
+            Failure::Limit(_) => "limit",
         }
     }
 }
@@ -106,6 +109,7 @@ impl fmt::Display for Failure {
             Failure::Trap(msg) => write!(f, "trapped: {msg}"),
             Failure::BackingOff => f.write_str("backing off after repeated crashes"),
             Failure::Instantiate(msg) => write!(f, "could not be instantiated: {msg}"),
+            Failure::Limit(msg) => write!(f, "passed a host limit: {msg}"),
         }
     }
 }

@@ -109,6 +109,8 @@ pub(crate) struct PluginCtx {
     pub(crate) request: RequestHead,
     pub(crate) response: ResponseHead,
     pub(crate) reply: Option<types::LocalResponse>,
+    /// A host bound the plugin passed during this call: the call fails with it.
+    pub(crate) violation: Option<String>,
     pub(crate) memory: MemoryCap,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -125,23 +127,65 @@ impl WasiView for PluginCtx {
 
 // === request and response heads ===
 
+/// The most headers a plugin may leave in a head or put in a local reply: HeaderMap cannot
+/// hold more than 32,768 and panics past that, and a proxy's heads hold a few dozen (Envoy
+/// refuses a request with more than 100).
+pub(crate) const MAX_HEADERS: usize = 1024;
+
+/// The most bytes of header names and values a plugin's local reply may carry (Envoy's
+/// default bound on a request's headers is 60 KiB).
+pub(crate) const MAX_REPLY_HEADER_BYTES: usize = 96 << 10;
+
 fn set_header(
     headers: &mut HeaderMap,
     name: &str,
     value: &[u8],
     append: bool,
+    violation: &mut Option<String>,
 ) -> Result<(), String> {
     let name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("invalid header name {name:?}"))?;
+        .map_err(|_| format!("invalid header name {:?}", clip(name)))?;
     let value = HeaderValue::from_bytes(value).map_err(|_| {
         format!("invalid value for header {name}: control characters are not allowed")
     })?;
+    let grows = append || !headers.contains_key(&name);
+    if grows && headers.len() >= MAX_HEADERS {
+        let why = format!("more than {MAX_HEADERS} headers");
+        *violation = Some(why.clone());
+        return Err(why);
+    }
     if append {
         headers.append(name, value);
     } else {
         headers.insert(name, value);
     }
     Ok(())
+}
+
+/// Checks a local reply against the host's bounds on headers.
+pub(crate) fn check_reply(reply: &types::LocalResponse) -> Result<(), String> {
+    if reply.headers.len() > MAX_HEADERS {
+        return Err(format!(
+            "a local reply with {} headers (at most {MAX_HEADERS})",
+            reply.headers.len()
+        ));
+    }
+    let bytes: usize = reply.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > MAX_REPLY_HEADER_BYTES {
+        return Err(format!(
+            "a local reply with {bytes} bytes of headers (at most {MAX_REPLY_HEADER_BYTES})"
+        ));
+    }
+    Ok(())
+}
+
+/// A name echoed in an error, cut short.
+fn clip(text: &str) -> &str {
+    let mut cut = text.len().min(64);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
@@ -188,11 +232,23 @@ impl request::Host for PluginCtx {
     }
 
     fn set_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
-        set_header(&mut self.request.headers, &name, &value, false)
+        set_header(
+            &mut self.request.headers,
+            &name,
+            &value,
+            false,
+            &mut self.violation,
+        )
     }
 
     fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
-        set_header(&mut self.request.headers, &name, &value, true)
+        set_header(
+            &mut self.request.headers,
+            &name,
+            &value,
+            true,
+            &mut self.violation,
+        )
     }
 
     fn remove_header(&mut self, name: String) {
@@ -238,7 +294,10 @@ impl request::Host for PluginCtx {
     }
 
     fn respond(&mut self, reply: types::LocalResponse) {
-        self.reply = Some(reply);
+        match check_reply(&reply) {
+            Ok(()) => self.reply = Some(reply),
+            Err(why) => self.violation = Some(why),
+        }
     }
 }
 
@@ -260,11 +319,23 @@ impl response::Host for PluginCtx {
     }
 
     fn set_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
-        set_header(&mut self.response.headers, &name, &value, false)
+        set_header(
+            &mut self.response.headers,
+            &name,
+            &value,
+            false,
+            &mut self.violation,
+        )
     }
 
     fn append_header(&mut self, name: String, value: Vec<u8>) -> Result<(), String> {
-        set_header(&mut self.response.headers, &name, &value, true)
+        set_header(
+            &mut self.response.headers,
+            &name,
+            &value,
+            true,
+            &mut self.violation,
+        )
     }
 
     fn remove_header(&mut self, name: String) {
@@ -272,7 +343,10 @@ impl response::Host for PluginCtx {
     }
 
     fn respond(&mut self, reply: types::LocalResponse) {
-        self.reply = Some(reply);
+        match check_reply(&reply) {
+            Ok(()) => self.reply = Some(reply),
+            Err(why) => self.violation = Some(why),
+        }
     }
 }
 

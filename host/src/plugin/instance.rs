@@ -221,6 +221,7 @@ impl Plugin {
             request: RequestHead::default(),
             response: ResponseHead::default(),
             reply: None,
+            violation: None,
             memory: MemoryCap {
                 max_bytes: self.spec.limits.memory_bytes,
                 exceeded: false,
@@ -312,13 +313,22 @@ impl Plugin {
         let start = self.stats.sample().then(Instant::now);
         let result = f(&mut instance.store, &instance.bindings);
         self.stats.call(hook, start.map(|s| s.elapsed()));
-        match result {
-            Ok(r) => {
+        // A bound the plugin passed fails the call; the instance itself is sound and stays.
+        let violation = instance.store.data_mut().violation.take();
+        match (result, violation) {
+            (Ok(_), Some(why)) => {
+                instance.store.data_mut().reply = None;
+                self.pool.lock().push(instance);
+                let failure = Failure::Limit(why);
+                self.note_failure(hook, &failure);
+                Err(failure)
+            }
+            (Ok(r), None) => {
                 self.pool.lock().push(instance);
                 self.note_success();
                 Ok(r)
             }
-            Err(e) => {
+            (Err(e), _) => {
                 // A trapped instance cannot be entered again: drop it.
                 let failure = classify(&e, &instance.store, hook.name());
                 drop(instance);

@@ -1,6 +1,8 @@
 //! A test plugin for the sandbox. By default it is well-behaved: it stamps a header, moves
 //! tagged calls to a subset, and answers `/teapot` locally. The `x-chaos` request header makes
-//! it misbehave in one way: `loop`, `alloc`, `trap` or `panic`.
+//! it misbehave in one way: `loop`, `alloc`, `trap` or `panic`; or, against the host's bounds
+//! on what a plugin may hand it, `headers` (append 30,000 request headers) or `reply-headers`
+//! (answer with 30,000 headers).
 
 use serde::Deserialize;
 use weft_sdk::host::{metrics, state};
@@ -68,7 +70,23 @@ impl Filter for Chaos {
 
     fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
         if let Some(mode) = req.header_str("x-chaos") {
-            misbehave(&mode);
+            match mode.as_str() {
+                "headers" => {
+                    for i in 0..30_000 {
+                        let _ = req.append_header("x-flood", i.to_string());
+                    }
+                }
+                "reply-headers" => {
+                    let mut reply = LocalResponse::text(200, "flood");
+                    for i in 0..30_000 {
+                        reply
+                            .headers
+                            .push(("x-flood".into(), i.to_string().into_bytes()));
+                    }
+                    return RequestAction::Respond(reply);
+                }
+                other => misbehave(other),
+            }
         }
         if req.path() == "/teapot" {
             return RequestAction::Respond(LocalResponse::text(418, "short and stout"));
