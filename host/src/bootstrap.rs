@@ -3,6 +3,7 @@
 //! reads the same (and a fuzzer can drive it).
 
 use crate::identity::PeerAuthMode;
+use crate::proxy::path::Normalization;
 use crate::proxy::{SidecarConfig, Timeouts};
 use crate::snapshot::parse_duration;
 use serde::Deserialize;
@@ -40,6 +41,8 @@ struct Raw {
     mtls: Option<String>,
     #[serde(default)]
     timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    path_normalization: Option<String>,
 }
 
 /// `timeouts` as written: Istio durations; `0s` turns off the optional bounds.
@@ -189,6 +192,16 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
             None
         }
     };
+    let path_normalization = match raw.path_normalization.as_deref() {
+        None => Normalization::default(),
+        Some(text) => Normalization::parse(text).unwrap_or_else(|| {
+            errors.push(format!(
+                "pathNormalization: {:?} is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES",
+                clip(text)
+            ));
+            Normalization::default()
+        }),
+    };
     if raw.snapshot.is_none() && raw.control_plane.is_none() {
         errors.push("give a snapshot file, a controlPlane, or both".into());
     }
@@ -208,6 +221,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.plugin_limits = plugin_limits;
     sidecar.runtime.cache_dir = raw.cache_dir.map(|d| base.join(d));
     sidecar.timeouts = timeouts;
+    sidecar.path_normalization = path_normalization;
     Ok(Bootstrap {
         sidecar,
         snapshot: raw.snapshot,
@@ -264,6 +278,13 @@ mod tests {
             Some(Path::new("/etc/weft/cache"))
         );
         assert_eq!(b.mtls, Some(PeerAuthMode::Strict));
+        assert_eq!(b.sidecar.path_normalization, Normalization::Base);
+        let b = parse(
+            &minimal(r#", "pathNormalization": "MERGE_SLASHES""#),
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(b.sidecar.path_normalization, Normalization::MergeSlashes);
     }
 
     #[test]
@@ -271,7 +292,7 @@ mod tests {
         let err = parse(
             &minimal(
                 r#", "timeouts": {"requestHeaders": "0s", "idle": "1e300s"}, "mtls": "yes",
-                     "pluginDeadline": "0s", "outbound": "nowhere""#,
+                     "pluginDeadline": "0s", "outbound": "nowhere", "pathNormalization": "base""#,
             )
             .replace(r#""outbound": "127.0.0.1:15001","#, ""),
             Path::new("."),
@@ -284,6 +305,7 @@ mod tests {
             "timeouts.idle: invalid duration",
             "mtls: \"yes\" is not STRICT or PERMISSIVE",
             "pluginDeadline: must be above zero",
+            "pathNormalization: \"base\" is not NONE",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }

@@ -434,6 +434,62 @@ async fn authorization_policies_are_enforced_on_the_callers_identity() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_policy_sees_the_normalized_path_and_so_does_the_app() {
+    let mesh = Mesh::new();
+    // PERMISSIVE, so a hostile caller can reach the inbound side directly, with no sidecar of
+    // its own to normalize the path first.
+    let payments = pod(&mesh, "payments", PeerAuthMode::Permissive).await;
+    let no_admin = serde_json::json!({
+        "name": "default/payments-no-admin",
+        "action": "DENY",
+        "rules": [{ "to": [{ "paths": ["/admin*"] }] }],
+    });
+    payments
+        .sidecar
+        .apply(payments_authz("authz-1", serde_json::json!([no_admin])))
+        .await
+        .expect("applies");
+    let direct = |path: &str| {
+        let req = get(payments.sidecar.inbound, path);
+        async move { read(h2_client().request(req).await.expect("answered")).await }
+    };
+    for attack in [
+        "/admin",
+        "/public/../admin",
+        "/./admin",
+        "/%61dmin/users",
+        "/public/%2E%2E/admin",
+        "/../admin",
+    ] {
+        assert_eq!(direct(attack).await.0, StatusCode::FORBIDDEN, "{attack}");
+    }
+    // What cannot be normalized is refused before any policy reads it.
+    for bad in ["/admin%00", "/adm%zzin"] {
+        let (status, _, body) = direct(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body:?}");
+    }
+    assert!(payments.app.seen().is_empty(), "no attack reached the app");
+
+    // The app is sent the path that was authorized.
+    assert_eq!(
+        direct("/public/./data/x/../items?q=/../admin").await.0,
+        StatusCode::OK
+    );
+    // Through a caller's sidecar the same holds: it normalizes before routing.
+    let orders = orders(&mesh, payments.sidecar.inbound).await;
+    assert_eq!(
+        call(orders.outbound, "/public/../admin").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(orders.outbound, "/a/%7Euser/./b").await,
+        StatusCode::OK
+    );
+    let seen: Vec<String> = payments.app.seen().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, ["/public/data/items", "/a/~user/b"]);
+}
+
 /// A payments snapshot whose inbound section is what a PeerAuthentication compiles to.
 fn payments_peer_authn(version: &str, mode: Option<&str>) -> Snapshot {
     let inbound = match mode {

@@ -4,7 +4,7 @@
 use super::body::ProxyBody;
 use super::headers;
 use super::outbound::FORWARDED_HOST;
-use super::{Inputs, Peer, authz, local_response};
+use super::{Inputs, Peer, authz, local_response, path};
 use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -26,6 +26,30 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let m = &inputs.inbound_metrics;
+    // What is authorized is what the app is sent: the path is normalized first, and a path
+    // (or method) Istio would refuse is refused here too, before any policy reads it.
+    let original = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let normalized = match path::normalize(original, inputs.settings.path_normalization) {
+        Ok(p) if path::method_is_upper(req.method()) => p,
+        refused => {
+            let why = match refused {
+                Err(e) => e.to_string(),
+                Ok(_) => "the method is not upper case".to_string(),
+            };
+            tracing::debug!(path = original, "inbound call refused: {why}");
+            peer.count_inbound(&inputs.metrics, false);
+            m.request(400);
+            m.duration.observe(start.elapsed().as_secs_f64());
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                format!("weft: {why}\n"),
+            ));
+        }
+    };
+    let path_only = normalized.split('?').next().unwrap_or("/");
     // Judged against the routes in force, before anything reaches the app; no policy costs one
     // branch.
     let routes = inputs.routes.load();
@@ -33,13 +57,13 @@ pub async fn handle(
         let call = authz::Call {
             principal: peer.principal.as_deref(),
             method: req.method().as_str(),
-            path: req.uri().path(),
+            path: path_only,
         };
         if let authz::Verdict::Deny(policy) = routes.authz.check(&call) {
             tracing::debug!(
                 caller = peer.principal.as_deref().unwrap_or("(unauthenticated)"),
                 method = %req.method(),
-                path = req.uri().path(),
+                path = path_only,
                 policy = policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
                 "inbound call denied"
             );
@@ -51,6 +75,10 @@ pub async fn handle(
         }
     }
     drop(routes);
+    let path_and_query = match normalized {
+        std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
+        std::borrow::Cow::Owned(p) => http::uri::PathAndQuery::from_maybe_shared(p).ok(),
+    };
     peer.count_inbound(&inputs.metrics, true);
     let (mut parts, incoming) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -67,13 +95,8 @@ pub async fn handle(
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
     uri.authority = Some(inputs.settings.app_authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+    uri.path_and_query =
+        Some(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     let Ok(uri) = http::Uri::from_parts(uri) else {
         return Ok(local_response(
             StatusCode::BAD_REQUEST,

@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;
+pub mod path;
 pub mod pool;
 pub mod routes;
 
@@ -118,6 +119,8 @@ pub struct SidecarConfig {
     pub mtls: Option<Mtls>,
     /// Bounds on downstream connections and streams.
     pub timeouts: Timeouts,
+    /// How request paths are normalized before authorization and routing.
+    pub path_normalization: path::Normalization,
 }
 
 impl SidecarConfig {
@@ -138,6 +141,7 @@ impl SidecarConfig {
             plugin_limits: crate::plugin::Limits::default(),
             mtls: None,
             timeouts: Timeouts::default(),
+            path_normalization: path::Normalization::default(),
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Settings {
     pub replay_limit: usize,
     /// Stream bounds (body idle, whole request).
     pub timeouts: Timeouts,
+    /// How request paths are normalized.
+    pub path_normalization: path::Normalization,
 }
 
 /// What every handler shares: the test seams and the state in force.
@@ -359,6 +365,7 @@ impl Sidecar {
                 app_authority: authority_of(config.app),
                 replay_limit: config.replay_limit,
                 timeouts: config.timeouts,
+                path_normalization: config.path_normalization,
             },
             runtime,
             peers,

@@ -128,6 +128,42 @@ pub async fn handle(
     Ok(route(inputs, req, &peer).await)
 }
 
+/// Puts the normalized path into the request's URI; a response when the request is refused.
+fn normalize_uri(
+    parts: &mut http::request::Parts,
+    mode: super::path::Normalization,
+) -> Option<Response<ProxyBody>> {
+    if !super::path::method_is_upper(&parts.method) {
+        return Some(local_response(
+            StatusCode::BAD_REQUEST,
+            "weft: the method is not upper case\n",
+        ));
+    }
+    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let owned = match super::path::normalize(original, mode) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return None,
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => {
+            return Some(local_response(
+                StatusCode::BAD_REQUEST,
+                format!("weft: {e}\n"),
+            ));
+        }
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = PathAndQuery::from_maybe_shared(owned).ok();
+    match http::Uri::from_parts(uri) {
+        Ok(u) => {
+            parts.uri = u;
+            None
+        }
+        Err(_) => Some(local_response(
+            StatusCode::BAD_REQUEST,
+            "weft: invalid request path\n",
+        )),
+    }
+}
+
 async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let start = Instant::now();
     let (mut parts, incoming) = req.into_parts();
@@ -136,6 +172,11 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             StatusCode::NOT_IMPLEMENTED,
             "weft: protocol upgrades (CONNECT, Upgrade) are not supported\n",
         );
+    }
+    // Routes and plugins match the path the destination will authorize: normalized here as
+    // its inbound side will normalize it.
+    if let Some(refused) = normalize_uri(&mut parts, inputs.settings.path_normalization) {
+        return refused;
     }
     let authority = parts
         .uri
