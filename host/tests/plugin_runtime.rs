@@ -511,6 +511,9 @@ fn the_compile_cache_survives_a_restart_and_shrugs_off_corruption() {
     // A corrupted entry is detected and recompiled, never run.
     for entry in std::fs::read_dir(dir.path()).expect("cache dir") {
         let p = entry.expect("entry").path();
+        if p.file_name() == Some(std::ffi::OsStr::new("key")) {
+            continue;
+        }
         let mut data = std::fs::read(&p).expect("read");
         let last = data.len() - 1;
         data[last] ^= 0xff;
@@ -520,6 +523,38 @@ fn the_compile_cache_survives_a_restart_and_shrugs_off_corruption() {
         .load("c", Artifact::File(path), None)
         .expect("recompiles");
     assert!(!third.from_cache);
+    // Entries not authenticated by this host's key (here: written under an older key) are
+    // compiled afresh rather than trusted, however well-formed they are.
+    assert!(
+        runtime(&Registry::new())
+            .load("c", Artifact::File(path), None)
+            .expect("loads")
+            .from_cache
+    );
+    std::fs::remove_file(dir.path().join("key")).expect("drop key");
+    let fourth = runtime(&Registry::new())
+        .load("c", Artifact::File(path), None)
+        .expect("recompiles");
+    assert!(!fourth.from_cache);
+}
+
+#[test]
+fn a_cache_directory_others_can_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let err = PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints))
+        .err()
+        .expect("a world-writable cache directory is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(&dir.path().display().to_string()) && text.contains("writable"),
+        "{text}"
+    );
 }
 
 #[test]

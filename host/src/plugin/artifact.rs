@@ -1,11 +1,12 @@
 //! Artifacts: bytes from a file or memory, checked against an expected sha256, compiled once,
 //! and cached compiled on disk keyed by digest and engine so a restart does not recompile.
 
+use super::cache::DiskCache;
 use super::compiler::{self, ChildOutcome, Compiler};
 use super::engine::PoolSizes;
 use super::error::PluginError;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -60,7 +61,7 @@ pub(crate) fn read(plugin: &str, artifact: Artifact<'_>) -> Result<Vec<u8>, Plug
 pub(crate) struct Compilation<'a> {
     pub engine: &'a Engine,
     pub fingerprint: &'a str,
-    pub cache_dir: Option<&'a Path>,
+    pub disk: Option<&'a DiskCache>,
     pub memory: &'a MemoryCache,
     pub compiler: &'a Compiler,
     pub pool: PoolSizes,
@@ -77,7 +78,7 @@ pub(crate) fn compile(
     let Compilation {
         engine,
         fingerprint,
-        cache_dir,
+        disk,
         memory,
         compiler,
         pool,
@@ -112,9 +113,9 @@ pub(crate) fn compile(
             took: start.elapsed(),
         });
     }
-    let cache_file = cache_dir.map(|d| d.join(format!("{digest}-{fingerprint}.cwasm")));
-    if let Some(path) = &cache_file
-        && let Some(component) = load_cached(engine, path)
+    let cache_name = format!("{digest}-{fingerprint}.cwasm");
+    if let Some(disk) = disk
+        && let Some(component) = load_cached(engine, disk, &cache_name)
     {
         memory.lock().insert(digest.clone(), component.clone());
         return Ok(Compiled {
@@ -152,8 +153,11 @@ pub(crate) fn compile(
         Some(c) => c,
         None => Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?,
     };
-    if let Some(path) = &cache_file {
-        store_cached(&component, path);
+    if let Some(disk) = disk {
+        match component.serialize() {
+            Ok(code) => disk.put(&cache_name, &code),
+            Err(e) => tracing::warn!(plugin, "cannot serialize compiled code: {e:#}"),
+        }
     }
     memory.lock().insert(digest.clone(), component.clone());
     Ok(Compiled {
@@ -169,20 +173,16 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
 }
 
-// Cache files are the serialized component prefixed by its own sha256, written to a temporary
-// name and renamed into place: a torn or corrupted file fails the check and is recompiled
-// rather than handed to `deserialize`, which trusts its input.
-fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
-    let data = std::fs::read(path).ok()?;
-    if data.len() < 32 || Sha256::digest(&data[32..]).as_slice() != &data[..32] {
-        tracing::warn!(path = %path.display(), "compile cache entry is corrupt; recompiling");
-        let _ = std::fs::remove_file(path);
-        return None;
-    }
-    match deserialize_trusted(engine, &data[32..]) {
+/// Compiled code from the disk cache, which hands out only entries this host wrote.
+fn load_cached(engine: &Engine, disk: &DiskCache, name: &str) -> Option<Component> {
+    let code = disk.get(name)?;
+    match deserialize_trusted(engine, &code) {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(path = %path.display(), "compile cache entry unusable ({e:#}); recompiling");
+            tracing::warn!(
+                entry = name,
+                "compile cache entry unusable ({e:#}); recompiling"
+            );
             None
         }
     }
@@ -192,29 +192,12 @@ fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
 /// output of its own `weft plugin precompile` child.
 fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `deserialize` requires bytes produced by wasmtime's serialization for a
-    // compatible engine. Callers pass only (a) a cache file this runtime wrote, whose checksum
-    // matches what `store_cached` recorded, in a directory the proxy owns and named with the
-    // engine fingerprint, or (b) what our own executable's `plugin precompile` wrote to a pipe
+    // compatible engine. Callers pass only (a) a cache entry this host wrote, whose HMAC under
+    // the host's private key checks out, in a directory only the proxy's user can write, named
+    // with the engine fingerprint, or (b) what our own executable's `plugin precompile` wrote to a pipe
     // only we read. wasmtime also checks engine compatibility itself and errors on mismatch.
     #[allow(unsafe_code)]
     unsafe {
         Component::deserialize(engine, code)
-    }
-}
-
-fn store_cached(component: &Component, path: &Path) {
-    let result = (|| -> std::io::Result<()> {
-        let serialized = component.serialize().map_err(std::io::Error::other)?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut data = Sha256::digest(&serialized).to_vec();
-        data.extend_from_slice(&serialized);
-        std::fs::write(&tmp, &data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}");
     }
 }

@@ -68,6 +68,9 @@ pub enum PluginError {
     /// The engine could not be set up.
     #[error("plugin engine: {0}")]
     Engine(String),
+    /// The compile cache directory is unsafe or unusable.
+    #[error(transparent)]
+    Cache(#[from] super::cache::CacheError),
 }
 
 /// How a plugin call failed.

@@ -8,6 +8,7 @@
 
 mod artifact;
 mod bindings;
+mod cache;
 mod chain;
 mod compiler;
 mod engine;
@@ -21,6 +22,7 @@ mod types;
 mod wasi;
 
 pub use artifact::{Artifact, Compiled, sha256_hex};
+pub use cache::CacheError;
 pub use chain::{Chain, ChainSlot};
 pub use compiler::{Compiler, REFUSED as PRECOMPILE_REFUSED, precompile};
 pub use engine::PoolSizes;
@@ -62,7 +64,7 @@ pub struct PluginRuntime {
     linker: Linker<PluginCtx>,
     services: Arc<Services>,
     metrics: RuntimeMetrics,
-    cache_dir: Option<PathBuf>,
+    disk: Option<cache::DiskCache>,
     compiler: Compiler,
     pool: PoolSizes,
     compiled: artifact::MemoryCache,
@@ -76,6 +78,11 @@ impl PluginRuntime {
         registry: &Registry,
         endpoints: Arc<dyn EndpointHealth>,
     ) -> Result<Self, PluginError> {
+        // Refused before anything else: a cache others can write to is code others can run.
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(cache::DiskCache::open(dir)?),
+            None => None,
+        };
         let (engine, pool) = engine::build(config.pool)?;
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| PluginError::Engine(format!("linking the host: {e:#}"));
@@ -101,7 +108,7 @@ impl PluginRuntime {
             linker,
             services,
             metrics,
-            cache_dir: config.cache_dir,
+            disk,
             compiler: config.compiler,
             pool,
             compiled: Mutex::new(HashMap::new()),
@@ -121,7 +128,7 @@ impl PluginRuntime {
         let how = artifact::Compilation {
             engine: &self.engine,
             fingerprint: &self.fingerprint,
-            cache_dir: self.cache_dir.as_deref(),
+            disk: self.disk.as_ref(),
             memory: &self.compiled,
             compiler: &self.compiler,
             pool: self.pool,
