@@ -292,3 +292,47 @@ async fn a_token_cannot_take_another_services_registration_or_aim_the_stats_scra
     );
     drop(cp_proc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_artifact_is_refused_at_push_and_never_stored() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let good = std::fs::read(weft_artifacts::CHAOS_PATH).expect("built");
+
+    // A component's preamble and then nothing a validator accepts.
+    let mut truncated = good[..good.len() / 2].to_vec();
+    truncated.extend_from_slice(b"not the rest");
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/artifacts", truncated).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("artifact refused"), "{body}");
+
+    // A well-formed component that does not implement the contract.
+    let other = std::fs::read(weft_artifacts::NOT_A_FILTER_PATH).expect("built");
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/artifacts", other).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("weft:filter"), "{body}");
+
+    // Nothing refused was kept; a good component is stored under its digest.
+    let stored = || {
+        std::fs::read_dir(data.join("artifacts"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(stored(), 0);
+    let answer = call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/artifacts",
+        Bytes::from(good.clone()),
+    )
+    .await
+    .expect("a good component is stored");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(answer["sha256"], weft::plugin::sha256_hex(&good));
+    assert_eq!(stored(), 1);
+}

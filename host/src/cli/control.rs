@@ -34,6 +34,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.trust_domain = args.trust_domain.clone();
     config.cert_lifetime =
         parse_duration(&args.cert_lifetime).map_err(|e| anyhow::anyhow!("--cert-lifetime: {e}"))?;
+    // Pushed artifacts are compiled to check them; a child keeps a compiler blow-up on a
+    // hostile artifact, and the compiler's memory, out of the control plane.
+    config.compiler = std::env::current_exe()
+        .map(weft::plugin::Compiler::Subprocess)
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -1,6 +1,6 @@
 //! Changes to the mesh: `apply` and `delete` of Istio resources, each validated against the
 //! whole state it would produce, saved, and only then made current and pushed; the listing
-//! `weft get` reads; and the artifact store's uploads.
+//! `weft get` reads.
 
 use super::api::{Body, error, errors, json};
 use super::compile;
@@ -252,19 +252,4 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
         return error(StatusCode::INTERNAL_SERVER_ERROR, refused);
     }
     json(StatusCode::OK, &serde_json::json!({"revision": revision}))
-}
-
-pub(super) fn push_artifact(shared: &Shared, body: &[u8]) -> Response<Body> {
-    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
-    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
-             wasm-tools component new)",
-        );
-    }
-    match shared.store.put_artifact(body) {
-        Ok(d) => json(StatusCode::OK, &serde_json::json!({"sha256": d})),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
 }

@@ -10,6 +10,7 @@
 //! turns the sidecars' Istio metrics into `weft stat`'s rows.
 
 mod api;
+mod artifacts;
 pub mod auth;
 mod changes;
 pub mod channel;

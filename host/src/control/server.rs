@@ -13,6 +13,7 @@
 //! (see [`super::serving`]); clients verify it before sending a token.
 
 use super::api::{self, Body, error, json};
+use super::artifacts;
 use super::auth::{Auth, Caller};
 use super::changes;
 use super::channel::Endpoint;
@@ -54,6 +55,8 @@ pub struct ControlConfig {
     pub cert_lifetime: Duration,
     /// Bounds on the API's connections.
     pub limits: ApiLimits,
+    /// How pushed artifacts are compiled to check them (the `weft` binary uses a child).
+    pub compiler: crate::plugin::Compiler,
 }
 
 /// The namespace of every workload identity: the mesh has no namespaces yet.
@@ -73,6 +76,7 @@ impl ControlConfig {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             cert_lifetime: crate::identity::DEFAULT_LIFETIME,
             limits: ApiLimits::default(),
+            compiler: crate::plugin::Compiler::InProcess,
         }
     }
 }
@@ -138,6 +142,8 @@ pub(super) struct Shared {
     pub(super) data_dir: PathBuf,
     pub(super) trust_domain: String,
     pub(super) cert_lifetime: Duration,
+    /// Checks pushed artifacts; made on the first push.
+    pub(super) checker: artifacts::ArtifactChecker,
 }
 
 /// A running control plane.
@@ -217,6 +223,7 @@ impl ControlPlane {
             data_dir: config.data_dir.clone(),
             trust_domain: config.trust_domain.clone(),
             cert_lifetime: config.cert_lifetime,
+            checker: artifacts::ArtifactChecker::new(config.compiler.clone()),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -498,7 +505,7 @@ async fn handle(
         }
         (Method::POST, ["v1", "artifacts"]) => {
             match api::body_bytes(req, api::MAX_ARTIFACT).await {
-                Ok(b) => changes::push_artifact(&shared, &b),
+                Ok(b) => artifacts::push(&shared, b).await,
                 Err(r) => r,
             }
         }

@@ -157,17 +157,7 @@ impl PluginRuntime {
                 reason: "route names must not be empty".into(),
             });
         }
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
-            plugin: spec.name.clone(),
-            reason: format!("{e:#}"),
-        };
-        // Only the contract and the sandbox's WASI are linked: a component that imports
-        // anything else (a filesystem, sockets) is refused here, naming the import.
-        let pre = self
-            .linker
-            .instantiate_pre(&compiled.component)
-            .map_err(wrong_world)?;
-        let pre = bindings::PluginPre::new(pre).map_err(wrong_world)?;
+        let pre = self.contract(&spec.name, compiled)?;
         let key = self.key(&spec.name);
         let stats = self.metrics.for_plugin(&spec.name);
         let plugin = Plugin::prepare(
@@ -180,6 +170,44 @@ impl PluginRuntime {
             spec,
         )?;
         Ok(Arc::new(plugin))
+    }
+
+    /// Whether `bytes` are a component this runtime would run: it validates and compiles
+    /// (as `load` does, but keeping nothing) and implements the contract. No configuration is
+    /// involved, so a plugin may still refuse its settings when it is prepared.
+    pub fn check(&self, name: &str, bytes: &[u8]) -> Result<String, PluginError> {
+        // A scratch memory cache and no disk cache: a checked artifact is not kept.
+        let scratch = artifact::MemoryCache::default();
+        let how = artifact::Compilation {
+            engine: &self.engine,
+            fingerprint: &self.fingerprint,
+            disk: None,
+            memory: &scratch,
+            compiler: &self.compiler,
+            pool: self.pool,
+        };
+        let compiled = artifact::compile(&how, name, bytes, None)?;
+        self.contract(name, &compiled)?;
+        Ok(compiled.digest)
+    }
+
+    /// Links a compiled component against the contract.
+    fn contract(
+        &self,
+        name: &str,
+        compiled: &Compiled,
+    ) -> Result<bindings::PluginPre<PluginCtx>, PluginError> {
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        // Only the contract and the sandbox's WASI are linked: a component that imports
+        // anything else (a filesystem, sockets) is refused here, naming the import.
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(wrong_world)?;
+        bindings::PluginPre::new(pre).map_err(wrong_world)
     }
 
     /// Loads and prepares in one step.

@@ -1,0 +1,100 @@
+//! The artifact store's uploads: a pushed component is checked the way a sidecar would load
+//! it (validated, compiled, linked against the contract) before it is stored, so a broken
+//! artifact is refused at push rather than by every sidecar that is sent it.
+
+use super::api::{Body, error, json};
+use super::server::Shared;
+use crate::plugin::{Compiler, NoEndpoints, PluginRuntime, PoolSizes, RuntimeConfig};
+use http::{Response, StatusCode};
+use prometheus::Registry;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Checks pushed components with a plugin runtime made on first use (a control plane that
+/// is never pushed to never builds an engine), one check at a time so concurrent pushes
+/// cannot multiply the compiler's memory.
+pub(super) struct ArtifactChecker {
+    compiler: Compiler,
+    runtime: OnceLock<Result<PluginRuntime, String>>,
+    one_at_a_time: Mutex<()>,
+}
+
+impl ArtifactChecker {
+    /// A checker that compiles with `compiler`.
+    pub(super) fn new(compiler: Compiler) -> Self {
+        ArtifactChecker {
+            compiler,
+            runtime: OnceLock::new(),
+            one_at_a_time: Mutex::new(()),
+        }
+    }
+
+    /// `Ok` if a sidecar could load `bytes`; else the reason, in the runtime's words.
+    fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        let runtime = self.runtime.get_or_init(|| {
+            let config = RuntimeConfig {
+                // No instance is ever made here: no pool, so no address space reserved.
+                pool: PoolSizes {
+                    instances: 0,
+                    ..PoolSizes::default()
+                },
+                compiler: self.compiler.clone(),
+                ..RuntimeConfig::default()
+            };
+            PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints))
+                .map_err(|e| e.to_string())
+        });
+        let runtime = runtime
+            .as_ref()
+            .map_err(|e| format!("no plugin runtime to check it with: {e}"))?;
+        let _turn = self
+            .one_at_a_time
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        runtime
+            .check("artifact", bytes)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `POST /v1/artifacts`: stores a component a sidecar can run; answers its sha256.
+pub(super) async fn push(shared: &Arc<Shared>, body: bytes::Bytes) -> Response<Body> {
+    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
+    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
+             wasm-tools component new)",
+        );
+    }
+    let digest = crate::plugin::sha256_hex(&body);
+    // Stored artifacts were checked when they were pushed.
+    if !shared.store.has_artifact(&digest) {
+        let (checking, bytes) = (shared.clone(), body.clone());
+        let checked =
+            match tokio::task::spawn_blocking(move || checking.checker.check(&bytes)).await {
+                Ok(done) => done,
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("checking the artifact failed: {e}"),
+                    );
+                }
+            };
+        if let Err(reason) = checked {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("artifact refused: {reason}"),
+            );
+        }
+        return store(shared, &body);
+    }
+    json(StatusCode::OK, &serde_json::json!({"sha256": digest}))
+}
+
+fn store(shared: &Shared, body: &[u8]) -> Response<Body> {
+    match shared.store.put_artifact(body) {
+        Ok(d) => json(StatusCode::OK, &serde_json::json!({"sha256": d})),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
