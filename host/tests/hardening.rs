@@ -336,3 +336,91 @@ async fn a_broken_artifact_is_refused_at_push_and_never_stored() {
     assert_eq!(answer["sha256"], weft::plugin::sha256_hex(&good));
     assert_eq!(stored(), 1);
 }
+
+/// Serves `body` to every HTTP request on a loopback port until dropped.
+struct OneFile {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OneFile {
+    async fn serve(body: Vec<u8>) -> OneFile {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        OneFile { addr, task }
+    }
+}
+
+impl Drop for OneFile {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_artifact_behind_a_wasm_plugin_url_is_refused_at_apply() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let plugin = |url: String| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: gate }}\n\
+             spec:\n  url: {url}\n"
+        )
+    };
+
+    let other = std::fs::read(weft_artifacts::NOT_A_FILTER_PATH).expect("built");
+    let server = OneFile::serve(other).await;
+    let url = format!("http://{}/gate.wasm", server.addr);
+    let (status, body) = refused(cp, &op, Method::POST, "/v1/apply", plugin(url.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains(&url) && body.contains("artifact refused") && body.contains("weft:filter"),
+        "{body}"
+    );
+    let listed = api(cp, &op, Method::GET, "/v1/resources").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert!(
+        !data.join("artifacts").exists()
+            || std::fs::read_dir(data.join("artifacts"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+    );
+    drop(server);
+
+    // The same resource, once the URL serves a real filter, is applied.
+    let good = std::fs::read(weft_artifacts::CHAOS_PATH).expect("built");
+    let server = OneFile::serve(good).await;
+    let url = format!("http://{}/gate.wasm", server.addr);
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply",
+        Bytes::from(plugin(url)),
+    )
+    .await
+    .expect("a good component behind a URL is applied");
+}

@@ -59,42 +59,49 @@ impl ArtifactChecker {
 
 /// `POST /v1/artifacts`: stores a component a sidecar can run; answers its sha256.
 pub(super) async fn push(shared: &Arc<Shared>, body: bytes::Bytes) -> Response<Body> {
-    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
-    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
-             wasm-tools component new)",
-        );
+    match store_checked(shared, body).await {
+        Ok(digest) => json(StatusCode::OK, &serde_json::json!({"sha256": digest})),
+        Err((status, reason)) => error(status, reason),
     }
-    let digest = crate::plugin::sha256_hex(&body);
-    // Stored artifacts were checked when they were pushed.
-    if !shared.store.has_artifact(&digest) {
-        let (checking, bytes) = (shared.clone(), body.clone());
-        let checked =
-            match tokio::task::spawn_blocking(move || checking.checker.check(&bytes)).await {
-                Ok(done) => done,
-                Err(e) => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("checking the artifact failed: {e}"),
-                    );
-                }
-            };
-        if let Err(reason) = checked {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("artifact refused: {reason}"),
-            );
-        }
-        return store(shared, &body);
-    }
-    json(StatusCode::OK, &serde_json::json!({"sha256": digest}))
 }
 
-fn store(shared: &Shared, body: &[u8]) -> Response<Body> {
-    match shared.store.put_artifact(body) {
-        Ok(d) => json(StatusCode::OK, &serde_json::json!({"sha256": d})),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+/// Checks a component as a sidecar would load it and stores it; returns its sha256, or the
+/// status and reason it was refused with. Stored artifacts were checked when they came in.
+pub(super) async fn store_checked(
+    shared: &Arc<Shared>,
+    body: bytes::Bytes,
+) -> Result<String, (StatusCode, String)> {
+    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
+    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
+             wasm-tools component new)"
+                .into(),
+        ));
     }
+    let digest = crate::plugin::sha256_hex(&body);
+    if shared.store.has_artifact(&digest) {
+        return Ok(digest);
+    }
+    let (checking, bytes) = (shared.clone(), body.clone());
+    match tokio::task::spawn_blocking(move || checking.checker.check(&bytes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("artifact refused: {reason}"),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("checking the artifact failed: {e}"),
+            ));
+        }
+    }
+    shared
+        .store
+        .put_artifact(&body)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

@@ -31,7 +31,7 @@ pub(super) fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> 
 
 /// Downloads `http(s)://` WasmPlugin URLs into the store; returns url → digest.
 async fn fetch_remote(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     docs: &[serde_json::Value],
 ) -> Result<BTreeMap<String, String>, Vec<String>> {
     let mut fetched = BTreeMap::new();
@@ -47,11 +47,12 @@ async fn fetch_remote(
             continue;
         }
         match super::client::download(url).await {
-            Ok(bytes) => match shared.store.put_artifact(&bytes) {
+            // Checked as a push is: a broken download is refused here, not by every sidecar.
+            Ok(bytes) => match super::artifacts::store_checked(shared, bytes.into()).await {
                 Ok(d) => {
                     fetched.insert(url.to_string(), d);
                 }
-                Err(e) => errs.push(format!("{url}: {e}")),
+                Err((_, e)) => errs.push(format!("WasmPlugin url {url}: {e}")),
             },
             Err(e) => errs.push(format!("WasmPlugin url {url}: {e}")),
         }
