@@ -196,7 +196,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         None => Normalization::default(),
         Some(text) => Normalization::parse(text).unwrap_or_else(|| {
             errors.push(format!(
-                "pathNormalization: {:?} is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES",
+                "pathNormalization: {:?} is not NONE, BASE (or DEFAULT), MERGE_SLASHES or DECODE_AND_MERGE_SLASHES",
                 clip(text)
             ));
             Normalization::default()

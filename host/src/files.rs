@@ -60,7 +60,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), WriteEr
     f.write_all(bytes).map_err(at(&tmp))?;
     f.sync_all().map_err(at(&tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(at(path))
+    std::fs::rename(&tmp, path).map_err(at(path))?;
+    // The rename lives in the directory: without this a power loss could bring back the old
+    // file after the caller was told the new one was saved.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ enum PluginCommand {
     Check(plugin_check::Args),
     /// Upload a component to the control plane's artifact store; prints its sha256.
     Push(operator::PushArgs),
-    /// Compile a component (stdin) for a sidecar's engine (stdout); run by the sidecar itself.
+    /// Compile a component (stdin) for a sidecar's engine (stdout); run by the sidecar and the control plane themselves.
     #[command(hide = true)]
     Precompile(plugin_precompile::Args),
 }

@@ -475,8 +475,8 @@ fn split_certs(bytes: &[u8]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// Creates `dir` readable by its owner only: the key's temporary file briefly has the default
-/// mode before it is tightened, and the directory keeps everyone else out meanwhile.
+/// Creates `dir` (or tightens it) readable by its owner only: the keys are 0600 themselves,
+/// and a private directory also hides which keys exist and when they change.
 fn private_dir(dir: &Path) -> Result<(), CaError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     #[cfg(unix)]

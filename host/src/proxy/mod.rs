@@ -73,8 +73,9 @@ pub struct Timeouts {
     pub connection: crate::conn::Limits,
     /// Longest wait for the next piece of a request or response body, either way.
     pub stream_idle: Duration,
-    /// Longest time to receive a whole request (head and body); none for no bound, as in
-    /// Envoy, because streaming calls may last as long as they like.
+    /// Longest time, from the request's head reaching the proxy, for the rest of its body to
+    /// arrive; none for no bound, as in Envoy, because streaming calls may last as long as
+    /// they like. (The head itself is bounded by the connection's request-headers timeout.)
     pub request: Option<Duration>,
 }
 
