@@ -63,7 +63,7 @@ pub(crate) fn compile_in_child(exe: &PathBuf, pool: PoolSizes, wasm: &[u8]) -> C
             let _ = s.write_all(&input);
         }
     });
-    let output = child.wait_with_output();
+    let output = wait_bounded(child, COMPILE_TIMEOUT);
     let _ = writer.join();
     match output {
         Ok(out) if out.status.success() => ChildOutcome::Compiled(out.stdout),
@@ -77,6 +77,69 @@ pub(crate) fn compile_in_child(exe: &PathBuf, pool: PoolSizes, wasm: &[u8]) -> C
         )),
         Err(e) => ChildOutcome::Unavailable(format!("waiting for the compiler process: {e}")),
     }
+}
+
+/// Longest a child compile may take: a component that would take longer (or a compiler that
+/// hangs on it) is refused rather than holding up every load behind it.
+pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `wait_with_output`, but the child is killed once `limit` has passed.
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    // Drained from threads so a child writing a lot never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    // Polled from 1 ms up to 50 ms: a quick compile is not made to wait for a long tick.
+    let mut tick = std::time::Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(std::process::Output {
+                status: timed_out_status(),
+                stdout: Vec::new(),
+                stderr: format!("compiling took longer than {limit:?}; stopped").into_bytes(),
+            });
+        }
+        std::thread::sleep(tick);
+        tick = (tick * 2).min(std::time::Duration::from_millis(50));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// The status of a child stopped for taking too long: refused, as the compiler refuses.
+fn timed_out_status() -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::ExitStatus::from_raw(REFUSED << 8)
 }
 
 /// The exit code of a child whose artifact the compiler refused.
@@ -101,4 +164,40 @@ pub fn precompile(
         .write_all(&code)
         .and_then(|()| output.flush())
         .map_err(|e| format!("writing the compiled code: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_child_past_its_time_is_stopped_and_refused() {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sleep runs");
+        let started = Instant::now();
+        let out = wait_bounded(child, Duration::from_millis(200)).expect("waits");
+        assert_eq!(out.status.code(), Some(REFUSED));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("longer than"));
+        // Stopped, not waited out (30 s).
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_quick_child_is_read_whole() {
+        let child = Command::new("sh")
+            .args(["-c", "head -c 200000 /dev/zero; echo done >&2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        let out = wait_bounded(child, Duration::from_secs(60)).expect("waits");
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 200_000);
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "done");
+    }
 }
