@@ -506,14 +506,34 @@ async fn a_plugin_swap_under_load_fails_nothing_and_bad_plugins_are_refused() {
         text(&out)
     );
 
-    // A component that traps in configure: every sidecar NACKs with the reason and keeps
-    // serving what it had.
+    // A stored component that traps in configure: the control plane configures it as a
+    // sidecar would, so the apply is refused naming the field, and no sidecar is sent it.
     let trap = write(
         dir,
         "trap.yaml",
         &wasm_plugin(
             "chaos-gate",
             &chaos,
+            "  pluginConfig: { tag: t, configure: trap }\n",
+        ),
+    );
+    let out = weft(cp, data, &["apply", "-f", trap.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("(WasmPlugin chaos-gate): spec.pluginConfig: plugin \"chaos-gate\""),
+        "{}",
+        text(&out)
+    );
+    converged(cp, op, 3, Duration::from_secs(5)).await;
+
+    // The same from a file on the sidecars' host, which the control plane cannot read: every
+    // sidecar NACKs with the reason and keeps serving what it had.
+    let trap = write(
+        dir,
+        "trap-file.yaml",
+        &wasm_plugin(
+            "chaos-gate",
+            &format!("file://{}", weft_artifacts::CHAOS_PATH),
             "  pluginConfig: { tag: t, configure: trap }\n",
         ),
     );

@@ -4,58 +4,8 @@
 
 use super::api::{Body, error, json};
 use super::server::Shared;
-use crate::plugin::{Compiler, NoEndpoints, PluginRuntime, PoolSizes, RuntimeConfig};
 use http::{Response, StatusCode};
-use prometheus::Registry;
-use std::sync::{Arc, Mutex, OnceLock};
-
-/// Checks pushed components with a plugin runtime made on first use (a control plane that
-/// is never pushed to never builds an engine), one check at a time so concurrent pushes
-/// cannot multiply the compiler's memory.
-pub(super) struct ArtifactChecker {
-    compiler: Compiler,
-    runtime: OnceLock<Result<PluginRuntime, String>>,
-    one_at_a_time: Mutex<()>,
-}
-
-impl ArtifactChecker {
-    /// A checker that compiles with `compiler`.
-    pub(super) fn new(compiler: Compiler) -> Self {
-        ArtifactChecker {
-            compiler,
-            runtime: OnceLock::new(),
-            one_at_a_time: Mutex::new(()),
-        }
-    }
-
-    /// `Ok` if a sidecar could load `bytes`; else the reason, in the runtime's words.
-    fn check(&self, bytes: &[u8]) -> Result<(), String> {
-        let runtime = self.runtime.get_or_init(|| {
-            let config = RuntimeConfig {
-                // No instance is ever made here: no pool, so no address space reserved.
-                pool: PoolSizes {
-                    instances: 0,
-                    ..PoolSizes::default()
-                },
-                compiler: self.compiler.clone(),
-                ..RuntimeConfig::default()
-            };
-            PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints))
-                .map_err(|e| e.to_string())
-        });
-        let runtime = runtime
-            .as_ref()
-            .map_err(|e| format!("no plugin runtime to check it with: {e}"))?;
-        let _turn = self
-            .one_at_a_time
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        runtime
-            .check("artifact", bytes)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-}
+use std::sync::Arc;
 
 /// `POST /v1/artifacts`: stores a component a sidecar can run; answers its sha256.
 pub(super) async fn push(shared: &Arc<Shared>, body: bytes::Bytes) -> Response<Body> {

@@ -4,6 +4,7 @@
 
 use super::api::{Body, error, errors, json};
 use super::compile;
+use super::configs;
 use super::istio::{self, Kind, Resource};
 use super::registry::push;
 use super::server::{Mesh, Shared, now_ms};
@@ -64,6 +65,61 @@ async fn fetch_remote(
     }
 }
 
+/// Has each plugin configure itself with every configuration the resources give it, as the
+/// sidecars will: a configuration a plugin refuses is refused here, naming the field, and
+/// never reaches a sidecar.
+async fn judge_configs(
+    shared: &Arc<Shared>,
+    parsed: &[Resource],
+    fetched: &BTreeMap<String, String>,
+) -> Result<(), Vec<String>> {
+    let known = shared.mesh.lock().state.fetched.clone();
+    let digest_of = |url: &str| fetched.get(url).or_else(|| known.get(url)).cloned();
+    let uses: Vec<configs::Use> = parsed
+        .iter()
+        .flat_map(|r| configs::of(r, &digest_of))
+        .collect();
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let judging = shared.clone();
+    let judged = tokio::task::spawn_blocking(move || {
+        // Several fields may give a plugin the same configuration: it is judged once.
+        let mut verdicts: BTreeMap<(configs::Code, String, String), Result<(), String>> =
+            BTreeMap::new();
+        let mut errors = Vec::new();
+        for u in uses {
+            let verdict = verdicts
+                .entry((u.code.clone(), u.name.clone(), u.config.clone()))
+                .or_insert_with(|| {
+                    let bytes = match &u.code {
+                        configs::Code::Builtin(name) => {
+                            crate::snapshot::builtin_bytes(name).map(<[u8]>::to_vec)
+                        }
+                        // A digest the store lacks is validation's to report.
+                        configs::Code::Stored(digest) => judging.store.artifact(digest),
+                    };
+                    match bytes {
+                        Some(bytes) => judging.checker.configure(&u.name, &bytes, &u.config),
+                        None => Ok(()),
+                    }
+                });
+            if let Err(reason) = verdict {
+                errors.push(configs::at_field(&u.at, reason));
+            }
+        }
+        errors
+    })
+    .await;
+    match judged {
+        Ok(errors) if errors.is_empty() => Ok(()),
+        Ok(errors) => Err(errors),
+        Err(e) => Err(vec![format!(
+            "judging the plugin configurations failed: {e}"
+        )]),
+    }
+}
+
 /// Stored documents with fetched URLs replaced by their digests, as the compiler reads them.
 fn resolved(doc: &serde_json::Value, fetched: &BTreeMap<String, String>) -> serde_json::Value {
     let mut doc = doc.clone();
@@ -91,6 +147,9 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         Ok(f) => f,
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
+    if let Err(e) = judge_configs(shared, &parsed, &fetched).await {
+        return errors(StatusCode::BAD_REQUEST, e);
+    }
     let mut mesh = shared.mesh.lock();
     let mut next = mesh.state.clone();
     next.fetched.extend(fetched);

@@ -885,7 +885,7 @@ fn default_retry() -> Value {
 }
 
 /// The retry plugin's configuration for one entry; none when retries are off.
-fn entry_retry(entry: &HttpRoute) -> Option<Value> {
+pub(super) fn entry_retry(entry: &HttpRoute) -> Option<Value> {
     let Some(r) = &entry.retries else {
         return Some(default_retry());
     };
@@ -924,7 +924,11 @@ fn service_timeout(vs: &VirtualService) -> Option<String> {
 
 /// The canary's configuration for `service`; none when it would change nothing, unless it
 /// must run anyway (`names_routes`: a scoped plugin needs the route it names).
-fn canary_config(service: &str, vs: &VirtualService, names_routes: bool) -> Option<Value> {
+pub(super) fn canary_config(
+    service: &str,
+    vs: &VirtualService,
+    names_routes: bool,
+) -> Option<Value> {
     let short = |host: &str| service_of_host(host).unwrap_or(host).to_string();
     if !names_routes
         && let [entry] = vs.http.as_slice()

@@ -17,6 +17,7 @@ use super::artifacts;
 use super::auth::{Auth, Caller};
 use super::changes;
 use super::channel::Endpoint;
+use super::checker;
 use super::issuer::{self, CaStep};
 use super::istio::Resource;
 use super::registry::{self, Conn};
@@ -143,7 +144,7 @@ pub(super) struct Shared {
     pub(super) trust_domain: String,
     pub(super) cert_lifetime: Duration,
     /// Checks pushed artifacts; made on the first push.
-    pub(super) checker: artifacts::ArtifactChecker,
+    pub(super) checker: checker::PluginChecker,
 }
 
 /// A running control plane.
@@ -223,7 +224,7 @@ impl ControlPlane {
             data_dir: config.data_dir.clone(),
             trust_domain: config.trust_domain.clone(),
             cert_lifetime: config.cert_lifetime,
-            checker: artifacts::ArtifactChecker::new(config.compiler.clone()),
+            checker: checker::PluginChecker::new(config.compiler.clone()),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
