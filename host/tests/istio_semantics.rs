@@ -137,3 +137,102 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
     let after = converged(cp, &op, 3, Duration::from_secs(10)).await;
     assert_ne!(after, before);
 }
+
+/// A VirtualService for `payments` whose entries each carry their own policy.
+const PER_ROUTE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - name: jason
+    match: [{ headers: { end-user: { exact: jason } } }]
+    fault: { abort: { httpStatus: 418, percentage: { value: 100 } } }
+    route: [{ destination: { host: payments } }]
+  - name: writes
+    match: [{ method: { exact: POST } }]
+    retries: { attempts: 0 }
+    route: [{ destination: { host: payments } }]
+  - name: slow
+    match: [{ uri: { prefix: /slow } }]
+    timeout: 300ms
+    retries: { attempts: 0 }
+    route: [{ destination: { host: payments } }]
+  - route: [{ destination: { host: payments } }]
+    retries: { attempts: 3, retryOn: 5xx }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let cp_proc = control(&data, "127.0.0.1:0");
+    let cp = cp_proc.addr("api");
+    let op = token(&data);
+    let (pay, ord) = (
+        service_token(cp, &op, "payments").await,
+        service_token(cp, &op, "orders").await,
+    );
+    let app = App::start("payments").await;
+    let _p = sidecar(
+        dir.path(),
+        cp,
+        &pay,
+        "payments",
+        &[("version", "v1")],
+        app.addr,
+    );
+    let orders = sidecar(
+        dir.path(),
+        cp,
+        &ord,
+        "orders",
+        &[("version", "v1")],
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+    );
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply?source=routes.yaml",
+        Bytes::from(PER_ROUTE),
+    )
+    .await
+    .expect("applies");
+    converged(cp, &op, 2, Duration::from_secs(10)).await;
+    let to = orders.addr("outbound");
+    let client = h1_client();
+    let send = |method: Method, path: &str, headers: &[(&str, &str)]| {
+        let mut req = support::get(to, path, headers);
+        *req.method_mut() = method;
+        client.request(req)
+    };
+    let status = |r: Result<http::Response<hyper::body::Incoming>, _>| async move {
+        let (status, _, _) = read(r.expect("answered")).await;
+        status
+    };
+
+    // Fault injection for jason only (Istio's Bookinfo task): everyone else goes through.
+    let jason = status(send(Method::GET, "/", &[("end-user", "jason")]).await).await;
+    assert_eq!(jason, StatusCode::IM_A_TEAPOT);
+    let others = status(send(Method::GET, "/", &[("end-user", "mary")]).await).await;
+    assert_eq!(others, StatusCode::OK);
+    assert_eq!(app.seen().len(), 1, "jason's call never reached the app");
+
+    // Retries per route: the default route retries a 503 three times; POSTs never do.
+    let seen = app.seen().len();
+    let got = status(send(Method::GET, "/status/503", &[]).await).await;
+    assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.seen().len() - seen, 4, "1 try and 3 retries");
+    let seen = app.seen().len();
+    let got = status(send(Method::POST, "/status/503", &[]).await).await;
+    assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.seen().len() - seen, 1, "attempts: 0 on the POST route");
+
+    // Timeouts per route: /slow is bounded at 300 ms; a POST (another route, none) waits.
+    let got = status(send(Method::GET, "/slow/2000", &[]).await).await;
+    assert_eq!(got, StatusCode::GATEWAY_TIMEOUT);
+    let got = status(send(Method::POST, "/slow/600", &[]).await).await;
+    assert_eq!(got, StatusCode::OK, "the writes route has no timeout");
+}

@@ -5,30 +5,36 @@
 //!
 //! - `subsets` are its DestinationRule's; `endpoints` its registered workloads (address and
 //!   labels, each workload carrying `app: <its service>` unless it says otherwise);
-//! - `timeout` is its VirtualService's: the one `http` entry's, or the longest of several (each
-//!   entry's own also goes into its canary entry, so a shorter one still holds); `0s` is none;
+//! - `timeout` is its VirtualService's when every `http` entry has the same (`0s` and absent
+//!   are both none); otherwise none, and each entry's own goes into its canary entry, so it
+//!   holds for exactly the calls that entry matches (see `route_policies`);
 //! - `loadBalancer` is its DestinationRule's `trafficPolicy.loadBalancer.simple`
 //!   (`LEAST_REQUEST`/`UNSPECIFIED` → `leastRequest`, `ROUND_ROBIN` → `roundRobin`,
 //!   `RANDOM` → `random`);
 //! - the plugin chain, in this order:
 //!   1. WasmPlugins of phase `AUTHN`, then `AUTHZ` (within a phase: higher `priority` first,
 //!      then by name, then namespace);
-//!   2. `fault`, when an `http` entry has one (Weft has one fault per service: the first);
+//!   2. `fault`, when every `http` entry has the same one;
 //!   3. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
 //!      none without a VirtualService, nor when its one entry sends everything, unmatched and
-//!      unsplit, to the service itself (it would change nothing) — unless a route-scoped
-//!      WasmPlugin needs that entry's name;
-//!   4. route-scoped WasmPlugins (annotation `weft.io/routes`), whatever their phase: they
+//!      unsplit, to the service itself (it would change nothing) — unless a plugin scoped to
+//!      routes needs that entry's name; when any is, every entry is named (its own name, or
+//!      `#<index>`);
+//!   4. `fault@<route>`, one per distinct fault when entries differ, scoped to the routes that
+//!      have it;
+//!   5. route-scoped WasmPlugins (annotation `weft.io/routes`), whatever their phase: they
 //!      need the route the canary names, so they come right after it (among themselves in
 //!      phase, then priority order);
-//!   5. `retry`: the first entry's `retries`; Istio's default policy (2 attempts, connect
-//!      failures and refused streams) when it has none, as Istio gives every route, a service's
-//!      default route included; none when `attempts` is 0 or absent, as Istio turns retries off;
-//!   6. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
-//!   7. WasmPlugins of phase `STATS`;
-//!   8. `telemetry`, always;
-//!   9. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
-//!      the router.
+//!   6. `retry`: each entry's `retries`; Istio's default policy (2 attempts, connect failures
+//!      and refused streams) for an entry with none, as Istio gives every route, a service's
+//!      default route included; none for an entry whose `attempts` is 0 or absent, as Istio
+//!      turns retries off. One plugin when every entry agrees, else `retry@<route>` per
+//!      distinct policy, scoped to its routes;
+//!   7. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
+//!   8. WasmPlugins of phase `STATS`;
+//!   9. `telemetry`, always;
+//!   10. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
+//!       the router.
 //!
 //! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
 //! workload's labels (or it has no selector), and only the chain of the services its
@@ -67,8 +73,9 @@ use super::istio::{
     PeerAuthnScope, Phase, ROUTES_PATH, Resource, Spec, VirtualService, WasmPlugin, WasmSource,
     service_of_host,
 };
+use super::route_policies::{RoutePolicies, route_name};
 use crate::plugin::FailStrategy;
-use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot, parse_duration};
+use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot};
 
 /// The names the built-in plugins take in a chain; a WasmPlugin with one of them is a new
 /// build of that built-in and takes its place.
@@ -279,15 +286,6 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
             ));
         }
     }
-    for (r, vs) in &catalog.virtual_service_list {
-        let policies = HttpPolicies::of(vs);
-        warnings.extend(
-            policies
-                .warnings
-                .iter()
-                .map(|w| format!("{}: {w}", r.origin())),
-        );
-    }
 
     // The WasmPlugins this sidecar runs, in chain order within each phase.
     let labels = me.effective_labels();
@@ -347,19 +345,17 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         plugins.extend(wasm(Phase::Authz));
         match vs {
             Some((_, vs)) => {
-                let policies = HttpPolicies::of(vs);
-                if let Some(config) = policies.fault {
-                    plugins.push(builtin("fault", config));
-                }
+                let policies = RoutePolicies::of(vs);
+                plugins.extend(policies.before_canary);
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.
-                if let Some(config) = canary_config(service, vs, !scoped.is_empty()) {
+                let names_routes = policies.names_routes || !scoped.is_empty();
+                if let Some(config) = canary_config(service, vs, names_routes) {
                     plugins.push(builtin("canary", config));
+                    plugins.extend(policies.scoped_faults);
                     plugins.extend(scoped.iter().cloned());
                 }
-                if let Some(config) = policies.retry {
-                    plugins.push(builtin("retry", config));
-                }
+                plugins.extend(policies.retries);
             }
             None => plugins.push(builtin("retry", default_retry())),
         }
@@ -404,7 +400,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         endpoints.dedup();
 
         let compiled = Service {
-            timeout: vs.and_then(|(_, vs)| service_timeout(vs)),
+            timeout: vs.and_then(|(_, vs)| RoutePolicies::of(vs).service_timeout),
             subsets: dr
                 .map(|(_, d)| {
                     d.subsets
@@ -472,31 +468,35 @@ fn peer_authentication(
 /// retry runs the new build under the same VirtualService settings. Without the built-in in
 /// the chain, the build goes just before telemetry.
 fn replace_builtin(plugins: &mut Vec<PluginRef>, build: &PluginRef) {
-    match plugins
+    // Every slot of that built-in: one per distinct route policy when routes differ, each
+    // keeping its name and routes and taking the new build's code.
+    let mut replaced = false;
+    for slot in plugins
         .iter_mut()
-        .find(|p| p.builtin.as_deref() == Some(build.name.as_str()))
+        .filter(|p| p.builtin.as_deref() == Some(build.name.as_str()))
     {
-        Some(slot) => {
-            let mut config = slot.config.clone();
-            if let (Some(base), Some(extra)) = (config.as_object_mut(), build.config.as_object()) {
-                for (k, v) in extra {
-                    base.insert(k.clone(), v.clone());
-                }
-            } else if !build.config.is_null() {
-                config = build.config.clone();
+        let mut config = slot.config.clone();
+        if let (Some(base), Some(extra)) = (config.as_object_mut(), build.config.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
             }
-            *slot = PluginRef {
-                config,
-                ..build.clone()
-            };
+        } else if !build.config.is_null() {
+            config = build.config.clone();
         }
-        None => {
-            let at = plugins
-                .iter()
-                .position(|p| p.builtin.as_deref() == Some("telemetry"))
-                .unwrap_or(plugins.len());
-            plugins.insert(at, build.clone());
-        }
+        *slot = PluginRef {
+            name: slot.name.clone(),
+            routes: std::mem::take(&mut slot.routes),
+            config,
+            ..build.clone()
+        };
+        replaced = true;
+    }
+    if !replaced {
+        let at = plugins
+            .iter()
+            .position(|p| p.builtin.as_deref() == Some("telemetry"))
+            .unwrap_or(plugins.len());
+        plugins.insert(at, build.clone());
     }
 }
 
@@ -740,13 +740,16 @@ fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<St
             }
         }
     }
-    let policies = HttpPolicies::of(vs);
-    warnings.extend(
-        policies
-            .warnings
-            .into_iter()
-            .map(|w| format!("{origin}: {w}")),
-    );
+    for (i, entry) in vs.http.iter().enumerate() {
+        if let Some(r) = &entry.retries
+            && r.attempts.unwrap_or(0) == 0
+            && (r.per_try_timeout.is_some() || r.retry_on.is_some())
+        {
+            warnings.push(format!(
+                "{origin}: spec.http[{i}].retries: attempts is 0 or absent, so retries are off (as in Istio) and perTryTimeout and retryOn have no effect"
+            ));
+        }
+    }
 }
 
 fn warn_authorization_policy(r: &Resource, ap: &AuthorizationPolicy, warnings: &mut Vec<String>) {
@@ -810,76 +813,6 @@ fn warn_destination_rule(r: &Resource, dr: &DestinationRule, warnings: &mut Vec<
 
 /// What a VirtualService's `http` entries give the chain-wide plugins, which have one
 /// configuration per service where Istio has one per route.
-struct HttpPolicies {
-    fault: Option<Value>,
-    retry: Option<Value>,
-    /// Each `path: message`, without the resource.
-    warnings: Vec<String>,
-}
-
-impl HttpPolicies {
-    fn of(vs: &VirtualService) -> HttpPolicies {
-        let mut warnings = Vec::new();
-
-        let retries: Vec<Option<Value>> = vs.http.iter().map(entry_retry).collect();
-        for (i, entry) in vs.http.iter().enumerate() {
-            if let Some(r) = &entry.retries
-                && r.attempts.unwrap_or(0) == 0
-                && (r.per_try_timeout.is_some() || r.retry_on.is_some())
-            {
-                warnings.push(format!(
-                    "spec.http[{i}].retries: attempts is 0 or absent, so retries are off (as in Istio) and perTryTimeout and retryOn have no effect"
-                ));
-            }
-            if i > 0 && retries[i] != retries[0] {
-                warnings.push(format!(
-                    "spec.http[{i}].retries: ignored: Weft has one retry policy per service and uses spec.http[0]'s"
-                ));
-            }
-        }
-
-        let faults: Vec<Option<Value>> = vs
-            .http
-            .iter()
-            .map(|e| e.fault.as_ref().map(|f| f.to_config()))
-            .collect();
-        let first = faults.iter().position(Option::is_some);
-        if let Some(k) = first {
-            for (i, f) in faults.iter().enumerate() {
-                if i == k || *f == faults[k] {
-                    continue;
-                }
-                warnings.push(match f {
-                    Some(_) => format!(
-                        "spec.http[{i}].fault: ignored: Weft has one fault per service and uses spec.http[{k}]'s"
-                    ),
-                    None => format!(
-                        "spec.http[{i}]: has no fault, but spec.http[{k}]'s applies to its calls too: Weft has one fault per service"
-                    ),
-                });
-            }
-        }
-
-        if vs.http.len() > 1
-            && let Some(longest) = service_timeout(vs)
-        {
-            for (i, entry) in vs.http.iter().enumerate() {
-                if !has_timeout(entry) {
-                    warnings.push(format!(
-                        "spec.http[{i}]: has no timeout, so the service's applies: {longest}, the longest of its entries' (Istio would set none)"
-                    ));
-                }
-            }
-        }
-
-        HttpPolicies {
-            fault: first.and_then(|k| faults[k].clone()),
-            retry: retries.first().cloned().flatten(),
-            warnings,
-        }
-    }
-}
-
 fn default_retry() -> Value {
     json!({ "attempts": DEFAULT_RETRY_ATTEMPTS, "retryOn": DEFAULT_RETRY_ON })
 }
@@ -899,27 +832,6 @@ pub(super) fn entry_retry(entry: &HttpRoute) -> Option<Value> {
         config.insert("retryOn".into(), Value::from(on.as_str()));
     }
     Some(Value::Object(config))
-}
-
-fn has_timeout(entry: &HttpRoute) -> bool {
-    entry
-        .timeout
-        .as_deref()
-        .and_then(|t| parse_duration(t).ok())
-        .is_some_and(|d| !d.is_zero())
-}
-
-/// The service's timeout: the longest of its entries' (the one entry's, when one); `0s` is none.
-fn service_timeout(vs: &VirtualService) -> Option<String> {
-    vs.http
-        .iter()
-        .filter_map(|e| e.timeout.as_ref())
-        .filter_map(|t| {
-            let d = parse_duration(t).ok().filter(|d| !d.is_zero())?;
-            Some((d, t))
-        })
-        .max_by_key(|(d, _)| *d)
-        .map(|(_, t)| t.clone())
 }
 
 /// The canary's configuration for `service`; none when it would change nothing, unless it
@@ -942,9 +854,13 @@ pub(super) fn canary_config(
     let entries: Vec<Value> = vs
         .http
         .iter()
-        .map(|entry| {
+        .enumerate()
+        .map(|(i, entry)| {
             let mut out = Map::new();
-            if let Some(name) = &entry.name {
+            // Plugins scoped to routes need every route named, the unnamed ones too.
+            if names_routes {
+                out.insert("name".into(), Value::from(route_name(entry, i)));
+            } else if let Some(name) = &entry.name {
                 out.insert("name".into(), Value::from(name.as_str()));
             }
             if !entry.matches.is_empty() {
@@ -977,7 +893,7 @@ pub(super) fn canary_config(
     Some(json!({ "host": service, "http": entries }))
 }
 
-fn builtin(name: &str, config: Value) -> PluginRef {
+pub(super) fn builtin(name: &str, config: Value) -> PluginRef {
     PluginRef {
         name: name.to_string(),
         builtin: Some(name.to_string()),
@@ -1329,10 +1245,7 @@ spec:
             "(VirtualService payments): spec.gateways: ignored: Weft has no gateways, so these routes apply to every sidecar, where Istio would apply them only at edge",
             "(VirtualService payments): spec.exportTo: ignored",
             "spec.http[1].retries: attempts is 0 or absent, so retries are off",
-            "spec.http[1].retries: ignored: Weft has one retry policy per service and uses spec.http[0]'s",
-            "spec.http[1].fault: ignored: Weft has one fault per service and uses spec.http[0]'s",
             "spec.http[1].fault.delay: no percentage, so it never applies (as in Istio)",
-            "spec.http[1]: has no timeout, so the service's applies: 2s",
             "(DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is Istio's deprecated name",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
@@ -1348,8 +1261,8 @@ spec:
         let snapshot = snapshot_for(&resources, &mesh(), &me);
         let payments = &snapshot.services["payments"];
         assert_eq!(payments.load_balancer.as_deref(), Some("roundRobin"));
-        // The longest entry timeout bounds the service; each entry keeps its own.
-        assert_eq!(payments.timeout.as_deref(), Some("6s"));
+        // Entries with different timeouts: none for the service, each entry keeps its own.
+        assert_eq!(payments.timeout, None);
         assert_eq!(
             chain(&snapshot, "payments"),
             [
@@ -1709,7 +1622,42 @@ spec:
     }
 
     #[test]
-    fn one_fault_per_service_the_first_given() {
+    fn a_new_build_of_retry_replaces_every_route_scoped_retry() {
+        let hex = "ab".repeat(32);
+        let text = format!(
+            "{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: payments }}
+spec:
+  hosts: [payments]
+  http:
+  - match: [{{ method: {{ exact: POST }} }}]
+    retries: {{ attempts: 1, retryOn: reset }}
+    route: [{{ destination: {{ host: payments }} }}]
+  - route: [{{ destination: {{ host: payments }} }}]
+    retries: {{ attempts: 3, retryOn: 5xx }}
+",
+            wasm_doc(
+                "retry",
+                &format!("  url: sha256:{hex}\n  pluginConfig: {{ attemptCountHeader: x-n }}\n")
+            )
+        );
+        let s = snapshot_for(&parse(&text), &[], &workload("orders", "", "127.0.0.1:1"));
+        assert_eq!(
+            chain(&s, "payments"),
+            ["canary", "retry@#0", "retry@#1", "telemetry"]
+        );
+        for (name, route, attempts) in [("retry@#0", "#0", 1), ("retry@#1", "#1", 3)] {
+            let p = plugin(&s, "payments", name);
+            assert_eq!(p.artifact.as_deref(), Some(hex.as_str()), "{name}");
+            assert_eq!(p.routes, [route]);
+            assert_eq!(p.config["attempts"], attempts);
+            assert_eq!(p.config["attemptCountHeader"], "x-n");
+        }
+    }
+
+    #[test]
+    fn a_fault_applies_only_to_the_routes_that_have_it() {
         let text = "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: { name: payments }
@@ -1722,20 +1670,22 @@ spec:
     fault: { abort: { httpStatus: 503, percentage: { value: 50 } } }
 ";
         let resources = parse(text);
-        let all = validate_warnings(&resources);
-        assert!(
-            all.contains("spec.http[0]: has no fault, but spec.http[1]'s applies to its calls too"),
-            "{all}"
-        );
+        assert_eq!(validate_warnings(&resources), "");
         let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
         assert_eq!(
             chain(&s, "payments"),
-            ["fault", "canary", "retry", "telemetry"]
+            ["canary", "fault@#1", "retry", "telemetry"]
         );
+        let fault = plugin(&s, "payments", "fault@#1");
+        assert_eq!(fault.routes, ["#1"]);
         assert_eq!(
-            plugin(&s, "payments", "fault").config,
+            fault.config,
             json!({"abort": {"httpStatus": 503, "percentage": {"value": 50.0}}})
         );
+        // The canary names both routes, so the host knows which one each call took.
+        let canary = &plugin(&s, "payments", "canary").config;
+        assert_eq!(canary["http"][0]["name"], "#0");
+        assert_eq!(canary["http"][1]["name"], "#1");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod configs;
 mod issuer;
 pub mod istio;
 mod registry;
+mod route_policies;
 pub mod server;
 pub mod serving;
 pub mod stats;

@@ -317,7 +317,6 @@ impl http_body::Body for Stall {
     }
 }
 
-/// An HTTP/1.1 client.
 /// A GET of `path` to `payments` through the listener at `to`, with extra `headers`.
 pub fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
     let mut b = Request::builder()
@@ -329,6 +328,7 @@ pub fn get(to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Body
     b.body(full("")).expect("request")
 }
 
+/// An HTTP/1.1 client.
 pub fn h1_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }

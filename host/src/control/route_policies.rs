@@ -1,0 +1,181 @@
+//! Per-route policies: each VirtualService `http` entry's `retries`, `fault` and `timeout`
+//! apply to exactly the calls that entry matches, as in Istio.
+//!
+//! The built-in plugins stay where each policy lives; what changes is their scope. When every
+//! entry of a service has the same policy (the common case: one entry), one plugin serves
+//! every call, as before, at no extra cost. When entries differ, the canary names the route
+//! each call took (every entry gets a name: its own, or `#<index>`), and one instance of the
+//! plugin runs per distinct configuration, scoped to the routes that use it; a route with no
+//! policy has no instance. Timeouts ride on the canary's route choice: the service keeps one
+//! only when every entry has the same.
+
+use super::compile::{builtin, entry_retry};
+use super::istio::{HttpRoute, VirtualService};
+use crate::snapshot::{PluginRef, parse_duration};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How a VirtualService's entries reach the chain.
+#[derive(Debug, Default)]
+pub(super) struct RoutePolicies {
+    /// Whether the canary must name every route (some plugin is scoped to routes).
+    pub names_routes: bool,
+    /// Plugins for every call, before the canary (a fault shared by every entry).
+    pub before_canary: Vec<PluginRef>,
+    /// Route-scoped faults, right after the canary.
+    pub scoped_faults: Vec<PluginRef>,
+    /// Retries: one for every call, or one per distinct configuration scoped to its routes.
+    pub retries: Vec<PluginRef>,
+    /// The service's overall timeout: the entries' when they all agree; else none, and each
+    /// entry's own comes with the canary's route choice.
+    pub service_timeout: Option<String>,
+}
+
+/// The name of entry `i` as the canary names it.
+pub(super) fn route_name(entry: &HttpRoute, i: usize) -> String {
+    match entry.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => format!("#{i}"),
+    }
+}
+
+/// Entry `i`'s timeout, where `0s` (Istio's "none") and absence are the same.
+fn timeout_of(entry: &HttpRoute) -> Option<(Duration, String)> {
+    let t = entry.timeout.as_ref()?;
+    let d = parse_duration(t).ok().filter(|d| !d.is_zero())?;
+    Some((d, t.clone()))
+}
+
+/// Per-entry configurations grouped by equal value, in entry order; the routes of each.
+fn groups(
+    vs: &VirtualService,
+    config: impl Fn(&HttpRoute) -> Option<Value>,
+) -> Vec<(Option<Value>, Vec<String>)> {
+    let mut out: Vec<(Option<Value>, Vec<String>)> = Vec::new();
+    for (i, entry) in vs.http.iter().enumerate() {
+        let c = config(entry);
+        let name = route_name(entry, i);
+        match out.iter_mut().find(|(seen, _)| *seen == c) {
+            Some((_, routes)) => routes.push(name),
+            None => out.push((c, vec![name])),
+        }
+    }
+    out
+}
+
+/// One plugin per configured group, scoped to its routes and named for its first.
+fn scoped(kind: &str, groups: Vec<(Option<Value>, Vec<String>)>) -> Vec<PluginRef> {
+    groups
+        .into_iter()
+        .filter_map(|(config, routes)| {
+            let config = config?;
+            let mut p = builtin(kind, config);
+            p.name = format!("{kind}@{}", routes[0]);
+            p.routes = routes;
+            Some(p)
+        })
+        .collect()
+}
+
+impl RoutePolicies {
+    /// The policies of `vs`'s entries.
+    pub(super) fn of(vs: &VirtualService) -> RoutePolicies {
+        let mut out = RoutePolicies::default();
+
+        let faults = groups(vs, |e| e.fault.as_ref().map(|f| f.to_config()));
+        match faults.as_slice() {
+            [] | [(None, _)] => {}
+            [(Some(config), _)] => out.before_canary.push(builtin("fault", config.clone())),
+            _ => {
+                out.names_routes = true;
+                out.scoped_faults = scoped("fault", faults);
+            }
+        }
+
+        let retries = groups(vs, entry_retry);
+        match retries.as_slice() {
+            [] | [(None, _)] => {}
+            [(Some(config), _)] => out.retries.push(builtin("retry", config.clone())),
+            _ => {
+                out.names_routes = true;
+                out.retries = scoped("retry", retries);
+            }
+        }
+
+        let timeouts: Vec<Option<(Duration, String)>> = vs.http.iter().map(timeout_of).collect();
+        if let Some(first) = timeouts.first()
+            && timeouts
+                .iter()
+                .all(|t| t.as_ref().map(|t| t.0) == first.as_ref().map(|t| t.0))
+        {
+            out.service_timeout = first.as_ref().map(|t| t.1.clone());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::istio::{Spec, parse_yaml};
+
+    fn vs(http: &str) -> VirtualService {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: reviews }}\n\
+             spec:\n  hosts: [reviews]\n  http:\n{http}"
+        );
+        match parse_yaml(&text, "t.yaml").expect("parses").remove(0).spec {
+            Spec::VirtualService(vs) => vs,
+            _ => unreachable!("a VirtualService"),
+        }
+    }
+
+    #[test]
+    fn one_entry_keeps_one_unscoped_plugin_per_policy() {
+        let p = RoutePolicies::of(&vs(
+            "  - route: [{ destination: { host: reviews } }]\n    timeout: 6s\n    \
+             retries: { attempts: 3, retryOn: 5xx }\n    \
+             fault: { abort: { httpStatus: 503, percentage: { value: 10 } } }\n",
+        ));
+        assert!(!p.names_routes);
+        assert_eq!(p.before_canary.len(), 1);
+        assert!(p.before_canary[0].routes.is_empty());
+        assert_eq!(p.retries.len(), 1);
+        assert_eq!(p.retries[0].name, "retry");
+        assert!(p.retries[0].routes.is_empty());
+        assert_eq!(p.service_timeout.as_deref(), Some("6s"));
+    }
+
+    #[test]
+    fn entries_that_differ_get_plugins_scoped_to_their_routes() {
+        // Istio's fault-injection task: jason is delayed, everyone else is not; a POST-only
+        // route has retries off; only the first entry has a timeout.
+        let p = RoutePolicies::of(&vs(
+            "  - name: jason\n    match: [{ headers: { end-user: { exact: jason } } }]\n    \
+             fault: { delay: { fixedDelay: 7s, percentage: { value: 100 } } }\n    \
+             timeout: 10s\n    route: [{ destination: { host: reviews } }]\n  \
+             - match: [{ method: { exact: POST } }]\n    retries: { attempts: 0 }\n    \
+             route: [{ destination: { host: reviews } }]\n  \
+             - route: [{ destination: { host: reviews } }]\n",
+        ));
+        assert!(p.names_routes);
+        assert!(p.before_canary.is_empty());
+        let faults: Vec<(&str, &[String])> = p
+            .scoped_faults
+            .iter()
+            .map(|f| (f.name.as_str(), f.routes.as_slice()))
+            .collect();
+        assert_eq!(faults, [("fault@jason", &["jason".to_string()][..])]);
+        // The first and last entries share Istio's default retries; the POST route has none.
+        let retries: Vec<(&str, &[String])> = p
+            .retries
+            .iter()
+            .map(|r| (r.name.as_str(), r.routes.as_slice()))
+            .collect();
+        assert_eq!(
+            retries,
+            [("retry@jason", &["jason".to_string(), "#2".to_string()][..])]
+        );
+        assert_eq!(p.service_timeout, None);
+    }
+}
