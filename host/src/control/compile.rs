@@ -262,7 +262,11 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     let mut services: BTreeSet<&str> = BTreeSet::new();
     services.extend(catalog.virtual_services.keys().copied());
     services.extend(catalog.destination_rules.keys().copied());
-    for (_, vs) in &catalog.virtual_service_list {
+    for (_, vs) in catalog
+        .virtual_service_list
+        .iter()
+        .filter(|(_, vs)| vs.applies_to_mesh())
+    {
         let hosts = vs.http.iter().flat_map(|e| &e.route);
         services.extend(hosts.filter_map(|d| service_of_host(&d.destination.host).ok()));
     }
@@ -582,6 +586,10 @@ impl<'a> Catalog<'a> {
             match &r.spec {
                 Spec::VirtualService(vs) => {
                     catalog.virtual_service_list.push((r, vs));
+                    // As in Istio, a VirtualService bound only to gateways is no sidecar's.
+                    if !vs.applies_to_mesh() {
+                        continue;
+                    }
                     let services: BTreeSet<&str> = vs
                         .hosts
                         .iter()
@@ -704,7 +712,7 @@ fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<St
             ));
         } else {
             warnings.push(format!(
-                "{origin}: spec.gateways: ignored: Weft has no gateways, so these routes apply to every sidecar, where Istio would apply them only at {}",
+                "{origin}: spec.gateways: these routes apply only at {}, and Weft runs no gateways: they reach no sidecar (as in Istio, which applies them to sidecars only when gateways is absent or lists mesh)",
                 elsewhere.join(", ")
             ));
         }
@@ -1242,7 +1250,7 @@ spec:
 ";
         let all = validate_warnings(&parse(text));
         for needle in [
-            "(VirtualService payments): spec.gateways: ignored: Weft has no gateways, so these routes apply to every sidecar, where Istio would apply them only at edge",
+            "(VirtualService payments): spec.gateways: these routes apply only at edge, and Weft runs no gateways: they reach no sidecar",
             "(VirtualService payments): spec.exportTo: ignored",
             "spec.http[1].retries: attempts is 0 or absent, so retries are off",
             "spec.http[1].fault.delay: no percentage, so it never applies (as in Istio)",
@@ -1619,6 +1627,38 @@ spec:
         // `timeout: 0s` is Istio's "none".
         let s = snapshot_for(&parse(&format!("{base}    timeout: 0s\n")), &[], &me);
         assert_eq!(s.services["payments"].timeout, None);
+    }
+
+    #[test]
+    fn a_virtual_service_bound_only_to_gateways_reaches_no_sidecar() {
+        // An /admin abort meant for the edge, and the mesh's own routes beside it.
+        let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: edge-admin }
+spec:
+  hosts: [payments]
+  gateways: [istio-system/ingress]
+  http:
+  - match: [{ uri: { prefix: /admin } }]
+    fault: { abort: { httpStatus: 403, percentage: { value: 100 } } }
+    route: [{ destination: { host: payments } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  gateways: [mesh, istio-system/ingress]
+  http:
+  - route: [{ destination: { host: payments } }]
+    timeout: 3s
+";
+        let resources = parse(text);
+        let warnings = validate_warnings(&resources);
+        assert!(warnings.contains("(VirtualService edge-admin): spec.gateways: these routes apply only at istio-system/ingress"), "{warnings}");
+        let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+        assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
+        assert_eq!(s.services["payments"].timeout.as_deref(), Some("3s"));
     }
 
     #[test]

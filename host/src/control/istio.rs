@@ -10,8 +10,9 @@
 //!
 //! The structs deny unknown fields. Istio fields Weft does not implement (`mirror`, `corsPolicy`,
 //! `connectionPool`, …) are refused as "not supported by Weft yet" rather than silently ignored,
-//! so a policy never looks applied when it is not. `gateways` and `exportTo` are kept and ignored
-//! ([`super::compile::validate`] warns about them).
+//! so a policy never looks applied when it is not. `gateways` is honoured as Istio does (a
+//! VirtualService bound only to gateways reaches no sidecar); `exportTo` is kept and ignored
+//! ([`super::compile::validate`] warns about both).
 //!
 //! This module checks each document on its own; checks that need several resources (subsets a
 //! route names, one VirtualService per host, stored artifacts) are [`super::compile::validate`]'s.
@@ -273,7 +274,7 @@ pub struct VirtualService {
     /// The hosts the routes apply to; the first label of each is a service
     /// (`payments.default.svc.cluster.local` is `payments`).
     pub hosts: Vec<String>,
-    /// Istio gateways; Weft has none, so this is ignored (with a warning).
+    /// Where its routes apply: `mesh` (every sidecar) and gateways; absent means `mesh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
     /// Istio namespace visibility; every Weft sidecar sees every service, so this is ignored.
@@ -719,6 +720,14 @@ pub enum WasmSource {
     Http(String),
     /// An artifact in the control plane's store, by sha256 (lower-case hex).
     Stored(String),
+}
+
+impl VirtualService {
+    /// Whether its routes apply to sidecars: `gateways` absent, or naming `mesh` (Istio's
+    /// reserved word for every sidecar).
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
 }
 
 impl WasmPlugin {
