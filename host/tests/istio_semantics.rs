@@ -87,6 +87,11 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
             "spec.http[0].match[0].uri.regex",
             "",
         ),
+        (
+            seed_with("weight: 95", "weight: 0").replacen("weight: 5", "weight: 0", 1),
+            "spec.http[0].route",
+            "weights sum to 0",
+        ),
     ];
     for (yaml, field, words) in bad {
         match call(
@@ -136,6 +141,32 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
     .expect("a good change applies");
     let after = converged(cp, &op, 3, Duration::from_secs(10)).await;
     assert_ne!(after, before);
+
+    // Weights are relative, as in Istio since 1.15: 1 and 3 send three quarters to v2, and
+    // 100 and 0 send everything to v1.
+    for (v1_weight, v2_weight, lo, hi) in [(1, 3, 240, 360), (100, 0, 0, 0)] {
+        let yaml = seed_with("weight: 95", &format!("weight: {v1_weight}")).replacen(
+            "weight: 5",
+            &format!("weight: {v2_weight}"),
+            1,
+        );
+        call(
+            &endpoint(cp),
+            &op,
+            Method::POST,
+            "/v1/apply?source=relative",
+            Bytes::from(yaml),
+        )
+        .await
+        .expect("relative weights apply");
+        converged(cp, &op, 3, Duration::from_secs(10)).await;
+        let (to_v2, failed) = split(orders.addr("outbound"), &v2, 400).await;
+        assert_eq!(failed, 0);
+        assert!(
+            (lo..=hi).contains(&to_v2),
+            "{v1_weight}/{v2_weight}: {to_v2} of 400 to v2"
+        );
+    }
 }
 
 /// A VirtualService for `payments` whose entries each carry their own policy.

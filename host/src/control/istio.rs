@@ -4,8 +4,8 @@
 //!
 //! YAML is read with `yaml-rust2` into its tree, turned into JSON, then into the typed structs
 //! below through `serde_path_to_error`, so every error names its document and the field's path
-//! (`payments.yaml: document 1 (VirtualService payments): spec.http[0].route: weights sum to 90,
-//! they must sum to 100`). Nothing is half-read: a file with one bad document is rejected whole,
+//! (`payments.yaml: document 1 (VirtualService payments): spec.http[0].route[1].weight: invalid
+//! type: floating point`). Nothing is half-read: a file with one bad document is rejected whole,
 //! with every problem of every document.
 //!
 //! The structs deny unknown fields. Istio fields Weft does not implement (`mirror`, `corsPolicy`,
@@ -357,7 +357,8 @@ pub struct StringMatch {
 pub struct RouteDestination {
     /// Where.
     pub destination: Destination,
-    /// Its share out of 100; may be omitted only for a single destination.
+    /// Its share relative to the entry's other destinations (weight / sum); omitted is 0, and
+    /// a single destination gets every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }
@@ -1551,31 +1552,7 @@ fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) {
             );
         }
     }
-    // Weights are integers summing to exactly 100, as the canary plugin insists, so a typo
-    // cannot silently reshape the split.
-    let missing: Vec<usize> = (0..entry.route.len())
-        .filter(|j| entry.route[*j].weight.is_none())
-        .collect();
-    if entry.route.len() > 1 && !missing.is_empty() {
-        for j in missing {
-            problems.at(
-                format!("{at}.route[{j}].weight"),
-                "required when an entry has several destinations",
-            );
-        }
-        return;
-    }
-    let sum: u64 = entry
-        .route
-        .iter()
-        .map(|d| u64::from(d.weight.unwrap_or(100)))
-        .sum();
-    if sum != 100 {
-        problems.at(
-            format!("{at}.route"),
-            format!("weights sum to {sum}, they must sum to 100"),
-        );
-    }
+    // Weights are relative, as in Istio; the canary, which runs them, judges them at apply.
 }
 
 fn check_match(m: &MatchRequest, at: &str, problems: &mut Problems) {
@@ -1987,39 +1964,24 @@ mod tests {
     }
 
     #[test]
-    fn weights_must_sum_to_100() {
-        let text = vs(
-            "  hosts: [payments]\n  http:\n  - route:\n    - destination: { host: payments, subset: v1 }\n      weight: 85\n    - destination: { host: payments, subset: v2 }\n      weight: 5\n",
-        );
-        assert_eq!(
-            errors_of(&text),
-            "t.yaml: document 1 (VirtualService payments): spec.http[0].route: weights sum to 90, they must sum to 100"
-        );
-    }
-
-    #[test]
-    fn weights_are_required_with_several_destinations_and_integers() {
-        let text = vs(
-            "  hosts: [payments]\n  http:\n  - route:\n    - destination: { host: payments, subset: v1 }\n    - destination: { host: payments, subset: v2 }\n      weight: 5\n",
-        );
-        assert_error(
-            &text,
-            "spec.http[0].route[0].weight: required when an entry has several destinations",
-        );
+    fn weights_are_relative_integers() {
+        // Relative, as in Istio: any sum, omitted weights are 0 (the canary judges a zero sum).
+        for route in [
+            "    - destination: { host: payments, subset: v1 }\n      weight: 85\n    - destination: { host: payments, subset: v2 }\n      weight: 5\n",
+            "    - destination: { host: payments, subset: v1 }\n    - destination: { host: payments, subset: v2 }\n      weight: 5\n",
+            "    - destination: { host: payments }\n      weight: 50\n",
+        ] {
+            let text = vs(&format!(
+                "  hosts: [payments]\n  http:\n  - route:\n{route}"
+            ));
+            parse_yaml(&text, "t.yaml").expect("accepted");
+        }
         let text = vs(
             "  hosts: [payments]\n  http:\n  - route:\n    - destination: { host: payments, subset: v1 }\n      weight: 94.5\n    - destination: { host: payments, subset: v2 }\n      weight: 5.5\n",
         );
         assert_error(
             &text,
             "spec.http[0].route[0].weight: invalid type: floating point `94.5`",
-        );
-        // A single destination may state its weight, but then it must be 100.
-        let text = vs(
-            "  hosts: [payments]\n  http:\n  - route:\n    - destination: { host: payments }\n      weight: 50\n",
-        );
-        assert_error(
-            &text,
-            "spec.http[0].route: weights sum to 50, they must sum to 100",
         );
     }
 

@@ -32,7 +32,7 @@ pub struct IstioDestination {
 pub struct WeightedRoute {
     /// Where it goes.
     pub destination: IstioDestination,
-    /// Its share out of 100; may be omitted for a single destination.
+    /// Its share relative to the entry's other destinations (weight / sum); omitted is 0.
     #[serde(default)]
     pub weight: Option<u32>,
 }
@@ -141,7 +141,8 @@ struct Entry {
     name: Option<String>,
     // Empty: matches every request, as an Istio `http` entry without `match`.
     alternatives: Vec<Vec<Condition>>,
-    // Cumulative upper bounds out of 100, zero weights left out.
+    // Cumulative upper bounds out of the last one (the sum of the weights), zero weights left
+    // out.
     picks: Vec<(u64, Action)>,
     timeout: Option<Duration>,
 }
@@ -300,18 +301,16 @@ fn compile_route(
     if route.is_empty() {
         return Err(format!("{at}: at least one destination is required"));
     }
+    // Istio's weights are relative: a destination gets weight / (sum of weights), an omitted
+    // weight is 0, and a single destination gets every call whatever its weight.
     let single = route.len() == 1;
     let mut total = 0u64;
     let mut picks = Vec::with_capacity(route.len());
     for (i, r) in route.into_iter().enumerate() {
-        let weight = match r.weight {
-            Some(w) => u64::from(w),
-            None if single => 100,
-            None => {
-                return Err(format!(
-                    "{at}[{i}].weight: required when there are several destinations"
-                ));
-            }
+        let weight = if single {
+            1
+        } else {
+            u64::from(r.weight.unwrap_or(0))
         };
         if r.destination.host.is_empty() {
             return Err(format!("{at}[{i}].destination.host: must not be empty"));
@@ -329,12 +328,12 @@ fn compile_route(
         };
         picks.push((total, action));
     }
-    if total != 100 {
+    if total == 0 {
         let entry = label
             .map(|n| format!(" in http entry {n:?}"))
             .unwrap_or_default();
         return Err(format!(
-            "{at}: weights sum to {total}{entry}; they must sum to 100"
+            "{at}: weights sum to 0{entry}; at least one destination needs a weight above 0"
         ));
     }
     Ok(picks)
@@ -427,7 +426,7 @@ impl Filter for Canary {
             let Some(entry) = self.entries.iter().find(|e| e.matches(&mut reads)) else {
                 return RequestAction::Respond(LocalResponse::text(404, self.no_route.clone()));
             };
-            (entry, entry.pick(|| self.roll(&mut reads)))
+            (entry, entry.pick(|total| self.roll(&mut reads, total)))
         };
         match action {
             Some(Action::Subset(subset)) => req.set_subset(subset),
@@ -446,11 +445,11 @@ impl Filter for Canary {
 }
 
 impl Canary {
-    /// A number in `0..100` that decides the pick: the sticky header's bucket, else random.
-    fn roll(&self, reads: &mut Reads<'_, '_>) -> u64 {
+    /// A number in `0..total` that decides the pick: the sticky header's bucket, else random.
+    fn roll(&self, reads: &mut Reads<'_, '_>, total: u64) -> u64 {
         match self.sticky.and_then(|slot| reads.header(slot)) {
-            Some(value) => bucket(value),
-            None => random_below(100),
+            Some(value) => bucket(value, total),
+            None => random_below(total),
         }
     }
 }
@@ -466,11 +465,12 @@ impl Entry {
 
     /// The destination for a roll; the roll is only drawn when there is a choice to make,
     /// so a single destination costs neither a random number nor a header read.
-    fn pick(&self, roll: impl FnOnce() -> u64) -> Option<&Action> {
+    fn pick(&self, roll: impl FnOnce(u64) -> u64) -> Option<&Action> {
         if let [(_, only)] = self.picks.as_slice() {
             return Some(only);
         }
-        let roll = roll();
+        let total = self.picks.last().map_or(1, |(upper, _)| *upper);
+        let roll = roll(total);
         self.picks
             .iter()
             .find(|(upper, _)| roll < *upper)
@@ -585,7 +585,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// A sticky value's bucket in `0..100`.
-fn bucket(value: &[u8]) -> u64 {
+fn bucket(value: &[u8], total: u64) -> u64 {
     // FNV-1a's last bytes reach the top bits only through carries, and multiply-shift reads
     // the top bits: ids differing in their last character ("user-1", "user-2") would bunch.
     // MurmurHash3's finaliser spreads every input bit over the whole word first.
@@ -596,7 +596,7 @@ fn bucket(value: &[u8]) -> u64 {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
     // Multiply-shift: uses the whole hash, unlike a modulo that would read its low bits.
-    ((u128::from(h) * 100) >> 64) as u64
+    ((u128::from(h) * u128::from(total)) >> 64) as u64
 }
 
 export_filter!(Canary);

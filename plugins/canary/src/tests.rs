@@ -104,52 +104,52 @@ fn a_zero_weight_in_the_middle_is_skipped() {
 }
 
 #[test]
-fn weights_must_sum_to_100() {
-    let err = rejected(
-        r#"{"route":[{"destination":{"host":"p","subset":"v1"},"weight":90},
-                     {"destination":{"host":"p","subset":"v2"},"weight":5}]}"#,
+fn weights_are_relative_as_in_istio() {
+    // 3:1, summing to 4: v1 takes three quarters.
+    let mut h = canary(
+        r#"{"route":[{"destination":{"host":"p","subset":"v1"},"weight":3},
+                     {"destination":{"host":"p","subset":"v2"},"weight":1}]}"#,
     );
-    assert!(err.contains("route: weights sum to 95"), "{err}");
-    let err = rejected(
+    seed_random(11);
+    let v1 = (0..4_000)
+        .filter(|_| subset(&mut h, get("/")) == "v1")
+        .count();
+    assert!((2_800..=3_200).contains(&v1), "{v1} of 4000 to v1");
+    // Sums other than 100 are fine: 90 and 20 split 9:2.
+    canary(
         r#"{"route":[{"destination":{"host":"p","subset":"v1"},"weight":90},
                      {"destination":{"host":"p","subset":"v2"},"weight":20}]}"#,
     );
-    assert!(err.contains("weights sum to 110"), "{err}");
 }
 
 #[test]
-fn a_bad_sum_names_the_http_entry() {
+fn a_zero_sum_names_the_http_entry() {
     let err = rejected(
         r#"{"http":[
         {"route":[{"destination":{"host":"p"}}]},
-        {"name":"split","route":[{"destination":{"host":"p","subset":"v1"},"weight":60},
-                                 {"destination":{"host":"p","subset":"v2"},"weight":30}]}]}"#,
+        {"name":"split","route":[{"destination":{"host":"p","subset":"v1"},"weight":0},
+                                 {"destination":{"host":"p","subset":"v2"}}]}]}"#,
     );
-    assert!(err.starts_with("http[1].route: weights sum to 90"), "{err}");
+    assert!(err.starts_with("http[1].route: weights sum to 0"), "{err}");
     assert!(err.contains(r#"http entry "split""#), "{err}");
 }
 
 #[test]
-fn weight_may_be_omitted_only_for_a_single_destination() {
+fn an_omitted_weight_is_zero_beside_others_and_all_for_a_single_destination() {
     let mut h = canary(r#"{"route":[{"destination":{"host":"payments","subset":"v3"}}]}"#);
     assert_eq!(subset(&mut h, get("/")), "v3");
-    let err = rejected(
-        r#"{"route":[{"destination":{"host":"p","subset":"v1"},"weight":100},
-                     {"destination":{"host":"p","subset":"v2"}}]}"#,
+    let mut h = canary(
+        r#"{"route":[{"destination":{"host":"payments","subset":"v1"},"weight":100},
+                     {"destination":{"host":"payments","subset":"v2"}}]}"#,
     );
-    assert!(
-        err.contains("route[1].weight: required when there are several destinations"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_single_destination_with_a_weight_other_than_100_is_rejected() {
-    let err = rejected(r#"{"route":[{"destination":{"host":"p"},"weight":0}]}"#);
-    assert!(err.contains("weights sum to 0"), "{err}");
-    let err = rejected(r#"{"route":[{"destination":{"host":"p"},"weight":50}]}"#);
-    assert!(err.contains("weights sum to 50"), "{err}");
-    canary(r#"{"route":[{"destination":{"host":"p"},"weight":100}]}"#);
+    for seed in 1..=500 {
+        seed_random(seed);
+        assert_eq!(subset(&mut h, get("/")), "v1");
+    }
+    // A single destination gets every call whatever its weight, as Istio has it.
+    let mut h =
+        canary(r#"{"route":[{"destination":{"host":"payments","subset":"v3"},"weight":0}]}"#);
+    assert_eq!(subset(&mut h, get("/")), "v3");
 }
 
 #[test]
@@ -780,7 +780,7 @@ fn the_sticky_hash_is_pinned() {
     assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     let buckets: Vec<u64> = ["alice", "bob", "user-1", "user-2", ""]
         .iter()
-        .map(|v| bucket(v.as_bytes()))
+        .map(|v| bucket(v.as_bytes(), 100))
         .collect();
     assert_eq!(buckets, PINNED_BUCKETS);
 }
