@@ -261,6 +261,25 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
     assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.seen().len() - seen, 1, "attempts: 0 on the POST route");
 
+    // A caller may name the service fully qualified: the same service, the same routes.
+    for host in ["payments.default.svc.cluster.local", "payments.default:80"] {
+        let mut req = support::get(to, "/", &[("end-user", "jason")]);
+        req.headers_mut()
+            .insert("host", http::HeaderValue::from_static(host));
+        let got = status(client.request(req).await).await;
+        assert_eq!(got, StatusCode::IM_A_TEAPOT, "{host}");
+    }
+    // A namespace Weft does not have names no service: refused, not sent to payments.
+    let mut req = support::get(to, "/", &[]);
+    req.headers_mut().insert(
+        "host",
+        http::HeaderValue::from_static("payments.shop.svc.cluster.local"),
+    );
+    assert_eq!(
+        status(client.request(req).await).await,
+        StatusCode::BAD_GATEWAY
+    );
+
     // Timeouts per route: /slow is bounded at 300 ms; a POST (another route, none) waits.
     let got = status(send(Method::GET, "/slow/2000", &[]).await).await;
     assert_eq!(got, StatusCode::GATEWAY_TIMEOUT);

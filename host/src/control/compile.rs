@@ -38,8 +38,10 @@
 //!
 //! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
 //! workload's labels (or it has no selector), and only the chain of the services its
-//! `targetRefs` name (or every chain). Namespaces do not scope anything: Weft's service names
-//! are mesh-wide. A route-scoped WasmPlugin targets exactly one service and runs only for its
+//! `targetRefs` name (or every chain); a WasmPlugin's namespace does not scope it. Every Weft
+//! service is in namespace `default`: a VirtualService or DestinationRule elsewhere, or a host
+//! naming another namespace or a name outside the mesh, is refused when read
+//! (`istio::service_of_host`). A route-scoped WasmPlugin targets exactly one service and runs only for its
 //! calls that took one of the named `http` entries.
 //!
 //! The snapshot's `inbound.authorization` holds the AuthorizationPolicies that select workload

@@ -796,20 +796,43 @@ impl WasmPlugin {
     }
 }
 
-/// The service a host names: its first label (`payments.default.svc.cluster.local` → `payments`).
+/// The cluster domain of fully qualified service names (`payments.default.svc.cluster.local`).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The service a host names. Every Weft service lives in namespace `default`, so these all
+/// name `payments`: `payments`, `payments.default`, `payments.default.svc` and
+/// `payments.default.svc.cluster.local`. A host in another namespace, or outside the mesh
+/// (`bookinfo.com`), names no Weft service and is refused rather than bound to its first label.
 pub fn service_of_host(host: &str) -> Result<&str, String> {
     if host.contains('*') {
         return Err(format!(
             "{host:?}: wildcard hosts are not supported by Weft yet"
         ));
     }
-    let first = host.split('.').next().unwrap_or("");
+    let mut labels = host.split('.');
+    let first = labels.next().unwrap_or("");
     if host.contains(['/', ':', ' ']) || !is_dns_label(first) {
         return Err(format!(
-            "{host:?} is not a service host (expected `name` or `name.namespace.svc.cluster.local`)"
+            "{host:?} is not a service host (expected `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`)"
         ));
     }
-    Ok(first)
+    let rest: Vec<&str> = labels.collect();
+    let fqdn: Vec<&str> = std::iter::once("svc")
+        .chain(CLUSTER_DOMAIN.split('.'))
+        .collect();
+    match rest.split_first() {
+        None => Ok(first),
+        Some((&namespace, tail)) if namespace == WORKLOAD_NAMESPACE && fqdn.starts_with(tail) => {
+            Ok(first)
+        }
+        // `name.ns.svc...`: unambiguously another namespace.
+        Some((&namespace, tail)) if !tail.is_empty() && fqdn.starts_with(tail) => Err(format!(
+            "{host:?} is service {first} in namespace {namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE} (other namespaces are not supported yet)"
+        )),
+        Some(_) => Err(format!(
+            "{host:?} names no Weft service: services are `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`, all in namespace {WORKLOAD_NAMESPACE} (other namespaces, and hosts outside the mesh, which need a ServiceEntry, are not supported yet)"
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1244,7 +1267,22 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
             problems.at("spec", "required");
             None
         }
-        Some(spec @ Value::Object(_)) => kind.and_then(|k| read_spec(k, spec, problems)),
+        Some(spec @ Value::Object(_)) => kind.and_then(|k| {
+            // A VirtualService's or DestinationRule's short hosts resolve in its own namespace,
+            // and every Weft service is in `default`: elsewhere, it would name services that
+            // do not exist, so it is refused rather than applied to the default ones.
+            if matches!(k, Kind::VirtualService | Kind::DestinationRule)
+                && namespace != WORKLOAD_NAMESPACE
+            {
+                problems.at(
+                    "metadata.namespace",
+                    format!(
+                        "{namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE}, so a {k} elsewhere would route none of them (other namespaces are not supported yet)"
+                    ),
+                );
+            }
+            read_spec(k, spec, problems)
+        }),
         Some(other) => {
             problems.at(
                 "spec",
@@ -1964,6 +2002,41 @@ mod tests {
     }
 
     #[test]
+    fn hosts_name_default_services_in_every_form_and_nothing_else() {
+        for host in [
+            "payments",
+            "payments.default",
+            "payments.default.svc",
+            "payments.default.svc.cluster.local",
+        ] {
+            assert_eq!(service_of_host(host), Ok("payments"), "{host}");
+        }
+        for (host, words) in [
+            ("payments.shop.svc.cluster.local", "in namespace shop"),
+            ("payments.shop.svc", "in namespace shop"),
+            ("bookinfo.com", "names no Weft service"),
+            ("payments.shop", "names no Weft service"),
+            ("payments.default.svc.example.org", "names no Weft service"),
+            ("*.default.svc.cluster.local", "wildcard"),
+            ("Payments", "not a service host"),
+        ] {
+            let err = service_of_host(host).expect_err(host);
+            assert!(err.contains(words), "{host}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_virtual_service_outside_default_is_refused() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+                    metadata: { name: payments, namespace: shop }\nspec:\n  hosts: [payments]\n  \
+                    http:\n  - route: [{ destination: { host: payments } }]\n";
+        assert_error(
+            text,
+            "metadata.namespace: shop: every Weft service is in namespace default",
+        );
+    }
+
+    #[test]
     fn weights_are_relative_integers() {
         // Relative, as in Istio: any sum, omitted weights are 0 (the canary judges a zero sum).
         for route in [
@@ -2144,10 +2217,12 @@ mod tests {
     fn every_api_version_is_accepted_and_namespaces_kept() {
         for v in ["v1", "v1beta1", "v1alpha3"] {
             let text = format!(
-                "apiVersion: networking.istio.io/{v}\nkind: DestinationRule\nmetadata:\n  name: payments\n  namespace: shop\n  labels: {{ team: pay }}\nspec: {{ host: payments }}\n"
+                "apiVersion: networking.istio.io/{v}\nkind: DestinationRule\nmetadata:\n  name: payments\n  namespace: default\n  labels: {{ team: pay }}\nspec: {{ host: payments }}\n---\n\
+                 apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{ name: p, namespace: shop }}\nspec: {{}}\n"
             );
             let rs = parse_yaml(&text, "t.yaml").expect("parses");
-            assert_eq!(rs[0].namespace, "shop");
+            assert_eq!(rs[0].namespace, "default");
+            assert_eq!(rs[1].namespace, "shop");
         }
     }
 

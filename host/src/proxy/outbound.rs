@@ -25,12 +25,16 @@ use std::time::{Duration, Instant};
 /// Carries the original authority to the inbound sidecar, which restores it as `Host`.
 pub const FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
 
-/// The service an authority names: its host, without port or brackets.
+/// The service an authority names: its host, without port or brackets, and without the
+/// namespace and cluster suffixes a caller may write (`payments.default.svc.cluster.local`,
+/// `payments.default.svc` and `payments.default` all name `payments`, as the control plane
+/// reads hosts). Any other host is kept whole, so it names no service rather than the wrong one.
 pub fn service_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    authority.split(':').next().unwrap_or(authority)
+    let host = authority.split(':').next().unwrap_or(authority);
+    crate::control::istio::service_of_host(host).unwrap_or(host)
 }
 
 /// What is known of a call for its summary.
@@ -643,5 +647,16 @@ mod tests {
         assert_eq!(service_of("payments"), "payments");
         assert_eq!(service_of("payments:8080"), "payments");
         assert_eq!(service_of("[::1]:80"), "::1");
+        assert_eq!(
+            service_of("payments.default.svc.cluster.local:80"),
+            "payments"
+        );
+        assert_eq!(service_of("payments.default"), "payments");
+        // Not the service `payments`: another namespace, another domain.
+        assert_eq!(
+            service_of("payments.shop.svc.cluster.local"),
+            "payments.shop.svc.cluster.local"
+        );
+        assert_eq!(service_of("payments.example.com"), "payments.example.com");
     }
 }
