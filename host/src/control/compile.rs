@@ -602,6 +602,9 @@ impl<'a> Catalog<'a> {
                     }
                 }
                 Spec::DestinationRule(dr) => {
+                    if !dr.visible_to_mesh() {
+                        continue;
+                    }
                     if let Ok(s) = service_of_host(&dr.host) {
                         catalog
                             .destination_rules
@@ -719,9 +722,9 @@ fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: &mut Vec<St
             ));
         }
     }
-    if !vs.export_to.is_empty() {
+    if !super::istio::exported_to_workloads(&vs.export_to) {
         warnings.push(format!(
-            "{origin}: spec.exportTo: ignored: every Weft sidecar sees every service"
+            "{origin}: spec.exportTo: not exported to namespace default, where every Weft sidecar is: it reaches no sidecar (as in Istio)"
         ));
     }
     for (i, entry) in vs.http.iter().enumerate() {
@@ -802,9 +805,9 @@ fn warn_peer_authentication(r: &Resource, pa: &PeerAuthentication, warnings: &mu
 }
 
 fn warn_destination_rule(r: &Resource, dr: &DestinationRule, warnings: &mut Vec<String>) {
-    if !dr.export_to.is_empty() {
+    if !dr.visible_to_mesh() {
         warnings.push(format!(
-            "{}: spec.exportTo: ignored: every Weft sidecar sees every service",
+            "{}: spec.exportTo: not exported to namespace default, where every Weft sidecar is: it reaches no sidecar (as in Istio)",
             r.origin()
         ));
     }
@@ -1253,7 +1256,6 @@ spec:
         let all = validate_warnings(&parse(text));
         for needle in [
             "(VirtualService payments): spec.gateways: these routes apply only at edge, and Weft runs no gateways: they reach no sidecar",
-            "(VirtualService payments): spec.exportTo: ignored",
             "spec.http[1].retries: attempts is 0 or absent, so retries are off",
             "spec.http[1].fault.delay: no percentage, so it never applies (as in Istio)",
             "(DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is Istio's deprecated name",
@@ -1661,6 +1663,44 @@ spec:
         let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
         assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
         assert_eq!(s.services["payments"].timeout.as_deref(), Some("3s"));
+    }
+
+    #[test]
+    fn export_to_decides_whether_sidecars_see_a_resource() {
+        let vs = |export: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: payments }}
+spec:
+  hosts: [payments]
+  exportTo: {export}
+  http:
+  - route: [{{ destination: {{ host: payments }} }}]
+    timeout: 3s
+"
+            )
+        };
+        let me = workload("orders", "", "127.0.0.1:1");
+        for (export, seen) in [
+            ("['.']", true),
+            ("['*']", true),
+            ("[default, shop]", true),
+            ("[shop]", false),
+            ("['~']", false),
+        ] {
+            let resources = parse(&vs(export));
+            let s = snapshot_for(&resources, &[], &me);
+            let timeout = s.services.get("payments").and_then(|p| p.timeout.clone());
+            assert_eq!(timeout.is_some(), seen, "exportTo {export}");
+            if !seen {
+                assert!(
+                    validate_warnings(&resources)
+                        .contains("spec.exportTo: not exported to namespace default"),
+                    "{export}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //!
 //! The structs deny unknown fields. Istio fields Weft does not implement (`mirror`, `corsPolicy`,
 //! `connectionPool`, …) are refused as "not supported by Weft yet" rather than silently ignored,
-//! so a policy never looks applied when it is not. `gateways` is honoured as Istio does (a
-//! VirtualService bound only to gateways reaches no sidecar); `exportTo` is kept and ignored
-//! ([`super::compile::validate`] warns about both).
+//! so a policy never looks applied when it is not. `gateways` and `exportTo` are honoured as
+//! Istio does: a VirtualService bound only to gateways, or a resource not exported to
+//! namespace `default` (where every Weft sidecar is), reaches no sidecar
+//! ([`super::compile::validate`] says so in a warning).
 //!
 //! This module checks each document on its own; checks that need several resources (subsets a
 //! route names, one VirtualService per host, stored artifacts) are [`super::compile::validate`]'s.
@@ -277,7 +278,7 @@ pub struct VirtualService {
     /// Where its routes apply: `mesh` (every sidecar) and gateways; absent means `mesh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    /// Istio namespace visibility; every Weft sidecar sees every service, so this is ignored.
+    /// The namespaces whose sidecars see it (`.` its own, `*` all); absent: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     /// The routes, tried in order.
@@ -490,7 +491,7 @@ pub struct DestinationRule {
     /// Named label selectors.
     #[serde(default)]
     pub subsets: Vec<Subset>,
-    /// Istio namespace visibility; ignored, as for VirtualService.
+    /// The namespaces whose sidecars see it (`.` its own, `*` all); absent: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
 }
@@ -724,11 +725,29 @@ pub enum WasmSource {
 }
 
 impl VirtualService {
-    /// Whether its routes apply to sidecars: `gateways` absent, or naming `mesh` (Istio's
-    /// reserved word for every sidecar).
+    /// Whether its routes apply to Weft's sidecars: `gateways` absent, or naming `mesh`
+    /// (Istio's reserved word for every sidecar), and exported to them.
     pub fn applies_to_mesh(&self) -> bool {
-        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+        (self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh"))
+            && exported_to_workloads(&self.export_to)
     }
+}
+
+impl DestinationRule {
+    /// Whether Weft's sidecars see it (see [`exported_to_workloads`]).
+    pub fn visible_to_mesh(&self) -> bool {
+        exported_to_workloads(&self.export_to)
+    }
+}
+
+/// Whether a resource in namespace `default` with this `exportTo` is visible to Weft's
+/// sidecars, which are all in `default`: absent, `*`, `.` (its own namespace) or `default`
+/// are; a list of other namespaces, or `~` (none), is not.
+pub fn exported_to_workloads(export_to: &[String]) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|n| n == "*" || n == "." || n == WORKLOAD_NAMESPACE)
 }
 
 impl WasmPlugin {
