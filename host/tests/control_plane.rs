@@ -124,11 +124,11 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
 
     // Wrong input is refused whole, with the path of the mistake; the mesh keeps its state.
     let revision = api(cp, &op, Method::GET, "/v1/status").await["revision"].clone();
-    let bad = write(dir.path(), "bad-weight.yaml", &reweighted(60, 50));
+    let bad = write(dir.path(), "bad-weight.yaml", &reweighted(0, 0));
     let out = weft(cp, &data, &["apply", "-f", bad.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("spec.http[0].route") && text(&out).contains("110"),
+        text(&out).contains("spec.http[0].route: weights sum to 0"),
         "{}",
         text(&out)
     );

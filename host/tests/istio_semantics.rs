@@ -167,6 +167,56 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
             "{v1_weight}/{v2_weight}: {to_v2} of 400 to v2"
         );
     }
+    // `weft apply --wait` tells the truth: each sidecar sent the change, and its answer.
+    let good = write(dir.path(), "weight-20.yaml", &reweighted(80, 20));
+    let out = weft(
+        cp,
+        &data,
+        &["apply", "--wait", "-f", good.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).matches(" ACK").count(), 3, "{}", text(&out));
+    // A plugin read from the sidecars' own disk, which the control plane cannot judge, that
+    // refuses its configuration: the control plane takes it, every sidecar NACKs, and the
+    // waiting apply says so and fails.
+    let trap = write(
+        dir.path(),
+        "trap.yaml",
+        &format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: trap }}\n\
+             spec:\n  url: file://{}\n  pluginConfig: {{ configure: trap }}\n",
+            weft_artifacts::CHAOS_PATH
+        ),
+    );
+    let trap = trap.to_str().expect("utf-8");
+    let out = weft(
+        cp,
+        &data,
+        &["apply", "--wait", "--timeout", "20s", "-f", trap],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("NACK: "), "{}", text(&out));
+    assert!(
+        text(&out).contains("did not take the change"),
+        "{}",
+        text(&out)
+    );
+    // Without --wait (and not on a terminal) the same apply returns at once, successfully.
+    let out = weft(cp, &data, &["delete", "WasmPlugin", "trap"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = weft(cp, &data, &["apply", "-f", trap]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("NACK"), "{}", text(&out));
+    // `weft status -o json` lists every sidecar with its labels.
+    let out = weft(cp, &data, &["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let labels: Vec<&str> = status["sidecars"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["labels"]["version"].as_str())
+        .collect();
+    assert_eq!(labels.len(), 3, "{status:#}");
 }
 
 /// A VirtualService for `payments` whose entries each carry their own policy.

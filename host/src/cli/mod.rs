@@ -8,6 +8,7 @@ mod plugin_precompile;
 mod sidecar;
 mod simulate;
 mod stat;
+mod wait;
 
 use clap::{Parser, Subcommand};
 
@@ -41,7 +42,7 @@ enum Command {
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Show every sidecar: service, snapshot version, ACK state, last seen.
-    Status(operator::ConnArgs),
+    Status(operator::StatusArgs),
     /// Success rate, requests/s and latency percentiles per service and subset, from every
     /// sidecar's metrics (like `linkerd viz stat`).
     Stat(stat::Args),

@@ -85,6 +85,16 @@ pub struct ApplyArgs {
     /// YAML files or directories of them (`.yaml`, `.yml`), applied as one change each.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// Wait until every sidecar sent the change ACKs it, or one NACKs it; exits non-zero on a
+    /// NACK or timeout. The default when standard output is a terminal.
+    #[arg(long, conflicts_with = "no_wait")]
+    wait: bool,
+    /// Return once the control plane has taken the change.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "30s")]
+    timeout: String,
     #[command(flatten)]
     conn: Conn,
 }
@@ -121,6 +131,16 @@ pub struct DeleteArgs {
 /// Arguments of commands that need only the connection.
 #[derive(Debug, clap::Args)]
 pub struct ConnArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Arguments of `weft status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Output format: a table, or the control plane's JSON.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
     #[command(flatten)]
     conn: Conn,
 }
@@ -165,6 +185,10 @@ fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Runs `weft apply`.
 pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let wait = args.wait || (!args.no_wait && std::io::stdout().is_terminal());
+    let timeout = weft::snapshot::parse_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
     let rt = runtime()?;
     for f in args
         .files
@@ -198,6 +222,12 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         for w in list("warnings") {
             eprintln!("warning: {w}");
+        }
+        if wait {
+            let pushed: Vec<weft::control::wire::Pushed> =
+                serde_json::from_value(out["pushed"].clone()).unwrap_or_default();
+            rt.block_on(super::wait::for_answers(&args.conn, &pushed, timeout))
+                .with_context(|| format!("applying {name}"))?;
         }
     }
     Ok(())
@@ -242,12 +272,16 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `weft status`.
-pub fn status(args: ConnArgs) -> anyhow::Result<()> {
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let out = runtime()?.block_on(args.conn.call(Method::GET, "/v1/status", Bytes::new()))?;
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     println!("revision {}", out["revision"]);
     println!(
-        "{:<12} {:<22} {:<26} {:<10} {:<12} LAST SEEN",
-        "SERVICE", "ADDRESS", "VERSION", "STATE", "CONNECTED"
+        "{:<12} {:<22} {:<26} {:<10} {:<12} {:<11} LABELS",
+        "SERVICE", "ADDRESS", "VERSION", "STATE", "CONNECTED", "LAST SEEN"
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -261,13 +295,23 @@ pub fn status(args: ConnArgs) -> anyhow::Result<()> {
             None => "pending",
         };
         let seen = now.saturating_sub(s["lastSeenMs"].as_u64().unwrap_or(0)) as f64 / 1000.0;
+        let labels: Vec<String> = s["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
-            "{:<12} {:<22} {:<26} {:<10} {:<12} {seen:.1}s ago",
+            "{:<12} {:<22} {:<26} {:<10} {:<12} {:<11} {}",
             s["service"].as_str().unwrap_or(""),
             s["address"].as_str().unwrap_or(""),
             acked,
             state,
-            s["connected"]
+            s["connected"],
+            format!("{seen:.1}s ago"),
+            labels.join(",")
         );
         if let Some(reason) = s.get("nack").and_then(|n| n.as_str()) {
             println!("    NACK: {reason}");

@@ -9,6 +9,7 @@ use super::istio::{self, Kind, Resource};
 use super::registry::push;
 use super::server::{Mesh, Shared, now_ms};
 use super::store::{Change, State, Stored, key};
+use super::wire::Pushed;
 use http::{Response, StatusCode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -187,18 +188,20 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
     next.revision = revision;
-    if let Err(refused) = commit(
+    let pushed = match commit(
         shared,
         &mut mesh,
         next,
         resources,
         changed.iter().map(|c| format!("apply {c}")).collect(),
     ) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, refused);
-    }
+        Ok(pushed) => pushed,
+        Err(refused) => return error(StatusCode::INTERNAL_SERVER_ERROR, refused),
+    };
     json(
         StatusCode::OK,
-        &serde_json::json!({"revision": revision, "changed": changed, "unchanged": unchanged, "warnings": warnings}),
+        &serde_json::json!({"revision": revision, "changed": changed, "unchanged": unchanged,
+                            "warnings": warnings, "pushed": pushed}),
     )
 }
 
@@ -229,7 +232,7 @@ fn commit(
     next: State,
     resources: Vec<Resource>,
     what: Vec<String>,
-) -> Result<(), String> {
+) -> Result<Vec<Pushed>, String> {
     if let Err(e) = shared.store.save(&next) {
         tracing::error!("change not applied: cannot save the state: {e}");
         return Err(format!(
@@ -247,8 +250,7 @@ fn commit(
     }
     mesh.state = next;
     mesh.resources = resources;
-    push(mesh);
-    Ok(())
+    Ok(push(mesh))
 }
 
 pub(super) fn list(shared: &Shared, kind: Option<&str>, name: Option<&str>) -> Response<Body> {
@@ -302,14 +304,17 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
     };
     next.revision += 1;
     let revision = next.revision;
-    if let Err(refused) = commit(
+    match commit(
         shared,
         &mut mesh,
         next,
         resources,
         vec![format!("delete {kind} {namespace}/{name}")],
     ) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, refused);
+        Ok(pushed) => json(
+            StatusCode::OK,
+            &serde_json::json!({"revision": revision, "pushed": pushed}),
+        ),
+        Err(refused) => error(StatusCode::INTERNAL_SERVER_ERROR, refused),
     }
-    json(StatusCode::OK, &serde_json::json!({"revision": revision}))
 }

@@ -7,7 +7,7 @@ use super::auth::Caller;
 use super::compile::{self, Workload};
 use super::server::{Mesh, Shared, now_ms};
 use super::store::{Registration, State};
-use super::wire::{Ack, SidecarStatus, StreamMessage};
+use super::wire::{Ack, Pushed, SidecarStatus, StreamMessage};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -46,9 +46,11 @@ fn workloads(state: &State) -> Vec<Workload> {
         .collect()
 }
 
-/// Sends each connected sidecar its snapshot if its version changed. Sidecars of one service
-/// with the same labels get the same snapshot: it is compiled and serialized once per push.
-pub(super) fn push(mesh: &mut Mesh) {
+/// Sends each connected sidecar its snapshot if its version changed, and says which were sent
+/// what. Sidecars of one service with the same labels get the same snapshot: it is compiled and
+/// serialized once per push.
+pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
+    let mut pushed = Vec::new();
     let all = workloads(&mesh.state);
     let revision = mesh.state.revision;
     let Mesh {
@@ -84,10 +86,17 @@ pub(super) fn push(mesh: &mut Mesh) {
         }
         if tx.try_send(message.clone()).is_ok() {
             conn.status.sent = version.clone();
+            pushed.push(Pushed {
+                id: id.clone(),
+                service: w.service.clone(),
+                version: version.clone(),
+            });
         } else {
             conn.stream = None;
         }
     }
+    pushed.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    pushed
 }
 
 pub(super) fn persist_and_push(shared: &Shared) {
@@ -95,7 +104,7 @@ pub(super) fn persist_and_push(shared: &Shared) {
     if let Err(e) = shared.store.save(&mesh.state) {
         tracing::error!("cannot persist control plane state: {e}");
     }
-    push(&mut mesh);
+    let _ = push(&mut mesh);
 }
 
 /// Where the control plane may read a sidecar's `/metrics`: its admin port on the host its
@@ -193,6 +202,7 @@ pub(super) fn watch_stream(
         );
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let labels_now = labels.clone();
     let registration = Registration {
         id: id.clone(),
         service: service.clone(),
@@ -230,6 +240,7 @@ pub(super) fn watch_stream(
                     id: id.clone(),
                     service: service.clone(),
                     address: address.clone(),
+                    labels: labels_now.clone(),
                     admin: q
                         .get("admin")
                         .and_then(|a| admin_target(a, peer))
@@ -239,6 +250,7 @@ pub(super) fn watch_stream(
                     sent: current.clone(),
                     acked: if current.is_empty() { acked } else { current },
                     nack: None,
+                    nacked: String::new(),
                     connected: true,
                     last_seen_ms: now_ms(),
                 },
@@ -249,7 +261,7 @@ pub(super) fn watch_stream(
             tracing::error!("cannot persist registration: {e}");
         }
         // A new or moved endpoint changes everyone's snapshot; otherwise only this one's.
-        push(&mut mesh);
+        let _ = push(&mut mesh);
     }
     // When the stream ends, the sidecar's lease starts running.
     let weak = Arc::downgrade(shared);
@@ -304,9 +316,11 @@ pub(super) fn ack(shared: &Shared, who: &Caller, body: &[u8]) -> Response<Body> 
     if a.ok {
         conn.status.acked = a.version;
         conn.status.nack = None;
+        conn.status.nacked = String::new();
     } else {
         tracing::warn!(sidecar = %a.id, version = %a.version, reason = ?a.reason, "NACK");
         conn.status.nack = Some(a.reason.unwrap_or_else(|| "no reason given".into()));
+        conn.status.nacked = a.version;
     }
     json(StatusCode::OK, &serde_json::json!({"ok": true}))
 }

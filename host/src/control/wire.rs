@@ -39,6 +39,9 @@ pub struct SidecarStatus {
     pub service: String,
     /// Its inbound address.
     pub address: String,
+    /// Its labels (`app` included), as it registered them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Its admin endpoint (`/metrics`), when it told us.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
@@ -49,10 +52,25 @@ pub struct SidecarStatus {
     /// The reason of its last NACK, if the last answer was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<String>,
+    /// The version that NACK refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nacked: String,
     /// Whether its stream is open.
     pub connected: bool,
     /// When it was last heard from (ms since the Unix epoch).
     pub last_seen_ms: u64,
+}
+
+/// A sidecar a change was sent to: `weft apply --wait` waits for its answer to `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pushed {
+    /// The sidecar's id.
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// The snapshot version it was sent.
+    pub version: String,
 }
 
 /// One message on the watch stream (a JSON line).
