@@ -195,7 +195,25 @@ pub fn to_json(node: &Yaml, path: &str) -> Result<Value, String> {
         ),
         Yaml::Hash(entries) => {
             let mut object = Map::new();
+            // YAML merge keys (`<<: *base`), as kubectl reads them: the merged mappings'
+            // entries join this one's, its own keys winning, earlier merged mappings before
+            // later ones.
+            let mut merged: Vec<&Yaml> = Vec::new();
             for (k, v) in entries {
+                if matches!(k, Yaml::String(s) if s == "<<") {
+                    match v {
+                        Yaml::Hash(_) => merged.push(v),
+                        Yaml::Array(items) if items.iter().all(|i| matches!(i, Yaml::Hash(_))) => {
+                            merged.extend(items.iter());
+                        }
+                        _ => {
+                            return Err(here(
+                                "a merge key (<<) takes a mapping or a list of mappings",
+                            ));
+                        }
+                    }
+                    continue;
+                }
                 let key = match k {
                     Yaml::String(s) | Yaml::Real(s) => s.clone(),
                     Yaml::Integer(i) => i.to_string(),
@@ -209,6 +227,13 @@ pub fn to_json(node: &Yaml, path: &str) -> Result<Value, String> {
                     format!("{path}.{}", clip(&key, 64))
                 };
                 object.insert(key, to_json(v, &child)?);
+            }
+            for m in merged {
+                if let Value::Object(extra) = to_json(m, path)? {
+                    for (k, v) in extra {
+                        object.entry(k).or_insert(v);
+                    }
+                }
             }
             Value::Object(object)
         }
@@ -251,6 +276,27 @@ mod tests {
             Ok(d) => panic!("expected errors, loaded {} documents", d.len()),
             Err(e) => e.join("\n"),
         }
+    }
+
+    #[test]
+    fn merge_keys_read_as_kubectl_reads_them() {
+        let docs = load(
+            "base: &base { attempts: 3, perTryTimeout: 2s }\n\
+             more: &more { retryOn: 5xx, attempts: 9 }\n\
+             one: { <<: *base, attempts: 5 }\n\
+             two: { <<: [*base, *more] }\n",
+            "t.yaml",
+        )
+        .expect("loads");
+        let v = to_json(&docs[0], "").expect("converts");
+        assert_eq!(v["one"], json!({"attempts": 5, "perTryTimeout": "2s"}));
+        assert_eq!(
+            v["two"],
+            json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx"})
+        );
+        let docs = load("a: { <<: 3 }\n", "t.yaml").expect("loads");
+        let err = to_json(&docs[0], "").expect_err("not a mapping");
+        assert!(err.contains("merge key"), "{err}");
     }
 
     #[test]
