@@ -1117,9 +1117,9 @@ impl Problems {
 
 /// Istio fields Weft knows but does not implement, by where they sit under `spec`
 /// (`[]` = every element of a list).
-type Unsupported = &'static [(&'static str, &'static [&'static str])];
+pub(super) type Unsupported = &'static [(&'static str, &'static [&'static str])];
 
-const VS_UNSUPPORTED: Unsupported = &[
+pub(super) const VS_UNSUPPORTED: Unsupported = &[
     ("", &["tcp", "tls"]),
     (
         "http[]",
@@ -1155,7 +1155,7 @@ const VS_UNSUPPORTED: Unsupported = &[
     ("http[].fault.abort", &["grpcStatus", "http2Error"]),
 ];
 
-const DR_UNSUPPORTED: Unsupported = &[
+pub(super) const DR_UNSUPPORTED: Unsupported = &[
     ("", &["workloadSelector"]),
     (
         "trafficPolicy",
@@ -1187,12 +1187,12 @@ const DR_UNSUPPORTED: Unsupported = &[
     ("subsets[]", &["trafficPolicy"]),
 ];
 
-const WASM_UNSUPPORTED: Unsupported = &[("", &["imagePullSecret", "vmConfig", "match"])];
+pub(super) const WASM_UNSUPPORTED: Unsupported = &[("", &["imagePullSecret", "vmConfig", "match"])];
 
 // Per-port modes need the listener to know the app's ports, which Weft's sidecar does not.
-const PEER_AUTHN_UNSUPPORTED: Unsupported = &[("", &["portLevelMtls"])];
+pub(super) const PEER_AUTHN_UNSUPPORTED: Unsupported = &[("", &["portLevelMtls"])];
 
-const AUTHZ_UNSUPPORTED: Unsupported = &[
+pub(super) const AUTHZ_UNSUPPORTED: Unsupported = &[
     ("", &["targetRef", "targetRefs", "provider"]),
     ("rules[]", &["when"]),
     (

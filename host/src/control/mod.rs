@@ -18,6 +18,8 @@ mod checker;
 pub mod client;
 pub mod compile;
 mod configs;
+#[cfg(test)]
+mod conformance;
 mod issuer;
 pub mod istio;
 mod registry;
