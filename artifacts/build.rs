@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     ("FAULT", "weft-plugin-fault", "plugins/fault", true),
+    ("HEADERS", "weft-plugin-headers", "plugins/headers", true),
     ("CHAOS", "weft-guest-chaos", "tests/guests/chaos", false),
     (
         "NOT_A_FILTER",

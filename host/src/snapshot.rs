@@ -219,7 +219,14 @@ pub struct PluginRef {
 }
 
 /// The built-in plugins the binary carries.
-pub const BUILTINS: [&str; 5] = ["canary", "retry", "outlier", "telemetry", "fault"];
+pub const BUILTINS: [&str; 6] = [
+    "canary",
+    "retry",
+    "outlier",
+    "telemetry",
+    "fault",
+    "headers",
+];
 
 /// The embedded bytes of a built-in plugin.
 pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
@@ -229,6 +236,7 @@ pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
         "outlier" => Some(weft_artifacts::OUTLIER),
         "telemetry" => Some(weft_artifacts::TELEMETRY),
         "fault" => Some(weft_artifacts::FAULT),
+        "headers" => Some(weft_artifacts::HEADERS),
         _ => None,
     }
 }

@@ -239,8 +239,17 @@ spec:
     timeout: 300ms
     retries: { attempts: 0 }
     route: [{ destination: { host: payments } }]
+  - name: maintenance
+    match: [{ uri: { prefix: /maintenance } }]
+    directResponse: { status: 503, body: { string: down for maintenance } }
+  - name: moved
+    match: [{ uri: { prefix: /old } }]
+    redirect: { uri: /new, redirectCode: 302 }
   - route: [{ destination: { host: payments } }]
     retries: { attempts: 3, retryOn: 5xx }
+    headers:
+      request: { set: { x-env: prod }, remove: [x-debug] }
+      response: { add: { x-served-by: weft } }
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +319,58 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
     let got = status(send(Method::POST, "/status/503", &[]).await).await;
     assert_eq!(got, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.seen().len() - seen, 1, "attempts: 0 on the POST route");
+
+    // Header operations, a direct response and a redirect, each on its own route only.
+    let seen = app.seen().len();
+    let resp = send(Method::GET, "/", &[("x-debug", "1")])
+        .await
+        .expect("answered");
+    assert_eq!(
+        resp.headers().get("x-served-by").map(|v| v.as_bytes()),
+        Some(&b"weft"[..])
+    );
+    let (got, _, _) = read(resp).await;
+    assert_eq!(got, StatusCode::OK);
+    let upstream = &app.seen()[seen];
+    assert_eq!(
+        upstream.headers.get("x-env").map(|v| v.as_bytes()),
+        Some(&b"prod"[..])
+    );
+    assert!(upstream.headers.get("x-debug").is_none());
+    let seen = app.seen().len();
+    let (got, headers, body) = read(
+        send(Method::GET, "/maintenance", &[])
+            .await
+            .expect("answered"),
+    )
+    .await;
+    assert_eq!(
+        (got, &body[..]),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            &b"down for maintenance"[..]
+        )
+    );
+    assert!(
+        headers.get("x-served-by").is_none(),
+        "the default route's headers stay on it"
+    );
+    let (got, headers, _) = read(
+        send(Method::GET, "/old/charge?id=7", &[])
+            .await
+            .expect("answered"),
+    )
+    .await;
+    assert_eq!(got, StatusCode::FOUND);
+    assert_eq!(
+        headers.get("location").map(|v| v.as_bytes()),
+        Some(&b"http://payments/new?id=7"[..])
+    );
+    assert_eq!(
+        app.seen().len(),
+        seen,
+        "answered locally, never sent to the app"
+    );
 
     // A caller may name the service fully qualified: the same service, the same routes.
     for host in ["payments.default.svc.cluster.local", "payments.default:80"] {

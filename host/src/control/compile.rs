@@ -359,7 +359,12 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
                 if let Some(config) = canary_config(service, vs, names_routes) {
                     plugins.push(builtin("canary", config));
                     plugins.extend(policies.scoped_faults);
+                    plugins.extend(policies.actions);
                     plugins.extend(scoped.iter().cloned());
+                } else {
+                    // No canary: one entry sending everything to the service, so any actions
+                    // are for every call.
+                    plugins.extend(policies.actions);
                 }
                 plugins.extend(policies.retries);
             }
@@ -880,8 +885,15 @@ pub(super) fn canary_config(
                 let matches = serde_json::to_value(&entry.matches).unwrap_or(Value::Null);
                 out.insert("match".into(), matches);
             }
-            let route: Vec<Value> = entry
-                .route
+            // An entry that answers locally (redirect, directResponse) still needs the canary to
+            // pick it and name its route; the `headers` plugin after it answers.
+            let to_self = [super::istio::RouteDestination::to(service)];
+            let destinations: &[super::istio::RouteDestination] = if entry.route.is_empty() {
+                &to_self
+            } else {
+                &entry.route
+            };
+            let route: Vec<Value> = destinations
                 .iter()
                 .map(|d| {
                     // The proxy knows services by short name; the canary names them so.

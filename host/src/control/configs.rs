@@ -64,6 +64,9 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
                         &config,
                     );
                 }
+                if let Some(config) = entry.actions_config() {
+                    add(format!("spec.http[{i}]"), Code::Builtin("headers"), &config);
+                }
                 if let Some(fault) = &entry.fault {
                     add(
                         format!("spec.http[{i}].fault"),

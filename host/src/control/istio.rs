@@ -308,6 +308,118 @@ pub struct HttpRoute {
     /// Fault injection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// Header operations on the request and the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+    /// Answer with a redirect instead of routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Answer locally instead of routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// Istio's `HTTPRedirect` (`port` and `derivePort` are refused when read).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Redirect {
+    /// Replaces the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Replaces the authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Replaces the scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// The status: 301 unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_code: Option<u16>,
+}
+
+/// Istio's `HTTPDirectResponse`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// The status.
+    pub status: u16,
+    /// The body (`string`; `bytes` is refused when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<DirectBody>,
+}
+
+/// Istio's `HTTPBody`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectBody {
+    /// The body as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+}
+
+/// Istio's `Headers`: operations on the request and on the response.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    /// On the request, on its way up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderOperations>,
+    /// On the response, on its way back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderOperations>,
+}
+
+/// Istio's `Headers.HeaderOperations`: `remove`, then `set` (replace), then `add` (append).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOperations {
+    /// Replaces each header's values with this one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Appends a value to each header.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Removes each header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HttpRoute {
+    /// The `headers` plugin's configuration for this entry; none when it has nothing to do.
+    /// The plugin judges and runs `redirect` and `directResponse` as Istio writes them.
+    pub fn actions_config(&self) -> Option<Value> {
+        let mut out = Map::new();
+        if let Some(h) = &self.headers {
+            for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+                if let Some(ops) = ops.as_ref().filter(|o| **o != HeaderOperations::default()) {
+                    out.insert(
+                        side.into(),
+                        serde_json::to_value(ops).unwrap_or(Value::Null),
+                    );
+                }
+            }
+        }
+        if let Some(r) = &self.redirect {
+            out.insert(
+                "redirect".into(),
+                serde_json::to_value(r).unwrap_or(Value::Null),
+            );
+        }
+        if let Some(d) = &self.direct_response {
+            let mut direct = Map::new();
+            direct.insert("status".into(), Value::from(d.status));
+            if let Some(text) = d.body.as_ref().and_then(|b| b.string.as_ref()) {
+                direct.insert("body".into(), Value::from(text.as_str()));
+            }
+            out.insert("directResponse".into(), Value::Object(direct));
+        }
+        (!out.is_empty()).then_some(Value::Object(out))
+    }
+
+    /// Whether it answers locally rather than routing.
+    pub fn answers_locally(&self) -> bool {
+        self.redirect.is_some() || self.direct_response.is_some()
+    }
 }
 
 /// Istio's `HTTPMatchRequest`: every condition given must hold.
@@ -362,6 +474,19 @@ pub struct RouteDestination {
     /// a single destination gets every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+impl RouteDestination {
+    /// All of `service`'s calls, to the service itself.
+    pub fn to(service: &str) -> RouteDestination {
+        RouteDestination {
+            destination: Destination {
+                host: service.to_string(),
+                subset: None,
+            },
+            weight: None,
+        }
+    }
 }
 
 /// A service and optionally one of its subsets.
@@ -1124,8 +1249,6 @@ pub(super) const VS_UNSUPPORTED: Unsupported = &[
     (
         "http[]",
         &[
-            "redirect",
-            "directResponse",
             "delegate",
             "rewrite",
             "mirror",
@@ -1133,9 +1256,10 @@ pub(super) const VS_UNSUPPORTED: Unsupported = &[
             "mirrorPercent",
             "mirrorPercentage",
             "corsPolicy",
-            "headers",
         ],
     ),
+    ("http[].redirect", &["port", "derivePort"]),
+    ("http[].directResponse.body", &["bytes"]),
     (
         "http[].match[]",
         &[
@@ -1591,12 +1715,30 @@ fn check_virtual_service(vs: &VirtualService, problems: &mut Problems) {
 }
 
 fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) {
-    if entry.route.is_empty() {
-        problems.at(
-            format!("{at}.route"),
-            "at least one destination is required",
-        );
-        return;
+    // As Istio's validation: an entry routes, redirects or answers directly, one of the three.
+    let actions = [
+        (!entry.route.is_empty(), "route"),
+        (entry.redirect.is_some(), "redirect"),
+        (entry.direct_response.is_some(), "directResponse"),
+    ];
+    let given: Vec<&str> = actions
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    match given.as_slice() {
+        [] => {
+            problems.at(
+                format!("{at}.route"),
+                "at least one destination is required (or a redirect or directResponse)",
+            );
+            return;
+        }
+        [_] => {}
+        several => problems.at(
+            at.to_string(),
+            format!("set only one of {}", several.join(", ")),
+        ),
     }
     for (j, d) in entry.route.iter().enumerate() {
         if let Err(e) = service_of_host(&d.destination.host) {

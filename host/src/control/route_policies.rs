@@ -1,7 +1,8 @@
 //! Per-route policies: each VirtualService `http` entry's `retries`, `fault` and `timeout`
 //! apply to exactly the calls that entry matches, as in Istio.
 //!
-//! The built-in plugins stay where each policy lives; what changes is their scope. When every
+//! `headers`, `redirect` and `directResponse` are per-route the same way, in the `headers`
+//! built-in. The built-in plugins stay where each policy lives; what changes is their scope. When every
 //! entry of a service has the same policy (the common case: one entry), one plugin serves
 //! every call, as before, at no extra cost. When entries differ, the canary names the route
 //! each call took (every entry gets a name: its own, or `#<index>`), and one instance of the
@@ -24,6 +25,10 @@ pub(super) struct RoutePolicies {
     pub before_canary: Vec<PluginRef>,
     /// Route-scoped faults, right after the canary.
     pub scoped_faults: Vec<PluginRef>,
+    /// The entries' `headers`, `redirect` and `directResponse` (the `headers` built-in): one
+    /// for every call, or one per distinct configuration scoped to its routes; after the
+    /// canary, so a local answer is given once the route is known.
+    pub actions: Vec<PluginRef>,
     /// Retries: one for every call, or one per distinct configuration scoped to its routes.
     pub retries: Vec<PluginRef>,
     /// The service's overall timeout: the entries' when they all agree; else none, and each
@@ -89,6 +94,16 @@ impl RoutePolicies {
             _ => {
                 out.names_routes = true;
                 out.scoped_faults = scoped("fault", faults);
+            }
+        }
+
+        let actions = groups(vs, HttpRoute::actions_config);
+        match actions.as_slice() {
+            [] | [(None, _)] => {}
+            [(Some(config), _)] => out.actions.push(builtin("headers", config.clone())),
+            _ => {
+                out.names_routes = true;
+                out.actions = scoped("headers", actions);
             }
         }
 
