@@ -1,0 +1,195 @@
+//! DestinationRule (`networking.istio.io`): the spec as written, the Istio fields Weft refuses,
+//! and the checks one document gets.
+
+use super::*;
+
+/// A DestinationRule's spec: a service's subsets and traffic policy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRule {
+    /// The service's host.
+    pub host: String,
+    /// Load balancing and outlier detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Named label selectors.
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    /// The namespaces whose sidecars see it (`.` its own, `*` all); absent: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+/// Istio's `TrafficPolicy`, the parts Weft implements.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    /// The load-balancing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Istio's `LoadBalancerSettings`: `simple` only.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// `LEAST_REQUEST`, `ROUND_ROBIN`, `RANDOM` or `UNSPECIFIED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simple: Option<String>,
+}
+
+/// Istio's `OutlierDetection`, passed to the outlier plugin as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// 5xx errors in a row that eject an endpoint.
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Gateway errors in a row that eject an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// How often an ejection multiplier falls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long the first ejection lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// The most endpoints out at once, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+    /// No ejection below this share of serving endpoints, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<u32>,
+}
+
+/// A named subset: the endpoints whose labels include these.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Subset {
+    /// Its name (`v1`).
+    pub name: String,
+    /// The labels an endpoint must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DestinationRule {
+    /// The snapshot's `loadBalancer` value, when `simple` is given and known.
+    pub fn load_balancer(&self) -> Option<&'static str> {
+        let simple = self
+            .traffic_policy
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .simple
+            .as_deref()?;
+        load_balancer_of(simple).ok()
+    }
+}
+
+/// The snapshot's `loadBalancer` for Istio's `simple` policy.
+pub fn load_balancer_of(simple: &str) -> Result<&'static str, String> {
+    match simple {
+        // LEAST_CONN is Istio's deprecated name for LEAST_REQUEST.
+        "LEAST_REQUEST" | "UNSPECIFIED" | "LEAST_CONN" => Ok("leastRequest"),
+        "ROUND_ROBIN" => Ok("roundRobin"),
+        "RANDOM" => Ok("random"),
+        "PASSTHROUGH" => Err("PASSTHROUGH is not supported by Weft yet".to_string()),
+        other => Err(format!(
+            "unknown policy {other:?} (known: LEAST_REQUEST, ROUND_ROBIN, RANDOM, UNSPECIFIED)"
+        )),
+    }
+}
+
+impl DestinationRule {
+    /// Whether Weft's sidecars see it (see [`exported_to_workloads`]).
+    pub fn visible_to_mesh(&self) -> bool {
+        exported_to_workloads(&self.export_to)
+    }
+}
+
+pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
+    ("", &["workloadSelector"]),
+    (
+        "trafficPolicy",
+        &[
+            "connectionPool",
+            "tls",
+            "portLevelSettings",
+            "tunnel",
+            "proxyProtocol",
+        ],
+    ),
+    (
+        "trafficPolicy.loadBalancer",
+        &[
+            "consistentHash",
+            "localityLbSetting",
+            "warmupDurationSecs",
+            "warmup",
+        ],
+    ),
+    (
+        "trafficPolicy.outlierDetection",
+        &[
+            "splitExternalLocalOriginErrors",
+            "consecutiveLocalOriginFailures",
+            "consecutiveErrors",
+        ],
+    ),
+    ("subsets[]", &["trafficPolicy"]),
+];
+
+pub(super) fn check_destination_rule(dr: &DestinationRule, problems: &mut Problems) {
+    if let Err(e) = service_of_host(&dr.host) {
+        problems.at("spec.host", e);
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if s.name.is_empty() {
+            problems.at(format!("spec.subsets[{i}].name"), "must not be empty");
+        } else if !names.insert(s.name.as_str()) {
+            problems.at(
+                format!("spec.subsets[{i}].name"),
+                format!("subset {} is defined twice", s.name),
+            );
+        }
+    }
+    let Some(policy) = &dr.traffic_policy else {
+        return;
+    };
+    if let Some(simple) = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.simple.as_deref())
+        && let Err(e) = load_balancer_of(simple)
+    {
+        problems.at("spec.trafficPolicy.loadBalancer.simple", e);
+    }
+    if let Some(o) = &policy.outlier_detection {
+        let at = "spec.trafficPolicy.outlierDetection";
+        for (field, value) in [
+            ("interval", &o.interval),
+            ("baseEjectionTime", &o.base_ejection_time),
+        ] {
+            if let Some(t) = value {
+                check_duration(t, &format!("{at}.{field}"), true, problems);
+            }
+        }
+        for (field, value) in [
+            ("maxEjectionPercent", o.max_ejection_percent),
+            ("minHealthPercent", o.min_health_percent),
+        ] {
+            if let Some(p) = value {
+                check_percentage(f64::from(p), &format!("{at}.{field}"), problems);
+            }
+        }
+    }
+}
