@@ -21,6 +21,7 @@ pub mod control;
 pub mod endpoints;
 pub mod files;
 pub mod identity;
+pub mod names;
 pub mod plugin;
 pub mod proxy;
 pub mod random;

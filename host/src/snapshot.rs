@@ -246,6 +246,21 @@ pub fn is_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// What a control plane's watch drives: a data plane snapshots are applied to. The watch
+/// client knows the data plane only through this, so the control code never imports the
+/// proxy.
+pub trait SnapshotTarget: Sync {
+    /// Where fetched artifacts go, named `<sha256>.wasm`.
+    fn artifact_dir(&self) -> &std::path::Path;
+    /// The version it runs now.
+    fn current_version(&self) -> String;
+    /// Applies a snapshot whole, or refuses it and keeps the last one, with the reason.
+    fn apply_snapshot(
+        &self,
+        snapshot: Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
 /// A snapshot that cannot be applied, with every reason found.
 #[derive(Debug, thiserror::Error)]
 #[error("snapshot rejected:\n  - {}", .0.join("\n  - "))]

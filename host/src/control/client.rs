@@ -12,8 +12,7 @@ use super::wire::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
 use crate::identity::{
     PendingKey, SpiffeError, SpiffeId, TlsError, TrustBundle, Workload, WorkloadError, renew_at,
 };
-use crate::proxy::Sidecar;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotTarget};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -136,7 +135,7 @@ pub async fn download(url: &str) -> Result<Vec<u8>, String> {
 /// Makes sure every stored artifact `snapshot` names is in the sidecar's artifact directory.
 async fn fetch_artifacts(
     cfg: &WatchConfig,
-    sidecar: &Sidecar,
+    sidecar: &impl SnapshotTarget,
     snapshot: &Snapshot,
 ) -> Result<(), String> {
     let dir = sidecar.artifact_dir().to_path_buf();
@@ -171,9 +170,14 @@ async fn fetch_artifacts(
 }
 
 /// Applies one snapshot and answers for it.
-async fn take(cfg: &WatchConfig, sidecar: &Sidecar, version: String, snapshot: Snapshot) {
+async fn take(
+    cfg: &WatchConfig,
+    sidecar: &impl SnapshotTarget,
+    version: String,
+    snapshot: Snapshot,
+) {
     let applied = match fetch_artifacts(cfg, sidecar, &snapshot).await {
-        Ok(()) => sidecar.apply(snapshot).await.map_err(|e| e.to_string()),
+        Ok(()) => sidecar.apply_snapshot(snapshot).await,
         Err(e) => Err(e),
     };
     if let Err(reason) = &applied {
@@ -222,10 +226,10 @@ fn enc(s: &str) -> String {
 /// One watch connection, until it ends; whether it got as far as streaming.
 async fn watch_once(
     cfg: &WatchConfig,
-    sidecar: &Sidecar,
+    sidecar: &impl SnapshotTarget,
     heartbeat_timeout: Duration,
 ) -> Result<(), String> {
-    let version = sidecar.snapshot().version;
+    let version = sidecar.current_version();
     let req = Request::get(watch_path(cfg, &version))
         .header(http::header::AUTHORIZATION, format!("Bearer {}", cfg.token))
         .body(Full::new(Bytes::new()))
@@ -279,7 +283,11 @@ async fn watch_once(
 
 /// Watches until `shutdown`, reconnecting with exponential back-off (100 ms doubling to 5 s)
 /// and full jitter; the sidecar serves its last snapshot meanwhile.
-pub async fn run(cfg: WatchConfig, sidecar: &Sidecar, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    cfg: WatchConfig,
+    sidecar: &impl SnapshotTarget,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
     loop {
         let started = std::time::Instant::now();

@@ -521,3 +521,17 @@ impl Sidecar {
         }
     }
 }
+
+impl crate::snapshot::SnapshotTarget for Sidecar {
+    fn artifact_dir(&self) -> &std::path::Path {
+        Sidecar::artifact_dir(self)
+    }
+
+    fn current_version(&self) -> String {
+        self.inputs.routes.load().snapshot.version.clone()
+    }
+
+    async fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), String> {
+        self.apply(snapshot).await.map_err(|e| e.to_string())
+    }
+}

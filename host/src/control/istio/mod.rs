@@ -29,6 +29,7 @@ use std::fmt;
 use std::str::FromStr;
 use yaml_rust2::Yaml;
 
+use crate::names::is_dns_label;
 use crate::snapshot::{is_digest, parse_duration};
 
 mod authorization;
@@ -573,15 +574,6 @@ fn check_duration(text: &str, at: &str, positive: bool, problems: &mut Problems)
         Ok(d) if positive && d.as_millis() < 1 => problems.at(at, "must be at least 1ms"),
         Ok(_) => {}
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
