@@ -849,6 +849,9 @@ pub(super) fn entry_retry(entry: &HttpRoute) -> Option<Value> {
     if let Some(on) = &r.retry_on {
         config.insert("retryOn".into(), Value::from(on.as_str()));
     }
+    if let Some(base) = &r.backoff {
+        config.insert("backoff".into(), json!({ "baseInterval": base.as_str() }));
+    }
     Some(Value::Object(config))
 }
 

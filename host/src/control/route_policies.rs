@@ -162,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn istios_backoff_is_the_retry_plugins_base_interval() {
+        let p = RoutePolicies::of(&vs("  - route: [{ destination: { host: reviews } }]\n    \
+             retries: { attempts: 2, backoff: 100ms }\n"));
+        assert_eq!(p.retries[0].config["backoff"]["baseInterval"], "100ms");
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: r }\n\
+                    spec:\n  hosts: [r]\n  http:\n  - route: [{ destination: { host: r } }]\n    \
+                    retries: { attempts: 2, backoff: 0s }\n";
+        let err = parse_yaml(text, "t.yaml").expect_err("a zero back-off");
+        assert!(
+            err[0].contains("spec.http[0].retries.backoff: must be at least 1ms"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn entries_that_differ_get_plugins_scoped_to_their_routes() {
         // Istio's fault-injection task: jason is delayed, everyone else is not; a POST-only
         // route has retries off; only the first entry has a timeout.

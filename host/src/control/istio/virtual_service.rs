@@ -251,6 +251,10 @@ pub struct Retries {
     /// Only `true`, which is what the host does: a retry prefers another endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_ignore_previous_hosts: Option<bool>,
+    /// The base interval of the exponential back-off between tries (Istio 1.26; 25 ms when
+    /// absent, as Envoy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
 }
 
 /// Istio's `HTTPFaultInjection`.
@@ -415,6 +419,9 @@ pub(super) fn check_virtual_service(vs: &VirtualService, problems: &mut Problems
         if let Some(r) = &entry.retries {
             if let Some(t) = &r.per_try_timeout {
                 check_duration(t, &format!("{at}.retries.perTryTimeout"), true, problems);
+            }
+            if let Some(t) = &r.backoff {
+                check_duration(t, &format!("{at}.retries.backoff"), true, problems);
             }
             if r.retry_ignore_previous_hosts == Some(false) {
                 problems.at(
