@@ -167,6 +167,47 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
             "{v1_weight}/{v2_weight}: {to_v2} of 400 to v2"
         );
     }
+    // Istio's Bookinfo request routing: jason goes to v2, everyone else to v1.
+    let by_user = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments.default.svc.cluster.local]
+  http:
+  - match: [{ headers: { end-user: { exact: jason } } }]
+    route: [{ destination: { host: payments, subset: v2 } }]
+  - route: [{ destination: { host: payments, subset: v1 } }]
+";
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply?source=by-user",
+        Bytes::from(by_user),
+    )
+    .await
+    .expect("applies");
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    for (user, app) in [
+        ("jason", "payments-v2"),
+        ("mary", "payments-v1"),
+        ("", "payments-v1"),
+    ] {
+        for _ in 0..20 {
+            let mut req = charge(orders.addr("outbound"));
+            if !user.is_empty() {
+                req.headers_mut()
+                    .insert("end-user", http::HeaderValue::from_static(user));
+            }
+            let resp = h1_client().request(req).await.expect("answered");
+            assert_eq!(
+                resp.headers().get("x-app").map(|v| v.as_bytes()),
+                Some(app.as_bytes()),
+                "end-user {user:?}"
+            );
+        }
+    }
+
     // `weft apply --wait` tells the truth: each sidecar sent the change, and its answer.
     let good = write(dir.path(), "weight-20.yaml", &reweighted(80, 20));
     let out = weft(
