@@ -280,6 +280,10 @@ spec:
     timeout: 300ms
     retries: { attempts: 0 }
     route: [{ destination: { host: payments } }]
+  - name: v1-api
+    match: [{ uri: { prefix: /v1/ } }]
+    rewrite: { uri: /api/, authority: billing.internal }
+    route: [{ destination: { host: payments } }]
   - name: maintenance
     match: [{ uri: { prefix: /maintenance } }]
     directResponse: { status: 503, body: { string: down for maintenance } }
@@ -411,6 +415,23 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
         app.seen().len(),
         seen,
         "answered locally, never sent to the app"
+    );
+
+    // A rewrite: the app gets the rewritten path (query kept) and authority; routing and the
+    // other routes saw the caller's.
+    let seen = app.seen().len();
+    let (got, _, _) = read(
+        send(Method::GET, "/v1/charge?id=3", &[])
+            .await
+            .expect("answered"),
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK);
+    let upstream = &app.seen()[seen];
+    assert_eq!(upstream.path, "/api/charge");
+    assert_eq!(
+        upstream.headers.get("host").map(|v| v.as_bytes()),
+        Some(&b"billing.internal"[..])
     );
 
     // A caller may name the service fully qualified: the same service, the same routes.

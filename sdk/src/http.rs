@@ -119,6 +119,17 @@ impl<'a> Request<'a> {
     pub fn set_route(&mut self, name: &str) {
         self.inner.set_route(name)
     }
+
+    /// Replaces the path and query the call is sent upstream with (a rewrite); fails unless it
+    /// is an absolute path a request line can carry.
+    pub fn set_path(&mut self, path: &str) -> Result<(), String> {
+        self.inner.set_path(path)
+    }
+
+    /// Replaces the authority the call is sent upstream with; fails unless it is valid.
+    pub fn set_authority(&mut self, authority: &str) -> Result<(), String> {
+        self.inner.set_authority(authority)
+    }
 }
 
 impl<'a> Response<'a> {

@@ -538,6 +538,21 @@ impl TestRequest {
     pub(crate) fn set_route(&mut self, name: &str) {
         self.route = (!name.is_empty()).then(|| name.to_string());
     }
+    pub(crate) fn set_path(&mut self, path: &str) -> Result<(), String> {
+        // The host's rule: an absolute path, with nothing a request line cannot carry.
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("invalid path {path:?}"));
+        }
+        self.path = path.to_string();
+        Ok(())
+    }
+    pub(crate) fn set_authority(&mut self, authority: &str) -> Result<(), String> {
+        if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b"/?#@".contains(&b)) {
+            return Err(format!("invalid authority {authority:?}"));
+        }
+        self.authority = authority.to_string();
+        Ok(())
+    }
 }
 
 /// A response head for tests.

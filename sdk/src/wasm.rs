@@ -237,6 +237,12 @@ impl RequestInner {
     pub(crate) fn set_route(&mut self, name: &str) {
         wit_request::set_route(name)
     }
+    pub(crate) fn set_path(&mut self, path: &str) -> Result<(), String> {
+        wit_request::set_path(path)
+    }
+    pub(crate) fn set_authority(&mut self, authority: &str) -> Result<(), String> {
+        wit_request::set_authority(authority)
+    }
 }
 
 /// The response head during `on-response`.

@@ -866,6 +866,7 @@ pub(super) fn canary_config(
     if !names_routes
         && let [entry] = vs.http.as_slice()
         && entry.matches.is_empty()
+        && entry.rewrite.is_none()
         && let [only] = entry.route.as_slice()
         && only.destination.subset.is_none()
         && short(&only.destination.host) == service
@@ -914,6 +915,12 @@ pub(super) fn canary_config(
             out.insert("route".into(), Value::Array(route));
             if let Some(t) = &entry.timeout {
                 out.insert("timeout".into(), Value::from(t.as_str()));
+            }
+            if let Some(r) = &entry.rewrite {
+                out.insert(
+                    "rewrite".into(),
+                    serde_json::to_value(r).unwrap_or(Value::Null),
+                );
             }
             Value::Object(out)
         })

@@ -42,6 +42,7 @@ const KINDS: &[KindProbe] = &[
             "http[].headers.request",
             "http[].headers.response",
             "http[].redirect",
+            "http[].rewrite",
             "http[].directResponse",
             "http[].directResponse.body",
         ],

@@ -255,6 +255,28 @@ impl request::Host for PluginCtx {
         self.request.headers.remove(name.as_str());
     }
 
+    fn set_path(&mut self, path: String) -> Result<(), String> {
+        // Exactly what the URI of the upstream request can hold, checked now so the proxy
+        // never has to refuse it later.
+        match http::uri::PathAndQuery::from_maybe_shared(path.clone()) {
+            Ok(p) if p.as_str().starts_with('/') => {
+                self.request.path = path;
+                Ok(())
+            }
+            _ => Err(format!("invalid path {:?}", clip(&path))),
+        }
+    }
+
+    fn set_authority(&mut self, authority: String) -> Result<(), String> {
+        match http::uri::Authority::from_maybe_shared(authority.clone()) {
+            Ok(a) if !a.as_str().contains('@') => {
+                self.request.authority = authority;
+                Ok(())
+            }
+            _ => Err(format!("invalid authority {:?}", clip(&authority))),
+        }
+    }
+
     fn source(&mut self) -> String {
         self.request.source.to_string()
     }

@@ -222,7 +222,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         );
     };
     // Made now, so the authority itself can move into the head without a copy.
-    let forwarded_host = HeaderValue::from_str(&authority).ok();
+    let mut forwarded_host = HeaderValue::from_str(&authority).ok();
     headers::strip_hop_by_hop(&mut parts.headers);
     // Room for the four headers this hop adds, so the map grows at most once.
     parts.headers.reserve(4);
@@ -259,8 +259,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         inputs: inputs.clone(),
         done: false,
     };
-    // Plugins can read the path but not change it: the original is reused for every attempt.
-    let path_and_query = parts
+    // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
+    let mut path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
@@ -282,6 +282,18 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     };
     let decided = call.route.chain.on_request(id, &mut head);
     call.route_id = head.route;
+    // A rewrite (`set-path`, `set-authority`) changes what goes upstream, not what was routed;
+    // the host checked both when the plugin set them.
+    if head.path != path_and_query.as_str()
+        && let Ok(p) = PathAndQuery::from_maybe_shared(head.path.clone())
+    {
+        path_and_query = p;
+    }
+    if forwarded_host.as_ref().map(HeaderValue::as_bytes) != Some(head.authority.as_bytes())
+        && let Ok(v) = HeaderValue::from_str(&head.authority)
+    {
+        forwarded_host = Some(v);
+    }
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }

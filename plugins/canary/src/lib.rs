@@ -95,6 +95,23 @@ pub struct HttpRoute {
     /// The call's overall timeout when this entry is chosen (`"0s"`: none from this entry).
     #[serde(default)]
     pub timeout: Option<IstioDuration>,
+    /// What the call is sent upstream with instead of the caller's path and authority.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// Istio's `HTTPRewrite` (`uri` and `authority`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the part of the path the entry's `uri` match matched: the prefix of a prefix
+    /// match, the whole path of an exact one, the leading `/` when the entry matched no `uri`
+    /// (Istio's rule). The query string is kept.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Replaces the authority (the destination app's `Host`).
+    #[serde(default)]
+    pub authority: Option<String>,
 }
 
 /// Keeps a user on one version by hashing a request header instead of rolling dice.
@@ -145,6 +162,7 @@ struct Entry {
     // out.
     picks: Vec<(u64, Action)>,
     timeout: Option<Duration>,
+    rewrite: Option<Rewrite>,
 }
 
 enum Action {
@@ -292,6 +310,38 @@ fn compile_match(
     Ok(out)
 }
 
+/// A rewrite this plugin can honour: an absolute `uri`, not after a regex `uri` match (whose
+/// "matched part" Istio leaves to `uriRegexRewrite`), and a plain authority.
+fn check_rewrite(r: &Rewrite, alternatives: &[Vec<Condition>], at: &str) -> Result<(), String> {
+    if let Some(uri) = &r.uri {
+        if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?') {
+            return Err(format!(
+                "{at}.uri: {uri:?} must be an absolute path without a query"
+            ));
+        }
+        let regex = alternatives.iter().flatten().any(|c| {
+            matches!(
+                c,
+                Condition::Uri {
+                    pattern: Pattern::Regex(_),
+                    ..
+                }
+            )
+        });
+        if regex {
+            return Err(format!(
+                "{at}.uri: not supported after a regex uri match (uriRegexRewrite is not supported yet)"
+            ));
+        }
+    }
+    if let Some(a) = &r.authority
+        && (a.is_empty() || a.bytes().any(|b| b <= b' ' || b"/?#@".contains(&b)))
+    {
+        return Err(format!("{at}.authority: {a:?} is not a host[:port]"));
+    }
+    Ok(())
+}
+
 fn compile_route(
     route: Vec<WeightedRoute>,
     at: &str,
@@ -371,6 +421,7 @@ impl Filter for Canary {
                 alternatives: Vec::new(),
                 picks: compile_route(route, "route", None, host)?,
                 timeout: None,
+                rewrite: None,
             }),
             (Some(http), None) => {
                 if http.is_empty() {
@@ -385,6 +436,9 @@ impl Filter for Canary {
                     }
                     let picks =
                         compile_route(h.route, &format!("{at}.route"), h.name.as_deref(), host)?;
+                    if let Some(r) = &h.rewrite {
+                        check_rewrite(r, &alternatives, &format!("{at}.rewrite"))?;
+                    }
                     entries.push(Entry {
                         name: h.name.filter(|n| !n.is_empty()),
                         alternatives,
@@ -392,6 +446,7 @@ impl Filter for Canary {
                         // Zero is Istio's "no timeout"; the host can only fall back to the
                         // service's own, which is what leaving it unset does.
                         timeout: h.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
+                        rewrite: h.rewrite,
                     });
                 }
             }
@@ -421,12 +476,20 @@ impl Filter for Canary {
     }
 
     fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
-        let (entry, action) = {
+        let (entry, matched, action) = {
             let mut reads = Reads::new(req, &self.header_names);
-            let Some(entry) = self.entries.iter().find(|e| e.matches(&mut reads)) else {
+            let Some((entry, matched)) = self
+                .entries
+                .iter()
+                .find_map(|e| e.matched(&mut reads).map(|m| (e, m)))
+            else {
                 return RequestAction::Respond(LocalResponse::text(404, self.no_route.clone()));
             };
-            (entry, entry.pick(|total| self.roll(&mut reads, total)))
+            (
+                entry,
+                matched,
+                entry.pick(|total| self.roll(&mut reads, total)),
+            )
         };
         match action {
             Some(Action::Subset(subset)) => req.set_subset(subset),
@@ -435,6 +498,9 @@ impl Filter for Canary {
         }
         if let Some(timeout) = entry.timeout {
             req.set_timeout(timeout);
+        }
+        if let Some(rewrite) = &entry.rewrite {
+            entry.rewrite(rewrite, matched, req);
         }
         // Only a named entry costs the host call; plugins scoped to it come after this one.
         if let Some(name) = &entry.name {
@@ -455,12 +521,51 @@ impl Canary {
 }
 
 impl Entry {
-    fn matches(&self, reads: &mut Reads<'_, '_>) -> bool {
-        self.alternatives.is_empty()
-            || self
-                .alternatives
-                .iter()
-                .any(|all| all.iter().all(|c| c.holds(reads)))
+    /// Whether the entry takes this call, and by which alternative (none when it has no
+    /// `match`).
+    fn matched(&self, reads: &mut Reads<'_, '_>) -> Option<Option<usize>> {
+        if self.alternatives.is_empty() {
+            return Some(None);
+        }
+        self.alternatives
+            .iter()
+            .position(|all| all.iter().all(|c| c.holds(reads)))
+            .map(Some)
+    }
+
+    /// Applies the entry's rewrite to the call, by the alternative that matched it.
+    fn rewrite(&self, rewrite: &Rewrite, matched: Option<usize>, req: &mut Request<'_>) {
+        if let Some(uri) = &rewrite.uri {
+            let full = req.path();
+            let (path, query) = match full.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (full.as_str(), None),
+            };
+            let uri_pattern = matched
+                .and_then(|i| self.alternatives.get(i))
+                .and_then(|all| {
+                    all.iter().find_map(|c| match c {
+                        Condition::Uri { pattern, .. } => Some(pattern),
+                        _ => None,
+                    })
+                });
+            let rest = match uri_pattern {
+                Some(Pattern::Prefix(p)) => path.get(p.len()..).unwrap_or(""),
+                Some(Pattern::Exact(_)) => "",
+                // Istio rewrites as Envoy's prefix_rewrite on a `/` prefix.
+                _ => path.strip_prefix('/').unwrap_or(path),
+            };
+            let mut new = format!("{uri}{rest}");
+            if let Some(q) = query {
+                new.push('?');
+                new.push_str(q);
+            }
+            // Checked at configure; a refusal here leaves the caller's path.
+            let _ = req.set_path(&new);
+        }
+        if let Some(authority) = &rewrite.authority {
+            let _ = req.set_authority(authority);
+        }
     }
 
     /// The destination for a roll; the roll is only drawn when there is a choice to make,

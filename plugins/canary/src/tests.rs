@@ -825,3 +825,60 @@ fn a_named_entry_names_the_route_and_an_unnamed_one_does_not() {
     ));
     assert_eq!(req.route, None);
 }
+
+// === rewrite ===
+
+/// The path and authority a request is sent upstream with after the canary.
+fn rewritten(cfg: &str, path: &str) -> (String, String) {
+    let mut h = canary(cfg);
+    let mut req = get(path);
+    let (_, action) = h.on_request(&mut req);
+    assert!(matches!(action, RequestAction::Continue));
+    (req.path, req.authority)
+}
+
+#[test]
+fn a_rewrite_replaces_what_the_uri_match_matched_and_keeps_the_query() {
+    let entry = |m: &str, rewrite: &str| {
+        format!(
+            r#"{{"http":[{{"match":[{m}],"rewrite":{rewrite},
+                 "route":[{{"destination":{{"host":"payments"}}}}]}}]}}"#
+        )
+    };
+    // A prefix match: the prefix.
+    let cfg = entry(r#"{"uri":{"prefix":"/v1/"}}"#, r#"{"uri":"/api/"}"#);
+    assert_eq!(rewritten(&cfg, "/v1/charge?id=7").0, "/api/charge?id=7");
+    // An exact match: the whole path.
+    let cfg = entry(r#"{"uri":{"exact":"/old"}}"#, r#"{"uri":"/new"}"#);
+    assert_eq!(rewritten(&cfg, "/old?x=1").0, "/new?x=1");
+    // No uri match: the leading slash, as Istio has it.
+    let cfg = entry(
+        r#"{"headers":{"end-user":{"exact":"jason"}}},{}"#,
+        r#"{"uri":"/v2/","authority":"billing:8080"}"#,
+    );
+    assert_eq!(
+        rewritten(&cfg, "/charge"),
+        ("/v2/charge".to_string(), "billing:8080".to_string())
+    );
+}
+
+#[test]
+fn a_rewrite_that_cannot_be_honoured_is_refused() {
+    for (rewrite, words) in [
+        (r#"{"uri":"relative"}"#, "rewrite.uri"),
+        (r#"{"uri":"/x?y=1"}"#, "without a query"),
+        (r#"{"authority":"a/b"}"#, "rewrite.authority"),
+        (r#"{"uriRegexRewrite":{}}"#, "unknown field"),
+    ] {
+        let cfg = format!(
+            r#"{{"http":[{{"rewrite":{rewrite},"route":[{{"destination":{{"host":"p"}}}}]}}]}}"#
+        );
+        let err = rejected(&cfg);
+        assert!(err.contains(words), "{rewrite}: {err}");
+    }
+    let err = rejected(
+        r#"{"http":[{"match":[{"uri":{"regex":"/v[0-9]+/.*"}}],"rewrite":{"uri":"/"},
+                     "route":[{"destination":{"host":"p"}}]}]}"#,
+    );
+    assert!(err.contains("regex uri match"), "{err}");
+}

@@ -46,12 +46,27 @@ pub struct HttpRoute {
     /// Header operations on the request and the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// What the call is sent upstream with instead of the caller's path and authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
     /// Answer with a redirect instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
     /// Answer locally instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+}
+
+/// Istio's `HTTPRewrite` (`uriRegexRewrite` is refused when read).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the part of the path the entry's `uri` match matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Replaces the authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// Istio's `HTTPRedirect` (`port` and `derivePort` are refused when read).
@@ -355,7 +370,6 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
         "http[]",
         &[
             "delegate",
-            "rewrite",
             "mirror",
             "mirrors",
             "mirrorPercent",
@@ -364,6 +378,7 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
         ],
     ),
     ("http[].redirect", &["port", "derivePort"]),
+    ("http[].rewrite", &["uriRegexRewrite"]),
     ("http[].directResponse.body", &["bytes"]),
     (
         "http[].match[]",
