@@ -295,6 +295,10 @@ spec:
     headers:
       request: { set: { x-env: prod }, remove: [x-debug] }
       response: { add: { x-served-by: weft } }
+    corsPolicy:
+      allowOrigins: [{ exact: 'https://shop.example' }]
+      allowMethods: [GET, POST]
+      maxAge: 1h
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,6 +420,49 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
         seen,
         "answered locally, never sent to the app"
     );
+
+    // CORS on the default route: a browser's preflight is answered by the sidecar, and the
+    // actual call's response says which origin may read it.
+    let seen = app.seen().len();
+    let (got, headers, _) = read(
+        send(
+            Method::OPTIONS,
+            "/charge",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        )
+        .await
+        .expect("answered"),
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK);
+    assert_eq!(
+        headers
+            .get("access-control-allow-methods")
+            .map(|v| v.as_bytes()),
+        Some(&b"GET,POST"[..])
+    );
+    assert_eq!(
+        app.seen().len(),
+        seen,
+        "the preflight never reached the app"
+    );
+    let resp = send(
+        Method::GET,
+        "/charge",
+        &[("origin", "https://shop.example")],
+    )
+    .await
+    .expect("answered");
+    assert_eq!(
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"https://shop.example"[..])
+    );
+    let _ = read(resp).await;
 
     // A rewrite: the app gets the rewritten path (query kept) and authority; routing and the
     // other routes saw the caller's.

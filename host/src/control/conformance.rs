@@ -43,6 +43,7 @@ const KINDS: &[KindProbe] = &[
             "http[].headers.response",
             "http[].redirect",
             "http[].rewrite",
+            "http[].corsPolicy",
             "http[].directResponse",
             "http[].directResponse.body",
         ],

@@ -6,8 +6,11 @@
 //! Header operations run as Envoy's do: removals, then `set` (replacing), then `add`
 //! (appending). A local answer carries the entry's response operations too.
 
+mod cors;
 #[cfg(test)]
 mod tests;
+
+pub use cors::{Cors, CorsConfig, OriginMatch};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -75,6 +78,9 @@ pub struct Config {
     /// Answer with a redirect instead of routing.
     #[serde(default)]
     pub redirect: Option<Redirect>,
+    /// Istio's `corsPolicy`.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
 }
 
 /// A local answer decided at configure time, but for the redirect's target.
@@ -88,6 +94,7 @@ pub struct Headers {
     request: HeaderOperations,
     response: HeaderOperations,
     answer: Option<Answer>,
+    cors: Option<Cors>,
 }
 
 /// Whether `name` can be written as a header: an HTTP token, not a pseudo-header.
@@ -266,25 +273,38 @@ impl Filter for Headers {
             }
             (None, None) => None,
         };
+        let cors = config.cors.map(Cors::new).transpose()?;
         Ok(Headers {
             request: config.request,
             response: config.response,
             answer,
+            cors,
         })
     }
 
     fn hooks(&self) -> Hooks {
         let mut hooks = Hooks::NONE;
-        if self.answer.is_some() || self.request != HeaderOperations::default() {
+        if self.answer.is_some()
+            || self.cors.is_some()
+            || self.request != HeaderOperations::default()
+        {
             hooks |= Hooks::ON_REQUEST;
         }
-        if self.answer.is_none() && self.response != HeaderOperations::default() {
+        if self.answer.is_none()
+            && (self.cors.is_some() || self.response != HeaderOperations::default())
+        {
             hooks |= Hooks::ON_RESPONSE;
         }
         hooks
     }
 
-    fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
+    fn on_request(&self, call_id: u64, req: &mut Request<'_>) -> RequestAction {
+        // A preflight is the browser's, answered before anything else the entry does.
+        if let Some(cors) = &self.cors
+            && let Some(reply) = cors.on_request(call_id, req)
+        {
+            return RequestAction::Respond(reply);
+        }
         if let Some(answer) = &self.answer {
             return RequestAction::Respond(self.local(answer, req));
         }
@@ -292,7 +312,10 @@ impl Filter for Headers {
         RequestAction::Continue
     }
 
-    fn on_response(&self, _call_id: u64, resp: &mut Response<'_>) -> ResponseAction {
+    fn on_response(&self, call_id: u64, resp: &mut Response<'_>) -> ResponseAction {
+        if let Some(cors) = &self.cors {
+            cors.on_response(call_id, resp);
+        }
         apply(&self.response, resp);
         ResponseAction::Continue
     }

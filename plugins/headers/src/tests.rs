@@ -139,3 +139,94 @@ fn nothing_to_do_costs_no_hook() {
     let h = harness("{}");
     assert_eq!(h.hooks(), Hooks::NONE);
 }
+
+fn with_origin(method: &str, origin: &str, preflight: bool) -> TestRequest {
+    let mut req = TestRequest::get("payments", "/charge");
+    req.method = method.into();
+    req.headers
+        .push(("origin".into(), origin.as_bytes().to_vec()));
+    if preflight {
+        req.headers
+            .push(("access-control-request-method".into(), b"PUT".to_vec()));
+    }
+    req
+}
+
+const CORS: &str = r#"{"cors": {"allowOrigins": [{"exact": "https://shop.example"}, {"regex": "https://.*[.]test"}],
+    "allowMethods": ["GET", "PUT"], "allowHeaders": ["x-user"], "exposeHeaders": ["x-trace"],
+    "maxAge": "24h", "allowCredentials": true}}"#;
+
+#[test]
+fn a_preflight_from_an_allowed_origin_is_answered_here() {
+    let mut h = harness(CORS);
+    let mut req = with_origin("OPTIONS", "https://a.test", true);
+    let (_, action) = h.on_request(&mut req);
+    let RequestAction::Respond(reply) = action else {
+        panic!("a preflight goes no further")
+    };
+    assert_eq!(reply.status, 200);
+    let get = |n: &str| {
+        reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        get("access-control-allow-origin").as_deref(),
+        Some("https://a.test")
+    );
+    assert_eq!(
+        get("access-control-allow-methods").as_deref(),
+        Some("GET,PUT")
+    );
+    assert_eq!(
+        get("access-control-allow-headers").as_deref(),
+        Some("x-user")
+    );
+    assert_eq!(get("access-control-max-age").as_deref(), Some("86400"));
+    assert_eq!(
+        get("access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+}
+
+#[test]
+fn an_actual_request_from_an_allowed_origin_gets_cors_headers_on_its_response() {
+    let mut h = harness(CORS);
+    let mut req = with_origin("GET", "https://shop.example", false);
+    let (call, action) = h.on_request(&mut req);
+    assert!(matches!(action, RequestAction::Continue));
+    let mut resp = TestResponse::new(200);
+    h.on_response(call, &mut resp);
+    assert_eq!(
+        resp.header_text("access-control-allow-origin").as_deref(),
+        Some("https://shop.example")
+    );
+    assert_eq!(
+        resp.header_text("access-control-expose-headers").as_deref(),
+        Some("x-trace")
+    );
+    // Another origin: nothing added, and its preflight goes upstream.
+    let mut req = with_origin("GET", "https://evil.example", false);
+    let (call, _) = h.on_request(&mut req);
+    let mut resp = TestResponse::new(200);
+    h.on_response(call, &mut resp);
+    assert_eq!(resp.header_text("access-control-allow-origin"), None);
+    let mut req = with_origin("OPTIONS", "https://evil.example", true);
+    assert!(matches!(h.on_request(&mut req).1, RequestAction::Continue));
+}
+
+#[test]
+fn unmatched_preflights_can_be_answered_without_cors_headers() {
+    let mut h = harness(
+        r#"{"cors": {"allowOrigins": [{"exact": "https://shop.example"}], "unmatchedPreflights": "IGNORE"}}"#,
+    );
+    let mut req = with_origin("OPTIONS", "https://evil.example", true);
+    let RequestAction::Respond(reply) = h.on_request(&mut req).1 else {
+        panic!("answered here")
+    };
+    assert_eq!((reply.status, reply.headers.len()), (200, 0));
+    let err = refused(r#"{"cors": {"allowOrigins": [{"regex": "("}]}}"#);
+    assert!(err.contains("cors.allowOrigins[0].regex"), "{err}");
+}

@@ -52,9 +52,42 @@ pub struct HttpRoute {
     /// Answer with a redirect instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Cross-origin resource sharing for browsers calling this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_policy: Option<CorsPolicy>,
     /// Answer locally instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+}
+
+/// Istio's `CorsPolicy`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Origins allowed, as string matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<StringMatch>,
+    /// The deprecated form: exact origins (`*`: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    /// Methods a preflight may ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Headers a preflight may ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long a preflight's answer may be cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Whether credentials may be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// `FORWARD` (default) or `IGNORE`: a preflight from another origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
 }
 
 /// Istio's `HTTPRewrite` (`uriRegexRewrite` is refused when read).
@@ -148,6 +181,25 @@ impl HttpRoute {
                     );
                 }
             }
+        }
+        if let Some(c) = &self.cors_policy {
+            let mut cors = serde_json::to_value(c).unwrap_or(Value::Null);
+            // The deprecated exact list joins the matches, as Istio merges them.
+            if let Some(obj) = cors.as_object_mut() {
+                let mut origins: Vec<Value> = c
+                    .allow_origins
+                    .iter()
+                    .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+                    .collect();
+                origins.extend(
+                    c.allow_origin
+                        .iter()
+                        .map(|o| serde_json::json!({ "exact": o })),
+                );
+                obj.remove("allowOrigin");
+                obj.insert("allowOrigins".into(), Value::Array(origins));
+            }
+            out.insert("cors".into(), cors);
         }
         if let Some(r) = &self.redirect {
             out.insert(
@@ -374,7 +426,6 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
             "mirrors",
             "mirrorPercent",
             "mirrorPercentage",
-            "corsPolicy",
         ],
     ),
     ("http[].redirect", &["port", "derivePort"]),
