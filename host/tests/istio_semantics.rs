@@ -208,6 +208,55 @@ spec:
         }
     }
 
+    // Istio's mirroring task: every call to v1 is copied to v2, and the caller sees only v1.
+    let mirrored = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - route: [{ destination: { host: payments, subset: v1 } }]
+    mirror: { host: payments, subset: v2 }
+    mirrorPercentage: { value: 100.0 }
+";
+    call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply?source=mirror",
+        Bytes::from(mirrored),
+    )
+    .await
+    .expect("applies");
+    converged(cp, &op, 3, Duration::from_secs(10)).await;
+    let before = v2.seen().len();
+    for _ in 0..20 {
+        let resp = h1_client()
+            .request(charge(orders.addr("outbound")))
+            .await
+            .expect("answered");
+        assert_eq!(
+            resp.headers().get("x-app").map(|v| v.as_bytes()),
+            Some(&b"payments-v1"[..]),
+            "the caller sees only the primary"
+        );
+        let _ = read(resp).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v2.seen().len() < before + 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} copies reached v2",
+            v2.seen().len() - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = v2.seen().last().cloned().expect("a copy");
+    assert_eq!(
+        copy.headers.get("host").map(|v| v.as_bytes()),
+        Some(&b"payments-shadow"[..])
+    );
+
     // `weft apply --wait` tells the truth: each sidecar sent the change, and its answer.
     let good = write(dir.path(), "weight-20.yaml", &reweighted(80, 20));
     let out = weft(

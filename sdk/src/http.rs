@@ -120,6 +120,12 @@ impl<'a> Request<'a> {
         self.inner.set_route(name)
     }
 
+    /// Sends a copy of this call to `dest` too (a mirror), fire-and-forget: its answer never
+    /// reaches or delays the caller. At most 4 per call.
+    pub fn add_mirror(&mut self, dest: Destination) {
+        self.inner.add_mirror(dest)
+    }
+
     /// Replaces the path and query the call is sent upstream with (a rewrite); fails unless it
     /// is an absolute path a request line can carry.
     pub fn set_path(&mut self, path: &str) -> Result<(), String> {

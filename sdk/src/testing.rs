@@ -457,6 +457,8 @@ pub struct TestRequest {
     pub delay_ms: Option<u32>,
     /// The route a plugin named (`set_route`); an empty name clears it, as the host does.
     pub route: Option<String>,
+    /// Where the plugins asked copies of the call to go (`add_mirror`).
+    pub mirrors: Vec<Destination>,
 }
 
 impl TestRequest {
@@ -537,6 +539,12 @@ impl TestRequest {
     }
     pub(crate) fn set_route(&mut self, name: &str) {
         self.route = (!name.is_empty()).then(|| name.to_string());
+    }
+    pub(crate) fn add_mirror(&mut self, dest: Destination) {
+        // The host's bound.
+        if self.mirrors.len() < 4 {
+            self.mirrors.push(dest);
+        }
     }
     pub(crate) fn set_path(&mut self, path: &str) -> Result<(), String> {
         // The host's rule: an absolute path, with nothing a request line cannot carry.

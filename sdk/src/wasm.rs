@@ -237,6 +237,9 @@ impl RequestInner {
     pub(crate) fn set_route(&mut self, name: &str) {
         wit_request::set_route(name)
     }
+    pub(crate) fn add_mirror(&mut self, dest: Destination) {
+        wit_request::add_mirror(&destination_into(dest))
+    }
     pub(crate) fn set_path(&mut self, path: &str) -> Result<(), String> {
         wit_request::set_path(path)
     }

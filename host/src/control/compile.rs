@@ -271,6 +271,9 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     {
         let hosts = vs.http.iter().flat_map(|e| &e.route);
         services.extend(hosts.filter_map(|d| service_of_host(&d.destination.host).ok()));
+        // A mirror's service needs a route in every sidecar that may copy calls to it.
+        let mirrored = vs.http.iter().flat_map(HttpRoute::all_mirrors);
+        services.extend(mirrored.filter_map(|(d, _)| service_of_host(&d.host).ok()));
     }
     services.extend(workloads.iter().map(|w| w.service.as_str()));
     services.insert(me.service.as_str());
@@ -867,6 +870,7 @@ pub(super) fn canary_config(
         && let [entry] = vs.http.as_slice()
         && entry.matches.is_empty()
         && entry.rewrite.is_none()
+        && entry.all_mirrors().is_empty()
         && let [only] = entry.route.as_slice()
         && only.destination.subset.is_none()
         && short(&only.destination.host) == service
@@ -915,6 +919,24 @@ pub(super) fn canary_config(
             out.insert("route".into(), Value::Array(route));
             if let Some(t) = &entry.timeout {
                 out.insert("timeout".into(), Value::from(t.as_str()));
+            }
+            let mirrors: Vec<Value> = entry
+                .all_mirrors()
+                .into_iter()
+                .map(|(d, share)| {
+                    let mut destination = json!({ "host": short(&d.host) });
+                    if let Some(subset) = &d.subset {
+                        destination["subset"] = Value::from(subset.as_str());
+                    }
+                    let mut m = json!({ "destination": destination });
+                    if let Some(p) = share {
+                        m["percentage"] = Value::from(p);
+                    }
+                    m
+                })
+                .collect();
+            if !mirrors.is_empty() {
+                out.insert("mirrors".into(), Value::Array(mirrors));
             }
             if let Some(r) = &entry.rewrite {
                 out.insert(

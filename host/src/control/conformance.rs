@@ -44,6 +44,8 @@ const KINDS: &[KindProbe] = &[
             "http[].redirect",
             "http[].rewrite",
             "http[].corsPolicy",
+            "http[].mirror",
+            "http[].mirrors[]",
             "http[].directResponse",
             "http[].directResponse.body",
         ],

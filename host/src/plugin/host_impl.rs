@@ -305,6 +305,12 @@ impl request::Host for PluginCtx {
         self.request.delay = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
     }
 
+    fn add_mirror(&mut self, dest: types::Target) {
+        if self.request.mirrors.len() < super::types::MAX_MIRRORS {
+            self.request.mirrors.push(dest);
+        }
+    }
+
     fn set_route(&mut self, name: String) {
         // Scopes are interned when their plugins are prepared, so a name not interned yet is
         // no plugin's scope: NONE serves it the same, without storing what the plugin sent.

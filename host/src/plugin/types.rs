@@ -33,7 +33,12 @@ pub struct RequestHead {
     /// The route a plugin named (`set-route`); plugins scoped to routes run only when it is
     /// theirs. Carry it from `on-request` to the call's other hooks.
     pub route: RouteId,
+    /// Where copies of the call go (`add-mirror`), fire-and-forget.
+    pub mirrors: Vec<Destination>,
 }
+
+/// The most mirrors one call may have: each is a request the sidecar sends.
+pub const MAX_MIRRORS: usize = 4;
 
 /// The route a call took, as the interned id of its name: comparing scopes costs an integer
 /// compare, and a plugin naming routes no one is scoped to cannot grow the interner.

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod inbound;
 pub mod listener;
 pub mod metrics;
+mod mirror;
 pub mod outbound;
 pub mod path;
 pub mod pool;

@@ -279,6 +279,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         timeout: None,
         delay: None,
         route: RouteId::NONE,
+        mirrors: Vec::new(),
     };
     let decided = call.route.chain.on_request(id, &mut head);
     call.route_id = head.route;
@@ -397,6 +398,27 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             );
         }
     };
+    if !head.mirrors.is_empty() {
+        let whole = match &request_body {
+            body::RequestBody::Replayable(b) => Some(b.clone()),
+            body::RequestBody::Streaming(_) => None,
+        };
+        let authority = forwarded_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&target.service);
+        super::mirror::send(
+            &inputs,
+            &routes,
+            &head.mirrors,
+            super::mirror::Copy {
+                head: &head,
+                path_and_query: &path_and_query,
+                authority,
+                body: whole,
+            },
+        );
+    }
     if let Some(delay) = head.delay
         && !hold(delay, deadline).await
     {

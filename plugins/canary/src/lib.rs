@@ -98,6 +98,20 @@ pub struct HttpRoute {
     /// What the call is sent upstream with instead of the caller's path and authority.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
+    /// Where copies of the calls this entry takes also go.
+    #[serde(default)]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Istio's `HTTPMirrorPolicy`: a destination and the share of calls copied to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Where the copies go.
+    pub destination: IstioDestination,
+    /// The share of calls copied, 0 to 100; every call when absent.
+    #[serde(default)]
+    pub percentage: Option<f64>,
 }
 
 /// Istio's `HTTPRewrite` (`uri` and `authority`).
@@ -163,6 +177,8 @@ struct Entry {
     picks: Vec<(u64, Action)>,
     timeout: Option<Duration>,
     rewrite: Option<Rewrite>,
+    // Destinations and their shares per million.
+    mirrors: Vec<(Destination, u64)>,
 }
 
 enum Action {
@@ -422,6 +438,7 @@ impl Filter for Canary {
                 picks: compile_route(route, "route", None, host)?,
                 timeout: None,
                 rewrite: None,
+                mirrors: Vec::new(),
             }),
             (Some(http), None) => {
                 if http.is_empty() {
@@ -439,6 +456,27 @@ impl Filter for Canary {
                     if let Some(r) = &h.rewrite {
                         check_rewrite(r, &alternatives, &format!("{at}.rewrite"))?;
                     }
+                    let mut mirrors = Vec::with_capacity(h.mirrors.len());
+                    for (k, m) in h.mirrors.into_iter().enumerate() {
+                        let at = format!("{at}.mirrors[{k}]");
+                        if m.destination.host.is_empty() {
+                            return Err(format!("{at}.destination.host: must not be empty"));
+                        }
+                        let share = match m.percentage {
+                            None => 1_000_000,
+                            Some(p) if (0.0..=100.0).contains(&p) => (p * 10_000.0).round() as u64,
+                            Some(p) => {
+                                return Err(format!(
+                                    "{at}.percentage: must be from 0 to 100 (got {p})"
+                                ));
+                            }
+                        };
+                        let dest = Destination {
+                            service: m.destination.host,
+                            subset: m.destination.subset,
+                        };
+                        mirrors.push((dest, share));
+                    }
                     entries.push(Entry {
                         name: h.name.filter(|n| !n.is_empty()),
                         alternatives,
@@ -447,6 +485,7 @@ impl Filter for Canary {
                         // service's own, which is what leaving it unset does.
                         timeout: h.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
                         rewrite: h.rewrite,
+                        mirrors,
                     });
                 }
             }
@@ -501,6 +540,11 @@ impl Filter for Canary {
         }
         if let Some(rewrite) = &entry.rewrite {
             entry.rewrite(rewrite, matched, req);
+        }
+        for (dest, share) in &entry.mirrors {
+            if *share >= 1_000_000 || (*share > 0 && random_below(1_000_000) < *share) {
+                req.add_mirror(dest.clone());
+            }
         }
         // Only a named entry costs the host call; plugins scoped to it come after this one.
         if let Some(name) = &entry.name {

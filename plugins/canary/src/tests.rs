@@ -882,3 +882,45 @@ fn a_rewrite_that_cannot_be_honoured_is_refused() {
     );
     assert!(err.contains("regex uri match"), "{err}");
 }
+
+// === mirrors ===
+
+#[test]
+fn an_entry_mirrors_its_calls_in_its_share() {
+    let mut h = canary(
+        r#"{"http":[{"match":[{"uri":{"prefix":"/charge"}}],
+             "mirrors":[{"destination":{"host":"payments-next","subset":"v3"}},
+                        {"destination":{"host":"audit"},"percentage":25}],
+             "route":[{"destination":{"host":"payments"}}]},
+            {"route":[{"destination":{"host":"payments"}}]}]}"#,
+    );
+    seed_random(3);
+    let (mut next, mut audit) = (0, 0);
+    for _ in 0..4_000 {
+        let mut req = get("/charge");
+        h.on_request(&mut req);
+        next += req
+            .mirrors
+            .iter()
+            .filter(|d| d.service == "payments-next")
+            .count();
+        audit += req.mirrors.iter().filter(|d| d.service == "audit").count();
+        assert!(
+            req.mirrors
+                .iter()
+                .all(|d| d.service != "payments-next" || d.subset.as_deref() == Some("v3"))
+        );
+    }
+    assert_eq!(next, 4_000, "no percentage: every call");
+    // Binomial(4000, 0.25): mean 1000, sd 27; 5 sigma.
+    assert!((863..=1137).contains(&audit), "{audit}");
+    // Another entry's calls are not mirrored.
+    let mut req = get("/other");
+    h.on_request(&mut req);
+    assert!(req.mirrors.is_empty());
+    let err = rejected(
+        r#"{"http":[{"mirrors":[{"destination":{"host":"a"},"percentage":101}],
+                     "route":[{"destination":{"host":"p"}}]}]}"#,
+    );
+    assert!(err.contains("http[0].mirrors[0].percentage"), "{err}");
+}

@@ -52,12 +52,56 @@ pub struct HttpRoute {
     /// Answer with a redirect instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// A destination that gets a copy of each call (fire-and-forget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    /// The share of calls `mirror` copies; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Percentage>,
+    /// The deprecated integer form of `mirrorPercentage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<u32>,
+    /// Several mirrors, each with its share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPolicy>,
     /// Cross-origin resource sharing for browsers calling this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<CorsPolicy>,
     /// Answer locally instead of routing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+}
+
+/// Istio's `HTTPMirrorPolicy`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorPolicy {
+    /// Where the copies go.
+    pub destination: Destination,
+    /// The share of calls copied; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percentage>,
+}
+
+impl HttpRoute {
+    /// Every mirror of the entry, `mirror` first, each with its share (0 to 100) if given.
+    pub fn all_mirrors(&self) -> Vec<(&Destination, Option<f64>)> {
+        let mut out: Vec<(&Destination, Option<f64>)> = Vec::new();
+        if let Some(m) = &self.mirror {
+            let share = self
+                .mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(self.mirror_percent.map(f64::from));
+            out.push((m, share));
+        }
+        out.extend(
+            self.mirrors
+                .iter()
+                .map(|m| (&m.destination, m.percentage.as_ref().map(|p| p.value))),
+        );
+        out
+    }
 }
 
 /// Istio's `CorsPolicy`.
@@ -418,16 +462,7 @@ impl VirtualService {
 
 pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("", &["tcp", "tls"]),
-    (
-        "http[]",
-        &[
-            "delegate",
-            "mirror",
-            "mirrors",
-            "mirrorPercent",
-            "mirrorPercentage",
-        ],
-    ),
+    ("http[]", &["delegate"]),
     ("http[].redirect", &["port", "derivePort"]),
     ("http[].rewrite", &["uriRegexRewrite"]),
     ("http[].directResponse.body", &["bytes"]),
@@ -527,6 +562,17 @@ pub(super) fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) 
             at.to_string(),
             format!("set only one of {}", several.join(", ")),
         ),
+    }
+    if entry.mirror.is_some() && !entry.mirrors.is_empty() {
+        problems.at(
+            format!("{at}.mirrors"),
+            "set mirror or mirrors, not both (as Istio)",
+        );
+    }
+    for (k, (m, _)) in entry.all_mirrors().into_iter().enumerate() {
+        if let Err(e) = service_of_host(&m.host) {
+            problems.at(format!("{at}.mirrors[{k}].destination.host"), e);
+        }
     }
     for (j, d) in entry.route.iter().enumerate() {
         if let Err(e) = service_of_host(&d.destination.host) {

@@ -1,0 +1,92 @@
+//! Mirrors (Istio's `mirror`, Envoy's request shadowing): a copy of a call sent to another
+//! destination, fire-and-forget. The copy leaves once the caller's request body is whole, on a
+//! task of its own bounded in time; its answer is read and dropped, so it never reaches or
+//! delays the caller. As Envoy's, it goes with `-shadow` appended to the authority, and a body
+//! too large to keep for replay (past `replayLimit`) is not mirrored.
+
+use super::Inputs;
+use super::body;
+use super::outbound::FORWARDED_HOST;
+use super::routes::Routes;
+use crate::plugin::{Destination, RequestHead};
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Version};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a copy may take, all of it, before it is dropped.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a copy carries.
+pub(super) struct Copy<'a> {
+    pub head: &'a RequestHead,
+    pub path_and_query: &'a PathAndQuery,
+    /// The authority the caller named (the copy gets `-shadow` appended).
+    pub authority: &'a str,
+    /// The whole body; none when it streamed and cannot be sent twice.
+    pub body: Option<Bytes>,
+}
+
+/// Sends `copy` to each of `mirrors`, each on its own task.
+pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination], copy: Copy<'_>) {
+    let Some(body) = copy.body else {
+        tracing::debug!("not mirrored: the request body was too large to keep");
+        return;
+    };
+    let shadow = HeaderValue::from_str(&format!("{}-shadow", copy.authority)).ok();
+    for dest in mirrors {
+        let Some(route) = routes.services.get(&dest.service) else {
+            tracing::debug!(service = %dest.service, "not mirrored: unknown service");
+            continue;
+        };
+        let endpoints = match &dest.subset {
+            None => &route.endpoints,
+            Some(s) => match route.subsets.get(s) {
+                Some(subset) => &subset.endpoints,
+                None => continue,
+            },
+        };
+        let now = std::time::Instant::now();
+        let live: Vec<_> = endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
+        if live.is_empty() {
+            continue;
+        }
+        let endpoint = live[(inputs.random() % live.len() as u64) as usize];
+        let Some(authority) = endpoint.authority.clone() else {
+            continue;
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(copy.path_and_query.clone());
+        let Ok(uri) = http::Uri::from_parts(uri) else {
+            continue;
+        };
+        let mut request = Request::new(body::full(body.clone()));
+        *request.method_mut() = copy.head.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = copy.head.headers.clone();
+        if let Some(v) = &shadow {
+            request.headers_mut().insert(FORWARDED_HOST, v.clone());
+        }
+        let sent = inputs.peers.request(request);
+        let service = dest.service.clone();
+        tokio::spawn(async move {
+            let outcome = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let resp = sent.await?;
+                // Read to the end so the connection can serve the next call.
+                let _ = resp.into_body().collect().await;
+                Ok::<(), hyper_util::client::legacy::Error>(())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%service, "mirror failed: {e:?}"),
+                Err(_) => tracing::debug!(%service, "mirror timed out"),
+            }
+        });
+    }
+}
