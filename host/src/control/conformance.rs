@@ -43,6 +43,7 @@ const KINDS: &[KindProbe] = &[
             "http[].headers.response",
             "http[].redirect",
             "http[].rewrite",
+            "http[].rewrite.uriRegexRewrite",
             "http[].corsPolicy",
             "http[].mirror",
             "http[].mirrors[]",

@@ -126,6 +126,20 @@ pub struct Rewrite {
     /// Replaces the authority (the destination app's `Host`).
     #[serde(default)]
     pub authority: Option<String>,
+    /// Rewrites the path by a regex, every match replaced (`\1` names a group), query kept.
+    #[serde(default, rename = "uriRegexRewrite")]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// Istio's `RegexRewrite`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// The expression (RE2 syntax).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The replacement; `\1`..`\9` name the expression's groups.
+    pub rewrite: String,
 }
 
 /// Keeps a user on one version by hashing a request header instead of rolling dice.
@@ -177,6 +191,8 @@ struct Entry {
     picks: Vec<(u64, Action)>,
     timeout: Option<Duration>,
     rewrite: Option<Rewrite>,
+    // The compiled `uriRegexRewrite`: the expression and the replacement in regex-lite's terms.
+    regex_rewrite: Option<(Regex, String)>,
     // Destinations and their shares per million.
     mirrors: Vec<(Destination, u64)>,
 }
@@ -326,9 +342,41 @@ fn compile_match(
     Ok(out)
 }
 
+/// Compiles Istio's `uriRegexRewrite`: RE2's `\N` group references become regex-lite's
+/// `${N}`, and a literal `$` is escaped.
+fn compile_regex_rewrite(rr: RegexRewrite, at: &str) -> Result<(Regex, String), String> {
+    let pattern = RegexBuilder::new(&rr.pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("{at}.match: {e}"))?;
+    let mut replacement = String::with_capacity(rr.rewrite.len());
+    let mut chars = rr.rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => replacement.push_str("$$"),
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    replacement.push_str(&format!("${{{d}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    replacement.push('\\');
+                }
+                _ => replacement.push('\\'),
+            },
+            other => replacement.push(other),
+        }
+    }
+    Ok((pattern, replacement))
+}
+
 /// A rewrite this plugin can honour: an absolute `uri`, not after a regex `uri` match (whose
 /// "matched part" Istio leaves to `uriRegexRewrite`), and a plain authority.
 fn check_rewrite(r: &Rewrite, alternatives: &[Vec<Condition>], at: &str) -> Result<(), String> {
+    if r.uri.is_some() && r.uri_regex_rewrite.is_some() {
+        return Err(format!("{at}: set uri or uriRegexRewrite, not both"));
+    }
     if let Some(uri) = &r.uri {
         if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?') {
             return Err(format!(
@@ -346,7 +394,7 @@ fn check_rewrite(r: &Rewrite, alternatives: &[Vec<Condition>], at: &str) -> Resu
         });
         if regex {
             return Err(format!(
-                "{at}.uri: not supported after a regex uri match (uriRegexRewrite is not supported yet)"
+                "{at}.uri: not honoured after a regex uri match (Istio's rule); use uriRegexRewrite"
             ));
         }
     }
@@ -438,6 +486,7 @@ impl Filter for Canary {
                 picks: compile_route(route, "route", None, host)?,
                 timeout: None,
                 rewrite: None,
+                regex_rewrite: None,
                 mirrors: Vec::new(),
             }),
             (Some(http), None) => {
@@ -456,6 +505,14 @@ impl Filter for Canary {
                     if let Some(r) = &h.rewrite {
                         check_rewrite(r, &alternatives, &format!("{at}.rewrite"))?;
                     }
+                    let regex_rewrite =
+                        match h.rewrite.as_ref().and_then(|r| r.uri_regex_rewrite.clone()) {
+                            Some(rr) => Some(compile_regex_rewrite(
+                                rr,
+                                &format!("{at}.rewrite.uriRegexRewrite"),
+                            )?),
+                            None => None,
+                        };
                     let mut mirrors = Vec::with_capacity(h.mirrors.len());
                     for (k, m) in h.mirrors.into_iter().enumerate() {
                         let at = format!("{at}.mirrors[{k}]");
@@ -485,6 +542,7 @@ impl Filter for Canary {
                         // service's own, which is what leaving it unset does.
                         timeout: h.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
                         rewrite: h.rewrite,
+                        regex_rewrite,
                         mirrors,
                     });
                 }
@@ -605,6 +663,19 @@ impl Entry {
                 new.push_str(q);
             }
             // Checked at configure; a refusal here leaves the caller's path.
+            let _ = req.set_path(&new);
+        }
+        if let Some((pattern, replacement)) = &self.regex_rewrite {
+            let full = req.path();
+            let (path, query) = match full.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (full.as_str(), None),
+            };
+            let mut new = pattern.replace_all(path, replacement.as_str()).into_owned();
+            if let Some(q) = query {
+                new.push('?');
+                new.push_str(q);
+            }
             let _ = req.set_path(&new);
         }
         if let Some(authority) = &rewrite.authority {

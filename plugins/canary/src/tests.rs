@@ -868,7 +868,15 @@ fn a_rewrite_that_cannot_be_honoured_is_refused() {
         (r#"{"uri":"relative"}"#, "rewrite.uri"),
         (r#"{"uri":"/x?y=1"}"#, "without a query"),
         (r#"{"authority":"a/b"}"#, "rewrite.authority"),
-        (r#"{"uriRegexRewrite":{}}"#, "unknown field"),
+        (r#"{"uriRegexRewrite":{}}"#, "missing field `match`"),
+        (
+            r#"{"uri":"/a","uriRegexRewrite":{"match":"a","rewrite":"b"}}"#,
+            "not both",
+        ),
+        (
+            r#"{"uriRegexRewrite":{"match":"(","rewrite":"b"}}"#,
+            "rewrite.uriRegexRewrite.match",
+        ),
     ] {
         let cfg = format!(
             r#"{{"http":[{{"rewrite":{rewrite},"route":[{{"destination":{{"host":"p"}}}}]}}]}}"#
@@ -923,4 +931,18 @@ fn an_entry_mirrors_its_calls_in_its_share() {
                      "route":[{"destination":{"host":"p"}}]}]}"#,
     );
     assert!(err.contains("http[0].mirrors[0].percentage"), "{err}");
+}
+
+#[test]
+fn a_regex_rewrite_replaces_every_match_with_its_groups_and_keeps_the_query() {
+    let cfg = r#"{"http":[{"rewrite":{"uriRegexRewrite":{"match":"^/service/([^/]+)(/.*)$","rewrite":"\\2/instance/\\1"}},
+                  "route":[{"destination":{"host":"payments"}}]}]}"#;
+    assert_eq!(
+        rewritten(cfg, "/service/foo/v1/api?x=1").0,
+        "/v1/api/instance/foo?x=1"
+    );
+    // Every match, and a `$` in the replacement is literal.
+    let cfg = r#"{"http":[{"rewrite":{"uriRegexRewrite":{"match":"a","rewrite":"$"}},
+                  "route":[{"destination":{"host":"payments"}}]}]}"#;
+    assert_eq!(rewritten(cfg, "/banana").0, "/b$n$n$");
 }

@@ -134,7 +134,7 @@ pub struct CorsPolicy {
     pub unmatched_preflights: Option<String>,
 }
 
-/// Istio's `HTTPRewrite` (`uriRegexRewrite` is refused when read).
+/// Istio's `HTTPRewrite`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
@@ -144,6 +144,24 @@ pub struct Rewrite {
     /// Replaces the authority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// Rewrites the path by a regex (every match; `\1` names a group).
+    #[serde(
+        default,
+        rename = "uriRegexRewrite",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// Istio's `RegexRewrite`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// The expression (RE2 syntax).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The replacement.
+    pub rewrite: String,
 }
 
 /// Istio's `HTTPRedirect` (`port` and `derivePort` are refused when read).
@@ -464,7 +482,6 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("", &["tcp", "tls"]),
     ("http[]", &["delegate"]),
     ("http[].redirect", &["port", "derivePort"]),
-    ("http[].rewrite", &["uriRegexRewrite"]),
     ("http[].directResponse.body", &["bytes"]),
     (
         "http[].match[]",
