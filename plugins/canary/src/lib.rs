@@ -65,6 +65,12 @@ pub struct MatchRequest {
     /// The method.
     #[serde(default)]
     pub method: Option<StringMatch>,
+    /// The authority the caller named (`Host`), port included if it gave one.
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    /// The scheme: `http` for every call a sidecar takes from its app.
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
     /// Headers that must be present and match, by lower-case name.
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
@@ -213,6 +219,8 @@ enum Pattern {
 enum Condition {
     Uri { pattern: Pattern, ignore_case: bool },
     Method(Pattern),
+    Authority(Pattern),
+    Scheme(Pattern),
     Header { slot: usize, pattern: Pattern },
     WithoutHeader { slot: usize, pattern: Pattern },
     Query { name: String, pattern: Pattern },
@@ -312,6 +320,14 @@ fn compile_match(
     if let Some(method) = m.method {
         let pattern = Pattern::compile(method, &format!("{at}.method"), false)?;
         out.push(Condition::Method(pattern));
+    }
+    if let Some(authority) = m.authority {
+        let pattern = Pattern::compile(authority, &format!("{at}.authority"), false)?;
+        out.push(Condition::Authority(pattern));
+    }
+    if let Some(scheme) = m.scheme {
+        let pattern = Pattern::compile(scheme, &format!("{at}.scheme"), false)?;
+        out.push(Condition::Scheme(pattern));
     }
     for (name, sm) in m.headers {
         let here = format!("{at}.headers.{name}");
@@ -713,6 +729,9 @@ impl Condition {
                 }
             }
             Condition::Method(pattern) => pattern.matches(reads.method().as_bytes()),
+            Condition::Authority(pattern) => pattern.matches(reads.authority().as_bytes()),
+            // An app speaks plain HTTP to its sidecar (TLS, if any, is the mesh's).
+            Condition::Scheme(pattern) => pattern.matches(b"http"),
             Condition::Header { slot, pattern } => {
                 reads.header(*slot).is_some_and(|v| pattern.matches(v))
             }
@@ -750,6 +769,7 @@ struct Reads<'r, 'a> {
     req: &'r Request<'a>,
     names: &'r [String],
     method: Option<String>,
+    authority: Option<String>,
     path: Option<String>,
     // Per header slot: not yet read, or read (absent or its value).
     headers: Vec<Option<Option<Vec<u8>>>>,
@@ -761,6 +781,7 @@ impl<'r, 'a> Reads<'r, 'a> {
             req,
             names,
             method: None,
+            authority: None,
             path: None,
             headers: vec![None; names.len()],
         }
@@ -768,6 +789,10 @@ impl<'r, 'a> Reads<'r, 'a> {
 
     fn method(&mut self) -> &str {
         self.method.get_or_insert_with(|| self.req.method())
+    }
+
+    fn authority(&mut self) -> &str {
+        self.authority.get_or_insert_with(|| self.req.authority())
     }
 
     fn path(&mut self) -> &str {

@@ -204,8 +204,8 @@ fn unknown_fields_are_named() {
         ),
         // Istio fields this plugin does not implement are refused, not silently ignored.
         (
-            r#"{"http":[{"match":[{"authority":{"exact":"x"}}],"route":[{"destination":{"host":"p"}}]}]}"#,
-            "authority",
+            r#"{"http":[{"match":[{"sourceLabels":{"app":"x"}}],"route":[{"destination":{"host":"p"}}]}]}"#,
+            "sourceLabels",
         ),
     ] {
         let err = rejected(cfg);
@@ -945,4 +945,21 @@ fn a_regex_rewrite_replaces_every_match_with_its_groups_and_keeps_the_query() {
     let cfg = r#"{"http":[{"rewrite":{"uriRegexRewrite":{"match":"a","rewrite":"$"}},
                   "route":[{"destination":{"host":"payments"}}]}]}"#;
     assert_eq!(rewritten(cfg, "/banana").0, "/b$n$n$");
+}
+
+#[test]
+fn authority_and_scheme_match_as_envoy_sees_a_sidecars_call() {
+    let mut h = canary(
+        r#"{"http":[{"match":[{"authority":{"prefix":"payments.default"}}],
+                     "route":[{"destination":{"host":"payments","subset":"fqdn"}}]},
+                    {"match":[{"scheme":{"exact":"https"}}],
+                     "route":[{"destination":{"host":"payments","subset":"tls"}}]},
+                    {"match":[{"scheme":{"exact":"http"}}],
+                     "route":[{"destination":{"host":"payments","subset":"plain"}}]}]}"#,
+    );
+    let mut req = get("/");
+    req.authority = "payments.default.svc.cluster.local:80".into();
+    assert_eq!(subset(&mut h, req), "fqdn");
+    // The app's call to its sidecar is plain HTTP: `https` never matches.
+    assert_eq!(subset(&mut h, get("/")), "plain");
 }

@@ -299,6 +299,12 @@ pub struct MatchRequest {
     /// The method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<StringMatch>,
+    /// The authority the caller named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    /// The scheme (`http` for every call from an app to its sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
     /// Headers that must be present and match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
@@ -486,8 +492,6 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     (
         "http[].match[]",
         &[
-            "scheme",
-            "authority",
             "port",
             "sourceLabels",
             "sourceNamespace",
@@ -606,7 +610,12 @@ pub(super) fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) 
 }
 
 pub(super) fn check_match(m: &MatchRequest, at: &str, problems: &mut Problems) {
-    for (field, value) in [("uri", &m.uri), ("method", &m.method)] {
+    for (field, value) in [
+        ("uri", &m.uri),
+        ("method", &m.method),
+        ("authority", &m.authority),
+        ("scheme", &m.scheme),
+    ] {
         if let Some(s) = value {
             check_string_match(s, &format!("{at}.{field}"), true, problems);
         }
