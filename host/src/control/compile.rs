@@ -359,7 +359,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.
                 let names_routes = policies.names_routes || !scoped.is_empty();
-                if let Some(config) = canary_config(service, vs, names_routes) {
+                if let Some(config) = canary_config(service, vs, names_routes, Some(&labels)) {
                     plugins.push(builtin("canary", config));
                     plugins.extend(policies.scoped_faults);
                     plugins.extend(policies.actions);
@@ -860,10 +860,16 @@ pub(super) fn entry_retry(entry: &HttpRoute) -> Option<Value> {
 
 /// The canary's configuration for `service`; none when it would change nothing, unless it
 /// must run anyway (`names_routes`: a scoped plugin needs the route it names).
+///
+/// `me`, the labels of the workload whose sidecar runs it, decides `sourceLabels` and
+/// `sourceNamespace` here, as Istio decides them when it generates a proxy's routes: an
+/// alternative for other callers is left out, and an entry left with none is left out; none
+/// (for judging a configuration) keeps every alternative.
 pub(super) fn canary_config(
     service: &str,
     vs: &VirtualService,
     names_routes: bool,
+    me: Option<&BTreeMap<String, String>>,
 ) -> Option<Value> {
     let short = |host: &str| service_of_host(host).unwrap_or(host).to_string();
     if !names_routes
@@ -877,21 +883,29 @@ pub(super) fn canary_config(
     {
         return None;
     }
-    let entries: Vec<Value> = vs
+    let mut entries: Vec<Value> = vs
         .http
         .iter()
         .enumerate()
-        .map(|(i, entry)| {
+        .filter_map(|(i, entry)| {
             let mut out = Map::new();
+            let alternatives: Vec<Value> = entry
+                .matches
+                .iter()
+                .filter(|m| me.is_none_or(|labels| m.is_for_caller(labels)))
+                .map(|m| serde_json::to_value(m.for_canary()).unwrap_or(Value::Null))
+                .collect();
+            if !entry.matches.is_empty() && alternatives.is_empty() {
+                return None;
+            }
             // Plugins scoped to routes need every route named, the unnamed ones too.
             if names_routes {
                 out.insert("name".into(), Value::from(route_name(entry, i)));
             } else if let Some(name) = &entry.name {
                 out.insert("name".into(), Value::from(name.as_str()));
             }
-            if !entry.matches.is_empty() {
-                let matches = serde_json::to_value(&entry.matches).unwrap_or(Value::Null);
-                out.insert("match".into(), matches);
+            if !alternatives.is_empty() {
+                out.insert("match".into(), Value::Array(alternatives));
             }
             // An entry that answers locally (redirect, directResponse) still needs the canary to
             // pick it and name its route; the `headers` plugin after it answers.
@@ -944,9 +958,17 @@ pub(super) fn canary_config(
                     serde_json::to_value(r).unwrap_or(Value::Null),
                 );
             }
-            Value::Object(out)
+            Some(Value::Object(out))
         })
         .collect();
+    if entries.is_empty() {
+        // Every entry is for other callers: nothing matches here (an app's call is never
+        // `https`), so every call gets the canary's 404, as Istio's "no route".
+        entries.push(json!({
+            "match": [{ "scheme": { "exact": "https" } }],
+            "route": [{ "destination": { "host": service } }],
+        }));
+    }
     Some(json!({ "host": service, "http": entries }))
 }
 
@@ -1745,6 +1767,59 @@ spec:
                 );
             }
         }
+    }
+
+    #[test]
+    fn source_labels_are_decided_for_each_caller_as_istio_does() {
+        let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ sourceLabels: { app: orders }, headers: { x-beta: { exact: '1' } } }]
+    route: [{ destination: { host: payments } }]
+    timeout: 1s
+  - match: [{ sourceNamespace: elsewhere }]
+    route: [{ destination: { host: payments } }]
+  - route: [{ destination: { host: payments } }]
+";
+        let resources = parse(text);
+        let canary_for = |service: &str| {
+            let s = snapshot_for(&resources, &[], &workload(service, "", "127.0.0.1:1"));
+            plugin(&s, "payments", "canary").config.clone()
+        };
+        // orders: its entry, the caller condition gone; the other namespace's entry left out.
+        let orders = canary_for("orders");
+        assert_eq!(orders["http"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            orders["http"][0]["match"],
+            json!([{"headers": {"x-beta": {"exact": "1"}}}])
+        );
+        assert_eq!(orders["http"][1]["name"], "#2");
+        // reviews: only the entry for everyone.
+        let reviews = canary_for("reviews");
+        assert_eq!(reviews["http"].as_array().map(Vec::len), Some(1));
+        assert_eq!(reviews["http"][0]["name"], "#2");
+        // No entry for this caller at all: nothing matches, as Istio's no route.
+        let only = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ sourceLabels: { app: orders } }]
+    route: [{ destination: { host: payments } }]
+";
+        let resources = parse(only);
+        let s = snapshot_for(&resources, &[], &workload("reviews", "", "127.0.0.1:1"));
+        let canary = &plugin(&s, "payments", "canary").config;
+        assert_eq!(
+            canary["http"][0]["match"],
+            json!([{"scheme": {"exact": "https"}}])
+        );
+        // Its retries are scoped to its route, so they never run for reviews' calls.
+        assert_eq!(chain(&s, "payments"), ["canary", "retry@#0", "telemetry"]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
         Spec::VirtualService(vs) => {
             for host in &vs.hosts {
                 if let Ok(service) = service_of_host(host)
-                    && let Some(config) = canary_config(service, vs, true)
+                    && let Some(config) = canary_config(service, vs, true, None)
                 {
                     // The canary's words name `http[i]...`, as its configuration is laid out.
                     add("spec".into(), Code::Builtin("canary"), &config);

@@ -86,11 +86,21 @@ impl RoutePolicies {
     /// The policies of `vs`'s entries.
     pub(super) fn of(vs: &VirtualService) -> RoutePolicies {
         let mut out = RoutePolicies::default();
+        // Entries for some callers only (`sourceLabels`, `sourceNamespace`) are left out of
+        // other callers' canaries, so their policies must be scoped to them even when every
+        // entry agrees: an unscoped one would run for calls that took no entry.
+        let per_caller = vs.http.iter().any(|e| {
+            e.matches
+                .iter()
+                .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some())
+        });
 
         let faults = groups(vs, |e| e.fault.as_ref().map(|f| f.to_config()));
         match faults.as_slice() {
             [] | [(None, _)] => {}
-            [(Some(config), _)] => out.before_canary.push(builtin("fault", config.clone())),
+            [(Some(config), _)] if !per_caller => {
+                out.before_canary.push(builtin("fault", config.clone()))
+            }
             _ => {
                 out.names_routes = true;
                 out.scoped_faults = scoped("fault", faults);
@@ -100,7 +110,9 @@ impl RoutePolicies {
         let actions = groups(vs, HttpRoute::actions_config);
         match actions.as_slice() {
             [] | [(None, _)] => {}
-            [(Some(config), _)] => out.actions.push(builtin("headers", config.clone())),
+            [(Some(config), _)] if !per_caller => {
+                out.actions.push(builtin("headers", config.clone()))
+            }
             _ => {
                 out.names_routes = true;
                 out.actions = scoped("headers", actions);
@@ -110,7 +122,9 @@ impl RoutePolicies {
         let retries = groups(vs, entry_retry);
         match retries.as_slice() {
             [] | [(None, _)] => {}
-            [(Some(config), _)] => out.retries.push(builtin("retry", config.clone())),
+            [(Some(config), _)] if !per_caller => {
+                out.retries.push(builtin("retry", config.clone()))
+            }
             _ => {
                 out.names_routes = true;
                 out.retries = scoped("retry", retries);

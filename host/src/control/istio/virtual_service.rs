@@ -72,6 +72,30 @@ pub struct HttpRoute {
     pub direct_response: Option<DirectResponse>,
 }
 
+impl MatchRequest {
+    /// Whether it can hold for calls from a workload with `labels` (in namespace `default`,
+    /// every Weft workload's).
+    pub fn is_for_caller(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.source_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .source_namespace
+                .as_deref()
+                .is_none_or(|ns| ns == WORKLOAD_NAMESPACE)
+    }
+
+    /// The conditions the canary checks per call: the caller's are decided when the snapshot
+    /// is compiled for it.
+    pub fn for_canary(&self) -> MatchRequest {
+        MatchRequest {
+            source_labels: BTreeMap::new(),
+            source_namespace: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Istio's `HTTPMirrorPolicy`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,6 +329,12 @@ pub struct MatchRequest {
     /// The scheme (`http` for every call from an app to its sidecar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<StringMatch>,
+    /// The calling workload's labels, all of which must be among its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    /// The calling workload's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
     /// Headers that must be present and match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
@@ -489,16 +519,7 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("http[]", &["delegate"]),
     ("http[].redirect", &["port", "derivePort"]),
     ("http[].directResponse.body", &["bytes"]),
-    (
-        "http[].match[]",
-        &[
-            "port",
-            "sourceLabels",
-            "sourceNamespace",
-            "gateways",
-            "statPrefix",
-        ],
-    ),
+    ("http[].match[]", &["port", "gateways", "statPrefix"]),
     ("http[].route[]", &["headers"]),
     ("http[].route[].destination", &["port"]),
     ("http[].retries", &["retryRemoteLocalities"]),
