@@ -82,6 +82,22 @@ fn scoped(kind: &str, groups: Vec<(Option<Value>, Vec<String>)>) -> Vec<PluginRe
         .collect()
 }
 
+/// The instances of built-in `kind` for these groups, and whether they are scoped to routes:
+/// one for every call when every entry has the same configuration (and no entry is for some
+/// callers only), else one per distinct configuration, scoped to its routes; none when no
+/// entry has one.
+fn instances(
+    kind: &str,
+    groups: Vec<(Option<Value>, Vec<String>)>,
+    per_caller: bool,
+) -> (Vec<PluginRef>, bool) {
+    match groups.as_slice() {
+        [] | [(None, _)] => (Vec::new(), false),
+        [(Some(config), _)] if !per_caller => (vec![builtin(kind, config.clone())], false),
+        _ => (scoped(kind, groups), true),
+    }
+}
+
 impl RoutePolicies {
     /// The policies of `vs`'s entries.
     pub(super) fn of(vs: &VirtualService) -> RoutePolicies {
@@ -95,41 +111,22 @@ impl RoutePolicies {
                 .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some())
         });
 
-        let faults = groups(vs, |e| e.fault.as_ref().map(|f| f.to_config()));
-        match faults.as_slice() {
-            [] | [(None, _)] => {}
-            [(Some(config), _)] if !per_caller => {
-                out.before_canary.push(builtin("fault", config.clone()))
-            }
-            _ => {
-                out.names_routes = true;
-                out.scoped_faults = scoped("fault", faults);
-            }
+        let (faults, scoped_faults) = instances(
+            "fault",
+            groups(vs, |e| e.fault.as_ref().map(|f| f.to_config())),
+            per_caller,
+        );
+        if scoped_faults {
+            out.scoped_faults = faults;
+        } else {
+            out.before_canary = faults;
         }
-
-        let actions = groups(vs, HttpRoute::actions_config);
-        match actions.as_slice() {
-            [] | [(None, _)] => {}
-            [(Some(config), _)] if !per_caller => {
-                out.actions.push(builtin("headers", config.clone()))
-            }
-            _ => {
-                out.names_routes = true;
-                out.actions = scoped("headers", actions);
-            }
-        }
-
-        let retries = groups(vs, entry_retry);
-        match retries.as_slice() {
-            [] | [(None, _)] => {}
-            [(Some(config), _)] if !per_caller => {
-                out.retries.push(builtin("retry", config.clone()))
-            }
-            _ => {
-                out.names_routes = true;
-                out.retries = scoped("retry", retries);
-            }
-        }
+        let (actions, scoped_actions) =
+            instances("headers", groups(vs, HttpRoute::actions_config), per_caller);
+        out.actions = actions;
+        let (retries, scoped_retries) = instances("retry", groups(vs, entry_retry), per_caller);
+        out.retries = retries;
+        out.names_routes = scoped_faults || scoped_actions || scoped_retries;
 
         let timeouts: Vec<Option<(Duration, String)>> = vs.http.iter().map(timeout_of).collect();
         if let Some(first) = timeouts.first()
