@@ -1,0 +1,481 @@
+//! Istio resources, checked together and compiled into the snapshot one sidecar applies.
+//!
+//! Every sidecar gets every service the mesh knows (from the resources or from registered
+//! workloads). For each service:
+//!
+//! - `subsets` are its DestinationRule's; `endpoints` its registered workloads (address and
+//!   labels, each workload carrying `app: <its service>` unless it says otherwise);
+//! - `timeout` is its VirtualService's when every `http` entry has the same (`0s` and absent
+//!   are both none); otherwise none, and each entry's own goes into its canary entry, so it
+//!   holds for exactly the calls that entry matches (see `route_policies`);
+//! - `loadBalancer` is its DestinationRule's `trafficPolicy.loadBalancer.simple`
+//!   (`LEAST_REQUEST`/`UNSPECIFIED` → `leastRequest`, `ROUND_ROBIN` → `roundRobin`,
+//!   `RANDOM` → `random`);
+//! - the plugin chain, in this order:
+//!   1. WasmPlugins of phase `AUTHN`, then `AUTHZ` (within a phase: higher `priority` first,
+//!      then by name, then namespace);
+//!   2. `fault`, when every `http` entry has the same one;
+//!   3. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
+//!      none without a VirtualService, nor when its one entry sends everything, unmatched and
+//!      unsplit, to the service itself (it would change nothing) — unless a plugin scoped to
+//!      routes needs that entry's name; when any is, every entry is named (its own name, or
+//!      `#<index>`);
+//!   4. `fault@<route>`, one per distinct fault when entries differ, scoped to the routes that
+//!      have it; then `headers` (the entries' header operations and route actions:
+//!      `redirect`, `directResponse`, `corsPolicy`), one for every call or `headers@<route>`;
+//!   5. route-scoped WasmPlugins (annotation `weft.io/routes`), whatever their phase: they
+//!      need the route the canary names, so they come right after it (among themselves in
+//!      phase, then priority order);
+//!   6. `retry`: each entry's `retries`; Istio's default policy (2 attempts, connect failures
+//!      and refused streams) for an entry with none, as Istio gives every route, a service's
+//!      default route included; none for an entry whose `attempts` is 0 or absent, as Istio
+//!      turns retries off. One plugin when every entry agrees, else `retry@<route>` per
+//!      distinct policy, scoped to its routes;
+//!   7. `outlier`, when the DestinationRule has `outlierDetection` (its fields as written);
+//!   8. WasmPlugins of phase `STATS`;
+//!   9. `telemetry`, always;
+//!   10. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
+//!       the router.
+//!
+//! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
+//! workload's labels (or it has no selector), and only the chain of the services its
+//! `targetRefs` name (or every chain); a WasmPlugin's namespace does not scope it. Every Weft
+//! service is in namespace `default`: a VirtualService or DestinationRule elsewhere, or a host
+//! naming another namespace or a name outside the mesh, is refused when read
+//! (`crate::names::service_of_host`). A route-scoped WasmPlugin targets exactly one service and runs only for its
+//! calls that took one of the named `http` entries.
+//!
+//! The snapshot's `inbound.authorization` holds the AuthorizationPolicies that select workload
+//! `me`: in namespace `default` (every Weft workload's) or Istio's root namespace `istio-system`
+//! (mesh-wide), with `selector.matchLabels` among its labels or no selector; in a fixed order
+//! (namespace, then name). Principals are kept as written: the sidecar compares them exactly
+//! with the caller's SPIFFE ID minus `spiffe://`, so they name Weft's trust domain
+//! (`weft.local/ns/default/sa/orders`), not Istio's `cluster.local`.
+//!
+//! The snapshot's `inbound.peerAuthentication` is the mTLS mode Istio's PeerAuthentication
+//! precedence gives workload `me`: a policy with `selector.matchLabels` among its labels (in
+//! `default`) over the namespace-wide one (`default`, no selector) over the mesh-wide one
+//! (`istio-system`, no selector); a level whose mode is `UNSET` (or has no `mtls`) inherits the
+//! next. Absent when no level sets a mode: the sidecar keeps its bootstrap mode (Istio's default
+//! would be PERMISSIVE). Istio ignores a selector in the root namespace; so does Weft, with a
+//! warning. One namespace-wide policy per namespace and one mesh-wide policy (Istio keeps the
+//! oldest, which Weft cannot tell); among several workload policies selecting one workload, the
+//! first by namespace and name wins, with a warning.
+//!
+//! The module is split by concern: `validate` (checks across resources, and warnings),
+//! `builtins` (the built-ins' configurations and a WasmPlugin's place), `inbound` (the mTLS
+//! mode in force); `crate::control::route_policies` places per-route policies.
+//!
+//! A snapshot's version is a digest of its content, so identical content has the identical
+//! version and the control plane pushes only what changed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::control::istio::{
+    AuthorizationPolicy, DestinationRule, HttpRoute, IstioFailStrategy, Kind, PeerAuthentication,
+    PeerAuthnScope, Phase, ROUTES_PATH, Resource, Spec, VirtualService, WasmPlugin, WasmSource,
+    service_of_host,
+};
+use crate::control::route_policies::{RoutePolicies, route_name};
+use crate::plugin::FailStrategy;
+use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot};
+
+mod builtins;
+mod inbound;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use builtins::*;
+pub(in crate::control) use builtins::{builtin, canary_config, entry_retry};
+use inbound::*;
+pub use validate::validate;
+
+/// The names the built-in plugins take in a chain; a WasmPlugin with one of them is a new
+/// build of that built-in and takes its place.
+pub const BUILTIN_NAMES: &[&str] = &crate::snapshot::BUILTINS;
+
+/// Istio's default retries when a route sets none.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+/// Istio's default `retryOn`.
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+/// A registered service instance: what its sidecar is, and where callers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Its service (`payments`).
+    pub service: String,
+    /// Its labels (`version: v1`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its inbound sidecar, `ip:port`.
+    pub address: String,
+}
+
+impl Workload {
+    /// Its labels with `app: <service>` added unless it sets `app` itself, as selectors see them.
+    pub fn effective_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels
+            .entry("app".to_string())
+            .or_insert_with(|| self.service.clone());
+        labels
+    }
+}
+
+/// A compiled snapshot and what compiling it had to decide that the resources left open.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Compiled {
+    /// The snapshot, versioned.
+    pub snapshot: Snapshot,
+    /// Warnings (policies merged, plugins left out), each naming its resource.
+    pub warnings: Vec<String>,
+}
+
+/// Compiles the snapshot for the sidecar of workload `me`. Deterministic: the same resources
+/// and workloads, in any order, give the same snapshot and version.
+pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Compiled {
+    let catalog = Catalog::new(resources);
+    let mut warnings = Vec::new();
+
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    services.extend(catalog.virtual_services.keys().copied());
+    services.extend(catalog.destination_rules.keys().copied());
+    for (_, vs) in catalog
+        .virtual_service_list
+        .iter()
+        .filter(|(_, vs)| vs.applies_to_mesh())
+    {
+        let hosts = vs.http.iter().flat_map(|e| &e.route);
+        services.extend(hosts.filter_map(|d| service_of_host(&d.destination.host).ok()));
+        // A mirror's service needs a route in every sidecar that may copy calls to it.
+        let mirrored = vs.http.iter().flat_map(HttpRoute::all_mirrors);
+        services.extend(mirrored.filter_map(|(d, _)| service_of_host(&d.host).ok()));
+    }
+    services.extend(workloads.iter().map(|w| w.service.as_str()));
+    services.insert(me.service.as_str());
+    services.remove("");
+
+    for (service, list) in &catalog.virtual_services {
+        if list.len() > 1 {
+            warnings.push(format!(
+                "{service}: several VirtualServices; using {}",
+                list[0].0.origin()
+            ));
+        }
+    }
+    for (service, list) in &catalog.destination_rules {
+        if list.len() > 1 {
+            warnings.push(format!(
+                "{service}: several DestinationRules; using {}",
+                list[0].0.origin()
+            ));
+        }
+    }
+
+    // The WasmPlugins this sidecar runs, in chain order within each phase.
+    let labels = me.effective_labels();
+    let mut mine: Vec<(&Resource, &WasmPlugin, PluginRef)> = Vec::new();
+    for (r, wp) in &catalog.wasm_plugins {
+        if !wp.selects(&labels) {
+            continue;
+        }
+        match wasm_plugin_ref(r, wp) {
+            Ok(p) => mine.push((r, wp, p)),
+            Err(w) => warnings.push(w),
+        }
+    }
+    mine.sort_by(|a, b| {
+        let key = |(r, wp, _): &(&Resource, &WasmPlugin, PluginRef)| {
+            (
+                wp.phase(),
+                Reverse(wp.priority.unwrap_or(0)),
+                r.name.clone(),
+                r.namespace.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+
+    let mut snapshot = Snapshot::default();
+    for service in services {
+        let vs = catalog
+            .virtual_services
+            .get(service)
+            .and_then(|l| l.first());
+        let dr = catalog
+            .destination_rules
+            .get(service)
+            .and_then(|l| l.first());
+        let applies = move |wp: &WasmPlugin| {
+            let targets = wp.targets();
+            targets.is_empty() || targets.contains(service)
+        };
+        // A WasmPlugin named like a built-in is a new build of that policy (see below).
+        let overrides = |p: &PluginRef| BUILTIN_NAMES.contains(&p.name.as_str());
+        let wasm = |phase: Phase| {
+            mine.iter()
+                .filter(move |(_, wp, _)| wp.phase() == phase)
+                .filter(move |(_, wp, p)| applies(wp) && !overrides(p) && p.routes.is_empty())
+                .map(|(_, _, p)| p.clone())
+        };
+        // Route-scoped plugins, in phase and priority order as `mine` is sorted.
+        let scoped: Vec<PluginRef> = mine
+            .iter()
+            .filter(|(_, wp, p)| applies(wp) && !overrides(p) && !p.routes.is_empty())
+            .map(|(_, _, p)| p.clone())
+            .collect();
+
+        let mut plugins: Vec<PluginRef> = Vec::new();
+        plugins.extend(wasm(Phase::Authn));
+        plugins.extend(wasm(Phase::Authz));
+        match vs {
+            Some((_, vs)) => {
+                let policies = RoutePolicies::of(vs);
+                plugins.extend(policies.before_canary);
+                // Scoped plugins need the canary to name the route, even where it would
+                // otherwise change nothing.
+                let names_routes = policies.names_routes || !scoped.is_empty();
+                if let Some(config) = canary_config(service, vs, names_routes, Some(&labels)) {
+                    plugins.push(builtin("canary", config));
+                    plugins.extend(policies.scoped_faults);
+                    plugins.extend(policies.actions);
+                    plugins.extend(scoped.iter().cloned());
+                } else {
+                    // No canary: one entry sending everything to the service, so any actions
+                    // are for every call.
+                    plugins.extend(policies.actions);
+                }
+                plugins.extend(policies.retries);
+            }
+            None => plugins.push(builtin("retry", default_retry())),
+        }
+        if let Some(outlier) = dr
+            .and_then(|(_, d)| d.traffic_policy.as_ref())
+            .and_then(|t| t.outlier_detection.as_ref())
+        {
+            let config = serde_json::to_value(outlier).unwrap_or_else(|_| json!({}));
+            plugins.push(builtin("outlier", config));
+        }
+        if !scoped.is_empty()
+            && !plugins
+                .iter()
+                .any(|p| p.builtin.as_deref() == Some("canary"))
+        {
+            // Validation refuses this (the routes must be the VirtualService's); compiling
+            // anyway, a scoped plugin with no canary before it would never run.
+            for p in &scoped {
+                warnings.push(format!(
+                    "{service}: WasmPlugin {} is scoped to routes {} but {service} has no VirtualService http entries to name them; left out of its chain",
+                    p.name,
+                    p.routes.join(", ")
+                ));
+            }
+        }
+        plugins.extend(wasm(Phase::Stats));
+        plugins.push(builtin("telemetry", json!({})));
+        plugins.extend(wasm(Phase::Unspecified));
+        for (_, _, build) in mine.iter().filter(|(_, wp, p)| applies(wp) && overrides(p)) {
+            replace_builtin(&mut plugins, build);
+        }
+
+        let mut endpoints: Vec<EndpointSpec> = workloads
+            .iter()
+            .filter(|w| w.service == service)
+            .map(|w| EndpointSpec {
+                address: w.address.clone(),
+                labels: w.effective_labels(),
+            })
+            .collect();
+        endpoints.sort_by(|a, b| (&a.address, &a.labels).cmp(&(&b.address, &b.labels)));
+        endpoints.dedup();
+
+        let compiled = Service {
+            timeout: vs.and_then(|(_, vs)| RoutePolicies::of(vs).service_timeout),
+            subsets: dr
+                .map(|(_, d)| {
+                    d.subsets
+                        .iter()
+                        .map(|s| (s.name.clone(), s.labels.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            endpoints,
+            plugins,
+            load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
+        };
+        snapshot.services.insert(service.to_string(), compiled);
+    }
+    snapshot.inbound.authorization = catalog
+        .authorization_policies
+        .iter()
+        .filter(|(r, ap)| ap.selects(&r.namespace, &labels))
+        .map(|(r, ap)| ap.to_snapshot(format!("{}/{}", r.namespace, r.name)))
+        .collect();
+    snapshot.inbound.peer_authentication =
+        peer_authentication(&catalog, me, &labels, &mut warnings);
+    snapshot.version = version_of(&snapshot);
+    Compiled { snapshot, warnings }
+}
+
+/// Puts `build` (a WasmPlugin named like a built-in) in the built-in's place: same position,
+/// the configuration the resources give the built-in with `pluginConfig`'s fields on top, the
+/// artifact and fail strategy of the WasmPlugin. This is how a new build of a policy ships:
+/// push the artifact, apply a WasmPlugin named `retry`, and every chain that had the built-in
+/// retry runs the new build under the same VirtualService settings. Without the built-in in
+/// the chain, the build goes just before telemetry.
+fn replace_builtin(plugins: &mut Vec<PluginRef>, build: &PluginRef) {
+    // Every slot of that built-in: one per distinct route policy when routes differ, each
+    // keeping its name and routes and taking the new build's code.
+    let mut replaced = false;
+    for slot in plugins
+        .iter_mut()
+        .filter(|p| p.builtin.as_deref() == Some(build.name.as_str()))
+    {
+        let mut config = slot.config.clone();
+        if let (Some(base), Some(extra)) = (config.as_object_mut(), build.config.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        } else if !build.config.is_null() {
+            config = build.config.clone();
+        }
+        *slot = PluginRef {
+            name: slot.name.clone(),
+            routes: std::mem::take(&mut slot.routes),
+            config,
+            ..build.clone()
+        };
+        replaced = true;
+    }
+    if !replaced {
+        let at = plugins
+            .iter()
+            .position(|p| p.builtin.as_deref() == Some("telemetry"))
+            .unwrap_or(plugins.len());
+        plugins.insert(at, build.clone());
+    }
+}
+
+/// [`compile`]'s snapshot alone.
+pub fn snapshot_for(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Snapshot {
+    compile(resources, workloads, me).snapshot
+}
+
+/// `sha256:` and the first 16 hex digits of the sha256 of the snapshot's canonical JSON (keys
+/// sorted, no spaces), its version left out: identical content, identical version.
+pub fn version_of(snapshot: &Snapshot) -> String {
+    let mut unversioned = snapshot.clone();
+    unversioned.version = String::new();
+    let value = serde_json::to_value(&unversioned).unwrap_or(Value::Null);
+    let mut text = String::new();
+    canonical_json(&value, &mut text);
+    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+    format!("sha256:{}", &digest[..16])
+}
+
+/// JSON with keys sorted at every level, whatever order the map type keeps.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Resources by what compiling needs, in a fixed order whatever order they came in.
+struct Catalog<'a> {
+    virtual_services: BTreeMap<&'a str, Vec<(&'a Resource, &'a VirtualService)>>,
+    virtual_service_list: Vec<(&'a Resource, &'a VirtualService)>,
+    destination_rules: BTreeMap<&'a str, Vec<(&'a Resource, &'a DestinationRule)>>,
+    wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
+    authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
+    peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
+}
+
+impl<'a> Catalog<'a> {
+    fn new(resources: &'a [Resource]) -> Self {
+        let mut sorted: Vec<&Resource> = resources.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.kind, &a.namespace, &a.name, &a.source, a.index).cmp(&(
+                b.kind,
+                &b.namespace,
+                &b.name,
+                &b.source,
+                b.index,
+            ))
+        });
+        let mut catalog = Catalog {
+            virtual_services: BTreeMap::new(),
+            virtual_service_list: Vec::new(),
+            destination_rules: BTreeMap::new(),
+            wasm_plugins: Vec::new(),
+            authorization_policies: Vec::new(),
+            peer_authentications: Vec::new(),
+        };
+        for r in sorted {
+            match &r.spec {
+                Spec::VirtualService(vs) => {
+                    catalog.virtual_service_list.push((r, vs));
+                    // As in Istio, a VirtualService bound only to gateways is no sidecar's.
+                    if !vs.applies_to_mesh() {
+                        continue;
+                    }
+                    let services: BTreeSet<&str> = vs
+                        .hosts
+                        .iter()
+                        .filter_map(|h| service_of_host(h).ok())
+                        .collect();
+                    for s in services {
+                        catalog.virtual_services.entry(s).or_default().push((r, vs));
+                    }
+                }
+                Spec::DestinationRule(dr) => {
+                    if !dr.visible_to_mesh() {
+                        continue;
+                    }
+                    if let Ok(s) = service_of_host(&dr.host) {
+                        catalog
+                            .destination_rules
+                            .entry(s)
+                            .or_default()
+                            .push((r, dr));
+                    }
+                }
+                Spec::WasmPlugin(wp) => catalog.wasm_plugins.push((r, wp)),
+                Spec::AuthorizationPolicy(ap) => catalog.authorization_policies.push((r, ap)),
+                Spec::PeerAuthentication(pa) => catalog.peer_authentications.push((r, pa)),
+            }
+        }
+        catalog
+    }
+}

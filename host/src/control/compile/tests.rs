@@ -1,0 +1,1096 @@
+//! Compiling resources into snapshots: the seed, every feature, and each rule.
+
+use super::*;
+use crate::control::istio::parse_yaml;
+
+const SEED: &str = include_str!("../../../../examples/payments/payments.yaml");
+const FEATURES: &str = include_str!("../../../tests/data/istio/features.yaml");
+
+fn parse(text: &str) -> Vec<Resource> {
+    match parse_yaml(text, "t.yaml") {
+        Ok(r) => r,
+        Err(e) => panic!("does not parse:\n{}", e.join("\n")),
+    }
+}
+
+fn workload(service: &str, version: &str, address: &str) -> Workload {
+    let mut labels = BTreeMap::new();
+    if !version.is_empty() {
+        labels.insert("version".to_string(), version.to_string());
+    }
+    Workload {
+        service: service.to_string(),
+        labels,
+        address: address.to_string(),
+    }
+}
+
+fn mesh() -> Vec<Workload> {
+    vec![
+        workload("payments", "v1", "127.0.0.1:9001"),
+        workload("payments", "v2", "127.0.0.1:9002"),
+        workload("orders", "", "127.0.0.1:9101"),
+    ]
+}
+
+fn chain(snapshot: &Snapshot, service: &str) -> Vec<String> {
+    snapshot.services[service]
+        .plugins
+        .iter()
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+fn plugin<'a>(snapshot: &'a Snapshot, service: &str, name: &str) -> &'a PluginRef {
+    match snapshot.services[service]
+        .plugins
+        .iter()
+        .find(|p| p.name == name)
+    {
+        Some(p) => p,
+        None => panic!("no {name} in {service}'s chain"),
+    }
+}
+
+fn validate_errors(resources: &[Resource]) -> String {
+    match validate(resources, &|_| true) {
+        Ok(w) => panic!("expected errors; warnings: {w:?}"),
+        Err(e) => e.join("\n"),
+    }
+}
+
+fn validate_warnings(resources: &[Resource]) -> String {
+    match validate(resources, &|_| true) {
+        Ok(w) => w.join("\n"),
+        Err(e) => panic!("rejected:\n{}", e.join("\n")),
+    }
+}
+
+#[test]
+fn the_seed_compiles_to_the_expected_snapshot() {
+    let resources = parse(SEED);
+    assert_eq!(validate(&resources, &|_| false), Ok(vec![]));
+    let workloads = mesh();
+    let compiled = compile(&resources, &workloads, &workloads[2]);
+    assert_eq!(compiled.warnings, Vec::<String>::new());
+    let snapshot = compiled.snapshot;
+    let payments = serde_json::to_value(&snapshot.services["payments"]).expect("serializes");
+    assert_eq!(
+        payments,
+        json!({
+            "timeout": "6s",
+            "subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}},
+            "endpoints": [
+                {"address": "127.0.0.1:9001", "labels": {"app": "payments", "version": "v1"}},
+                {"address": "127.0.0.1:9002", "labels": {"app": "payments", "version": "v2"}}
+            ],
+            "plugins": [
+                {"name": "canary", "builtin": "canary", "failStrategy": "fail-open",
+                 "config": {"host": "payments", "http": [{
+                    "route": [
+                        {"destination": {"host": "payments", "subset": "v1"}, "weight": 95},
+                        {"destination": {"host": "payments", "subset": "v2"}, "weight": 5}
+                    ],
+                    "timeout": "6s"}]}},
+                {"name": "retry", "builtin": "retry", "failStrategy": "fail-open",
+                 "config": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset"}},
+                {"name": "outlier", "builtin": "outlier", "failStrategy": "fail-open",
+                 "config": {"consecutive5xxErrors": 5, "baseEjectionTime": "30s"}},
+                {"name": "telemetry", "builtin": "telemetry", "failStrategy": "fail-open",
+                 "config": {}}
+            ]
+        })
+    );
+    // A service with no VirtualService gets Istio's default retries, as Istio's default
+    // route does.
+    let orders = serde_json::to_value(&snapshot.services["orders"]).expect("serializes");
+    assert_eq!(
+        orders,
+        json!({
+            "subsets": {},
+            "endpoints": [{"address": "127.0.0.1:9101", "labels": {"app": "orders"}}],
+            "plugins": [
+                {"name": "retry", "builtin": "retry", "failStrategy": "fail-open",
+                 "config": {"attempts": 2, "retryOn": DEFAULT_RETRY_ON}},
+                {"name": "telemetry", "builtin": "telemetry", "failStrategy": "fail-open",
+                 "config": {}}
+            ]
+        })
+    );
+    assert_eq!(snapshot.services.len(), 2);
+    assert!(snapshot.validate().is_ok(), "{:?}", snapshot.validate());
+    let hex = snapshot
+        .version
+        .strip_prefix("sha256:")
+        .expect("sha256: prefix");
+    assert!(
+        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hex}"
+    );
+    assert_eq!(snapshot.version, version_of(&snapshot));
+}
+
+#[test]
+fn a_weight_change_changes_only_the_canary_config_and_the_version() {
+    let workloads = mesh();
+    let before = snapshot_for(&parse(SEED), &workloads, &workloads[2]);
+    let text = SEED
+        .replace("weight: 95", "weight: 50")
+        .replace("weight: 5\n", "weight: 50\n");
+    let after = snapshot_for(&parse(&text), &workloads, &workloads[2]);
+    assert_ne!(before.version, after.version);
+    let canary = |s: &Snapshot| plugin(s, "payments", "canary").config["http"][0]["route"].clone();
+    assert_eq!(canary(&after)[0]["weight"], 50);
+    assert_eq!(canary(&after)[1]["weight"], 50);
+    let mut patched = before.clone();
+    patched.version = after.version.clone();
+    patched
+        .services
+        .get_mut("payments")
+        .expect("payments")
+        .plugins[0]
+        .config = plugin(&after, "payments", "canary").config.clone();
+    assert_eq!(patched, after);
+}
+
+#[test]
+fn identical_inputs_give_identical_versions_in_any_order() {
+    let resources = parse(SEED);
+    let workloads = mesh();
+    let a = snapshot_for(&resources, &workloads, &workloads[0]);
+    let b = snapshot_for(&resources, &workloads, &workloads[0]);
+    assert_eq!(a, b);
+    let mut reversed = resources.clone();
+    reversed.reverse();
+    let mut shuffled = workloads.clone();
+    shuffled.rotate_left(1);
+    let c = snapshot_for(&reversed, &shuffled, &workloads[0]);
+    assert_eq!(a, c);
+    // Without selectors, every sidecar gets the same snapshot, so one push serves all.
+    let d = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert_eq!(a.version, d.version);
+    // A new endpoint is new content.
+    let mut more = workloads.clone();
+    more.push(workload("payments", "v2", "127.0.0.1:9003"));
+    assert_ne!(
+        snapshot_for(&resources, &more, &workloads[0]).version,
+        a.version
+    );
+}
+
+#[test]
+fn unknown_subsets_are_named_with_what_is_defined() {
+    let text = SEED.replace("subset: v2 }", "subset: v3 }");
+    assert_eq!(
+        validate_errors(&parse(&text)),
+        "t.yaml: document 1 (VirtualService payments): spec.http[0].route[1].destination.subset: unknown subset v3 of payments (DestinationRule payments defines v1, v2)"
+    );
+    let vs_only: String = SEED.split("---").next().unwrap_or_default().to_string();
+    let all = validate_errors(&parse(&vs_only));
+    assert!(
+            all.contains("spec.http[0].route[0].destination.subset: unknown subset v1 of payments (no DestinationRule for payments)"),
+            "{all}"
+        );
+}
+
+#[test]
+fn one_virtual_service_and_one_destination_rule_per_host() {
+    let mut resources = parse(SEED);
+    let mut second = parse(&SEED.replace(
+        "metadata: { name: payments }",
+        "metadata: { name: payments-2 }",
+    ));
+    for r in &mut second {
+        r.source = "u.yaml".to_string();
+    }
+    resources.append(&mut second);
+    let all = validate_errors(&resources);
+    for needle in [
+        "u.yaml: document 1 (VirtualService payments-2): spec.hosts: payments is already routed by t.yaml: document 1 (VirtualService payments); Weft takes one VirtualService per host",
+        "u.yaml: document 2 (DestinationRule payments-2): spec.host: payments already has t.yaml: document 2 (DestinationRule payments); Weft takes one DestinationRule per host",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    // Compiling anyway picks the first by namespace and name, and says so.
+    let compiled = compile(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+    assert!(
+        compiled
+            .warnings
+            .iter()
+            .any(|w| w.contains("several VirtualServices"))
+    );
+}
+
+#[test]
+fn the_same_resource_twice_is_an_error() {
+    let mut resources = parse(SEED);
+    resources.extend(parse(SEED));
+    let all = validate_errors(&resources);
+    assert!(
+            all.contains("t.yaml: document 1 (VirtualService payments): VirtualService default/payments is defined twice (first by t.yaml: document 1 (VirtualService payments))"),
+            "{all}"
+        );
+}
+
+fn wasm_doc(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: {name} }}\nspec:\n{spec}---\n"
+    )
+}
+
+#[test]
+fn stored_artifacts_must_exist() {
+    let hex = "ab".repeat(32);
+    let resources = parse(&wasm_doc("gate", &format!("  url: sha256:{hex}\n")));
+    let err = validate(&resources, &|_| false).expect_err("unknown artifact");
+    assert_eq!(
+        err,
+        [format!(
+            "t.yaml: document 1 (WasmPlugin gate): spec.url: no artifact sha256:{hex} in the store"
+        )]
+    );
+    assert_eq!(validate(&resources, &|d| d == hex), Ok(vec![]));
+    // File and http sources are not the store's business here.
+    let resources = parse(&wasm_doc(
+        "gate",
+        "  url: https://plugins.example/gate.wasm\n",
+    ));
+    assert_eq!(validate(&resources, &|_| false), Ok(vec![]));
+}
+
+#[test]
+fn wasm_plugin_names_are_mesh_wide() {
+    let text = format!(
+        "{}apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: gate, namespace: shop }}\nspec: {{ url: file:///b.wasm }}\n",
+        wasm_doc("gate", "  url: file:///a.wasm\n")
+    );
+    let all = validate_errors(&parse(&text));
+    assert!(
+        all.contains("metadata.name: a WasmPlugin gate is also in namespace"),
+        "{all}"
+    );
+}
+
+#[test]
+fn warnings_for_what_is_ignored_or_merged() {
+    let text = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  gateways: [edge]
+  exportTo: ['.']
+  http:
+  - match: [{ headers: { x-test: { exact: '1' } } }]
+    route: [{ destination: { host: payments } }]
+    retries: { attempts: 5 }
+    fault: { abort: { httpStatus: 503, percentage: { value: 1 } } }
+    timeout: 2s
+  - route: [{ destination: { host: payments } }]
+    retries: { perTryTimeout: 1s }
+    fault: { delay: { fixedDelay: 1s } }
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  trafficPolicy: { loadBalancer: { simple: LEAST_CONN } }
+";
+    let all = validate_warnings(&parse(text));
+    for needle in [
+        "(VirtualService payments): spec.gateways: these routes apply only at edge, and Weft runs no gateways: they reach no sidecar",
+        "spec.http[1].retries: attempts is 0 or absent, so retries are off",
+        "spec.http[1].fault.delay: no percentage, so it never applies (as in Istio)",
+        "(DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is Istio's deprecated name",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn the_features_example_compiles() {
+    let resources = parse(FEATURES);
+    let warnings = validate(&resources, &|_| true).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let me = workload("orders", "", "127.0.0.1:9101");
+    let snapshot = snapshot_for(&resources, &mesh(), &me);
+    let payments = &snapshot.services["payments"];
+    assert_eq!(payments.load_balancer.as_deref(), Some("roundRobin"));
+    // Entries with different timeouts: none for the service, each entry keeps its own.
+    assert_eq!(payments.timeout, None);
+    assert_eq!(
+        chain(&snapshot, "payments"),
+        [
+            "authn",
+            "authz-first",
+            "authz-second",
+            "a-authz-low",
+            "fault",
+            "canary",
+            "retry",
+            "outlier",
+            "stats",
+            "telemetry",
+            "last"
+        ]
+    );
+    let canary = &plugin(&snapshot, "payments", "canary").config;
+    assert_eq!(
+        canary["http"][0],
+        json!({"name": "testers",
+                   "match": [{"headers": {"x-user": {"exact": "tester"}}, "uri": {"prefix": "/charge"}}],
+                   "route": [{"destination": {"host": "payments", "subset": "v2"}}],
+                   "timeout": "2s"})
+    );
+    assert_eq!(
+        canary["http"][1]["route"][1]["destination"],
+        json!({"host": "payments-next"})
+    );
+    assert_eq!(
+        plugin(&snapshot, "payments", "fault").config,
+        json!({"delay": {"fixedDelay": "5s", "percentage": {"value": 10.0}},
+                   "abort": {"httpStatus": 503, "percentage": {"value": 5.0}}})
+    );
+    assert_eq!(
+        plugin(&snapshot, "payments", "outlier").config,
+        json!({"consecutive5xxErrors": 3, "consecutiveGatewayErrors": 2, "interval": "5s",
+                   "baseEjectionTime": "15s", "maxEjectionPercent": 50, "minHealthPercent": 20})
+    );
+    // A route to another service makes it known to every sidecar.
+    assert!(snapshot.services.contains_key("payments-next"));
+    // targetRefs: authn targets payments only.
+    assert!(!chain(&snapshot, "orders").contains(&"authn".to_string()));
+    assert!(chain(&snapshot, "orders").contains(&"authz-first".to_string()));
+
+    let authz = plugin(&snapshot, "payments", "authz-first");
+    assert_eq!(authz.file.as_deref(), Some("/opt/weft/plugins/authz.wasm"));
+    assert_eq!(authz.fail_strategy, FailStrategy::FailClosed);
+    assert_eq!(authz.config, json!({"allow": ["orders"]}));
+    let stats = plugin(&snapshot, "payments", "stats");
+    assert_eq!(
+        stats.artifact.as_deref(),
+        Some("0123456789abcdef".repeat(4).as_str())
+    );
+    assert_eq!(
+        stats.sha256.as_deref(),
+        Some("0123456789abcdef".repeat(4).as_str())
+    );
+    assert_eq!(stats.fail_strategy, FailStrategy::FailOpen);
+    assert_eq!(stats.config, json!({}));
+}
+
+#[test]
+fn selectors_pick_sidecars() {
+    let text = format!(
+        "{}{}",
+        wasm_doc(
+            "for-orders",
+            "  url: file:///o.wasm\n  selector: { matchLabels: { app: orders } }\n"
+        ),
+        wasm_doc(
+            "for-v2",
+            "  url: file:///v.wasm\n  selector: { matchLabels: { version: v2 } }\n  targetRefs: [{ kind: Service, name: orders }]\n"
+        )
+    );
+    let resources = parse(&text);
+    let workloads = mesh();
+    let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert_eq!(
+        chain(&orders, "payments"),
+        ["retry", "telemetry", "for-orders"]
+    );
+    let v2 = snapshot_for(&resources, &workloads, &workloads[1]);
+    assert_eq!(chain(&v2, "payments"), ["retry", "telemetry"]);
+    assert_eq!(chain(&v2, "orders"), ["retry", "telemetry", "for-v2"]);
+    assert_ne!(orders.version, v2.version);
+    // A workload's own `app` label wins over the implicit one.
+    let mut renamed = workloads[2].clone();
+    renamed.labels.insert("app".into(), "checkout".into());
+    let other = snapshot_for(&resources, &workloads, &renamed);
+    assert_eq!(chain(&other, "payments"), ["retry", "telemetry"]);
+}
+
+fn authz_doc(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn authorization_policies_go_to_the_workloads_they_select() {
+    let text = [
+            authz_doc(
+                "default",
+                "payments-only-orders",
+                "  selector: { matchLabels: { app: payments } }\n  rules: [{ from: [{ source: { principals: [weft.local/ns/default/sa/orders] } }] }]\n",
+            ),
+            authz_doc(
+                "istio-system",
+                "no-admin",
+                "  action: DENY\n  rules: [{ to: [{ operation: { paths: [/admin*] } }] }]\n",
+            ),
+            authz_doc(
+                "default",
+                "v2-nothing",
+                "  selector: { matchLabels: { version: v2 } }\n",
+            ),
+            authz_doc(
+                "shop",
+                "elsewhere",
+                "  rules: [{ from: [{ source: { principals: [cluster.local/ns/shop/sa/x] } }] }]\n",
+            ),
+        ]
+        .concat();
+    let resources = parse(&text);
+    let warnings = validate_warnings(&resources);
+    assert!(
+        warnings
+            .contains("(AuthorizationPolicy elsewhere): metadata.namespace: selects no workload"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(
+            "principal \"cluster.local/ns/shop/sa/x\" names Istio's default trust domain"
+        ),
+        "{warnings}"
+    );
+    let workloads = mesh();
+    let names = |s: &Snapshot| -> Vec<String> {
+        s.inbound
+            .authorization
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    let v1 = snapshot_for(&resources, &workloads, &workloads[0]);
+    assert_eq!(
+        names(&v1),
+        ["default/payments-only-orders", "istio-system/no-admin"]
+    );
+    let allow = &v1.inbound.authorization[0];
+    assert_eq!(allow.action, crate::snapshot::AuthzAction::Allow);
+    assert_eq!(
+        allow.rules[0].from[0].principals,
+        ["weft.local/ns/default/sa/orders"]
+    );
+    assert_eq!(
+        v1.inbound.authorization[1].action,
+        crate::snapshot::AuthzAction::Deny
+    );
+    assert!(v1.validate().is_ok(), "{:?}", v1.validate());
+    let v2 = snapshot_for(&resources, &workloads, &workloads[1]);
+    assert_eq!(
+        names(&v2),
+        [
+            "default/payments-only-orders",
+            "default/v2-nothing",
+            "istio-system/no-admin"
+        ]
+    );
+    assert!(v2.inbound.authorization[1].rules.is_empty());
+    let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert_eq!(names(&orders), ["istio-system/no-admin"]);
+    // Without policies the section is absent and the version what it was.
+    let none = snapshot_for(&[], &workloads, &workloads[2]);
+    assert!(none.inbound.is_empty());
+    assert!(
+        serde_json::to_value(&none)
+            .expect("json")
+            .get("inbound")
+            .is_none()
+    );
+    assert_ne!(none.version, orders.version);
+}
+
+fn peer_authn_doc(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
+    )
+}
+
+fn modes(text: &str) -> Vec<Option<crate::snapshot::MtlsMode>> {
+    let resources = if text.is_empty() {
+        Vec::new()
+    } else {
+        parse(text)
+    };
+    let workloads = mesh();
+    workloads
+        .iter()
+        .map(|w| {
+            snapshot_for(&resources, &workloads, w)
+                .inbound
+                .peer_authentication
+        })
+        .collect()
+}
+
+#[test]
+fn peer_authentication_follows_istio_precedence() {
+    use crate::snapshot::MtlsMode::{Permissive, Strict};
+    let mesh_strict = peer_authn_doc("istio-system", "mesh", "  mtls: { mode: STRICT }\n");
+    let ns_permissive = peer_authn_doc("default", "ns", "  mtls: { mode: PERMISSIVE }\n");
+    let v2_strict = peer_authn_doc(
+        "default",
+        "v2",
+        "  selector: { matchLabels: { app: payments, version: v2 } }\n  mtls: { mode: STRICT }\n",
+    );
+    let v2_unset = peer_authn_doc(
+        "default",
+        "v2",
+        "  selector: { matchLabels: { version: v2 } }\n  mtls: { mode: UNSET }\n",
+    );
+    // mesh() is payments v1, payments v2, orders.
+    assert_eq!(modes(""), [None, None, None], "no policy: bootstrap mode");
+    assert_eq!(modes(&mesh_strict), [Some(Strict); 3]);
+    assert_eq!(
+        modes(&[mesh_strict.clone(), ns_permissive.clone()].concat()),
+        [Some(Permissive); 3],
+        "namespace-wide over mesh-wide"
+    );
+    assert_eq!(
+        modes(&[mesh_strict.clone(), ns_permissive.clone(), v2_strict].concat()),
+        [Some(Permissive), Some(Strict), Some(Permissive)],
+        "workload over namespace-wide"
+    );
+    assert_eq!(
+        modes(&[mesh_strict.clone(), ns_permissive.clone(), v2_unset.clone()].concat()),
+        [Some(Permissive); 3],
+        "UNSET inherits the namespace's"
+    );
+    let ns_unset = peer_authn_doc("default", "ns", "  mtls: {}\n");
+    assert_eq!(
+        modes(&[mesh_strict.clone(), ns_unset, v2_unset.clone()].concat()),
+        [Some(Strict); 3],
+        "UNSET twice inherits the mesh's"
+    );
+    assert_eq!(
+        modes(&v2_unset),
+        [None, None, None],
+        "only UNSET: nothing in force"
+    );
+    // Policies that select no Weft workload change nothing, with a warning.
+    let ignored = [
+        peer_authn_doc(
+            "istio-system",
+            "rooted",
+            "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+        ),
+        peer_authn_doc("shop", "elsewhere", "  mtls: { mode: STRICT }\n"),
+    ]
+    .concat();
+    assert_eq!(modes(&ignored), [None, None, None]);
+    let warnings = validate_warnings(&parse(&ignored));
+    for needle in [
+        "(PeerAuthentication rooted): spec.selector: ignored, as Istio does in the root namespace",
+        "(PeerAuthentication elsewhere): metadata.namespace: selects no workload",
+    ] {
+        assert!(
+            warnings.contains(needle),
+            "missing {needle:?} in:\n{warnings}"
+        );
+    }
+    // The mode is part of the content, so of the version.
+    let resources = parse(&mesh_strict);
+    let workloads = mesh();
+    let strict = snapshot_for(&resources, &workloads, &workloads[2]);
+    let none = snapshot_for(&[], &workloads, &workloads[2]);
+    assert_ne!(strict.version, none.version);
+    assert!(strict.validate().is_ok());
+    assert_eq!(
+        serde_json::to_value(&strict).expect("json")["inbound"]["peerAuthentication"],
+        "STRICT"
+    );
+}
+
+#[test]
+fn one_wide_peer_authentication_per_namespace() {
+    let text = [
+        peer_authn_doc("default", "a", "  mtls: { mode: STRICT }\n"),
+        peer_authn_doc(
+            "default",
+            "b",
+            "  selector: {}\n  mtls: { mode: PERMISSIVE }\n",
+        ),
+        peer_authn_doc("istio-system", "m1", "  mtls: { mode: STRICT }\n"),
+        peer_authn_doc("istio-system", "m2", "  {}\n"),
+    ]
+    .concat();
+    let errors = validate_errors(&parse(&text));
+    for needle in [
+        "(PeerAuthentication b): spec.selector: namespace default already has a namespace-wide PeerAuthentication",
+        "(PeerAuthentication m2): spec.selector: namespace istio-system already has a mesh-wide PeerAuthentication",
+    ] {
+        assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
+    }
+    // Several workload policies may exist; one selecting a workload twice is a warning.
+    let text = [
+        peer_authn_doc(
+            "default",
+            "a-payments",
+            "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
+        ),
+        peer_authn_doc(
+            "default",
+            "b-v2",
+            "  selector: { matchLabels: { version: v2 } }\n  mtls: { mode: PERMISSIVE }\n",
+        ),
+    ]
+    .concat();
+    let resources = parse(&text);
+    assert!(validate(&resources, &|_| true).is_ok());
+    let workloads = mesh();
+    let v2 = compile(&resources, &workloads, &workloads[1]);
+    assert_eq!(
+        v2.snapshot.inbound.peer_authentication,
+        Some(crate::snapshot::MtlsMode::Strict)
+    );
+    assert!(
+        v2.warnings
+            .iter()
+            .any(|w| w.contains(
+                "(PeerAuthentication b-v2): several PeerAuthentications select workload payments"
+            ) && w.contains("using t.yaml: document 1 (PeerAuthentication a-payments)")),
+        "{:?}",
+        v2.warnings
+    );
+}
+
+#[test]
+fn retries_follow_istio() {
+    let base = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: payments }\nspec:\n  hosts: [payments]\n  http:\n  - route: [{ destination: { host: payments } }]\n";
+    let me = workload("payments", "v1", "127.0.0.1:9001");
+    // No retries: Istio's default policy. The lone unsplit route needs no canary.
+    let s = snapshot_for(&parse(base), &[], &me);
+    assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
+    assert_eq!(plugin(&s, "payments", "retry").config, default_retry());
+    // attempts 0: retries off, no plugin at all.
+    let s = snapshot_for(
+        &parse(&format!("{base}    retries: {{ attempts: 0 }}\n")),
+        &[],
+        &me,
+    );
+    assert_eq!(chain(&s, "payments"), ["telemetry"]);
+    // `timeout: 0s` is Istio's "none".
+    let s = snapshot_for(&parse(&format!("{base}    timeout: 0s\n")), &[], &me);
+    assert_eq!(s.services["payments"].timeout, None);
+}
+
+#[test]
+fn a_virtual_service_bound_only_to_gateways_reaches_no_sidecar() {
+    // An /admin abort meant for the edge, and the mesh's own routes beside it.
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: edge-admin }
+spec:
+  hosts: [payments]
+  gateways: [istio-system/ingress]
+  http:
+  - match: [{ uri: { prefix: /admin } }]
+    fault: { abort: { httpStatus: 403, percentage: { value: 100 } } }
+    route: [{ destination: { host: payments } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  gateways: [mesh, istio-system/ingress]
+  http:
+  - route: [{ destination: { host: payments } }]
+    timeout: 3s
+";
+    let resources = parse(text);
+    let warnings = validate_warnings(&resources);
+    assert!(warnings.contains("(VirtualService edge-admin): spec.gateways: these routes apply only at istio-system/ingress"), "{warnings}");
+    let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+    assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
+    assert_eq!(s.services["payments"].timeout.as_deref(), Some("3s"));
+}
+
+#[test]
+fn export_to_decides_whether_sidecars_see_a_resource() {
+    let vs = |export: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: payments }}
+spec:
+  hosts: [payments]
+  exportTo: {export}
+  http:
+  - route: [{{ destination: {{ host: payments }} }}]
+    timeout: 3s
+"
+        )
+    };
+    let me = workload("orders", "", "127.0.0.1:1");
+    for (export, seen) in [
+        ("['.']", true),
+        ("['*']", true),
+        ("[default, shop]", true),
+        ("[shop]", false),
+        ("['~']", false),
+    ] {
+        let resources = parse(&vs(export));
+        let s = snapshot_for(&resources, &[], &me);
+        let timeout = s.services.get("payments").and_then(|p| p.timeout.clone());
+        assert_eq!(timeout.is_some(), seen, "exportTo {export}");
+        if !seen {
+            assert!(
+                validate_warnings(&resources)
+                    .contains("spec.exportTo: not exported to namespace default"),
+                "{export}"
+            );
+        }
+    }
+}
+
+#[test]
+fn source_labels_are_decided_for_each_caller_as_istio_does() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ sourceLabels: { app: orders }, headers: { x-beta: { exact: '1' } } }]
+    route: [{ destination: { host: payments } }]
+    timeout: 1s
+  - match: [{ sourceNamespace: elsewhere }]
+    route: [{ destination: { host: payments } }]
+  - route: [{ destination: { host: payments } }]
+";
+    let resources = parse(text);
+    let canary_for = |service: &str| {
+        let s = snapshot_for(&resources, &[], &workload(service, "", "127.0.0.1:1"));
+        plugin(&s, "payments", "canary").config.clone()
+    };
+    // orders: its entry, the caller condition gone; the other namespace's entry left out.
+    let orders = canary_for("orders");
+    assert_eq!(orders["http"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        orders["http"][0]["match"],
+        json!([{"headers": {"x-beta": {"exact": "1"}}}])
+    );
+    assert_eq!(orders["http"][1]["name"], "#2");
+    // reviews: only the entry for everyone.
+    let reviews = canary_for("reviews");
+    assert_eq!(reviews["http"].as_array().map(Vec::len), Some(1));
+    assert_eq!(reviews["http"][0]["name"], "#2");
+    // No entry for this caller at all: nothing matches, as Istio's no route.
+    let only = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ sourceLabels: { app: orders } }]
+    route: [{ destination: { host: payments } }]
+";
+    let resources = parse(only);
+    let s = snapshot_for(&resources, &[], &workload("reviews", "", "127.0.0.1:1"));
+    let canary = &plugin(&s, "payments", "canary").config;
+    assert_eq!(
+        canary["http"][0]["match"],
+        json!([{"scheme": {"exact": "https"}}])
+    );
+    // Its retries are scoped to its route, so they never run for reviews' calls.
+    assert_eq!(chain(&s, "payments"), ["canary", "retry@#0", "telemetry"]);
+}
+
+#[test]
+fn a_new_build_of_retry_replaces_every_route_scoped_retry() {
+    let hex = "ab".repeat(32);
+    let text = format!(
+        "{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: payments }}
+spec:
+  hosts: [payments]
+  http:
+  - match: [{{ method: {{ exact: POST }} }}]
+    retries: {{ attempts: 1, retryOn: reset }}
+    route: [{{ destination: {{ host: payments }} }}]
+  - route: [{{ destination: {{ host: payments }} }}]
+    retries: {{ attempts: 3, retryOn: 5xx }}
+",
+        wasm_doc(
+            "retry",
+            &format!("  url: sha256:{hex}\n  pluginConfig: {{ attemptCountHeader: x-n }}\n")
+        )
+    );
+    let s = snapshot_for(&parse(&text), &[], &workload("orders", "", "127.0.0.1:1"));
+    assert_eq!(
+        chain(&s, "payments"),
+        ["canary", "retry@#0", "retry@#1", "telemetry"]
+    );
+    for (name, route, attempts) in [("retry@#0", "#0", 1), ("retry@#1", "#1", 3)] {
+        let p = plugin(&s, "payments", name);
+        assert_eq!(p.artifact.as_deref(), Some(hex.as_str()), "{name}");
+        assert_eq!(p.routes, [route]);
+        assert_eq!(p.config["attempts"], attempts);
+        assert_eq!(p.config["attemptCountHeader"], "x-n");
+    }
+}
+
+#[test]
+fn a_fault_applies_only_to_the_routes_that_have_it() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ uri: { prefix: /health } }]
+    route: [{ destination: { host: payments } }]
+  - route: [{ destination: { host: payments } }]
+    fault: { abort: { httpStatus: 503, percentage: { value: 50 } } }
+";
+    let resources = parse(text);
+    assert_eq!(validate_warnings(&resources), "");
+    let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+    assert_eq!(
+        chain(&s, "payments"),
+        ["canary", "fault@#1", "retry", "telemetry"]
+    );
+    let fault = plugin(&s, "payments", "fault@#1");
+    assert_eq!(fault.routes, ["#1"]);
+    assert_eq!(
+        fault.config,
+        json!({"abort": {"httpStatus": 503, "percentage": {"value": 50.0}}})
+    );
+    // The canary names both routes, so the host knows which one each call took.
+    let canary = &plugin(&s, "payments", "canary").config;
+    assert_eq!(canary["http"][0]["name"], "#0");
+    assert_eq!(canary["http"][1]["name"], "#1");
+}
+
+#[test]
+fn http_urls_use_their_digest_until_rewritten() {
+    let hex = "cd".repeat(32);
+    let text = format!(
+        "{}{}",
+        wasm_doc(
+            "pinned",
+            &format!(
+                "  url: https://example.invalid/p.wasm\n  sha256: {}\n",
+                hex.to_uppercase()
+            )
+        ),
+        wasm_doc("loose", "  url: https://example.invalid/l.wasm\n")
+    );
+    let me = workload("orders", "", "127.0.0.1:9101");
+    let compiled = compile(&parse(&text), &[], &me);
+    let pinned = plugin(&compiled.snapshot, "orders", "pinned");
+    assert_eq!(pinned.artifact.as_deref(), Some(hex.as_str()));
+    assert_eq!(pinned.sha256.as_deref(), Some(hex.as_str()));
+    assert_eq!(
+        chain(&compiled.snapshot, "orders"),
+        ["retry", "telemetry", "pinned"]
+    );
+    assert_eq!(
+        compiled.warnings,
+        [
+            "t.yaml: document 2 (WasmPlugin loose): spec.url: https://example.invalid/l.wasm has not been fetched into the artifact store; the plugin is left out of the chains"
+        ]
+    );
+    assert!(compiled.snapshot.validate().is_ok());
+}
+
+#[test]
+fn the_snapshot_passes_its_own_validation() {
+    let snapshot = snapshot_for(&parse(FEATURES), &mesh(), &mesh()[2]);
+    assert!(snapshot.validate().is_ok(), "{:?}", snapshot.validate());
+}
+
+#[test]
+fn a_wasm_plugin_named_like_a_built_in_is_a_new_build_in_its_place() {
+    let digest = "ab".repeat(32);
+    let text = format!(
+        "{SEED}---\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+             metadata: {{ name: retry }}\nspec:\n  url: sha256:{digest}\n  \
+             pluginConfig: {{ attemptCountHeader: x-retry-build }}\n"
+    );
+    let resources = parse(&text);
+    let me = Workload {
+        service: "orders".into(),
+        labels: BTreeMap::new(),
+        address: "127.0.0.1:1".into(),
+    };
+    let snapshot = snapshot_for(&resources, &[], &me);
+    let chain = &snapshot.services["payments"].plugins;
+    let names: Vec<&str> = chain.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["canary", "retry", "outlier", "telemetry"],
+        "same place"
+    );
+    let retry = &chain[1];
+    assert_eq!(retry.builtin, None);
+    assert_eq!(retry.artifact.as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        retry.config,
+        json!({"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset",
+                   "attemptCountHeader": "x-retry-build"}),
+        "the VirtualService's settings, with pluginConfig on top"
+    );
+}
+
+const SCOPED_VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - name: testers
+    match: [{ headers: { x-user: { exact: tester } } }]
+    route: [{ destination: { host: payments, subset: v2 } }]
+  - name: default
+    route: [{ destination: { host: payments, subset: v1 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+";
+
+fn scoped_wasm(name: &str, routes: &str, service: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: {name}\n  annotations: {{ weft.io/routes: '{routes}' }}\nspec:\n  url: file:///{name}.wasm\n  targetRefs: [{{ kind: Service, name: {service} }}]\n{extra}---\n"
+    )
+}
+
+#[test]
+fn route_scoped_wasm_plugins_run_right_after_the_canary_in_phase_order() {
+    let text = format!(
+        "{SCOPED_VS}{}{}{}{}",
+        scoped_wasm("audit", "testers,default", "payments", "  phase: STATS\n"),
+        scoped_wasm("stamp", "testers", "payments", "  phase: AUTHN\n"),
+        scoped_wasm(
+            "stamp-low",
+            "testers",
+            "payments",
+            "  phase: AUTHN\n  priority: -1\n"
+        ),
+        wasm_doc("gate", "  url: file:///gate.wasm\n  phase: AUTHZ\n"),
+    );
+    let resources = parse(&text);
+    assert_eq!(validate(&resources, &|_| true), Ok(vec![]));
+    let compiled = compile(&resources, &mesh(), &mesh()[2]);
+    assert_eq!(compiled.warnings, Vec::<String>::new());
+    let s = compiled.snapshot;
+    assert_eq!(
+        chain(&s, "payments"),
+        [
+            "gate",
+            "canary",
+            "stamp",
+            "stamp-low",
+            "audit",
+            "retry",
+            "telemetry"
+        ]
+    );
+    assert_eq!(plugin(&s, "payments", "stamp").routes, ["testers"]);
+    assert_eq!(
+        plugin(&s, "payments", "audit").routes,
+        ["testers", "default"]
+    );
+    assert!(plugin(&s, "payments", "gate").routes.is_empty());
+    assert_eq!(
+        plugin(&s, "payments", "canary").config["http"][0]["name"],
+        "testers"
+    );
+    // Scoped to payments' routes, so in no other chain.
+    assert_eq!(chain(&s, "orders"), ["gate", "retry", "telemetry"]);
+    assert!(s.validate().is_ok(), "{:?}", s.validate());
+    // The scope is content: it is in the snapshot's JSON and so in its version.
+    let json = serde_json::to_value(&s.services["payments"]).expect("serializes");
+    assert_eq!(json["plugins"][2]["routes"], json!(["testers"]));
+    assert!(json["plugins"][0].get("routes").is_none());
+}
+
+#[test]
+fn a_scoped_plugin_keeps_a_canary_that_would_change_nothing() {
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: orders }
+spec:
+  hosts: [orders]
+  http:
+  - name: all
+    route: [{ destination: { host: orders } }]
+---
+";
+    let me = workload("payments", "v1", "127.0.0.1:9001");
+    let alone = snapshot_for(&parse(vs), &[], &me);
+    assert_eq!(chain(&alone, "orders"), ["retry", "telemetry"]);
+    let text = format!("{vs}{}", scoped_wasm("stamp", "all", "orders", ""));
+    let resources = parse(&text);
+    assert_eq!(validate(&resources, &|_| true), Ok(vec![]));
+    let s = snapshot_for(&resources, &[], &me);
+    assert_eq!(
+        chain(&s, "orders"),
+        ["canary", "stamp", "retry", "telemetry"]
+    );
+    assert_eq!(
+        plugin(&s, "orders", "canary").config,
+        json!({"host": "orders", "http": [
+                {"name": "all", "route": [{"destination": {"host": "orders"}}]}]})
+    );
+}
+
+#[test]
+fn scoped_routes_must_be_the_target_services_http_entries() {
+    let text = format!(
+        "{SCOPED_VS}{}",
+        scoped_wasm("stamp", "testers,checkout", "payments", "")
+    );
+    assert_eq!(
+        validate_errors(&parse(&text)),
+        "t.yaml: document 3 (WasmPlugin stamp): metadata.annotations.weft.io/routes: unknown route checkout of payments (VirtualService payments names testers, default)"
+    );
+    let text = format!(
+        "{SCOPED_VS}{}",
+        scoped_wasm("stamp", "testers", "orders", "")
+    );
+    assert_eq!(
+        validate_errors(&parse(&text)),
+        "t.yaml: document 3 (WasmPlugin stamp): metadata.annotations.weft.io/routes: unknown route testers of orders (no VirtualService for orders)"
+    );
+    let unnamed = SEED.to_string() + "---\n" + &scoped_wasm("stamp", "testers", "payments", "");
+    let all = validate_errors(&parse(&unnamed));
+    assert!(
+            all.contains("unknown route testers of payments (VirtualService payments names none of its http entries)"),
+            "{all}"
+        );
+    let text = format!(
+        "{SCOPED_VS}{}",
+        scoped_wasm("retry", "testers", "payments", "")
+    );
+    let all = validate_errors(&parse(&text));
+    assert!(
+            all.contains("(WasmPlugin retry): metadata.annotations.weft.io/routes: retry is a new build of the built-in retry and takes its place on every route; it cannot be scoped to routes"),
+            "{all}"
+        );
+    // Compiled anyway without a VirtualService: left out, with a warning, as it could
+    // never run.
+    let text = scoped_wasm("stamp", "testers", "orders", "");
+    let compiled = compile(&parse(&text), &[], &workload("orders", "", "127.0.0.1:1"));
+    assert_eq!(chain(&compiled.snapshot, "orders"), ["retry", "telemetry"]);
+    assert!(
+        compiled
+            .warnings
+            .iter()
+            .any(|w| w.contains("WasmPlugin stamp is scoped to routes testers")),
+        "{:?}",
+        compiled.warnings
+    );
+}
