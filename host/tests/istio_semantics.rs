@@ -256,6 +256,25 @@ spec:
         copy.headers.get("host").map(|v| v.as_bytes()),
         Some(&b"payments-shadow"[..])
     );
+    // Every copy is counted by the sidecar that sent it.
+    let answered = "weft_mirror_requests_total{outcome=\"answered\",service=\"payments\"} 20";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = h1_client()
+            .request(support::get(orders.addr("admin"), "/metrics", &[]))
+            .await
+            .expect("admin answers");
+        let (_, _, body) = read(metrics).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if text.contains(answered) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {answered:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // `weft apply --wait` tells the truth: each sidecar sent the change, and its answer.
     let good = write(dir.path(), "weight-20.yaml", &reweighted(80, 20));

@@ -75,6 +75,8 @@ pub struct ProxyMetrics {
     pub inbound_by_source: IntCounterVec,
     /// Downstream connections and streams ended by a bound, by listener and bound.
     pub timeouts: IntCounterVec,
+    /// Mirrored copies, by destination service and outcome.
+    pub mirrors: IntCounterVec,
 }
 
 /// Which bound ended a downstream stream (connections: [`crate::conn::Timeout`]).
@@ -227,6 +229,14 @@ impl ProxyMetrics {
             ),
             &["listener", "timeout"],
         )?;
+        let mirrors = IntCounterVec::new(
+            Opts::new(
+                "weft_mirror_requests_total",
+                "Copies of calls sent to a mirror destination (fire-and-forget), by service and outcome (answered, failed, timeout, skipped: no endpoint or a body too large to keep).",
+            ),
+            &["service", "outcome"],
+        )?;
+        registry.register(Box::new(mirrors.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(inbound_by_source.clone()))?;
         registry.register(Box::new(inbound_denied.clone()))?;
@@ -252,6 +262,7 @@ impl ProxyMetrics {
             inbound_denied,
             inbound_by_source,
             timeouts,
+            mirrors,
         })
     }
 }

@@ -31,30 +31,44 @@ pub(super) struct Copy<'a> {
 
 /// Sends `copy` to each of `mirrors`, each on its own task.
 pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination], copy: Copy<'_>) {
+    let counted = |service: &str, outcome: &str| {
+        inputs
+            .metrics
+            .mirrors
+            .with_label_values(&[service, outcome])
+            .inc();
+    };
     let Some(body) = copy.body else {
         tracing::debug!("not mirrored: the request body was too large to keep");
+        for dest in mirrors {
+            counted(&dest.service, "skipped");
+        }
         return;
     };
     let shadow = HeaderValue::from_str(&format!("{}-shadow", copy.authority)).ok();
     for dest in mirrors {
         let Some(route) = routes.services.get(&dest.service) else {
             tracing::debug!(service = %dest.service, "not mirrored: unknown service");
+            counted(&dest.service, "skipped");
             continue;
         };
         let endpoints = match &dest.subset {
             None => &route.endpoints,
             Some(s) => match route.subsets.get(s) {
                 Some(subset) => &subset.endpoints,
-                None => continue,
+                None => {
+                    counted(&dest.service, "skipped");
+                    continue;
+                }
             },
         };
         let now = std::time::Instant::now();
         let live: Vec<_> = endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
-        if live.is_empty() {
-            continue;
-        }
-        let endpoint = live[(inputs.random() % live.len() as u64) as usize];
-        let Some(authority) = endpoint.authority.clone() else {
+        let picked = (!live.is_empty())
+            .then(|| live[(inputs.random() % live.len() as u64) as usize])
+            .and_then(|e| e.authority.clone());
+        let Some(authority) = picked else {
+            counted(&dest.service, "skipped");
             continue;
         };
         let mut uri = http::uri::Parts::default();
@@ -74,6 +88,7 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
         }
         let sent = inputs.peers.request(request);
         let service = dest.service.clone();
+        let counter = inputs.metrics.mirrors.clone();
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 let resp = sent.await?;
@@ -82,11 +97,18 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
                 Ok::<(), hyper_util::client::legacy::Error>(())
             })
             .await;
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%service, "mirror failed: {e:?}"),
-                Err(_) => tracing::debug!(%service, "mirror timed out"),
-            }
+            let word = match outcome {
+                Ok(Ok(())) => "answered",
+                Ok(Err(e)) => {
+                    tracing::debug!(%service, "mirror failed: {e:?}");
+                    "failed"
+                }
+                Err(_) => {
+                    tracing::debug!(%service, "mirror timed out");
+                    "timeout"
+                }
+            };
+            counter.with_label_values(&[&service, word]).inc();
         });
     }
 }
