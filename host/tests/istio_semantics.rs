@@ -24,43 +24,15 @@ fn seed_with(from: &str, to: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("data");
-    let cp_proc = control(&data, "127.0.0.1:0");
-    let cp = cp_proc.addr("api");
-    let op = token(&data);
-    let (pay, ord) = (
-        service_token(cp, &op, "payments").await,
-        service_token(cp, &op, "orders").await,
-    );
+    let mesh = TestMesh::start();
+    let (dir, data, cp, op) = (&mesh.dir, mesh.data.as_path(), mesh.cp, mesh.op.clone());
     let (v1, v2) = (
         App::start("payments-v1").await,
         App::start("payments-v2").await,
     );
-    let _p1 = sidecar(
-        dir.path(),
-        cp,
-        &pay,
-        "payments",
-        &[("version", "v1")],
-        v1.addr,
-    );
-    let _p2 = sidecar(
-        dir.path(),
-        cp,
-        &pay,
-        "payments",
-        &[("version", "v2")],
-        v2.addr,
-    );
-    let orders = sidecar(
-        dir.path(),
-        cp,
-        &ord,
-        "orders",
-        &[("version", "v1")],
-        std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-    );
+    let _p1 = mesh.pod("payments", &[("version", "v1")], v1.addr).await;
+    let _p2 = mesh.pod("payments", &[("version", "v2")], v2.addr).await;
+    let orders = mesh.pod("orders", &[("version", "v1")], NO_APP).await;
     call(
         &endpoint(cp),
         &op,
@@ -280,7 +252,7 @@ spec:
     let good = write(dir.path(), "weight-20.yaml", &reweighted(80, 20));
     let out = weft(
         cp,
-        &data,
+        data,
         &["apply", "--wait", "-f", good.to_str().expect("utf-8")],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -300,7 +272,7 @@ spec:
     let trap = trap.to_str().expect("utf-8");
     let out = weft(
         cp,
-        &data,
+        data,
         &["apply", "--wait", "--timeout", "20s", "-f", trap],
     );
     assert!(!out.status.success(), "{}", text(&out));
@@ -311,13 +283,13 @@ spec:
         text(&out)
     );
     // Without --wait (and not on a terminal) the same apply returns at once, successfully.
-    let out = weft(cp, &data, &["delete", "WasmPlugin", "trap"]);
+    let out = weft(cp, data, &["delete", "WasmPlugin", "trap"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = weft(cp, &data, &["apply", "-f", trap]);
+    let out = weft(cp, data, &["apply", "-f", trap]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("NACK"), "{}", text(&out));
     // `weft status -o json` lists every sidecar with its labels.
-    let out = weft(cp, &data, &["status", "-o", "json"]);
+    let out = weft(cp, data, &["status", "-o", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let labels: Vec<&str> = status["sidecars"]
         .as_array()
@@ -372,41 +344,12 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let data = dir.path().join("data");
-    let cp_proc = control(&data, "127.0.0.1:0");
-    let cp = cp_proc.addr("api");
-    let op = token(&data);
-    let (pay, ord) = (
-        service_token(cp, &op, "payments").await,
-        service_token(cp, &op, "orders").await,
-    );
+    let mesh = TestMesh::start();
+    let (cp, op) = (mesh.cp, mesh.op.clone());
     let app = App::start("payments").await;
-    let _p = sidecar(
-        dir.path(),
-        cp,
-        &pay,
-        "payments",
-        &[("version", "v1")],
-        app.addr,
-    );
-    let orders = sidecar(
-        dir.path(),
-        cp,
-        &ord,
-        "orders",
-        &[("version", "v1")],
-        std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-    );
-    call(
-        &endpoint(cp),
-        &op,
-        Method::POST,
-        "/v1/apply?source=routes.yaml",
-        Bytes::from(PER_ROUTE),
-    )
-    .await
-    .expect("applies");
+    let _p = mesh.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = mesh.pod("orders", &[("version", "v1")], NO_APP).await;
+    mesh.apply("routes.yaml", PER_ROUTE).await;
     converged(cp, &op, 2, Duration::from_secs(10)).await;
     let to = orders.addr("outbound");
     let client = h1_client();

@@ -280,3 +280,54 @@ pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::write(&p, body).expect("write");
     p
 }
+
+/// A `weft control` process in a fresh directory, with its operator token: what most mesh
+/// tests start from. Sidecars join with [`TestMesh::pod`]; everything stops when it drops.
+pub struct TestMesh {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub cp: SocketAddr,
+    pub op: String,
+    pub control: Proc,
+}
+
+/// The discard address, for a sidecar whose app is never called (a caller such as `orders`).
+pub const NO_APP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+impl TestMesh {
+    /// Starts the control plane on a loopback port.
+    pub fn start() -> TestMesh {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().join("data");
+        let control = control(&data, "127.0.0.1:0");
+        let cp = control.addr("api");
+        let op = token(&data);
+        TestMesh {
+            dir,
+            data,
+            cp,
+            op,
+            control,
+        }
+    }
+
+    /// A sidecar for `service` with `labels` in front of `app`, holding its service's token.
+    pub async fn pod(&self, service: &str, labels: &[(&str, &str)], app: SocketAddr) -> Proc {
+        let token = service_token(self.cp, &self.op, service).await;
+        sidecar(self.dir.path(), self.cp, &token, service, labels, app)
+    }
+
+    /// Applies `yaml` as the operator, naming it `source`.
+    pub async fn apply(&self, source: &str, yaml: &str) {
+        call(
+            &endpoint(self.cp),
+            &self.op,
+            Method::POST,
+            &format!("/v1/apply?source={source}"),
+            Bytes::from(yaml.to_string()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{source}: {e}"));
+    }
+}
