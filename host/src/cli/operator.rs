@@ -226,7 +226,8 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         if wait {
             let pushed: Vec<weft::control::wire::Pushed> =
                 serde_json::from_value(out["pushed"].clone()).unwrap_or_default();
-            rt.block_on(super::wait::for_answers(&args.conn, &pushed, timeout))
+            let status = || args.conn.call(Method::GET, "/v1/status", Bytes::new());
+            rt.block_on(super::wait::for_answers(status, &pushed, timeout))
                 .with_context(|| format!("applying {name}"))?;
         }
     }

@@ -1,9 +1,7 @@
 //! `weft apply --wait`: follow a change to the sidecars it was sent to, until each ACKs it or
 //! one NACKs it, and say which.
 
-use super::operator::Conn;
-use bytes::Bytes;
-use http::Method;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use weft::control::wire::{Pushed, SidecarStatus};
 
@@ -31,19 +29,28 @@ pub fn answer(pushed: &Pushed, status: &[SidecarStatus]) -> Answer {
     }
 }
 
-/// Waits for every sidecar in `pushed` to answer, printing each answer; an error if one
-/// NACKed, went away, or had not answered within `timeout`.
-pub async fn for_answers(conn: &Conn, pushed: &[Pushed], timeout: Duration) -> anyhow::Result<()> {
+/// Waits for every sidecar in `pushed` to answer, reading the control plane's status with
+/// `status` (its JSON) and printing each answer; an error if one NACKed, went away, or had not
+/// answered within `timeout`.
+pub async fn for_answers<F, Fut>(
+    status: F,
+    pushed: &[Pushed],
+    timeout: Duration,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<serde_json::Value>>,
+{
     if pushed.is_empty() {
         println!("no sidecar runs anything new: nothing to wait for");
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
     let answers = loop {
-        let out = conn.call(Method::GET, "/v1/status", Bytes::new()).await?;
-        let status: Vec<SidecarStatus> =
+        let out = status().await?;
+        let sidecars: Vec<SidecarStatus> =
             serde_json::from_value(out["sidecars"].clone()).unwrap_or_default();
-        let answers: Vec<Answer> = pushed.iter().map(|p| answer(p, &status)).collect();
+        let answers: Vec<Answer> = pushed.iter().map(|p| answer(p, &sidecars)).collect();
         let nacked = answers.iter().any(|a| matches!(a, Answer::Nack(_)));
         if nacked || !answers.contains(&Answer::Pending) || Instant::now() >= deadline {
             break answers;

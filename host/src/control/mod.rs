@@ -23,7 +23,6 @@ mod conformance;
 mod issuer;
 pub mod istio;
 mod registry;
-mod route_policies;
 pub mod server;
 pub mod serving;
 pub mod stats;

@@ -1,4 +1,4 @@
-//! Mesh identity (issue 6): SPIFFE IDs, the mesh CA, the workload's key and rotating
+//! Mesh identity: SPIFFE IDs, the mesh CA, the workload's key and rotating
 //! certificate, and the rustls configs for mTLS between sidecars.
 //!
 //! `weft control` is the CA (`control/server.rs`); sidecars obtain and renew certificates

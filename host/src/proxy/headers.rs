@@ -164,6 +164,9 @@ pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) {
     }
 }
 
+/// Carries the original authority to the inbound sidecar, which restores it as `Host`.
+pub const FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 
 use super::body::ProxyBody;
 use super::headers;
-use super::outbound::FORWARDED_HOST;
+use super::headers::FORWARDED_HOST;
 use super::{Inputs, Peer, authz, local_response, path};
 use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};

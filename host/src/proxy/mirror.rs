@@ -6,7 +6,7 @@
 
 use super::Inputs;
 use super::body;
-use super::outbound::FORWARDED_HOST;
+use super::headers::FORWARDED_HOST;
 use super::routes::Routes;
 use crate::plugin::{Destination, RequestHead};
 use bytes::Bytes;

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Carries the original authority to the inbound sidecar, which restores it as `Host`.
-pub const FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+pub use super::headers::FORWARDED_HOST;
 
 /// The service an authority names: its host, without port or brackets, and without the
 /// namespace and cluster suffixes a caller may write (`payments.default.svc.cluster.local`,

@@ -64,7 +64,7 @@
 //!
 //! The module is split by concern: `validate` (checks across resources, and warnings),
 //! `builtins` (the built-ins' configurations and a WasmPlugin's place), `inbound` (the mTLS
-//! mode in force); `crate::control::route_policies` places per-route policies.
+//! mode in force), `route_policies` (each entry's policies for its calls alone).
 //!
 //! A snapshot's version is a digest of its content, so identical content has the identical
 //! version and the control plane pushes only what changed.
@@ -80,12 +80,13 @@ use crate::control::istio::{
     PeerAuthnScope, Phase, ROUTES_PATH, Resource, Spec, VirtualService, WasmPlugin, WasmSource,
     service_of_host,
 };
-use crate::control::route_policies::{RoutePolicies, route_name};
 use crate::plugin::FailStrategy;
 use crate::snapshot::{EndpointSpec, PluginRef, Service, Snapshot};
+use route_policies::{RoutePolicies, route_name};
 
 mod builtins;
 mod inbound;
+mod route_policies;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -10,15 +10,15 @@
 //! policy has no instance. Timeouts ride on the canary's route choice: the service keeps one
 //! only when every entry has the same.
 
-use super::compile::{builtin, entry_retry};
-use super::istio::{HttpRoute, VirtualService};
+use super::builtins::{builtin, entry_retry};
+use crate::control::istio::{HttpRoute, VirtualService};
 use crate::snapshot::{PluginRef, parse_duration};
 use serde_json::Value;
 use std::time::Duration;
 
 /// How a VirtualService's entries reach the chain.
 #[derive(Debug, Default)]
-pub(super) struct RoutePolicies {
+pub(in crate::control) struct RoutePolicies {
     /// Whether the canary must name every route (some plugin is scoped to routes).
     pub names_routes: bool,
     /// Plugins for every call, before the canary (a fault shared by every entry).
