@@ -829,7 +829,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
         .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
-/// A sticky value's bucket in `0..100`.
+/// A sticky value's bucket in `0..total` (the sum of the entry's weights).
 fn bucket(value: &[u8], total: u64) -> u64 {
     // FNV-1a's last bytes reach the top bits only through carries, and multiply-shift reads
     // the top bits: ids differing in their last character ("user-1", "user-2") would bunch.

@@ -1,7 +1,7 @@
 //! What an Istio `http` entry does to a call besides routing it: its `headers` operations on
-//! the request and the response, and the local answers `directResponse` and `redirect`. The
-//! control plane runs one instance per distinct configuration, scoped to the routes that have
-//! it, right after the canary names the route.
+//! the request and the response, the local answers `directResponse` and `redirect`, and its
+//! `corsPolicy`. The control plane runs it after the canary: one instance when every entry has
+//! the same actions, else one per distinct configuration, scoped to the routes that have it.
 //!
 //! Header operations run as Envoy's do: removals, then `set` (replacing), then `add`
 //! (appending). A local answer carries the entry's response operations too.

@@ -14,20 +14,21 @@
 //! - the plugin chain, in this order:
 //!   1. WasmPlugins of phase `AUTHN`, then `AUTHZ` (within a phase: higher `priority` first,
 //!      then by name, then namespace);
-//!   2. `fault`, when every `http` entry has the same one;
-//!   3. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
+//!   2. `canary`, carrying the VirtualService's `http` entries (name, match, route, timeout);
 //!      none without a VirtualService, nor when its one entry sends everything, unmatched and
 //!      unsplit, to the service itself (it would change nothing) — unless a plugin scoped to
 //!      routes needs that entry's name; when any is, every entry is named (its own name, or
 //!      `#<index>`);
-//!   4. `fault@<route>`, one per distinct fault when entries differ, scoped to the routes that
-//!      have it; then `headers` (the entries' header operations and route actions:
-//!      `redirect`, `directResponse`, `corsPolicy`), one for every call or `headers@<route>`;
+//!   3. `fault`, when every `http` entry has the same one (after the canary, so a call no entry
+//!      takes gets its 404 untouched), or `fault@<route>`, one per distinct fault when entries
+//!      differ, scoped to the routes that have it;
+//!   4. `headers` (the entries' header operations and route actions: `redirect`,
+//!      `directResponse`, `corsPolicy`), one for every call or `headers@<route>`;
 //!   5. route-scoped WasmPlugins (annotation `weft.io/routes`), whatever their phase: they
-//!      need the route the canary names, so they come right after it (among themselves in
-//!      phase, then priority order);
-//!   6. `retry`: each entry's `retries`; Istio's default policy (2 attempts, connect failures
-//!      and refused streams) for an entry with none, as Istio gives every route, a service's
+//!      need the route the canary names, so they come after it (among themselves in phase,
+//!      then priority order);
+//!   6. `retry`: each entry's `retries`; Istio's default policy (2 attempts on
+//!      `DEFAULT_RETRY_ON`) for an entry with none, as Istio gives every route, a service's
 //!      default route included; none for an entry whose `attempts` is 0 or absent, as Istio
 //!      turns retries off. One plugin when every entry agrees, else `retry@<route>` per
 //!      distinct policy, scoped to its routes;
@@ -39,7 +40,9 @@
 //!
 //! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
 //! workload's labels (or it has no selector), and only the chain of the services its
-//! `targetRefs` name (or every chain); a WasmPlugin's namespace does not scope it. Every Weft
+//! `targetRefs` name (or every chain), when it is in namespace `default` (every Weft
+//! workload's) or Istio's root namespace `istio-system`; one elsewhere selects no workload, as
+//! in Istio, with a warning. Every Weft
 //! service is in namespace `default`: a VirtualService or DestinationRule elsewhere, or a host
 //! naming another namespace or a name outside the mesh, is refused when read
 //! (`crate::names::service_of_host`). A route-scoped WasmPlugin targets exactly one service and runs only for its
@@ -185,7 +188,11 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     let labels = me.effective_labels();
     let mut mine: Vec<(&Resource, &WasmPlugin, PluginRef)> = Vec::new();
     for (r, wp) in &catalog.wasm_plugins {
-        if !wp.selects(&labels) {
+        // As Istio: a WasmPlugin applies to the workloads of its own namespace, or to every
+        // one from the root namespace; every Weft workload is in `default`.
+        let namespace_ok = r.namespace == crate::control::istio::WORKLOAD_NAMESPACE
+            || r.namespace == crate::control::istio::ROOT_NAMESPACE;
+        if !namespace_ok || !wp.selects(&labels) {
             continue;
         }
         match wasm_plugin_ref(r, wp) {
@@ -240,18 +247,19 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         match vs {
             Some((_, vs)) => {
                 let policies = RoutePolicies::of(vs);
-                plugins.extend(policies.before_canary);
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.
                 let names_routes = policies.names_routes || !scoped.is_empty();
                 if let Some(config) = canary_config(service, vs, names_routes, Some(&labels)) {
                     plugins.push(builtin("canary", config));
+                    plugins.extend(policies.shared_fault);
                     plugins.extend(policies.scoped_faults);
                     plugins.extend(policies.actions);
                     plugins.extend(scoped.iter().cloned());
                 } else {
-                    // No canary: one entry sending everything to the service, so any actions
-                    // are for every call.
+                    // No canary: one entry sending everything to the service, so a fault and
+                    // any actions are for every call.
+                    plugins.extend(policies.shared_fault);
                     plugins.extend(policies.actions);
                 }
                 plugins.extend(policies.retries);

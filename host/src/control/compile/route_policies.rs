@@ -21,8 +21,9 @@ use std::time::Duration;
 pub(in crate::control) struct RoutePolicies {
     /// Whether the canary must name every route (some plugin is scoped to routes).
     pub names_routes: bool,
-    /// Plugins for every call, before the canary (a fault shared by every entry).
-    pub before_canary: Vec<PluginRef>,
+    /// A fault shared by every entry: for every call an entry takes, so right after the canary
+    /// (a call no entry takes gets the canary's 404 untouched, as Envoy's no route).
+    pub shared_fault: Vec<PluginRef>,
     /// Route-scoped faults, right after the canary.
     pub scoped_faults: Vec<PluginRef>,
     /// The entries' `headers`, `redirect` and `directResponse` (the `headers` built-in): one
@@ -119,7 +120,7 @@ impl RoutePolicies {
         if scoped_faults {
             out.scoped_faults = faults;
         } else {
-            out.before_canary = faults;
+            out.shared_fault = faults;
         }
         let (actions, scoped_actions) =
             instances("headers", groups(vs, HttpRoute::actions_config), per_caller);
@@ -164,8 +165,8 @@ mod tests {
              fault: { abort: { httpStatus: 503, percentage: { value: 10 } } }\n",
         ));
         assert!(!p.names_routes);
-        assert_eq!(p.before_canary.len(), 1);
-        assert!(p.before_canary[0].routes.is_empty());
+        assert_eq!(p.shared_fault.len(), 1);
+        assert!(p.shared_fault[0].routes.is_empty());
         assert_eq!(p.retries.len(), 1);
         assert_eq!(p.retries[0].name, "retry");
         assert!(p.retries[0].routes.is_empty());
@@ -200,7 +201,7 @@ mod tests {
              - route: [{ destination: { host: reviews } }]\n",
         ));
         assert!(p.names_routes);
-        assert!(p.before_canary.is_empty());
+        assert!(p.shared_fault.is_empty());
         let faults: Vec<(&str, &[String])> = p
             .scoped_faults
             .iter()

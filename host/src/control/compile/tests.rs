@@ -253,7 +253,7 @@ fn stored_artifacts_must_exist() {
     // File and http sources are not the store's business here.
     let resources = parse(&wasm_doc(
         "gate",
-        "  url: https://plugins.example/gate.wasm\n",
+        "  url: http://plugins.example/gate.wasm\n",
     ));
     assert_eq!(validate(&resources, &|_| false), Ok(vec![]));
 }
@@ -326,8 +326,8 @@ fn the_features_example_compiles() {
             "authz-first",
             "authz-second",
             "a-authz-low",
-            "fault",
             "canary",
+            "fault",
             "retry",
             "outlier",
             "stats",
@@ -875,11 +875,11 @@ fn http_urls_use_their_digest_until_rewritten() {
         wasm_doc(
             "pinned",
             &format!(
-                "  url: https://example.invalid/p.wasm\n  sha256: {}\n",
+                "  url: http://example.invalid/p.wasm\n  sha256: {}\n",
                 hex.to_uppercase()
             )
         ),
-        wasm_doc("loose", "  url: https://example.invalid/l.wasm\n")
+        wasm_doc("loose", "  url: http://example.invalid/l.wasm\n")
     );
     let me = workload("orders", "", "127.0.0.1:9101");
     let compiled = compile(&parse(&text), &[], &me);
@@ -893,7 +893,7 @@ fn http_urls_use_their_digest_until_rewritten() {
     assert_eq!(
         compiled.warnings,
         [
-            "t.yaml: document 2 (WasmPlugin loose): spec.url: https://example.invalid/l.wasm has not been fetched into the artifact store; the plugin is left out of the chains"
+            "t.yaml: document 2 (WasmPlugin loose): spec.url: http://example.invalid/l.wasm has not been fetched into the artifact store; the plugin is left out of the chains"
         ]
     );
     assert!(compiled.snapshot.validate().is_ok());
@@ -1093,4 +1093,29 @@ fn scoped_routes_must_be_the_target_services_http_entries() {
         "{:?}",
         compiled.warnings
     );
+}
+
+#[test]
+fn a_wasm_plugin_applies_in_its_namespace_or_from_the_root_namespace() {
+    let doc = |ns: &str| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{ name: gate-{ns}, namespace: {ns} }}\nspec: {{ url: file:///gate.wasm }}\n---\n"
+        )
+    };
+    let text = format!("{}{}{}", doc("default"), doc("istio-system"), doc("shop"));
+    let resources = parse(&text);
+    assert!(
+        validate_warnings(&resources)
+            .contains("(WasmPlugin gate-shop): metadata.namespace: selects no workload"),
+        "{}",
+        validate_warnings(&resources)
+    );
+    let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+    let names = chain(&s, "orders");
+    assert!(names.contains(&"gate-default".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"gate-istio-system".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"gate-shop".to_string()), "{names:?}");
 }

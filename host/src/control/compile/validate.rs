@@ -92,6 +92,13 @@ pub fn validate(
             Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
             Spec::PeerAuthentication(pa) => warn_peer_authentication(r, pa, &mut warnings),
             Spec::WasmPlugin(wp) => {
+                use crate::control::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
+                if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
+                    warnings.push(format!(
+                        "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for every workload)",
+                        r.origin()
+                    ));
+                }
                 if let Some(first) = wasm_names.get(r.name.as_str()) {
                     if first.namespace != r.namespace {
                         errors.push(format!(

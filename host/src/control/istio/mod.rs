@@ -8,7 +8,7 @@
 //! type: floating point`). Nothing is half-read: a file with one bad document is rejected whole,
 //! with every problem of every document.
 //!
-//! The structs deny unknown fields. Istio fields Weft does not implement (`mirror`, `corsPolicy`,
+//! The structs deny unknown fields. Istio fields Weft does not implement (`delegate`,
 //! `connectionPool`, …) are refused as "not supported by Weft yet" rather than silently ignored,
 //! so a policy never looks applied when it is not. `gateways` and `exportTo` are honoured as
 //! Istio does: a VirtualService bound only to gateways, or a resource not exported to

@@ -433,7 +433,11 @@ fn wasm_plugin_checks() {
             "sha256:abc",
             "a stored artifact is written sha256:<64 hex digits>",
         ),
-        ("https://", "the URL names no host"),
+        ("http://", "the URL names no host"),
+        (
+            "https://example.org/p.wasm",
+            "https URLs are not fetched by Weft yet",
+        ),
     ] {
         assert_error(&wasm(&format!("  url: {url}\n")), needle);
     }

@@ -152,7 +152,12 @@ impl WasmPlugin {
                     "{url:?}: a file URL needs an absolute path: file:///path/to/plugin.wasm"
                 ))
             }
-        } else if url.starts_with("http://") || url.starts_with("https://") {
+        } else if url.starts_with("https://") {
+            Err(format!(
+                "{url:?}: https URLs are not fetched by Weft yet; push the artifact (weft plugin \
+                 push) and use sha256:<digest>, or serve it over http:// with spec.sha256"
+            ))
+        } else if url.starts_with("http://") {
             let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
             if rest.is_empty() || rest.starts_with('/') {
                 Err(format!("{url:?}: the URL names no host"))
