@@ -13,35 +13,72 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// `payments.default.svc.cluster.local`. A host in another namespace, or outside the mesh
 /// (`bookinfo.com`), names no Weft service and is refused rather than bound to its first label.
 pub fn service_of_host(host: &str) -> Result<&str, String> {
-    if host.contains('*') {
-        return Err(format!(
-            "{host:?}: wildcard hosts are not supported by Weft yet"
-        ));
-    }
-    let mut labels = host.split('.');
-    let first = labels.next().unwrap_or("");
-    if host.contains(['/', ':', ' ']) || !is_dns_label(first) {
-        return Err(format!(
+    resolve(host).map_err(|why| match why {
+        NotAService::Wildcard => format!("{host:?}: wildcard hosts are not supported by Weft yet"),
+        NotAService::Malformed => format!(
             "{host:?} is not a service host (expected `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`)"
-        ));
-    }
-    let rest: Vec<&str> = labels.collect();
-    let fqdn: Vec<&str> = std::iter::once("svc")
-        .chain(CLUSTER_DOMAIN.split('.'))
-        .collect();
-    match rest.split_first() {
-        None => Ok(first),
-        Some((&namespace, tail)) if namespace == WORKLOAD_NAMESPACE && fqdn.starts_with(tail) => {
-            Ok(first)
-        }
-        // `name.ns.svc...`: unambiguously another namespace.
-        Some((&namespace, tail)) if !tail.is_empty() && fqdn.starts_with(tail) => Err(format!(
-            "{host:?} is service {first} in namespace {namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE} (other namespaces are not supported yet)"
-        )),
-        Some(_) => Err(format!(
+        ),
+        NotAService::OtherNamespace { service, namespace } => format!(
+            "{host:?} is service {service} in namespace {namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE} (other namespaces are not supported yet)"
+        ),
+        NotAService::Outside => format!(
             "{host:?} names no Weft service: services are `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`, all in namespace {WORKLOAD_NAMESPACE} (other namespaces, and hosts outside the mesh, which need a ServiceEntry, are not supported yet)"
-        )),
+        ),
+    })
+}
+
+/// [`service_of_host`] without the explanation: what the data plane asks of every call's
+/// authority, so it allocates nothing.
+pub fn service_name(host: &str) -> Option<&str> {
+    resolve(host).ok()
+}
+
+/// Why a host names no Weft service.
+enum NotAService<'a> {
+    Wildcard,
+    Malformed,
+    OtherNamespace {
+        service: &'a str,
+        namespace: &'a str,
+    },
+    Outside,
+}
+
+fn resolve(host: &str) -> Result<&str, NotAService<'_>> {
+    if host.contains('*') {
+        return Err(NotAService::Wildcard);
     }
+    let (service, rest) = match host.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (host, None),
+    };
+    if host.contains(['/', ':', ' ']) || !is_dns_label(service) {
+        return Err(NotAService::Malformed);
+    }
+    let Some(rest) = rest else {
+        return Ok(service);
+    };
+    let (namespace, tail) = match rest.split_once('.') {
+        Some((ns, tail)) => (ns, Some(tail)),
+        None => (rest, None),
+    };
+    // What may follow the namespace: `svc`, then the cluster domain, label by label.
+    let svc_suffix = tail.is_some_and(|t| {
+        label_prefix("svc", t)
+            || t.strip_prefix("svc.")
+                .is_some_and(|d| label_prefix(CLUSTER_DOMAIN, d))
+    });
+    match (tail, svc_suffix) {
+        (None, _) | (Some(_), true) if namespace == WORKLOAD_NAMESPACE => Ok(service),
+        // `name.ns.svc...`: unambiguously another namespace.
+        (Some(_), true) => Err(NotAService::OtherNamespace { service, namespace }),
+        _ => Err(NotAService::Outside),
+    }
+}
+
+/// Whether `part` is `whole`'s first labels (`cluster` of `cluster.local`, or all of it).
+fn label_prefix(whole: &str, part: &str) -> bool {
+    whole == part || (whole.starts_with(part) && whole.as_bytes().get(part.len()) == Some(&b'.'))
 }
 
 /// Whether `s` is a DNS label as Kubernetes names are: 1–63 of `a-z 0-9 -`, not starting or

@@ -93,12 +93,14 @@ async fn judge_configs(
             let verdict = verdicts
                 .entry((u.code.clone(), u.name.clone(), u.config.clone()))
                 .or_insert_with(|| {
-                    let bytes = match &u.code {
+                    let bytes: Option<std::borrow::Cow<'static, [u8]>> = match &u.code {
                         configs::Code::Builtin(name) => {
-                            crate::snapshot::builtin_bytes(name).map(<[u8]>::to_vec)
+                            crate::snapshot::builtin_bytes(name).map(Into::into)
                         }
                         // A digest the store lacks is validation's to report.
-                        configs::Code::Stored(digest) => judging.store.artifact(digest),
+                        configs::Code::Stored(digest) => {
+                            judging.store.artifact(digest).map(Into::into)
+                        }
                     };
                     match bytes {
                         Some(bytes) => judging.checker.configure(&u.name, &bytes, &u.config),

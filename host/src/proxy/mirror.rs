@@ -62,10 +62,13 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
                 }
             },
         };
+        // A live endpoint at random, counted then taken, with no list built per copy.
         let now = std::time::Instant::now();
-        let live: Vec<_> = endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
-        let picked = (!live.is_empty())
-            .then(|| live[(inputs.random() % live.len() as u64) as usize])
+        let live = || endpoints.iter().filter(|e| !e.is_ejected(now));
+        let count = live().count() as u64;
+        let picked = (count > 0)
+            .then(|| live().nth((inputs.random() % count) as usize))
+            .flatten()
             .and_then(|e| e.authority.clone());
         let Some(authority) = picked else {
             counted(&dest.service, "skipped");

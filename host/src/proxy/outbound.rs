@@ -33,7 +33,7 @@ pub fn service_of(authority: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     let host = authority.split(':').next().unwrap_or(authority);
-    crate::names::service_of_host(host).unwrap_or(host)
+    crate::names::service_name(host).unwrap_or(host)
 }
 
 /// What is known of a call for its summary.

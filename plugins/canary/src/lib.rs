@@ -589,7 +589,7 @@ impl Filter for Canary {
     }
 
     fn on_request(&self, _call_id: u64, req: &mut Request<'_>) -> RequestAction {
-        let (entry, matched, action) = {
+        let (entry, matched, action, path) = {
             let mut reads = Reads::new(req, &self.header_names);
             let Some((entry, matched)) = self
                 .entries
@@ -598,11 +598,9 @@ impl Filter for Canary {
             else {
                 return RequestAction::Respond(LocalResponse::text(404, self.no_route.clone()));
             };
-            (
-                entry,
-                matched,
-                entry.pick(|total| self.roll(&mut reads, total)),
-            )
+            let action = entry.pick(|total| self.roll(&mut reads, total));
+            // A rewrite needs the path a `uri` condition may already have read.
+            (entry, matched, action, reads.path.take())
         };
         match action {
             Some(Action::Subset(subset)) => req.set_subset(subset),
@@ -613,7 +611,8 @@ impl Filter for Canary {
             req.set_timeout(timeout);
         }
         if let Some(rewrite) = &entry.rewrite {
-            entry.rewrite(rewrite, matched, req);
+            let path = path.unwrap_or_else(|| req.path());
+            entry.rewrite(rewrite, matched, &path, req);
         }
         for (dest, share) in &entry.mirrors {
             if *share >= 1_000_000 || (*share > 0 && random_below(1_000_000) < *share) {
@@ -651,14 +650,20 @@ impl Entry {
             .map(Some)
     }
 
-    /// Applies the entry's rewrite to the call, by the alternative that matched it.
-    fn rewrite(&self, rewrite: &Rewrite, matched: Option<usize>, req: &mut Request<'_>) {
+    /// Applies the entry's rewrite, by the alternative that matched, to the call whose path
+    /// and query is `full`.
+    fn rewrite(
+        &self,
+        rewrite: &Rewrite,
+        matched: Option<usize>,
+        full: &str,
+        req: &mut Request<'_>,
+    ) {
+        let (path, query) = match full.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (full, None),
+        };
         if let Some(uri) = &rewrite.uri {
-            let full = req.path();
-            let (path, query) = match full.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (full.as_str(), None),
-            };
             let uri_pattern = matched
                 .and_then(|i| self.alternatives.get(i))
                 .and_then(|all| {
@@ -682,11 +687,6 @@ impl Entry {
             let _ = req.set_path(&new);
         }
         if let Some((pattern, replacement)) = &self.regex_rewrite {
-            let full = req.path();
-            let (path, query) = match full.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (full.as_str(), None),
-            };
             let mut new = pattern.replace_all(path, replacement.as_str()).into_owned();
             if let Some(q) = query {
                 new.push('?');

@@ -244,9 +244,11 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         let mut plugins: Vec<PluginRef> = Vec::new();
         plugins.extend(wasm(Phase::Authn));
         plugins.extend(wasm(Phase::Authz));
+        let mut timeout = None;
         match vs {
             Some((_, vs)) => {
                 let policies = RoutePolicies::of(vs);
+                timeout = policies.service_timeout;
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.
                 let names_routes = policies.names_routes || !scoped.is_empty();
@@ -307,7 +309,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         endpoints.dedup();
 
         let compiled = Service {
-            timeout: vs.and_then(|(_, vs)| RoutePolicies::of(vs).service_timeout),
+            timeout,
             subsets: dr
                 .map(|(_, d)| {
                     d.subsets
