@@ -17,6 +17,8 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Raw {
     service: String,
+    #[serde(default)]
+    namespace: Option<String>,
     outbound: String,
     inbound: String,
     admin: String,
@@ -177,8 +179,20 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     if let Some(d) = request {
         timeouts.request = (!d.is_zero()).then_some(d);
     }
-    if raw.service.is_empty() {
-        errors.push("service: must not be empty".into());
+    if !crate::names::is_dns_label(&raw.service) {
+        errors.push(format!(
+            "service: {:?} is not a service name (1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+            clip(&raw.service)
+        ));
+    }
+    let namespace = raw
+        .namespace
+        .unwrap_or_else(|| crate::names::DEFAULT_NAMESPACE.to_string());
+    if !crate::names::is_dns_label(&namespace) {
+        errors.push(format!(
+            "namespace: {:?} is not a namespace (1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+            clip(&namespace)
+        ));
     }
     let mtls = match raw.mtls.as_deref() {
         None => None,
@@ -212,6 +226,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         return Err(BootstrapError::Invalid(errors));
     }
     let mut sidecar = SidecarConfig::local(&raw.service, app);
+    sidecar.namespace = namespace;
     sidecar.outbound = outbound;
     sidecar.inbound = inbound;
     sidecar.admin = admin;

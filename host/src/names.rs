@@ -1,50 +1,84 @@
-//! Service names as callers and resources write them: every Weft service is in namespace
-//! `default`, and a host names one in any of the forms Kubernetes DNS gives it. Shared by the
-//! control plane (reading resources) and the data plane (reading a caller's `Host`).
+//! Service names as callers and resources write them. A service is a name in a namespace
+//! (`payments` in `shop`), and a host names one in any of the forms Kubernetes DNS gives it.
+//! Shared by the control plane (reading resources) and the data plane (reading a caller's
+//! `Host`).
+//!
+//! Inside Weft a service is known by its *key*: its name in namespace `default`, and
+//! `name.namespace` in any other (`payments`, `payments.shop`). A key is itself a host that names
+//! its service from anywhere in the mesh except a short name seen from another namespace, is a
+//! prefix of the service's fully qualified name, and costs nothing to compare; snapshots,
+//! registrations, tokens and metrics use it.
 
-/// The namespace every Weft workload is in (its identity's `ns`).
-pub const WORKLOAD_NAMESPACE: &str = "default";
+use std::borrow::Cow;
+
+/// The namespace of a resource or workload that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The cluster domain of fully qualified service names (`payments.default.svc.cluster.local`).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
-/// The service a host names. Every Weft service lives in namespace `default`, so these all
-/// name `payments`: `payments`, `payments.default`, `payments.default.svc` and
-/// `payments.default.svc.cluster.local`. A host in another namespace, or outside the mesh
-/// (`bookinfo.com`), names no Weft service and is refused rather than bound to its first label.
-pub fn service_of_host(host: &str) -> Result<&str, String> {
-    resolve(host).map_err(|why| match why {
+/// The key of service `name` in `namespace` (see the module's documentation).
+pub fn service_key(name: &str, namespace: &str) -> String {
+    if namespace == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{name}.{namespace}")
+    }
+}
+
+/// A key's service name and namespace: `payments.shop` → (`payments`, `shop`).
+pub fn key_parts(key: &str) -> (&str, &str) {
+    key.split_once('.').unwrap_or((key, DEFAULT_NAMESPACE))
+}
+
+/// A key's fully qualified host: `payments.shop` → `payments.shop.svc.cluster.local`.
+pub fn fqdn(key: &str) -> String {
+    let (name, namespace) = key_parts(key);
+    format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}")
+}
+
+/// The service a resource's host names, as a key, read in the resource's `namespace`:
+/// `payments` is the service in that namespace; `payments.shop.svc` and
+/// `payments.shop.svc.cluster.local` the one in `shop`; `payments.shop` too when `shop` is the
+/// resource's namespace or `default`. Any other two-label host (`bookinfo.com`) is read by Istio
+/// as a host outside the mesh, which needs a ServiceEntry, so it is refused rather than bound to
+/// a service it was probably not meant for; so are wildcards and anything else.
+pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str>, String> {
+    resolve(host, namespace, true).map_err(|why| match why {
         NotAService::Wildcard => format!("{host:?}: wildcard hosts are not supported by Weft yet"),
         NotAService::Malformed => format!(
-            "{host:?} is not a service host (expected `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`)"
+            "{host:?} is not a service host (expected `name` or `name.<namespace>.svc.{CLUSTER_DOMAIN}`)"
         ),
-        NotAService::OtherNamespace { service, namespace } => format!(
-            "{host:?} is service {service} in namespace {namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE} (other namespaces are not supported yet)"
+        NotAService::Ambiguous { service, namespace: ns } => format!(
+            "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, which needs a ServiceEntry, not supported yet); for service {service} in namespace {ns}, write {service}.{ns}.svc.{CLUSTER_DOMAIN}"
         ),
         NotAService::Outside => format!(
-            "{host:?} names no Weft service: services are `name` or `name.{WORKLOAD_NAMESPACE}.svc.{CLUSTER_DOMAIN}`, all in namespace {WORKLOAD_NAMESPACE} (other namespaces, and hosts outside the mesh, which need a ServiceEntry, are not supported yet)"
+            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{CLUSTER_DOMAIN}` (hosts outside the mesh need a ServiceEntry, not supported yet)"
         ),
     })
 }
 
-/// [`service_of_host`] without the explanation: what the data plane asks of every call's
-/// authority, so it allocates nothing.
-pub fn service_name(host: &str) -> Option<&str> {
-    resolve(host).ok()
+/// The key of the service a caller's host names, read in the caller's `namespace`, without the
+/// explanation: what the data plane asks of every call's authority. It borrows from `host`
+/// except for a short name in a namespace other than `default`. `payments.shop` is read as
+/// Kubernetes DNS reads it, as service `payments` in namespace `shop`; whether that service
+/// exists is for the route table to say.
+pub fn service_key_of<'a>(host: &'a str, namespace: &str) -> Option<Cow<'a, str>> {
+    resolve(host, namespace, false).ok()
 }
 
 /// Why a host names no Weft service.
 enum NotAService<'a> {
     Wildcard,
     Malformed,
-    OtherNamespace {
+    Ambiguous {
         service: &'a str,
         namespace: &'a str,
     },
     Outside,
 }
 
-fn resolve(host: &str) -> Result<&str, NotAService<'_>> {
+fn resolve<'a>(host: &'a str, here: &str, strict: bool) -> Result<Cow<'a, str>, NotAService<'a>> {
     if host.contains('*') {
         return Err(NotAService::Wildcard);
     }
@@ -56,24 +90,38 @@ fn resolve(host: &str) -> Result<&str, NotAService<'_>> {
         return Err(NotAService::Malformed);
     }
     let Some(rest) = rest else {
-        return Ok(service);
+        return Ok(if here == DEFAULT_NAMESPACE {
+            Cow::Borrowed(service)
+        } else {
+            Cow::Owned(format!("{service}.{here}"))
+        });
     };
     let (namespace, tail) = match rest.split_once('.') {
         Some((ns, tail)) => (ns, Some(tail)),
         None => (rest, None),
     };
+    if !is_dns_label(namespace) {
+        return Err(NotAService::Outside);
+    }
     // What may follow the namespace: `svc`, then the cluster domain, label by label.
     let svc_suffix = tail.is_some_and(|t| {
         label_prefix("svc", t)
             || t.strip_prefix("svc.")
                 .is_some_and(|d| label_prefix(CLUSTER_DOMAIN, d))
     });
-    match (tail, svc_suffix) {
-        (None, _) | (Some(_), true) if namespace == WORKLOAD_NAMESPACE => Ok(service),
-        // `name.ns.svc...`: unambiguously another namespace.
-        (Some(_), true) => Err(NotAService::OtherNamespace { service, namespace }),
-        _ => Err(NotAService::Outside),
+    match tail {
+        Some(_) if !svc_suffix => return Err(NotAService::Outside),
+        None if strict && namespace != here && namespace != DEFAULT_NAMESPACE => {
+            return Err(NotAService::Ambiguous { service, namespace });
+        }
+        _ => {}
     }
+    Ok(if namespace == DEFAULT_NAMESPACE {
+        Cow::Borrowed(service)
+    } else {
+        // `name.ns` is where the host starts.
+        Cow::Borrowed(&host[..service.len() + 1 + namespace.len()])
+    })
 }
 
 /// Whether `part` is `whole`'s first labels (`cluster` of `cluster.local`, or all of it).
@@ -90,4 +138,56 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dns_form_names_the_same_service_and_keys_name_namespaces() {
+        for (host, here, key) in [
+            ("payments", "default", "payments"),
+            ("payments.default", "default", "payments"),
+            ("payments.default.svc", "shop", "payments"),
+            ("payments.default.svc.cluster.local", "shop", "payments"),
+            ("payments", "shop", "payments.shop"),
+            ("payments.shop", "shop", "payments.shop"),
+            ("payments.shop.svc", "default", "payments.shop"),
+            (
+                "payments.shop.svc.cluster.local",
+                "default",
+                "payments.shop",
+            ),
+        ] {
+            assert_eq!(service_of_host(host, here).as_deref(), Ok(key), "{host}");
+            assert_eq!(service_key_of(host, here).as_deref(), Some(key), "{host}");
+        }
+        assert_eq!(key_parts("payments.shop"), ("payments", "shop"));
+        assert_eq!(key_parts("payments"), ("payments", "default"));
+        assert_eq!(service_key("payments", "shop"), "payments.shop");
+        assert_eq!(service_key("payments", "default"), "payments");
+    }
+
+    #[test]
+    fn hosts_outside_the_mesh_are_refused_in_resources_and_unrouted_in_calls() {
+        for (host, words) in [
+            ("bookinfo.com", "two-label host"),
+            ("payments.shop", "payments.shop.svc.cluster.local"),
+            ("payments.default.svc.example.org", "names no Weft service"),
+            ("payments.a_b.svc", "names no Weft service"),
+            ("*.default.svc.cluster.local", "wildcard"),
+            ("Payments", "not a service host"),
+            ("payments:80", "not a service host"),
+        ] {
+            let err = service_of_host(host, "default").expect_err(host);
+            assert!(err.contains(words), "{host}: {err}");
+        }
+        // A caller's `bookinfo.com` is read as DNS would; no such service, so no route.
+        assert_eq!(
+            service_key_of("bookinfo.com", "default").as_deref(),
+            Some("bookinfo.com")
+        );
+        assert_eq!(service_key_of("payments.example.com.", "default"), None);
+    }
 }

@@ -113,6 +113,12 @@ pub struct AuthzSource {
     /// Principals the caller must not be.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<String>,
+    /// The caller's namespace (its SPIFFE ID's), as patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces the caller must not be in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
 }
 
 /// A request condition; every non-empty field must hold.

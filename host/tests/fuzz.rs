@@ -146,6 +146,7 @@ fn with_documents(text: String) -> Vec<String> {
 fn workloads() -> Vec<Workload> {
     let w = |service: &str, version: &str, address: &str| Workload {
         service: service.into(),
+        namespace: "default".into(),
         labels: BTreeMap::from([("version".to_string(), version.to_string())]),
         address: address.into(),
     };
@@ -154,6 +155,10 @@ fn workloads() -> Vec<Workload> {
         w("payments", "v1", "198.18.0.2:15006"),
         w("payments", "v2", "198.18.0.3:15006"),
         w("reviews", "v1", "198.18.0.4:15006"),
+        Workload {
+            namespace: "shop".into(),
+            ..w("payments", "v1", "198.18.0.5:15006")
+        },
     ]
 }
 

@@ -307,6 +307,10 @@ metadata: { name: payments }
 spec:
   hosts: [payments]
   http:
+  - name: jason-reviews
+    match: [{ headers: { end-user: { exact: jason } }, uri: { prefix: /reviews } }]
+    fault: { delay: { fixedDelay: 1s, percentage: { value: 100 } } }
+    route: [{ destination: { host: payments } }]
   - name: jason
     match: [{ headers: { end-user: { exact: jason } } }]
     fault: { abort: { httpStatus: 418, percentage: { value: 100 } } }
@@ -369,6 +373,20 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
     let others = status(send(Method::GET, "/", &[("end-user", "mary")]).await).await;
     assert_eq!(others, StatusCode::OK);
     assert_eq!(app.seen().len(), 1, "jason's call never reached the app");
+
+    // The Bookinfo delay, for jason only: mary's call to the same path is answered while
+    // jason's is still held, and jason's takes at least the delay.
+    let started = std::time::Instant::now();
+    let jason = tokio::spawn(send(Method::GET, "/reviews", &[("end-user", "jason")]));
+    let mary = status(send(Method::GET, "/reviews", &[("end-user", "mary")]).await).await;
+    assert_eq!(mary, StatusCode::OK);
+    assert!(
+        !jason.is_finished(),
+        "jason's delayed call finished before mary's undelayed one"
+    );
+    let jason = status(jason.await.expect("jason's call")).await;
+    assert_eq!(jason, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_secs(1), "no delay");
 
     // Retries per route: the default route retries a 503 three times; POSTs never do.
     let seen = app.seen().len();
@@ -500,7 +518,7 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
         let got = status(client.request(req).await).await;
         assert_eq!(got, StatusCode::IM_A_TEAPOT, "{host}");
     }
-    // A namespace Weft does not have names no service: refused, not sent to payments.
+    // A service in another namespace that no one registered: refused, not sent to payments.
     let mut req = support::get(to, "/", &[]);
     req.headers_mut().insert(
         "host",
@@ -516,4 +534,159 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
     assert_eq!(got, StatusCode::GATEWAY_TIMEOUT);
     let got = status(send(Method::POST, "/slow/600", &[]).await).await;
     assert_eq!(got, StatusCode::OK, "the writes route has no timeout");
+}
+
+/// Namespace `shop`'s routes for its own `payments`.
+const SHOP_ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments, namespace: shop }
+spec:
+  hosts: [payments]
+  http:
+  - route: [{ destination: { host: payments } }]
+    headers: { response: { set: { x-namespace: shop } } }
+";
+
+/// Shop's workloads take calls from shop's callers only.
+const SHOP_ONLY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: shop-only, namespace: shop }
+spec:
+  rules: [{ from: [{ source: { namespaces: [shop] } }] }]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_keep_same_named_services_apart() {
+    let _serial = SERIAL.lock().await;
+    let mesh = TestMesh::start();
+    let (cp, op) = (mesh.cp, mesh.op.clone());
+    let strict = || serde_json::json!({"mtls": "STRICT"});
+    let here = App::start("payments").await;
+    let there = App::start("payments-shop").await;
+    let _p = mesh
+        .pod_in(
+            "default",
+            "payments",
+            &[("version", "v1")],
+            here.addr,
+            strict(),
+        )
+        .await;
+    let _q = mesh
+        .pod_in(
+            "shop",
+            "payments",
+            &[("version", "v1")],
+            there.addr,
+            strict(),
+        )
+        .await;
+    let orders = mesh
+        .pod_in("default", "orders", &[("version", "v1")], NO_APP, strict())
+        .await;
+    let shop_orders = mesh
+        .pod_in("shop", "orders", &[("version", "v1")], NO_APP, strict())
+        .await;
+    mesh.apply("shop.yaml", SHOP_ROUTES).await;
+    converged(cp, &op, 4, Duration::from_secs(20)).await;
+    let client = h1_client();
+    // Which app a call from `from` to `host` reached, and the response's x-namespace.
+    let call = async |from: &Proc, host: &str| {
+        let (n_here, n_there) = (here.seen().len(), there.seen().len());
+        let mut req = support::get(from.addr("outbound"), "/", &[]);
+        let value = http::HeaderValue::from_str(host).expect("host");
+        req.headers_mut().insert("host", value);
+        let (status, headers, _) = read(client.request(req).await.expect("answered")).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        let reached = match (here.seen().len() - n_here, there.seen().len() - n_there) {
+            (1, 0) => "default",
+            (0, 1) => "shop",
+            other => panic!("{host}: reached {other:?}"),
+        };
+        let tag = headers
+            .get("x-namespace")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        (reached, tag)
+    };
+    let shop = ("shop", Some("shop".to_string()));
+    // From namespace default: the short name is default's payments, untouched by shop's
+    // VirtualService; every qualified form of shop's reaches shop's, with its routes.
+    assert_eq!(call(&orders, "payments").await, ("default", None));
+    assert_eq!(
+        call(&orders, "payments.default.svc.cluster.local").await,
+        ("default", None)
+    );
+    for host in [
+        "payments.shop",
+        "payments.shop.svc",
+        "payments.shop.svc.cluster.local:80",
+    ] {
+        assert_eq!(call(&orders, host).await, shop, "{host}");
+    }
+    // From namespace shop, the short name is shop's own.
+    assert_eq!(call(&shop_orders, "payments").await, shop);
+    assert_eq!(
+        call(&shop_orders, "payments.default").await,
+        ("default", None)
+    );
+
+    // Each payments has its own SPIFFE identity, and sees its caller's.
+    let xfcc = |app: &App| {
+        let seen = app.seen();
+        let last = seen.last().expect("a call");
+        last.headers["x-forwarded-client-cert"]
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    assert_eq!(
+        xfcc(&here),
+        "By=spiffe://weft.local/ns/default/sa/payments;URI=spiffe://weft.local/ns/shop/sa/orders"
+    );
+    assert_eq!(
+        xfcc(&there),
+        "By=spiffe://weft.local/ns/shop/sa/payments;URI=spiffe://weft.local/ns/shop/sa/orders"
+    );
+
+    // A policy of namespace shop, by caller namespace: only shop's own callers reach shop's
+    // payments; default's payments, outside the policy's namespace, is not judged by it.
+    mesh.apply("shop-authz.yaml", SHOP_ONLY).await;
+    converged(cp, &op, 4, Duration::from_secs(20)).await;
+    let status = async |from: &Proc, host: &str| {
+        let mut req = support::get(from.addr("outbound"), "/", &[]);
+        let value = http::HeaderValue::from_str(host).expect("host");
+        req.headers_mut().insert("host", value);
+        read(client.request(req).await.expect("answered")).await.0
+    };
+    assert_eq!(
+        status(&orders, "payments.shop").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(status(&shop_orders, "payments").await, StatusCode::OK);
+    assert_eq!(status(&orders, "payments").await, StatusCode::OK);
+
+    // No workload lives in the control plane's namespace: no token for it.
+    let path = "/v1/tokens/weft-control?namespace=weft-system";
+    match call_raw(cp, &op, path).await {
+        Err(ClientError::Refused { status, .. }) => assert_eq!(status, StatusCode::BAD_REQUEST),
+        other => panic!("a token for the control plane's namespace: {other:?}"),
+    }
+
+    // A token of default's payments cannot register as shop's.
+    let token = service_token(cp, &op, "payments").await;
+    let path = "/v1/watch?id=x1&service=payments&namespace=shop&address=127.0.0.1:1";
+    match call_raw(cp, &token, path).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert!(
+                body.contains("cannot watch as") && body.contains("payments.shop"),
+                "{body}"
+            );
+        }
+        other => panic!("registered: {other:?}"),
+    }
+}
+
+async fn call_raw(cp: std::net::SocketAddr, token: &str, path: &str) -> Result<Bytes, ClientError> {
+    call(&endpoint(cp), token, Method::GET, path, Bytes::new()).await
 }

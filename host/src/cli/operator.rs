@@ -150,6 +150,9 @@ pub struct StatusArgs {
 pub struct TokenArgs {
     /// The service whose sidecars will use the token.
     service: String,
+    /// The service's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     #[command(flatten)]
     conn: Conn,
 }
@@ -325,7 +328,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     let out = runtime()?.block_on(args.conn.call(
         Method::GET,
-        &format!("/v1/tokens/{}", args.service),
+        &format!("/v1/tokens/{}?namespace={}", args.service, args.namespace),
         Bytes::new(),
     ))?;
     println!("{}", out["token"].as_str().unwrap_or_default());

@@ -30,6 +30,7 @@ const CERTIFICATE_PATIENCE: Duration = Duration::from_secs(30);
 /// What the watch needs from the bootstrap.
 struct WatchParts {
     service: String,
+    namespace: String,
     labels: std::collections::BTreeMap<String, String>,
     advertise: Option<SocketAddr>,
     control_plane: ControlPlaneRef,
@@ -78,6 +79,7 @@ impl WatchParts {
             token,
             id: format!("{}-{}", self.service, hex::encode(&nonce[..16])),
             service: self.service,
+            namespace: self.namespace,
             labels: self.labels,
             address,
             admin: Some(admin),
@@ -104,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let watch = bootstrap.control_plane.map(|control_plane| WatchParts {
         service: bootstrap.sidecar.service.clone(),
+        namespace: bootstrap.sidecar.namespace.clone(),
         labels: bootstrap.labels,
         advertise: bootstrap.advertise,
         control_plane,
@@ -131,10 +134,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         )
                     })?;
             anyhow::ensure!(
-                workload.id().service() == config.service,
-                "mtls: the controlPlane token is for {}, but this sidecar's service is {:?}",
+                workload.id().service() == config.service
+                    && workload.id().namespace() == config.namespace,
+                "mtls: the controlPlane token is for {}, but this sidecar's service is {:?} in namespace {:?}",
                 workload.id(),
-                config.service
+                config.service,
+                config.namespace
             );
             eprintln!("weft sidecar: identity {}", workload.id());
             renewing = Some(tokio::spawn(weft::control::client::renew_loop(

@@ -34,8 +34,10 @@ pub struct WatchConfig {
     pub token: String,
     /// This sidecar's id (unique in the mesh).
     pub id: String,
-    /// Its service.
+    /// Its service's name.
     pub service: String,
+    /// Its namespace.
+    pub namespace: String,
     /// Its workload labels (`version: v1`).
     pub labels: BTreeMap<String, String>,
     /// The inbound address peers reach it at.
@@ -198,9 +200,10 @@ async fn take(
 fn watch_path(cfg: &WatchConfig, version: &str) -> String {
     let labels: Vec<String> = cfg.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut path = format!(
-        "/v1/watch?id={}&service={}&address={}&labels={}&version={}",
+        "/v1/watch?id={}&service={}&namespace={}&address={}&labels={}&version={}",
         enc(&cfg.id),
         enc(&cfg.service),
+        enc(&cfg.namespace),
         enc(&cfg.address.to_string()),
         enc(&labels.join(",")),
         enc(version)

@@ -49,8 +49,8 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
     match &r.spec {
         Spec::VirtualService(vs) => {
             for host in &vs.hosts {
-                if let Ok(service) = service_of_host(host)
-                    && let Some(config) = canary_config(service, vs, true, None)
+                if let Ok(service) = service_of_host(host, &r.namespace)
+                    && let Some(config) = canary_config(&service, vs, &r.namespace, true, None)
                 {
                     // The canary's words name `http[i]...`, as its configuration is laid out.
                     add("spec".into(), Code::Builtin("canary"), &config);

@@ -3,7 +3,7 @@
 
 use super::api::{Body, error, json};
 use super::auth::Caller;
-use super::server::{ControlError, NAMESPACE, Shared};
+use super::server::{ControlError, Shared};
 use super::serving::write_bundle;
 use super::wire::{CertificateAnswer, IdentityAnswer};
 use crate::identity::{CaError, SpiffeId};
@@ -54,9 +54,16 @@ pub(super) fn ca_change(shared: &Shared, step: CaStep) -> Response<Body> {
     }
 }
 
-/// The identity a service's token proves: the only one the CA signs for it.
+/// The identity a service's token proves (its key names the namespace): the only one the CA
+/// signs for it.
 fn identity_of(shared: &Shared, service: &str) -> Result<SpiffeId, String> {
-    SpiffeId::new(&shared.trust_domain, NAMESPACE, service)
+    let (name, namespace) = crate::names::key_parts(service);
+    if namespace == crate::identity::CONTROL_NAMESPACE {
+        return Err(format!(
+            "namespace {namespace} is the control plane's: the CA signs no workload in it"
+        ));
+    }
+    SpiffeId::new(&shared.trust_domain, namespace, name)
         .map_err(|e| format!("service {service:?} cannot be a SPIFFE identity: {e}"))
 }
 
@@ -164,6 +171,6 @@ fn requested_service(csr: &str) -> Result<String, String> {
             rcgen::SanType::URI(uri) => SpiffeId::parse(uri.as_str()).ok(),
             _ => None,
         })
-        .map(|id| id.service().to_string())
+        .map(|id| crate::names::service_key(id.service(), id.namespace()))
         .ok_or_else(|| "CSR refused: it names no SPIFFE ID (one URI SAN expected)".to_string())
 }

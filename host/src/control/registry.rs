@@ -35,15 +35,16 @@ pub(super) fn status(shared: &Shared) -> Vec<SidecarStatus> {
 
 /// The workloads registered now, for compiling snapshots.
 fn workloads(state: &State) -> Vec<Workload> {
-    state
-        .workloads
-        .values()
-        .map(|w| Workload {
-            service: w.service.clone(),
-            labels: w.labels.clone(),
-            address: w.address.clone(),
-        })
-        .collect()
+    state.workloads.values().map(workload).collect()
+}
+
+fn workload(w: &Registration) -> Workload {
+    Workload {
+        service: w.service.clone(),
+        namespace: w.namespace.clone(),
+        labels: w.labels.clone(),
+        address: w.address.clone(),
+    }
 }
 
 /// Sends each connected sidecar its snapshot if its version changed, and says which were sent
@@ -58,20 +59,18 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
         resources,
         sidecars,
     } = mesh;
-    let mut compiled: HashMap<(String, BTreeMap<String, String>), (String, Bytes)> = HashMap::new();
+    // By namespace, service and labels: all the compiled snapshot depends on.
+    type Who = (String, String, BTreeMap<String, String>);
+    let mut compiled: HashMap<Who, (String, Bytes)> = HashMap::new();
     for (id, conn) in sidecars.iter_mut() {
         let Some(tx) = &conn.stream else { continue };
         let Some(w) = state.workloads.get(id) else {
             continue;
         };
         let (version, message) = compiled
-            .entry((w.service.clone(), w.labels.clone()))
+            .entry((w.namespace.clone(), w.service.clone(), w.labels.clone()))
             .or_insert_with(|| {
-                let me = Workload {
-                    service: w.service.clone(),
-                    labels: w.labels.clone(),
-                    address: w.address.clone(),
-                };
+                let me = workload(w);
                 let snapshot = compile::snapshot_for(resources, &all, &me);
                 let version = snapshot.version.clone();
                 let msg = StreamMessage::Snapshot {
@@ -88,7 +87,7 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
             conn.status.sent = version.clone();
             pushed.push(Pushed {
                 id: id.clone(),
-                service: w.service.clone(),
+                service: crate::names::service_key(&w.service, &w.namespace),
                 version: version.clone(),
             });
         } else {
@@ -149,7 +148,8 @@ impl http_body::Body for StreamBody {
     }
 }
 
-/// Registers a sidecar (query: id, service, address, labels, admin, the version it runs) and
+/// Registers a sidecar (query: id, service, namespace (default `default`), address, labels,
+/// admin, the version it runs) and
 /// answers with its stream of snapshots and heartbeats; `peer` is where the watch comes from.
 pub(super) fn watch_stream(
     shared: &Arc<Shared>,
@@ -166,12 +166,27 @@ pub(super) fn watch_stream(
             "watch needs id, service and address query parameters",
         );
     };
+    let namespace = q
+        .get("namespace")
+        .map_or(crate::names::DEFAULT_NAMESPACE, String::as_str);
+    for (what, name) in [("service", service.as_str()), ("namespace", namespace)] {
+        if !crate::names::is_dns_label(name) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{what} {:?}: 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit",
+                    super::yaml::clip(name, 63)
+                ),
+            );
+        }
+    }
+    let key = crate::names::service_key(service, namespace);
     if let Caller::Service(s) = who
-        && s != service
+        && *s != key
     {
         return error(
             StatusCode::FORBIDDEN,
-            format!("a token of service {s:?} cannot watch as {service:?}"),
+            format!("a token of service {s:?} cannot watch as {key:?}"),
         );
     }
     if address.parse::<SocketAddr>().is_err() {
@@ -206,6 +221,7 @@ pub(super) fn watch_stream(
     let registration = Registration {
         id: id.clone(),
         service: service.clone(),
+        namespace: namespace.to_string(),
         labels,
         address: address.clone(),
         lease_until_ms: 0,
@@ -215,9 +231,9 @@ pub(super) fn watch_stream(
         // An id belongs to the service that registered it first: another service's token
         // reusing it would cut that sidecar's stream and take over its endpoint.
         if let Some(held) = mesh.state.workloads.get(id)
-            && held.service != *service
+            && (held.service != *service || held.namespace != namespace)
         {
-            tracing::warn!(sidecar = %id, held_by = %held.service, claimed_by = %service, "registration refused: id taken");
+            tracing::warn!(sidecar = %id, held_by = %crate::names::service_key(&held.service, &held.namespace), claimed_by = %key, "registration refused: id taken");
             return error(
                 StatusCode::CONFLICT,
                 format!(
@@ -238,7 +254,7 @@ pub(super) fn watch_stream(
             Conn {
                 status: SidecarStatus {
                     id: id.clone(),
-                    service: service.clone(),
+                    service: key.clone(),
                     address: address.clone(),
                     labels: labels_now.clone(),
                     admin: q

@@ -60,9 +60,6 @@ pub struct ControlConfig {
     pub compiler: crate::plugin::Compiler,
 }
 
-/// The namespace of every workload identity: the mesh has no namespaces yet.
-pub const NAMESPACE: &str = "default";
-
 pub use crate::identity::DEFAULT_TRUST_DOMAIN;
 
 impl ControlConfig {
@@ -178,11 +175,14 @@ impl ControlPlane {
             }
         }
         // Checked now, so a bad flag stops the start rather than every certificate request.
-        SpiffeId::new(&config.trust_domain, NAMESPACE, "probe").map_err(|source| {
-            ControlError::TrustDomain {
-                domain: config.trust_domain.clone(),
-                source,
-            }
+        SpiffeId::new(
+            &config.trust_domain,
+            crate::names::DEFAULT_NAMESPACE,
+            "probe",
+        )
+        .map_err(|source| ControlError::TrustDomain {
+            domain: config.trust_domain.clone(),
+            source,
         })?;
         if config.cert_lifetime.is_zero() {
             return Err(ControlError::CertLifetime);
@@ -525,10 +525,30 @@ async fn handle(
             Ok(h) => json(StatusCode::OK, &h),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        (Method::GET, ["v1", "tokens", service]) => json(
-            StatusCode::OK,
-            &serde_json::json!({"service": service, "token": shared.auth.service_token(service)}),
-        ),
+        (Method::GET, ["v1", "tokens", service]) => {
+            let namespace = api::query(&req)
+                .remove("namespace")
+                .unwrap_or_else(|| crate::names::DEFAULT_NAMESPACE.into());
+            if !crate::names::is_dns_label(service) || !crate::names::is_dns_label(&namespace) {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "a service and a namespace are each 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit",
+                )
+            } else if namespace == crate::identity::CONTROL_NAMESPACE {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "namespace {namespace} is the control plane's: no workload lives in it"
+                    ),
+                )
+            } else {
+                let key = crate::names::service_key(service, &namespace);
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"service": key, "token": shared.auth.service_token(&key)}),
+                )
+            }
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no API at {path}")),
     };
     Ok(resp)

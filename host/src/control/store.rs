@@ -62,13 +62,20 @@ pub struct Change {
     pub what: Vec<String>,
 }
 
+fn default_namespace() -> String {
+    crate::names::DEFAULT_NAMESPACE.to_string()
+}
+
 /// A registered workload (a sidecar and its app).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     /// The sidecar's id (unique per process).
     pub id: String,
-    /// Its service.
+    /// Its service's name.
     pub service: String,
+    /// Its namespace; state saved before namespaces existed reads as `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// Its inbound address.

@@ -35,7 +35,7 @@ pub struct IdentityAnswer {
 pub struct SidecarStatus {
     /// Its id.
     pub id: String,
-    /// Its service.
+    /// Its service's key (`payments`, or `payments.shop` in namespace `shop`).
     pub service: String,
     /// Its inbound address.
     pub address: String,
@@ -67,7 +67,7 @@ pub struct SidecarStatus {
 pub struct Pushed {
     /// The sidecar's id.
     pub id: String,
-    /// Its service.
+    /// Its service's key.
     pub service: String,
     /// The snapshot version it was sent.
     pub version: String,

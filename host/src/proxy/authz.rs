@@ -10,7 +10,8 @@
 //! compared exactly: Istio's `cluster.local` is not an alias of the mesh's trust domain. A caller
 //! with no authenticated identity (plaintext under PERMISSIVE) has no principal: `principals`
 //! (even `*`) never match it and `notPrincipals` always do, as in Envoy's RBAC filter — so a DENY
-//! on `notPrincipals` also refuses anonymous callers.
+//! on `notPrincipals` also refuses anonymous callers. `namespaces` and `notNamespaces` are
+//! judged the same way on the namespace of the caller's SPIFFE ID (`…/ns/<namespace>/sa/…`).
 
 use crate::snapshot::{AuthzAction, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource};
 
@@ -65,15 +66,28 @@ fn compile(list: &[String]) -> Vec<Pattern> {
 struct Source {
     principals: Vec<Pattern>,
     not_principals: Vec<Pattern>,
+    namespaces: Vec<Pattern>,
+    not_namespaces: Vec<Pattern>,
 }
 
 impl Source {
     fn matches(&self, principal: Option<&str>) -> bool {
-        let positive =
-            self.principals.is_empty() || principal.is_some_and(|p| any(&self.principals, p));
-        let negative = principal.is_none_or(|p| !any(&self.not_principals, p));
-        positive && negative
+        // Envoy's RBAC: a positive list needs an identity that matches it; a negative one holds
+        // unless an identity matches it.
+        let holds = |yes: &[Pattern], no: &[Pattern], value: Option<&str>| {
+            (yes.is_empty() || value.is_some_and(|v| any(yes, v)))
+                && value.is_none_or(|v| !any(no, v))
+        };
+        let namespace = principal.and_then(namespace_of);
+        holds(&self.principals, &self.not_principals, principal)
+            && holds(&self.namespaces, &self.not_namespaces, namespace)
     }
+}
+
+/// The namespace in an Istio principal (`weft.local/ns/shop/sa/orders` → `shop`).
+fn namespace_of(principal: &str) -> Option<&str> {
+    let (_, rest) = principal.split_once("/ns/")?;
+    rest.split_once("/sa/").map(|(ns, _)| ns)
 }
 
 struct Operation {
@@ -188,6 +202,8 @@ fn source(s: &AuthzSource) -> Source {
     Source {
         principals: compile(&s.principals),
         not_principals: compile(&s.not_principals),
+        namespaces: compile(&s.namespaces),
+        not_namespaces: compile(&s.not_namespaces),
     }
 }
 
@@ -392,6 +408,49 @@ mod tests {
             ),
             (
                 serde_json::json!([{"action": "DENY", "rules": [{"from": [{"notPrincipals": [ORDERS]}]}]}]),
+                None,
+                "GET",
+                "/",
+                false,
+            ),
+            // Namespaces come from the caller's identity; none without one.
+            (
+                serde_json::json!([{"rules": [{"from": [{"namespaces": ["shop"]}]}]}]),
+                Some("weft.local/ns/shop/sa/orders"),
+                "GET",
+                "/",
+                true,
+            ),
+            (
+                serde_json::json!([{"rules": [{"from": [{"namespaces": ["shop"]}]}]}]),
+                Some(ORDERS),
+                "GET",
+                "/",
+                false,
+            ),
+            (
+                serde_json::json!([{"rules": [{"from": [{"namespaces": ["*"]}]}]}]),
+                None,
+                "GET",
+                "/",
+                false,
+            ),
+            (
+                serde_json::json!([{"action": "DENY", "rules": [{"from": [{"notNamespaces": ["default"]}]}]}]),
+                Some("weft.local/ns/shop/sa/orders"),
+                "GET",
+                "/",
+                false,
+            ),
+            (
+                serde_json::json!([{"action": "DENY", "rules": [{"from": [{"notNamespaces": ["default"]}]}]}]),
+                Some(ORDERS),
+                "GET",
+                "/",
+                true,
+            ),
+            (
+                serde_json::json!([{"action": "DENY", "rules": [{"from": [{"notNamespaces": ["default"]}]}]}]),
                 None,
                 "GET",
                 "/",

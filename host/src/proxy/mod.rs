@@ -97,6 +97,8 @@ impl Default for Timeouts {
 pub struct SidecarConfig {
     /// The service this sidecar stands beside.
     pub service: String,
+    /// Its namespace: a caller's short host (`payments`) names a service in it.
+    pub namespace: String,
     /// Where the local app calls out (`127.0.0.1:15001`; port 0 picks one).
     pub outbound: SocketAddr,
     /// Where peers call in.
@@ -131,6 +133,7 @@ impl SidecarConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         SidecarConfig {
             service: service.to_string(),
+            namespace: crate::names::DEFAULT_NAMESPACE.to_string(),
             outbound: any,
             inbound: any,
             admin: any,
@@ -152,6 +155,8 @@ impl SidecarConfig {
 pub struct Settings {
     /// The local service.
     pub service: String,
+    /// Its namespace, where a caller's short host is read.
+    pub namespace: String,
     /// Its identity, as a SPIFFE ID.
     pub identity: Arc<str>,
     /// The identity, interned.
@@ -317,7 +322,10 @@ impl Sidecar {
         let metrics = ProxyMetrics::register(&registry)?;
         let identity = match &config.mtls {
             Some(m) => m.workload.id().to_string(),
-            None => format!("spiffe://weft.local/ns/default/sa/{}", config.service),
+            None => format!(
+                "spiffe://weft.local/ns/{}/sa/{}",
+                config.namespace, config.service
+            ),
         };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -363,6 +371,7 @@ impl Sidecar {
                 identity_id: runtime.intern(&identity),
                 identity: identity.into(),
                 service: config.service.clone(),
+                namespace: config.namespace.clone(),
                 app: config.app,
                 app_authority: authority_of(config.app),
                 replay_limit: config.replay_limit,

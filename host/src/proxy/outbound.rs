@@ -18,22 +18,24 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use super::headers::FORWARDED_HOST;
 
-/// The service an authority names: its host, without port or brackets, and without the
-/// namespace and cluster suffixes a caller may write (`payments.default.svc.cluster.local`,
-/// `payments.default.svc` and `payments.default` all name `payments`, as the control plane
-/// reads hosts). Any other host is kept whole, so it names no service rather than the wrong one.
-pub fn service_of(authority: &str) -> &str {
+/// The key of the service an authority names, read in the caller's `namespace`: its host,
+/// without port or brackets, in any of the forms Kubernetes DNS gives a service
+/// (`payments.default.svc.cluster.local`, `payments.default.svc` and `payments.default` all
+/// name `payments`; from namespace `shop`, `payments` names `payments.shop`). Any other host
+/// is kept whole, so it names no service rather than the wrong one.
+pub fn service_of<'a>(authority: &'a str, namespace: &str) -> Cow<'a, str> {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        return Cow::Borrowed(rest.split(']').next().unwrap_or(rest));
     }
     let host = authority.split(':').next().unwrap_or(authority);
-    crate::names::service_name(host).unwrap_or(host)
+    crate::names::service_key_of(host, namespace).unwrap_or(Cow::Borrowed(host))
 }
 
 /// What is known of a call for its summary.
@@ -198,9 +200,9 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             "weft: the request names no destination: use an absolute URI or a Host header\n",
         );
     };
-    let service = service_of(&authority);
+    let service = service_of(&authority, &inputs.settings.namespace);
     let routes = inputs.routes.load_full();
-    let Some(route) = routes.services.get(service).cloned() else {
+    let Some(route) = routes.services.get(service.as_ref()).cloned() else {
         inputs
             .metrics
             .requests
@@ -677,19 +679,17 @@ mod tests {
 
     #[test]
     fn the_authority_names_the_service() {
-        assert_eq!(service_of("payments"), "payments");
-        assert_eq!(service_of("payments:8080"), "payments");
-        assert_eq!(service_of("[::1]:80"), "::1");
-        assert_eq!(
-            service_of("payments.default.svc.cluster.local:80"),
-            "payments"
-        );
-        assert_eq!(service_of("payments.default"), "payments");
+        let of = |authority| service_of(authority, "default");
+        assert_eq!(of("payments"), "payments");
+        assert_eq!(of("payments:8080"), "payments");
+        assert_eq!(of("[::1]:80"), "::1");
+        assert_eq!(of("payments.default.svc.cluster.local:80"), "payments");
+        assert_eq!(of("payments.default"), "payments");
         // Not the service `payments`: another namespace, another domain.
-        assert_eq!(
-            service_of("payments.shop.svc.cluster.local"),
-            "payments.shop.svc.cluster.local"
-        );
-        assert_eq!(service_of("payments.example.com"), "payments.example.com");
+        assert_eq!(of("payments.shop.svc.cluster.local"), "payments.shop");
+        assert_eq!(of("payments.example.com"), "payments.example.com");
+        // A short host is read in the caller's namespace.
+        assert_eq!(service_of("payments:80", "shop"), "payments.shop");
+        assert_eq!(service_of("payments.default:80", "shop"), "payments");
     }
 }

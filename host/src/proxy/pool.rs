@@ -200,11 +200,10 @@ impl PeerTls {
         if let Some(config) = self.configs.read().get(&service) {
             return Ok(config.clone());
         }
-        // Assumption: every service of the mesh lives in our trust domain and namespace (one
-        // namespace per control plane today), so the destination's identity is ours with its
-        // service name.
+        // Every service of the mesh lives in our trust domain; its key names its namespace.
         let own = self.workload.id();
-        let expected = SpiffeId::new(own.trust_domain(), own.namespace(), &service)
+        let (name, namespace) = crate::names::key_parts(&service);
+        let expected = SpiffeId::new(own.trust_domain(), namespace, name)
             .map_err(|e| format!("service {service} has no valid SPIFFE ID: {e}"))?;
         let config = client_config(self.workload.clone(), self.bundle.clone(), expected)?;
         self.configs.write().insert(service, config.clone());

@@ -175,7 +175,12 @@ pub fn sidecar_with(
 ) -> Proc {
     let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
     let values: Vec<&str> = labels.values().copied().collect();
-    let name = format!("{service}-{}", values.join("-"));
+    let namespace = extra.get("namespace").and_then(|n| n.as_str());
+    let name = format!(
+        "{}{service}-{}",
+        namespace.map(|n| format!("{n}-")).unwrap_or_default(),
+        values.join("-")
+    );
     let mut bootstrap = serde_json::json!({
         "service": service, "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
         "admin": "127.0.0.1:0", "app": app.to_string(), "labels": labels,
@@ -200,7 +205,13 @@ pub async fn api(cp: SocketAddr, token: &str, method: Method, path: &str) -> ser
 
 /// The bootstrap token of `service`'s sidecars, asked for with the operator token.
 pub async fn service_token(cp: SocketAddr, op: &str, service: &str) -> String {
-    api(cp, op, Method::GET, &format!("/v1/tokens/{service}")).await["token"]
+    namespaced_token(cp, op, "default", service).await
+}
+
+/// The bootstrap token of the sidecars of `service` in `namespace`.
+pub async fn namespaced_token(cp: SocketAddr, op: &str, namespace: &str, service: &str) -> String {
+    let path = format!("/v1/tokens/{service}?namespace={namespace}");
+    api(cp, op, Method::GET, &path).await["token"]
         .as_str()
         .expect("token")
         .to_string()
@@ -316,6 +327,21 @@ impl TestMesh {
     pub async fn pod(&self, service: &str, labels: &[(&str, &str)], app: SocketAddr) -> Proc {
         let token = service_token(self.cp, &self.op, service).await;
         sidecar(self.dir.path(), self.cp, &token, service, labels, app)
+    }
+
+    /// A sidecar for `service` in `namespace`, with `extra` bootstrap fields.
+    pub async fn pod_in(
+        &self,
+        namespace: &str,
+        service: &str,
+        labels: &[(&str, &str)],
+        app: SocketAddr,
+        mut extra: serde_json::Value,
+    ) -> Proc {
+        let token = namespaced_token(self.cp, &self.op, namespace, service).await;
+        extra["namespace"] = namespace.into();
+        let dir = self.dir.path();
+        sidecar_with(dir, self.cp, &token, service, labels, app, extra, None)
     }
 
     /// Applies `yaml` as the operator, naming it `source`.

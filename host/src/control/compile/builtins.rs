@@ -32,17 +32,24 @@ pub(in crate::control) fn entry_retry(entry: &HttpRoute) -> Option<Value> {
 /// The canary's configuration for `service`; none when it would change nothing, unless it
 /// must run anyway (`names_routes`: a scoped plugin needs the route it names).
 ///
-/// `me`, the labels of the workload whose sidecar runs it, decides `sourceLabels` and
-/// `sourceNamespace` here, as Istio decides them when it generates a proxy's routes: an
-/// alternative for other callers is left out, and an entry left with none is left out; none
-/// (for judging a configuration) keeps every alternative.
+/// `me`, the labels and namespace of the workload whose sidecar runs it, decides
+/// `sourceLabels` and `sourceNamespace` here, as Istio decides them when it generates a proxy's
+/// routes: an alternative for other callers is left out, and an entry left with none is left
+/// out; none (for judging a configuration) keeps every alternative. The VirtualService's hosts
+/// are read in its own `namespace`.
 pub(in crate::control) fn canary_config(
     service: &str,
     vs: &VirtualService,
+    namespace: &str,
     names_routes: bool,
-    me: Option<&BTreeMap<String, String>>,
+    me: Option<(&BTreeMap<String, String>, &str)>,
 ) -> Option<Value> {
-    let short = |host: &str| service_of_host(host).unwrap_or(host).to_string();
+    // The proxy knows services by key; the canary names them so.
+    let short = |host: &str| {
+        service_of_host(host, namespace)
+            .map(std::borrow::Cow::into_owned)
+            .unwrap_or_else(|_| host.to_string())
+    };
     if !names_routes
         && let [entry] = vs.http.as_slice()
         && entry.matches.is_empty()
@@ -63,7 +70,7 @@ pub(in crate::control) fn canary_config(
             let alternatives: Vec<Value> = entry
                 .matches
                 .iter()
-                .filter(|m| me.is_none_or(|labels| m.is_for_caller(labels)))
+                .filter(|m| me.is_none_or(|(labels, ns)| m.is_for_caller(labels, ns)))
                 .map(|m| serde_json::to_value(m.for_canary()).unwrap_or(Value::Null))
                 .collect();
             if !entry.matches.is_empty() && alternatives.is_empty() {
@@ -90,7 +97,6 @@ pub(in crate::control) fn canary_config(
             let route: Vec<Value> = destinations
                 .iter()
                 .map(|d| {
-                    // The proxy knows services by short name; the canary names them so.
                     let mut destination = json!({ "host": short(&d.destination.host) });
                     if let Some(subset) = &d.destination.subset {
                         destination["subset"] = Value::from(subset.as_str());

@@ -16,7 +16,7 @@ pub(super) fn peer_authentication(
         let Some(scope) = pa.scope(&r.namespace) else {
             continue;
         };
-        if !pa.selects(&r.namespace, labels) {
+        if !pa.selects(&r.namespace, &me.namespace, labels) {
             continue;
         }
         let slot = &mut levels[scope as usize];
@@ -26,7 +26,7 @@ pub(super) fn peer_authentication(
             Some((first, _)) => warnings.push(format!(
                 "{}: several PeerAuthentications select workload {} ({:?}); using {}",
                 r.origin(),
-                me.service,
+                me.key(),
                 labels,
                 first.origin()
             )),

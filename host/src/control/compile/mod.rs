@@ -38,26 +38,27 @@
 //!   10. WasmPlugins of no phase (`UNSPECIFIED_PHASE`): last, as Istio puts them just before
 //!       the router.
 //!
+//! Services are known by key (`payments`, `payments.shop`: see `crate::names`); a resource's
+//! short hosts are read in its own namespace. A VirtualService or DestinationRule reaches the
+//! sidecars of the namespaces its `exportTo` names (every one when absent), and a
+//! VirtualService only when it applies to `mesh` (no `gateways`, or `mesh` among them).
+//!
 //! A WasmPlugin joins the chains of sidecar `me` when its `selector.matchLabels` are among the
 //! workload's labels (or it has no selector), and only the chain of the services its
-//! `targetRefs` name (or every chain), when it is in namespace `default` (every Weft
-//! workload's) or Istio's root namespace `istio-system`; one elsewhere selects no workload, as
-//! in Istio, with a warning. Every Weft
-//! service is in namespace `default`: a VirtualService or DestinationRule elsewhere, or a host
-//! naming another namespace or a name outside the mesh, is refused when read
-//! (`crate::names::service_of_host`). A route-scoped WasmPlugin targets exactly one service and runs only for its
-//! calls that took one of the named `http` entries.
+//! `targetRefs` name in its namespace (or every chain), when it is in the workload's namespace
+//! or Istio's root namespace `istio-system`, as in Istio. A route-scoped WasmPlugin targets
+//! exactly one service and runs only for its calls that took one of the named `http` entries.
 //!
 //! The snapshot's `inbound.authorization` holds the AuthorizationPolicies that select workload
-//! `me`: in namespace `default` (every Weft workload's) or Istio's root namespace `istio-system`
-//! (mesh-wide), with `selector.matchLabels` among its labels or no selector; in a fixed order
+//! `me`: in its namespace or Istio's root namespace `istio-system` (mesh-wide), with
+//! `selector.matchLabels` among its labels or no selector; in a fixed order
 //! (namespace, then name). Principals are kept as written: the sidecar compares them exactly
 //! with the caller's SPIFFE ID minus `spiffe://`, so they name Weft's trust domain
 //! (`weft.local/ns/default/sa/orders`), not Istio's `cluster.local`.
 //!
 //! The snapshot's `inbound.peerAuthentication` is the mTLS mode Istio's PeerAuthentication
 //! precedence gives workload `me`: a policy with `selector.matchLabels` among its labels (in
-//! `default`) over the namespace-wide one (`default`, no selector) over the mesh-wide one
+//! its namespace) over its namespace-wide one (no selector) over the mesh-wide one
 //! (`istio-system`, no selector); a level whose mode is `UNSET` (or has no `mtls`) inherits the
 //! next. Absent when no level sets a mode: the sidecar keeps its bootstrap mode (Istio's default
 //! would be PERMISSIVE). Istio ignores a selector in the root namespace; so does Weft, with a
@@ -114,8 +115,14 @@ pub const DEFAULT_RETRY_ON: &str =
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
-    /// Its service (`payments`).
+    /// Its service's name (`payments`).
     pub service: String,
+    /// Its namespace; state saved before namespaces existed reads as `default`.
+    #[serde(
+        default = "default_namespace",
+        skip_serializing_if = "is_default_namespace"
+    )]
+    pub namespace: String,
     /// Its labels (`version: v1`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -123,7 +130,20 @@ pub struct Workload {
     pub address: String,
 }
 
+fn default_namespace() -> String {
+    crate::names::DEFAULT_NAMESPACE.to_string()
+}
+
+fn is_default_namespace(ns: &str) -> bool {
+    ns == crate::names::DEFAULT_NAMESPACE
+}
+
 impl Workload {
+    /// Its service's key (`payments`, or `payments.shop` in namespace `shop`).
+    pub fn key(&self) -> String {
+        crate::names::service_key(&self.service, &self.namespace)
+    }
+
     /// Its labels with `app: <service>` added unless it sets `app` itself, as selectors see them.
     pub fn effective_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
@@ -146,25 +166,28 @@ pub struct Compiled {
 /// Compiles the snapshot for the sidecar of workload `me`. Deterministic: the same resources
 /// and workloads, in any order, give the same snapshot and version.
 pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Compiled {
-    let catalog = Catalog::new(resources);
+    let catalog = Catalog::new(resources, Some(&me.namespace));
     let mut warnings = Vec::new();
 
-    let mut services: BTreeSet<&str> = BTreeSet::new();
-    services.extend(catalog.virtual_services.keys().copied());
-    services.extend(catalog.destination_rules.keys().copied());
-    for (_, vs) in catalog
-        .virtual_service_list
-        .iter()
-        .filter(|(_, vs)| vs.applies_to_mesh())
-    {
+    let mut services: BTreeSet<String> = BTreeSet::new();
+    services.extend(catalog.virtual_services.keys().cloned());
+    services.extend(catalog.destination_rules.keys().cloned());
+    for (r, vs) in &catalog.virtual_service_list {
+        let ns = r.namespace.as_str();
         let hosts = vs.http.iter().flat_map(|e| &e.route);
-        services.extend(hosts.filter_map(|d| service_of_host(&d.destination.host).ok()));
+        services.extend(hosts.filter_map(|d| {
+            service_of_host(&d.destination.host, ns)
+                .ok()
+                .map(Into::into)
+        }));
         // A mirror's service needs a route in every sidecar that may copy calls to it.
         let mirrored = vs.http.iter().flat_map(HttpRoute::all_mirrors);
-        services.extend(mirrored.filter_map(|(d, _)| service_of_host(&d.host).ok()));
+        services.extend(
+            mirrored.filter_map(|(d, _)| service_of_host(&d.host, ns).ok().map(Into::into)),
+        );
     }
-    services.extend(workloads.iter().map(|w| w.service.as_str()));
-    services.insert(me.service.as_str());
+    services.extend(workloads.iter().map(Workload::key));
+    services.insert(me.key());
     services.remove("");
 
     for (service, list) in &catalog.virtual_services {
@@ -186,22 +209,24 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
 
     // The WasmPlugins this sidecar runs, in chain order within each phase.
     let labels = me.effective_labels();
-    let mut mine: Vec<(&Resource, &WasmPlugin, PluginRef)> = Vec::new();
+    // Each with the keys of the services it targets (none: every service).
+    type Mine<'a> = (&'a Resource, &'a WasmPlugin, BTreeSet<String>, PluginRef);
+    let mut mine: Vec<Mine> = Vec::new();
     for (r, wp) in &catalog.wasm_plugins {
         // As Istio: a WasmPlugin applies to the workloads of its own namespace, or to every
-        // one from the root namespace; every Weft workload is in `default`.
-        let namespace_ok = r.namespace == crate::control::istio::WORKLOAD_NAMESPACE
-            || r.namespace == crate::control::istio::ROOT_NAMESPACE;
+        // one from the root namespace.
+        let namespace_ok =
+            r.namespace == me.namespace || r.namespace == crate::control::istio::ROOT_NAMESPACE;
         if !namespace_ok || !wp.selects(&labels) {
             continue;
         }
         match wasm_plugin_ref(r, wp) {
-            Ok(p) => mine.push((r, wp, p)),
+            Ok(p) => mine.push((r, wp, wp.targets(&r.namespace), p)),
             Err(w) => warnings.push(w),
         }
     }
     mine.sort_by(|a, b| {
-        let key = |(r, wp, _): &(&Resource, &WasmPlugin, PluginRef)| {
+        let key = |(r, wp, _, _): &Mine| {
             (
                 wp.phase(),
                 Reverse(wp.priority.unwrap_or(0)),
@@ -213,7 +238,8 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     });
 
     let mut snapshot = Snapshot::default();
-    for service in services {
+    for service in &services {
+        let service = service.as_str();
         let vs = catalog
             .virtual_services
             .get(service)
@@ -222,23 +248,21 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
             .destination_rules
             .get(service)
             .and_then(|l| l.first());
-        let applies = move |wp: &WasmPlugin| {
-            let targets = wp.targets();
-            targets.is_empty() || targets.contains(service)
-        };
+        let applies =
+            move |targets: &BTreeSet<String>| targets.is_empty() || targets.contains(service);
         // A WasmPlugin named like a built-in is a new build of that policy (see below).
         let overrides = |p: &PluginRef| BUILTIN_NAMES.contains(&p.name.as_str());
         let wasm = |phase: Phase| {
             mine.iter()
-                .filter(move |(_, wp, _)| wp.phase() == phase)
-                .filter(move |(_, wp, p)| applies(wp) && !overrides(p) && p.routes.is_empty())
-                .map(|(_, _, p)| p.clone())
+                .filter(move |(_, wp, _, _)| wp.phase() == phase)
+                .filter(move |(_, _, t, p)| applies(t) && !overrides(p) && p.routes.is_empty())
+                .map(|(_, _, _, p)| p.clone())
         };
         // Route-scoped plugins, in phase and priority order as `mine` is sorted.
         let scoped: Vec<PluginRef> = mine
             .iter()
-            .filter(|(_, wp, p)| applies(wp) && !overrides(p) && !p.routes.is_empty())
-            .map(|(_, _, p)| p.clone())
+            .filter(|(_, _, t, p)| applies(t) && !overrides(p) && !p.routes.is_empty())
+            .map(|(_, _, _, p)| p.clone())
             .collect();
 
         let mut plugins: Vec<PluginRef> = Vec::new();
@@ -246,13 +270,19 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         plugins.extend(wasm(Phase::Authz));
         let mut timeout = None;
         match vs {
-            Some((_, vs)) => {
+            Some((vr, vs)) => {
                 let policies = RoutePolicies::of(vs);
                 timeout = policies.service_timeout;
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.
                 let names_routes = policies.names_routes || !scoped.is_empty();
-                if let Some(config) = canary_config(service, vs, names_routes, Some(&labels)) {
+                if let Some(config) = canary_config(
+                    service,
+                    vs,
+                    &vr.namespace,
+                    names_routes,
+                    Some((&labels, me.namespace.as_str())),
+                ) {
                     plugins.push(builtin("canary", config));
                     plugins.extend(policies.shared_fault);
                     plugins.extend(policies.scoped_faults);
@@ -293,13 +323,16 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         plugins.extend(wasm(Phase::Stats));
         plugins.push(builtin("telemetry", json!({})));
         plugins.extend(wasm(Phase::Unspecified));
-        for (_, _, build) in mine.iter().filter(|(_, wp, p)| applies(wp) && overrides(p)) {
+        for (_, _, _, build) in mine
+            .iter()
+            .filter(|(_, _, t, p)| applies(t) && overrides(p))
+        {
             replace_builtin(&mut plugins, build);
         }
 
         let mut endpoints: Vec<EndpointSpec> = workloads
             .iter()
-            .filter(|w| w.service == service)
+            .filter(|w| w.key() == service)
             .map(|w| EndpointSpec {
                 address: w.address.clone(),
                 labels: w.effective_labels(),
@@ -327,7 +360,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     snapshot.inbound.authorization = catalog
         .authorization_policies
         .iter()
-        .filter(|(r, ap)| ap.selects(&r.namespace, &labels))
+        .filter(|(r, ap)| ap.selects(&r.namespace, &me.namespace, &labels))
         .map(|(r, ap)| ap.to_snapshot(format!("{}/{}", r.namespace, r.name)))
         .collect();
     snapshot.inbound.peer_authentication =
@@ -424,17 +457,21 @@ fn canonical_json(value: &Value, out: &mut String) {
 }
 
 /// Resources by what compiling needs, in a fixed order whatever order they came in.
+///
+/// VirtualServices and DestinationRules are keyed by the service keys their hosts name; those
+/// not exported to the `viewer` namespace are left out (none: every one, to check them all).
+/// A VirtualService bound only to gateways is no sidecar's, so it is left out too.
 struct Catalog<'a> {
-    virtual_services: BTreeMap<&'a str, Vec<(&'a Resource, &'a VirtualService)>>,
+    virtual_services: BTreeMap<String, Vec<(&'a Resource, &'a VirtualService)>>,
     virtual_service_list: Vec<(&'a Resource, &'a VirtualService)>,
-    destination_rules: BTreeMap<&'a str, Vec<(&'a Resource, &'a DestinationRule)>>,
+    destination_rules: BTreeMap<String, Vec<(&'a Resource, &'a DestinationRule)>>,
     wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
     authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
     peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
 }
 
 impl<'a> Catalog<'a> {
-    fn new(resources: &'a [Resource]) -> Self {
+    fn new(resources: &'a [Resource], viewer: Option<&str>) -> Self {
         let mut sorted: Vec<&Resource> = resources.iter().collect();
         sorted.sort_by(|a, b| {
             (a.kind, &a.namespace, &a.name, &a.source, a.index).cmp(&(
@@ -453,31 +490,34 @@ impl<'a> Catalog<'a> {
             authorization_policies: Vec::new(),
             peer_authentications: Vec::new(),
         };
+        let visible = |export_to: &[String], own: &str| {
+            viewer.is_none_or(|v| crate::control::istio::exported_to(export_to, own, v))
+        };
         for r in sorted {
+            let ns = r.namespace.as_str();
             match &r.spec {
                 Spec::VirtualService(vs) => {
-                    catalog.virtual_service_list.push((r, vs));
-                    // As in Istio, a VirtualService bound only to gateways is no sidecar's.
-                    if !vs.applies_to_mesh() {
+                    if !vs.applies_to_mesh() || !visible(&vs.export_to, ns) {
                         continue;
                     }
-                    let services: BTreeSet<&str> = vs
+                    catalog.virtual_service_list.push((r, vs));
+                    let services: BTreeSet<String> = vs
                         .hosts
                         .iter()
-                        .filter_map(|h| service_of_host(h).ok())
+                        .filter_map(|h| service_of_host(h, ns).ok().map(Into::into))
                         .collect();
                     for s in services {
                         catalog.virtual_services.entry(s).or_default().push((r, vs));
                     }
                 }
                 Spec::DestinationRule(dr) => {
-                    if !dr.visible_to_mesh() {
+                    if !visible(&dr.export_to, ns) {
                         continue;
                     }
-                    if let Ok(s) = service_of_host(&dr.host) {
+                    if let Ok(s) = service_of_host(&dr.host, ns) {
                         catalog
                             .destination_rules
-                            .entry(s)
+                            .entry(s.into_owned())
                             .or_default()
                             .push((r, dr));
                     }

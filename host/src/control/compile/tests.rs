@@ -20,6 +20,7 @@ fn workload(service: &str, version: &str, address: &str) -> Workload {
     }
     Workload {
         service: service.to_string(),
+        namespace: "default".to_string(),
         labels,
         address: address.to_string(),
     }
@@ -445,11 +446,6 @@ fn authorization_policies_go_to_the_workloads_they_select() {
     let resources = parse(&text);
     let warnings = validate_warnings(&resources);
     assert!(
-        warnings
-            .contains("(AuthorizationPolicy elsewhere): metadata.namespace: selects no workload"),
-        "{warnings}"
-    );
-    assert!(
         warnings.contains(
             "principal \"cluster.local/ns/shop/sa/x\" names Istio's default trust domain"
         ),
@@ -491,6 +487,13 @@ fn authorization_policies_go_to_the_workloads_they_select() {
     assert!(v2.inbound.authorization[1].rules.is_empty());
     let orders = snapshot_for(&resources, &workloads, &workloads[2]);
     assert_eq!(names(&orders), ["istio-system/no-admin"]);
+    // A policy of namespace shop judges shop's workloads, and only theirs.
+    let shop = Workload {
+        namespace: "shop".into(),
+        ..workload("payments", "v1", "127.0.0.1:9009")
+    };
+    let shop = snapshot_for(&resources, &workloads, &shop);
+    assert_eq!(names(&shop), ["istio-system/no-admin", "shop/elsewhere"]);
     // Without policies the section is absent and the version what it was.
     let none = snapshot_for(&[], &workloads, &workloads[2]);
     assert!(none.inbound.is_empty());
@@ -570,7 +573,8 @@ fn peer_authentication_follows_istio_precedence() {
         [None, None, None],
         "only UNSET: nothing in force"
     );
-    // Policies that select no Weft workload change nothing, with a warning.
+    // A selector in the root namespace selects nothing, with a warning; another namespace's
+    // policy is for that namespace's workloads only.
     let ignored = [
         peer_authn_doc(
             "istio-system",
@@ -581,16 +585,23 @@ fn peer_authentication_follows_istio_precedence() {
     ]
     .concat();
     assert_eq!(modes(&ignored), [None, None, None]);
+    let shop = Workload {
+        namespace: "shop".into(),
+        ..workload("payments", "v1", "127.0.0.1:9009")
+    };
+    assert_eq!(
+        snapshot_for(&parse(&ignored), &[], &shop)
+            .inbound
+            .peer_authentication,
+        Some(Strict)
+    );
     let warnings = validate_warnings(&parse(&ignored));
-    for needle in [
-        "(PeerAuthentication rooted): spec.selector: ignored, as Istio does in the root namespace",
-        "(PeerAuthentication elsewhere): metadata.namespace: selects no workload",
-    ] {
-        assert!(
-            warnings.contains(needle),
-            "missing {needle:?} in:\n{warnings}"
-        );
-    }
+    let needle =
+        "(PeerAuthentication rooted): spec.selector: ignored, as Istio does in the root namespace";
+    assert!(
+        warnings.contains(needle),
+        "missing {needle:?} in:\n{warnings}"
+    );
     // The mode is part of the content, so of the version.
     let resources = parse(&mesh_strict);
     let workloads = mesh();
@@ -726,25 +737,33 @@ spec:
         )
     };
     let me = workload("orders", "", "127.0.0.1:1");
-    for (export, seen) in [
-        ("['.']", true),
-        ("['*']", true),
-        ("[default, shop]", true),
-        ("[shop]", false),
-        ("['~']", false),
+    let shop = Workload {
+        namespace: "shop".into(),
+        ..workload("orders", "", "127.0.0.1:2")
+    };
+    // Seen from namespace default (the VirtualService's own), and from shop.
+    for (export, seen, seen_from_shop) in [
+        ("['.']", true, false),
+        ("['*']", true, true),
+        ("[default, shop]", true, true),
+        ("[shop]", false, true),
+        ("['~']", false, false),
     ] {
         let resources = parse(&vs(export));
-        let s = snapshot_for(&resources, &[], &me);
-        let timeout = s.services.get("payments").and_then(|p| p.timeout.clone());
-        assert_eq!(timeout.is_some(), seen, "exportTo {export}");
-        if !seen {
-            assert!(
-                validate_warnings(&resources)
-                    .contains("spec.exportTo: not exported to namespace default"),
-                "{export}"
+        for (who, expected) in [(&me, seen), (&shop, seen_from_shop)] {
+            let s = snapshot_for(&resources, &[], who);
+            let timeout = s.services.get("payments").and_then(|p| p.timeout.clone());
+            assert_eq!(
+                timeout.is_some(),
+                expected,
+                "exportTo {export} from {}",
+                who.namespace
             );
         }
     }
+    assert!(
+        validate_warnings(&parse(&vs("['~']"))).contains("spec.exportTo: exported to no namespace"),
+    );
 }
 
 #[test]
@@ -916,6 +935,7 @@ fn a_wasm_plugin_named_like_a_built_in_is_a_new_build_in_its_place() {
     let resources = parse(&text);
     let me = Workload {
         service: "orders".into(),
+        namespace: "default".into(),
         labels: BTreeMap::new(),
         address: "127.0.0.1:1".into(),
     };
@@ -1104,12 +1124,14 @@ fn a_wasm_plugin_applies_in_its_namespace_or_from_the_root_namespace() {
     };
     let text = format!("{}{}{}", doc("default"), doc("istio-system"), doc("shop"));
     let resources = parse(&text);
-    assert!(
-        validate_warnings(&resources)
-            .contains("(WasmPlugin gate-shop): metadata.namespace: selects no workload"),
-        "{}",
-        validate_warnings(&resources)
-    );
+    let shop = Workload {
+        namespace: "shop".into(),
+        ..workload("orders", "", "127.0.0.1:2")
+    };
+    let s = snapshot_for(&resources, &[], &shop);
+    let names = chain(&s, "orders.shop");
+    assert!(names.contains(&"gate-shop".to_string()), "{names:?}");
+    assert!(!names.contains(&"gate-default".to_string()), "{names:?}");
     let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
     let names = chain(&s, "orders");
     assert!(names.contains(&"gate-default".to_string()), "{names:?}");
@@ -1118,4 +1140,58 @@ fn a_wasm_plugin_applies_in_its_namespace_or_from_the_root_namespace() {
         "{names:?}"
     );
     assert!(!names.contains(&"gate-shop".to_string()), "{names:?}");
+}
+
+#[test]
+fn same_named_services_in_two_namespaces_are_two_services() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments, namespace: shop }
+spec:
+  hosts: [payments]
+  http:
+  - route:
+    - destination: { host: payments, subset: v2 }
+    timeout: 4s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments, namespace: shop }
+spec:
+  host: payments.shop.svc.cluster.local
+  subsets: [{ name: v2, labels: { version: v2 } }]
+";
+    let resources = parse(text);
+    assert_eq!(validate_warnings(&resources), "");
+    let shop = |version: &str, address: &str| Workload {
+        namespace: "shop".into(),
+        ..workload("payments", version, address)
+    };
+    let mut workloads = mesh();
+    workloads.push(shop("v2", "127.0.0.1:9102"));
+    let me = workloads[2].clone();
+    let s = snapshot_for(&resources, &workloads, &me);
+    // The default namespace's payments is untouched by shop's VirtualService.
+    let default = &s.services["payments"];
+    assert_eq!(default.timeout, None);
+    assert!(default.subsets.is_empty());
+    assert!(
+        default
+            .endpoints
+            .iter()
+            .all(|e| e.address != "127.0.0.1:9102")
+    );
+    let other = &s.services["payments.shop"];
+    assert_eq!(other.timeout.as_deref(), Some("4s"));
+    assert_eq!(other.endpoints.len(), 1);
+    assert_eq!(other.endpoints[0].labels["app"], "payments");
+    let canary = other
+        .plugins
+        .iter()
+        .find(|p| p.name == "canary")
+        .expect("canary");
+    assert_eq!(
+        canary.config["http"][0]["route"][0]["destination"]["host"],
+        "payments.shop"
+    );
 }

@@ -33,7 +33,7 @@ pub fn validate(
         }
     }
 
-    let catalog = Catalog::new(resources);
+    let catalog = Catalog::new(resources, None);
     for (service, list) in &catalog.virtual_services {
         for (r, _) in list.iter().skip(1) {
             errors.push(format!(
@@ -92,13 +92,6 @@ pub fn validate(
             Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
             Spec::PeerAuthentication(pa) => warn_peer_authentication(r, pa, &mut warnings),
             Spec::WasmPlugin(wp) => {
-                use crate::control::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
-                if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
-                    warnings.push(format!(
-                        "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for every workload)",
-                        r.origin()
-                    ));
-                }
                 if let Some(first) = wasm_names.get(r.name.as_str()) {
                     if first.namespace != r.namespace {
                         errors.push(format!(
@@ -151,9 +144,10 @@ pub(super) fn check_subsets(
 ) {
     for (i, entry) in vs.http.iter().enumerate() {
         for (j, d) in entry.route.iter().enumerate() {
-            let (Some(subset), Ok(service)) =
-                (&d.destination.subset, service_of_host(&d.destination.host))
-            else {
+            let (Some(subset), Ok(service)) = (
+                &d.destination.subset,
+                service_of_host(&d.destination.host, &r.namespace),
+            ) else {
                 continue;
             };
             let at = format!(
@@ -162,7 +156,7 @@ pub(super) fn check_subsets(
             );
             match catalog
                 .destination_rules
-                .get(service)
+                .get(service.as_ref())
                 .and_then(|l| l.first())
             {
                 None => errors.push(format!(
@@ -206,8 +200,8 @@ pub(super) fn check_routes(
         ));
     }
     // Exactly one target is checked when the document is read.
-    let targets = wp.targets();
-    let Some(service) = targets.first().copied().filter(|_| targets.len() == 1) else {
+    let targets = wp.targets(&r.namespace);
+    let Some(service) = targets.first().filter(|_| targets.len() == 1) else {
         return;
     };
     let vs = catalog
@@ -253,9 +247,9 @@ pub(super) fn warn_virtual_service(r: &Resource, vs: &VirtualService, warnings: 
             ));
         }
     }
-    if !crate::control::istio::exported_to_workloads(&vs.export_to) {
+    if exported_nowhere(&vs.export_to) {
         warnings.push(format!(
-            "{origin}: spec.exportTo: not exported to namespace default, where every Weft sidecar is: it reaches no sidecar (as in Istio)"
+            "{origin}: spec.exportTo: exported to no namespace (`~`): it reaches no sidecar (as in Istio)"
         ));
     }
     for (i, entry) in vs.http.iter().enumerate() {
@@ -301,13 +295,6 @@ pub(super) fn warn_authorization_policy(
     ap: &AuthorizationPolicy,
     warnings: &mut Vec<String>,
 ) {
-    use crate::control::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
-    if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
-        warnings.push(format!(
-            "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for a mesh-wide policy)",
-            r.origin()
-        ));
-    }
     let principals = ap
         .rules
         .iter()
@@ -329,15 +316,10 @@ pub(super) fn warn_peer_authentication(
     pa: &PeerAuthentication,
     warnings: &mut Vec<String>,
 ) {
-    use crate::control::istio::{ROOT_NAMESPACE, WORKLOAD_NAMESPACE};
+    use crate::control::istio::ROOT_NAMESPACE;
     if pa.scope(&r.namespace).is_none() {
         warnings.push(format!(
-            "{}: spec.selector: ignored, as Istio does in the root namespace {ROOT_NAMESPACE}: selects no workload (put it in {WORKLOAD_NAMESPACE}, or drop the selector for a mesh-wide policy)",
-            r.origin()
-        ));
-    } else if r.namespace != WORKLOAD_NAMESPACE && r.namespace != ROOT_NAMESPACE {
-        warnings.push(format!(
-            "{}: metadata.namespace: selects no workload: every Weft workload is in namespace {WORKLOAD_NAMESPACE} (use {ROOT_NAMESPACE} for a mesh-wide policy)",
+            "{}: spec.selector: ignored, as Istio does in the root namespace {ROOT_NAMESPACE}: selects no workload (put it in the workloads' namespace, or drop the selector for a mesh-wide policy)",
             r.origin()
         ));
     }
@@ -348,9 +330,9 @@ pub(super) fn warn_destination_rule(
     dr: &DestinationRule,
     warnings: &mut Vec<String>,
 ) {
-    if !dr.visible_to_mesh() {
+    if exported_nowhere(&dr.export_to) {
         warnings.push(format!(
-            "{}: spec.exportTo: not exported to namespace default, where every Weft sidecar is: it reaches no sidecar (as in Istio)",
+            "{}: spec.exportTo: exported to no namespace (`~`): it reaches no sidecar (as in Istio)",
             r.origin()
         ));
     }
@@ -365,4 +347,9 @@ pub(super) fn warn_destination_rule(
             r.origin()
         ));
     }
+}
+
+/// Whether `exportTo` is Istio's `~` alone: visible to no sidecar.
+fn exported_nowhere(export_to: &[String]) -> bool {
+    !export_to.is_empty() && export_to.iter().all(|n| n == "~")
 }

@@ -66,6 +66,12 @@ pub struct AuthzSourceSpec {
     /// Principals the caller must not be.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<String>,
+    /// The caller's namespace, from its peer certificate (with `*` wildcards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Namespaces the caller must not be in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
 }
 
 /// Istio's `Rule.To`.
@@ -96,10 +102,11 @@ pub struct AuthzOperationSpec {
 }
 
 impl AuthorizationPolicy {
-    /// Whether it judges the inbound calls of a workload carrying `labels` (Weft's workloads
-    /// are all in [`WORKLOAD_NAMESPACE`]; a policy in [`ROOT_NAMESPACE`] applies mesh-wide).
-    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        (namespace == WORKLOAD_NAMESPACE || namespace == ROOT_NAMESPACE)
+    /// Whether the policy, in namespace `own`, judges the inbound calls of a workload in
+    /// `namespace` carrying `labels`: one of its own namespace's, or any from
+    /// [`ROOT_NAMESPACE`] (mesh-wide).
+    pub fn selects(&self, own: &str, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        (own == namespace || own == ROOT_NAMESPACE)
             && self.selector.as_ref().is_none_or(|s| {
                 s.match_labels
                     .iter()
@@ -128,6 +135,8 @@ impl AuthorizationPolicy {
                         .map(|s| AuthzSource {
                             principals: s.principals.clone(),
                             not_principals: s.not_principals.clone(),
+                            namespaces: s.namespaces.clone(),
+                            not_namespaces: s.not_namespaces.clone(),
                         })
                         .collect(),
                     to: r
@@ -155,8 +164,6 @@ pub(in crate::control) const AUTHZ_UNSUPPORTED: Unsupported = &[
         &[
             "requestPrincipals",
             "notRequestPrincipals",
-            "namespaces",
-            "notNamespaces",
             "ipBlocks",
             "notIpBlocks",
             "remoteIpBlocks",
@@ -202,17 +209,26 @@ pub(super) fn check_authorization_policy(ap: &AuthorizationPolicy, problems: &mu
             let at = format!("{at}.from[{j}].source");
             match &from.source {
                 None => problems.at(at, "required"),
-                Some(s) if s.principals.is_empty() && s.not_principals.is_empty() => {
-                    problems.at(at, "must not be empty (give principals or notPrincipals)")
+                Some(s)
+                    if s.principals.is_empty()
+                        && s.not_principals.is_empty()
+                        && s.namespaces.is_empty()
+                        && s.not_namespaces.is_empty() =>
+                {
+                    problems.at(
+                        at,
+                        "must not be empty (give principals, notPrincipals, namespaces or notNamespaces)",
+                    )
                 }
                 Some(s) => {
-                    check(format!("{at}.principals"), &s.principals, false, problems);
-                    check(
-                        format!("{at}.notPrincipals"),
-                        &s.not_principals,
-                        false,
-                        problems,
-                    );
+                    for (field, values) in [
+                        ("principals", &s.principals),
+                        ("notPrincipals", &s.not_principals),
+                        ("namespaces", &s.namespaces),
+                        ("notNamespaces", &s.not_namespaces),
+                    ] {
+                        check(format!("{at}.{field}"), values, false, problems);
+                    }
                 }
             }
         }

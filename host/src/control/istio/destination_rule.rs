@@ -108,13 +108,6 @@ pub fn load_balancer_of(simple: &str) -> Result<&'static str, String> {
     }
 }
 
-impl DestinationRule {
-    /// Whether Weft's sidecars see it (see [`exported_to_workloads`]).
-    pub fn visible_to_mesh(&self) -> bool {
-        exported_to_workloads(&self.export_to)
-    }
-}
-
 pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
     ("", &["workloadSelector"]),
     (
@@ -147,8 +140,12 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
     ("subsets[]", &["trafficPolicy"]),
 ];
 
-pub(super) fn check_destination_rule(dr: &DestinationRule, problems: &mut Problems) {
-    if let Err(e) = service_of_host(&dr.host) {
+pub(super) fn check_destination_rule(
+    dr: &DestinationRule,
+    namespace: &str,
+    problems: &mut Problems,
+) {
+    if let Err(e) = service_of_host(&dr.host, namespace) {
         problems.at("spec.host", e);
     }
     let mut names = BTreeSet::new();

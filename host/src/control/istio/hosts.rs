@@ -1,15 +1,15 @@
 //! Which namespaces see a resource; the names themselves are `crate::names`'.
 
-pub use crate::names::{CLUSTER_DOMAIN, WORKLOAD_NAMESPACE, service_of_host};
+pub use crate::names::{CLUSTER_DOMAIN, DEFAULT_NAMESPACE, service_of_host};
 
-/// Whether a resource in namespace `default` with this `exportTo` is visible to Weft's
-/// sidecars, which are all in `default`: absent, `*`, `.` (its own namespace) or `default`
-/// are; a list of other namespaces, or `~` (none), is not.
-pub fn exported_to_workloads(export_to: &[String]) -> bool {
+/// Whether a resource in namespace `own` with this `exportTo` is visible to sidecars in
+/// namespace `viewer`, as Istio reads it: absent or `*` is every namespace, `.` its own, `~`
+/// none, and any other entry a namespace by name.
+pub fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
     export_to.is_empty()
         || export_to
             .iter()
-            .any(|n| n == "*" || n == "." || n == WORKLOAD_NAMESPACE)
+            .any(|n| n == "*" || (n == "." && own == viewer) || n == viewer)
 }
 
 /// Istio's root namespace: an AuthorizationPolicy there applies mesh-wide.

@@ -374,22 +374,9 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
             problems.at("spec", "required");
             None
         }
-        Some(spec @ Value::Object(_)) => kind.and_then(|k| {
-            // A VirtualService's or DestinationRule's short hosts resolve in its own namespace,
-            // and every Weft service is in `default`: elsewhere, it would name services that
-            // do not exist, so it is refused rather than applied to the default ones.
-            if matches!(k, Kind::VirtualService | Kind::DestinationRule)
-                && namespace != WORKLOAD_NAMESPACE
-            {
-                problems.at(
-                    "metadata.namespace",
-                    format!(
-                        "{namespace}: every Weft service is in namespace {WORKLOAD_NAMESPACE}, so a {k} elsewhere would route none of them (other namespaces are not supported yet)"
-                    ),
-                );
-            }
-            read_spec(k, spec, problems)
-        }),
+        Some(spec @ Value::Object(_)) => {
+            kind.and_then(|k| read_spec(k, spec, &namespace, problems))
+        }
         Some(other) => {
             problems.at(
                 "spec",
@@ -406,7 +393,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
 }
 
 fn read_metadata(metadata: Option<&Value>, problems: &mut Problems) -> (Option<String>, String) {
-    let mut namespace = "default".to_string();
+    let mut namespace = DEFAULT_NAMESPACE.to_string();
     let Some(metadata) = metadata else {
         problems.at("metadata", "required");
         return (None, namespace);
@@ -473,7 +460,7 @@ fn read_metadata(metadata: Option<&Value>, problems: &mut Problems) -> (Option<S
     (name, namespace)
 }
 
-fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> {
+fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems) -> Option<Spec> {
     let rules = match kind {
         Kind::VirtualService => VS_UNSUPPORTED,
         Kind::DestinationRule => DR_UNSUPPORTED,
@@ -490,15 +477,15 @@ fn read_spec(kind: Kind, spec: &Value, problems: &mut Problems) -> Option<Spec> 
     }
     match kind {
         Kind::VirtualService => typed::<VirtualService>(spec, problems).map(|vs| {
-            check_virtual_service(&vs, problems);
+            check_virtual_service(&vs, namespace, problems);
             Spec::VirtualService(vs)
         }),
         Kind::DestinationRule => typed::<DestinationRule>(spec, problems).map(|dr| {
-            check_destination_rule(&dr, problems);
+            check_destination_rule(&dr, namespace, problems);
             Spec::DestinationRule(dr)
         }),
         Kind::WasmPlugin => typed::<WasmPlugin>(spec, problems).map(|wp| {
-            check_wasm_plugin(&wp, problems);
+            check_wasm_plugin(&wp, namespace, problems);
             Spec::WasmPlugin(wp)
         }),
         Kind::AuthorizationPolicy => typed::<AuthorizationPolicy>(spec, problems).map(|ap| {

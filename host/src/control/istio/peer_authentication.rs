@@ -69,13 +69,13 @@ impl PeerAuthentication {
         }
     }
 
-    /// Whether it applies to a workload carrying `labels` (every Weft workload is in
-    /// [`WORKLOAD_NAMESPACE`]).
-    pub fn selects(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        match self.scope(namespace) {
+    /// Whether the policy, in namespace `own`, applies to a workload in `namespace` carrying
+    /// `labels`.
+    pub fn selects(&self, own: &str, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self.scope(own) {
             None => false,
             Some(PeerAuthnScope::Mesh) => true,
-            Some(_) if namespace != WORKLOAD_NAMESPACE => false,
+            Some(_) if own != namespace => false,
             Some(_) => self.selector.as_ref().is_none_or(|s| {
                 s.match_labels
                     .iter()

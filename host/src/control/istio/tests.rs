@@ -96,41 +96,31 @@ fn quoted_durations_and_full_hosts_read_the_same() {
         panic!("not a VirtualService")
     };
     assert_eq!(v.http[0].timeout.as_deref(), Some("6s"));
-    assert_eq!(service_of_host(&v.hosts[0]), Ok("payments"));
+    assert_eq!(
+        service_of_host(&v.hosts[0], "default").as_deref(),
+        Ok("payments")
+    );
 }
 
 #[test]
-fn hosts_name_default_services_in_every_form_and_nothing_else() {
-    for host in [
-        "payments",
-        "payments.default",
-        "payments.default.svc",
-        "payments.default.svc.cluster.local",
-    ] {
-        assert_eq!(service_of_host(host), Ok("payments"), "{host}");
-    }
-    for (host, words) in [
-        ("payments.shop.svc.cluster.local", "in namespace shop"),
-        ("payments.shop.svc", "in namespace shop"),
-        ("bookinfo.com", "names no Weft service"),
-        ("payments.shop", "names no Weft service"),
-        ("payments.default.svc.example.org", "names no Weft service"),
-        ("*.default.svc.cluster.local", "wildcard"),
-        ("Payments", "not a service host"),
-    ] {
-        let err = service_of_host(host).expect_err(host);
-        assert!(err.contains(words), "{host}: {err}");
-    }
-}
-
-#[test]
-fn a_virtual_service_outside_default_is_refused() {
+fn short_hosts_resolve_in_the_resource_namespace() {
     let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
                     metadata: { name: payments, namespace: shop }\nspec:\n  hosts: [payments]\n  \
-                    http:\n  - route: [{ destination: { host: payments } }]\n";
+                    http:\n  - route: [{ destination: { host: payments.default.svc.cluster.local } }]\n";
+    let rs = parse_yaml(text, "t.yaml").expect("parses");
+    let Spec::VirtualService(v) = &rs[0].spec else {
+        panic!("not a VirtualService")
+    };
+    assert_eq!(rs[0].namespace, "shop");
+    assert_eq!(
+        service_of_host(&v.hosts[0], &rs[0].namespace).as_deref(),
+        Ok("payments.shop")
+    );
+    // A two-label host naming another namespace is Istio's external host: refused.
+    let text = text.replace("hosts: [payments]", "hosts: [payments.billing]");
     assert_error(
-        text,
-        "metadata.namespace: shop: every Weft service is in namespace default",
+        &text,
+        "spec.hosts[0]: \"payments.billing\" names no mesh service",
     );
 }
 
@@ -567,14 +557,14 @@ fn authorization_policies_parse() {
 fn authorization_policy_checks() {
     let text = authz(
         "v1",
-        "  action: CUSTOM\n  provider: { name: ext }\n  targetRefs: [{ kind: Service, name: payments }]\n  rules:\n  - from:\n    - source: { namespaces: [default] }\n    - source: { principals: [\"a*b\", \"\"] }\n    - {}\n    to:\n    - operation: { hosts: [x], paths: [\"/{*}/x\"] }\n    - operation: {}\n    when: [{ key: source.ip, values: [y] }]\n",
+        "  action: CUSTOM\n  provider: { name: ext }\n  targetRefs: [{ kind: Service, name: payments }]\n  rules:\n  - from:\n    - source: { ipBlocks: [198.18.0.0/15] }\n    - source: { principals: [\"a*b\", \"\"] }\n    - {}\n    to:\n    - operation: { hosts: [x], paths: [\"/{*}/x\"] }\n    - operation: {}\n    when: [{ key: source.ip, values: [y] }]\n",
     );
     let all = errors_of(&text);
     for needle in [
         "spec.provider: not supported by Weft yet",
         "spec.targetRefs: not supported by Weft yet",
         "spec.rules[0].when: not supported by Weft yet",
-        "spec.rules[0].from[0].source.namespaces: not supported by Weft yet",
+        "spec.rules[0].from[0].source.ipBlocks: not supported by Weft yet",
         "spec.rules[0].to[0].operation.hosts: not supported by Weft yet",
         "spec.action: CUSTOM is not supported by Weft yet (use ALLOW or DENY)",
         "spec.rules[0].from[0].source: must not be empty",
@@ -636,14 +626,14 @@ fn peer_authentications_parse_with_their_scope_and_mode() {
         ));
         assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Workload));
         assert_eq!(pa.mode(), Some(MtlsMode::Strict));
-        assert!(pa.selects(&ns, &labels));
+        assert!(pa.selects(&ns, "default", &labels));
     }
     let (ns, pa) = read_peer_authn(&peer_authn(
         "v1",
         "default",
         "  selector: { matchLabels: { app: orders } }\n  mtls: { mode: PERMISSIVE }\n",
     ));
-    assert!(!pa.selects(&ns, &labels));
+    assert!(!pa.selects(&ns, "default", &labels));
     assert_eq!(pa.mode(), Some(MtlsMode::Permissive));
     // No selector, or one without labels: namespace-wide.
     for spec in [
@@ -652,7 +642,7 @@ fn peer_authentications_parse_with_their_scope_and_mode() {
     ] {
         let (ns, pa) = read_peer_authn(&peer_authn("v1", "default", spec));
         assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Namespace));
-        assert!(pa.selects(&ns, &labels));
+        assert!(pa.selects(&ns, "default", &labels));
     }
     // UNSET, an empty `mtls` and no `mtls` all inherit.
     for spec in ["  mtls: { mode: UNSET }\n", "  mtls: {}\n", "  {}\n"] {
@@ -665,7 +655,7 @@ fn peer_authentications_parse_with_their_scope_and_mode() {
         "  mtls: { mode: STRICT }\n",
     ));
     assert_eq!(pa.scope(&ns), Some(PeerAuthnScope::Mesh));
-    assert!(pa.selects(&ns, &labels));
+    assert!(pa.selects(&ns, "default", &labels));
     // Istio ignores a selector in the root namespace.
     let (ns, pa) = read_peer_authn(&peer_authn(
         "v1",
@@ -673,10 +663,12 @@ fn peer_authentications_parse_with_their_scope_and_mode() {
         "  selector: { matchLabels: { app: payments } }\n  mtls: { mode: STRICT }\n",
     ));
     assert_eq!(pa.scope(&ns), None);
-    assert!(!pa.selects(&ns, &labels));
-    // Another namespace holds no Weft workload.
+    assert!(!pa.selects(&ns, "default", &labels));
+    // A namespace-wide policy of another namespace is not for this workload, but is for
+    // that namespace's.
     let (ns, pa) = read_peer_authn(&peer_authn("v1", "shop", "  mtls: { mode: STRICT }\n"));
-    assert!(!pa.selects(&ns, &labels));
+    assert!(!pa.selects(&ns, "default", &labels));
+    assert!(pa.selects(&ns, "shop", &labels));
     assert_eq!("pa".parse::<Kind>(), Ok(Kind::PeerAuthentication));
     assert_eq!(
         "PeerAuthentications".parse::<Kind>(),

@@ -73,16 +73,15 @@ pub struct HttpRoute {
 }
 
 impl MatchRequest {
-    /// Whether it can hold for calls from a workload with `labels` (in namespace `default`,
-    /// every Weft workload's).
-    pub fn is_for_caller(&self, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether it can hold for calls from a workload with `labels` in `namespace`.
+    pub fn is_for_caller(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
         self.source_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
             && self
                 .source_namespace
                 .as_deref()
-                .is_none_or(|ns| ns == WORKLOAD_NAMESPACE)
+                .is_none_or(|ns| ns == namespace)
     }
 
     /// The conditions the canary checks per call: the caller's are decided when the snapshot
@@ -377,11 +376,12 @@ pub struct RouteDestination {
 }
 
 impl RouteDestination {
-    /// All of `service`'s calls, to the service itself.
+    /// All calls to the service with key `service`, to the service itself (named by its fully
+    /// qualified host, which reads the same in every namespace).
     pub fn to(service: &str) -> RouteDestination {
         RouteDestination {
             destination: Destination {
-                host: service.to_string(),
+                host: crate::names::fqdn(service),
                 subset: None,
             },
             weight: None,
@@ -506,11 +506,10 @@ impl Fault {
 }
 
 impl VirtualService {
-    /// Whether its routes apply to Weft's sidecars: `gateways` absent, or naming `mesh`
-    /// (Istio's reserved word for every sidecar), and exported to them.
+    /// Whether its routes apply to sidecars at all: `gateways` absent, or naming `mesh`
+    /// (Istio's reserved word for every sidecar).
     pub fn applies_to_mesh(&self) -> bool {
-        (self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh"))
-            && exported_to_workloads(&self.export_to)
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
     }
 }
 
@@ -527,18 +526,20 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("http[].fault.abort", &["grpcStatus", "http2Error"]),
 ];
 
-pub(super) fn check_virtual_service(vs: &VirtualService, problems: &mut Problems) {
+pub(super) fn check_virtual_service(vs: &VirtualService, namespace: &str, problems: &mut Problems) {
     if vs.hosts.is_empty() {
         problems.at("spec.hosts", "at least one host is required");
     }
     let mut services = BTreeSet::new();
     for (i, host) in vs.hosts.iter().enumerate() {
-        match service_of_host(host) {
-            Ok(s) if !services.insert(s) => problems.at(
+        match service_of_host(host, namespace) {
+            Ok(s) if services.contains(&s) => problems.at(
                 format!("spec.hosts[{i}]"),
                 format!("{host:?} names service {s} again"),
             ),
-            Ok(_) => {}
+            Ok(s) => {
+                services.insert(s);
+            }
             Err(e) => problems.at(format!("spec.hosts[{i}]"), e),
         }
     }
@@ -550,7 +551,7 @@ pub(super) fn check_virtual_service(vs: &VirtualService, problems: &mut Problems
     }
     for (i, entry) in vs.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
-        check_route(entry, &at, problems);
+        check_route(entry, &at, namespace, problems);
         if let Some(t) = &entry.timeout
             && let Err(e) = parse_duration(t)
         {
@@ -579,7 +580,7 @@ pub(super) fn check_virtual_service(vs: &VirtualService, problems: &mut Problems
     }
 }
 
-pub(super) fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) {
+pub(super) fn check_route(entry: &HttpRoute, at: &str, namespace: &str, problems: &mut Problems) {
     // As Istio's validation: an entry routes, redirects or answers directly, one of the three.
     let actions = [
         (!entry.route.is_empty(), "route"),
@@ -612,12 +613,12 @@ pub(super) fn check_route(entry: &HttpRoute, at: &str, problems: &mut Problems) 
         );
     }
     for (k, (m, _)) in entry.all_mirrors().into_iter().enumerate() {
-        if let Err(e) = service_of_host(&m.host) {
+        if let Err(e) = service_of_host(&m.host, namespace) {
             problems.at(format!("{at}.mirrors[{k}].destination.host"), e);
         }
     }
     for (j, d) in entry.route.iter().enumerate() {
-        if let Err(e) = service_of_host(&d.destination.host) {
+        if let Err(e) = service_of_host(&d.destination.host, namespace) {
             problems.at(format!("{at}.route[{j}].destination.host"), e);
         }
         if d.destination.subset.as_deref() == Some("") {

@@ -76,7 +76,7 @@ pub struct TargetRef {
     pub kind: String,
     /// The service's name.
     pub name: String,
-    /// Ignored: Weft's service names are mesh-wide.
+    /// The Service's namespace: the WasmPlugin's own, as Istio allows no other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
@@ -191,12 +191,13 @@ impl WasmPlugin {
         self.phase.unwrap_or_default()
     }
 
-    /// The destination services it is limited to; empty: every service.
-    pub fn targets(&self) -> BTreeSet<&str> {
+    /// The keys of the destination services it is limited to, read in its own `namespace`
+    /// (Istio refers to Services of the policy's namespace only); empty: every service.
+    pub fn targets(&self, namespace: &str) -> BTreeSet<String> {
         self.target_refs
             .iter()
             .chain(self.target_ref.as_ref())
-            .map(|t| t.name.as_str())
+            .map(|t| crate::names::service_key(&t.name, namespace))
             .collect()
     }
 
@@ -280,7 +281,7 @@ pub(super) fn check_route_scope(wp: &WasmPlugin, problems: &mut Problems) {
     }
 }
 
-pub(super) fn check_wasm_plugin(wp: &WasmPlugin, problems: &mut Problems) {
+pub(super) fn check_wasm_plugin(wp: &WasmPlugin, namespace: &str, problems: &mut Problems) {
     let source = wp.source();
     if let Err(e) = &source {
         problems.at("spec.url", e);
@@ -333,6 +334,18 @@ pub(super) fn check_wasm_plugin(wp: &WasmPlugin, problems: &mut Problems) {
             problems.at(
                 format!("{at}.name"),
                 format!("{:?} is not a service name", t.name),
+            );
+        }
+        if let Some(ns) = t
+            .namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty() && *ns != namespace)
+        {
+            problems.at(
+                format!("{at}.namespace"),
+                format!(
+                    "{ns:?}: a WasmPlugin targets Services of its own namespace {namespace:?} only, as in Istio"
+                ),
             );
         }
     }
