@@ -19,6 +19,8 @@ struct Raw {
     service: String,
     #[serde(default)]
     namespace: Option<String>,
+    #[serde(default)]
+    cluster_domain: Option<String>,
     outbound: String,
     inbound: String,
     admin: String,
@@ -96,6 +98,9 @@ pub struct Bootstrap {
     pub advertise: Option<SocketAddr>,
     /// Mutual TLS between sidecars: STRICT or PERMISSIVE; none for plaintext.
     pub mtls: Option<PeerAuthMode>,
+    /// The cluster domain callers' hosts are read in, when not `cluster.local` (the process
+    /// sets it before it starts; see `crate::names::set_cluster_domain`).
+    pub cluster_domain: Option<String>,
 }
 
 /// Why a bootstrap was refused.
@@ -188,6 +193,11 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     let namespace = raw
         .namespace
         .unwrap_or_else(|| crate::names::DEFAULT_NAMESPACE.to_string());
+    if let Some(d) = &raw.cluster_domain
+        && let Err(e) = crate::names::check_domain(d)
+    {
+        errors.push(format!("clusterDomain: {e}"));
+    }
     if !crate::names::is_dns_label(&namespace) {
         errors.push(format!(
             "namespace: {:?} is not a namespace (1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
@@ -244,6 +254,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         labels: raw.labels,
         advertise,
         mtls,
+        cluster_domain: raw.cluster_domain,
     })
 }
 

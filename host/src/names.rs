@@ -10,12 +10,37 @@
 //! registrations, tokens and metrics use it.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 /// The namespace of a resource or workload that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The cluster domain of fully qualified service names (`payments.default.svc.cluster.local`).
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The cluster domain of fully qualified service names (`payments.default.svc.cluster.local`)
+/// unless the process sets another.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+static CLUSTER_DOMAIN: OnceLock<Box<str>> = OnceLock::new();
+
+/// The cluster domain this process reads hosts in: [`DEFAULT_CLUSTER_DOMAIN`] unless
+/// [`set_cluster_domain`] chose another.
+pub fn cluster_domain() -> &'static str {
+    CLUSTER_DOMAIN.get().map_or(DEFAULT_CLUSTER_DOMAIN, |d| d)
+}
+
+/// Sets the cluster domain for the whole process, as Istio's `--domain` does for istiod and
+/// its proxies: once, at start, before any host is read (`weft control --cluster-domain`, a
+/// sidecar's bootstrap `clusterDomain`). Like Kubernetes' cluster domain it is one value per
+/// mesh, so it is not threaded through every call that reads a host.
+pub fn set_cluster_domain(domain: &str) -> Result<(), String> {
+    check_domain(domain)?;
+    let set = CLUSTER_DOMAIN.get_or_init(|| domain.into());
+    if &**set != domain {
+        return Err(format!(
+            "the cluster domain is already {set:?}; it is set once per process"
+        ));
+    }
+    Ok(())
+}
 
 /// The key of service `name` in `namespace` (see the module's documentation).
 pub fn service_key(name: &str, namespace: &str) -> String {
@@ -34,26 +59,39 @@ pub fn key_parts(key: &str) -> (&str, &str) {
 /// A key's fully qualified host: `payments.shop` → `payments.shop.svc.cluster.local`.
 pub fn fqdn(key: &str) -> String {
     let (name, namespace) = key_parts(key);
-    format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}")
+    format!("{name}.{namespace}.svc.{}", cluster_domain())
+}
+
+/// Checks a cluster domain: dot-separated DNS labels, at most 253 characters.
+pub fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.len() > 253 || !domain.split('.').all(is_dns_label) {
+        let shown: String = domain.chars().take(64).collect();
+        return Err(format!(
+            "{shown:?} is not a domain (dot-separated labels of a-z, 0-9 and '-')"
+        ));
+    }
+    Ok(())
 }
 
 /// The service a resource's host names, as a key, read in the resource's `namespace`:
 /// `payments` is the service in that namespace; `payments.shop.svc` and
-/// `payments.shop.svc.cluster.local` the one in `shop`; `payments.shop` too when `shop` is the
+/// `payments.shop.svc.cluster.local` (in the [`cluster_domain`]) the one in `shop`;
+/// `payments.shop` too when `shop` is the
 /// resource's namespace or `default`. Any other two-label host (`bookinfo.com`) is read by Istio
 /// as a host outside the mesh, which needs a ServiceEntry, so it is refused rather than bound to
 /// a service it was probably not meant for; so are wildcards and anything else.
 pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str>, String> {
+    let domain = cluster_domain();
     resolve(host, namespace, true).map_err(|why| match why {
         NotAService::Wildcard => format!("{host:?}: wildcard hosts are not supported by Weft yet"),
         NotAService::Malformed => format!(
-            "{host:?} is not a service host (expected `name` or `name.<namespace>.svc.{CLUSTER_DOMAIN}`)"
+            "{host:?} is not a service host (expected `name` or `name.<namespace>.svc.{domain}`)"
         ),
         NotAService::Ambiguous { service, namespace: ns } => format!(
-            "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, which needs a ServiceEntry, not supported yet); for service {service} in namespace {ns}, write {service}.{ns}.svc.{CLUSTER_DOMAIN}"
+            "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, which needs a ServiceEntry, not supported yet); for service {service} in namespace {ns}, write {service}.{ns}.svc.{domain}"
         ),
         NotAService::Outside => format!(
-            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{CLUSTER_DOMAIN}` (hosts outside the mesh need a ServiceEntry, not supported yet)"
+            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{domain}` (hosts outside the mesh need a ServiceEntry, not supported yet)"
         ),
     })
 }
@@ -107,7 +145,7 @@ fn resolve<'a>(host: &'a str, here: &str, strict: bool) -> Result<Cow<'a, str>, 
     let svc_suffix = tail.is_some_and(|t| {
         label_prefix("svc", t)
             || t.strip_prefix("svc.")
-                .is_some_and(|d| label_prefix(CLUSTER_DOMAIN, d))
+                .is_some_and(|d| label_prefix(cluster_domain(), d))
     });
     match tail {
         Some(_) if !svc_suffix => return Err(NotAService::Outside),
@@ -189,5 +227,15 @@ mod tests {
             Some("bookinfo.com")
         );
         assert_eq!(service_key_of("payments.example.com.", "default"), None);
+    }
+
+    #[test]
+    fn cluster_domains_are_dns_names() {
+        for good in ["cluster.local", "corp.internal", "a"] {
+            assert_eq!(check_domain(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Corp.internal", "corp..internal", ".corp", "corp.internal."] {
+            assert!(check_domain(bad).is_err(), "{bad:?}");
+        }
     }
 }

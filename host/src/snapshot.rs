@@ -20,6 +20,10 @@ pub struct Snapshot {
     /// snapshot without it keeps the version it had before the section existed.
     #[serde(default, skip_serializing_if = "Inbound::is_empty")]
     pub inbound: Inbound,
+    /// The cluster domain the control plane read hosts in, when not `cluster.local`: a sidecar
+    /// reading callers' hosts in another refuses the snapshot rather than misroute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
 }
 
 /// The inbound side's policies.
@@ -288,6 +292,16 @@ impl Snapshot {
         let mut errors = Vec::new();
         if self.version.trim().is_empty() {
             errors.push("version: must not be empty".to_string());
+        }
+        let theirs = self
+            .cluster_domain
+            .as_deref()
+            .unwrap_or(crate::names::DEFAULT_CLUSTER_DOMAIN);
+        let ours = crate::names::cluster_domain();
+        if theirs != ours {
+            errors.push(format!(
+                "clusterDomain: the control plane reads hosts in cluster domain {theirs:?}, this sidecar in {ours:?}: give the sidecar's bootstrap \"clusterDomain\": {theirs:?}"
+            ));
         }
         for (name, svc) in &self.services {
             let at = format!("services.{name}");

@@ -690,3 +690,88 @@ async fn two_namespaces_keep_same_named_services_apart() {
 async fn call_raw(cp: std::net::SocketAddr, token: &str, path: &str) -> Result<Bytes, ClientError> {
     call(&endpoint(cp), token, Method::GET, path, Bytes::new()).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_domain_is_the_meshs_choice() {
+    let _serial = SERIAL.lock().await;
+    let mesh = TestMesh::start_with(&["--cluster-domain", "corp.internal"]);
+    let (cp, op) = (mesh.cp, mesh.op.clone());
+    let domain = || serde_json::json!({"clusterDomain": "corp.internal"});
+    let app = App::start("payments").await;
+    let _p = mesh
+        .pod_in(
+            "default",
+            "payments",
+            &[("version", "v1")],
+            app.addr,
+            domain(),
+        )
+        .await;
+    let orders = mesh
+        .pod_in("default", "orders", &[("version", "v1")], NO_APP, domain())
+        .await;
+    let routes = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments.default.svc.corp.internal]
+  http:
+  - route: [{ destination: { host: payments.default.svc.corp.internal } }]
+    headers: { response: { set: { x-routed: 'yes' } } }
+";
+    mesh.apply("routes.yaml", routes).await;
+    // The default domain's FQDN names nothing in this mesh: refused, naming the field.
+    let other = routes.replace("corp.internal }", "cluster.local }");
+    let refused = call(
+        &endpoint(cp),
+        &op,
+        Method::POST,
+        "/v1/apply?source=other.yaml",
+        Bytes::from(other),
+    )
+    .await;
+    match refused {
+        Err(ClientError::Refused { body, .. }) => assert!(
+            body.contains("spec.http[0].route[0].destination.host")
+                && body.contains("payments.default.svc.cluster.local"),
+            "{body}"
+        ),
+        ok => panic!("accepted a host in another cluster domain: {ok:?}"),
+    }
+    converged(cp, &op, 2, Duration::from_secs(10)).await;
+    let client = h1_client();
+    for host in ["payments", "payments.default.svc.corp.internal"] {
+        let mut req = support::get(orders.addr("outbound"), "/", &[]);
+        req.headers_mut()
+            .insert("host", http::HeaderValue::from_str(host).expect("host"));
+        let (status, headers, _) = read(client.request(req).await.expect("answered")).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert_eq!(headers["x-routed"], "yes", "{host}");
+    }
+    // A sidecar that reads hosts in another domain refuses the mesh's snapshots, saying why.
+    let _stray = mesh
+        .pod_in(
+            "default",
+            "reviews",
+            &[("version", "v1")],
+            NO_APP,
+            serde_json::json!({}),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = api(cp, &op, Method::GET, "/v1/status").await;
+        let nack = st["sidecars"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["service"] == "reviews")
+            .and_then(|s| s["nack"].as_str().map(str::to_string));
+        if let Some(nack) = nack {
+            assert!(nack.contains("clusterDomain"), "{nack}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no NACK: {st:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

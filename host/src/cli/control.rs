@@ -24,10 +24,16 @@ pub struct Args {
     /// How long a workload certificate is valid (`24h`; `30s` for tests of renewal).
     #[arg(long, default_value = "24h")]
     cert_lifetime: String,
+    /// The cluster domain of fully qualified hosts (`payments.shop.svc.<domain>`); sidecars
+    /// need the same in their bootstrap's `clusterDomain`.
+    #[arg(long, default_value = weft::names::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
 }
 
 /// Runs `weft control`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    weft::names::set_cluster_domain(&args.cluster_domain)
+        .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     let mut config = ControlConfig::new(args.data.clone());
     config.listen = args.listen;
     config.lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;

@@ -94,6 +94,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let base = args.config.parent().unwrap_or(Path::new(".")).to_path_buf();
     let bootstrap = weft::bootstrap::parse(&text, &base)
         .with_context(|| format!("reading {}", args.config.display()))?;
+    if let Some(domain) = &bootstrap.cluster_domain {
+        weft::names::set_cluster_domain(domain)
+            .map_err(|e| anyhow::anyhow!("clusterDomain: {e}"))?;
+    }
     let mode = bootstrap.mtls;
     let snapshot = match &bootstrap.snapshot {
         Some(file) => {

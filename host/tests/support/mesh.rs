@@ -77,7 +77,12 @@ pub fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
 }
 
 pub fn control(data: &Path, listen: &str) -> Proc {
-    let p = spawn(&[
+    control_with(data, listen, &[])
+}
+
+/// [`control`] with more arguments.
+pub fn control_with(data: &Path, listen: &str, more: &[&str]) -> Proc {
+    let mut args = vec![
         "control",
         "--data",
         data.to_str().expect("utf-8 path"),
@@ -85,7 +90,9 @@ pub fn control(data: &Path, listen: &str) -> Proc {
         listen,
         "--lease",
         "3s",
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let p = spawn(&args);
     remember(p.addr("api"), data);
     p
 }
@@ -309,9 +316,14 @@ pub const NO_APP: SocketAddr =
 impl TestMesh {
     /// Starts the control plane on a loopback port.
     pub fn start() -> TestMesh {
+        TestMesh::start_with(&[])
+    }
+
+    /// Starts the control plane with more arguments (`--cluster-domain …`).
+    pub fn start_with(more: &[&str]) -> TestMesh {
         let dir = tempfile::tempdir().expect("dir");
         let data = dir.path().join("data");
-        let control = control(&data, "127.0.0.1:0");
+        let control = control_with(&data, "127.0.0.1:0", more);
         let cp = control.addr("api");
         let op = token(&data);
         TestMesh {

@@ -365,6 +365,9 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         .collect();
     snapshot.inbound.peer_authentication =
         peer_authentication(&catalog, me, &labels, &mut warnings);
+    let domain = crate::names::cluster_domain();
+    snapshot.cluster_domain =
+        (domain != crate::names::DEFAULT_CLUSTER_DOMAIN).then(|| domain.to_string());
     snapshot.version = version_of(&snapshot);
     Compiled { snapshot, warnings }
 }

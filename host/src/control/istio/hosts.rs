@@ -1,6 +1,6 @@
 //! Which namespaces see a resource; the names themselves are `crate::names`'.
 
-pub use crate::names::{CLUSTER_DOMAIN, DEFAULT_NAMESPACE, service_of_host};
+pub use crate::names::{DEFAULT_NAMESPACE, cluster_domain, service_of_host};
 
 /// Whether a resource in namespace `own` with this `exportTo` is visible to sidecars in
 /// namespace `viewer`, as Istio reads it: absent or `*` is every namespace, `.` its own, `~`
