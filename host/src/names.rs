@@ -83,7 +83,9 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
 pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str>, String> {
     let domain = cluster_domain();
     resolve(host, namespace, true).map_err(|why| match why {
-        NotAService::Wildcard => format!("{host:?}: wildcard hosts are not supported by Weft yet"),
+        NotAService::Wildcard => format!(
+            "{host:?}: a wildcard names no one service here (wildcards are for a VirtualService's or DestinationRule's hosts)"
+        ),
         NotAService::Malformed => format!(
             "{host:?} is not a service host (expected `name` or `name.<namespace>.svc.{domain}`)"
         ),
@@ -103,6 +105,88 @@ pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str
 /// exists is for the route table to say.
 pub fn service_key_of<'a>(host: &'a str, namespace: &str) -> Option<Cow<'a, str>> {
     resolve(host, namespace, false).ok()
+}
+
+/// What a resource's host names: one service, or, for a wildcard, every service whose fully
+/// qualified name ends with the suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRef<'a> {
+    /// One service, by key.
+    Service(Cow<'a, str>),
+    /// `*.shop.svc.cluster.local`: every service whose FQDN ends with `.shop.svc.cluster.local`.
+    Wildcard(&'a str),
+}
+
+impl HostRef<'_> {
+    /// Whether it names the service with key `key`.
+    pub fn names(&self, key: &str) -> bool {
+        match self {
+            HostRef::Service(k) => k == key,
+            HostRef::Wildcard(suffix) => wildcard_names(suffix, key),
+        }
+    }
+}
+
+impl HostRef<'_> {
+    /// Whether some service could be named by both.
+    pub fn overlaps(&self, other: &HostRef) -> bool {
+        match (self, other) {
+            (HostRef::Service(a), HostRef::Service(b)) => a == b,
+            (HostRef::Service(k), HostRef::Wildcard(s))
+            | (HostRef::Wildcard(s), HostRef::Service(k)) => wildcard_names(s, k),
+            (HostRef::Wildcard(a), HostRef::Wildcard(b)) => {
+                let under = |long: &str, short: &str| {
+                    long == short
+                        || (long.ends_with(short)
+                            && long.as_bytes()[long.len() - short.len() - 1] == b'.')
+                };
+                under(a, b) || under(b, a)
+            }
+        }
+    }
+}
+
+/// Whether wildcard suffix `suffix` (the host after `*.`) names the service with key `key`.
+pub fn wildcard_names(suffix: &str, key: &str) -> bool {
+    let fqdn = fqdn(key);
+    fqdn.len() > suffix.len()
+        && fqdn.ends_with(suffix)
+        && fqdn.as_bytes()[fqdn.len() - suffix.len() - 1] == b'.'
+}
+
+/// A resource's host read in its `namespace` as Istio reads `hosts` and `host`: a service (see
+/// [`service_of_host`]) or a wildcard over mesh services' fully qualified names
+/// (`*.shop.svc.cluster.local`: shop's services; `*.svc.cluster.local`, `*.cluster.local`: all).
+/// A wildcard that cannot name a mesh service (`*.example.com`, `*.shop`) is refused, as is
+/// `*` alone, which Istio refuses for sidecars.
+pub fn host_ref<'a>(host: &'a str, namespace: &str) -> Result<HostRef<'a>, String> {
+    let Some(suffix) = host.strip_prefix("*.") else {
+        if host == "*" {
+            return Err(
+                "\"*\": a wildcard for every host is not allowed for sidecars (as in Istio); use *.<namespace>.svc.<cluster domain>"
+                    .to_string(),
+            );
+        }
+        return service_of_host(host, namespace).map(HostRef::Service);
+    };
+    let domain = cluster_domain();
+    let labels_ok = !suffix.is_empty() && suffix.split('.').all(is_dns_label);
+    // The suffix must be the tail of some service's FQDN: `<ns>.svc.<domain>`, or the labels
+    // of `svc.<domain>` from some point on.
+    let svc_domain = format!("svc.{domain}");
+    let names_mesh = labels_ok
+        && (suffix
+            .split_once('.')
+            .is_some_and(|(_, rest)| rest == svc_domain)
+            || svc_domain == suffix
+            || svc_domain.ends_with(&format!(".{suffix}")));
+    if names_mesh {
+        Ok(HostRef::Wildcard(suffix))
+    } else {
+        Err(format!(
+            "{host:?} names no mesh service: a wildcard host is *.<namespace>.svc.{domain} or a shorter tail of it (hosts outside the mesh need a ServiceEntry, not supported yet)"
+        ))
+    }
 }
 
 /// Why a host names no Weft service.
@@ -230,11 +314,49 @@ mod tests {
     }
 
     #[test]
+    fn wildcards_name_the_services_under_them_and_only_mesh_ones() {
+        for (host, key, named) in [
+            ("*.shop.svc.cluster.local", "payments.shop", true),
+            ("*.shop.svc.cluster.local", "payments", false),
+            ("*.svc.cluster.local", "payments", true),
+            ("*.cluster.local", "payments.shop", true),
+            ("*.local", "payments.shop", true),
+            ("*.default.svc.cluster.local", "payments", true),
+        ] {
+            let r = host_ref(host, "default").expect(host);
+            assert_eq!(r.names(key), named, "{host} {key}");
+        }
+        assert_eq!(
+            host_ref("payments", "shop"),
+            Ok(HostRef::Service(
+                Cow::Borrowed("payments.shop").into_owned().into()
+            ))
+        );
+        for (host, words) in [
+            ("*", "not allowed for sidecars"),
+            ("*.shop", "names no mesh service"),
+            ("*.example.com", "names no mesh service"),
+            ("*.shop.svc.example.org", "names no mesh service"),
+            ("*.*.svc.cluster.local", "names no mesh service"),
+            ("a.*.svc.cluster.local", "wildcard"),
+        ] {
+            let err = host_ref(host, "default").expect_err(host);
+            assert!(err.contains(words), "{host}: {err}");
+        }
+    }
+
+    #[test]
     fn cluster_domains_are_dns_names() {
         for good in ["cluster.local", "corp.internal", "a"] {
             assert_eq!(check_domain(good), Ok(()), "{good}");
         }
-        for bad in ["", "Corp.internal", "corp..internal", ".corp", "corp.internal."] {
+        for bad in [
+            "",
+            "Corp.internal",
+            "corp..internal",
+            ".corp",
+            "corp.internal.",
+        ] {
             assert!(check_domain(bad).is_err(), "{bad:?}");
         }
     }

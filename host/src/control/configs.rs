@@ -4,7 +4,7 @@
 //! naming the resource and the field.
 
 use super::compile::{canary_config, entry_retry};
-use super::istio::{Resource, Spec, WasmSource, service_of_host};
+use super::istio::{Resource, Spec, WasmSource};
 use serde_json::{Value, json};
 
 /// Where a configured plugin's code comes from.
@@ -49,9 +49,13 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
     match &r.spec {
         Spec::VirtualService(vs) => {
             for host in &vs.hosts {
-                if let Ok(service) = service_of_host(host, &r.namespace)
-                    && let Some(config) = canary_config(&service, vs, &r.namespace, true, None)
-                {
+                // A wildcard's configuration is judged once, its calls to itself named by it.
+                let service = match crate::names::host_ref(host, &r.namespace) {
+                    Ok(crate::names::HostRef::Service(s)) => s.into_owned(),
+                    Ok(crate::names::HostRef::Wildcard(_)) => host.clone(),
+                    Err(_) => continue,
+                };
+                if let Some(config) = canary_config(&service, vs, &r.namespace, true, None) {
                     // The canary's words name `http[i]...`, as its configuration is laid out.
                     add("spec".into(), Code::Builtin("canary"), &config);
                 }

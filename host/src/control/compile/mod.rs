@@ -170,8 +170,10 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     let mut warnings = Vec::new();
 
     let mut services: BTreeSet<String> = BTreeSet::new();
-    services.extend(catalog.virtual_services.keys().cloned());
-    services.extend(catalog.destination_rules.keys().cloned());
+    // Wildcard hosts name the services there are; they add none.
+    let exact = |k: &&String| !k.starts_with('*');
+    services.extend(catalog.virtual_services.keys().filter(exact).cloned());
+    services.extend(catalog.destination_rules.keys().filter(exact).cloned());
     for (r, vs) in &catalog.virtual_service_list {
         let ns = r.namespace.as_str();
         let hosts = vs.http.iter().flat_map(|e| &e.route);
@@ -240,14 +242,8 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     let mut snapshot = Snapshot::default();
     for service in &services {
         let service = service.as_str();
-        let vs = catalog
-            .virtual_services
-            .get(service)
-            .and_then(|l| l.first());
-        let dr = catalog
-            .destination_rules
-            .get(service)
-            .and_then(|l| l.first());
+        let vs = Catalog::for_service(&catalog.virtual_services, service);
+        let dr = Catalog::for_service(&catalog.destination_rules, service);
         let applies =
             move |targets: &BTreeSet<String>| targets.is_empty() || targets.contains(service);
         // A WasmPlugin named like a built-in is a new build of that policy (see below).
@@ -459,6 +455,15 @@ fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
+/// A resource host's key in the catalog: the service's key, or the wildcard as written
+/// (`*.shop.svc.cluster.local`; no service key starts with `*`).
+fn host_key(host: &str, namespace: &str) -> Option<String> {
+    match crate::names::host_ref(host, namespace).ok()? {
+        crate::names::HostRef::Service(key) => Some(key.into_owned()),
+        crate::names::HostRef::Wildcard(_) => Some(host.to_string()),
+    }
+}
+
 /// Resources by what compiling needs, in a fixed order whatever order they came in.
 ///
 /// VirtualServices and DestinationRules are keyed by the service keys their hosts name; those
@@ -474,6 +479,21 @@ struct Catalog<'a> {
 }
 
 impl<'a> Catalog<'a> {
+    /// The resource that holds for service `key` in `map`: the one naming it exactly, else the
+    /// wildcard with the longest suffix naming it, as Istio picks the most specific host.
+    fn for_service<'m, T>(map: &'m BTreeMap<String, Vec<T>>, key: &str) -> Option<&'m T> {
+        if let Some(list) = map.get(key) {
+            return list.first();
+        }
+        map.iter()
+            .filter_map(|(host, list)| {
+                let suffix = host.strip_prefix("*.")?;
+                crate::names::wildcard_names(suffix, key).then_some((suffix.len(), list))
+            })
+            .max_by_key(|(len, _)| *len)
+            .and_then(|(_, list)| list.first())
+    }
+
     fn new(resources: &'a [Resource], viewer: Option<&str>) -> Self {
         let mut sorted: Vec<&Resource> = resources.iter().collect();
         sorted.sort_by(|a, b| {
@@ -504,11 +524,8 @@ impl<'a> Catalog<'a> {
                         continue;
                     }
                     catalog.virtual_service_list.push((r, vs));
-                    let services: BTreeSet<String> = vs
-                        .hosts
-                        .iter()
-                        .filter_map(|h| service_of_host(h, ns).ok().map(Into::into))
-                        .collect();
+                    let services: BTreeSet<String> =
+                        vs.hosts.iter().filter_map(|h| host_key(h, ns)).collect();
                     for s in services {
                         catalog.virtual_services.entry(s).or_default().push((r, vs));
                     }
@@ -517,10 +534,10 @@ impl<'a> Catalog<'a> {
                     if !visible(&dr.export_to, ns) {
                         continue;
                     }
-                    if let Ok(s) = service_of_host(&dr.host, ns) {
+                    if let Some(s) = host_key(&dr.host, ns) {
                         catalog
                             .destination_rules
-                            .entry(s.into_owned())
+                            .entry(s)
                             .or_default()
                             .push((r, dr));
                     }

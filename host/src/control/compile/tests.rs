@@ -1195,3 +1195,62 @@ spec:
         "payments.shop"
     );
 }
+
+#[test]
+fn wildcard_hosts_hold_for_the_services_without_a_more_specific_one() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: shop-wide, namespace: shop }
+spec:
+  hosts: ['*.shop.svc.cluster.local']
+  http:
+  - directResponse: { status: 503, body: { string: closed } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{ destination: { host: reviews } }]
+    timeout: 2s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: everything }
+spec:
+  host: '*.svc.cluster.local'
+  trafficPolicy: { outlierDetection: { consecutive5xxErrors: 5 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets: [{ name: v1, labels: { version: v1 } }]
+";
+    let resources = parse(text);
+    assert_eq!(validate_warnings(&resources), "");
+    let shop = |service: &str, address: &str| Workload {
+        namespace: "shop".into(),
+        ..workload(service, "v1", address)
+    };
+    let mut workloads = mesh();
+    workloads.push(shop("payments", "127.0.0.1:9201"));
+    workloads.push(shop("reviews", "127.0.0.1:9202"));
+    let s = snapshot_for(&resources, &workloads, &workloads[2]);
+    // shop's payments: the wildcard VirtualService and DestinationRule.
+    assert_eq!(
+        chain(&s, "payments.shop"),
+        ["canary", "headers", "retry", "outlier", "telemetry"]
+    );
+    // shop's reviews: its own VirtualService, more specific than the wildcard.
+    assert_eq!(s.services["reviews.shop"].timeout.as_deref(), Some("2s"));
+    assert!(!chain(&s, "reviews.shop").contains(&"headers".to_string()));
+    // default's payments: its exact DestinationRule wins over the wildcard's outlier policy.
+    assert_eq!(chain(&s, "payments"), ["retry", "telemetry"]);
+    assert!(s.services["payments"].subsets.contains_key("v1"));
+    assert!(chain(&s, "orders").contains(&"outlier".to_string()));
+    // No service comes from a wildcard alone.
+    assert!(s.services.keys().all(|k| !k.starts_with('*')));
+}

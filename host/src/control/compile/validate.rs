@@ -154,11 +154,7 @@ pub(super) fn check_subsets(
                 "{}: spec.http[{i}].route[{j}].destination.subset",
                 r.origin()
             );
-            match catalog
-                .destination_rules
-                .get(service.as_ref())
-                .and_then(|l| l.first())
-            {
+            match Catalog::for_service(&catalog.destination_rules, &service) {
                 None => errors.push(format!(
                     "{at}: unknown subset {subset} of {service} (no DestinationRule for {service})"
                 )),
@@ -204,10 +200,7 @@ pub(super) fn check_routes(
     let Some(service) = targets.first().filter(|_| targets.len() == 1) else {
         return;
     };
-    let vs = catalog
-        .virtual_services
-        .get(service)
-        .and_then(|l| l.first());
+    let vs = Catalog::for_service(&catalog.virtual_services, service);
     let known: Vec<&str> = vs
         .map(|(_, vs)| vs.http.iter().filter_map(|e| e.name.as_deref()).collect())
         .unwrap_or_default();

@@ -145,7 +145,7 @@ pub(super) fn check_destination_rule(
     namespace: &str,
     problems: &mut Problems,
 ) {
-    if let Err(e) = service_of_host(&dr.host, namespace) {
+    if let Err(e) = crate::names::host_ref(&dr.host, namespace) {
         problems.at("spec.host", e);
     }
     let mut names = BTreeSet::new();

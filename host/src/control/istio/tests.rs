@@ -293,7 +293,7 @@ fn envelope_errors() {
     );
     assert_error(
         &vs("  hosts: [\"*.example.com\"]\n  http: []\n"),
-        "spec.hosts[0]: \"*.example.com\": wildcard hosts are not supported by Weft yet",
+        "spec.hosts[0]: \"*.example.com\" names no mesh service",
     );
     assert_error(
         &vs("  hosts: [payments]\n"),

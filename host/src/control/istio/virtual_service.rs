@@ -530,18 +530,24 @@ pub(super) fn check_virtual_service(vs: &VirtualService, namespace: &str, proble
     if vs.hosts.is_empty() {
         problems.at("spec.hosts", "at least one host is required");
     }
-    let mut services = BTreeSet::new();
+    // As Istio: two hosts of one VirtualService must not overlap (`*.shop.svc.cluster.local`
+    // and `payments.shop` are duplicates, as are a wildcard and a shorter one).
+    let mut seen: Vec<(&str, crate::names::HostRef)> = Vec::new();
     for (i, host) in vs.hosts.iter().enumerate() {
-        match service_of_host(host, namespace) {
-            Ok(s) if services.contains(&s) => problems.at(
-                format!("spec.hosts[{i}]"),
-                format!("{host:?} names service {s} again"),
-            ),
-            Ok(s) => {
-                services.insert(s);
+        let named = match crate::names::host_ref(host, namespace) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.at(format!("spec.hosts[{i}]"), e);
+                continue;
             }
-            Err(e) => problems.at(format!("spec.hosts[{i}]"), e),
+        };
+        if let Some((first, _)) = seen.iter().find(|(_, r)| r.overlaps(&named)) {
+            problems.at(
+                format!("spec.hosts[{i}]"),
+                format!("{host:?} names services {first:?} already names (as in Istio, hosts of one VirtualService must not overlap)"),
+            );
         }
+        seen.push((host, named));
     }
     if vs.http.is_empty() {
         problems.at(
