@@ -64,6 +64,38 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
             "spec.http[0].route",
             "weights sum to 0",
         ),
+        // Retries and faults are judged by the retry and fault plugins, as sidecars run them.
+        (
+            seed_with("perTryTimeout: 2s", "perTryTimeout: 0s"),
+            "spec.http[0].retries.perTryTimeout",
+            "at least 1ms",
+        ),
+        (
+            seed_with("perTryTimeout: 2s", "perTryTimeout: 2s\n      backoff: 0s"),
+            "spec.http[0].retries.backoff",
+            "at least 1ms",
+        ),
+        (
+            seed_with(
+                "    timeout: 6s",
+                "    timeout: 6s\n    fault: { delay: { fixedDelay: 1s, percentage: { value: 150 } } }",
+            ),
+            "spec.http[0].fault.delay.percentage.value",
+            "from 0 to 100",
+        ),
+        (
+            seed_with(
+                "    timeout: 6s",
+                "    timeout: 6s\n    fault: { abort: { httpStatus: 99, percent: 10 } }",
+            ),
+            "spec.http[0].fault.abort.httpStatus",
+            "from 200 to 599",
+        ),
+        (
+            seed_with("    timeout: 6s", "    timeout: 6s\n    fault: {}"),
+            "spec.http[0].fault",
+            "a delay, an abort, or both",
+        ),
     ];
     for (yaml, field, words) in bad {
         match call(

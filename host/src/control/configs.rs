@@ -111,9 +111,13 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
 }
 
 /// A plugin's refusal placed at the field it came from: a reason that starts with a field
-/// of its configuration (`retryOn: ...`) extends the path (`spec.http[0].retries.retryOn: ...`).
+/// of its configuration (`retryOn: ...`) extends the path (`spec.http[0].retries.retryOn: ...`),
+/// also behind the SDK's `invalid configuration: ` (a refusal while the JSON was read).
 pub(super) fn at_field(at: &str, reason: &str) -> String {
-    match reason.split_once(": ") {
+    let inner = reason
+        .strip_prefix("invalid configuration: ")
+        .unwrap_or(reason);
+    match inner.split_once(": ") {
         Some((field, rest))
             if !field.is_empty()
                 && field
@@ -170,6 +174,13 @@ mod tests {
         assert_eq!(
             at_field("f: spec", "http[1].match[0].uri.regex: bad"),
             "f: spec.http[1].match[0].uri.regex: bad"
+        );
+        assert_eq!(
+            at_field(
+                "f: spec.http[0].fault",
+                "invalid configuration: delay.percent: must be from 0 to 100 (got 150)"
+            ),
+            "f: spec.http[0].fault.delay.percent: must be from 0 to 100 (got 150)"
         );
         assert_eq!(
             at_field("f: spec.pluginConfig", "tenant header missing: add one"),

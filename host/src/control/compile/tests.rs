@@ -350,7 +350,7 @@ fn the_features_example_compiles() {
     );
     assert_eq!(
         plugin(&snapshot, "payments", "fault").config,
-        json!({"delay": {"fixedDelay": "5s", "percentage": {"value": 10.0}},
+        json!({"delay": {"fixedDelay": "5s", "percent": 10},
                    "abort": {"httpStatus": 503, "percentage": {"value": 5.0}}})
     );
     assert_eq!(

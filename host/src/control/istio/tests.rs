@@ -153,16 +153,17 @@ fn durations_are_checked_with_their_path() {
         &text,
         "spec.http[0].timeout: invalid type: integer `6`, expected a string",
     );
+    // The timeout is the host's (a service's overall timeout); retries' durations are the
+    // retry plugin's to judge, at apply.
     let text = vs(&format!(
         "{ROUTE}    timeout: 6x\n    retries: {{ attempts: 2, perTryTimeout: 0s }}\n"
     ));
     let all = errors_of(&text);
-    for needle in [
-        "spec.http[0].timeout: invalid duration \"6x\"",
-        "spec.http[0].retries.perTryTimeout: must be at least 1ms",
-    ] {
-        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-    }
+    assert!(
+        all.contains("spec.http[0].timeout: invalid duration \"6x\""),
+        "{all}"
+    );
+    assert!(!all.contains("perTryTimeout"), "{all}");
 }
 
 #[test]
@@ -324,27 +325,23 @@ fn faults_are_checked_and_normalised() {
         panic!("not a VirtualService")
     };
     let fault = v.http[0].fault.as_ref().expect("fault").to_config();
+    // As written: the fault plugin reads `percentage` first, then `percent`, as Istio does.
     assert_eq!(
         fault,
-        json!({"delay": {"fixedDelay": "5s", "percentage": {"value": 10.0}},
-                   "abort": {"httpStatus": 503, "percentage": {"value": 5.0}}})
+        json!({"delay": {"fixedDelay": "5s", "percent": 10},
+                   "abort": {"httpStatus": 503, "percentage": {"value": 5.0}, "percent": 50}})
     );
+    // Fields Weft does not have are refused when read; the values are the fault plugin's to
+    // judge, at apply.
     let text = vs(&format!(
         "{ROUTE}    fault:\n      delay: {{ percentage: {{ value: 150 }}, exponentialDelay: 1s }}\n      abort: {{ httpStatus: 99 }}\n"
     ));
     let all = errors_of(&text);
-    for needle in [
-        "spec.http[0].fault.delay.exponentialDelay: not supported by Weft yet",
-        "spec.http[0].fault.delay.fixedDelay: required",
-        "spec.http[0].fault.delay.percentage.value: must be between 0 and 100, got 150",
-        "spec.http[0].fault.abort.httpStatus: must be between 200 and 599, got 99",
-    ] {
-        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-    }
-    assert_error(
-        &vs(&format!("{ROUTE}    fault: {{}}\n")),
-        "spec.http[0].fault: one of delay or abort is required",
+    assert!(
+        all.contains("spec.http[0].fault.delay.exponentialDelay: not supported by Weft yet"),
+        "{all}"
     );
+    assert!(!all.contains("httpStatus"), "{all}");
 }
 
 #[test]

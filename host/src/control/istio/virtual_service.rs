@@ -484,9 +484,12 @@ impl Fault {
             if let Some(t) = &d.fixed_delay {
                 delay.insert("fixedDelay".into(), Value::from(t.as_str()));
             }
-            let share = d.percentage.map(|p| p.value).or(d.percent.map(f64::from));
-            if let Some(v) = share {
-                delay.insert("percentage".into(), serde_json::json!({ "value": v }));
+            // As written: the plugin reads both, `percentage` first, as Istio does.
+            if let Some(p) = d.percentage {
+                delay.insert("percentage".into(), serde_json::json!({ "value": p.value }));
+            }
+            if let Some(p) = d.percent {
+                delay.insert("percent".into(), Value::from(p));
             }
             out.insert("delay".into(), Value::Object(delay));
         }
@@ -495,9 +498,11 @@ impl Fault {
             if let Some(s) = a.http_status {
                 abort.insert("httpStatus".into(), Value::from(s));
             }
-            let share = a.percentage.map(|p| p.value).or(a.percent.map(f64::from));
-            if let Some(v) = share {
-                abort.insert("percentage".into(), serde_json::json!({ "value": v }));
+            if let Some(p) = a.percentage {
+                abort.insert("percentage".into(), serde_json::json!({ "value": p.value }));
+            }
+            if let Some(p) = a.percent {
+                abort.insert("percent".into(), Value::from(p));
             }
             out.insert("abort".into(), Value::Object(abort));
         }
@@ -566,22 +571,15 @@ pub(super) fn check_virtual_service(vs: &VirtualService, namespace: &str, proble
         for (k, m) in entry.matches.iter().enumerate() {
             check_match(m, &format!("{at}.match[{k}]"), problems);
         }
-        if let Some(r) = &entry.retries {
-            if let Some(t) = &r.per_try_timeout {
-                check_duration(t, &format!("{at}.retries.perTryTimeout"), true, problems);
-            }
-            if let Some(t) = &r.backoff {
-                check_duration(t, &format!("{at}.retries.backoff"), true, problems);
-            }
-            if r.retry_ignore_previous_hosts == Some(false) {
-                problems.at(
-                    format!("{at}.retries.retryIgnorePreviousHosts"),
-                    "false is not supported by Weft yet: a retry always prefers another endpoint",
-                );
-            }
-        }
-        if let Some(f) = &entry.fault {
-            check_fault(f, &format!("{at}.fault"), problems);
+        // Retries and faults are judged at apply by the retry and fault plugins themselves
+        // (`control::configs`), so their rules live once.
+        if let Some(r) = &entry.retries
+            && r.retry_ignore_previous_hosts == Some(false)
+        {
+            problems.at(
+                format!("{at}.retries.retryIgnorePreviousHosts"),
+                "false is not supported by Weft yet: a retry always prefers another endpoint",
+            );
         }
     }
 }
@@ -676,39 +674,5 @@ pub(super) fn check_string_match(
         .count();
     if given > 1 || (required && given == 0) {
         problems.at(at, "exactly one of exact, prefix or regex is required");
-    }
-}
-
-pub(super) fn check_fault(f: &Fault, at: &str, problems: &mut Problems) {
-    if f.delay.is_none() && f.abort.is_none() {
-        problems.at(at, "one of delay or abort is required");
-    }
-    if let Some(d) = &f.delay {
-        match &d.fixed_delay {
-            None => problems.at(format!("{at}.delay.fixedDelay"), "required"),
-            Some(t) => check_duration(t, &format!("{at}.delay.fixedDelay"), true, problems),
-        }
-        if let Some(p) = d.percentage {
-            check_percentage(p.value, &format!("{at}.delay.percentage.value"), problems);
-        }
-        if let Some(p) = d.percent {
-            check_percentage(f64::from(p), &format!("{at}.delay.percent"), problems);
-        }
-    }
-    if let Some(a) = &f.abort {
-        match a.http_status {
-            None => problems.at(format!("{at}.abort.httpStatus"), "required"),
-            Some(s) if !(200..=599).contains(&s) => problems.at(
-                format!("{at}.abort.httpStatus"),
-                format!("must be between 200 and 599, got {s}"),
-            ),
-            Some(_) => {}
-        }
-        if let Some(p) = a.percentage {
-            check_percentage(p.value, &format!("{at}.abort.percentage.value"), problems);
-        }
-        if let Some(p) = a.percent {
-            check_percentage(f64::from(p), &format!("{at}.abort.percent"), problems);
-        }
     }
 }
