@@ -96,6 +96,15 @@ async fn what_a_plugin_would_refuse_is_refused_at_apply_and_the_mesh_carries_on(
             "spec.http[0].fault",
             "a delay, an abort, or both",
         ),
+        // Per-destination headers on two destinations a call cannot tell apart.
+        (
+            seed_with(
+                "{ host: payments, subset: v2 } # the canary",
+                "{ host: payments, subset: v1 }\n      headers: { request: { set: { x-a: '1' } } }",
+            ),
+            "spec.http[0].route[1].headers",
+            "names the same destination",
+        ),
     ];
     for (yaml, field, words) in bad {
         match call(
@@ -366,7 +375,11 @@ spec:
   - name: moved
     match: [{ uri: { prefix: /old } }]
     redirect: { uri: /new, redirectCode: 302 }
-  - route: [{ destination: { host: payments } }]
+  - route:
+    - destination: { host: payments }
+      headers:
+        request: { set: { x-destination: payments, x-env: dev } }
+        response: { set: { x-destination: payments } }
     retries: { attempts: 3, retryOn: 5xx }
     headers:
       request: { set: { x-env: prod }, remove: [x-debug] }
@@ -439,14 +452,23 @@ async fn each_http_entrys_fault_retries_and_timeout_hold_for_its_calls_alone() {
         resp.headers().get("x-served-by").map(|v| v.as_bytes()),
         Some(&b"weft"[..])
     );
+    assert_eq!(
+        resp.headers().get("x-destination").map(|v| v.as_bytes()),
+        Some(&b"payments"[..])
+    );
     let (got, _, _) = read(resp).await;
     assert_eq!(got, StatusCode::OK);
     let upstream = &app.seen()[seen];
+    // The entry's operations run after its destination's, so its `set` of x-env wins.
     assert_eq!(
         upstream.headers.get("x-env").map(|v| v.as_bytes()),
         Some(&b"prod"[..])
     );
     assert!(upstream.headers.get("x-debug").is_none());
+    assert_eq!(
+        upstream.headers.get("x-destination").map(|v| v.as_bytes()),
+        Some(&b"payments"[..])
+    );
     let seen = app.seen().len();
     let (got, headers, body) = read(
         send(Method::GET, "/maintenance", &[])

@@ -68,7 +68,7 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
                         &config,
                     );
                 }
-                if let Some(config) = entry.actions_config() {
+                if let Some(config) = entry.actions_config(&r.namespace) {
                     add(format!("spec.http[{i}]"), Code::Builtin("headers"), &config);
                 }
                 if let Some(fault) = &entry.fault {

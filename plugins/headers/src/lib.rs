@@ -4,7 +4,9 @@
 //! the same actions, else one per distinct configuration, scoped to the routes that have it.
 //!
 //! Header operations run as Envoy's do: removals, then `set` (replacing), then `add`
-//! (appending). A local answer carries the entry's response operations too.
+//! (appending). A local answer carries the entry's response operations too. A destination's
+//! own operations (Istio's `route[].headers`) apply when the canary sent the call there, before
+//! the entry's, so the entry's `set` wins, as Envoy applies the less specific level last.
 
 mod cors;
 #[cfg(test)]
@@ -14,6 +16,7 @@ pub use cors::{Cors, CorsConfig, OriginMatch};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use weft_sdk::host::state;
 use weft_sdk::{
     Filter, Hooks, LocalResponse, Request, RequestAction, Response, ResponseAction, export_filter,
 };
@@ -62,10 +65,48 @@ pub struct Redirect {
     pub redirect_code: Option<u16>,
 }
 
+/// One of the entry's destinations (Istio's `route[]`) with its header operations, for the
+/// calls the canary sent to it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationHeaders {
+    /// The service, as the host names it (`payments`, `payments.shop`).
+    pub service: String,
+    /// The subset, or none for the whole service.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Its operations.
+    #[serde(default)]
+    pub headers: RouteHeaders,
+}
+
+/// Istio's `Headers`: operations on the request and on the response.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteHeaders {
+    /// Operations on the request.
+    #[serde(default)]
+    pub request: HeaderOperations,
+    /// Operations on the response.
+    #[serde(default)]
+    pub response: HeaderOperations,
+}
+
+impl RouteHeaders {
+    fn is_empty(&self) -> bool {
+        self.request == HeaderOperations::default() && self.response == HeaderOperations::default()
+    }
+}
+
 /// The plugin's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
+    /// The entry's destinations, in order, with their own operations, for the calls the
+    /// canary sent to each; a destination with operations must be the only one naming its
+    /// service and subset, or a call could not tell which it took.
+    #[serde(default)]
+    pub route: Vec<DestinationHeaders>,
     /// Operations on the request on its way up.
     #[serde(default)]
     pub request: HeaderOperations,
@@ -93,8 +134,16 @@ enum Answer {
 pub struct Headers {
     request: HeaderOperations,
     response: HeaderOperations,
+    destinations: Vec<DestinationHeaders>,
     answer: Option<Answer>,
     cors: Option<Cors>,
+}
+
+/// How long a call's destination is remembered for its response.
+const REMEMBER_MS: u32 = 300_000;
+
+fn destination_key(call_id: u64) -> String {
+    format!("destination/{call_id}")
 }
 
 /// Whether `name` can be written as a header: an HTTP token, not a pseudo-header.
@@ -171,6 +220,13 @@ fn apply(ops: &HeaderOperations, head: &mut impl Head) {
 }
 
 impl Headers {
+    /// Whether some destination has response operations.
+    fn destination_responses(&self) -> bool {
+        self.destinations
+            .iter()
+            .any(|d| d.headers.response != HeaderOperations::default())
+    }
+
     /// The local answer for `req`, with the response operations applied.
     fn local(&self, answer: &Answer, req: &Request<'_>) -> LocalResponse {
         let mut reply = match answer {
@@ -227,6 +283,39 @@ impl Filter for Headers {
     fn new(config: Config) -> Result<Self, String> {
         check_operations("request", &config.request)?;
         check_operations("response", &config.response)?;
+        for (i, d) in config.route.iter().enumerate() {
+            let at = format!("route[{i}]");
+            if d.service.is_empty() {
+                return Err(format!("{at}.service: must not be empty"));
+            }
+            check_operations(&format!("{at}.headers.request"), &d.headers.request)?;
+            check_operations(&format!("{at}.headers.response"), &d.headers.response)?;
+            let same = |e: &DestinationHeaders| e.service == d.service && e.subset == d.subset;
+            let twin = config
+                .route
+                .iter()
+                .enumerate()
+                .find(|(j, e)| *j != i && same(e));
+            if let Some((j, _)) = twin
+                && !d.headers.is_empty()
+            {
+                let subset = d
+                    .subset
+                    .as_deref()
+                    .map(|s| format!(" subset {s}"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "{at}.headers: route[{j}] names the same destination ({}{subset}), so a call cannot tell which of the two it took; Weft cannot apply per-destination headers here",
+                    d.service
+                ));
+            }
+        }
+        // Only destinations with operations are kept: the others need no look-up.
+        let destinations: Vec<DestinationHeaders> = config
+            .route
+            .into_iter()
+            .filter(|d| !d.headers.is_empty())
+            .collect();
         let answer = match (config.direct_response, config.redirect) {
             (Some(_), Some(_)) => {
                 return Err("set one of directResponse and redirect, not both".into());
@@ -277,6 +366,7 @@ impl Filter for Headers {
         Ok(Headers {
             request: config.request,
             response: config.response,
+            destinations,
             answer,
             cors,
         })
@@ -287,11 +377,14 @@ impl Filter for Headers {
         if self.answer.is_some()
             || self.cors.is_some()
             || self.request != HeaderOperations::default()
+            || !self.destinations.is_empty()
         {
             hooks |= Hooks::ON_REQUEST;
         }
         if self.answer.is_none()
-            && (self.cors.is_some() || self.response != HeaderOperations::default())
+            && (self.cors.is_some()
+                || self.response != HeaderOperations::default()
+                || self.destination_responses())
         {
             hooks |= Hooks::ON_RESPONSE;
         }
@@ -308,6 +401,22 @@ impl Filter for Headers {
         if let Some(answer) = &self.answer {
             return RequestAction::Respond(self.local(answer, req));
         }
+        if !self.destinations.is_empty() {
+            let to = req.destination();
+            let chosen = self
+                .destinations
+                .iter()
+                .position(|d| d.service == to.service && d.subset == to.subset);
+            if let Some(i) = chosen {
+                let d = &self.destinations[i].headers;
+                apply(&d.request, req);
+                if d.response != HeaderOperations::default() {
+                    // The response hook learns the destination from this plugin's state.
+                    let index = (i as u32).to_le_bytes();
+                    let _ = state::set(&destination_key(call_id), &index, None, REMEMBER_MS);
+                }
+            }
+        }
         apply(&self.request, req);
         RequestAction::Continue
     }
@@ -315,6 +424,18 @@ impl Filter for Headers {
     fn on_response(&self, call_id: u64, resp: &mut Response<'_>) -> ResponseAction {
         if let Some(cors) = &self.cors {
             cors.on_response(call_id, resp);
+        }
+        if self.destination_responses() {
+            let key = destination_key(call_id);
+            if let Some(v) = state::get(&key) {
+                state::delete(&key);
+                let index = <[u8; 4]>::try_from(v.value.as_slice())
+                    .map(|b| u32::from_le_bytes(b) as usize)
+                    .ok();
+                if let Some(d) = index.and_then(|i| self.destinations.get(i)) {
+                    apply(&d.headers.response, resp);
+                }
+            }
         }
         apply(&self.response, resp);
         ResponseAction::Continue

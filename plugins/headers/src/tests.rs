@@ -230,3 +230,63 @@ fn unmatched_preflights_can_be_answered_without_cors_headers() {
     let err = refused(r#"{"cors": {"allowOrigins": [{"regex": "("}]}}"#);
     assert!(err.contains("cors.allowOrigins[0].regex"), "{err}");
 }
+
+#[test]
+fn a_destinations_operations_hold_for_the_calls_sent_there_before_the_entrys() {
+    let mut h = harness(
+        r#"{"request": {"set": {"x-env": "prod"}},
+            "response": {"set": {"x-route": "entry"}},
+            "route": [
+              {"service": "payments", "subset": "v2", "headers": {
+               "request": {"set": {"x-canary": "1", "x-env": "canary"}},
+               "response": {"set": {"x-route": "v2", "x-served-by": "v2"}}}},
+              {"service": "payments", "subset": "v1",
+               "headers": {"request": {"set": {"x-canary": "0"}}}},
+              {"service": "payments"}
+            ]}"#,
+    );
+    // Sent to v2 (as the canary would): v2's operations, then the entry's, whose set wins.
+    let mut req = TestRequest::get("payments", "/charge");
+    req.destination.subset = Some("v2".into());
+    let (call, _) = h.on_request(&mut req);
+    assert_eq!(req.header_text("x-canary").as_deref(), Some("1"));
+    assert_eq!(req.header_text("x-env").as_deref(), Some("prod"));
+    let mut resp = TestResponse::new(200);
+    h.on_response(call, &mut resp);
+    assert_eq!(resp.header_text("x-served-by").as_deref(), Some("v2"));
+    assert_eq!(resp.header_text("x-route").as_deref(), Some("entry"));
+    // Sent to v1: v1's request operations only; nothing remembered for its response.
+    let mut req = TestRequest::get("payments", "/charge");
+    req.destination.subset = Some("v1".into());
+    let (call, _) = h.on_request(&mut req);
+    assert_eq!(req.header_text("x-canary").as_deref(), Some("0"));
+    let mut resp = TestResponse::new(200);
+    h.on_response(call, &mut resp);
+    assert_eq!(resp.header_text("x-served-by"), None);
+    // Sent elsewhere (the whole service): the entry's alone.
+    let mut req = TestRequest::get("payments", "/charge");
+    h.on_request(&mut req);
+    assert_eq!(req.header_text("x-canary"), None);
+    assert_eq!(req.header_text("x-env").as_deref(), Some("prod"));
+}
+
+#[test]
+fn a_destination_listed_twice_is_refused() {
+    let err = refused(
+        r#"{"route": [{"service": "payments"},
+                      {"service": "payments", "headers": {"request": {"set": {"a": "2"}}}}]}"#,
+    );
+    assert!(
+        err.starts_with("route[1].headers: route[0] names the same destination (payments)"),
+        "{err}"
+    );
+    // The same destination twice without operations is nothing to tell apart.
+    harness(r#"{"route": [{"service": "payments"}, {"service": "payments"}]}"#);
+    let err = refused(
+        r#"{"route": [{"service": "payments", "headers": {"request": {"set": {"bad name": "1"}}}}]}"#,
+    );
+    assert!(
+        err.starts_with("route[0].headers.request.bad name"),
+        "{err}"
+    );
+}

@@ -267,7 +267,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         let mut timeout = None;
         match vs {
             Some((vr, vs)) => {
-                let policies = RoutePolicies::of(vs);
+                let policies = RoutePolicies::of(vs, &vr.namespace);
                 timeout = policies.service_timeout;
                 // Scoped plugins need the canary to name the route, even where it would
                 // otherwise change nothing.

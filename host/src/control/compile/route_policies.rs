@@ -101,7 +101,7 @@ fn instances(
 
 impl RoutePolicies {
     /// The policies of `vs`'s entries.
-    pub(super) fn of(vs: &VirtualService) -> RoutePolicies {
+    pub(super) fn of(vs: &VirtualService, namespace: &str) -> RoutePolicies {
         let mut out = RoutePolicies::default();
         // Entries for some callers only (`sourceLabels`, `sourceNamespace`) are left out of
         // other callers' canaries, so their policies must be scoped to them even when every
@@ -122,8 +122,11 @@ impl RoutePolicies {
         } else {
             out.shared_fault = faults;
         }
-        let (actions, scoped_actions) =
-            instances("headers", groups(vs, HttpRoute::actions_config), per_caller);
+        let (actions, scoped_actions) = instances(
+            "headers",
+            groups(vs, |e| e.actions_config(namespace)),
+            per_caller,
+        );
         out.actions = actions;
         let (retries, scoped_retries) = instances("retry", groups(vs, entry_retry), per_caller);
         out.retries = retries;
@@ -146,6 +149,12 @@ mod tests {
     use super::*;
     use crate::control::istio::{Spec, parse_yaml};
 
+    impl RoutePolicies {
+        fn of_default(vs: &VirtualService) -> RoutePolicies {
+            RoutePolicies::of(vs, "default")
+        }
+    }
+
     fn vs(http: &str) -> VirtualService {
         let text = format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: reviews }}\n\
@@ -159,7 +168,7 @@ mod tests {
 
     #[test]
     fn one_entry_keeps_one_unscoped_plugin_per_policy() {
-        let p = RoutePolicies::of(&vs(
+        let p = RoutePolicies::of_default(&vs(
             "  - route: [{ destination: { host: reviews } }]\n    timeout: 6s\n    \
              retries: { attempts: 3, retryOn: 5xx }\n    \
              fault: { abort: { httpStatus: 503, percentage: { value: 10 } } }\n",
@@ -175,7 +184,8 @@ mod tests {
 
     #[test]
     fn istios_backoff_is_the_retry_plugins_base_interval() {
-        let p = RoutePolicies::of(&vs("  - route: [{ destination: { host: reviews } }]\n    \
+        let p =
+            RoutePolicies::of_default(&vs("  - route: [{ destination: { host: reviews } }]\n    \
              retries: { attempts: 2, backoff: 100ms }\n"));
         assert_eq!(p.retries[0].config["backoff"]["baseInterval"], "100ms");
     }
@@ -184,7 +194,7 @@ mod tests {
     fn entries_that_differ_get_plugins_scoped_to_their_routes() {
         // Istio's fault-injection task: jason is delayed, everyone else is not; a POST-only
         // route has retries off; only the first entry has a timeout.
-        let p = RoutePolicies::of(&vs(
+        let p = RoutePolicies::of_default(&vs(
             "  - name: jason\n    match: [{ headers: { end-user: { exact: jason } } }]\n    \
              fault: { delay: { fixedDelay: 7s, percentage: { value: 100 } } }\n    \
              timeout: 10s\n    route: [{ destination: { host: reviews } }]\n  \

@@ -226,7 +226,7 @@ pub struct DirectBody {
 }
 
 /// Istio's `Headers`: operations on the request and on the response.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Headers {
     /// On the request, on its way up.
@@ -238,7 +238,7 @@ pub struct Headers {
 }
 
 /// Istio's `Headers.HeaderOperations`: `remove`, then `set` (replace), then `add` (append).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOperations {
     /// Replaces each header's values with this one.
@@ -255,8 +255,30 @@ pub struct HeaderOperations {
 impl HttpRoute {
     /// The `headers` plugin's configuration for this entry; none when it has nothing to do.
     /// The plugin judges and runs `redirect` and `directResponse` as Istio writes them.
-    pub fn actions_config(&self) -> Option<Value> {
+    pub fn actions_config(&self, namespace: &str) -> Option<Value> {
         let mut out = Map::new();
+        // The destinations, in `route[]` order, with their own operations, named as the canary
+        // names them (by key); only when one has operations.
+        if self.route.iter().any(|d| d.headers.is_some()) {
+            let route: Vec<Value> = self
+                .route
+                .iter()
+                .map(|d| {
+                    let service = crate::names::service_of_host(&d.destination.host, namespace)
+                        .map(std::borrow::Cow::into_owned)
+                        .unwrap_or_else(|_| d.destination.host.clone());
+                    let mut one = serde_json::json!({ "service": service });
+                    if let Some(subset) = &d.destination.subset {
+                        one["subset"] = Value::from(subset.as_str());
+                    }
+                    if let Some(h) = &d.headers {
+                        one["headers"] = serde_json::to_value(h).unwrap_or(Value::Null);
+                    }
+                    one
+                })
+                .collect();
+            out.insert("route".into(), Value::Array(route));
+        }
         if let Some(h) = &self.headers {
             for (side, ops) in [("request", &h.request), ("response", &h.response)] {
                 if let Some(ops) = ops.as_ref().filter(|o| **o != HeaderOperations::default()) {
@@ -373,6 +395,9 @@ pub struct RouteDestination {
     /// a single destination gets every call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Header operations for the calls sent to this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
 }
 
 impl RouteDestination {
@@ -385,6 +410,7 @@ impl RouteDestination {
                 subset: None,
             },
             weight: None,
+            headers: None,
         }
     }
 }
@@ -524,7 +550,6 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("http[].redirect", &["port", "derivePort"]),
     ("http[].directResponse.body", &["bytes"]),
     ("http[].match[]", &["port", "gateways", "statPrefix"]),
-    ("http[].route[]", &["headers"]),
     ("http[].route[].destination", &["port"]),
     ("http[].retries", &["retryRemoteLocalities"]),
     ("http[].fault.delay", &["exponentialDelay"]),
