@@ -103,13 +103,17 @@ impl RoutePolicies {
     /// The policies of `vs`'s entries.
     pub(super) fn of(vs: &VirtualService, namespace: &str) -> RoutePolicies {
         let mut out = RoutePolicies::default();
-        // Entries for some callers only (`sourceLabels`, `sourceNamespace`) are left out of
+        // Entries for some callers only (`sourceLabels`, `sourceNamespace`, `gateways`) are left out of
         // other callers' canaries, so their policies must be scoped to them even when every
         // entry agrees: an unscoped one would run for calls that took no entry.
         let per_caller = vs.http.iter().any(|e| {
             e.matches
                 .iter()
-                .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some())
+                .any(|m| {
+                    !m.source_labels.is_empty()
+                        || m.source_namespace.is_some()
+                        || !m.gateways.is_empty()
+                })
         });
 
         let (faults, scoped_faults) = instances(

@@ -1254,3 +1254,44 @@ spec:
     // No service comes from a wildcard alone.
     assert!(s.services.keys().all(|k| !k.starts_with('*')));
 }
+
+#[test]
+fn a_match_for_gateways_only_is_left_out_of_sidecars() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ uri: { prefix: /admin }, gateways: [istio-system/ingress] }]
+    fault: { abort: { httpStatus: 403, percentage: { value: 100 } } }
+    route: [{ destination: { host: payments } }]
+  - match: [{ uri: { prefix: /internal }, gateways: [mesh, istio-system/ingress] }]
+    route: [{ destination: { host: payments } }]
+    timeout: 1s
+  - route: [{ destination: { host: payments } }]
+";
+    let resources = parse(text);
+    let s = snapshot_for(&resources, &[], &workload("orders", "", "127.0.0.1:1"));
+    let canary = &plugin(&s, "payments", "canary").config;
+    // The edge's /admin abort is not the mesh's; /internal (mesh listed) is, its gateways gone.
+    assert_eq!(canary["http"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        canary["http"][0]["match"],
+        json!([{"uri": {"prefix": "/internal"}}])
+    );
+    // Its fault is scoped to its route, which no call of this sidecar takes.
+    let fault = s.services["payments"]
+        .plugins
+        .iter()
+        .find(|p| p.builtin.as_deref() == Some("fault"))
+        .expect("a fault instance");
+    assert_eq!(fault.routes, ["#0"]);
+    let names: Vec<&Value> = canary["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["name"])
+        .collect();
+    assert!(!names.contains(&&json!("#0")), "{names:?}");
+}

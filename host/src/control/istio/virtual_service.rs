@@ -73,9 +73,11 @@ pub struct HttpRoute {
 }
 
 impl MatchRequest {
-    /// Whether it can hold for calls from a workload with `labels` in `namespace`.
+    /// Whether it can hold for calls from a workload with `labels` in `namespace` (a sidecar:
+    /// its `gateways`, when given, must list `mesh`).
     pub fn is_for_caller(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
-        self.source_labels
+        (self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh"))
+            && self.source_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
             && self
@@ -90,6 +92,7 @@ impl MatchRequest {
         MatchRequest {
             source_labels: BTreeMap::new(),
             source_namespace: None,
+            gateways: Vec::new(),
             ..self.clone()
         }
     }
@@ -356,6 +359,10 @@ pub struct MatchRequest {
     /// The calling workload's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
+    /// The gateways it holds at, overriding the VirtualService's `gateways`: sidecars only
+    /// when it lists `mesh`; empty: wherever the VirtualService applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
     /// Headers that must be present and match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
@@ -549,7 +556,7 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("http[]", &["delegate"]),
     ("http[].redirect", &["port", "derivePort"]),
     ("http[].directResponse.body", &["bytes"]),
-    ("http[].match[]", &["port", "gateways", "statPrefix"]),
+    ("http[].match[]", &["port", "statPrefix"]),
     ("http[].route[].destination", &["port"]),
     ("http[].retries", &["retryRemoteLocalities"]),
     ("http[].fault.delay", &["exponentialDelay"]),
