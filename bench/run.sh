@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Load benchmark: direct app, the Weft sidecar pair (empty chain and the 4-plugin chain), and an
-# nginx pair doing the same two hops, side by side in one run on loopback.
+# Load benchmark: direct app, the Weft sidecar pair (empty chain and the 4-plugin chain), an
+# nginx pair doing the same two hops, and the floor (bench/floor: the smallest hyper + rustls
+# proxy hop, Weft's own stack doing nothing else), side by side in one run on loopback.
 #
 # The load generator runs on core 0, proxies and backend on core 1 (taskset), so the numbers
 # compare proxies rather than a fight for cores. Throughput: wrk at fixed concurrency. Latency:
@@ -23,7 +24,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
-busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-4]|181[0-4][0-9])$' || true)
+busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-8]|181[0-4][0-9])$' || true)
 if [ -n "$busy" ]; then echo "bench ports already in use: $busy (a previous run still alive?)" >&2; exit 1; fi
 if ! need nginx || ! need wrk || ! need openssl; then
   echo "installing nginx, wrk and openssl (for the nginx pair's certificates) from Debian..."
@@ -32,13 +33,16 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked -q -p weft
 cargo build --release --locked -q --manifest-path bench/loadgen/Cargo.toml
+cargo build --release --locked -q --manifest-path bench/floor/Cargo.toml
 WEFT=target/release/weft
 LOADGEN=bench/loadgen/target/release/weft-loadgen
+FLOOR=bench/floor/target/release/weft-floor
 
 BACKEND=18080; NGX_A=18081; NGX_B=18082; NGX_TA=18083; NGX_TB=18084
 ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
 CH_OUT=18121; CH_IN=18122; CH_ADM=18123
 CP=18130; TO_OUT=18131; TO_IN=18132; TO_ADM=18133; TP_OUT=18141; TP_IN=18142; TP_ADM=18143
+FL_A=18085; FL_B=18086; FL_TA=18087; FL_TB=18088
 
 # --- backend, and the nginx pair as a separate process ----------------------------------------
 nginx_conf() { # $1 name, $2 http block body
@@ -102,6 +106,15 @@ PIDS+=($!); NGX_TB_PID=$!
 taskset -c 1 "$NGINX" -c "$WORK/tls_a.conf" -p "$WORK" -e "$WORK/tls_a-error.log" &
 PIDS+=($!); NGX_TA_PID=$!
 
+# --- the floor: two weft-floor hops, in the clear and with mutual TLS 1.3 (the nginx pair's
+# certificates), HTTP/1.1 keep-alive between them ------------------------------------------------
+taskset -c 1 "$FLOOR" "127.0.0.1:$FL_B" "127.0.0.1:$BACKEND" & PIDS+=($!); FL_B_PID=$!
+taskset -c 1 "$FLOOR" "127.0.0.1:$FL_A" "127.0.0.1:$FL_B" & PIDS+=($!); FL_A_PID=$!
+taskset -c 1 "$FLOOR" "127.0.0.1:$FL_TB" "127.0.0.1:$BACKEND" \
+  --tls-in "$WORK/hop_b.pem" "$WORK/hop_b.key" "$WORK/ca.pem" & PIDS+=($!); FL_TB_PID=$!
+taskset -c 1 "$FLOOR" "127.0.0.1:$FL_TA" "127.0.0.1:$FL_TB" \
+  --tls-out "$WORK/hop_a.pem" "$WORK/hop_a.key" "$WORK/ca.pem" hop_b & PIDS+=($!); FL_TA_PID=$!
+
 # --- the weft pairs ---------------------------------------------------------------------------
 snapshot() { # $1 = file, $2 = inbound port of payments, $3 = plugins json
   cat > "$1" <<JSON
@@ -158,7 +171,7 @@ start "$WORK/tord.json"; TO_PID=$!
 for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID; do
   sleep 0.5; kill -0 "$pid" 2>/dev/null || { echo "a sidecar failed to start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
-for port in $BACKEND $NGX_A $NGX_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM; do
+for port in $BACKEND $NGX_A $NGX_TA $FL_A $FL_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
@@ -195,13 +208,18 @@ measure() {
   echo "| path                         | req/s    | p50/p90/p99 µs @1k rps | p50/p90/p99 µs @5k rps | CPU s/10k | RSS MiB |"
   echo "|------------------------------|----------|------------------------|------------------------|-----------|---------|"
   measure "direct app"                "$BACKEND" ""
+  measure "floor pair"                "$FL_A"    "$FL_A_PID $FL_B_PID"
   measure "nginx pair"                "$NGX_A"   "$NGX_A_PID $NGX_B_PID"
   measure "weft pair, empty chain"    "$ORD_OUT" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "$CH_OUT"  "$CH_PID $PAY_PID"
+  measure "floor pair, mTLS 1.3"      "$FL_TA"   "$FL_TA_PID $FL_TB_PID"
   measure "nginx pair, mTLS 1.3"      "$NGX_TA"  "$NGX_TA_PID $NGX_TB_PID"
   measure "weft pair, mTLS (2 plugins)" "$TO_OUT" "$TO_PID $TP_PID"
   echo
   echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
   echo "separate nginx process, not counted). The nginx pair is two nginx processes"
   echo "(master_process off, one worker each), one per hop, as the weft pair is two sidecars."
+  echo "The floor pair is two bench/floor processes (hyper + rustls, one current-thread runtime"
+  echo "each, HTTP/1.1 keep-alive between the hops): what Weft's stack costs before Weft does"
+  echo "anything of its own."
 } | tee "$OUT/latest.md"
