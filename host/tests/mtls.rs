@@ -292,22 +292,51 @@ async fn a_peer_with_the_wrong_identity_fails_the_call() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_calls_share_one_tls_connection_between_the_sidecars() {
-    let mesh = Mesh::new();
-    let payments = pod(&mesh, "payments", PeerAuthMode::Strict).await;
-    let orders = orders(&mesh, payments.sidecar.inbound).await;
-    let outbound = orders.outbound;
-    // 8 downstream connections (one client each), 25 calls on each: 200 calls.
+/// `weft_upstream_connections_opened_total{pool="peers"}` in a scrape.
+fn peer_connections_opened(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_upstream_connections_opened_total{pool=\"peers\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 200 calls from 8 concurrent callers, each on its own connection (HTTP/1.1, or HTTP/2 with
+/// prior knowledge, `:authority` naming the service); (calls answered 200, peer connections
+/// opened).
+async fn two_hundred_calls(outbound: SocketAddr, h2: bool, orders: &Sidecar) -> (usize, u64) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             tokio::spawn(async move {
-                let client = h1_client();
                 let mut ok = 0;
-                for _ in 0..25 {
-                    let resp = client.request(get(outbound, "/")).await.expect("answered");
-                    if read(resp).await.0 == StatusCode::OK {
-                        ok += 1;
+                if h2 {
+                    let stream = tokio::net::TcpStream::connect(outbound)
+                        .await
+                        .expect("connect");
+                    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(stream),
+                    )
+                    .await
+                    .expect("h2 handshake");
+                    tokio::spawn(conn);
+                    for _ in 0..25 {
+                        let req = Request::builder()
+                            .uri("http://payments/")
+                            .body(full(""))
+                            .expect("request");
+                        let resp = sender.send_request(req).await.expect("answered");
+                        if read(resp).await.0 == StatusCode::OK {
+                            ok += 1;
+                        }
+                    }
+                } else {
+                    let client = h1_client();
+                    for _ in 0..25 {
+                        let resp = client.request(get(outbound, "/")).await.expect("answered");
+                        if read(resp).await.0 == StatusCode::OK {
+                            ok += 1;
+                        }
                     }
                 }
                 ok
@@ -318,13 +347,28 @@ async fn many_calls_share_one_tls_connection_between_the_sidecars() {
     for t in tasks {
         ok += t.await.expect("joined");
     }
+    (ok, peer_connections_opened(&support::scrape(orders).await))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reuse_tls_connections_between_the_sidecars() {
+    let mesh = Mesh::new();
+    let payments = pod(&mesh, "payments", PeerAuthMode::Strict).await;
+    let orders = orders(&mesh, payments.sidecar.inbound).await;
+    // HTTP/1.1 from the app: pooled keep-alive connections between the sidecars, so at most
+    // one per concurrent call (one handshake each), reused for the other 192 calls.
+    let (ok, opened) = two_hundred_calls(orders.outbound, false, &orders).await;
     assert_eq!(ok, 200);
-    let metrics = support::scrape(&orders).await;
     assert!(
-        metrics.contains("weft_upstream_connections_opened_total{pool=\"peers\"} 1\n"),
-        "{metrics}"
+        (1..=8).contains(&opened),
+        "{opened} connections for 8 callers"
     );
-    assert_eq!(payments.app.seen().len(), 200);
+    // HTTP/2 from the app (gRPC): one multiplexed connection between the sidecars, so
+    // streams and trailers pass through; it is the only new one.
+    let (ok, after) = two_hundred_calls(orders.outbound, true, &orders).await;
+    assert_eq!(ok, 200);
+    assert_eq!(after, opened + 1, "HTTP/2 calls share one connection");
+    assert_eq!(payments.app.seen().len(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! rustls configurations for mTLS between sidecars: TLS 1.3 only, ALPN `h2`, the `ring`
-//! provider passed to every builder (no process-wide default is assumed or installed).
+//! rustls configurations for mTLS between sidecars: TLS 1.3 only, ALPN `h2` or `http/1.1` (the
+//! app's protocol), the `ring` provider passed to every builder (no process-wide default is
+//! assumed or installed).
 //!
 //! Certificates are read per handshake from the [`Workload`]'s `ArcSwap` and roots from the
 //! [`TrustBundle`]'s, so a rotated certificate or bundle takes effect on the next handshake
@@ -24,8 +25,11 @@ use rustls::{
 };
 use std::sync::{Arc, OnceLock};
 
-/// The ALPN protocol sidecars speak to each other.
+/// The ALPN protocol sidecars speak to each other for calls an app makes over HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
+
+/// The ALPN protocol sidecars speak to each other for calls an app makes over HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// Why a TLS config or bundle could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +191,8 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(CurrentCert(workload)));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // The inbound listener reads the protocol from the first bytes either way.
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))

@@ -186,7 +186,7 @@ impl ProxyMetrics {
         let pool_opened = IntCounterVec::new(
             Opts::new(
                 "weft_upstream_connections_opened_total",
-                "Upstream connections opened, by pool (peers: other sidecars over HTTP/2; app: the local app).",
+                "Upstream connections opened, by pool (peers: other sidecars; app: the local app).",
             ),
             &["pool"],
         )?;

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod deadline;
+pub mod h1_pool;
 pub mod headers;
 pub mod inbound;
 pub mod listener;
@@ -181,10 +182,14 @@ pub struct Inputs {
     pub table: Arc<EndpointTable>,
     /// The plugin runtime.
     pub runtime: Arc<PluginRuntime>,
-    /// Client to peer sidecars (HTTP/2, pooled).
+    /// Client to peer sidecars over HTTP/2 (one multiplexed connection per endpoint), for
+    /// calls the app makes over HTTP/2.
     pub peers: Client<CountingConnector<PeerConnector>, ProxyBody>,
+    /// Client to peer sidecars over HTTP/1.1 (pooled keep-alive connections), for calls the
+    /// app makes over HTTP/1.1.
+    pub peers_h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
     /// Client to the local app (HTTP/1.1, pooled).
-    pub app: Client<CountingConnector, ProxyBody>,
+    pub app: h1_pool::H1Pool<CountingConnector>,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The inbound side's metric handles, resolved once.
@@ -330,9 +335,17 @@ impl Sidecar {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let (peer_connector, inbound_tls) = match &config.mtls {
-            None => (PeerConnector::plain(connector.clone()), None),
+        // Two pools to peers: HTTP/1.1 keep-alive for the calls apps make over HTTP/1.1 (what
+        // nginx, HAProxy and Envoy default to upstream, and cheaper per call than an HTTP/2
+        // stream), HTTP/2 for the calls apps make over HTTP/2 (gRPC), so streams and trailers
+        // pass through intact.
+        let (peer_connectors, inbound_tls) = match &config.mtls {
+            None => {
+                let plain = PeerConnector::plain(connector.clone());
+                ([plain.clone(), plain], None)
+            }
             Some(m) => {
+                use crate::identity::tls::{ALPN_H2, ALPN_HTTP1};
                 use crate::identity::{PeerAuthMode, server_config};
                 let acceptor = |mode| {
                     server_config(m.workload.clone(), m.bundle.clone(), mode)
@@ -343,27 +356,27 @@ impl Sidecar {
                     permissive: acceptor(PeerAuthMode::Permissive)?,
                     bootstrap: m.mode,
                 };
-                let peers = PeerConnector::mtls(
-                    connector.clone(),
-                    m.workload.clone(),
-                    m.bundle.clone(),
-                    table.clone(),
-                );
-                (peers, Some(tls))
+                let peers = |alpn| {
+                    PeerConnector::mtls(
+                        connector.clone(),
+                        alpn,
+                        m.workload.clone(),
+                        m.bundle.clone(),
+                        table.clone(),
+                    )
+                };
+                ([peers(ALPN_H2), peers(ALPN_HTTP1)], Some(tls))
             }
         };
+        let [h2_connector, h1_connector] = peer_connectors;
         let peers = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(CountingConnector::new(
-                peer_connector,
-                metrics.pool("peers"),
-            ));
-        let app = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(CountingConnector::new(connector, metrics.pool("app")));
+            .build(CountingConnector::new(h2_connector, metrics.pool("peers")));
+        let peers_h1 =
+            h1_pool::H1Pool::new(CountingConnector::new(h1_connector, metrics.pool("peers")));
+        let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let inputs = Arc::new(Inputs {
             routes: ArcSwap::from_pointee(routes::Routes::empty()),
             table,
@@ -380,6 +393,7 @@ impl Sidecar {
             },
             runtime,
             peers,
+            peers_h1,
             app,
             inbound_metrics: metrics.handles("inbound", &config.service),
             stream_timeouts: [

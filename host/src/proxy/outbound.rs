@@ -112,16 +112,25 @@ fn local_for(outcome: Outcome, service: &str) -> Response<ProxyBody> {
 }
 
 /// Classifies a failed attempt from the client's error.
-fn classify(err: &hyper_util::client::legacy::Error) -> Outcome {
-    if err.is_connect() {
-        return Outcome::ConnectFailure;
-    }
+fn classify(err: &hyper_util::client::legacy::Error) -> (Outcome, String) {
     let text = format!("{err:?}");
-    if text.contains("REFUSED_STREAM") {
+    let outcome = if err.is_connect() {
+        Outcome::ConnectFailure
+    } else if text.contains("REFUSED_STREAM") {
         Outcome::RefusedStream
     } else {
         Outcome::Reset
-    }
+    };
+    (outcome, text)
+}
+
+/// [`classify`] for the HTTP/1.1 pool: no connection, or a connection that failed.
+fn classify_h1(err: &super::h1_pool::PeerError) -> (Outcome, String) {
+    let outcome = match err {
+        super::h1_pool::PeerError::Connect(_) => Outcome::ConnectFailure,
+        super::h1_pool::PeerError::Http(_) => Outcome::Reset,
+    };
+    (outcome, err.to_string())
 }
 
 /// Handles one request from the local app.
@@ -565,14 +574,29 @@ async fn attempts(
                 let mut upstream = Request::new(body);
                 *upstream.method_mut() = head.method.clone();
                 *upstream.uri_mut() = uri;
-                *upstream.version_mut() = Version::HTTP_2;
                 *upstream.headers_mut() = head.headers.clone();
                 outstanding.fetch_add(1, Ordering::Relaxed);
                 let per_try = match (head.per_try_timeout, remaining) {
                     (Some(p), Some(r)) => Some(p.min(r)),
                     (p, r) => p.or(r),
                 };
-                let sent = inputs.peers.request(upstream);
+                // The hop between sidecars speaks the app's protocol (see `Inputs::peers_h1`).
+                let sent = async {
+                    if call.summary.protocol == Protocol::Http2 {
+                        *upstream.version_mut() = Version::HTTP_2;
+                        inputs
+                            .peers
+                            .request(upstream)
+                            .await
+                            .map_err(|e| classify(&e))
+                    } else {
+                        inputs
+                            .peers_h1
+                            .request(upstream)
+                            .await
+                            .map_err(|e| classify_h1(&e))
+                    }
+                };
                 let result = match per_try {
                     Some(t) => tokio::time::timeout(t, sent).await.ok(),
                     None => Some(sent.await),
@@ -585,9 +609,9 @@ async fn attempts(
                         response = Some(resp);
                         Outcome::Response(status)
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(service = %target.service, endpoint = %address, "attempt failed: {e:?}");
-                        classify(&e)
+                    Some(Err((outcome, why))) => {
+                        tracing::debug!(service = %target.service, endpoint = %address, "attempt failed: {why}");
+                        outcome
                     }
                 }
             }

@@ -151,8 +151,10 @@ pub struct PeerConnector {
     tls: Option<Arc<PeerTls>>,
 }
 
-/// What TLS to peers needs: our certificate, the roots, and where to learn an endpoint's service.
+/// What TLS to peers needs: our certificate, the roots, where to learn an endpoint's service,
+/// and the protocol (ALPN) its pool speaks.
 pub struct PeerTls {
+    alpn: &'static [u8],
     workload: Arc<Workload>,
     bundle: Arc<TrustBundle>,
     table: Arc<EndpointTable>,
@@ -167,14 +169,17 @@ impl PeerConnector {
         PeerConnector { tcp, tls: None }
     }
 
-    /// mTLS to peers; an endpoint's service is found in `table` by its address.
+    /// mTLS to peers speaking `alpn` (`ALPN_H2` or `ALPN_HTTP1`); an endpoint's service is
+    /// found in `table` by its address.
     pub fn mtls(
         tcp: HttpConnector,
+        alpn: &'static [u8],
         workload: Arc<Workload>,
         bundle: Arc<TrustBundle>,
         table: Arc<EndpointTable>,
     ) -> Self {
         let tls = PeerTls {
+            alpn,
             workload,
             bundle,
             table,
@@ -205,7 +210,12 @@ impl PeerTls {
         let (name, namespace) = crate::names::key_parts(&service);
         let expected = SpiffeId::new(own.trust_domain(), namespace, name)
             .map_err(|e| format!("service {service} has no valid SPIFFE ID: {e}"))?;
-        let config = client_config(self.workload.clone(), self.bundle.clone(), expected)?;
+        let mut config = client_config(self.workload.clone(), self.bundle.clone(), expected)?;
+        if self.alpn != crate::identity::tls::ALPN_H2 {
+            let mut other = (*config).clone();
+            other.alpn_protocols = vec![self.alpn.to_vec()];
+            config = Arc::new(other);
+        }
         self.configs.write().insert(service, config.clone());
         Ok(config)
     }

@@ -107,13 +107,11 @@ impl RoutePolicies {
         // other callers' canaries, so their policies must be scoped to them even when every
         // entry agrees: an unscoped one would run for calls that took no entry.
         let per_caller = vs.http.iter().any(|e| {
-            e.matches
-                .iter()
-                .any(|m| {
-                    !m.source_labels.is_empty()
-                        || m.source_namespace.is_some()
-                        || !m.gateways.is_empty()
-                })
+            e.matches.iter().any(|m| {
+                !m.source_labels.is_empty()
+                    || m.source_namespace.is_some()
+                    || !m.gateways.is_empty()
+            })
         });
 
         let (faults, scoped_faults) = instances(

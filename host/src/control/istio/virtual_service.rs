@@ -77,9 +77,10 @@ impl MatchRequest {
     /// its `gateways`, when given, must list `mesh`).
     pub fn is_for_caller(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
         (self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh"))
-            && self.source_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
             && self
                 .source_namespace
                 .as_deref()
