@@ -21,6 +21,8 @@ struct Raw {
     namespace: Option<String>,
     #[serde(default)]
     cluster_domain: Option<String>,
+    #[serde(default)]
+    worker_threads: Option<usize>,
     outbound: String,
     inbound: String,
     admin: String,
@@ -101,6 +103,9 @@ pub struct Bootstrap {
     /// The cluster domain callers' hosts are read in, when not `cluster.local` (the process
     /// sets it before it starts; see `crate::names::set_cluster_domain`).
     pub cluster_domain: Option<String>,
+    /// Runtime worker threads: 1 is a current-thread runtime; none: one per CPU the process
+    /// may use (so a sidecar pinned to one CPU gets a current-thread runtime).
+    pub worker_threads: Option<usize>,
 }
 
 /// Why a bootstrap was refused.
@@ -193,6 +198,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     let namespace = raw
         .namespace
         .unwrap_or_else(|| crate::names::DEFAULT_NAMESPACE.to_string());
+    if raw.worker_threads.is_some_and(|n| !(1..=256).contains(&n)) {
+        errors.push("workerThreads: must be from 1 to 256".into());
+    }
     if let Some(d) = &raw.cluster_domain
         && let Err(e) = crate::names::check_domain(d)
     {
@@ -255,6 +263,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         advertise,
         mtls,
         cluster_domain: raw.cluster_domain,
+        worker_threads: raw.worker_threads,
     })
 }
 
@@ -318,7 +327,8 @@ mod tests {
         let err = parse(
             &minimal(
                 r#", "timeouts": {"requestHeaders": "0s", "idle": "1e300s"}, "mtls": "yes",
-                     "pluginDeadline": "0s", "outbound": "nowhere", "pathNormalization": "base""#,
+                     "pluginDeadline": "0s", "outbound": "nowhere", "pathNormalization": "base",
+                     "workerThreads": 0"#,
             )
             .replace(r#""outbound": "127.0.0.1:15001","#, ""),
             Path::new("."),
@@ -332,6 +342,7 @@ mod tests {
             "mtls: \"yes\" is not STRICT or PERMISSIVE",
             "pluginDeadline: must be above zero",
             "pathNormalization: \"base\" is not NONE",
+            "workerThreads: must be from 1 to 256",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }

@@ -194,6 +194,9 @@ pub fn sidecar_with(
         "controlPlane": {"address": cp.to_string(), "token": service_token,
                          "caFile": bundle_file(cp)},
         "drainTimeout": "2s", "pluginDeadline": "1s",
+        // A current-thread runtime, as a sidecar pinned to one CPU runs (the in-process tests
+        // run the multi-thread one).
+        "workerThreads": 1,
     });
     if let (Some(b), Some(extra)) = (bootstrap.as_object_mut(), extra.as_object()) {
         b.extend(extra.clone());
