@@ -51,6 +51,17 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     assert!(out.status.success(), "demo failed:\n{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    // The baseline: calls straight to a pod, beside which the phases' latency means something.
+    let baseline = &report["baseline"];
+    assert!(
+        baseline["calls"].as_u64().unwrap_or(0) >= 100,
+        "baseline: {baseline}"
+    );
+    assert_eq!(baseline["failed"], 0, "baseline: {baseline}");
+    assert!(
+        baseline["p50Ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "baseline: {baseline}"
+    );
     let phases = report["phases"].as_array().expect("phases");
     let by_name = |name: &str| {
         phases

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use view::{Counters, PhaseReport, Tally};
+use view::{Baseline, Counters, PhaseReport, Tally};
 
 /// The seed's Istio YAML: the demo's embedded default.
 const SEED: &str = include_str!("../../../../examples/payments/payments.yaml");
@@ -119,10 +119,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     match outcome {
-        Ok(Some(reports)) => {
+        Ok(Some((direct, reports))) => {
             if mode == Mode::Json {
                 let out = serde_json::json!({
                     "workDir": work,
+                    "baseline": direct,
                     "phases": reports,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
@@ -347,7 +348,27 @@ async fn change(
     })
 }
 
-async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<PhaseReport>> {
+/// How long the baseline (calls straight to a pod) is measured.
+const BASELINE_TIME: Duration = Duration::from_secs(2);
+
+/// Calls pod `to`'s app directly, at the demo's rate, for [`BASELINE_TIME`].
+async fn baseline(to: SocketAddr, rate: u32) -> Baseline {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = drive(to, rate, tally.clone(), stop.clone());
+    tokio::time::sleep(BASELINE_TIME).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in workers {
+        let _ = task.await;
+    }
+    tally.lock().baseline()
+}
+
+async fn story(
+    args: &Args,
+    mode: Mode,
+    work: &Path,
+) -> anyhow::Result<(Baseline, Vec<PhaseReport>)> {
     // Read first: a wrong path fails before any process starts.
     let mut extra = Vec::new();
     for path in &args.extra {
@@ -359,6 +380,15 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
         extra.push((name, yaml));
     }
     let mesh = start_mesh(mode, work).await?;
+    // What the mesh adds is only visible beside what the app takes on its own.
+    let direct = baseline(mesh.pods[0].addr, args.rate).await;
+    say(
+        mode,
+        &format!(
+            "baseline, no mesh: {} calls straight to pod {}: p50 {:.2} ms, p99 {:.2} ms. Every phase below goes through two sidecars (mTLS, the policy chain); the difference is what the mesh adds.",
+            direct.calls, mesh.pods[0].name, direct.p50_ms, direct.p99_ms
+        ),
+    );
     let phase_time = Duration::from_secs((args.duration / PHASES.len() as u64).max(3));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -408,7 +438,10 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
                     })
                     .collect();
                 print!(
-                    "\x1b[H\x1b[2Jweft demo — orders → payments, the seed scenario (Ctrl-C stops)\n\n{past}\n{}",
+                    "\x1b[H\x1b[2Jweft demo — orders → payments, the seed scenario (Ctrl-C stops)\n\
+                     baseline, no mesh (straight to a pod): p50 {:.2} ms, p99 {:.2} ms\n\n{past}\n{}",
+                    direct.p50_ms,
+                    direct.p99_ms,
                     view::table(i + 1, PHASES.len(), &r)
                 );
                 use std::io::Write as _;
@@ -431,7 +464,7 @@ async fn story(args: &Args, mode: Mode, work: &Path) -> anyhow::Result<Vec<Phase
     if mode == Mode::Live {
         println!("\ndone: every process stops now.");
     }
-    Ok(reports)
+    Ok((direct, reports))
 }
 
 #[cfg(test)]

@@ -41,6 +41,21 @@ impl Tally {
         self.by_version.values().map(|d| d.ok + d.failed).sum()
     }
 
+    /// Every call's latency together: the baseline's, which has no versions to tell apart.
+    pub fn baseline(&self) -> Baseline {
+        let mut all: Vec<u32> = self
+            .by_version
+            .values()
+            .flat_map(|d| d.latencies_us.iter().copied())
+            .collect();
+        Baseline {
+            calls: self.calls(),
+            failed: self.failed(),
+            p50_ms: quantile_ms(&mut all, 0.50),
+            p99_ms: quantile_ms(&mut all, 0.99),
+        }
+    }
+
     fn failed(&self) -> u64 {
         self.by_version.values().map(|d| d.failed).sum()
     }
@@ -54,6 +69,21 @@ fn quantile_ms(v: &mut [u32], q: f64) -> f64 {
     v.sort_unstable();
     let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
     f64::from(v[i]) / 1000.0
+}
+
+/// Calls straight to a payments pod, with no sidecar on the way: what the mesh's latency
+/// compares with.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
 }
 
 /// One destination's line.
