@@ -224,6 +224,8 @@ pub async fn sidecar(
         "mtls": "STRICT",
         "cacheDir": work.join("cache"),
         "drainTimeout": "1s",
+        // Five sidecars share the machine with the demo: one thread each, no hand-offs.
+        "workerThreads": 1,
         // Plugins in other languages may load with `--apply`; their first calls on a fresh
         // instance can take more than the default 10 ms.
         "pluginDeadline": "50ms",
