@@ -14,6 +14,14 @@ use weft::control::client::{ClientError, call};
 /// Each test runs a control plane and sidecars: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A `GET /` to the sidecar whose outbound listener is `to`, naming `host`.
+fn get_host(to: std::net::SocketAddr, host: &str) -> http::Request<support::Body> {
+    let mut req = support::get(to, "/", &[]);
+    let value = http::HeaderValue::from_str(host).expect("host");
+    req.headers_mut().insert("host", value);
+    req
+}
+
 /// `SEED` with one line replaced.
 fn seed_with(from: &str, to: &str) -> String {
     let out = SEED.replacen(from, to, 1);
@@ -647,9 +655,7 @@ async fn two_namespaces_keep_same_named_services_apart() {
     // Which app a call from `from` to `host` reached, and the response's x-namespace.
     let call = async |from: &Proc, host: &str| {
         let (n_here, n_there) = (here.seen().len(), there.seen().len());
-        let mut req = support::get(from.addr("outbound"), "/", &[]);
-        let value = http::HeaderValue::from_str(host).expect("host");
-        req.headers_mut().insert("host", value);
+        let req = get_host(from.addr("outbound"), host);
         let (status, headers, _) = read(client.request(req).await.expect("answered")).await;
         assert_eq!(status, StatusCode::OK, "{host}");
         let reached = match (here.seen().len() - n_here, there.seen().len() - n_there) {
@@ -707,9 +713,7 @@ async fn two_namespaces_keep_same_named_services_apart() {
     mesh.apply("shop-authz.yaml", SHOP_ONLY).await;
     converged(cp, &op, 4, Duration::from_secs(20)).await;
     let status = async |from: &Proc, host: &str| {
-        let mut req = support::get(from.addr("outbound"), "/", &[]);
-        let value = http::HeaderValue::from_str(host).expect("host");
-        req.headers_mut().insert("host", value);
+        let req = get_host(from.addr("outbound"), host);
         read(client.request(req).await.expect("answered")).await.0
     };
     assert_eq!(
@@ -795,9 +799,7 @@ spec:
     converged(cp, &op, 2, Duration::from_secs(10)).await;
     let client = h1_client();
     for host in ["payments", "payments.default.svc.corp.internal"] {
-        let mut req = support::get(orders.addr("outbound"), "/", &[]);
-        req.headers_mut()
-            .insert("host", http::HeaderValue::from_str(host).expect("host"));
+        let req = get_host(orders.addr("outbound"), host);
         let (status, headers, _) = read(client.request(req).await.expect("answered")).await;
         assert_eq!(status, StatusCode::OK, "{host}");
         assert_eq!(headers["x-routed"], "yes", "{host}");

@@ -310,16 +310,7 @@ async fn two_hundred_calls(outbound: SocketAddr, h2: bool, orders: &Sidecar) -> 
             tokio::spawn(async move {
                 let mut ok = 0;
                 if h2 {
-                    let stream = tokio::net::TcpStream::connect(outbound)
-                        .await
-                        .expect("connect");
-                    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-                        hyper_util::rt::TokioExecutor::new(),
-                        hyper_util::rt::TokioIo::new(stream),
-                    )
-                    .await
-                    .expect("h2 handshake");
-                    tokio::spawn(conn);
+                    let mut sender = support::h2_connection(outbound).await;
                     for _ in 0..25 {
                         let req = Request::builder()
                             .uri("http://payments/")

@@ -116,16 +116,7 @@ async fn http2_with_large_bodies_streamed_both_ways() {
     let (_v1, orders) = one_pod(serde_json::json!([]), "6s").await;
     let payload = vec![7u8; 3 * 1024 * 1024];
     // h2c with prior knowledge to the outbound listener; :authority names the service.
-    let stream = tokio::net::TcpStream::connect(orders.outbound)
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = support::h2_connection(orders.outbound).await;
     let req = Request::builder()
         .method(Method::POST)
         .uri("http://payments/echo")

@@ -334,6 +334,20 @@ pub fn h1_client() -> Client<HttpConnector, Body> {
 }
 
 /// An HTTP/2 (prior knowledge, h2c) client.
+/// An HTTP/2 connection with prior knowledge to `addr` (h2c), as an app speaking gRPC opens
+/// one to its sidecar; requests name the service in `:authority`.
+pub async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Body> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 pub fn h2_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)

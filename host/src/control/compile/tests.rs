@@ -26,6 +26,14 @@ fn workload(service: &str, version: &str, address: &str) -> Workload {
     }
 }
 
+/// [`workload`] in namespace `namespace`.
+fn workload_in(namespace: &str, service: &str, version: &str, address: &str) -> Workload {
+    Workload {
+        namespace: namespace.into(),
+        ..workload(service, version, address)
+    }
+}
+
 fn mesh() -> Vec<Workload> {
     vec![
         workload("payments", "v1", "127.0.0.1:9001"),
@@ -488,10 +496,7 @@ fn authorization_policies_go_to_the_workloads_they_select() {
     let orders = snapshot_for(&resources, &workloads, &workloads[2]);
     assert_eq!(names(&orders), ["istio-system/no-admin"]);
     // A policy of namespace shop judges shop's workloads, and only theirs.
-    let shop = Workload {
-        namespace: "shop".into(),
-        ..workload("payments", "v1", "127.0.0.1:9009")
-    };
+    let shop = workload_in("shop", "payments", "v1", "127.0.0.1:9009");
     let shop = snapshot_for(&resources, &workloads, &shop);
     assert_eq!(names(&shop), ["istio-system/no-admin", "shop/elsewhere"]);
     // Without policies the section is absent and the version what it was.
@@ -585,10 +590,7 @@ fn peer_authentication_follows_istio_precedence() {
     ]
     .concat();
     assert_eq!(modes(&ignored), [None, None, None]);
-    let shop = Workload {
-        namespace: "shop".into(),
-        ..workload("payments", "v1", "127.0.0.1:9009")
-    };
+    let shop = workload_in("shop", "payments", "v1", "127.0.0.1:9009");
     assert_eq!(
         snapshot_for(&parse(&ignored), &[], &shop)
             .inbound
@@ -737,10 +739,7 @@ spec:
         )
     };
     let me = workload("orders", "", "127.0.0.1:1");
-    let shop = Workload {
-        namespace: "shop".into(),
-        ..workload("orders", "", "127.0.0.1:2")
-    };
+    let shop = workload_in("shop", "orders", "", "127.0.0.1:2");
     // Seen from namespace default (the VirtualService's own), and from shop.
     for (export, seen, seen_from_shop) in [
         ("['.']", true, false),
@@ -1124,10 +1123,7 @@ fn a_wasm_plugin_applies_in_its_namespace_or_from_the_root_namespace() {
     };
     let text = format!("{}{}{}", doc("default"), doc("istio-system"), doc("shop"));
     let resources = parse(&text);
-    let shop = Workload {
-        namespace: "shop".into(),
-        ..workload("orders", "", "127.0.0.1:2")
-    };
+    let shop = workload_in("shop", "orders", "", "127.0.0.1:2");
     let s = snapshot_for(&resources, &[], &shop);
     let names = chain(&s, "orders.shop");
     assert!(names.contains(&"gate-shop".to_string()), "{names:?}");
@@ -1163,10 +1159,7 @@ spec:
 ";
     let resources = parse(text);
     assert_eq!(validate_warnings(&resources), "");
-    let shop = |version: &str, address: &str| Workload {
-        namespace: "shop".into(),
-        ..workload("payments", version, address)
-    };
+    let shop = |version: &str, address: &str| workload_in("shop", "payments", version, address);
     let mut workloads = mesh();
     workloads.push(shop("v2", "127.0.0.1:9102"));
     let me = workloads[2].clone();
@@ -1231,10 +1224,7 @@ spec:
 ";
     let resources = parse(text);
     assert_eq!(validate_warnings(&resources), "");
-    let shop = |service: &str, address: &str| Workload {
-        namespace: "shop".into(),
-        ..workload(service, "v1", address)
-    };
+    let shop = |service: &str, address: &str| workload_in("shop", service, "v1", address);
     let mut workloads = mesh();
     workloads.push(shop("payments", "127.0.0.1:9201"));
     workloads.push(shop("reviews", "127.0.0.1:9202"));
