@@ -448,3 +448,38 @@ async fn the_control_api_speaks_only_tls_and_clients_check_whom_they_reach() {
     }
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn identities_name_their_namespace_and_never_the_control_planes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cp = control_plane(&dir, Duration::from_secs(3600)).await;
+    // A service token for a key in namespace shop gets shop's identity.
+    let token = cp.service_token("payments.shop");
+    let told = client::identity(&cp.endpoint(), &token)
+        .await
+        .expect("identity");
+    assert_eq!(told.to_string(), "spiffe://weft.local/ns/shop/sa/payments");
+    let key = PendingKey::generate(&told).expect("key");
+    let answer: CertificateAnswer =
+        serde_json::from_slice(&post_csr(&cp, &token, &key).await.expect("certificate"))
+            .expect("answer JSON");
+    assert_eq!(answer.spiffe_id, "spiffe://weft.local/ns/shop/sa/payments");
+    // The operator gets the namespace its CSR names, but never the control plane's own.
+    let op = cp.operator_token().to_string();
+    let other = SpiffeId::new("weft.local", "billing", "ledger").expect("id");
+    let key = PendingKey::generate(&other).expect("key");
+    let answer: CertificateAnswer =
+        serde_json::from_slice(&post_csr(&cp, &op, &key).await.expect("certificate"))
+            .expect("answer JSON");
+    assert_eq!(answer.spiffe_id, "spiffe://weft.local/ns/billing/sa/ledger");
+    let control = SpiffeId::new("weft.local", "weft-system", "weft-control").expect("id");
+    let key = PendingKey::generate(&control).expect("key");
+    match post_csr(&cp, &op, &key).await {
+        Err(ClientError::Refused { status, body }) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(body.contains("weft-system"), "{body}");
+        }
+        other => panic!("signed the control plane's identity: {other:?}"),
+    }
+    cp.stop().await;
+}
