@@ -13,6 +13,8 @@ pub mod config;
 mod filter;
 pub mod host;
 mod http;
+#[cfg(feature = "matching")]
+pub mod matching;
 mod types;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -5,12 +5,14 @@
 //!
 //! See README.md beside this crate for the configuration reference.
 
-use regex_lite::{Regex, RegexBuilder};
+use regex_lite::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_sdk::config::IstioDuration;
 use weft_sdk::host::random_below;
+pub use weft_sdk::matching::StringMatch;
+use weft_sdk::matching::{Pattern, bounded_regex};
 use weft_sdk::{Destination, Filter, Hooks, LocalResponse, Request, RequestAction, export_filter};
 
 // === configuration, as Istio writes it ===
@@ -35,21 +37,6 @@ pub struct WeightedRoute {
     /// Its share relative to the entry's other destinations (weight / sum); omitted is 0.
     #[serde(default)]
     pub weight: Option<u32>,
-}
-
-/// Istio's `StringMatch`: one of `exact`, `prefix`, `regex` (none: presence, where allowed).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StringMatch {
-    /// The whole value equals this.
-    #[serde(default)]
-    pub exact: Option<String>,
-    /// The value starts with this.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// The whole value matches this regular expression (RE2-style syntax).
-    #[serde(default)]
-    pub regex: Option<String>,
 }
 
 /// Istio's `HTTPMatchRequest`: every condition given must hold.
@@ -209,13 +196,6 @@ enum Action {
     Destination(Destination),
 }
 
-enum Pattern {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-    Present,
-}
-
 enum Condition {
     Uri { pattern: Pattern, ignore_case: bool },
     Method(Pattern),
@@ -224,61 +204,6 @@ enum Condition {
     Header { slot: usize, pattern: Pattern },
     WithoutHeader { slot: usize, pattern: Pattern },
     Query { name: String, pattern: Pattern },
-}
-
-// Big enough for any routing pattern people write; small enough that a handful of them stay
-// well inside the sandbox's memory cap (regex-lite's own default is 10 MiB each).
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
-
-impl Pattern {
-    /// Compiles a `StringMatch`. `presence` says whether `{}` is allowed (headers, query
-    /// parameters) and means "present", as Istio has it.
-    fn compile(m: StringMatch, at: &str, presence: bool) -> Result<Pattern, String> {
-        match (m.exact, m.prefix, m.regex) {
-            (Some(e), None, None) => Ok(Pattern::Exact(e)),
-            (None, Some(p), None) => Ok(Pattern::Prefix(p)),
-            // Istio turns the (invalid RE2) regex "*" into a presence check.
-            (None, None, Some(r)) if presence && r == "*" => Ok(Pattern::Present),
-            (None, None, Some(r)) => compile_regex(&r, &format!("{at}.regex")).map(Pattern::Regex),
-            (None, None, None) if presence => Ok(Pattern::Present),
-            _ => Err(format!("{at}: set exactly one of exact, prefix, regex")),
-        }
-    }
-
-    fn matches(&self, value: &[u8]) -> bool {
-        match self {
-            Pattern::Exact(e) => value == e.as_bytes(),
-            Pattern::Prefix(p) => value.starts_with(p.as_bytes()),
-            // regex-lite matches text only; a value that is not UTF-8 cannot match.
-            Pattern::Regex(r) => std::str::from_utf8(value).is_ok_and(|s| r.is_match(s)),
-            Pattern::Present => true,
-        }
-    }
-
-    fn matches_ignoring_case(&self, value: &[u8]) -> bool {
-        match self {
-            Pattern::Exact(e) => value.eq_ignore_ascii_case(e.as_bytes()),
-            Pattern::Prefix(p) => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
-            // As Envoy: case-insensitivity does not apply to regexes; use `(?i)`.
-            _ => self.matches(value),
-        }
-    }
-}
-
-fn compile_regex(pattern: &str, at: &str) -> Result<Regex, String> {
-    let build = |p: &str| {
-        RegexBuilder::new(p)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| format!("{at}: {e}"))
-    };
-    // Compiled alone first, so that a pattern like `a)|(b` cannot close our group and slip
-    // out of the anchors below.
-    build(pattern)?;
-    // Envoy's safe_regex is a full match: the pattern must cover the whole value.
-    build(&format!(r"\A(?:{pattern})\z"))
 }
 
 fn check_header_name(name: &str, at: &str) -> Result<(), String> {
@@ -361,10 +286,7 @@ fn compile_match(
 /// Compiles Istio's `uriRegexRewrite`: RE2's `\N` group references become regex-lite's
 /// `${N}`, and a literal `$` is escaped.
 fn compile_regex_rewrite(rr: RegexRewrite, at: &str) -> Result<(Regex, String), String> {
-    let pattern = RegexBuilder::new(&rr.pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| format!("{at}.match: {e}"))?;
+    let pattern = bounded_regex(&rr.pattern, &format!("{at}.match"))?;
     let mut replacement = String::with_capacity(rr.rewrite.len());
     let mut chars = rr.rewrite.chars().peekable();
     while let Some(c) = chars.next() {

@@ -4,26 +4,14 @@
 //! request from any other origin gets no CORS headers, and its preflight is forwarded (or, with
 //! `unmatchedPreflights: IGNORE`, answered without them).
 
-use regex_lite::Regex;
 use serde::Deserialize;
 use weft_sdk::config::IstioDuration;
 use weft_sdk::host::state;
+use weft_sdk::matching::Pattern;
 use weft_sdk::{LocalResponse, Request, Response};
 
-/// Istio's `StringMatch` for origins.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OriginMatch {
-    /// Equal to this.
-    #[serde(default)]
-    pub exact: Option<String>,
-    /// Starts with this.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Matched whole by this expression.
-    #[serde(default)]
-    pub regex: Option<String>,
-}
+/// Istio's `StringMatch`, for origins.
+pub use weft_sdk::matching::StringMatch as OriginMatch;
 
 /// The policy as written (camelCase).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -52,15 +40,9 @@ pub struct CorsConfig {
     pub unmatched_preflights: Option<String>,
 }
 
-enum Origin {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-}
-
 /// A compiled policy.
 pub struct Cors {
-    origins: Vec<Origin>,
+    origins: Vec<Pattern>,
     preflight_headers: Vec<(String, Vec<u8>)>,
     credentials: bool,
     expose: Option<String>,
@@ -80,14 +62,7 @@ impl Cors {
         let mut origins = Vec::new();
         for (i, m) in config.allow_origins.into_iter().enumerate() {
             let at = format!("cors.allowOrigins[{i}]");
-            origins.push(match (m.exact, m.prefix, m.regex) {
-                (Some(e), None, None) => Origin::Exact(e),
-                (None, Some(p), None) => Origin::Prefix(p),
-                (None, None, Some(r)) => Origin::Regex(
-                    Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("{at}.regex: {e}"))?,
-                ),
-                _ => return Err(format!("{at}: set exactly one of exact, prefix, regex")),
-            });
+            origins.push(Pattern::compile(m, &at, false)?);
         }
         let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         for (field, list) in [
@@ -140,10 +115,10 @@ impl Cors {
     }
 
     fn allows(&self, origin: &str) -> bool {
+        // `exact: "*"` is any origin, as Envoy reads it.
         self.origins.iter().any(|o| match o {
-            Origin::Exact(e) => e == "*" || e == origin,
-            Origin::Prefix(p) => origin.starts_with(p.as_str()),
-            Origin::Regex(r) => r.is_match(origin),
+            Pattern::Exact(e) if e == "*" => true,
+            o => o.matches(origin.as_bytes()),
         })
     }
 
