@@ -125,9 +125,16 @@ impl HostRef<'_> {
             HostRef::Wildcard(suffix) => wildcard_names(suffix, key),
         }
     }
-}
 
-impl HostRef<'_> {
+    /// Its key among resources: the service's key, or the wildcard as written
+    /// (`*.shop.svc.cluster.local`; no service key starts with `*`).
+    pub fn key(&self) -> String {
+        match self {
+            HostRef::Service(k) => k.to_string(),
+            HostRef::Wildcard(suffix) => format!("*.{suffix}"),
+        }
+    }
+
     /// Whether some service could be named by both.
     pub fn overlaps(&self, other: &HostRef) -> bool {
         match (self, other) {

@@ -50,10 +50,9 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
         Spec::VirtualService(vs) => {
             for host in &vs.hosts {
                 // A wildcard's configuration is judged once, its calls to itself named by it.
-                let service = match crate::names::host_ref(host, &r.namespace) {
-                    Ok(crate::names::HostRef::Service(s)) => s.into_owned(),
-                    Ok(crate::names::HostRef::Wildcard(_)) => host.clone(),
-                    Err(_) => continue,
+                let Ok(service) = crate::names::host_ref(host, &r.namespace).map(|r| r.key())
+                else {
+                    continue;
                 };
                 if let Some(config) = canary_config(&service, vs, &r.namespace, true, None) {
                     // The canary's words name `http[i]...`, as its configuration is laid out.

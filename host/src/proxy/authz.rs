@@ -78,9 +78,13 @@ impl Source {
             (yes.is_empty() || value.is_some_and(|v| any(yes, v)))
                 && value.is_none_or(|v| !any(no, v))
         };
-        let namespace = principal.and_then(namespace_of);
         holds(&self.principals, &self.not_principals, principal)
-            && holds(&self.namespaces, &self.not_namespaces, namespace)
+            && (self.namespaces.is_empty() && self.not_namespaces.is_empty()
+                || holds(
+                    &self.namespaces,
+                    &self.not_namespaces,
+                    principal.and_then(namespace_of),
+                ))
     }
 }
 

@@ -84,12 +84,17 @@ where
         {
             req.headers_mut().insert(http::header::HOST, host);
         }
-        // Origin form on the wire, as a client speaking to a server (not a proxy) sends it.
+        // Origin form on the wire, as a client speaking to a server (not a proxy) sends it;
+        // built from the parts, so nothing is parsed again.
         let target = req.uri().clone();
-        let origin = target
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        if let Ok(origin) = origin.parse::<http::Uri>() {
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            target
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(origin) = http::Uri::from_parts(origin) {
             *req.uri_mut() = origin;
         }
         if let Some(mut sender) = self.checkout(&key) {

@@ -328,7 +328,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
 
         let mut endpoints: Vec<EndpointSpec> = workloads
             .iter()
-            .filter(|w| w.key() == service)
+            .filter(|w| crate::names::key_parts(service) == (&w.service, &w.namespace))
             .map(|w| EndpointSpec {
                 address: w.address.clone(),
                 labels: w.effective_labels(),
@@ -455,13 +455,11 @@ fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
-/// A resource host's key in the catalog: the service's key, or the wildcard as written
-/// (`*.shop.svc.cluster.local`; no service key starts with `*`).
+/// A resource host's key in the catalog ([`crate::names::HostRef::key`]).
 fn host_key(host: &str, namespace: &str) -> Option<String> {
-    match crate::names::host_ref(host, namespace).ok()? {
-        crate::names::HostRef::Service(key) => Some(key.into_owned()),
-        crate::names::HostRef::Wildcard(_) => Some(host.to_string()),
-    }
+    crate::names::host_ref(host, namespace)
+        .ok()
+        .map(|r| r.key())
 }
 
 /// Resources by what compiling needs, in a fixed order whatever order they came in.
