@@ -181,9 +181,27 @@ async fn retries_turn_a_backend_failing_10_percent_into_about_0_1_percent() {
     ))
     .await;
     let n = 5_000;
-    let statuses = fire(orders.outbound, n, 32, "/charge", &[]).await;
+    let statuses = fire(orders.outbound, n, 32, "/charge", &[("x-user", "tester")]).await;
     let failed = failures(&statuses);
-    let tries = flaky.app.seen().len();
+    let seen = flaky.app.seen();
+    let tries = seen.len();
+    // A retry is the same request again: every try, the retried ones too, carries the caller's
+    // headers and the one request id.
+    assert!(
+        seen.iter()
+            .all(|s| s.headers.get("x-user").is_some_and(|v| v == "tester")
+                && s.headers.contains_key("x-request-id")),
+        "a try lost the caller's headers"
+    );
+    let retried_ids = seen
+        .iter()
+        .filter_map(|s| s.headers.get("x-request-id"))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(
+        retried_ids, n,
+        "each call keeps one request id across its tries"
+    );
     let backend_503 = flaky.app.failed.load(Ordering::SeqCst);
     println!(
         "retry: {failed} of {n} calls failed ({:.2}%), backend saw {tries} tries, {backend_503} of them 503",

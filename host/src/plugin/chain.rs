@@ -138,6 +138,11 @@ impl Chain {
         self.on_response_before(call_id, head, route, answered_at)
     }
 
+    /// Whether a plugin may ask for a retry of a call on `route`: one runs `on-attempt-end`.
+    pub fn may_retry(&self, route: RouteId) -> bool {
+        self.on_attempt_end.iter().any(|p| p.serves(route))
+    }
+
     /// Runs `on-attempt-end` through every plugin that asked and serves the call's `route`
     /// (all observe); a retry is asked for if any plugin asks, after the longest delay asked.
     pub fn on_attempt_end(&self, attempt: &Attempt, route: RouteId) -> Decided<AttemptVerdict> {

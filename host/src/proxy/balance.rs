@@ -77,31 +77,39 @@ pub struct Candidate {
 }
 
 /// Picks an endpoint, or none when every candidate is ejected. `random(n)` returns a uniform
-/// index below `n`.
-pub fn pick(
-    candidates: &[Candidate],
+/// index below `n`. The candidates are walked again rather than collected: a pick allocates
+/// nothing.
+pub fn pick<I>(
+    candidates: I,
     avoid: Option<u64>,
     policy: Policy,
     mut random: impl FnMut(usize) -> usize,
-) -> Option<u64> {
-    let healthy = |c: &&Candidate| !c.ejected;
-    let fresh = |c: &&Candidate| Some(c.id) != avoid;
-    let mut pool: Vec<&Candidate> = candidates.iter().filter(healthy).filter(fresh).collect();
-    if pool.is_empty() {
-        pool = candidates.iter().filter(healthy).collect();
-    }
-    match (pool.len(), policy) {
+) -> Option<u64>
+where
+    I: Iterator<Item = Candidate> + Clone,
+{
+    let healthy = |c: &Candidate| !c.ejected;
+    let fresh = |c: &Candidate| !c.ejected && Some(c.id) != avoid;
+    // The healthy candidates but the one to avoid, or every healthy one when that leaves none.
+    let fresh_count = candidates.clone().filter(fresh).count();
+    let (n, keep): (usize, &dyn Fn(&Candidate) -> bool) = if fresh_count > 0 {
+        (fresh_count, &fresh)
+    } else {
+        (candidates.clone().filter(healthy).count(), &healthy)
+    };
+    let nth = |i: usize| candidates.clone().filter(|c| keep(c)).nth(i);
+    match (n, policy) {
         (0, _) => None,
-        (1, _) => Some(pool[0].id),
-        (n, Policy::Random) => Some(pool[random(n)].id),
-        (n, Policy::RoundRobin(turn)) => Some(pool[turn % n].id),
+        (1, _) => nth(0).map(|c| c.id),
+        (n, Policy::Random) => nth(random(n)).map(|c| c.id),
+        (n, Policy::RoundRobin(turn)) => nth(turn % n).map(|c| c.id),
         (n, Policy::LeastRequest) => {
             let a = random(n);
             let mut b = random(n - 1);
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (pool[a], pool[b]);
+            let (a, b) = (nth(a)?, nth(b)?);
             Some(if b.outstanding < a.outstanding {
                 b.id
             } else {
@@ -164,9 +172,12 @@ mod tests {
         ];
         for (i, (candidates, avoid, randoms, expected)) in cases.into_iter().enumerate() {
             let mut r = randoms.into_iter();
-            let got = pick(&candidates, avoid, Policy::LeastRequest, |_| {
-                r.next().unwrap_or(0)
-            });
+            let got = pick(
+                candidates.iter().copied(),
+                avoid,
+                Policy::LeastRequest,
+                |_| r.next().unwrap_or(0),
+            );
             assert_eq!(got, expected, "case {i}");
         }
     }
@@ -177,12 +188,17 @@ mod tests {
         let mut seed = 12345u64;
         let mut counts = [0u32; 5];
         for _ in 0..40_000 {
-            let got = pick(&candidates, None, Policy::LeastRequest, |n| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed % n as u64) as usize
-            });
+            let got = pick(
+                candidates.iter().copied(),
+                None,
+                Policy::LeastRequest,
+                |n| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed % n as u64) as usize
+                },
+            );
             counts[got.unwrap_or(0) as usize] += 1;
         }
         for (id, count) in counts.iter().enumerate().skip(1) {
@@ -192,7 +208,7 @@ mod tests {
 
     #[test]
     fn round_robin_takes_turns_over_the_healthy_and_random_ignores_load() {
-        let candidates = vec![
+        let candidates = [
             c(1, 0, false),
             c(2, 0, true),
             c(3, 0, false),
@@ -200,7 +216,7 @@ mod tests {
         ];
         let b = Balancer::new(Kind::RoundRobin);
         let turns: Vec<Option<u64>> = (0..6)
-            .map(|_| pick(&candidates, None, b.next(), |_| 0))
+            .map(|_| pick(candidates.iter().copied(), None, b.next(), |_| 0))
             .collect();
         assert_eq!(
             turns,
@@ -208,7 +224,10 @@ mod tests {
             "ejected endpoint 2 skipped"
         );
         // Random takes the drawn index even when that endpoint is the busiest.
-        assert_eq!(pick(&candidates, None, Policy::Random, |_| 2), Some(4));
+        assert_eq!(
+            pick(candidates.iter().copied(), None, Policy::Random, |_| 2),
+            Some(4)
+        );
         assert_eq!(Kind::parse("roundRobin"), Some(Kind::RoundRobin));
         assert_eq!(Kind::parse("ROUND_ROBIN"), None);
     }

@@ -24,6 +24,12 @@ pub fn empty() -> ProxyBody {
 
 /// A body of these bytes.
 pub fn full(bytes: Bytes) -> ProxyBody {
+    if bytes.is_empty() {
+        // A zero-sized body boxes without allocating: most requests carry none.
+        return http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+    }
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -157,19 +163,19 @@ pub struct BodyEnd {
 }
 
 /// A response body that counts bytes and calls `on_end` exactly once when it is over.
-pub struct ReportingBody {
-    inner: ProxyBody,
+pub struct ReportingBody<B: Body, F: FnOnce(BodyEnd)> {
+    inner: B,
     bytes: u64,
-    on_end: Option<Box<dyn FnOnce(BodyEnd) + Send>>,
+    on_end: Option<F>,
 }
 
-impl ReportingBody {
-    /// Wraps `inner`.
-    pub fn new(inner: ProxyBody, on_end: impl FnOnce(BodyEnd) + Send + 'static) -> Self {
+impl<B: Body, F: FnOnce(BodyEnd)> ReportingBody<B, F> {
+    /// Wraps `inner`; generic over both, so a response is boxed once, not three times.
+    pub fn new(inner: B, on_end: F) -> Self {
         ReportingBody {
             inner,
             bytes: 0,
-            on_end: Some(Box::new(on_end)),
+            on_end: Some(on_end),
         }
     }
 
@@ -183,14 +189,18 @@ impl ReportingBody {
     }
 }
 
-impl Body for ReportingBody {
+impl<B, F> Body for ReportingBody<B, F>
+where
+    B: Body<Data = Bytes> + Unpin,
+    F: FnOnce(BodyEnd) + Unpin,
+{
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -214,7 +224,7 @@ impl Body for ReportingBody {
     }
 }
 
-impl Drop for ReportingBody {
+impl<B: Body, F: FnOnce(BodyEnd)> Drop for ReportingBody<B, F> {
     fn drop(&mut self) {
         let complete = self.inner.is_end_stream();
         self.end(complete);

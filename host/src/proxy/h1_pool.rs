@@ -11,7 +11,6 @@
 //! new connection, as nothing of it reached the peer.
 
 use super::body::ProxyBody;
-use http::uri::Authority;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
@@ -53,7 +52,8 @@ struct Idle {
 /// The pool, connecting through `C` (a counting connector around the peers' or the app's).
 pub struct H1Pool<C> {
     connector: C,
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    /// By endpoint authority as written in the request URI (`10.0.0.1:15006`).
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
 impl<C> H1Pool<C>
@@ -67,7 +67,7 @@ where
     pub fn new(connector: C) -> Self {
         H1Pool {
             connector,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
         }
     }
 
@@ -97,10 +97,10 @@ where
         if let Ok(origin) = http::Uri::from_parts(origin) {
             *req.uri_mut() = origin;
         }
-        if let Some(mut sender) = self.checkout(&key) {
+        if let Some(mut sender) = self.checkout(key.as_str()) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin(key, sender);
+                    self.checkin(key.as_str(), sender);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -112,12 +112,12 @@ where
         }
         let mut sender = self.connect(target).await?;
         let resp = sender.send_request(req).await.map_err(PeerError::Http)?;
-        self.checkin(key, sender);
+        self.checkin(key.as_str(), sender);
         Ok(resp)
     }
 
     /// The newest ready connection to `key`, dropping closed and expired ones on the way.
-    fn checkout(&self, key: &Authority) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, key: &str) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key)?;
         let now = Instant::now();
@@ -134,9 +134,15 @@ where
         None
     }
 
-    fn checkin(&self, key: Authority, sender: SendRequest<ProxyBody>) {
+    fn checkin(&self, key: &str, sender: SendRequest<ProxyBody>) {
         let mut idle = self.idle.lock();
-        let list = idle.entry(key).or_default();
+        // Looked up by `&str`, so only an endpoint's first connection allocates its key.
+        if !idle.contains_key(key) {
+            idle.insert(key.into(), Vec::new());
+        }
+        let Some(list) = idle.get_mut(key) else {
+            return;
+        };
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 sender,

@@ -2,7 +2,7 @@
 //! `x-forwarded-for`, and a request id and W3C trace context on every request.
 
 use http::header::{
-    CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, Entry, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use std::net::IpAddr;
 
@@ -79,18 +79,24 @@ pub fn forwarded_value(client: IpAddr) -> HeaderValue {
 
 /// Appends the client's address (from [`forwarded_value`]) to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    let joined = match headers.get(&FORWARDED_FOR) {
-        Some(prior) if !prior.as_bytes().trim_ascii().is_empty() => {
+    // One lookup through the entry, not a get and an insert: the name hashes once.
+    match headers.entry(FORWARDED_FOR) {
+        Entry::Occupied(mut e) if !e.get().as_bytes().trim_ascii().is_empty() => {
+            let prior = e.get().as_bytes();
             let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
-            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(prior);
             v.extend_from_slice(b", ");
             v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            if let Ok(joined) = HeaderValue::from_bytes(&v) {
+                e.insert(joined);
+            }
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = joined {
-        headers.insert(FORWARDED_FOR, v);
+        Entry::Occupied(mut e) => {
+            e.insert(client.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
     }
 }
 
@@ -133,34 +139,43 @@ fn unique(mut v: HeaderValue) -> HeaderValue {
 /// Keeps a valid `traceparent`, or starts a trace; adds an `x-request-id` (a UUIDv4) when
 /// absent. Built by hand into stack buffers: `format!` was a tenth of a sidecar's instructions.
 pub fn ensure_ids(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) {
-    let keep = headers
-        .get(&TRACEPARENT)
-        .is_some_and(|v| valid_traceparent(v.as_bytes()));
-    if !keep {
-        // 00-<32 hex trace id>-<16 hex span id>-01
-        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        hex_into(&mut tp[3..19], random() | 1);
-        hex_into(&mut tp[19..35], random());
-        hex_into(&mut tp[36..52], random() | 1);
-        if let Ok(v) = HeaderValue::from_bytes(&tp) {
-            headers.insert(TRACEPARENT, unique(v));
+    // Through entries: each name hashes once.
+    match headers.entry(&TRACEPARENT) {
+        Entry::Occupied(mut e) if valid_traceparent(e.get().as_bytes()) => {
+            e.get_mut().set_sensitive(true);
         }
-    } else if let Some(v) = headers.get_mut(&TRACEPARENT) {
-        v.set_sensitive(true);
+        entry => {
+            // 00-<32 hex trace id>-<16 hex span id>-01
+            let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
+            hex_into(&mut tp[3..19], random() | 1);
+            hex_into(&mut tp[19..35], random());
+            hex_into(&mut tp[36..52], random() | 1);
+            if let Ok(v) = HeaderValue::from_bytes(&tp) {
+                match entry {
+                    Entry::Occupied(mut e) => {
+                        e.insert(unique(v));
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(unique(v));
+                    }
+                }
+            }
+        }
     }
-    if let Some(v) = headers.get_mut(&REQUEST_ID) {
-        v.set_sensitive(true);
-        return;
-    }
-    let (a, b) = (random(), random());
-    let mut id = *b"00000000-0000-4000-8000-000000000000";
-    hex_into(&mut id[0..8], a >> 32);
-    hex_into(&mut id[9..13], (a >> 16) & 0xffff);
-    hex_into(&mut id[15..18], a & 0x0fff);
-    hex_into(&mut id[19..23], ((b >> 48) & 0x3fff) | 0x8000);
-    hex_into(&mut id[24..36], b & 0xffff_ffff_ffff);
-    if let Ok(v) = HeaderValue::from_bytes(&id) {
-        headers.insert(REQUEST_ID, unique(v));
+    match headers.entry(&REQUEST_ID) {
+        Entry::Occupied(mut e) => e.get_mut().set_sensitive(true),
+        Entry::Vacant(e) => {
+            let (a, b) = (random(), random());
+            let mut id = *b"00000000-0000-4000-8000-000000000000";
+            hex_into(&mut id[0..8], a >> 32);
+            hex_into(&mut id[9..13], (a >> 16) & 0xffff);
+            hex_into(&mut id[15..18], a & 0x0fff);
+            hex_into(&mut id[19..23], ((b >> 48) & 0x3fff) | 0x8000);
+            hex_into(&mut id[24..36], b & 0xffff_ffff_ffff);
+            if let Ok(v) = HeaderValue::from_bytes(&id) {
+                e.insert(unique(v));
+            }
+        }
     }
 }
 

@@ -5,7 +5,6 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Attempt outcomes, as the `outcome` label spells them.
@@ -26,7 +25,8 @@ pub struct RouteMetrics {
     direction: &'static str,
     service: String,
     requests: IntCounterVec,
-    codes: Arc<RwLock<HashMap<u16, IntCounter>>>,
+    /// The counters of the codes seen so far: a route answers with few, so a scan beats a hash.
+    codes: Arc<RwLock<Vec<(u16, IntCounter)>>>,
     /// Outbound request duration for this service.
     pub duration: Histogram,
     /// Attempts by outcome, indexed as [`OUTCOMES`].
@@ -36,7 +36,7 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Counts a request answered with `code` (0: no response was sent).
     pub fn request(&self, code: u16) {
-        if let Some(c) = self.codes.read().get(&code) {
+        if let Some((_, c)) = self.codes.read().iter().find(|(k, _)| *k == code) {
             c.inc();
             return;
         }
@@ -44,7 +44,10 @@ impl RouteMetrics {
             self.requests
                 .with_label_values(&[self.direction, &self.service, &code.to_string()]);
         c.inc();
-        self.codes.write().insert(code, c);
+        let mut codes = self.codes.write();
+        if !codes.iter().any(|(k, _)| *k == code) {
+            codes.push((code, c));
+        }
     }
 }
 

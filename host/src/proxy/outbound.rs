@@ -57,8 +57,9 @@ impl Call {
             return;
         }
         let mut s = self.summary;
+        let elapsed = self.start.elapsed();
         s.status = status;
-        s.duration_us = self.start.elapsed().as_micros() as u64;
+        s.duration_us = elapsed.as_micros() as u64;
         s.request_bytes = self.request_bytes.load(Ordering::Relaxed);
         s.response_bytes = response_bytes;
         s.response_flags |= extra;
@@ -66,7 +67,7 @@ impl Call {
         self.route.chain.on_done(&s, self.route_id);
         let m = &self.route.metrics;
         m.request(status);
-        m.duration.observe(self.start.elapsed().as_secs_f64());
+        m.duration.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -231,8 +232,12 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             ),
         );
     };
-    // Made now, so the authority itself can move into the head without a copy.
-    let mut forwarded_host = HeaderValue::from_str(&authority).ok();
+    // Made now, so the authority itself can move into the head without a copy; the `Host`
+    // header's own value when the authority came from it, shared rather than copied.
+    let mut forwarded_host = match parts.headers.get(HOST) {
+        Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+        _ => HeaderValue::from_str(&authority).ok(),
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
     // Room for the four headers this hop adds, so the map grows at most once.
     parts.headers.reserve(4);
@@ -441,10 +446,10 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         target: &target,
         endpoints,
         path_and_query: &path_and_query,
-        head: &head,
         deadline,
     };
-    let (outcome, response) = attempts(&inputs, &mut call, &upstream, &mut request_body).await;
+    let (outcome, response) =
+        attempts(&inputs, &mut call, &upstream, &mut head, &mut request_body).await;
     match response {
         Some(resp) => respond(call, resp),
         // A streamed body that stalled fails its attempt; the caller's lateness, not the
@@ -508,7 +513,6 @@ struct Upstream<'a> {
     target: &'a Route,
     endpoints: &'a [Arc<Endpoint>],
     path_and_query: &'a PathAndQuery,
-    head: &'a RequestHead,
     deadline: Option<Instant>,
 }
 
@@ -517,35 +521,34 @@ async fn attempts(
     inputs: &Arc<Inputs>,
     call: &mut Call,
     up: &Upstream<'_>,
+    head: &mut RequestHead,
     request_body: &mut body::RequestBody,
 ) -> (Outcome, Option<Response<Incoming>>) {
     let Upstream {
         target,
         endpoints,
         path_and_query,
-        head,
         deadline,
     } = *up;
+    // With no plugin to ask for a retry, the first attempt is the last: it takes the headers
+    // rather than a copy.
+    let may_retry = call.route.chain.may_retry(call.route_id);
     let mut last: Option<u64> = None;
     let mut number = 0u32;
     loop {
         number += 1;
         call.summary.attempts = number;
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let now = Instant::now();
-        let candidates: Vec<Candidate> = endpoints
-            .iter()
-            .map(|e| Candidate {
-                id: e.id,
-                outstanding: e.outstanding.load(Ordering::Relaxed),
-                ejected: e.is_ejected(now),
-            })
-            .collect();
+        let attempt_start = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(attempt_start));
+        let candidates = endpoints.iter().map(|e| Candidate {
+            id: e.id,
+            outstanding: e.outstanding.load(Ordering::Relaxed),
+            ejected: e.is_ejected(attempt_start),
+        });
         let policy = target.balancer.next();
-        let picked = balance::pick(&candidates, last, policy, |n| {
+        let picked = balance::pick(candidates, last, policy, |n| {
             (inputs.random() % n as u64) as usize
         });
-        let attempt_start = Instant::now();
         let mut response = None;
         let outcome = match (picked, remaining) {
             (_, Some(r)) if r.is_zero() => Outcome::Timeout,
@@ -574,7 +577,11 @@ async fn attempts(
                 let mut upstream = Request::new(body);
                 *upstream.method_mut() = head.method.clone();
                 *upstream.uri_mut() = uri;
-                *upstream.headers_mut() = head.headers.clone();
+                *upstream.headers_mut() = if may_retry {
+                    head.headers.clone()
+                } else {
+                    std::mem::take(&mut head.headers)
+                };
                 outstanding.fetch_add(1, Ordering::Relaxed);
                 let per_try = match (head.per_try_timeout, remaining) {
                     (Some(p), Some(r)) => Some(p.min(r)),
@@ -617,13 +624,14 @@ async fn attempts(
             }
         };
         target.metrics.attempts[outcome_index(outcome)].inc();
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let attempt_end = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(attempt_end));
         let attempt = Attempt {
             call_id: call.id,
             number,
             endpoint: picked.unwrap_or(0),
             outcome,
-            elapsed_us: attempt_start.elapsed().as_micros() as u64,
+            elapsed_us: attempt_end.duration_since(attempt_start).as_micros() as u64,
             remaining_ms: remaining.map_or(u32::MAX, |r| {
                 u32::try_from(r.as_millis()).unwrap_or(u32::MAX)
             }),
@@ -681,10 +689,7 @@ fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
     } else {
         ResponseFlags::empty()
     };
-    let upstream: ProxyBody = call
-        .inputs
-        .bound_response(incoming, OUTBOUND)
-        .boxed_unsync();
+    let upstream = call.inputs.bound_response(incoming, OUTBOUND);
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
         let flags = if end.complete {
             exhausted

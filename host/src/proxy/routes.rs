@@ -46,8 +46,8 @@ pub struct Route {
 pub struct Routes {
     /// The snapshot they came from.
     pub snapshot: Snapshot,
-    /// Routes by service name.
-    pub services: HashMap<String, Arc<Route>>,
+    /// Routes by service key, looked up on every call.
+    pub services: HashMap<String, Arc<Route>, foldhash::fast::RandomState>,
     /// The inbound side's authorization, compiled once from the snapshot's `inbound` section.
     pub authz: super::authz::Authorizer,
 }
@@ -57,7 +57,7 @@ impl Routes {
     pub fn empty() -> Self {
         Routes {
             snapshot: Snapshot::default(),
-            services: HashMap::new(),
+            services: HashMap::default(),
             authz: super::authz::Authorizer::default(),
         }
     }
@@ -134,7 +134,7 @@ pub fn build(
         return Err(Rejected(errors));
     }
     let mut keep = HashSet::new();
-    let mut services = HashMap::new();
+    let mut services = HashMap::default();
     for (name, svc) in &snapshot.services {
         let endpoints: Vec<Arc<Endpoint>> = svc
             .endpoints
