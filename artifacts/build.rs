@@ -39,6 +39,7 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         "tests/guests/two-headers",
         false,
     ),
+    ("NOOP", "weft-guest-noop", "tests/guests/noop", false),
     ("TENANT_GATE", "tenant-gate", "examples/tenant-gate", false),
 ];
 

@@ -151,6 +151,20 @@ fn chain(c: &mut Criterion) {
         plugin(&rt, "outlier", weft_artifacts::OUTLIER, OUTLIER),
         plugin(&rt, "telemetry", weft_artifacts::TELEMETRY, "{}"),
     ]);
+    // The floor of the chain: plugins that do nothing, making the same hook calls as the four
+    // above (on-request twice, on-attempt-end twice, on-done once).
+    let noop = std::fs::read(weft_artifacts::NOOP_PATH).expect("built");
+    let noop_chain = Chain::new(vec![
+        plugin(&rt, "a", &noop, r#"{"hooks":["on-request"]}"#),
+        plugin(
+            &rt,
+            "b",
+            &noop,
+            r#"{"hooks":["on-request","on-attempt-end"]}"#,
+        ),
+        plugin(&rt, "c", &noop, r#"{"hooks":["on-attempt-end"]}"#),
+        plugin(&rt, "d", &noop, r#"{"hooks":["on-done"]}"#),
+    ]);
     let empty = Chain::empty();
     let mut head = request();
     let ok = attempt(Outcome::Response(200));
@@ -162,6 +176,13 @@ fn chain(c: &mut Criterion) {
             black_box(chain.on_request(1, &mut head));
             black_box(chain.on_attempt_end(&ok, head.route));
             black_box(chain.on_done(&done, head.route));
+        })
+    });
+    g.bench_function("4-noop-plugins/per-request", |b| {
+        b.iter(|| {
+            black_box(noop_chain.on_request(1, &mut head));
+            black_box(noop_chain.on_attempt_end(&ok, head.route));
+            black_box(noop_chain.on_done(&done, head.route));
         })
     });
     g.bench_function("empty/per-request", |b| {
