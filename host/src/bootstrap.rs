@@ -49,6 +49,8 @@ struct Raw {
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
     path_normalization: Option<String>,
+    #[serde(default)]
+    proxy_mark: Option<u32>,
 }
 
 /// `timeouts` as written: Istio durations; `0s` turns off the optional bounds.
@@ -255,6 +257,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.runtime.cache_dir = raw.cache_dir.map(|d| base.join(d));
     sidecar.timeouts = timeouts;
     sidecar.path_normalization = path_normalization;
+    sidecar.proxy_mark = raw.proxy_mark;
     Ok(Bootstrap {
         sidecar,
         snapshot: raw.snapshot,

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
+pub mod capture;
 pub mod conn;
 pub mod control;
 pub mod endpoints;

@@ -1,5 +1,6 @@
 //! Command-line parsing and the commands themselves.
 
+mod capture;
 mod control;
 mod demo;
 mod operator;
@@ -25,6 +26,9 @@ enum Command {
     /// Apply Istio resources (VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy,
     /// PeerAuthentication YAML).
     Apply(operator::ApplyArgs),
+    /// Install the rules that send this network namespace's TCP through its sidecar (the
+    /// pod's init step); `--clean` removes them.
+    Capture(capture::Args),
     /// Rotate the mesh CA's root in three steps, each a certificate renewal apart: `rotate`
     /// (stage a new root), `activate` (sign with it), `retire` (drop the old one).
     #[command(subcommand)]
@@ -80,6 +84,7 @@ enum PluginCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Apply(args) => operator::apply(args),
+        Command::Capture(args) => capture::run(args),
         Command::Ca(CaCommand::Rotate(args)) => operator::ca(args, "rotate"),
         Command::Ca(CaCommand::Activate(args)) => operator::ca(args, "activate"),
         Command::Ca(CaCommand::Retire(args)) => operator::ca(args, "retire"),

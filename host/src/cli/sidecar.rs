@@ -39,7 +39,11 @@ struct WatchParts {
 impl WatchParts {
     /// The control plane (verified against `caFile`), the bundle it trusts, and the service's
     /// token.
-    fn credentials(&self, base: &Path) -> anyhow::Result<(Endpoint, Arc<TrustBundle>, String)> {
+    fn credentials(
+        &self,
+        base: &Path,
+        mark: Option<u32>,
+    ) -> anyhow::Result<(Endpoint, Arc<TrustBundle>, String)> {
         let cp = &self.control_plane;
         let addr: SocketAddr = cp
             .address
@@ -51,6 +55,7 @@ impl WatchParts {
         )?;
         let (server, bundle) =
             Endpoint::from_bundle_file(addr, &base.join(ca_file)).context("controlPlane.caFile")?;
+        let server = server.with_mark(mark);
         let token = match (&cp.token, &cp.token_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => std::fs::read_to_string(base.join(f))
@@ -140,7 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut renewing = None;
-        let credentials = watch.as_ref().map(|w| w.credentials(&base)).transpose()?;
+        let credentials = watch
+            .as_ref()
+            .map(|w| w.credentials(&base, config.proxy_mark))
+            .transpose()?;
         if let (Some(mode), Some((server, bundle, token))) = (mode, &credentials) {
             let workload =
                 weft::control::client::obtain(server, bundle, token, CERTIFICATE_PATIENCE)

@@ -26,6 +26,8 @@ pub struct Endpoint {
     /// Its API address.
     pub addr: SocketAddr,
     tls: TlsConnector,
+    /// The firewall mark of its sockets: under capture, a sidecar's own connections pass.
+    mark: Option<u32>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -64,7 +66,14 @@ impl Endpoint {
         Ok(Endpoint {
             addr,
             tls: TlsConnector::from(control_client_config(bundle)?),
+            mark: None,
         })
+    }
+
+    /// The same endpoint, reached from sockets carrying `mark` (a captured sidecar's).
+    pub fn with_mark(mut self, mark: Option<u32>) -> Endpoint {
+        self.mark = mark;
+        self
     }
 
     /// An endpoint trusting the PEM roots in `path` (the control plane writes its bundle to
@@ -93,9 +102,11 @@ impl Endpoint {
             req.headers_mut().insert(http::header::HOST, host);
         }
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
+            let tcp = match self.mark {
+                None => TcpStream::connect(self.addr).await,
+                Some(mark) => crate::capture::socket::connect_marked(self.addr, mark).await,
+            }
+            .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
             let _ = tcp.set_nodelay(true);
             self.tls
                 .connect(server_name(), tcp)

@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, watch};
 pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
+    /// Where it was connecting before capture sent the connection here (`SO_ORIGINAL_DST`);
+    /// none when it dialled the listener itself.
+    pub original_dst: Option<SocketAddr>,
     /// Its IP as an `x-forwarded-for` element, formatted once per connection.
     pub forwarded: http::HeaderValue,
     /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
@@ -37,6 +40,7 @@ pub struct Peer {
 impl Peer {
     pub(super) fn new(
         addr: SocketAddr,
+        original_dst: Option<SocketAddr>,
         identity: Option<crate::identity::SpiffeId>,
         us: &str,
     ) -> Peer {
@@ -46,6 +50,7 @@ impl Peer {
         });
         Peer {
             addr,
+            original_dst,
             forwarded: headers::forwarded_value(addr.ip()),
             principal: identity.as_ref().map(authz::principal_of),
             identity,
@@ -145,17 +150,18 @@ pub(super) async fn serve<F, Fut>(
                     let us = shared.settings.identity.clone();
                     let ended = match tls {
                         None => {
-                            let who = Arc::new(Peer::new(peer, None, &us));
+                            let original = crate::capture::socket::original_dst(&stream);
+                            let who = Arc::new(Peer::new(peer, original, None, &us));
                             serve_one(stream, shared, who, limits, drained, handler).await
                         }
                         Some(tls) => match accept_tls(&tls, tls.mode_in_force(&shared), stream).await {
                             Ok(Accepted::Plain(stream)) => {
-                                let who = Arc::new(Peer::new(peer, None, &us));
+                                let who = Arc::new(Peer::new(peer, None, None, &us));
                                 serve_one(stream, shared, who, limits, drained, handler).await
                             }
                             Ok(Accepted::Tls(stream)) => {
                                 let caller = crate::identity::caller_identity(&stream);
-                                let who = Arc::new(Peer::new(peer, caller, &us));
+                                let who = Arc::new(Peer::new(peer, None, caller, &us));
                                 serve_one(*stream, shared, who, limits, drained, handler).await
                             }
                             Ok(Accepted::Closed) => Ended::Closed,

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 mod mirror;
 pub mod outbound;
+pub mod passthrough;
 pub mod path;
 pub mod pool;
 pub mod routes;
@@ -126,6 +127,9 @@ pub struct SidecarConfig {
     pub timeouts: Timeouts,
     /// How request paths are normalized before authorization and routing.
     pub path_normalization: path::Normalization,
+    /// Under capture, the firewall mark every socket the sidecar opens carries, so the
+    /// capture rules let its own traffic pass (`weft capture --proxy-mark`).
+    pub proxy_mark: Option<u32>,
 }
 
 impl SidecarConfig {
@@ -148,6 +152,7 @@ impl SidecarConfig {
             mtls: None,
             timeouts: Timeouts::default(),
             path_normalization: path::Normalization::default(),
+            proxy_mark: None,
         }
     }
 }
@@ -335,6 +340,7 @@ impl Sidecar {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_mark(config.proxy_mark);
         // Two pools to peers: HTTP/1.1 keep-alive for the calls apps make over HTTP/1.1 (what
         // nginx, HAProxy and Envoy default to upstream, and cheaper per call than an HTTP/2
         // stream), HTTP/2 for the calls apps make over HTTP/2 (gRPC), so streams and trailers

@@ -213,6 +213,10 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     let service = service_of(&authority, &inputs.settings.namespace);
     let routes = inputs.routes.load_full();
     let Some(route) = routes.services.get(service.as_ref()).cloned() else {
+        // Captured on its way somewhere the mesh does not know: carried there unchanged.
+        if let Some(dst) = peer.original_dst {
+            return super::passthrough::forward(&inputs, parts, incoming, dst, start).await;
+        }
         inputs
             .metrics
             .requests

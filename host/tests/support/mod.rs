@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod mesh;
+pub mod netns;
 
 pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -86,7 +87,16 @@ impl App {
     }
 
     pub async fn start_with(name: &str, behaviour: Behaviour) -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        App::start_bound(name, behaviour, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// An app answering paths, listening on `bind` (an address of a test's own interface).
+    pub async fn start_on(name: &str, bind: SocketAddr) -> App {
+        App::start_bound(name, Behaviour::Paths, bind).await
+    }
+
+    async fn start_bound(name: &str, behaviour: Behaviour, bind: SocketAddr) -> App {
+        let listener = TcpListener::bind(bind).await.expect("bind app");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (n, s) = (name.to_string(), seen.clone());
