@@ -24,6 +24,7 @@ pub mod files;
 pub mod identity;
 pub mod names;
 pub mod plugin;
+pub mod pod;
 pub mod proxy;
 pub mod random;
 pub mod snapshot;

@@ -6,6 +6,7 @@ mod demo;
 mod operator;
 mod plugin_check;
 mod plugin_precompile;
+mod run;
 mod sidecar;
 mod simulate;
 mod stat;
@@ -52,6 +53,9 @@ enum Command {
     Stat(stat::Args),
     /// Print the bootstrap token for a service's sidecars.
     Token(operator::TokenArgs),
+    /// Run an app as a pod on this machine: its own network namespace, a sidecar beside it,
+    /// every TCP connection captured; all removed when the app exits.
+    Run(run::Args),
     /// Run the sidecar proxy beside a service instance.
     Sidecar(sidecar::Args),
     /// Run the seed scenario (orders -> payments v1 95% / v2 5%, retries, outlier ejection,
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
         Command::Plugin(PluginCommand::Precompile(args)) => plugin_precompile::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Run(args) => run::run(args),
         Command::Sidecar(args) => sidecar::run(args),
     }
 }

@@ -28,6 +28,18 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The control plane's API address.
+    pub(super) fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The trust bundle the control plane is verified with.
+    pub(super) fn bundle_path(&self) -> PathBuf {
+        self.ca_file
+            .clone()
+            .unwrap_or_else(|| self.data.join(weft::control::serving::BUNDLE_FILE))
+    }
+
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
@@ -52,10 +64,7 @@ impl Conn {
         body: Bytes,
     ) -> anyhow::Result<serde_json::Value> {
         let token = self.token()?;
-        let ca_file = self
-            .ca_file
-            .clone()
-            .unwrap_or_else(|| self.data.join(weft::control::serving::BUNDLE_FILE));
+        let ca_file = self.bundle_path();
         let (server, _) = Endpoint::from_bundle_file(self.server, &ca_file).with_context(
             || "pass --ca-file (or WEFT_CA_FILE), or --data for the control plane's directory",
         )?;

@@ -201,9 +201,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // A second line once routes are in force, for whoever starts the app only then
+        // (`weft run`, as Istio's holdApplicationUntilProxyStarts).
+        let configured = async {
+            let inputs = sidecar.inputs().clone();
+            loop {
+                let version = inputs.routes.load().snapshot.version.clone();
+                if !version.is_empty() {
+                    println!("weft sidecar configured: snapshot {version}");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            std::future::pending::<()>().await
+        };
         tokio::select! {
             _ = super::wait_for_signal() => {}
             _ = watching => {}
+            _ = configured => {}
         }
         let _ = stop.send(true);
         eprintln!("weft sidecar: draining");
