@@ -208,7 +208,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             loop {
                 let version = inputs.routes.load().snapshot.version.clone();
                 if !version.is_empty() {
-                    println!("weft sidecar configured: snapshot {version}");
+                    // Whoever started us may have stopped reading after the ready line: a
+                    // closed stdout is no reason to stop serving.
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout();
+                    let _ = writeln!(out, "weft sidecar configured: snapshot {version}");
+                    let _ = out.flush();
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
