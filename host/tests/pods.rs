@@ -90,6 +90,15 @@ fn run_args(bridge: &weft::pod::Bridge, cp: &str, data: &Path, service: &str) ->
     .collect()
 }
 
+/// Polls `done` until it holds, failing the test after `within`.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What a pod leaves on the machine while it runs: its namespace, veth and private files.
 fn traces_of(pid: u32) -> Vec<String> {
     let mut found = Vec::new();
@@ -159,22 +168,13 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
         .recv_timeout(Duration::from_secs(120))
         .expect("the payments pod never became ready");
     // Its app listening too.
-    let started = Instant::now();
-    loop {
-        let probe = Command::new("ip")
+    wait_until("the payments app listens", Duration::from_secs(30), || {
+        Command::new("ip")
             .args(["netns", "exec", &format!("weft-pod-{payments_pid}")])
             .args(["curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/"])
             .status()
-            .expect("curl");
-        if probe.success() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "payments app never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            .is_ok_and(|s| s.success())
+    });
 
     // The orders pod's app: curl, unmodified but for naming where `payments` is (no mesh DNS
     // yet), then a call straight at the payments app's port, around the sidecars.
@@ -208,18 +208,9 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
     assert_eq!(lines.next(), Some("direct=502"), "{out}");
 
     // The orders pod is gone with its app.
-    let started = Instant::now();
-    loop {
-        let left = traces_of(orders_pid);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "left behind: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the orders pod is gone", Duration::from_secs(10), || {
+        traces_of(orders_pid).is_empty()
+    });
 
     // Ctrl-C ends the payments pod, and it cleans up too.
     assert!(

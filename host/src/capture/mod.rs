@@ -188,40 +188,29 @@ fn removal(current: &str) -> String {
     r
 }
 
-/// Removes Weft's rules from the current network namespace; nothing to do when there are none.
-pub fn clean() -> Result<(), CaptureError> {
-    let out = Command::new("iptables")
+/// The nat table's rules as `iptables -t nat -S` lists them.
+fn current_rules() -> Result<String, CaptureError> {
+    let tool = "iptables";
+    let out = Command::new(tool)
         .args(["-t", "nat", "-S"])
         .output()
-        .map_err(|source| CaptureError::Spawn {
-            tool: "iptables",
-            source,
-        })?;
+        .map_err(|source| CaptureError::Spawn { tool, source })?;
     if !out.status.success() {
         return Err(CaptureError::Refused {
-            tool: "iptables",
+            tool,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let input = removal(&String::from_utf8_lossy(&out.stdout));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes Weft's rules from the current network namespace; nothing to do when there are none.
+pub fn clean() -> Result<(), CaptureError> {
+    let input = removal(&current_rules()?);
     if input.is_empty() {
         return Ok(());
     }
     restore(&input)
-}
-
-/// Whether Weft's rules are installed in the current network namespace.
-pub fn installed() -> Result<bool, CaptureError> {
-    let out = Command::new("iptables")
-        .args(["-t", "nat", "-S"])
-        .output()
-        .map_err(|source| CaptureError::Spawn {
-            tool: "iptables",
-            source,
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("-N WEFT_")))
 }
 
 fn restore(input: &str) -> Result<(), CaptureError> {
