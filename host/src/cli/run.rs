@@ -125,7 +125,7 @@ impl Drop for Held {
         }
         if self.made_bridge || made_marker(&self.bridge.name).exists() {
             weft::pod::remove_bridge_if_unused(&self.bridge.name);
-            if !weft_bridge_exists(&self.bridge.name) {
+            if !self.bridge.exists() {
                 let _ = std::fs::remove_file(made_marker(&self.bridge.name));
             }
         }
@@ -137,13 +137,6 @@ impl Drop for Held {
 
 fn made_marker(bridge: &str) -> PathBuf {
     Path::new("/run/weft/pods").join(format!("{bridge}.made-by-weft-run"))
-}
-
-fn weft_bridge_exists(bridge: &str) -> bool {
-    Command::new("ip")
-        .args(["link", "show", bridge])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Runs `weft run`.

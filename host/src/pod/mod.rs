@@ -65,17 +65,18 @@ fn ip(args: &[&str]) -> Result<(), PodError> {
     }
 }
 
-fn exists(link: &str) -> bool {
-    Command::new("ip")
-        .args(["link", "show", link])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 impl Bridge {
+    /// Whether the bridge's interface exists.
+    pub fn exists(&self) -> bool {
+        Command::new("ip")
+            .args(["link", "show", &self.name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     /// Makes the bridge unless it exists; true when this call made it.
     pub fn ensure(&self) -> Result<bool, PodError> {
-        if exists(&self.name) {
+        if self.exists() {
             return Ok(false);
         }
         ip(&["link", "add", &self.name, "type", "bridge"])?;

@@ -135,19 +135,18 @@ where
     }
 
     fn checkin(&self, key: &str, sender: SendRequest<ProxyBody>) {
+        let entry = Idle {
+            sender,
+            since: Instant::now(),
+        };
         let mut idle = self.idle.lock();
         // Looked up by `&str`, so only an endpoint's first connection allocates its key.
-        if !idle.contains_key(key) {
-            idle.insert(key.into(), Vec::new());
-        }
-        let Some(list) = idle.get_mut(key) else {
-            return;
-        };
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        match idle.get_mut(key) {
+            Some(list) if list.len() < MAX_IDLE_PER_ENDPOINT => list.push(entry),
+            Some(_) => {}
+            None => {
+                idle.insert(key.into(), vec![entry]);
+            }
         }
     }
 

@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, watch};
 pub struct Peer {
     /// Its address.
     pub addr: SocketAddr,
-    /// Where it was connecting before capture sent the connection here (`SO_ORIGINAL_DST`);
-    /// none when it dialled the listener itself.
-    pub original_dst: Option<SocketAddr>,
+    /// Where it was connecting before capture sent the connection here (`SO_ORIGINAL_DST`),
+    /// as the authority a passthrough call is sent to, formatted once per connection; none
+    /// when it dialled the listener itself.
+    pub original_dst: Option<http::uri::Authority>,
     /// Its IP as an `x-forwarded-for` element, formatted once per connection.
     pub forwarded: http::HeaderValue,
     /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
@@ -50,7 +51,8 @@ impl Peer {
         });
         Peer {
             addr,
-            original_dst,
+            original_dst: original_dst
+                .and_then(|dst| http::uri::Authority::try_from(dst.to_string()).ok()),
             forwarded: headers::forwarded_value(addr.ip()),
             principal: identity.as_ref().map(authz::principal_of),
             identity,

@@ -197,6 +197,8 @@ pub struct Inputs {
     pub app: h1_pool::H1Pool<CountingConnector>,
     /// Metrics.
     pub metrics: ProxyMetrics,
+    /// The metric handles of passthrough calls, resolved at the first one.
+    pub passthrough_metrics: std::sync::OnceLock<metrics::RouteMetrics>,
     /// The inbound side's metric handles, resolved once.
     pub inbound_metrics: metrics::RouteMetrics,
     /// Stream timeout counters of the outbound and inbound listeners.
@@ -402,6 +404,7 @@ impl Sidecar {
             peers_h1,
             app,
             inbound_metrics: metrics.handles("inbound", &config.service),
+            passthrough_metrics: std::sync::OnceLock::new(),
             stream_timeouts: [
                 Arc::new(metrics.downstream_timeouts("outbound")),
                 Arc::new(metrics.downstream_timeouts("inbound")),

@@ -214,7 +214,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     let routes = inputs.routes.load_full();
     let Some(route) = routes.services.get(service.as_ref()).cloned() else {
         // Captured on its way somewhere the mesh does not know: carried there unchanged.
-        if let Some(dst) = peer.original_dst {
+        if let Some(dst) = &peer.original_dst {
             return super::passthrough::forward(&inputs, parts, incoming, dst, start).await;
         }
         inputs
@@ -499,7 +499,7 @@ fn delay_timed_out(mut call: Call, service: &str) -> Response<ProxyBody> {
 }
 
 /// The outbound listener's place in [`Inputs::stream_timeouts`].
-const OUTBOUND: usize = 0;
+pub(super) const OUTBOUND: usize = 0;
 
 /// Whether the request body was ended by a bound.
 fn timed_out(tripped: &Option<Arc<super::deadline::Tripped>>) -> bool {

@@ -4,31 +4,29 @@
 //! call is the app's own, only carried.
 
 use super::body::ProxyBody;
+use super::outbound::OUTBOUND;
 use super::{Inputs, headers, local_response};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 /// The service label of passthrough calls in the sidecar's metrics (Istio's cluster name).
 pub const PASSTHROUGH: &str = "PassthroughCluster";
-
-/// The outbound listener's place in [`Inputs::stream_timeouts`].
-const OUTBOUND: usize = 0;
 
 /// Sends the request on to `dst` over HTTP/1.1 and streams the answer back.
 pub async fn forward(
     inputs: &Inputs,
     mut parts: http::request::Parts,
     body: Incoming,
-    dst: SocketAddr,
+    dst: &Authority,
     start: Instant,
 ) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers);
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = http::uri::Authority::try_from(dst.to_string().as_str()).ok();
+    uri.authority = Some(dst.clone());
     uri.path_and_query = Some(
         parts
             .uri
@@ -43,16 +41,13 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let (body, _) = inputs.bound_request(body, start, OUTBOUND);
     let upstream = Request::from_parts(parts, body.boxed_unsync());
-    let count = |code: u16| {
-        inputs
-            .metrics
-            .requests
-            .with_label_values(&["outbound", PASSTHROUGH, &code.to_string()])
-            .inc();
-    };
+    // Resolved at the first passthrough call, so a sidecar that never makes one shows none.
+    let metrics = inputs
+        .passthrough_metrics
+        .get_or_init(|| inputs.metrics.handles("outbound", PASSTHROUGH));
     match inputs.app.request(upstream).await {
         Ok(resp) => {
-            count(resp.status().as_u16());
+            metrics.request(resp.status().as_u16());
             let (mut parts, incoming) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(
@@ -62,7 +57,7 @@ pub async fn forward(
         }
         Err(e) => {
             tracing::debug!(%dst, "passthrough call failed: {e}");
-            count(502);
+            metrics.request(502);
             local_response(
                 StatusCode::BAD_GATEWAY,
                 format!("weft: {dst} (not a mesh service) did not answer\n"),
