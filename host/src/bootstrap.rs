@@ -51,6 +51,18 @@ struct Raw {
     path_normalization: Option<String>,
     #[serde(default)]
     proxy_mark: Option<u32>,
+    #[serde(default)]
+    dns: Option<RawDns>,
+}
+
+/// `dns` as written: where the pod's DNS proxy listens, and the resolvers it forwards to
+/// (none given: the ones `/etc/resolv.conf` names when the sidecar starts).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDns {
+    listen: String,
+    #[serde(default)]
+    upstreams: Option<Vec<String>>,
 }
 
 /// `timeouts` as written: Istio durations; `0s` turns off the optional bounds.
@@ -138,6 +150,15 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         addr("app", &raw.app),
     );
     let advertise = raw.advertise.as_deref().map(|a| addr("advertise", a));
+    let dns = raw.dns.as_ref().map(|d| crate::proxy::DnsConfig {
+        listen: addr("dns.listen", &d.listen),
+        upstreams: d.upstreams.as_ref().map(|list| {
+            list.iter()
+                .enumerate()
+                .map(|(i, u)| addr(&format!("dns.upstreams[{i}]"), u))
+                .collect()
+        }),
+    });
     let mut duration = |field: &str, text: Option<&str>| -> Option<Duration> {
         match text.map(parse_duration)? {
             Ok(d) => Some(d),
@@ -258,6 +279,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.timeouts = timeouts;
     sidecar.path_normalization = path_normalization;
     sidecar.proxy_mark = raw.proxy_mark;
+    sidecar.dns = dns;
     Ok(Bootstrap {
         sidecar,
         snapshot: raw.snapshot,

@@ -19,6 +19,7 @@ pub mod bootstrap;
 pub mod capture;
 pub mod conn;
 pub mod control;
+pub mod dns;
 pub mod endpoints;
 pub mod files;
 pub mod identity;

@@ -185,6 +185,10 @@ pub struct Service {
     /// `leastRequest` (default), `roundRobin` or `random`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<String>,
+    /// The virtual IP the control plane gave the service: a pod's sidecar answers DNS for the
+    /// service's names with it, and captured connections to it are the service's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// An endpoint.
@@ -303,8 +307,14 @@ impl Snapshot {
                 "clusterDomain: the control plane reads hosts in cluster domain {theirs:?}, this sidecar in {ours:?}: give the sidecar's bootstrap \"clusterDomain\": {theirs:?}"
             ));
         }
+        let mut vips = std::collections::BTreeMap::new();
         for (name, svc) in &self.services {
             let at = format!("services.{name}");
+            if let Some(vip) = svc.vip
+                && let Some(other) = vips.insert(vip, name)
+            {
+                errors.push(format!("{at}.vip: {vip} is also service {other}'s"));
+            }
             if name.is_empty() || name.contains(['/', ' ', ':']) {
                 errors.push(format!("{at}: invalid service name"));
             }

@@ -1,7 +1,8 @@
 //! `weft run` end to end: two pods on a bridge, each an app in its own network namespace with
-//! a captured sidecar, certificates from a real control plane. An unmodified `curl` in the
-//! orders pod reaches payments through both sidecars over mTLS (the payments app sees the
-//! caller's SPIFFE ID), cannot reach the payments app around them under STRICT mTLS, and each
+//! a captured sidecar, certificates from a real control plane. An unmodified `curl` (and
+//! Python's `urllib`) in the orders pod reaches payments by name — the pod's DNS proxy answers
+//! with the service's virtual IP, other names go to the upstream resolver — through both
+//! sidecars over mTLS (the payments app sees the caller's SPIFFE ID), cannot reach the payments app around them under STRICT mTLS, and each
 //! pod leaves nothing behind when its app exits or when it is interrupted. Needs root; skipped
 //! with the reason where namespaces cannot be made.
 
@@ -116,8 +117,13 @@ fn traces_of(pid: u32) -> Vec<String> {
     {
         found.push(format!("link wp{pid}"));
     }
-    if Path::new(&format!("/run/weft/pods/{pid}.d")).exists() {
-        found.push(format!("/run/weft/pods/{pid}.d"));
+    for dir in [
+        format!("/run/weft/pods/{pid}.d"),
+        format!("/etc/netns/weft-pod-{pid}"),
+    ] {
+        if Path::new(&dir).exists() {
+            found.push(dir);
+        }
     }
     found
 }
@@ -176,14 +182,40 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
             .is_ok_and(|s| s.success())
     });
 
-    // The orders pod's app: curl, unmodified but for naming where `payments` is (no mesh DNS
-    // yet), then a call straight at the payments app's port, around the sidecars.
+    // The resolver outside the mesh, on the bridge's address: answers every name with
+    // 198.18.9.9.
+    let upstream = tokio::net::UdpSocket::bind((bridge.0.gateway, 0))
+        .await
+        .expect("upstream resolver");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let resolver = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = upstream.recv_from(&mut buf).await {
+            if let Some(q) = weft::dns::wire::parse_query(&buf[..n]) {
+                let a = [Ipv4Addr::new(198, 18, 9, 9)];
+                let reply = weft::dns::wire::answer(&q, 0, &a, 5);
+                let _ = upstream.send_to(&reply, from).await;
+            }
+        }
+    });
+
+    // The orders pod's app: curl and Python, unmodified, calling payments by name; a name
+    // outside the mesh; then a call straight at the payments app's port, around the sidecars.
     let script = format!(
-        "curl -sS --max-time 10 --resolve payments:8080:{payments_ip} http://payments:8080/charge; \
-         echo; curl -s -o /dev/null -w 'direct=%{{http_code}}' --max-time 10 http://{payments_ip}:8080/direct"
+        "curl -sS --max-time 10 http://payments:8080/charge; echo; \
+         python3 -c \"import urllib.request as u; print('python', u.urlopen('http://payments.default.svc.cluster.local/charge', timeout=10).status)\"; \
+         python3 -c \"import socket; print('outside', socket.gethostbyname('outside.example'))\"; \
+         curl -s -o /dev/null -w 'direct=%{{http_code}}' --max-time 10 http://{payments_ip}:8080/direct"
     );
+    let mut orders_args = run_args(&bridge.0, &cp, &data, "orders");
+    orders_args.pop();
+    orders_args.extend([
+        "--dns-upstream".into(),
+        upstream_addr.to_string(),
+        "--".into(),
+    ]);
     let orders = Command::new(WEFT)
-        .args(run_args(&bridge.0, &cp, &data, "orders"))
+        .args(orders_args)
         .args(["sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -203,6 +235,9 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
         xfcc.contains("URI=spiffe://") && xfcc.contains("/ns/default/sa/orders"),
         "the payments app did not see the caller's identity: {echoed}"
     );
+    assert_eq!(lines.next(), Some("python 200"), "{out}");
+    assert_eq!(lines.next(), Some("outside 198.18.9.9"), "{out}");
+    resolver.abort();
     // STRICT mTLS: a plaintext call at the app's port is taken by the payments sidecar and
     // refused, so the orders sidecar's passthrough answers 502.
     assert_eq!(lines.next(), Some("direct=502"), "{out}");

@@ -44,6 +44,9 @@ pub struct Capture {
     pub exclude_inbound_ports: Vec<u16>,
     /// Destination ports the app reaches directly, not through its sidecar.
     pub exclude_outbound_ports: Vec<u16>,
+    /// The sidecar's DNS proxy (UDP): the app's DNS questions (UDP port 53, to any server) go
+    /// here; none leaves DNS alone.
+    pub dns_port: Option<u16>,
 }
 
 impl Default for Capture {
@@ -56,6 +59,7 @@ impl Default for Capture {
             inbound_ports: InboundPorts::All,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
+            dns_port: None,
         }
     }
 }
@@ -82,11 +86,12 @@ pub enum CaptureError {
 }
 
 /// The chains Weft owns in the nat table, each jumped to from one built-in chain.
-const CHAINS: [(&str, Option<&str>); 4] = [
+const CHAINS: [(&str, Option<&str>); 5] = [
     ("WEFT_INBOUND", Some("PREROUTING")),
     ("WEFT_IN_REDIRECT", None),
     ("WEFT_OUTPUT", Some("OUTPUT")),
     ("WEFT_REDIRECT", None),
+    ("WEFT_DNS", Some("OUTPUT")),
 ];
 
 impl Capture {
@@ -141,6 +146,20 @@ impl Capture {
             "-A WEFT_REDIRECT -p tcp -j REDIRECT --to-ports {}",
             self.outbound_port
         );
+        // DNS: the app's questions go to the sidecar's DNS proxy; the proxy's own questions
+        // upstream carry the mark and pass.
+        if let Some(port) = self.dns_port {
+            r.push_str("-A OUTPUT -p udp --dport 53 -j WEFT_DNS\n");
+            let _ = writeln!(
+                r,
+                "-A WEFT_DNS -m mark --mark {:#x} -j RETURN",
+                self.proxy_mark
+            );
+            if let Some(uid) = self.proxy_uid {
+                let _ = writeln!(r, "-A WEFT_DNS -m owner --uid-owner {uid} -j RETURN");
+            }
+            let _ = writeln!(r, "-A WEFT_DNS -p udp -j REDIRECT --to-ports {port}");
+        }
         r.push_str("COMMIT\n");
         r
     }
@@ -288,6 +307,15 @@ mod tests {
         assert!(!r.contains("-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT\n"));
         assert!(r.contains("-A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"));
         assert!(r.contains("-A WEFT_OUTPUT -p tcp --dport 5432 -j RETURN\n"));
+        assert!(!r.contains("-j WEFT_DNS"), "no DNS capture unless asked");
+        let dns = Capture {
+            dns_port: Some(15053),
+            ..c
+        }
+        .rules();
+        assert!(dns.contains("-A OUTPUT -p udp --dport 53 -j WEFT_DNS\n"));
+        assert!(dns.contains("-A WEFT_DNS -m mark --mark 0x539 -j RETURN\n"));
+        assert!(dns.contains("-A WEFT_DNS -p udp -j REDIRECT --to-ports 15053\n"));
     }
 
     #[test]
@@ -295,16 +323,19 @@ mod tests {
         let current = "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n-N OTHER\n-N WEFT_INBOUND\n\
             -N WEFT_IN_REDIRECT\n-N WEFT_OUTPUT\n-N WEFT_REDIRECT\n\
             -A PREROUTING -p tcp -j WEFT_INBOUND\n-A PREROUTING -p udp -j OTHER\n\
-            -A OUTPUT -p tcp -j WEFT_OUTPUT\n-A WEFT_OUTPUT -j WEFT_REDIRECT\n";
+            -N WEFT_DNS\n-A OUTPUT -p tcp -j WEFT_OUTPUT\n-A WEFT_OUTPUT -j WEFT_REDIRECT\n\
+            -A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS\n";
         let r = removal(current);
         assert!(r.contains("-D PREROUTING -p tcp -j WEFT_INBOUND\n"));
         assert!(r.contains("-D OUTPUT -p tcp -j WEFT_OUTPUT\n"));
+        assert!(r.contains("-D OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS\n"));
         assert!(!r.contains("OTHER"));
         for chain in [
             "WEFT_INBOUND",
             "WEFT_IN_REDIRECT",
             "WEFT_OUTPUT",
             "WEFT_REDIRECT",
+            "WEFT_DNS",
         ] {
             assert!(r.contains(&format!("-F {chain}\n")));
             assert!(r.contains(&format!("-X {chain}\n")));

@@ -30,3 +30,19 @@ pub async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<toki
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }
+
+/// A UDP socket bound to `local`, its packets carrying `mark` when given (the sidecar's DNS
+/// queries to the upstream resolver, which the capture rules would otherwise send back to it).
+pub fn udp_marked(local: SocketAddr, mark: Option<u32>) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}

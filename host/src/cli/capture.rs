@@ -30,6 +30,9 @@ pub struct Args {
     /// Destination ports the app reaches directly, comma-separated.
     #[arg(long, default_value = "")]
     exclude_outbound_ports: String,
+    /// The sidecar's DNS proxy port: the app's DNS questions (UDP 53) are sent there.
+    #[arg(long)]
+    dns_port: Option<u16>,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -69,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         inbound_ports,
         exclude_inbound_ports: ports("exclude-inbound-ports", &args.exclude_inbound_ports)?,
         exclude_outbound_ports: ports("exclude-outbound-ports", &args.exclude_outbound_ports)?,
+        dns_port: args.dns_port,
     };
     if args.dry_run {
         print!("{}", capture.rules());

@@ -19,6 +19,7 @@ use weft::pod::{Bridge, PodNet};
 const OUTBOUND: u16 = 15001;
 const INBOUND: u16 = 15006;
 const ADMIN: u16 = 15000;
+const DNS: u16 = 15053;
 
 /// Options of `weft run`.
 #[derive(Debug, ClapArgs)]
@@ -44,6 +45,11 @@ pub struct Args {
     /// The bridge's address and prefix: the pods' gateway and subnet.
     #[arg(long, default_value = "198.18.0.1/16")]
     gateway: String,
+    /// Resolvers the pod's DNS proxy asks for names outside the mesh, comma-separated
+    /// `ip:port`; by default the machine's (its `/etc/resolv.conf`, loopback ones left out,
+    /// since a pod cannot reach the machine's loopback).
+    #[arg(long)]
+    dns_upstream: Option<String>,
     /// How long the sidecar may take to be ready (its plugins compile on first start).
     #[arg(long, default_value = "120s", value_parser = weft::snapshot::parse_duration)]
     ready_timeout: Duration,
@@ -108,6 +114,7 @@ struct Held {
     made_bridge: bool,
     pod: Option<PodNet>,
     dir: Option<PathBuf>,
+    resolv: Option<PathBuf>,
     sidecar: Option<Child>,
 }
 
@@ -123,6 +130,11 @@ impl Drop for Held {
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let Some(dir) = self.resolv.take() {
+            let _ = std::fs::remove_dir_all(dir);
+            // Only an empty one: other namespaces' files stay.
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
         if self.made_bridge || made_marker(&self.bridge.name).exists() {
             weft::pod::remove_bridge_if_unused(&self.bridge.name);
             if !self.bridge.exists() {
@@ -137,6 +149,55 @@ impl Drop for Held {
 
 fn made_marker(bridge: &str) -> PathBuf {
     Path::new("/run/weft/pods").join(format!("{bridge}.made-by-weft-run"))
+}
+
+/// The resolvers for names outside the mesh: the ones given, else the machine's that a pod
+/// can reach (not loopback).
+fn dns_upstreams(given: Option<&str>) -> anyhow::Result<Vec<SocketAddr>> {
+    match given {
+        Some(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse()
+                    .with_context(|| format!("--dns-upstream: {t:?} is not ip:port"))
+            })
+            .collect(),
+        None => Ok(std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| weft::dns::server::nameservers(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| !a.ip().is_loopback())
+            .collect()),
+    }
+}
+
+/// The pod's `resolv.conf`, which `ip netns exec` puts in place of the machine's for
+/// everything run in the pod: Kubernetes' search list, so `payments` is tried as
+/// `payments.<namespace>.svc.cluster.local` first, and a nameserver the capture rules send to
+/// the sidecar anyway. Returns the directory to remove.
+fn write_resolv_conf(
+    netns: &str,
+    namespace: &str,
+    upstreams: &[SocketAddr],
+    gateway: Ipv4Addr,
+) -> anyhow::Result<PathBuf> {
+    let dir = Path::new("/etc/netns").join(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let domain = weft::names::cluster_domain();
+    let server = upstreams
+        .first()
+        .map_or(std::net::IpAddr::V4(gateway), SocketAddr::ip);
+    let text = format!(
+        "# weft run: the pod's sidecar answers these questions (mesh names itself).\n\
+         search {namespace}.svc.{domain} svc.{domain} {domain}\n\
+         nameserver {server}\n\
+         options ndots:5\n"
+    );
+    std::fs::write(dir.join("resolv.conf"), text)
+        .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
+    Ok(dir)
 }
 
 /// Runs `weft run`.
@@ -184,6 +245,7 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         bridge: bridge.clone(),
         pod: None,
         dir: None,
+        resolv: None,
         sidecar: None,
     };
     std::fs::create_dir_all("/run/weft/pods").context("creating /run/weft/pods")?;
@@ -213,6 +275,13 @@ fn pod(args: Args) -> anyhow::Result<i32> {
             .context("writing the token")?;
         f.write_all(token.as_bytes())?;
     }
+    let upstreams = dns_upstreams(args.dns_upstream.as_deref())?;
+    held.resolv = Some(write_resolv_conf(
+        &netns,
+        &args.namespace,
+        &upstreams,
+        bridge.gateway,
+    )?);
     let bootstrap = serde_json::json!({
         "service": args.service,
         "namespace": args.namespace,
@@ -225,6 +294,8 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         "mtls": args.mtls,
         "proxyMark": weft::capture::DEFAULT_MARK,
         "workerThreads": 1,
+        "dns": {"listen": format!("127.0.0.1:{DNS}"),
+                "upstreams": upstreams.iter().map(ToString::to_string).collect::<Vec<_>>()},
         "controlPlane": {"address": control.to_string(), "tokenFile": "token",
                          "caFile": bundle},
     });
@@ -235,6 +306,7 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         .arg(&exe)
         .args(["capture", "--inbound-port", &INBOUND.to_string()])
         .args(["--outbound-port", &OUTBOUND.to_string()])
+        .args(["--dns-port", &DNS.to_string()])
         .status()
         .context("running weft capture in the pod")?;
     anyhow::ensure!(status.success(), "weft capture failed in the pod");

@@ -23,6 +23,8 @@ pub struct Peer {
     /// as the authority a passthrough call is sent to, formatted once per connection; none
     /// when it dialled the listener itself.
     pub original_dst: Option<http::uri::Authority>,
+    /// The same destination as an address: a service's virtual IP names the service.
+    pub original_addr: Option<SocketAddr>,
     /// Its IP as an `x-forwarded-for` element, formatted once per connection.
     pub forwarded: http::HeaderValue,
     /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
@@ -51,6 +53,7 @@ impl Peer {
         });
         Peer {
             addr,
+            original_addr: original_dst,
             original_dst: original_dst
                 .and_then(|dst| http::uri::Authority::try_from(dst.to_string()).ok()),
             forwarded: headers::forwarded_value(addr.ip()),

@@ -130,6 +130,44 @@ pub struct SidecarConfig {
     /// Under capture, the firewall mark every socket the sidecar opens carries, so the
     /// capture rules let its own traffic pass (`weft capture --proxy-mark`).
     pub proxy_mark: Option<u32>,
+    /// The pod's DNS proxy; none: the sidecar answers no DNS.
+    pub dns: Option<DnsConfig>,
+}
+
+/// Where the pod's DNS proxy listens (UDP) and whom it asks for names outside the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Its address (`127.0.0.1:15053` in a pod, where the capture rules send port 53).
+    pub listen: SocketAddr,
+    /// The upstream resolvers; none: the nameservers of `/etc/resolv.conf` at start.
+    pub upstreams: Option<Vec<SocketAddr>>,
+}
+
+/// The mesh's names as the DNS proxy reads them: the routes in force.
+struct MeshNames(Arc<Inputs>);
+
+impl crate::dns::Names for MeshNames {
+    fn lookup(&self, name: &str) -> crate::dns::Lookup {
+        let routes = self.0.routes.load();
+        if let Some(key) = crate::names::service_key_of(name, &self.0.settings.namespace)
+            && let Some(vip) = routes
+                .snapshot
+                .services
+                .get(key.as_ref())
+                .and_then(|s| s.vip)
+        {
+            return crate::dns::Lookup::Service(vip);
+        }
+        let domain = crate::names::cluster_domain();
+        let under_domain = name
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'));
+        if under_domain {
+            crate::dns::Lookup::NoSuchName
+        } else {
+            crate::dns::Lookup::Elsewhere
+        }
+    }
 }
 
 impl SidecarConfig {
@@ -153,6 +191,7 @@ impl SidecarConfig {
             timeouts: Timeouts::default(),
             path_normalization: path::Normalization::default(),
             proxy_mark: None,
+            dns: None,
         }
     }
 }
@@ -311,6 +350,8 @@ pub struct Sidecar {
     pub inbound: SocketAddr,
     /// The admin endpoint.
     pub admin: SocketAddr,
+    /// The DNS proxy's address, when it runs one.
+    pub dns: Option<SocketAddr>,
     base_dir: PathBuf,
     artifact_dir: PathBuf,
     plugin_limits: crate::plugin::Limits,
@@ -434,7 +475,35 @@ impl Sidecar {
         let (shutdown, watch_rx) = watch::channel(false);
         let drain = config.drain_timeout;
         let limits = config.timeouts.connection;
-        let tasks = vec![
+        let mut dns_addr = None;
+        let mut dns_task = None;
+        if let Some(dns) = &config.dns {
+            let socket =
+                crate::capture::socket::udp_marked(dns.listen, None).map_err(|source| {
+                    SidecarError::Bind {
+                        what: "dns",
+                        addr: dns.listen,
+                        source,
+                    }
+                })?;
+            dns_addr = socket.local_addr().ok();
+            let servers = dns.upstreams.clone().unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/resolv.conf")
+                    .map(|t| crate::dns::server::nameservers(&t))
+                    .unwrap_or_default()
+            });
+            let upstreams = crate::dns::Upstreams {
+                servers,
+                mark: config.proxy_mark,
+            };
+            let names = Arc::new(MeshNames(inputs.clone()));
+            let registry = inputs.registry.clone();
+            let stop = watch_rx.clone();
+            dns_task = Some(tokio::spawn(async move {
+                crate::dns::serve(socket, names, upstreams, &registry, stop).await;
+            }));
+        }
+        let mut tasks = vec![
             tokio::spawn(serve(
                 outbound,
                 "outbound",
@@ -466,12 +535,14 @@ impl Sidecar {
                 admin::handle,
             )),
         ];
-        tracing::info!(service = %config.service, outbound = %out_addr, inbound = %in_addr, admin = %admin_addr, "sidecar listening");
+        tasks.extend(dns_task);
+        tracing::info!(service = %config.service, outbound = %out_addr, inbound = %in_addr, admin = %admin_addr, dns = ?dns_addr, "sidecar listening");
         Ok(Sidecar {
             inputs,
             outbound: out_addr,
             inbound: in_addr,
             admin: admin_addr,
+            dns: dns_addr,
             artifact_dir: config.base_dir.join(&config.artifact_dir),
             plugin_limits: config.plugin_limits,
             base_dir: config.base_dir,

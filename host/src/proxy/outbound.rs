@@ -212,7 +212,18 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     };
     let service = service_of(&authority, &inputs.settings.namespace);
     let routes = inputs.routes.load_full();
-    let Some(route) = routes.services.get(service.as_ref()).cloned() else {
+    // A host that names no service may still have been sent to one's virtual IP (an app that
+    // resolved the name itself and calls by address).
+    let by_vip = || match peer.original_addr {
+        Some(std::net::SocketAddr::V4(dst)) => routes.by_vip.get(dst.ip()),
+        _ => None,
+    };
+    let Some(route) = routes
+        .services
+        .get(service.as_ref())
+        .or_else(by_vip)
+        .cloned()
+    else {
         // Captured on its way somewhere the mesh does not know: carried there unchanged.
         if let Some(dst) = &peer.original_dst {
             return super::passthrough::forward(&inputs, parts, incoming, dst, start).await;

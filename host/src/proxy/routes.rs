@@ -48,6 +48,8 @@ pub struct Routes {
     pub snapshot: Snapshot,
     /// Routes by service key, looked up on every call.
     pub services: HashMap<String, Arc<Route>, foldhash::fast::RandomState>,
+    /// Routes by their service's virtual IP: where a captured connection to one goes.
+    pub by_vip: HashMap<std::net::Ipv4Addr, Arc<Route>, foldhash::fast::RandomState>,
     /// The inbound side's authorization, compiled once from the snapshot's `inbound` section.
     pub authz: super::authz::Authorizer,
 }
@@ -58,6 +60,7 @@ impl Routes {
         Routes {
             snapshot: Snapshot::default(),
             services: HashMap::default(),
+            by_vip: HashMap::default(),
             authz: super::authz::Authorizer::default(),
         }
     }
@@ -135,6 +138,7 @@ pub fn build(
     }
     let mut keep = HashSet::new();
     let mut services = HashMap::default();
+    let mut by_vip = HashMap::default();
     for (name, svc) in &snapshot.services {
         let endpoints: Vec<Arc<Endpoint>> = svc
             .endpoints
@@ -177,13 +181,18 @@ pub fn build(
                 .remove(name)
                 .unwrap_or_else(|| Arc::new(Chain::empty())),
         };
-        services.insert(name.clone(), Arc::new(route));
+        let route = Arc::new(route);
+        if let Some(vip) = svc.vip {
+            by_vip.insert(vip, route.clone());
+        }
+        services.insert(name.clone(), route);
     }
     table.retain(&keep);
     let authz = super::authz::Authorizer::new(&snapshot.inbound.authorization);
     Ok(Routes {
         snapshot,
         services,
+        by_vip,
         authz,
     })
 }

@@ -94,6 +94,7 @@ mod route_policies;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod vips;
 
 use builtins::*;
 pub(in crate::control) use builtins::{builtin, canary_config, entry_retry};
@@ -350,9 +351,11 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
             endpoints,
             plugins,
             load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
+            vip: None,
         };
         snapshot.services.insert(service.to_string(), compiled);
     }
+    vips::assign(&mut snapshot.services);
     snapshot.inbound.authorization = catalog
         .authorization_policies
         .iter()
