@@ -53,6 +53,10 @@ struct Raw {
     proxy_mark: Option<u32>,
     #[serde(default)]
     dns: Option<RawDns>,
+    #[serde(default)]
+    opaque_ports: Option<Vec<u16>>,
+    #[serde(default)]
+    protocol_detection_timeout: Option<String>,
 }
 
 /// `dns` as written: where the pod's DNS proxy listens, and the resolvers it forwards to
@@ -179,6 +183,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     );
     let stream_idle = duration("timeouts.streamIdle", t.stream_idle.as_deref());
     let request = duration("timeouts.request", t.request.as_deref());
+    let detection = duration(
+        "protocolDetectionTimeout",
+        raw.protocol_detection_timeout.as_deref(),
+    );
 
     let mut plugin_limits = crate::plugin::Limits::default();
     match plugin_deadline {
@@ -257,6 +265,17 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
             Normalization::default()
         }),
     };
+    if detection.is_some_and(|d| d.is_zero()) {
+        errors.push(
+            "protocolDetectionTimeout: must be above zero (a silent client would never be served)"
+                .into(),
+        );
+    }
+    if let Some(ports) = &raw.opaque_ports
+        && let Some(i) = ports.iter().position(|p| *p == 0)
+    {
+        errors.push(format!("opaquePorts[{i}]: 0 is not a port"));
+    }
     if raw.snapshot.is_none() && raw.control_plane.is_none() {
         errors.push("give a snapshot file, a controlPlane, or both".into());
     }
@@ -280,6 +299,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.path_normalization = path_normalization;
     sidecar.proxy_mark = raw.proxy_mark;
     sidecar.dns = dns;
+    sidecar.version = raw.labels.get("version").cloned();
+    if let Some(ports) = raw.opaque_ports {
+        sidecar.opaque_ports = ports;
+    }
+    if let Some(d) = detection {
+        sidecar.protocol_detection_timeout = d;
+    }
     Ok(Bootstrap {
         sidecar,
         snapshot: raw.snapshot,

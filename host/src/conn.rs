@@ -352,7 +352,8 @@ where
             .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(None);
-        let conn = builder.serve_connection(tracked, svc);
+        // Upgrades (CONNECT, WebSocket) take the connection over once answered.
+        let conn = builder.serve_connection(tracked, svc).with_upgrades();
         watch_over(conn, &activity, &limits, &mut drain).await
     }
 }
@@ -367,6 +368,19 @@ where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -102,7 +102,22 @@ struct Operation {
 }
 
 impl Operation {
-    fn matches(&self, method: &str, path: &str) -> bool {
+    /// Whether it names an HTTP property; every field here does.
+    fn is_http_only(&self) -> bool {
+        !(self.paths.is_empty()
+            && self.not_paths.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty())
+    }
+
+    fn matches(&self, call: &Call<'_>, deny: bool) -> bool {
+        // TCP has no method or path: as Istio does, an operation with HTTP-only fields never
+        // matches in an ALLOW policy and always matches in a DENY one, so either way the
+        // policy errs towards refusing.
+        if call.tcp && self.is_http_only() {
+            return deny;
+        }
+        let (method, path) = (call.method, call.path);
         (self.paths.is_empty() || any(&self.paths, path))
             && !any(&self.not_paths, path)
             && (self.methods.is_empty() || any(&self.methods, method))
@@ -116,9 +131,9 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, call: &Call<'_>) -> bool {
+    fn matches(&self, call: &Call<'_>, deny: bool) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(call.principal)))
-            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(call.method, call.path)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(call, deny)))
     }
 }
 
@@ -128,8 +143,8 @@ struct Policy {
 }
 
 impl Policy {
-    fn matches(&self, call: &Call<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(call))
+    fn matches(&self, call: &Call<'_>, deny: bool) -> bool {
+        self.rules.iter().any(|r| r.matches(call, deny))
     }
 }
 
@@ -142,6 +157,8 @@ pub struct Call<'a> {
     pub method: &'a str,
     /// The request path, without the query.
     pub path: &'a str,
+    /// A TCP connection rather than an HTTP request: method and path are not known.
+    pub tcp: bool,
 }
 
 /// The verdict on a call.
@@ -184,10 +201,10 @@ impl Authorizer {
 
     /// Judges a call, in Istio's order: DENY, then ALLOW.
     pub fn check(&self, call: &Call<'_>) -> Verdict {
-        if let Some(p) = self.deny.iter().find(|p| p.matches(call)) {
+        if let Some(p) = self.deny.iter().find(|p| p.matches(call, true)) {
             return Verdict::Deny(Some(p.name.clone()));
         }
-        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(call)) {
+        if self.allow.is_empty() || self.allow.iter().any(|p| p.matches(call, false)) {
             Verdict::Allow
         } else {
             Verdict::Deny(None)
@@ -252,7 +269,33 @@ mod tests {
             principal,
             method,
             path,
+            tcp: false,
         }
+    }
+
+    #[test]
+    fn tcp_connections_meet_http_fields_as_istio_says() {
+        const ORDERS: &str = "weft.local/ns/default/sa/orders";
+        let tcp = |principal| Call {
+            principal,
+            method: "CONNECT",
+            path: "",
+            tcp: true,
+        };
+        // ALLOW with a method: never matches TCP, so nothing is allowed.
+        let a = authorizer(serde_json::json!([{"rules": [{"to": [{"methods": ["GET"]}]}]}]));
+        assert_eq!(a.check(&tcp(Some(ORDERS))), Verdict::Deny(None));
+        // ALLOW by principal alone: TCP from that caller passes, others do not.
+        let a = authorizer(serde_json::json!([{"rules": [{"from": [{"principals": [ORDERS]}]}]}]));
+        assert_eq!(a.check(&tcp(Some(ORDERS))), Verdict::Allow);
+        assert_eq!(a.check(&tcp(None)), Verdict::Deny(None));
+        // DENY with a path: its HTTP field is ignored for TCP, so it refuses the connection.
+        let d = authorizer(serde_json::json!([{"name": "no-admin", "action": "DENY",
+            "rules": [{"to": [{"paths": ["/admin*"]}]}]}]));
+        assert_eq!(
+            d.check(&tcp(Some(ORDERS))),
+            Verdict::Deny(Some("no-admin".into()))
+        );
     }
 
     #[test]

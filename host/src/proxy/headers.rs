@@ -30,7 +30,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || HOP_BY_HOP.iter().any(|h| h == name)
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any named in `Connection`.
+/// The port a captured call was sent to, from the caller's sidecar to the destination's, so
+/// the destination's app is reached on the port the caller dialled (Kubernetes'
+/// `targetPort`). Never passed to an app.
+pub const TARGET_PORT: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-weft-target-port");
+
+/// Strips the hop-by-hop headers (RFC 9110 §7.6.1): the standard ones and those `Connection`
+/// names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names, comparing pre-built names (no parsing), finds what to remove;
     // only those are removed (an HTTP/1.1 `Connection: keep-alive` is on most responses).

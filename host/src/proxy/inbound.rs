@@ -18,12 +18,32 @@ pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forward
 /// The inbound listener's place in [`Inputs::stream_timeouts`].
 const INBOUND: usize = 1;
 
+/// Sends an upgrade request to the app on a connection of its own.
+async fn upgraded(
+    inputs: &Inputs,
+    app: std::net::SocketAddr,
+    upstream: Request<super::body::ProxyBody>,
+    u: super::upgrade::Pending,
+) -> Result<Response<Incoming>, String> {
+    let io = super::tcp::dial(app, inputs.settings.proxy_mark)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = super::upgrade::send(hyper_util::rt::TokioIo::new(io), upstream)
+        .await
+        .map_err(|e| e.to_string())?;
+    u.complete(&mut resp);
+    Ok(resp)
+}
+
 /// Handles one request from a peer sidecar.
 pub async fn handle(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if req.method() == http::Method::CONNECT {
+        return Ok(super::tcp::accept_tunnel(inputs, req, peer).await);
+    }
     let start = Instant::now();
     let m = &inputs.inbound_metrics;
     // What is authorized is what the app is sent: the path is normalized first, and a path
@@ -58,6 +78,7 @@ pub async fn handle(
             principal: peer.principal.as_deref(),
             method: req.method().as_str(),
             path: path_only,
+            tcp: false,
         };
         if let authz::Verdict::Deny(policy) = routes.authz.check(&call) {
             tracing::debug!(
@@ -81,7 +102,22 @@ pub async fn handle(
     };
     peer.count_inbound(&inputs.metrics, true);
     let (mut parts, incoming) = req.into_parts();
+    let upgrade = super::upgrade::take(&mut parts);
+    let port = parts
+        .headers
+        .remove(headers::TARGET_PORT)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    let Some(app) = inputs.settings.app_at(port) else {
+        m.request(403);
+        return Ok(local_response(
+            StatusCode::FORBIDDEN,
+            "weft: that port is the sidecar's own\n",
+        ));
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.ask_again(&mut parts.headers);
+    }
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     // Only mTLS vouches for a caller: whatever arrived in the header is dropped (a caller must
     // not forge it), and it is set only from the connection's authenticated identity.
@@ -94,7 +130,11 @@ pub async fn handle(
     }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(inputs.settings.app_authority.clone());
+    uri.authority = Some(if app == inputs.settings.app {
+        inputs.settings.app_authority.clone()
+    } else {
+        super::authority_of(app)
+    });
     uri.path_and_query =
         Some(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     let Ok(uri) = http::Uri::from_parts(uri) else {
@@ -107,10 +147,19 @@ pub async fn handle(
     parts.version = Version::HTTP_11;
     let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
     let upstream = Request::from_parts(parts, incoming.boxed_unsync());
-    let response = match inputs.app.request(upstream).await {
+    let answered = match upgrade {
+        None => inputs
+            .app
+            .request(upstream)
+            .await
+            .map_err(|e| format!("{e:?}")),
+        Some(u) => upgraded(&inputs, app, upstream, u).await,
+    };
+    let response = match answered {
         Ok(resp) => {
             let (mut parts, incoming) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
+            super::upgrade::restore_response_headers(&mut parts);
             Response::from_parts(
                 parts,
                 inputs.bound_response(incoming, INBOUND).boxed_unsync(),
@@ -122,7 +171,7 @@ pub async fn handle(
             local_response(StatusCode::REQUEST_TIMEOUT, "weft: request timeout\n")
         }
         Err(e) => {
-            tracing::warn!(app = %inputs.settings.app, "local app unreachable: {e:?}");
+            tracing::warn!(app = %inputs.settings.app, "local app unreachable: {e}");
             local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(

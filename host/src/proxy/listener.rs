@@ -5,6 +5,7 @@
 
 use super::body::ProxyBody;
 use super::metrics::ProxyMetrics;
+use super::tcp::{self, sniff, sniff::Detected};
 use super::{Inputs, authz, headers};
 use crate::conn::{self, Ended, Limits};
 use http::Response;
@@ -156,13 +157,43 @@ pub(super) async fn serve<F, Fut>(
                     let ended = match tls {
                         None => {
                             let original = crate::capture::socket::original_dst(&stream);
-                            let who = Arc::new(Peer::new(peer, original, None, &us));
-                            serve_one(stream, shared, who, limits, drained, handler).await
+                            // A captured connection on its way out is HTTP or opaque TCP.
+                            let detected = match original {
+                                Some(dst) if name == "outbound" => Some((dst, detect(&shared, &stream, dst).await)),
+                                _ => None,
+                            };
+                            match detected {
+                                Some((_, Detected::Closed)) => Ended::Closed,
+                                Some((dst, Detected::Opaque)) => {
+                                    tcp::outbound(shared, stream, dst).await;
+                                    Ended::Closed
+                                }
+                                _ => {
+                                    let who = Arc::new(Peer::new(peer, original, None, &us));
+                                    serve_one(stream, shared, who, limits, drained, handler).await
+                                }
+                            }
                         }
                         Some(tls) => match accept_tls(&tls, tls.mode_in_force(&shared), stream).await {
                             Ok(Accepted::Plain(stream)) => {
-                                let who = Arc::new(Peer::new(peer, None, None, &us));
-                                serve_one(stream, shared, who, limits, drained, handler).await
+                                // Captured on its way in (PERMISSIVE): opaque TCP goes to the
+                                // app's port as it is.
+                                let original = crate::capture::socket::original_dst(&stream);
+                                let detected = match original {
+                                    Some(dst) => detect(&shared, &stream, dst).await,
+                                    None => Detected::Http,
+                                };
+                                match (detected, original) {
+                                    (Detected::Closed, _) => Ended::Closed,
+                                    (Detected::Opaque, Some(dst)) => {
+                                        tcp::inbound_plain(shared, stream, dst.port()).await;
+                                        Ended::Closed
+                                    }
+                                    _ => {
+                                        let who = Arc::new(Peer::new(peer, None, None, &us));
+                                        serve_one(stream, shared, who, limits, drained, handler).await
+                                    }
+                                }
                             }
                             Ok(Accepted::Tls(stream)) => {
                                 let caller = crate::identity::caller_identity(&stream);
@@ -197,6 +228,15 @@ pub(super) async fn serve<F, Fut>(
         _ = all_done.recv() => tracing::info!(listener = name, "drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(listener = name, "drain timeout: closing remaining connections"),
     }
+}
+
+/// What a captured connection to `dst` speaks: TCP without looking on a declared opaque port,
+/// else what its first bytes say.
+async fn detect(inputs: &Inputs, stream: &tokio::net::TcpStream, dst: SocketAddr) -> Detected {
+    if inputs.settings.opaque_ports.contains(&dst.port()) {
+        return Detected::Opaque;
+    }
+    sniff::detect(stream, inputs.settings.detection_timeout).await
 }
 
 /// Serves one connection's requests through `handler`.

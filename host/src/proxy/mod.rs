@@ -23,6 +23,8 @@ pub mod passthrough;
 pub mod path;
 pub mod pool;
 pub mod routes;
+pub mod tcp;
+pub mod upgrade;
 
 use crate::endpoints::EndpointTable;
 use crate::plugin::{PluginRuntime, RuntimeConfig};
@@ -132,6 +134,13 @@ pub struct SidecarConfig {
     pub proxy_mark: Option<u32>,
     /// The pod's DNS proxy; none: the sidecar answers no DNS.
     pub dns: Option<DnsConfig>,
+    /// The workload's `version` label, for the TCP metrics it reports as destination.
+    pub version: Option<String>,
+    /// Destination ports of captured connections carried as TCP without detection.
+    pub opaque_ports: Vec<u16>,
+    /// How long a captured connection may stay silent before it is taken for a server-first
+    /// protocol and carried as TCP.
+    pub protocol_detection_timeout: Duration,
 }
 
 /// Where the pod's DNS proxy listens (UDP) and whom it asks for names outside the mesh.
@@ -192,6 +201,9 @@ impl SidecarConfig {
             path_normalization: path::Normalization::default(),
             proxy_mark: None,
             dns: None,
+            version: None,
+            opaque_ports: tcp::sniff::DEFAULT_OPAQUE_PORTS.to_vec(),
+            protocol_detection_timeout: tcp::sniff::DEFAULT_DETECTION_TIMEOUT,
         }
     }
 }
@@ -216,6 +228,34 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// How request paths are normalized.
     pub path_normalization: path::Normalization,
+    /// The local service's key (`payments`, `payments.shop`).
+    pub service_key: String,
+    /// The workload's `version` label, or `unknown`.
+    pub version: String,
+    /// Whether calls between sidecars use mutual TLS.
+    pub mtls: bool,
+    /// The mark the sidecar's sockets carry under capture.
+    pub proxy_mark: Option<u32>,
+    /// Destination ports carried as TCP without detection.
+    pub opaque_ports: Vec<u16>,
+    /// How long detection waits for a captured connection's first bytes.
+    pub detection_timeout: Duration,
+    /// The sidecar's own listener ports, which no caller may reach as an app port.
+    pub own_ports: Vec<u16>,
+}
+
+impl Settings {
+    /// Where the app takes a call sent to `port` of its service: port 80 (or none) is the
+    /// app's own port, as a Kubernetes Service's port 80 maps to its `targetPort`; any other
+    /// port is the same port on the app's host. None for the sidecar's own ports.
+    pub fn app_at(&self, port: Option<u16>) -> Option<SocketAddr> {
+        match port {
+            None | Some(80) => Some(self.app),
+            Some(p) if p == self.app.port() => Some(self.app),
+            Some(p) if self.own_ports.contains(&p) => None,
+            Some(p) => Some(SocketAddr::new(self.app.ip(), p)),
+        }
+    }
 }
 
 /// What every handler shares: the test seams and the state in force.
@@ -234,6 +274,10 @@ pub struct Inputs {
     pub peers_h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
     /// Client to the local app (HTTP/1.1, pooled).
     pub app: h1_pool::H1Pool<CountingConnector>,
+    /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
+    pub tunnels: CountingConnector<PeerConnector>,
+    /// Istio's TCP metrics.
+    pub tcp: tcp::metrics::TcpMetrics,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The metric handles of passthrough calls, resolved at the first one.
@@ -423,38 +467,11 @@ impl Sidecar {
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(CountingConnector::new(h2_connector, metrics.pool("peers")));
+        let tunnels = CountingConnector::new(h1_connector.clone(), metrics.pool("peers"));
         let peers_h1 =
             h1_pool::H1Pool::new(CountingConnector::new(h1_connector, metrics.pool("peers")));
+        let tcp_metrics = tcp::metrics::TcpMetrics::register(&registry)?;
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
-        let inputs = Arc::new(Inputs {
-            routes: ArcSwap::from_pointee(routes::Routes::empty()),
-            table,
-            settings: Settings {
-                identity_id: runtime.intern(&identity),
-                identity: identity.into(),
-                service: config.service.clone(),
-                namespace: config.namespace.clone(),
-                app: config.app,
-                app_authority: authority_of(config.app),
-                replay_limit: config.replay_limit,
-                timeouts: config.timeouts,
-                path_normalization: config.path_normalization,
-            },
-            runtime,
-            peers,
-            peers_h1,
-            app,
-            inbound_metrics: metrics.handles("inbound", &config.service),
-            passthrough_metrics: std::sync::OnceLock::new(),
-            stream_timeouts: [
-                Arc::new(metrics.downstream_timeouts("outbound")),
-                Arc::new(metrics.downstream_timeouts("inbound")),
-            ],
-            metrics,
-            registry,
-            draining: AtomicBool::new(false),
-            call_ids: AtomicU64::new(1),
-        });
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -472,6 +489,48 @@ impl Sidecar {
             local(&inbound, "inbound", config.inbound)?,
             local(&admin, "admin", config.admin)?,
         );
+        let inputs = Arc::new(Inputs {
+            routes: ArcSwap::from_pointee(routes::Routes::empty()),
+            table,
+            settings: Settings {
+                identity_id: runtime.intern(&identity),
+                identity: identity.into(),
+                service: config.service.clone(),
+                namespace: config.namespace.clone(),
+                app: config.app,
+                app_authority: authority_of(config.app),
+                replay_limit: config.replay_limit,
+                timeouts: config.timeouts,
+                path_normalization: config.path_normalization,
+                service_key: crate::names::service_key(&config.service, &config.namespace),
+                version: config.version.clone().unwrap_or_else(|| "unknown".into()),
+                mtls: config.mtls.is_some(),
+                proxy_mark: config.proxy_mark,
+                opaque_ports: config.opaque_ports.clone(),
+                detection_timeout: config.protocol_detection_timeout,
+                own_ports: [out_addr, in_addr, admin_addr]
+                    .iter()
+                    .map(SocketAddr::port)
+                    .chain(config.dns.as_ref().map(|d| d.listen.port()))
+                    .collect(),
+            },
+            runtime,
+            peers,
+            peers_h1,
+            app,
+            tunnels,
+            tcp: tcp_metrics,
+            inbound_metrics: metrics.handles("inbound", &config.service),
+            passthrough_metrics: std::sync::OnceLock::new(),
+            stream_timeouts: [
+                Arc::new(metrics.downstream_timeouts("outbound")),
+                Arc::new(metrics.downstream_timeouts("inbound")),
+            ],
+            metrics,
+            registry,
+            draining: AtomicBool::new(false),
+            call_ids: AtomicU64::new(1),
+        });
         let (shutdown, watch_rx) = watch::channel(false);
         let drain = config.drain_timeout;
         let limits = config.timeouts.connection;

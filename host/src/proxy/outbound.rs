@@ -12,7 +12,7 @@ use crate::plugin::{
     Attempt, AttemptVerdict, CallSummary, Destination, Outcome, Protocol, RequestHead,
     RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
 };
-use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -49,6 +49,8 @@ struct Call {
     request_bytes: Arc<AtomicU64>,
     inputs: Arc<Inputs>,
     done: bool,
+    /// The caller's protocol upgrade (WebSocket), completed when the upstream agrees.
+    upgrade: Option<super::upgrade::Pending>,
 }
 
 impl Call {
@@ -181,13 +183,11 @@ fn normalize_uri(
 
 async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let start = Instant::now();
-    let (mut parts, incoming) = req.into_parts();
-    if parts.method == Method::CONNECT || parts.headers.contains_key(UPGRADE) {
-        return local_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "weft: protocol upgrades (CONNECT, Upgrade) are not supported\n",
-        );
+    if req.method() == Method::CONNECT {
+        return super::tcp::connect_request(inputs, req).await;
     }
+    let (mut parts, incoming) = req.into_parts();
+    let upgrade = super::upgrade::take(&mut parts);
     // Routes and plugins match the path the destination will authorize: normalized here as
     // its inbound side will normalize it.
     if let Some(refused) = normalize_uri(&mut parts, inputs.settings.path_normalization) {
@@ -226,7 +226,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     else {
         // Captured on its way somewhere the mesh does not know: carried there unchanged.
         if let Some(dst) = &peer.original_dst {
-            return super::passthrough::forward(&inputs, parts, incoming, dst, start).await;
+            return super::passthrough::forward(&inputs, parts, incoming, dst, start, upgrade)
+                .await;
         }
         inputs
             .metrics
@@ -257,6 +258,15 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     // Room for the four headers this hop adds, so the map grows at most once.
     parts.headers.reserve(4);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
+    // Captured on its way to a port other than the service's default: the destination's
+    // sidecar sends it to that port of its app.
+    if let Some(dst) = peer.original_addr
+        && dst.port() != 80
+    {
+        parts
+            .headers
+            .insert(headers::TARGET_PORT, HeaderValue::from(dst.port()));
+    }
     headers::ensure_ids(&mut parts.headers, || inputs.random());
     let protocol = if parts.version == Version::HTTP_2 {
         Protocol::Http2
@@ -288,6 +298,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         request_bytes: Arc::new(AtomicU64::new(0)),
         inputs: inputs.clone(),
         done: false,
+        upgrade,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts
@@ -457,6 +468,9 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     if let Some(v) = forwarded_host {
         head.headers.insert(FORWARDED_HOST, v);
     }
+    if let Some(u) = &call.upgrade {
+        u.ask_again(&mut head.headers);
+    }
     let upstream = Upstream {
         target: &target,
         endpoints,
@@ -603,8 +617,24 @@ async fn attempts(
                     (p, r) => p.or(r),
                 };
                 // The hop between sidecars speaks the app's protocol (see `Inputs::peers_h1`).
+                let upgrading = call.upgrade.is_some();
                 let sent = async {
-                    if call.summary.protocol == Protocol::Http2 {
+                    if upgrading {
+                        // An upgrade may take its connection over: one of its own.
+                        use tower_service::Service as _;
+                        let mut connector = inputs.tunnels.clone();
+                        let uri = upstream.uri().clone();
+                        let io = match std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
+                            Ok(()) => connector.call(uri).await,
+                            Err(e) => Err(e),
+                        };
+                        match io {
+                            Ok(io) => super::upgrade::send(io, upstream)
+                                .await
+                                .map_err(|e| (Outcome::Reset, e.to_string())),
+                            Err(e) => Err((Outcome::ConnectFailure, e.to_string())),
+                        }
+                    } else if call.summary.protocol == Protocol::Http2 {
                         *upstream.version_mut() = Version::HTTP_2;
                         inputs
                             .peers
@@ -671,9 +701,13 @@ async fn attempts(
     }
 }
 
-fn respond(mut call: Call, resp: Response<Incoming>) -> Response<ProxyBody> {
+fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> {
+    if let Some(u) = call.upgrade.take() {
+        u.complete(&mut resp);
+    }
     let (mut parts, incoming) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    super::upgrade::restore_response_headers(&mut parts);
     let mut head = ResponseHead {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),

@@ -15,6 +15,27 @@ use std::time::Instant;
 /// The service label of passthrough calls in the sidecar's metrics (Istio's cluster name).
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 
+/// Sends an upgrade request to `dst` on a connection of its own.
+async fn upgraded(
+    inputs: &Inputs,
+    dst: &Authority,
+    upstream: Request<ProxyBody>,
+    u: super::upgrade::Pending,
+) -> Result<Response<Incoming>, String> {
+    let addr = dst
+        .as_str()
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| e.to_string())?;
+    let io = super::tcp::dial(addr, inputs.settings.proxy_mark)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = super::upgrade::send(hyper_util::rt::TokioIo::new(io), upstream)
+        .await
+        .map_err(|e| e.to_string())?;
+    u.complete(&mut resp);
+    Ok(resp)
+}
+
 /// Sends the request on to `dst` over HTTP/1.1 and streams the answer back.
 pub async fn forward(
     inputs: &Inputs,
@@ -22,8 +43,12 @@ pub async fn forward(
     body: Incoming,
     dst: &Authority,
     start: Instant,
+    upgrade: Option<super::upgrade::Pending>,
 ) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        u.ask_again(&mut parts.headers);
+    }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
     uri.authority = Some(dst.clone());
@@ -45,11 +70,20 @@ pub async fn forward(
     let metrics = inputs
         .passthrough_metrics
         .get_or_init(|| inputs.metrics.handles("outbound", PASSTHROUGH));
-    match inputs.app.request(upstream).await {
+    let answered = match upgrade {
+        None => inputs
+            .app
+            .request(upstream)
+            .await
+            .map_err(|e| e.to_string()),
+        Some(u) => upgraded(inputs, dst, upstream, u).await,
+    };
+    match answered {
         Ok(resp) => {
             metrics.request(resp.status().as_u16());
             let (mut parts, incoming) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
+            super::upgrade::restore_response_headers(&mut parts);
             Response::from_parts(
                 parts,
                 inputs.bound_response(incoming, OUTBOUND).boxed_unsync(),

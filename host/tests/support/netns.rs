@@ -29,11 +29,36 @@ pub fn unavailable() -> Option<String> {
 /// Installs Debian packages the test needs when their commands are missing, one installer at
 /// a time across test binaries.
 pub fn ensure_packages(wanted: &[(&str, &str)]) {
+    let checks: Vec<(String, &str)> = wanted
+        .iter()
+        .map(|(command, package)| (format!("command -v {command}"), *package))
+        .collect();
+    ensure_checked(&checks);
+}
+
+/// Debian's Python, which Debian's Python modules are installed for (a `python3` earlier on
+/// the PATH may be another).
+#[allow(dead_code)]
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Installs the Debian packages of Python modules the test needs when they do not import in
+/// [`DEBIAN_PYTHON`].
+#[allow(dead_code)]
+pub fn ensure_python_modules(wanted: &[(&str, &str)]) {
+    let checks: Vec<(String, &str)> = wanted
+        .iter()
+        .map(|(module, package)| (format!("{DEBIAN_PYTHON} -c 'import {module}'"), *package))
+        .collect();
+    ensure_checked(&checks);
+}
+
+/// Installs each package whose shell check fails.
+fn ensure_checked(wanted: &[(String, &str)]) {
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(command, _)| {
+        .filter(|(check, _)| {
             !Command::new("sh")
-                .args(["-c", &format!("command -v {command}")])
+                .args(["-c", check])
                 .output()
                 .is_ok_and(|o| o.status.success())
         })

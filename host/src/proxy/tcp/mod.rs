@@ -1,0 +1,458 @@
+//! Opaque TCP through the mesh. A captured connection that is not HTTP (see [`sniff`]) to a
+//! service's virtual IP is carried to one of the service's endpoints inside an HTTP/1.1
+//! `CONNECT` tunnel over the mTLS connection between the two sidecars (Istio's HBONE does the
+//! same over HTTP/2); the destination's sidecar checks the caller against its authorization
+//! policies and splices the tunnel to its app on the port the caller dialled. A connection to
+//! anything else is carried to where it was going, unchanged (Istio's `PassthroughCluster`).
+//! Both sides count connections and bytes as Istio's TCP metrics.
+
+pub mod metrics;
+pub mod sniff;
+
+use super::balance::{self, Candidate};
+use super::body::ProxyBody;
+use super::{Inputs, Peer, authz, local_response};
+use crate::endpoints::Endpoint;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics::{ConnectionCounters, Labels};
+use prometheus::IntCounter;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How long opening the upstream side of a TCP connection may take (Istio's default
+/// `connectTimeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service label of TCP carried outside the mesh.
+const PASSTHROUGH: &str = super::passthrough::PASSTHROUGH;
+
+/// Carries a captured, non-HTTP connection from the app to `dst`.
+pub async fn outbound(inputs: Arc<Inputs>, client: TcpStream, dst: SocketAddr) {
+    let route = match dst {
+        SocketAddr::V4(v4) => inputs.routes.load().by_vip.get(v4.ip()).cloned(),
+        SocketAddr::V6(_) => None,
+    };
+    match route {
+        Some(route) => {
+            let tunnel = open_to_service(&inputs, &route, dst.port()).await;
+            let endpoint = tunnel.as_ref().ok().map(|(e, _)| e.clone());
+            let counters = source_counters(&inputs, &route.service, endpoint.as_deref(), &tunnel);
+            match tunnel {
+                Ok((endpoint, upstream)) => {
+                    endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+                    splice(client, upstream, &counters).await;
+                    endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(service = %route.service, "TCP connection not carried: {e}");
+                    reset(&client);
+                }
+            }
+            counters.closed.inc();
+        }
+        None => passthrough(&inputs, client, dst).await,
+    }
+}
+
+/// The outbound listener's answer to an app's own `CONNECT host:port`: a tunnel to a mesh
+/// service (by name or virtual IP) through its sidecar, or to the host itself.
+pub async fn connect_request(
+    inputs: Arc<Inputs>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return local_response(StatusCode::BAD_REQUEST, "weft: CONNECT needs host:port\n");
+    };
+    let Some(port) = authority.port_u16() else {
+        return local_response(StatusCode::BAD_REQUEST, "weft: CONNECT needs host:port\n");
+    };
+    let service = super::outbound::service_of(authority.as_str(), &inputs.settings.namespace);
+    let route = {
+        let routes = inputs.routes.load();
+        let by_vip = || {
+            authority
+                .host()
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+                .and_then(|ip| routes.by_vip.get(&ip))
+        };
+        routes
+            .services
+            .get(service.as_ref())
+            .or_else(by_vip)
+            .cloned()
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    match route {
+        Some(route) => {
+            let tunnel = open_to_service(&inputs, &route, port).await;
+            let endpoint = tunnel.as_ref().ok().map(|(e, _)| e.clone());
+            let counters = source_counters(&inputs, &route.service, endpoint.as_deref(), &tunnel);
+            let Ok((endpoint, upstream)) = tunnel else {
+                counters.closed.inc();
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("weft: no connection to {}\n", route.service),
+                );
+            };
+            tokio::spawn(async move {
+                if let Ok(client) = on_upgrade.await {
+                    endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+                    splice(TokioIo::new(client), upstream, &counters).await;
+                    endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+                counters.closed.inc();
+            });
+        }
+        None => {
+            let counters = passthrough_counters(&inputs);
+            counters.opened.inc();
+            let target = tokio::net::lookup_host(authority.as_str())
+                .await
+                .ok()
+                .and_then(|mut a| a.next());
+            let upstream = match target {
+                Some(addr) => dial(addr, inputs.settings.proxy_mark).await.ok(),
+                None => None,
+            };
+            let Some(upstream) = upstream else {
+                counters.closed.inc();
+                return local_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("weft: cannot reach {authority}\n"),
+                );
+            };
+            tokio::spawn(async move {
+                if let Ok(client) = on_upgrade.await {
+                    splice(TokioIo::new(client), upstream, &counters).await;
+                }
+                counters.closed.inc();
+            });
+        }
+    }
+    Response::new(ProxyBody::default())
+}
+
+/// The inbound listener's side of a tunnel: a peer sidecar's `CONNECT` for a port of our app,
+/// authorized as TCP, then spliced to the app.
+pub async fn accept_tunnel(
+    inputs: Arc<Inputs>,
+    mut req: Request<Incoming>,
+    peer: Arc<Peer>,
+) -> Response<ProxyBody> {
+    let Some(port) = req
+        .uri()
+        .authority()
+        .and_then(http::uri::Authority::port_u16)
+    else {
+        return local_response(StatusCode::BAD_REQUEST, "weft: CONNECT needs host:port\n");
+    };
+    let verdict = {
+        let routes = inputs.routes.load();
+        routes.authz.check(&authz::Call {
+            principal: peer.principal.as_deref(),
+            method: "CONNECT",
+            path: "",
+            tcp: true,
+        })
+    };
+    if let authz::Verdict::Deny(policy) = verdict {
+        tracing::debug!(
+            caller = peer.principal.as_deref().unwrap_or("(unauthenticated)"),
+            port,
+            policy = policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
+            "inbound TCP connection denied"
+        );
+        inputs.metrics.inbound_denied.inc();
+        peer.count_inbound(&inputs.metrics, false);
+        return local_response(StatusCode::FORBIDDEN, authz::DENIED_BODY);
+    }
+    let Some(app) = inputs.settings.app_at(Some(port)) else {
+        peer.count_inbound(&inputs.metrics, false);
+        return local_response(
+            StatusCode::FORBIDDEN,
+            "weft: that port is the sidecar's own\n",
+        );
+    };
+    peer.count_inbound(&inputs.metrics, true);
+    let security = if peer.identity.is_some() {
+        "mutual_tls"
+    } else {
+        "none"
+    };
+    let source = peer
+        .identity
+        .as_ref()
+        .map_or("unknown", crate::identity::SpiffeId::service);
+    let upstream = dial(app, inputs.settings.proxy_mark).await;
+    let counters = inputs.tcp.connection(Labels {
+        reporter: "destination",
+        source_workload: source,
+        destination_service: &inputs.settings.service_key,
+        destination_version: &inputs.settings.version,
+        response_flags: if upstream.is_ok() { "-" } else { "UF" },
+        security,
+    });
+    counters.opened.inc();
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => {
+            counters.closed.inc();
+            tracing::debug!(%app, "the app refused a TCP connection: {e}");
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("weft: the local app refused port {port}\n"),
+            );
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(tunnel) = on_upgrade.await {
+            splice(TokioIo::new(tunnel), upstream, &counters).await;
+        }
+        counters.closed.inc();
+    });
+    Response::new(ProxyBody::default())
+}
+
+/// A plaintext, non-HTTP connection captured on its way into the pod (PERMISSIVE mTLS lets
+/// it in): spliced to the app on the port it was sent to.
+pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
+    // Sent to this port of the pod, not to a service's: the same port of the app.
+    let app = SocketAddr::new(inputs.settings.app.ip(), port);
+    let upstream = dial(app, inputs.settings.proxy_mark).await;
+    let counters = inputs.tcp.connection(Labels {
+        reporter: "destination",
+        source_workload: "unknown",
+        destination_service: &inputs.settings.service_key,
+        destination_version: &inputs.settings.version,
+        response_flags: if upstream.is_ok() { "-" } else { "UF" },
+        security: "none",
+    });
+    counters.opened.inc();
+    match upstream {
+        Ok(upstream) => splice(client, upstream, &counters).await,
+        Err(_) => reset(&client),
+    }
+    counters.closed.inc();
+}
+
+/// The source side's counters of a connection to `service`, counted as opened.
+fn source_counters<T>(
+    inputs: &Inputs,
+    service: &str,
+    endpoint: Option<&Endpoint>,
+    tunnel: &Result<T, String>,
+) -> ConnectionCounters {
+    let version = endpoint
+        .and_then(|e| e.labels.get("version"))
+        .map_or("unknown", String::as_str);
+    let counters = inputs.tcp.connection(Labels {
+        reporter: "source",
+        source_workload: &inputs.settings.service,
+        destination_service: service,
+        destination_version: version,
+        response_flags: if tunnel.is_ok() { "-" } else { "UF" },
+        security: if inputs.settings.mtls {
+            "mutual_tls"
+        } else {
+            "none"
+        },
+    });
+    counters.opened.inc();
+    counters
+}
+
+fn passthrough_counters(inputs: &Inputs) -> ConnectionCounters {
+    inputs.tcp.connection(Labels {
+        reporter: "source",
+        source_workload: &inputs.settings.service,
+        destination_service: PASSTHROUGH,
+        destination_version: "unknown",
+        response_flags: "-",
+        security: "none",
+    })
+}
+
+async fn passthrough(inputs: &Inputs, client: TcpStream, dst: SocketAddr) {
+    let counters = passthrough_counters(inputs);
+    counters.opened.inc();
+    match dial(dst, inputs.settings.proxy_mark).await {
+        Ok(upstream) => splice(client, upstream, &counters).await,
+        Err(e) => {
+            tracing::debug!(%dst, "passthrough TCP connection failed: {e}");
+            reset(&client);
+        }
+    }
+    counters.closed.inc();
+}
+
+/// The upstream tunnel: an endpoint of `route` picked as for a call, and a `CONNECT` to its
+/// sidecar for `port`.
+async fn open_to_service(
+    inputs: &Inputs,
+    route: &super::routes::Route,
+    port: u16,
+) -> Result<(Arc<Endpoint>, TokioIo<hyper::upgrade::Upgraded>), String> {
+    let now = Instant::now();
+    let candidates = route.endpoints.iter().map(|e| Candidate {
+        id: e.id,
+        outstanding: e.outstanding.load(Ordering::Relaxed),
+        ejected: e.is_ejected(now),
+    });
+    let picked = balance::pick(candidates, None, route.balancer.next(), |n| {
+        (inputs.random() % n as u64) as usize
+    });
+    let endpoint = picked
+        .and_then(|id| route.endpoints.iter().find(|e| e.id == id))
+        .cloned()
+        .ok_or_else(|| "no healthy endpoint".to_string())?;
+    let target = format!("{}:{port}", route.service);
+    let tunnel = tokio::time::timeout(CONNECT_TIMEOUT, open_tunnel(inputs, &endpoint, &target))
+        .await
+        .map_err(|_| {
+            format!(
+                "no tunnel to {} within {CONNECT_TIMEOUT:?}",
+                endpoint.address
+            )
+        })??;
+    Ok((endpoint, tunnel))
+}
+
+async fn open_tunnel(
+    inputs: &Inputs,
+    endpoint: &Endpoint,
+    target: &str,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>, String> {
+    use tower_service::Service as _;
+    let authority = endpoint
+        .authority
+        .clone()
+        .ok_or_else(|| format!("endpoint {} has no address", endpoint.address))?;
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query("/")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut connector = inputs.tunnels.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = connector.call(uri).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target)
+        .header(http::header::HOST, target)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!(
+            "{}'s sidecar answered {}",
+            endpoint.address,
+            resp.status()
+        ));
+    }
+    let upgraded = hyper::upgrade::on(resp).await.map_err(|e| e.to_string())?;
+    Ok(TokioIo::new(upgraded))
+}
+
+/// Connects to `addr`, from a socket carrying the sidecar's mark when it has one.
+pub(super) async fn dial(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let connecting = async {
+        match mark {
+            Some(mark) => crate::capture::socket::connect_marked(addr, mark).await,
+            None => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Closes the client's connection with a reset, as Envoy does when the upstream side fails,
+/// so the client sees a failure rather than an orderly end.
+fn reset(client: &TcpStream) {
+    let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+}
+
+/// Copies both ways until both sides are done, counting bytes as they pass.
+async fn splice<A, B>(client: A, upstream: B, counters: &ConnectionCounters)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client = Metered {
+        io: client,
+        read: counters.received.clone(),
+    };
+    let mut upstream = Metered {
+        io: upstream,
+        read: counters.sent.clone(),
+    };
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("TCP connection ended: {e}");
+    }
+}
+
+/// A stream whose reads are counted as they happen, so a long-lived connection's bytes show
+/// before it closes.
+struct Metered<S> {
+    io: S,
+    read: IntCounter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read.inc_by(n as u64);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
