@@ -56,6 +56,8 @@ struct Raw {
     #[serde(default)]
     opaque_ports: Option<Vec<u16>>,
     #[serde(default)]
+    stats: Option<String>,
+    #[serde(default)]
     protocol_detection_timeout: Option<String>,
 }
 
@@ -154,6 +156,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
         addr("app", &raw.app),
     );
     let advertise = raw.advertise.as_deref().map(|a| addr("advertise", a));
+    let stats = raw.stats.as_deref().map(|a| addr("stats", a));
     let dns = raw.dns.as_ref().map(|d| crate::proxy::DnsConfig {
         listen: addr("dns.listen", &d.listen),
         upstreams: d.upstreams.as_ref().map(|list| {
@@ -299,6 +302,8 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.path_normalization = path_normalization;
     sidecar.proxy_mark = raw.proxy_mark;
     sidecar.dns = dns;
+    sidecar.stats = stats;
+    sidecar.pod_ip = advertise.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
     sidecar.version = raw.labels.get("version").cloned();
     if let Some(ports) = raw.opaque_ports {
         sidecar.opaque_ports = ports;

@@ -2,6 +2,8 @@
 //! apps, walks through the seed's story, reports it, and leaves no process behind — at the end
 //! of its run or on Ctrl-C.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,6 +33,13 @@ fn work_dir(pid: u32) -> PathBuf {
     std::env::temp_dir().join(format!("weft-demo-{pid}"))
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 fn share(phase: &serde_json::Value, version: &str) -> f64 {
     phase["destinations"][version]["share"]
         .as_f64()
@@ -39,6 +48,10 @@ fn share(phase: &serde_json::Value, version: &str) -> f64 {
 
 #[test]
 fn the_demo_tells_the_seed_story_and_cleans_up() {
+    if is_root() {
+        // The captured mode needs iptables; a machine without it falls back (tested below).
+        support::netns::ensure_packages(&[("iptables-restore", "iptables")]);
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["demo", "--duration", "25", "-o", "json"])
         .stdout(Stdio::piped())
@@ -49,6 +62,14 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     let out = child.wait_with_output().expect("demo runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stderr}");
+    // Where pods can be made (root here), every app is in one, calling payments by name.
+    if is_root() {
+        assert!(
+            stderr.contains("captured by its sidecar")
+                && stderr.contains("http://payments/charge by name"),
+            "the demo did not run captured pods:\n{stderr}"
+        );
+    }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
     // The baseline: calls straight to a pod, beside which the phases' latency means something.
@@ -104,6 +125,35 @@ fn the_demo_tells_the_seed_story_and_cleans_up() {
     assert_eq!(report["workDir"], dir.to_string_lossy().as_ref());
     assert!(!dir.exists(), "the work directory is removed");
     assert_eq!(processes_using(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn where_pods_cannot_be_made_the_demo_says_why_and_runs_the_explicit_mode() {
+    // No `unshare`, `ip` or `iptables` on this PATH: as on a machine without them.
+    let empty = tempfile::tempdir().expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["demo", "--duration", "15", "-o", "json"])
+        .env("PATH", empty.path())
+        .output()
+        .expect("weft demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    assert!(
+        stderr.contains("cannot be made here (`unshare` is missing")
+            && stderr.contains("running the explicit mode"),
+        "no reason given:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("captured by its sidecar"),
+        "pods were made:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 5);
+    for p in phases {
+        let rate = p["successRate"].as_f64().unwrap_or(0.0);
+        assert!(rate >= 99.0, "{}: success {rate}%", p["name"]);
+    }
 }
 
 #[test]

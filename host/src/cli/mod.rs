@@ -39,6 +39,12 @@ enum Command {
     /// Run the seed scenario end to end on real processes: control plane, sidecars, demo
     /// apps, traffic, and the story (canary, retries, ejection, reweighting, plugin swap).
     Demo(demo::Args),
+    /// A payments app of `weft demo`'s captured mode (run inside a pod).
+    #[command(hide = true)]
+    DemoApp(demo::apps::AppArgs),
+    /// Orders' app of `weft demo`'s captured mode (run inside a pod).
+    #[command(hide = true)]
+    DemoDriver(demo::apps::DriverArgs),
     /// Delete a resource.
     Delete(operator::DeleteArgs),
     /// Show resources.
@@ -94,6 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(CaCommand::Retire(args)) => operator::ca(args, "retire"),
         Command::Control(args) => control::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::DemoApp(args) => demo::apps::run_app(args),
+        Command::DemoDriver(args) => demo::apps::run_driver(args),
         Command::Delete(args) => operator::delete(args),
         Command::Get(args) => operator::get(args),
         Command::Stat(args) => stat::run(args),

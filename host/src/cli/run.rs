@@ -20,6 +20,8 @@ const OUTBOUND: u16 = 15001;
 const INBOUND: u16 = 15006;
 const ADMIN: u16 = 15000;
 const DNS: u16 = 15053;
+/// Istio's port for scraping a sidecar's metrics on the pod's address.
+const STATS: u16 = 15090;
 
 /// Options of `weft run`.
 #[derive(Debug, ClapArgs)]
@@ -276,12 +278,15 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         f.write_all(token.as_bytes())?;
     }
     let upstreams = dns_upstreams(args.dns_upstream.as_deref())?;
-    held.resolv = Some(write_resolv_conf(
-        &netns,
-        &args.namespace,
-        &upstreams,
-        bridge.gateway,
-    )?);
+    // Where /etc is not ours to write (an unprivileged user namespace), the pod keeps the
+    // machine's resolv.conf: its questions reach the sidecar all the same, only without
+    // Kubernetes' search list.
+    match write_resolv_conf(&netns, &args.namespace, &upstreams, bridge.gateway) {
+        Ok(dir) => held.resolv = Some(dir),
+        Err(e) => eprintln!(
+            "weft run: no resolv.conf for the pod ({e:#}); names still resolve through its sidecar"
+        ),
+    }
     let bootstrap = serde_json::json!({
         "service": args.service,
         "namespace": args.namespace,
@@ -294,6 +299,7 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         "mtls": args.mtls,
         "proxyMark": weft::capture::DEFAULT_MARK,
         "workerThreads": 1,
+        "stats": format!("0.0.0.0:{STATS}"),
         "dns": {"listen": format!("127.0.0.1:{DNS}"),
                 "upstreams": upstreams.iter().map(ToString::to_string).collect::<Vec<_>>()},
         "controlPlane": {"address": control.to_string(), "tokenFile": "token",
@@ -307,6 +313,7 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         .args(["capture", "--inbound-port", &INBOUND.to_string()])
         .args(["--outbound-port", &OUTBOUND.to_string()])
         .args(["--dns-port", &DNS.to_string()])
+        .args(["--exclude-inbound-ports", &STATS.to_string()])
         .status()
         .context("running weft capture in the pod")?;
     anyhow::ensure!(status.success(), "weft capture failed in the pod");

@@ -79,7 +79,15 @@ impl Bridge {
         if self.exists() {
             return Ok(false);
         }
-        ip(&["link", "add", &self.name, "type", "bridge"])?;
+        if let Err(e) = ip(&["link", "add", &self.name, "type", "bridge"]) {
+            // Another `weft run` made it in the meantime: it is that one's to remove. Its
+            // address may not be on it yet; the pod's route through it waits for nothing.
+            if self.exists() {
+                self.wait_for_address();
+                return Ok(false);
+            }
+            return Err(e);
+        }
         let made = (|| {
             let cidr = format!("{}/{}", self.gateway, self.prefix);
             ip(&["addr", "add", &cidr, "dev", &self.name])?;
@@ -90,6 +98,21 @@ impl Bridge {
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Waits (briefly) until the bridge that another process is making carries its address,
+    /// so a pod's default route through it can be added.
+    fn wait_for_address(&self) {
+        let cidr = format!("{}/{}", self.gateway, self.prefix);
+        for _ in 0..100 {
+            let shown = Command::new("ip")
+                .args(["-o", "addr", "show", "dev", &self.name])
+                .output();
+            if shown.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&cidr)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The addresses pods may take: the subnet's hosts but the gateway.

@@ -1,4 +1,6 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force).
+//! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force);
+//! and the stats endpoint, `/metrics` and `/ready` alone, for a listener on the pod's address
+//! (Istio's 15090) where Prometheus scrapes it, since `/config` is for the machine's eyes only.
 
 use super::body::{self, ProxyBody};
 use super::{Inputs, local_response};
@@ -6,6 +8,21 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// Handles one stats request: `/metrics` and `/ready` only.
+pub async fn handle_stats(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: Arc<super::Peer>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    match req.uri().path() {
+        "/metrics" | "/ready" => handle(inputs, req, peer).await,
+        _ => Ok(local_response(
+            StatusCode::NOT_FOUND,
+            "weft stats: /metrics, /ready\n",
+        )),
+    }
+}
 
 /// Handles one admin request (the peer's address is not used).
 pub async fn handle(

@@ -134,6 +134,13 @@ pub struct SidecarConfig {
     pub proxy_mark: Option<u32>,
     /// The pod's DNS proxy; none: the sidecar answers no DNS.
     pub dns: Option<DnsConfig>,
+    /// A stats listener (`/metrics`, `/ready`) for scrapers on the pod's address; none: the
+    /// admin endpoint alone.
+    pub stats: Option<SocketAddr>,
+    /// The pod's own address: calls and tunnels for ports other than the app's go to it, not
+    /// to loopback, so a service the app binds to loopback only stays local (as Istio sends
+    /// inbound traffic to the pod's IP). None: the app's host.
+    pub pod_ip: Option<std::net::IpAddr>,
     /// The workload's `version` label, for the TCP metrics it reports as destination.
     pub version: Option<String>,
     /// Destination ports of captured connections carried as TCP without detection.
@@ -201,6 +208,8 @@ impl SidecarConfig {
             path_normalization: path::Normalization::default(),
             proxy_mark: None,
             dns: None,
+            stats: None,
+            pod_ip: None,
             version: None,
             opaque_ports: tcp::sniff::DEFAULT_OPAQUE_PORTS.to_vec(),
             protocol_detection_timeout: tcp::sniff::DEFAULT_DETECTION_TIMEOUT,
@@ -242,18 +251,20 @@ pub struct Settings {
     pub detection_timeout: Duration,
     /// The sidecar's own listener ports, which no caller may reach as an app port.
     pub own_ports: Vec<u16>,
+    /// Where other ports of the pod are reached (see [`SidecarConfig::pod_ip`]).
+    pub pod_ip: std::net::IpAddr,
 }
 
 impl Settings {
     /// Where the app takes a call sent to `port` of its service: port 80 (or none) is the
     /// app's own port, as a Kubernetes Service's port 80 maps to its `targetPort`; any other
-    /// port is the same port on the app's host. None for the sidecar's own ports.
+    /// port is the same port of the pod's address. None for the sidecar's own ports.
     pub fn app_at(&self, port: Option<u16>) -> Option<SocketAddr> {
         match port {
             None | Some(80) => Some(self.app),
             Some(p) if p == self.app.port() => Some(self.app),
             Some(p) if self.own_ports.contains(&p) => None,
-            Some(p) => Some(SocketAddr::new(self.app.ip(), p)),
+            Some(p) => Some(SocketAddr::new(self.pod_ip, p)),
         }
     }
 }
@@ -396,6 +407,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     /// The DNS proxy's address, when it runs one.
     pub dns: Option<SocketAddr>,
+    /// The stats listener's address, when it has one.
+    pub stats: Option<SocketAddr>,
     base_dir: PathBuf,
     artifact_dir: PathBuf,
     plugin_limits: crate::plugin::Limits,
@@ -489,6 +502,14 @@ impl Sidecar {
             local(&inbound, "inbound", config.inbound)?,
             local(&admin, "admin", config.admin)?,
         );
+        let stats = match config.stats {
+            Some(addr) => Some(bind("stats", addr).await?),
+            None => None,
+        };
+        let stats_addr = match &stats {
+            Some(l) => Some(local(l, "stats", config.admin)?),
+            None => None,
+        };
         let inputs = Arc::new(Inputs {
             routes: ArcSwap::from_pointee(routes::Routes::empty()),
             table,
@@ -508,8 +529,10 @@ impl Sidecar {
                 proxy_mark: config.proxy_mark,
                 opaque_ports: config.opaque_ports.clone(),
                 detection_timeout: config.protocol_detection_timeout,
-                own_ports: [out_addr, in_addr, admin_addr]
+                pod_ip: config.pod_ip.unwrap_or(config.app.ip()),
+                own_ports: [Some(out_addr), Some(in_addr), Some(admin_addr), stats_addr]
                     .iter()
+                    .flatten()
                     .map(SocketAddr::port)
                     .chain(config.dns.as_ref().map(|d| d.listen.port()))
                     .collect(),
@@ -595,6 +618,18 @@ impl Sidecar {
             )),
         ];
         tasks.extend(dns_task);
+        if let Some(stats) = stats {
+            tasks.push(tokio::spawn(serve(
+                stats,
+                "stats",
+                None,
+                inputs.clone(),
+                shutdown.subscribe(),
+                drain,
+                limits,
+                admin::handle_stats,
+            )));
+        }
         tracing::info!(service = %config.service, outbound = %out_addr, inbound = %in_addr, admin = %admin_addr, dns = ?dns_addr, "sidecar listening");
         Ok(Sidecar {
             inputs,
@@ -602,6 +637,7 @@ impl Sidecar {
             inbound: in_addr,
             admin: admin_addr,
             dns: dns_addr,
+            stats: stats_addr,
             artifact_dir: config.base_dir.join(&config.artifact_dir),
             plugin_limits: config.plugin_limits,
             base_dir: config.base_dir,

@@ -259,7 +259,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     parts.headers.reserve(4);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     // Captured on its way to a port other than the service's default: the destination's
-    // sidecar sends it to that port of its app.
+    // sidecar sends it to that port of its pod. Only capture says so, never the app.
+    parts.headers.remove(headers::TARGET_PORT);
     if let Some(dst) = peer.original_addr
         && dst.port() != 80
     {

@@ -12,7 +12,13 @@ pub fn unavailable() -> Option<String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces and nat rules need root".into());
     }
-    let probe = format!("weft-probe-{}", std::process::id());
+    // One name per call: tests of one binary probe at the same time.
+    static PROBES: AtomicU32 = AtomicU32::new(0);
+    let probe = format!(
+        "weft-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(o) if o.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &probe]).output();

@@ -1,6 +1,7 @@
 //! The demo's services: small HTTP apps standing in for the payments pods (whose health the
 //! story changes) and for orders' own app. Each answers with its pod name and version, so the
-//! caller can tell where a call landed.
+//! caller can tell where a call landed. In captured mode each runs as a process of its own in
+//! a `weft run` pod (`weft demo-app`), its health read from a file the story writes.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -40,10 +41,32 @@ pub struct Pod {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Health {
+    /// Its word in a health file.
+    pub fn word(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Flaky => "flaky",
+            Health::Broken => "broken",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Health> {
+        [Health::Healthy, Health::Flaky, Health::Broken]
+            .into_iter()
+            .find(|h| h.word() == word)
+    }
+}
+
 impl Pod {
     /// Starts a pod app on a loopback port.
     pub async fn start(name: &str, version: &str) -> std::io::Result<Pod> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Pod::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, version).await
+    }
+
+    /// Starts a pod app on `bind`.
+    pub async fn start_on(bind: SocketAddr, name: &str, version: &str) -> std::io::Result<Pod> {
+        let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let health = Arc::new(AtomicU8::new(Health::Healthy as u8));
         let calls = Arc::new(AtomicU64::new(0));
@@ -101,4 +124,91 @@ impl Drop for Pod {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Options of `weft demo-app`: one payments pod's app, run by the demo inside a pod.
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// The pod's name (`payments-v1-a`).
+    #[arg(long)]
+    name: String,
+    /// Its version label.
+    #[arg(long)]
+    version: String,
+    /// Where it listens.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// A file holding `healthy`, `flaky` or `broken`, read every 100 ms.
+    #[arg(long)]
+    health_file: std::path::PathBuf,
+}
+
+/// Runs `weft demo-app` until SIGTERM or Ctrl-C.
+pub fn run_app(args: AppArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let pod = Pod::start_on(args.listen, &args.name, &args.version).await?;
+        println!("demo-app {} listening on {}", args.name, pod.addr);
+        let watch = async {
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&args.health_file)
+                    && let Some(h) = Health::from_word(text.trim())
+                {
+                    pod.set(h);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            () = watch => {}
+            () = crate::cli::wait_for_signal() => {}
+        }
+        Ok(())
+    })
+}
+
+/// Options of `weft demo-driver`: orders' app in captured mode, calling payments by name.
+#[derive(Debug, clap::Args)]
+pub struct DriverArgs {
+    /// What every call asks for.
+    #[arg(long, default_value = "http://payments/charge")]
+    url: String,
+    /// Calls per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+}
+
+/// Runs `weft demo-driver`: calls at the rate until SIGTERM or Ctrl-C, one line per call on
+/// stdout (`call <version> <ok> <microseconds> <new-build>`), which the demo reads.
+pub fn run_driver(args: DriverArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let record: super::Record = Arc::new(|version, ok, took, marked| {
+            let line = format!(
+                "call {version} {} {} {}\n",
+                u8::from(ok),
+                took.as_micros(),
+                u8::from(marked)
+            );
+            // The demo went away: nothing left to report to.
+            if std::io::stdout().lock().write_all(line.as_bytes()).is_err() {
+                std::process::exit(0);
+            }
+        });
+        let target = super::Target::Url(args.url.clone());
+        let workers = super::drive(target, args.rate, record, stop.clone());
+        crate::cli::wait_for_signal().await;
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.abort();
+        }
+        Ok(())
+    })
 }

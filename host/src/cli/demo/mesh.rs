@@ -99,22 +99,18 @@ pub struct ControlPlane {
     pub token: String,
     /// `<data>/bundle.pem`, every sidecar's `caFile`.
     pub bundle: PathBuf,
+    /// Its data directory (the operator's credentials, for `weft run --data`).
+    pub data: PathBuf,
 }
 
 impl ControlPlane {
-    /// Starts `weft control` on a fresh data directory under `work`.
-    pub fn start(work: &Path) -> anyhow::Result<ControlPlane> {
+    /// Starts `weft control` on a fresh data directory under `work`, its API on `listen`.
+    pub fn start(work: &Path, listen: &str) -> anyhow::Result<ControlPlane> {
         let data = work.join("control");
         let data_arg = data.to_str().context("work directory is not UTF-8")?;
         let proc = Proc::start(
             &[
-                "control",
-                "--data",
-                data_arg,
-                "--listen",
-                "127.0.0.1:0",
-                "--lease",
-                "3s",
+                "control", "--data", data_arg, "--listen", listen, "--lease", "3s",
             ],
             &work.join("control.log"),
         )?;
@@ -129,6 +125,7 @@ impl ControlPlane {
             endpoint,
             token,
             bundle,
+            data,
         })
     }
 

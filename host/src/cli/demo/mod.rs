@@ -4,9 +4,16 @@
 //! traffic, and walks through the story: the 95/5 canary, a flaky pod hidden by retries, a
 //! broken pod ejected, the weight changed to 50 through the control plane, a plugin swapped
 //! under load — showing split, success, retries, ejections and latency for each.
+//!
+//! Where the machine allows it (root, or unprivileged user namespaces) every app runs in a
+//! pod made by `weft run`, captured, orders calling `http://payments/charge` by name, all in a
+//! namespace of the demo's own ([`isolate`], [`pods`]); elsewhere, and with `--explicit`, the
+//! apps run in this process and orders calls its sidecar's outbound port with `Host: payments`.
 
-mod apps;
+pub mod apps;
+mod isolate;
 mod mesh;
+mod pods;
 mod view;
 
 use anyhow::Context as _;
@@ -53,6 +60,45 @@ pub struct Args {
     /// (`examples/plugins/*/wasmplugin.yaml`); repeatable.
     #[arg(long = "apply", value_name = "FILE")]
     extra: Vec<std::path::PathBuf>,
+    /// The explicit mode even where pods can be made: the apps run in this process and call
+    /// their sidecars' ports, no capture, no namespaces.
+    #[arg(long)]
+    explicit: bool,
+    /// Set by the demo itself when it runs again inside its namespaces.
+    #[arg(long, hide = true)]
+    inside_namespace: bool,
+    /// The work directory, chosen by the demo outside its namespaces.
+    #[arg(long, hide = true)]
+    work_dir: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The arguments of the same demo run again inside its namespaces.
+    fn inside(&self, work: &Path) -> anyhow::Result<Vec<String>> {
+        let mut out: Vec<String> = ["demo", "--inside-namespace", "--work-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        out.push(work.to_str().context("work directory is not UTF-8")?.into());
+        out.extend([
+            "--duration".into(),
+            self.duration.to_string(),
+            "--rate".into(),
+            self.rate.to_string(),
+            "-o".into(),
+            self.output.clone(),
+        ]);
+        if self.keep {
+            out.push("--keep".into());
+        }
+        for f in &self.extra {
+            let abs =
+                std::fs::canonicalize(f).with_context(|| format!("--apply {}", f.display()))?;
+            out.push("--apply".into());
+            out.push(abs.to_str().context("--apply path is not UTF-8")?.into());
+        }
+        Ok(out)
+    }
 }
 
 /// One step of the story.
@@ -100,14 +146,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "text" => Mode::Summary,
         other => anyhow::bail!("-o {other:?}: choose text or json"),
     };
-    let work = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-demo-{}", std::process::id())));
+    let captured = if args.inside_namespace {
+        isolate::prepare_inside().context("preparing the demo's namespace")?;
+        true
+    } else if args.explicit {
+        false
+    } else {
+        match isolate::probe() {
+            Ok(()) => {
+                let code = isolate::run_inside(&args.inside(&work)?)?;
+                std::process::exit(code);
+            }
+            Err(why) => {
+                say(
+                    mode,
+                    &format!(
+                        "weft demo: pods with captured traffic cannot be made here ({why}); running the explicit mode: each app calls its sidecar's port with `Host: payments`."
+                    ),
+                );
+                false
+            }
+        }
+    };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
         tokio::select! {
-            r = story(&args, mode, &work) => r.map(Some),
+            r = story(&args, mode, &work, captured) => r.map(Some),
             _ = super::wait_for_signal() => Ok(None),
         }
     });
@@ -158,9 +229,148 @@ struct Mesh {
     _orders_app: Pod,
 }
 
+/// The captured mode's mesh: pods made by `weft run`; dropping it stops them all (each
+/// removing its pod) before the control plane goes.
+struct Captured {
+    pods: Vec<pods::PodProc>,
+    orders: Option<pods::PodProc>,
+    stats: SocketAddr,
+    /// The same app with no sidecar, for the baseline.
+    direct: Pod,
+    cp: ControlPlane,
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        let mut all: Vec<pods::PodProc> = self.orders.take().into_iter().collect();
+        all.append(&mut self.pods);
+        pods::stop_all(&mut all);
+    }
+}
+
+/// The mesh of either mode, as the story uses it.
+enum DemoMesh {
+    Explicit(Mesh),
+    Captured(Captured),
+}
+
+impl DemoMesh {
+    fn cp(&self) -> &ControlPlane {
+        match self {
+            DemoMesh::Explicit(m) => &m.cp,
+            DemoMesh::Captured(c) => &c.cp,
+        }
+    }
+
+    /// Where orders' sidecar serves its metrics.
+    fn stats(&self) -> SocketAddr {
+        match self {
+            DemoMesh::Explicit(m) => m.orders.admin,
+            DemoMesh::Captured(c) => c.stats,
+        }
+    }
+
+    /// Sets payments pod `i`'s health.
+    fn set(&self, i: usize, health: Health) {
+        match self {
+            DemoMesh::Explicit(m) => m.pods[i].set(health),
+            DemoMesh::Captured(c) => c.pods[i].set(health),
+        }
+    }
+
+    /// A payments app reached with no sidecar, and its name.
+    fn direct(&self) -> (SocketAddr, String) {
+        match self {
+            DemoMesh::Explicit(m) => (m.pods[0].addr, format!("pod {}", m.pods[0].name)),
+            DemoMesh::Captured(c) => (c.direct.addr, "the payments app, no sidecar".into()),
+        }
+    }
+
+    /// Starts orders' calls into `tally` (the captured mode's driver runs in its pod from the
+    /// start, already recording).
+    fn start_load(
+        &self,
+        rate: u32,
+        tally: &Arc<Mutex<Tally>>,
+        stop: &Arc<AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        match self {
+            DemoMesh::Explicit(m) => drive(
+                Target::Sidecar(m.orders.outbound),
+                rate,
+                into_tally(tally.clone()),
+                stop.clone(),
+            ),
+            DemoMesh::Captured(_) => Vec::new(),
+        }
+    }
+}
+
+async fn start_captured(
+    mode: Mode,
+    work: &Path,
+    rate: u32,
+    tally: &Arc<Mutex<Tally>>,
+) -> anyhow::Result<Captured> {
+    let bridge = weft::pod::Bridge {
+        name: pods::BRIDGE.into(),
+        gateway: pods::GATEWAY,
+        prefix: 16,
+    };
+    bridge.ensure().context("making the pods' bridge")?;
+    let w = work.to_path_buf();
+    let listen = format!("{}:0", pods::GATEWAY);
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w, &listen)).await??;
+    say(
+        mode,
+        &format!(
+            "control plane on {} (mesh CA, API over TLS); work directory {}",
+            cp.endpoint.addr,
+            work.display()
+        ),
+    );
+    let direct = Pod::start("payments-direct", "v1").await?;
+    let mut captured = Captured {
+        pods: Vec::new(),
+        orders: None,
+        stats: SocketAddr::from(([127, 0, 0, 1], 0)),
+        direct,
+        cp,
+    };
+    // Pods start one at a time: each `weft run` blocks until its sidecar is ready.
+    for (name, version) in [
+        ("payments-v1-a", "v1"),
+        ("payments-v1-b", "v1"),
+        ("payments-v2", "v2"),
+    ] {
+        let (w, cp) = (work.to_path_buf(), &captured.cp);
+        let pod = tokio::task::block_in_place(|| pods::start_payments(&w, cp, name, version))?;
+        captured.pods.push(pod);
+    }
+    let record = into_tally(tally.clone());
+    let orders =
+        tokio::task::block_in_place(|| pods::start_orders(work, &captured.cp, rate, record))?;
+    captured.stats = pods::stats_of(&orders);
+    say(
+        mode,
+        &format!(
+            "pods up, each app in a network namespace of its own with its traffic captured by its sidecar: {}; orders calls http://payments/charge by name",
+            captured
+                .pods
+                .iter()
+                .chain([&orders])
+                .map(|p| format!("{} {}", p.name, p.ip))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    captured.orders = Some(orders);
+    Ok(captured)
+}
+
 async fn start_mesh(mode: Mode, work: &Path) -> anyhow::Result<Mesh> {
     let w = work.to_path_buf();
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w)).await??;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w, "127.0.0.1:0")).await??;
     say(
         mode,
         &format!(
@@ -241,11 +451,30 @@ async fn counters(admin: SocketAddr) -> Counters {
     }
 }
 
-/// Calls payments through the orders sidecar at `rate` per second until stopped.
+/// Where calls go: a sidecar's outbound listener (with `Host: payments`), or a URL named as
+/// an app inside a pod names it.
+#[derive(Clone)]
+pub enum Target {
+    /// The explicit mode: the app knows its sidecar.
+    Sidecar(SocketAddr),
+    /// The captured mode: `http://payments/charge`, resolved and captured in the pod.
+    Url(String),
+}
+
+/// What is done with each call's outcome: the version that answered, success, time taken,
+/// and whether the swapped retry build marked it.
+pub type Record = Arc<dyn Fn(&str, bool, Duration, bool) + Send + Sync>;
+
+/// A [`Record`] into `tally`.
+fn into_tally(tally: Arc<Mutex<Tally>>) -> Record {
+    Arc::new(move |version, ok, took, marked| tally.lock().record(version, ok, took, marked))
+}
+
+/// Calls payments at `rate` per second until stopped.
 fn drive(
-    outbound: SocketAddr,
+    target: Target,
     rate: u32,
-    tally: Arc<Mutex<Tally>>,
+    record: Record,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     const WORKERS: u32 = 8;
@@ -254,15 +483,22 @@ fn drive(
     let period = Duration::from_secs_f64(f64::from(WORKERS) / f64::from(rate.max(1)));
     (0..WORKERS)
         .map(|_| {
-            let (client, tally, stop) = (client.clone(), tally.clone(), stop.clone());
+            let (client, record, stop) = (client.clone(), record.clone(), stop.clone());
+            let target = target.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
-                    let Ok(req) = Request::get(format!("http://{outbound}/charge"))
-                        .header(http::header::HOST, "payments")
-                        // A tenant the header-gate example lets through, should it be applied.
+                    let builder = match &target {
+                        Target::Sidecar(outbound) => {
+                            Request::get(format!("http://{outbound}/charge"))
+                                .header(http::header::HOST, "payments")
+                        }
+                        Target::Url(url) => Request::get(url.as_str()),
+                    };
+                    // A tenant the header-gate example lets through, should it be applied.
+                    let Ok(req) = builder
                         .header("x-tenant", "acme")
                         .body(Full::new(Bytes::new()))
                     else {
@@ -286,7 +522,7 @@ fn drive(
                         }
                         _ => ("none".to_string(), false, false),
                     };
-                    tally.lock().record(&version, ok, started.elapsed(), marked);
+                    record(&version, ok, started.elapsed(), marked);
                 }
             })
         })
@@ -297,33 +533,33 @@ fn drive(
 /// change went through the control plane.
 async fn change(
     phase: &Phase,
-    mesh: &Mesh,
+    mesh: &DemoMesh,
     extra: &[(String, String)],
 ) -> anyhow::Result<Option<Duration>> {
     Ok(match phase.name {
         "canary" => {
-            let mut took = apply(&mesh.cp, "seed", SEED.to_string()).await?;
+            let mut took = apply(mesh.cp(), "seed", SEED.to_string()).await?;
             for (name, yaml) in extra {
-                took += apply(&mesh.cp, name, yaml.clone()).await?;
+                took += apply(mesh.cp(), name, yaml.clone()).await?;
             }
             Some(took)
         }
         "flaky" => {
-            mesh.pods[0].set(Health::Flaky);
+            mesh.set(0, Health::Flaky);
             None
         }
         "broken" => {
-            mesh.pods[0].set(Health::Healthy);
-            mesh.pods[1].set(Health::Broken);
+            mesh.set(0, Health::Healthy);
+            mesh.set(1, Health::Broken);
             None
         }
         "weight-50" => {
-            mesh.pods[1].set(Health::Healthy);
-            Some(apply(&mesh.cp, "weight-50", reweighted(50)).await?)
+            mesh.set(1, Health::Healthy);
+            Some(apply(mesh.cp(), "weight-50", reweighted(50)).await?)
         }
         _ => {
             let pushed = mesh
-                .cp
+                .cp()
                 .api(
                     Method::POST,
                     "/v1/artifacts",
@@ -343,7 +579,7 @@ async fn change(
                  metadata: {{ name: retry }}\nspec:\n  url: {url}\n\
                  \x20 pluginConfig: {{ attemptCountHeader: {NEW_BUILD_HEADER} }}\n"
             );
-            Some(apply(&mesh.cp, "retry-build", yaml).await?)
+            Some(apply(mesh.cp(), "retry-build", yaml).await?)
         }
     })
 }
@@ -355,7 +591,12 @@ const BASELINE_TIME: Duration = Duration::from_secs(2);
 async fn baseline(to: SocketAddr, rate: u32) -> Baseline {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = drive(to, rate, tally.clone(), stop.clone());
+    let workers = drive(
+        Target::Sidecar(to),
+        rate,
+        into_tally(tally.clone()),
+        stop.clone(),
+    );
     tokio::time::sleep(BASELINE_TIME).await;
     stop.store(true, Ordering::Relaxed);
     for task in workers {
@@ -368,6 +609,7 @@ async fn story(
     args: &Args,
     mode: Mode,
     work: &Path,
+    captured: bool,
 ) -> anyhow::Result<(Baseline, Vec<PhaseReport>)> {
     // Read first: a wrong path fails before any process starts.
     let mut extra = Vec::new();
@@ -379,33 +621,33 @@ async fn story(
             .map_or_else(|| "extra".into(), |n| n.to_string_lossy().into_owned());
         extra.push((name, yaml));
     }
-    let mesh = start_mesh(mode, work).await?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mesh = if captured {
+        DemoMesh::Captured(start_captured(mode, work, args.rate, &tally).await?)
+    } else {
+        DemoMesh::Explicit(start_mesh(mode, work).await?)
+    };
     // What the mesh adds is only visible beside what the app takes on its own.
-    let direct = baseline(mesh.pods[0].addr, args.rate).await;
+    let (direct_addr, direct_name) = mesh.direct();
+    let direct = baseline(direct_addr, args.rate).await;
     say(
         mode,
         &format!(
-            "baseline, no mesh: {} calls straight to pod {}: p50 {:.2} ms, p99 {:.2} ms. Every phase below goes through two sidecars (mTLS, the policy chain); the difference is what the mesh adds.",
-            direct.calls, mesh.pods[0].name, direct.p50_ms, direct.p99_ms
+            "baseline, no mesh: {} calls straight to {direct_name}: p50 {:.2} ms, p99 {:.2} ms. Every phase below goes through two sidecars (mTLS, the policy chain); the difference is what the mesh adds.",
+            direct.calls, direct.p50_ms, direct.p99_ms
         ),
     );
     let phase_time = Duration::from_secs((args.duration / PHASES.len() as u64).max(3));
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut driver = None;
     let mut reports = Vec::new();
     for (i, phase) in PHASES.iter().enumerate() {
         let followed = change(phase, &mesh, &extra).await?;
-        let start = counters(mesh.orders.admin).await;
+        let start = counters(mesh.stats()).await;
         *tally.lock() = Tally::default();
         let began = Instant::now();
         if driver.is_none() {
-            driver = Some(drive(
-                mesh.orders.outbound,
-                args.rate,
-                tally.clone(),
-                stop.clone(),
-            ));
+            driver = Some(mesh.start_load(args.rate, &tally, &stop));
         }
         if mode != Mode::Live {
             say(mode, &format!("\n== {}: {}", phase.name, phase.story));
@@ -416,7 +658,7 @@ async fn story(
                 Duration::from_secs(1).min(phase_time.saturating_sub(began.elapsed())),
             )
             .await;
-            let now = counters(mesh.orders.admin).await;
+            let now = counters(mesh.stats()).await;
             let snapshot = tally.lock().clone();
             let r = view::report(
                 phase.name,

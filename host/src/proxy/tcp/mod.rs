@@ -228,8 +228,8 @@ pub async fn accept_tunnel(
 /// A plaintext, non-HTTP connection captured on its way into the pod (PERMISSIVE mTLS lets
 /// it in): spliced to the app on the port it was sent to.
 pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
-    // Sent to this port of the pod, not to a service's: the same port of the app.
-    let app = SocketAddr::new(inputs.settings.app.ip(), port);
+    // Sent to this port of the pod, not to a service's: the same port of the pod.
+    let app = SocketAddr::new(inputs.settings.pod_ip, port);
     let upstream = dial(app, inputs.settings.proxy_mark).await;
     let counters = inputs.tcp.connection(Labels {
         reporter: "destination",
