@@ -149,6 +149,8 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
         ("iptables-restore", "iptables"),
         ("curl", "curl"),
         ("python3", "python3"),
+        // The orders app runs as nobody, which may not reach another Python on the PATH.
+        (netns::DEBIAN_PYTHON, "python3"),
     ]);
     let pid = std::process::id();
     let bridge = TestBridge(weft::pod::Bridge {
@@ -212,17 +214,26 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
 
     // The orders pod's app: curl and Python, unmodified, calling payments by name; a name
     // outside the mesh; then a call straight at the payments app's port, around the sidecars.
+    // Run as nobody: the app cannot set the sidecar's mark to get around it.
     let script = format!(
-        "curl -sS --max-time 10 http://payments:8080/charge; echo; \
-         python3 -c \"import urllib.request as u; print('python', u.urlopen('http://payments.default.svc.cluster.local/charge', timeout=10).status)\"; \
-         python3 -c \"import socket; print('outside', socket.gethostbyname('outside.example'))\"; \
-         curl -s -o /dev/null -w 'direct=%{{http_code}}' --max-time 10 http://{payments_ip}:8080/direct"
+        "{py} -c \"import socket; s = socket.socket()
+try:
+    s.setsockopt(socket.SOL_SOCKET, 36, 1337); print('mark set')
+except PermissionError:
+    print('mark refused')\"; \
+         curl -sS --max-time 10 http://payments:8080/charge; echo; \
+         {py} -c \"import urllib.request as u; print('python', u.urlopen('http://payments.default.svc.cluster.local/charge', timeout=10).status)\"; \
+         {py} -c \"import socket; print('outside', socket.gethostbyname('outside.example'))\"; \
+         curl -s -o /dev/null -w 'direct=%{{http_code}}' --max-time 10 http://{payments_ip}:8080/direct",
+        py = netns::DEBIAN_PYTHON
     );
     let mut orders_args = run_args(&bridge.0, &cp, &data, "orders");
     orders_args.pop();
     orders_args.extend([
         "--dns-upstream".into(),
         upstream_addr.to_string(),
+        "--user".into(),
+        "nobody".into(),
         "--".into(),
     ]);
     let orders = Command::new(WEFT)
@@ -237,6 +248,7 @@ async fn pods_made_by_weft_run_talk_through_their_sidecars_and_leave_nothing_beh
     let out = String::from_utf8_lossy(&orders.stdout).into_owned();
     assert!(orders.status.success(), "orders pod failed: {out}");
     let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("mark refused"), "{out}");
     let echoed: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {out}"));
     let xfcc = echoed["x-forwarded-client-cert"]

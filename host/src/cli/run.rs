@@ -52,6 +52,11 @@ pub struct Args {
     /// since a pod cannot reach the machine's loopback).
     #[arg(long)]
     dns_upstream: Option<String>,
+    /// The user the app runs as (a name or uid, via `runuser`). Without CAP_NET_ADMIN it
+    /// cannot set the sidecar's firewall mark, so it cannot get around its sidecar; by
+    /// default the app runs as the user `weft run` runs as.
+    #[arg(long)]
+    user: Option<String>,
     /// How long the sidecar may take to be ready (its plugins compile on first start).
     #[arg(long, default_value = "120s", value_parser = weft::snapshot::parse_duration)]
     ready_timeout: Duration,
@@ -352,8 +357,12 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         args.service, args.namespace, args.command[0]
     );
 
-    let mut app = Command::new("ip")
-        .args(["netns", "exec", &netns])
+    let mut app = Command::new("ip");
+    app.args(["netns", "exec", &netns]);
+    if let Some(user) = &args.user {
+        app.args(["runuser", "-u", user, "--"]);
+    }
+    let mut app = app
         .args(&args.command)
         .spawn()
         .with_context(|| format!("starting {}", args.command[0]))?;

@@ -26,6 +26,9 @@ pub struct Peer {
     pub original_dst: Option<http::uri::Authority>,
     /// The same destination as an address: a service's virtual IP names the service.
     pub original_addr: Option<SocketAddr>,
+    /// Its port as the `x-weft-target-port` value, when not 80; formatted once per
+    /// connection.
+    pub target_port: Option<http::HeaderValue>,
     /// Its IP as an `x-forwarded-for` element, formatted once per connection.
     pub forwarded: http::HeaderValue,
     /// Its SPIFFE ID, when it authenticated with a certificate over mTLS.
@@ -55,6 +58,10 @@ impl Peer {
         Peer {
             addr,
             original_addr: original_dst,
+            target_port: original_dst
+                .map(|d| d.port())
+                .filter(|p| *p != 80)
+                .map(http::HeaderValue::from),
             original_dst: original_dst
                 .and_then(|dst| http::uri::Authority::try_from(dst.to_string()).ok()),
             forwarded: headers::forwarded_value(addr.ip()),

@@ -260,13 +260,13 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     // Captured on its way to a port other than the service's default: the destination's
     // sidecar sends it to that port of its pod. Only capture says so, never the app.
-    parts.headers.remove(headers::TARGET_PORT);
-    if let Some(dst) = peer.original_addr
-        && dst.port() != 80
-    {
-        parts
-            .headers
-            .insert(headers::TARGET_PORT, HeaderValue::from(dst.port()));
+    match &peer.target_port {
+        Some(port) => {
+            parts.headers.insert(headers::TARGET_PORT, port.clone());
+        }
+        None => {
+            parts.headers.remove(headers::TARGET_PORT);
+        }
     }
     headers::ensure_ids(&mut parts.headers, || inputs.random());
     let protocol = if parts.version == Version::HTTP_2 {
