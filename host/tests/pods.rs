@@ -111,7 +111,8 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// What a pod leaves on the machine while it runs: its namespace, veth and private files.
+/// What a pod leaves on the machine while it runs: its namespace, veth, private files and its
+/// sidecar's process.
 fn traces_of(pid: u32) -> Vec<String> {
     let mut found = Vec::new();
     let netns = Command::new("ip")
@@ -134,6 +135,15 @@ fn traces_of(pid: u32) -> Vec<String> {
     ] {
         if Path::new(&dir).exists() {
             found.push(dir);
+        }
+    }
+    // The sidecar runs with its bootstrap from the pod's private directory.
+    let private = format!("/run/weft/pods/{pid}.d/");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(&private)
+        {
+            found.push(format!("process {}", entry.file_name().to_string_lossy()));
         }
     }
     found

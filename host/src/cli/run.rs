@@ -52,6 +52,11 @@ pub struct Args {
     /// since a pod cannot reach the machine's loopback).
     #[arg(long)]
     dns_upstream: Option<String>,
+    /// Destination ports the app's connections to are carried as TCP without protocol
+    /// detection, comma-separated (declare a server-first protocol's port here); by default
+    /// 25, 587, 3306, 4444, 5432, 6379, 9300 and 11211.
+    #[arg(long)]
+    opaque_ports: Option<String>,
     /// The user the app runs as (a name or uid, via `runuser`). Without CAP_NET_ADMIN it
     /// cannot set the sidecar's firewall mark, so it cannot get around its sidecar; by
     /// default the app runs as the user `weft run` runs as.
@@ -283,6 +288,19 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         f.write_all(token.as_bytes())?;
     }
     let upstreams = dns_upstreams(args.dns_upstream.as_deref())?;
+    let opaque: Option<Vec<u16>> = match &args.opaque_ports {
+        None => None,
+        Some(text) => Some(
+            text.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.parse::<u16>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(anyhow::anyhow!("--opaque-ports: {p:?} is not a port")),
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
+    };
     // Where /etc is not ours to write (an unprivileged user namespace), the pod keeps the
     // machine's resolv.conf: its questions reach the sidecar all the same, only without
     // Kubernetes' search list.
@@ -305,6 +323,7 @@ fn pod(args: Args) -> anyhow::Result<i32> {
         "proxyMark": weft::capture::DEFAULT_MARK,
         "workerThreads": 1,
         "stats": format!("0.0.0.0:{STATS}"),
+        "opaquePorts": opaque,
         "dns": {"listen": format!("127.0.0.1:{DNS}"),
                 "upstreams": upstreams.iter().map(ToString::to_string).collect::<Vec<_>>()},
         "controlPlane": {"address": control.to_string(), "tokenFile": "token",
