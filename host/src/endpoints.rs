@@ -126,6 +126,52 @@ impl EndpointTable {
     pub fn get(&self, id: u64) -> Option<Arc<Endpoint>> {
         self.endpoints.read().get(&id).cloned()
     }
+
+    /// Every endpoint, by id.
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.read().values().cloned().collect()
+    }
+}
+
+/// The table's ejections as Prometheus sees them, computed when scraped (an ejection ends by
+/// time, not by an event): `weft_endpoint_ejected_seconds{service, endpoint}`, the seconds of
+/// ejection an endpoint has left, present only while it is ejected.
+pub struct EjectionCollector {
+    table: Arc<EndpointTable>,
+    template: prometheus::GaugeVec,
+}
+
+const EJECTED: &str = "weft_endpoint_ejected_seconds";
+const EJECTED_HELP: &str = "Seconds of ejection an endpoint has left, by service and address.";
+
+impl EjectionCollector {
+    /// A collector over `table`.
+    pub fn new(table: Arc<EndpointTable>) -> prometheus::Result<Self> {
+        let template = prometheus::GaugeVec::new(
+            prometheus::Opts::new(EJECTED, EJECTED_HELP),
+            &["service", "endpoint"],
+        )?;
+        Ok(EjectionCollector { table, template })
+    }
+}
+
+impl prometheus::core::Collector for EjectionCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = Instant::now();
+        self.template.reset();
+        for e in self.table.all() {
+            if e.is_ejected(now) {
+                self.template
+                    .with_label_values(&[&*e.service, &*e.address])
+                    .set(e.ejected_for(now).as_secs_f64());
+            }
+        }
+        self.template.collect()
+    }
 }
 
 /// A stable id for an endpoint: FNV-1a over service and address, never 0 (0 means "none").

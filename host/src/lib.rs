@@ -15,6 +15,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod bootstrap;
 pub mod capture;
 pub mod conn;

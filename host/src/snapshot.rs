@@ -24,6 +24,10 @@ pub struct Snapshot {
     /// reading callers' hosts in another refuses the snapshot rather than misroute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_domain: Option<String>,
+    /// Access logging for this sidecar's calls, from the Telemetry resources that select its
+    /// workload; left out when off, so a snapshot without any keeps its version.
+    #[serde(default, skip_serializing_if = "crate::access_log::Sides::is_empty")]
+    pub access_log: crate::access_log::Sides,
 }
 
 /// The inbound side's policies.
@@ -366,6 +370,18 @@ impl Snapshot {
                     if route.is_empty() {
                         errors.push(format!("{at}.routes[{j}]: must not be empty"));
                     }
+                }
+            }
+        }
+        for (side, sinks) in [
+            ("client", &self.access_log.client),
+            ("server", &self.access_log.server),
+        ] {
+            for (i, sink) in sinks.iter().enumerate() {
+                if let Some(f) = &sink.filter
+                    && let Err(e) = crate::access_log::Filter::parse(f)
+                {
+                    errors.push(format!("accessLog.{side}[{i}].filter: {e}"));
                 }
             }
         }

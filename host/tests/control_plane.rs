@@ -104,6 +104,54 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
         (5..=20).contains(&hits),
         "ejected after 5 consecutive 5xx (a few more may be in flight): {hits}"
     );
+    // Which endpoint is out, and for how long, is in the caller's metrics and admin view.
+    let admin = orders.addr("admin");
+    let client = support::h1_client();
+    let broken_at = _p3.addr("inbound").to_string();
+    let (_, _, metrics) = support::read(
+        client
+            .request(support::get(admin, "/metrics", &[]))
+            .await
+            .expect("metrics"),
+    )
+    .await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let ejected: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_endpoint_ejected_seconds{"))
+        .collect();
+    assert_eq!(ejected.len(), 1, "{ejected:?}");
+    assert!(
+        ejected[0].contains(&format!("endpoint=\"{broken_at}\""))
+            && ejected[0].contains("service=\"payments\""),
+        "{ejected:?}"
+    );
+    let left: f64 = ejected[0]
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        left > 0.0 && left <= 30.0,
+        "{left} s of a 30 s ejection left"
+    );
+    let (_, _, listed) = support::read(
+        client
+            .request(support::get(admin, "/endpoints", &[]))
+            .await
+            .expect("endpoints"),
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_slice(&listed).expect("JSON");
+    let out: Vec<&serde_json::Value> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["ejectedForMs"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    assert_eq!(out.len(), 1, "{listed:#}");
+    assert_eq!(out[0]["address"], broken_at.as_str());
+    assert_eq!(out[0]["labels"]["pod"], "broken");
 
     // weight: 5 -> 50, applied: every sidecar follows.
     let file = write(dir.path(), "payments-50.yaml", &reweighted(50, 50));

@@ -5,8 +5,8 @@
 //! unknown. `WEFT_BLESS=1 cargo test -p weft --lib conformance` rewrites the table.
 
 use super::istio::{
-    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED, Unsupported, VS_UNSUPPORTED,
-    WASM_UNSUPPORTED,
+    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED, TELEMETRY_UNSUPPORTED,
+    Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -97,6 +97,22 @@ const KINDS: &[KindProbe] = &[
         header: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: probe }\n",
         levels: &["", "selector", "mtls"],
         refused: PEER_AUTHN_UNSUPPORTED,
+    },
+    KindProbe {
+        title: "Telemetry (telemetry.istio.io)",
+        header: "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: probe }
+",
+        levels: &[
+            "",
+            "selector",
+            "accessLogging[]",
+            "accessLogging[].match",
+            "accessLogging[].providers[]",
+            "accessLogging[].filter",
+        ],
+        refused: TELEMETRY_UNSUPPORTED,
     },
 ];
 

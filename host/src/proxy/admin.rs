@@ -1,4 +1,5 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force);
+//! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force),
+//! `/endpoints` (every endpoint with its requests in flight and ejection time left);
 //! and the stats endpoint, `/metrics` and `/ready` alone, for a listener on the pod's address
 //! (Istio's 15090) where Prometheus scrapes it, since `/config` is for the machine's eyes only.
 
@@ -69,9 +70,37 @@ pub async fn handle(
             }
             Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
+        "/endpoints" => {
+            let now = std::time::Instant::now();
+            let list: Vec<serde_json::Value> = inputs
+                .table
+                .all()
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "service": &*e.service,
+                        "address": &*e.address,
+                        "labels": e.labels,
+                        "outstanding": e.outstanding.load(Ordering::Relaxed),
+                        "ejectedForMs": e.ejected_for(now).as_millis() as u64,
+                    })
+                })
+                .collect();
+            match serde_json::to_string_pretty(&list) {
+                Ok(json) => {
+                    let mut r = Response::new(body::full(json.into()));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         _ => local_response(
             StatusCode::NOT_FOUND,
-            "weft admin: /metrics, /ready, /config\n",
+            "weft admin: /metrics, /ready, /config, /endpoints\n",
         ),
     };
     Ok(resp)

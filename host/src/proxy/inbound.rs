@@ -35,8 +35,54 @@ async fn upgraded(
     Ok(resp)
 }
 
-/// Handles one request from a peer sidecar.
+/// Handles one request from a peer sidecar, logged when the snapshot says so.
 pub async fn handle(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: Arc<Peer>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let logged = !inputs.routes.load().access_log.server.is_empty();
+    if !logged || req.method() == http::Method::CONNECT {
+        return answer(inputs, req, peer).await;
+    }
+    let (parts, body) = req.into_parts();
+    let mut entry = super::logging::start(&parts, None, peer.addr);
+    // What the caller's sidecar forwarded as the authority the app asked for.
+    if let Some(host) = parts
+        .headers
+        .get(FORWARDED_HOST)
+        .and_then(|v| v.to_str().ok())
+    {
+        entry.authority = Some(host.to_string());
+    }
+    entry.bytes_received = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let port = parts
+        .headers
+        .get(headers::TARGET_PORT)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    let app = inputs.settings.app_at(port);
+    entry.upstream_host = app.map(|a| a.to_string());
+    entry.upstream_cluster = Some(format!("inbound|{}||", app.map_or(0, |a| a.port())));
+    let started = Instant::now();
+    let Ok(resp) = answer(inputs.clone(), Request::from_parts(parts, body), peer).await;
+    entry.response_code = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let reporting = super::body::ReportingBody::new(body, move |end: super::body::BodyEnd| {
+        entry.bytes_sent = end.bytes;
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        entry.response_flags = if end.complete { "-" } else { "DC" }.to_string();
+        let routes = inputs.routes.load();
+        super::logging::emit(&inputs.access_log, &routes.access_log.server, &entry);
+    });
+    Ok(Response::from_parts(parts, reporting.boxed_unsync()))
+}
+
+/// Answers one request from a peer sidecar.
+async fn answer(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
     peer: Arc<Peer>,

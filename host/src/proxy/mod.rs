@@ -16,6 +16,7 @@ pub mod h1_pool;
 pub mod headers;
 pub mod inbound;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 mod mirror;
 pub mod outbound;
@@ -289,6 +290,8 @@ pub struct Inputs {
     pub tunnels: CountingConnector<PeerConnector>,
     /// Istio's TCP metrics.
     pub tcp: tcp::metrics::TcpMetrics,
+    /// Where access-log lines go.
+    pub access_log: crate::access_log::Writer,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The metric handles of passthrough calls, resolved at the first one.
@@ -394,6 +397,9 @@ pub enum SidecarError {
     /// The mTLS configuration could not be built.
     #[error("mTLS: {0}")]
     Tls(#[from] crate::identity::TlsError),
+    /// The access-log writer could not start.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running sidecar.
@@ -484,6 +490,11 @@ impl Sidecar {
         let peers_h1 =
             h1_pool::H1Pool::new(CountingConnector::new(h1_connector, metrics.pool("peers")));
         let tcp_metrics = tcp::metrics::TcpMetrics::register(&registry)?;
+        registry.register(Box::new(crate::endpoints::EjectionCollector::new(
+            table.clone(),
+        )?))?;
+        let access_log =
+            crate::access_log::Writer::stdout(&registry).map_err(SidecarError::AccessLog)?;
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -543,6 +554,7 @@ impl Sidecar {
             app,
             tunnels,
             tcp: tcp_metrics,
+            access_log,
             inbound_metrics: metrics.handles("inbound", &config.service),
             passthrough_metrics: std::sync::OnceLock::new(),
             stream_timeouts: [

@@ -51,6 +51,8 @@ struct Call {
     done: bool,
     /// The caller's protocol upgrade (WebSocket), completed when the upstream agrees.
     upgrade: Option<super::upgrade::Pending>,
+    /// The access-log entry and the port the call was sent to, when calls are logged.
+    log: Option<Box<(crate::access_log::Entry, u16)>>,
 }
 
 impl Call {
@@ -70,6 +72,33 @@ impl Call {
         let m = &self.route.metrics;
         m.request(status);
         m.duration.observe(elapsed.as_secs_f64());
+        if let Some(mut log) = self.log.take() {
+            let (entry, port) = &mut *log;
+            entry.response_code = status;
+            entry.response_flags = super::logging::envoy_codes(s.response_flags);
+            entry.bytes_received = s.request_bytes;
+            entry.bytes_sent = response_bytes;
+            entry.duration_ms = elapsed.as_millis() as u64;
+            if s.attempts > 0 {
+                entry.upstream_host = self
+                    .inputs
+                    .table
+                    .get(s.endpoint)
+                    .map(|e| e.address.to_string());
+            }
+            let subset = self
+                .route
+                .subsets
+                .iter()
+                .find(|(_, sub)| s.subset != 0 && sub.name_id == s.subset)
+                .map_or("", |(name, _)| name.as_str());
+            entry.upstream_cluster = Some(format!(
+                "outbound|{port}|{subset}|{}",
+                crate::names::fqdn(&self.route.service)
+            ));
+            let routes = self.inputs.routes.load();
+            super::logging::emit(&self.inputs.access_log, &routes.access_log.client, entry);
+        }
     }
 }
 
@@ -269,6 +298,11 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         }
     }
     headers::ensure_ids(&mut parts.headers, || inputs.random());
+    let log = (!routes.access_log.client.is_empty()).then(|| {
+        let entry = super::logging::start(&parts, Some(&authority), peer.addr);
+        let port = peer.original_addr.map_or(80, |d| d.port());
+        Box::new((entry, port))
+    });
     let protocol = if parts.version == Version::HTTP_2 {
         Protocol::Http2
     } else {
@@ -300,6 +334,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         inputs: inputs.clone(),
         done: false,
         upgrade,
+        log,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts

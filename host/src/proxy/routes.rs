@@ -52,6 +52,8 @@ pub struct Routes {
     pub by_vip: HashMap<std::net::Ipv4Addr, Arc<Route>, foldhash::fast::RandomState>,
     /// The inbound side's authorization, compiled once from the snapshot's `inbound` section.
     pub authz: super::authz::Authorizer,
+    /// Access logging, compiled once.
+    pub access_log: super::logging::Sinks,
 }
 
 impl Routes {
@@ -61,6 +63,7 @@ impl Routes {
             snapshot: Snapshot::default(),
             services: HashMap::default(),
             by_vip: HashMap::default(),
+            access_log: super::logging::Sinks::default(),
             authz: super::authz::Authorizer::default(),
         }
     }
@@ -189,10 +192,12 @@ pub fn build(
     }
     table.retain(&keep);
     let authz = super::authz::Authorizer::new(&snapshot.inbound.authorization);
+    let access_log = super::logging::Sinks::new(&snapshot.access_log);
     Ok(Routes {
         snapshot,
         services,
         by_vip,
         authz,
+        access_log,
     })
 }

@@ -20,6 +20,8 @@ pub const SEED: &str = include_str!("../../../examples/payments/payments.yaml");
 pub struct Proc {
     pub child: Child,
     pub words: Vec<String>,
+    /// The lines it prints after its ready line (a sidecar's access log), read as they come.
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -66,13 +68,20 @@ pub fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
     let mut child = cmd.spawn().expect("spawn weft");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line).expect("ready line");
     assert!(line.contains("ready"), "not ready: {line:?}");
+    // The rest is read as it comes, so the process never writes into a full pipe.
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
     Proc {
         child,
         words: line.split_whitespace().map(String::from).collect(),
+        lines,
     }
 }
 

@@ -5,6 +5,33 @@ use super::*;
 /// The mTLS mode in force for a workload carrying `labels`: per level (mesh, namespace,
 /// workload) the first selecting policy in the catalog's order, then the most specific level
 /// that sets a mode.
+/// The access logging in force for workload `me`: the most specific Telemetry selecting it
+/// that configures any (workload, then namespace, then mesh), as Istio resolves levels; of two
+/// at one level, the first by name.
+pub(super) fn access_logging(
+    catalog: &Catalog,
+    me: &Workload,
+    labels: &BTreeMap<String, String>,
+) -> crate::access_log::Sides {
+    let mut levels: [Option<&crate::control::istio::Telemetry>; 3] = [None; 3];
+    for (r, t) in &catalog.telemetries {
+        let Some(scope) = t.scope(&r.namespace) else {
+            continue;
+        };
+        if t.access_logging.is_empty() || !t.selects(&r.namespace, &me.namespace, labels) {
+            continue;
+        }
+        levels[scope as usize].get_or_insert(t);
+    }
+    levels
+        .iter()
+        .rev()
+        .flatten()
+        .next()
+        .map(|t| t.logging())
+        .unwrap_or_default()
+}
+
 pub(super) fn peer_authentication(
     catalog: &Catalog,
     me: &Workload,

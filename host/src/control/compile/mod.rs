@@ -364,6 +364,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         .collect();
     snapshot.inbound.peer_authentication =
         peer_authentication(&catalog, me, &labels, &mut warnings);
+    snapshot.access_log = access_logging(&catalog, me, &labels);
     let domain = crate::names::cluster_domain();
     snapshot.cluster_domain =
         (domain != crate::names::DEFAULT_CLUSTER_DOMAIN).then(|| domain.to_string());
@@ -477,6 +478,7 @@ struct Catalog<'a> {
     wasm_plugins: Vec<(&'a Resource, &'a WasmPlugin)>,
     authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
     peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
+    telemetries: Vec<(&'a Resource, &'a crate::control::istio::Telemetry)>,
 }
 
 impl<'a> Catalog<'a> {
@@ -513,6 +515,7 @@ impl<'a> Catalog<'a> {
             wasm_plugins: Vec::new(),
             authorization_policies: Vec::new(),
             peer_authentications: Vec::new(),
+            telemetries: Vec::new(),
         };
         let visible = |export_to: &[String], own: &str| {
             viewer.is_none_or(|v| crate::control::istio::exported_to(export_to, own, v))
@@ -546,6 +549,7 @@ impl<'a> Catalog<'a> {
                 Spec::WasmPlugin(wp) => catalog.wasm_plugins.push((r, wp)),
                 Spec::AuthorizationPolicy(ap) => catalog.authorization_policies.push((r, ap)),
                 Spec::PeerAuthentication(pa) => catalog.peer_authentications.push((r, pa)),
+                Spec::Telemetry(t) => catalog.telemetries.push((r, t)),
             }
         }
         catalog

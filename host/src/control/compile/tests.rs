@@ -1294,3 +1294,62 @@ spec:
         .collect();
     assert!(!names.contains(&&json!("#0")), "{names:?}");
 }
+
+#[test]
+fn the_most_specific_telemetry_gives_a_workload_its_access_logging() {
+    let text = "
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh, namespace: istio-system }
+spec:
+  accessLogging: [{ providers: [{ name: envoy }] }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: payments-errors }
+spec:
+  selector: { matchLabels: { app: payments, version: v2 } }
+  accessLogging:
+  - providers: [{ name: envoy-json }]
+    filter: { expression: 'response.code >= 500' }
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: shop-quiet, namespace: shop }
+spec:
+  accessLogging: [{ providers: [{ name: envoy }], disabled: true }]
+";
+    let resources = parse(text);
+    let workloads = mesh();
+    use crate::access_log::{Encoding, Sink};
+    let text_sink = Sink {
+        encoding: Encoding::Text,
+        filter: None,
+    };
+    // Mesh-wide: orders and payments v1 log both sides in text.
+    for me in [&workloads[0], &workloads[2]] {
+        let s = snapshot_for(&resources, &workloads, me);
+        assert_eq!(s.access_log.client, vec![text_sink.clone()], "{me:?}");
+        assert_eq!(s.access_log.server, vec![text_sink.clone()], "{me:?}");
+    }
+    // payments v2's own Telemetry replaces the mesh-wide one.
+    let v2 = snapshot_for(&resources, &workloads, &workloads[1]);
+    let json_errors = Sink {
+        encoding: Encoding::Json,
+        filter: Some("response.code >= 500".into()),
+    };
+    assert_eq!(v2.access_log.server, vec![json_errors.clone()]);
+    assert_eq!(v2.access_log.client, vec![json_errors]);
+    // A namespace's Telemetry that turns logging off wins over the mesh's there.
+    let shop = workload_in("shop", "ratings", "v1", "127.0.0.1:9201");
+    let s = snapshot_for(&resources, &workloads, &shop);
+    assert!(s.access_log.is_empty(), "{:?}", s.access_log);
+    // No Telemetry: nothing logged, and the snapshot is as it was before logging existed.
+    let plain = snapshot_for(&parse(SEED), &workloads, &workloads[2]);
+    assert!(plain.access_log.is_empty());
+    assert!(
+        !serde_json::to_string(&plain)
+            .expect("json")
+            .contains("accessLog")
+    );
+}

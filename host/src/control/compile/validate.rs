@@ -91,6 +91,14 @@ pub fn validate(
             Spec::DestinationRule(dr) => warn_destination_rule(r, dr, &mut warnings),
             Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
             Spec::PeerAuthentication(pa) => warn_peer_authentication(r, pa, &mut warnings),
+            Spec::Telemetry(t) => {
+                if t.scope(&r.namespace).is_none() {
+                    warnings.push(format!(
+                        "{}: a Telemetry with a selector in the root namespace selects no workload (as in Istio)",
+                        r.origin()
+                    ));
+                }
+            }
             Spec::WasmPlugin(wp) => {
                 if let Some(first) = wasm_names.get(r.name.as_str()) {
                     if first.namespace != r.namespace {

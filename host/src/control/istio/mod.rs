@@ -1,6 +1,7 @@
 //! Istio resources as people write them: `VirtualService` and `DestinationRule`
 //! (`networking.istio.io`), `WasmPlugin` (`extensions.istio.io`), `AuthorizationPolicy` and
-//! `PeerAuthentication` (`security.istio.io`), read from multi-document YAML.
+//! `PeerAuthentication` (`security.istio.io`) and `Telemetry` (`telemetry.istio.io`, access
+//! logging), read from multi-document YAML.
 //!
 //! YAML is read with `yaml-rust2` into its tree, turned into JSON, then into the typed structs
 //! below through `serde_path_to_error`, so every error names its document and the field's path
@@ -36,6 +37,7 @@ mod authorization;
 mod destination_rule;
 mod hosts;
 mod peer_authentication;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod virtual_service;
@@ -48,6 +50,8 @@ pub use destination_rule::*;
 pub use hosts::*;
 pub(in crate::control) use peer_authentication::PEER_AUTHN_UNSUPPORTED;
 pub use peer_authentication::*;
+pub(in crate::control) use telemetry::TELEMETRY_UNSUPPORTED;
+pub use telemetry::*;
 pub(in crate::control) use virtual_service::VS_UNSUPPORTED;
 pub use virtual_service::*;
 pub(in crate::control) use wasm_plugin::WASM_UNSUPPORTED;
@@ -66,16 +70,19 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `security.istio.io` PeerAuthentication: whether a workload's inbound listener requires mTLS.
     PeerAuthentication,
+    /// `telemetry.istio.io` Telemetry: access logging per workload and side.
+    Telemetry,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::Telemetry,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -86,6 +93,7 @@ impl Kind {
             Kind::WasmPlugin => "WasmPlugin",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -101,6 +109,7 @@ impl Kind {
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
+            Kind::Telemetry => &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"],
         }
     }
 
@@ -127,8 +136,9 @@ impl FromStr for Kind {
             "wasmplugin" | "wasmplugins" => Ok(Kind::WasmPlugin),
             "authorizationpolicy" | "authorizationpolicies" | "ap" => Ok(Kind::AuthorizationPolicy),
             "peerauthentication" | "peerauthentications" | "pa" => Ok(Kind::PeerAuthentication),
+            "telemetry" | "telemetries" => Ok(Kind::Telemetry),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry)"
             )),
         }
     }
@@ -167,6 +177,8 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicy),
     /// A PeerAuthentication's spec.
     PeerAuthentication(PeerAuthentication),
+    /// A Telemetry's spec.
+    Telemetry(Telemetry),
 }
 
 impl Resource {
@@ -333,7 +345,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
                 problems.at(
                     "kind",
                     format!(
-                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication)"
+                        "{k} is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication, Telemetry)"
                     ),
                 );
                 None
@@ -467,6 +479,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::WasmPlugin => WASM_UNSUPPORTED,
         Kind::AuthorizationPolicy => AUTHZ_UNSUPPORTED,
         Kind::PeerAuthentication => PEER_AUTHN_UNSUPPORTED,
+        Kind::Telemetry => TELEMETRY_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -495,6 +508,10 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::PeerAuthentication => typed::<PeerAuthentication>(spec, problems).map(|pa| {
             check_peer_authentication(&pa, problems);
             Spec::PeerAuthentication(pa)
+        }),
+        Kind::Telemetry => typed::<Telemetry>(spec, problems).map(|t| {
+            check_telemetry(&t, problems);
+            Spec::Telemetry(t)
         }),
     }
 }

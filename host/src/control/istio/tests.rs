@@ -743,3 +743,63 @@ fn to_yaml_round_trips() {
         assert_eq!(back[0].spec, r.spec);
     }
 }
+
+fn telemetry(spec: &str) -> String {
+    format!(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{ name: logs }}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn telemetry_access_logging_reads_with_istios_modes_and_refuses_the_rest() {
+    let rs = parse_yaml(
+        &telemetry(
+            "  accessLogging:\n  - providers: [{ name: envoy }]\n  - match: { mode: SERVER }\n    providers: [{ name: envoy-json }]\n    filter: { expression: 'response.code >= 500' }\n  - match: { mode: CLIENT }\n    providers: [{ name: envoy }]\n    disabled: true\n",
+        ),
+        "t.yaml",
+    )
+    .expect("parses");
+    let Spec::Telemetry(t) = &rs[0].spec else {
+        panic!("not a Telemetry")
+    };
+    let sides = t.logging();
+    use crate::access_log::{Encoding, Sink};
+    // The first entry logs both sides in text; the third turns text off for the client side.
+    assert_eq!(sides.client, vec![]);
+    assert_eq!(
+        sides.server,
+        vec![
+            Sink {
+                encoding: Encoding::Text,
+                filter: None
+            },
+            Sink {
+                encoding: Encoding::Json,
+                filter: Some("response.code >= 500".into())
+            },
+        ]
+    );
+    assert_error(
+        &telemetry("  tracing: [{ randomSamplingPercentage: 1 }]\n"),
+        "spec.tracing: not supported by Weft yet",
+    );
+    assert_error(
+        &telemetry("  metrics: [{ providers: [{ name: prometheus }] }]\n"),
+        "spec.metrics: not supported by Weft yet",
+    );
+    assert_error(
+        &telemetry("  accessLogging:\n  - providers: [{ name: otel }]\n"),
+        "spec.accessLogging[0].providers[0].name: provider \"otel\" is not defined",
+    );
+    assert_error(
+        &telemetry(
+            "  accessLogging:\n  - providers: [{ name: envoy }]\n    filter: { expression: 'upstream.port == 1' }\n",
+        ),
+        "spec.accessLogging[0].filter.expression: attribute upstream.port is not supported",
+    );
+    assert_error(
+        &telemetry("  accessLogging:\n  - match: { mode: BOTH }\n"),
+        "spec.accessLogging[0].match.mode: unknown variant `BOTH`",
+    );
+    assert_eq!("telemetry".parse::<Kind>(), Ok(Kind::Telemetry));
+}
