@@ -41,6 +41,7 @@ FLOOR=bench/floor/target/release/weft-floor
 BACKEND=18080; NGX_A=18081; NGX_B=18082; NGX_TA=18083; NGX_TB=18084
 ORD_OUT=18101; ORD_IN=18102; ORD_ADM=18103; PAY_OUT=18111; PAY_IN=18112; PAY_ADM=18113
 CH_OUT=18121; CH_IN=18122; CH_ADM=18123
+LO_OUT=18151; LO_IN=18152; LO_ADM=18153; LP_OUT=18161; LP_IN=18162; LP_ADM=18163
 CP=18130; TO_OUT=18131; TO_IN=18132; TO_ADM=18133; TP_OUT=18141; TP_IN=18142; TP_ADM=18143
 FL_A=18085; FL_B=18086; FL_TA=18087; FL_TB=18088
 
@@ -137,16 +138,27 @@ CHAIN='[{"name":"canary","builtin":"canary","config":{"host":"payments","route":
  {"name":"outlier","builtin":"outlier","config":{"consecutive5xxErrors":5,"baseEjectionTime":"30s"}},
  {"name":"telemetry","builtin":"telemetry"}]'
 snapshot "$WORK/empty.json" "$PAY_IN" '[]'
+# The empty-chain pair with access logs on both sides of both sidecars (Envoy's text format,
+# to a file), as a mesh-wide Telemetry with the `envoy` provider would set them.
+snapshot "$WORK/logged.json" "$LP_IN" '[]'
+sed -i 's/}}}$/}},"accessLog":{"client":[{"encoding":"TEXT"}],"server":[{"encoding":"TEXT"}]}}/' "$WORK/logged.json"
 snapshot "$WORK/chain.json" "$PAY_IN" "$CHAIN"
 snapshot "$WORK/payments.json" "$PAY_IN" '[]'
 bootstrap "$WORK/orders.json" orders $ORD_OUT $ORD_IN $ORD_ADM 9 empty.json
 bootstrap "$WORK/orders-chain.json" orders $CH_OUT $CH_IN $CH_ADM 9 chain.json
 bootstrap "$WORK/payments-sc.json" payments $PAY_OUT $PAY_IN $PAY_ADM $BACKEND payments.json
+bootstrap "$WORK/orders-logged.json" orders $LO_OUT $LO_IN $LO_ADM 9 logged.json
+bootstrap "$WORK/payments-logged.json" payments $LP_OUT $LP_IN $LP_ADM $BACKEND logged.json
 # Started in this shell (not in a $(...) subshell) so the trap knows every PID and stops them.
 start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").log" 2>&1 & PIDS+=($!); }
 start "$WORK/payments-sc.json"; PAY_PID=$!
 start "$WORK/orders.json"; ORD_PID=$!
 start "$WORK/orders-chain.json"; CH_PID=$!
+# Their stdout (the access log) goes to a file of its own.
+taskset -c 1 "$WEFT" sidecar --config "$WORK/payments-logged.json" >"$WORK/payments-access.log" 2>"$WORK/payments-logged.log" &
+PIDS+=($!); LP_PID=$!
+taskset -c 1 "$WEFT" sidecar --config "$WORK/orders-logged.json" >"$WORK/orders-access.log" 2>"$WORK/orders-logged.log" &
+PIDS+=($!); LO_PID=$!
 # The Weft pair with mTLS: certificates from weft control (the mesh CA), STRICT inbound. The
 # control plane compiles the chain: with no VirtualService, Istio's default retry plus
 # telemetry, so this pair also runs two plugins.
@@ -168,10 +180,10 @@ mtls_bootstrap "$WORK/tpay.json" payments $TP_OUT $TP_IN $TP_ADM $BACKEND "$(tok
 mtls_bootstrap "$WORK/tord.json" orders $TO_OUT $TO_IN $TO_ADM 9 "$(token_of orders)"
 start "$WORK/tpay.json"; TP_PID=$!
 start "$WORK/tord.json"; TO_PID=$!
-for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID; do
+for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID $LP_PID $LO_PID; do
   sleep 0.5; kill -0 "$pid" 2>/dev/null || { echo "a sidecar failed to start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
-for port in $BACKEND $NGX_A $NGX_TA $FL_A $FL_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM; do
+for port in $BACKEND $NGX_A $NGX_TA $FL_A $FL_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM $LO_ADM $LP_ADM; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
@@ -212,6 +224,7 @@ measure() {
   measure "nginx pair"                "$NGX_A"   "$NGX_A_PID $NGX_B_PID"
   measure "weft pair, empty chain"    "$ORD_OUT" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "$CH_OUT"  "$CH_PID $PAY_PID"
+  measure "weft pair, empty, access logs" "$LO_OUT" "$LO_PID $LP_PID"
   measure "floor pair, mTLS 1.3"      "$FL_TA"   "$FL_TA_PID $FL_TB_PID"
   measure "nginx pair, mTLS 1.3"      "$NGX_TA"  "$NGX_TA_PID $NGX_TB_PID"
   measure "weft pair, mTLS (2 plugins)" "$TO_OUT" "$TO_PID $TP_PID"

@@ -112,3 +112,92 @@ async fn telemetry_turns_on_access_logs_with_envoys_fields_on_each_side() {
         .collect();
     assert!(more.is_empty(), "orders logged a successful call: {more:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_tap_shows_live_calls_from_both_sides() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    // With mTLS, so the payments side knows who called.
+    let strict = || serde_json::json!({"mtls": "STRICT"});
+    let _payments = m
+        .pod_in(
+            "default",
+            "payments",
+            &[("version", "v1")],
+            app.addr,
+            strict(),
+        )
+        .await;
+    let orders = m.pod_in("default", "orders", &[], NO_APP, strict()).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+
+    // Watching calls to payments: its callers' outbound side and its own inbound side.
+    let mut tap = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "tap",
+            "payments",
+            "--max",
+            "4",
+            "-o",
+            "json",
+            "--duration",
+            "60s",
+        ])
+        .args(["--server", &m.cp.to_string(), "--data"])
+        .arg(&m.data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft tap");
+    let stderr = tap.stderr.take().expect("stderr");
+    let watching = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        line
+    })
+    .await
+    .expect("stderr");
+    assert!(watching.contains("watching 2 sidecar(s)"), "{watching}");
+
+    let out = orders.addr("outbound");
+    let client = h1_client();
+    for path in ["/charge", "/status/404"] {
+        let req = Request::get(format!("http://{out}{path}"))
+            .header("host", "payments")
+            .body(full(""))
+            .expect("request");
+        let _ = read(client.request(req).await.expect("call")).await;
+    }
+    let done = tokio::task::spawn_blocking(move || tap.wait_with_output())
+        .await
+        .expect("join")
+        .expect("tap output");
+    assert!(done.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&done.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let find = |direction: &str, path: &str| {
+        events
+            .iter()
+            .find(|e| e["direction"] == direction && e["path"] == path)
+            .unwrap_or_else(|| panic!("no {direction} {path} in {events:#?}"))
+    };
+    let failed_out = find("outbound", "/status/404");
+    assert_eq!(failed_out["source"], "orders");
+    assert_eq!(failed_out["destination"], "payments");
+    assert_eq!(failed_out["response_code"], 404);
+    let failed_in = find("inbound", "/status/404");
+    assert_eq!(
+        failed_in["source"], "orders",
+        "the caller's verified identity"
+    );
+    assert_eq!(failed_in["request_id"], failed_out["request_id"]);
+    assert_eq!(find("outbound", "/charge")["response_code"], 200);
+    assert_eq!(
+        find("inbound", "/charge")["upstream_host"],
+        app.addr.to_string()
+    );
+}

@@ -142,7 +142,14 @@ impl Entry {
                 );
                 line
             }
-            Encoding::Json => serde_json::json!({
+            Encoding::Json => self.to_json().to_string(),
+        }
+    }
+
+    /// Its fields as a JSON object, under Envoy's names.
+    pub fn to_json(&self) -> serde_json::Value {
+        let start = self.start.map_or_else(|| "-".to_string(), rfc3339);
+        serde_json::json!({
                 "start_time": start,
                 "method": self.method,
                 "path": self.path,
@@ -160,9 +167,7 @@ impl Entry {
                 "upstream_cluster": self.upstream_cluster,
                 "downstream_remote_address": self.downstream_remote_address,
                 "route_name": self.route_name,
-            })
-            .to_string(),
-        }
+        })
     }
 }
 

@@ -10,6 +10,7 @@ mod run;
 mod sidecar;
 mod simulate;
 mod stat;
+mod tap;
 mod wait;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,9 @@ enum Command {
     /// Success rate, requests/s and latency percentiles per service and subset, from every
     /// sidecar's metrics (like `linkerd viz stat`).
     Stat(stat::Args),
+    /// Live calls from the sidecars (method, path, status, latency, subset, endpoint,
+    /// attempts, flags), like `linkerd viz tap`.
+    Tap(tap::Args),
     /// Print the bootstrap token for a service's sidecars.
     Token(operator::TokenArgs),
     /// Run an app as a pod on this machine: its own network namespace, a sidecar beside it,
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => operator::delete(args),
         Command::Get(args) => operator::get(args),
         Command::Stat(args) => stat::run(args),
+        Command::Tap(args) => tap::run(args),
         Command::Status(args) => operator::status(args),
         Command::Token(args) => operator::token(args),
         Command::Plugin(PluginCommand::Push(args)) => operator::push(args),

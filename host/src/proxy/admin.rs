@@ -1,5 +1,6 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/ready`, `/config` (the snapshot in force),
-//! `/endpoints` (every endpoint with its requests in flight and ejection time left);
+//! `/endpoints` (every endpoint with its requests in flight and ejection time left), `/tap`
+//! (live calls, see [`super::tap`]);
 //! and the stats endpoint, `/metrics` and `/ready` alone, for a listener on the pod's address
 //! (Istio's 15090) where Prometheus scrapes it, since `/config` is for the machine's eyes only.
 
@@ -70,6 +71,10 @@ pub async fn handle(
             }
             Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
+        "/tap" => match super::tap::Watch::parse(req.uri().query()) {
+            Ok(watch) => super::tap::stream(&inputs.tap, watch),
+            Err(e) => local_response(StatusCode::BAD_REQUEST, format!("weft tap: {e}\n")),
+        },
         "/endpoints" => {
             let now = std::time::Instant::now();
             let list: Vec<serde_json::Value> = inputs
@@ -100,7 +105,7 @@ pub async fn handle(
         }
         _ => local_response(
             StatusCode::NOT_FOUND,
-            "weft admin: /metrics, /ready, /config, /endpoints\n",
+            "weft admin: /metrics, /ready, /config, /endpoints, /tap\n",
         ),
     };
     Ok(resp)

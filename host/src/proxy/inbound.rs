@@ -41,7 +41,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let logged = !inputs.routes.load().access_log.server.is_empty();
+    let logged = !inputs.routes.load().access_log.server.is_empty() || inputs.tap.active();
     if !logged || req.method() == http::Method::CONNECT {
         return answer(inputs, req, peer).await;
     }
@@ -68,6 +68,10 @@ pub async fn handle(
     entry.upstream_host = app.map(|a| a.to_string());
     entry.upstream_cluster = Some(format!("inbound|{}||", app.map_or(0, |a| a.port())));
     let started = Instant::now();
+    let source = peer
+        .identity
+        .as_ref()
+        .map_or_else(|| "unknown".to_string(), |id| id.service().to_string());
     let Ok(resp) = answer(inputs.clone(), Request::from_parts(parts, body), peer).await;
     entry.response_code = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
@@ -75,6 +79,16 @@ pub async fn handle(
         entry.bytes_sent = end.bytes;
         entry.duration_ms = started.elapsed().as_millis() as u64;
         entry.response_flags = if end.complete { "-" } else { "DC" }.to_string();
+        if inputs.tap.active() {
+            inputs.tap.publish(super::tap::Event {
+                direction: "inbound",
+                source,
+                destination: inputs.settings.service_key.clone(),
+                subset: None,
+                attempts: 1,
+                entry: entry.clone(),
+            });
+        }
         let routes = inputs.routes.load();
         super::logging::emit(&inputs.access_log, &routes.access_log.server, &entry);
     });

@@ -24,6 +24,7 @@ pub mod passthrough;
 pub mod path;
 pub mod pool;
 pub mod routes;
+pub mod tap;
 pub mod tcp;
 pub mod upgrade;
 
@@ -292,6 +293,8 @@ pub struct Inputs {
     pub tcp: tcp::metrics::TcpMetrics,
     /// Where access-log lines go.
     pub access_log: crate::access_log::Writer,
+    /// Live calls for `/tap` watchers.
+    pub tap: tap::Tap,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The metric handles of passthrough calls, resolved at the first one.
@@ -555,6 +558,7 @@ impl Sidecar {
             tunnels,
             tcp: tcp_metrics,
             access_log,
+            tap: tap::Tap::default(),
             inbound_metrics: metrics.handles("inbound", &config.service),
             passthrough_metrics: std::sync::OnceLock::new(),
             stream_timeouts: [

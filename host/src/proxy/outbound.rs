@@ -96,6 +96,16 @@ impl Call {
                 "outbound|{port}|{subset}|{}",
                 crate::names::fqdn(&self.route.service)
             ));
+            if self.inputs.tap.active() {
+                self.inputs.tap.publish(super::tap::Event {
+                    direction: "outbound",
+                    source: self.inputs.settings.service.clone(),
+                    destination: self.route.service.clone(),
+                    subset: (!subset.is_empty()).then(|| subset.to_string()),
+                    attempts: s.attempts,
+                    entry: entry.clone(),
+                });
+            }
             let routes = self.inputs.routes.load();
             super::logging::emit(&self.inputs.access_log, &routes.access_log.client, entry);
         }
@@ -298,7 +308,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         }
     }
     headers::ensure_ids(&mut parts.headers, || inputs.random());
-    let log = (!routes.access_log.client.is_empty()).then(|| {
+    let log = (!routes.access_log.client.is_empty() || inputs.tap.active()).then(|| {
         let entry = super::logging::start(&parts, Some(&authority), peer.addr);
         let port = peer.original_addr.map_or(80, |d| d.port());
         Box::new((entry, port))
