@@ -264,7 +264,7 @@ fn one_bad_document_rejects_all_with_every_error() {
         [
             "t.yaml: document 2 (DestinationRule payments): spec.subsets[1].name: subset v1 is defined twice",
             "t.yaml: document 2 (DestinationRule payments): spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported by Weft yet",
-            "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication)",
+            "t.yaml: document 3 (Gateway gw): kind: Gateway is not supported by Weft yet (supported: VirtualService, DestinationRule, WasmPlugin, AuthorizationPolicy, PeerAuthentication, Telemetry)",
         ]
     );
 }
