@@ -31,7 +31,7 @@ async fn upgraded(
     let mut resp = super::upgrade::send(hyper_util::rt::TokioIo::new(io), upstream)
         .await
         .map_err(|e| e.to_string())?;
-    u.complete(&mut resp);
+    u.complete(&mut resp, inputs.settings.timeouts.connection.idle);
     Ok(resp)
 }
 

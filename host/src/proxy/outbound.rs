@@ -749,7 +749,7 @@ async fn attempts(
 
 fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> {
     if let Some(u) = call.upgrade.take() {
-        u.complete(&mut resp);
+        u.complete(&mut resp, call.inputs.settings.timeouts.connection.idle);
     }
     let (mut parts, incoming) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

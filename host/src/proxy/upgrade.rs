@@ -1,7 +1,8 @@
 //! HTTP/1.1 upgrades (WebSocket) through the sidecars: the request is routed like any other
 //! (plugins, subsets, retries before the switch), but sent on a connection of its own rather
 //! than a pooled one, and once the next hop answers `101 Switching Protocols` the two
-//! upgraded connections are spliced, byte for byte, until either side closes.
+//! upgraded connections are spliced, byte for byte, until either side closes or nothing
+//! passes for the connection idle timeout.
 
 use super::body::ProxyBody;
 use http::header::{CONNECTION, UPGRADE};
@@ -49,7 +50,7 @@ impl Pending {
     /// Completes the switch when the next hop agreed (`101`): the response keeps its upgrade
     /// headers, and the two connections are spliced once the caller has it. Any other answer
     /// is left as it is.
-    pub fn complete(self, response: &mut Response<Incoming>) {
+    pub fn complete(self, response: &mut Response<Incoming>, idle: std::time::Duration) {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return;
         }
@@ -64,10 +65,7 @@ impl Pending {
             let (Ok(up), Ok(down)) = (upstream.await, downstream.await) else {
                 return;
             };
-            let (mut up, mut down) = (TokioIo::new(up), TokioIo::new(down));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!("upgraded connection ended: {e}");
-            }
+            super::tcp::splice(TokioIo::new(down), TokioIo::new(up), idle, None).await;
         });
         // Written after the hop-by-hop headers are stripped, so the caller sees the switch.
         response.extensions_mut().insert(Switch(protocol));

@@ -8,6 +8,9 @@
 
 pub mod metrics;
 pub mod sniff;
+mod splice;
+
+pub(crate) use splice::splice;
 
 use super::balance::{self, Candidate};
 use super::body::ProxyBody;
@@ -19,14 +22,10 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics::{ConnectionCounters, Labels};
-use prometheus::IntCounter;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How long opening the upstream side of a TCP connection may take (Istio's default
@@ -50,7 +49,7 @@ pub async fn outbound(inputs: Arc<Inputs>, client: TcpStream, dst: SocketAddr) {
             match tunnel {
                 Ok((endpoint, upstream)) => {
                     endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-                    splice(client, upstream, &counters).await;
+                    splice::splice(client, upstream, idle_of(&inputs), Some(&counters)).await;
                     endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -108,7 +107,13 @@ pub async fn connect_request(
             tokio::spawn(async move {
                 if let Ok(client) = on_upgrade.await {
                     endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-                    splice(TokioIo::new(client), upstream, &counters).await;
+                    splice::splice(
+                        TokioIo::new(client),
+                        upstream,
+                        idle_of(&inputs),
+                        Some(&counters),
+                    )
+                    .await;
                     endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
                 }
                 counters.closed.inc();
@@ -134,7 +139,13 @@ pub async fn connect_request(
             };
             tokio::spawn(async move {
                 if let Ok(client) = on_upgrade.await {
-                    splice(TokioIo::new(client), upstream, &counters).await;
+                    splice::splice(
+                        TokioIo::new(client),
+                        upstream,
+                        idle_of(&inputs),
+                        Some(&counters),
+                    )
+                    .await;
                 }
                 counters.closed.inc();
             });
@@ -218,7 +229,13 @@ pub async fn accept_tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(tunnel) = on_upgrade.await {
-            splice(TokioIo::new(tunnel), upstream, &counters).await;
+            splice::splice(
+                TokioIo::new(tunnel),
+                upstream,
+                idle_of(&inputs),
+                Some(&counters),
+            )
+            .await;
         }
         counters.closed.inc();
     });
@@ -241,7 +258,7 @@ pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
     });
     counters.opened.inc();
     match upstream {
-        Ok(upstream) => splice(client, upstream, &counters).await,
+        Ok(upstream) => splice::splice(client, upstream, idle_of(&inputs), Some(&counters)).await,
         Err(_) => reset(&client),
     }
     counters.closed.inc();
@@ -288,7 +305,7 @@ async fn passthrough(inputs: &Inputs, client: TcpStream, dst: SocketAddr) {
     let counters = passthrough_counters(inputs);
     counters.opened.inc();
     match dial(dst, inputs.settings.proxy_mark).await {
-        Ok(upstream) => splice(client, upstream, &counters).await,
+        Ok(upstream) => splice::splice(client, upstream, idle_of(inputs), Some(&counters)).await,
         Err(e) => {
             tracing::debug!(%dst, "passthrough TCP connection failed: {e}");
             reset(&client);
@@ -397,62 +414,8 @@ fn reset(client: &TcpStream) {
     let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
 }
 
-/// Copies both ways until both sides are done, counting bytes as they pass.
-async fn splice<A, B>(client: A, upstream: B, counters: &ConnectionCounters)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut client = Metered {
-        io: client,
-        read: counters.received.clone(),
-    };
-    let mut upstream = Metered {
-        io: upstream,
-        read: counters.sent.clone(),
-    };
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!("TCP connection ended: {e}");
-    }
-}
-
-/// A stream whose reads are counted as they happen, so a long-lived connection's bytes show
-/// before it closes.
-struct Metered<S> {
-    io: S,
-    read: IntCounter,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.inc_by(n as u64);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+/// How long a carried TCP connection may pass no byte either way before it is closed: the
+/// sidecar's connection idle timeout (Envoy's TCP proxy idles out after 1 h too).
+fn idle_of(inputs: &Inputs) -> Duration {
+    inputs.settings.timeouts.connection.idle
 }
