@@ -26,6 +26,21 @@ pub async fn handle_stats(
     }
 }
 
+/// A JSON answer, or the reason it could not be made.
+fn json(text: serde_json::Result<String>) -> Response<ProxyBody> {
+    match text {
+        Ok(json) => {
+            let mut r = Response::new(body::full(json.into()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 /// Handles one admin request (the peer's address is not used).
 pub async fn handle(
     inputs: Arc<Inputs>,
@@ -60,17 +75,7 @@ pub async fn handle(
                 )
             }
         }
-        "/config" => match serde_json::to_string_pretty(&inputs.routes.load().snapshot) {
-            Ok(json) => {
-                let mut r = Response::new(body::full(json.into()));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
-            Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        "/config" => json(serde_json::to_string_pretty(&inputs.routes.load().snapshot)),
         "/tap" => match super::tap::Watch::parse(req.uri().query()) {
             Ok(watch) => super::tap::stream(&inputs.tap, watch),
             Err(e) => local_response(StatusCode::BAD_REQUEST, format!("weft tap: {e}\n")),
@@ -91,17 +96,7 @@ pub async fn handle(
                     })
                 })
                 .collect();
-            match serde_json::to_string_pretty(&list) {
-                Ok(json) => {
-                    let mut r = Response::new(body::full(json.into()));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    r
-                }
-                Err(e) => local_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-            }
+            json(serde_json::to_string_pretty(&list))
         }
         _ => local_response(
             StatusCode::NOT_FOUND,

@@ -18,23 +18,6 @@ pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forward
 /// The inbound listener's place in [`Inputs::stream_timeouts`].
 const INBOUND: usize = 1;
 
-/// Sends an upgrade request to the app on a connection of its own.
-async fn upgraded(
-    inputs: &Inputs,
-    app: std::net::SocketAddr,
-    upstream: Request<super::body::ProxyBody>,
-    u: super::upgrade::Pending,
-) -> Result<Response<Incoming>, String> {
-    let io = super::tcp::dial(app, inputs.settings.proxy_mark)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = super::upgrade::send(hyper_util::rt::TokioIo::new(io), upstream)
-        .await
-        .map_err(|e| e.to_string())?;
-    u.complete(&mut resp, inputs.settings.timeouts.connection.idle);
-    Ok(resp)
-}
-
 /// Handles one request from a peer sidecar, logged when the snapshot says so.
 pub async fn handle(
     inputs: Arc<Inputs>,
@@ -213,7 +196,7 @@ async fn answer(
             .request(upstream)
             .await
             .map_err(|e| format!("{e:?}")),
-        Some(u) => upgraded(&inputs, app, upstream, u).await,
+        Some(u) => super::upgrade::to_addr(&inputs, app, upstream, u).await,
     };
     let response = match answered {
         Ok(resp) => {

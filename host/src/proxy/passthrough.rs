@@ -15,27 +15,6 @@ use std::time::Instant;
 /// The service label of passthrough calls in the sidecar's metrics (Istio's cluster name).
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 
-/// Sends an upgrade request to `dst` on a connection of its own.
-async fn upgraded(
-    inputs: &Inputs,
-    dst: &Authority,
-    upstream: Request<ProxyBody>,
-    u: super::upgrade::Pending,
-) -> Result<Response<Incoming>, String> {
-    let addr = dst
-        .as_str()
-        .parse::<std::net::SocketAddr>()
-        .map_err(|e| e.to_string())?;
-    let io = super::tcp::dial(addr, inputs.settings.proxy_mark)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = super::upgrade::send(hyper_util::rt::TokioIo::new(io), upstream)
-        .await
-        .map_err(|e| e.to_string())?;
-    u.complete(&mut resp, inputs.settings.timeouts.connection.idle);
-    Ok(resp)
-}
-
 /// Sends the request on to `dst` over HTTP/1.1 and streams the answer back.
 pub async fn forward(
     inputs: &Inputs,
@@ -76,7 +55,10 @@ pub async fn forward(
             .request(upstream)
             .await
             .map_err(|e| e.to_string()),
-        Some(u) => upgraded(inputs, dst, upstream, u).await,
+        Some(u) => match dst.as_str().parse() {
+            Ok(addr) => super::upgrade::to_addr(inputs, addr, upstream, u).await,
+            Err(e) => Err(format!("{dst}: {e}")),
+        },
     };
     match answered {
         Ok(resp) => {

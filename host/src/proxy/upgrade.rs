@@ -104,6 +104,24 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Sends an upgrade request to `addr` (an app: the local one, or a passthrough destination)
+/// on a connection of its own, completing the switch if it agrees.
+pub async fn to_addr(
+    inputs: &super::Inputs,
+    addr: std::net::SocketAddr,
+    req: Request<ProxyBody>,
+    pending: Pending,
+) -> Result<Response<Incoming>, String> {
+    let io = super::tcp::dial(addr, inputs.settings.proxy_mark)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = send(TokioIo::new(io), req)
+        .await
+        .map_err(|e| e.to_string())?;
+    pending.complete(&mut resp, inputs.settings.timeouts.connection.idle);
+    Ok(resp)
+}
+
 /// Sends `req` on `io`, a connection of its own that the upgrade may take over.
 pub async fn send<IO>(io: IO, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError>
 where

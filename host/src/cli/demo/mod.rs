@@ -318,17 +318,7 @@ async fn start_captured(
         prefix: 16,
     };
     bridge.ensure().context("making the pods' bridge")?;
-    let w = work.to_path_buf();
-    let listen = format!("{}:0", pods::GATEWAY);
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w, &listen)).await??;
-    say(
-        mode,
-        &format!(
-            "control plane on {} (mesh CA, API over TLS); work directory {}",
-            cp.endpoint.addr,
-            work.display()
-        ),
-    );
+    let cp = start_control(mode, work, format!("{}:0", pods::GATEWAY)).await?;
     let direct = Pod::start("payments-direct", "v1").await?;
     let mut captured = Captured {
         pods: Vec::new(),
@@ -368,9 +358,10 @@ async fn start_captured(
     Ok(captured)
 }
 
-async fn start_mesh(mode: Mode, work: &Path) -> anyhow::Result<Mesh> {
+/// Starts the control plane on `listen` and says where.
+async fn start_control(mode: Mode, work: &Path, listen: String) -> anyhow::Result<ControlPlane> {
     let w = work.to_path_buf();
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w, "127.0.0.1:0")).await??;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&w, &listen)).await??;
     say(
         mode,
         &format!(
@@ -379,6 +370,11 @@ async fn start_mesh(mode: Mode, work: &Path) -> anyhow::Result<Mesh> {
             work.display()
         ),
     );
+    Ok(cp)
+}
+
+async fn start_mesh(mode: Mode, work: &Path) -> anyhow::Result<Mesh> {
+    let cp = start_control(mode, work, "127.0.0.1:0".into()).await?;
     let pods = vec![
         Pod::start("payments-v1-a", "v1").await?,
         Pod::start("payments-v1-b", "v1").await?,

@@ -104,20 +104,7 @@ pub async fn connect_request(
                     format!("weft: no connection to {}\n", route.service),
                 );
             };
-            tokio::spawn(async move {
-                if let Ok(client) = on_upgrade.await {
-                    endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-                    splice::splice(
-                        TokioIo::new(client),
-                        upstream,
-                        idle_of(&inputs),
-                        Some(&counters),
-                    )
-                    .await;
-                    endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
-                }
-                counters.closed.inc();
-            });
+            splice_once_upgraded(&inputs, on_upgrade, upstream, counters, Some(endpoint));
         }
         None => {
             let counters = passthrough_counters(&inputs);
@@ -137,18 +124,7 @@ pub async fn connect_request(
                     format!("weft: cannot reach {authority}\n"),
                 );
             };
-            tokio::spawn(async move {
-                if let Ok(client) = on_upgrade.await {
-                    splice::splice(
-                        TokioIo::new(client),
-                        upstream,
-                        idle_of(&inputs),
-                        Some(&counters),
-                    )
-                    .await;
-                }
-                counters.closed.inc();
-            });
+            splice_once_upgraded(&inputs, on_upgrade, upstream, counters, None);
         }
     }
     Response::new(ProxyBody::default())
@@ -227,19 +203,35 @@ pub async fn accept_tunnel(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    splice_once_upgraded(&inputs, on_upgrade, upstream, counters, None);
+    Response::new(ProxyBody::default())
+}
+
+/// Once the `CONNECT` answer has gone out and hyper hands the connection over, splices it
+/// with `upstream` (counting `endpoint`'s requests in flight meanwhile); the connection is
+/// counted closed either way.
+fn splice_once_upgraded<U>(
+    inputs: &Inputs,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    upstream: U,
+    counters: ConnectionCounters,
+    endpoint: Option<Arc<Endpoint>>,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = idle_of(inputs);
     tokio::spawn(async move {
-        if let Ok(tunnel) = on_upgrade.await {
-            splice::splice(
-                TokioIo::new(tunnel),
-                upstream,
-                idle_of(&inputs),
-                Some(&counters),
-            )
-            .await;
+        if let Ok(client) = on_upgrade.await {
+            if let Some(e) = &endpoint {
+                e.outstanding.fetch_add(1, Ordering::Relaxed);
+            }
+            splice::splice(TokioIo::new(client), upstream, idle, Some(&counters)).await;
+            if let Some(e) = &endpoint {
+                e.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         counters.closed.inc();
     });
-    Response::new(ProxyBody::default())
 }
 
 /// A plaintext, non-HTTP connection captured on its way into the pod (PERMISSIVE mTLS lets
