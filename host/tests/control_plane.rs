@@ -152,6 +152,19 @@ async fn the_seed_yaml_drives_the_mesh_through_changes_errors_and_restarts() {
     assert_eq!(out.len(), 1, "{listed:#}");
     assert_eq!(out[0]["address"], broken_at.as_str());
     assert_eq!(out[0]["labels"]["pod"], "broken");
+    // And `weft status` lists it, with the caller that ejected it.
+    let status = weft(cp, &data, &["status"]);
+    let shown = text(&status);
+    assert!(status.status.success(), "{shown}");
+    let row = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("EJECTED"))
+        .find(|l| l.contains(&broken_at))
+        .unwrap_or_else(|| panic!("no ejected {broken_at} in:\n{shown}"));
+    assert!(
+        row.starts_with("payments") && row.contains(" orders "),
+        "{row}"
+    );
 
     // weight: 5 -> 50, applied: every sidecar follows.
     let file = write(dir.path(), "payments-50.yaml", &reweighted(50, 50));

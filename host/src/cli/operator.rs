@@ -286,7 +286,8 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 
 /// Runs `weft status`.
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let out = runtime()?.block_on(args.conn.call(Method::GET, "/v1/status", Bytes::new()))?;
+    let rt = runtime()?;
+    let out = rt.block_on(args.conn.call(Method::GET, "/v1/status", Bytes::new()))?;
     if args.output == "json" {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -330,7 +331,60 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             println!("    NACK: {reason}");
         }
     }
+    let ejected = rt.block_on(ejections(&out));
+    if !ejected.is_empty() {
+        println!("\nEJECTED, as each caller's sidecar sees it");
+        println!("{:<12} {:<22} {:<12} LEFT", "SERVICE", "ENDPOINT", "CALLER");
+        for (service, endpoint, caller, left_ms) in ejected {
+            println!(
+                "{service:<12} {endpoint:<22} {caller:<12} {:.1}s",
+                left_ms as f64 / 1000.0
+            );
+        }
+    }
     Ok(())
+}
+
+/// The endpoints each connected sidecar has ejected now (service, endpoint, the caller's
+/// service, milliseconds left), read from its admin `/endpoints`; a sidecar that does not
+/// answer within 2 s is left out.
+async fn ejections(status: &serde_json::Value) -> Vec<(String, String, String, u64)> {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut out = Vec::new();
+    for s in status["sidecars"].as_array().into_iter().flatten() {
+        let (Some(admin), true) = (s["admin"].as_str(), s["connected"] == true) else {
+            continue;
+        };
+        let Ok(uri) = format!("http://{admin}/endpoints").parse::<http::Uri>() else {
+            continue;
+        };
+        let asked = async {
+            let resp = client.get(uri).await.ok()?;
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).ok()
+        };
+        let Ok(Some(list)) = tokio::time::timeout(std::time::Duration::from_secs(2), asked).await
+        else {
+            continue;
+        };
+        let caller = s["service"].as_str().unwrap_or("").to_string();
+        for e in list.as_array().into_iter().flatten() {
+            let left = e["ejectedForMs"].as_u64().unwrap_or(0);
+            if left > 0 {
+                out.push((
+                    e["service"].as_str().unwrap_or("").to_string(),
+                    e["address"].as_str().unwrap_or("").to_string(),
+                    caller.clone(),
+                    left,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Runs `weft token`.
