@@ -103,6 +103,44 @@ pub fn envoy_codes(flags: crate::plugin::ResponseFlags) -> String {
     }
 }
 
+/// Completes an outbound call's entry from its summary (flags, bytes received, the endpoint
+/// that answered, Istio's cluster name for `port`), publishes it to tap watchers and writes
+/// it to the client-side sinks.
+pub fn finish_outbound(
+    inputs: &super::Inputs,
+    route: &super::routes::Route,
+    s: &crate::plugin::CallSummary,
+    mut entry: Entry,
+    port: u16,
+) {
+    entry.response_flags = envoy_codes(s.response_flags);
+    entry.bytes_received = s.request_bytes;
+    if s.attempts > 0 {
+        entry.upstream_host = inputs.table.get(s.endpoint).map(|e| e.address.to_string());
+    }
+    let subset = route
+        .subsets
+        .iter()
+        .find(|(_, sub)| s.subset != 0 && sub.name_id == s.subset)
+        .map_or("", |(name, _)| name.as_str());
+    entry.upstream_cluster = Some(format!(
+        "outbound|{port}|{subset}|{}",
+        crate::names::fqdn(&route.service)
+    ));
+    if inputs.tap.active() {
+        inputs.tap.publish(super::tap::Event {
+            direction: "outbound",
+            source: inputs.settings.service.clone(),
+            destination: route.service.clone(),
+            subset: (!subset.is_empty()).then(|| subset.to_string()),
+            attempts: s.attempts,
+            entry: entry.clone(),
+        });
+    }
+    let routes = inputs.routes.load();
+    emit(&inputs.access_log, &routes.access_log.client, &entry);
+}
+
 /// Writes the entry to every sink whose filter admits it.
 pub fn emit(writer: &Writer, sinks: &[Sink], entry: &Entry) {
     let call = filter::Call {

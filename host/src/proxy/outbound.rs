@@ -72,42 +72,12 @@ impl Call {
         let m = &self.route.metrics;
         m.request(status);
         m.duration.observe(elapsed.as_secs_f64());
-        if let Some(mut log) = self.log.take() {
-            let (entry, port) = &mut *log;
+        if let Some(log) = self.log.take() {
+            let (mut entry, port) = *log;
             entry.response_code = status;
-            entry.response_flags = super::logging::envoy_codes(s.response_flags);
-            entry.bytes_received = s.request_bytes;
             entry.bytes_sent = response_bytes;
             entry.duration_ms = elapsed.as_millis() as u64;
-            if s.attempts > 0 {
-                entry.upstream_host = self
-                    .inputs
-                    .table
-                    .get(s.endpoint)
-                    .map(|e| e.address.to_string());
-            }
-            let subset = self
-                .route
-                .subsets
-                .iter()
-                .find(|(_, sub)| s.subset != 0 && sub.name_id == s.subset)
-                .map_or("", |(name, _)| name.as_str());
-            entry.upstream_cluster = Some(format!(
-                "outbound|{port}|{subset}|{}",
-                crate::names::fqdn(&self.route.service)
-            ));
-            if self.inputs.tap.active() {
-                self.inputs.tap.publish(super::tap::Event {
-                    direction: "outbound",
-                    source: self.inputs.settings.service.clone(),
-                    destination: self.route.service.clone(),
-                    subset: (!subset.is_empty()).then(|| subset.to_string()),
-                    attempts: s.attempts,
-                    entry: entry.clone(),
-                });
-            }
-            let routes = self.inputs.routes.load();
-            super::logging::emit(&self.inputs.access_log, &routes.access_log.client, entry);
+            super::logging::finish_outbound(&self.inputs, &self.route, &s, entry, port);
         }
     }
 }
