@@ -103,11 +103,7 @@ pub async fn serve(
             _ => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     failed.inc();
-                    if let Some(q) = wire::parse_query(msg) {
-                        let _ = socket
-                            .send_to(&wire::answer(&q, SERVFAIL, &[], 0), client)
-                            .await;
-                    }
+                    servfail(&socket, msg, client).await;
                     continue;
                 };
                 let (socket, upstreams, msg) = (socket.clone(), upstreams.clone(), msg.to_vec());
@@ -121,11 +117,7 @@ pub async fn serve(
                         }
                         None => {
                             failed.inc();
-                            if let Some(q) = wire::parse_query(&msg) {
-                                let _ = socket
-                                    .send_to(&wire::answer(&q, SERVFAIL, &[], 0), client)
-                                    .await;
-                            }
+                            servfail(&socket, &msg, client).await;
                         }
                     }
                 });
@@ -135,6 +127,15 @@ pub async fn serve(
         if let Err(e) = socket.send_to(&reply, client).await {
             tracing::debug!(%client, "DNS answer not sent: {e}");
         }
+    }
+}
+
+/// Tells `client` its question `msg` could not be answered (when it was one).
+async fn servfail(socket: &UdpSocket, msg: &[u8], client: SocketAddr) {
+    if let Some(q) = wire::parse_query(msg) {
+        let _ = socket
+            .send_to(&wire::answer(&q, SERVFAIL, &[], 0), client)
+            .await;
     }
 }
 

@@ -1,8 +1,9 @@
 //! The data plane's side of access logging: the snapshot's sinks compiled once per snapshot,
 //! an entry started from a request head, and lines sent to the writer when the call is over.
 
+use super::headers::{FORWARDED_FOR, REQUEST_ID};
 use crate::access_log::{Encoding, Entry, Filter, Sides, Writer, filter};
-use http::header::{HOST, USER_AGENT};
+use http::header::{HOST, HeaderName, USER_AGENT};
 use std::net::SocketAddr;
 
 /// One sink, its filter parsed.
@@ -40,7 +41,7 @@ impl Sinks {
 
 /// An entry with what the request head says; the rest is filled in when the call is over.
 pub fn start(head: &http::request::Parts, authority: Option<&str>, from: SocketAddr) -> Entry {
-    let header = |name: &str| {
+    let header = |name: HeaderName| {
         head.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -59,19 +60,10 @@ pub fn start(head: &http::request::Parts, authority: Option<&str>, from: SocketA
         } else {
             "HTTP/1.1"
         },
-        x_forwarded_for: header("x-forwarded-for"),
-        user_agent: head
-            .headers
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        request_id: header("x-request-id"),
-        authority: authority.map(str::to_string).or_else(|| {
-            head.headers
-                .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        }),
+        x_forwarded_for: header(FORWARDED_FOR),
+        user_agent: header(USER_AGENT),
+        request_id: header(REQUEST_ID),
+        authority: authority.map(str::to_string).or_else(|| header(HOST)),
         downstream_remote_address: Some(from.to_string()),
         ..Entry::default()
     }

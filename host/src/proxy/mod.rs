@@ -520,9 +520,9 @@ impl Sidecar {
             Some(addr) => Some(bind("stats", addr).await?),
             None => None,
         };
-        let stats_addr = match &stats {
-            Some(l) => Some(local(l, "stats", config.admin)?),
-            None => None,
+        let stats_addr = match (&stats, config.stats) {
+            (Some(l), Some(addr)) => Some(local(l, "stats", addr)?),
+            _ => None,
         };
         let inputs = Arc::new(Inputs {
             routes: ArcSwap::from_pointee(routes::Routes::empty()),

@@ -221,18 +221,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
     };
     let service = service_of(&authority, &inputs.settings.namespace);
     let routes = inputs.routes.load_full();
-    // A host that names no service may still have been sent to one's virtual IP (an app that
-    // resolved the name itself and calls by address).
-    let by_vip = || match peer.original_addr {
-        Some(std::net::SocketAddr::V4(dst)) => routes.by_vip.get(dst.ip()),
-        _ => None,
-    };
-    let Some(route) = routes
-        .services
-        .get(service.as_ref())
-        .or_else(by_vip)
-        .cloned()
-    else {
+    let dst_ip = peer.original_addr.map(|a| a.ip());
+    let Some(route) = routes.lookup(service.as_ref(), dst_ip).cloned() else {
         // Captured on its way somewhere the mesh does not know: carried there unchanged.
         if let Some(dst) = &peer.original_dst {
             return super::passthrough::forward(&inputs, parts, incoming, dst, start, upgrade)
@@ -637,18 +627,12 @@ async fn attempts(
                 let sent = async {
                     if upgrading {
                         // An upgrade may take its connection over: one of its own.
-                        use tower_service::Service as _;
-                        let mut connector = inputs.tunnels.clone();
                         let uri = upstream.uri().clone();
-                        let io = match std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
-                            Ok(()) => connector.call(uri).await,
-                            Err(e) => Err(e),
-                        };
-                        match io {
+                        match super::tcp::connect_peer(inputs, uri).await {
                             Ok(io) => super::upgrade::send(io, upstream)
                                 .await
                                 .map_err(|e| (Outcome::Reset, e.to_string())),
-                            Err(e) => Err((Outcome::ConnectFailure, e.to_string())),
+                            Err(e) => Err((Outcome::ConnectFailure, e)),
                         }
                     } else if call.summary.protocol == Protocol::Http2 {
                         *upstream.version_mut() = Version::HTTP_2;

@@ -57,6 +57,15 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// The route of the service `key` names, else of the service whose virtual IP a call was
+    /// sent to (an app that resolved the name itself and calls by address).
+    pub fn lookup(&self, key: &str, dst: Option<std::net::IpAddr>) -> Option<&Arc<Route>> {
+        self.services.get(key).or_else(|| match dst {
+            Some(std::net::IpAddr::V4(ip)) => self.by_vip.get(&ip),
+            _ => None,
+        })
+    }
+
     /// No routes: a sidecar before its first snapshot.
     pub fn empty() -> Self {
         Routes {

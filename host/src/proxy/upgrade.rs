@@ -86,24 +86,6 @@ pub fn restore_response_headers(parts: &mut http::response::Parts) {
     }
 }
 
-/// Why an upgrade request could not be sent.
-#[derive(Debug)]
-pub enum SendError {
-    /// No connection to the next hop.
-    Connect(String),
-    /// The connection failed before a response.
-    Http(hyper::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Http(e) => write!(f, "{e}"),
-        }
-    }
-}
-
 /// Sends an upgrade request to `addr` (an app: the local one, or a passthrough destination)
 /// on a connection of its own, completing the switch if it agrees.
 pub async fn to_addr(
@@ -122,18 +104,17 @@ pub async fn to_addr(
     Ok(resp)
 }
 
-/// Sends `req` on `io`, a connection of its own that the upgrade may take over.
-pub async fn send<IO>(io: IO, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError>
+/// Sends `req` on `io`, a connection of its own that an upgrade (or a `CONNECT`) may take
+/// over.
+pub async fn send<IO>(io: IO, req: Request<ProxyBody>) -> Result<Response<Incoming>, hyper::Error>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(SendError::Http)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upgrade connection ended: {e}");
         }
     });
-    sender.send_request(req).await.map_err(SendError::Http)
+    sender.send_request(req).await
 }

@@ -16,9 +16,7 @@ use super::balance::{self, Candidate};
 use super::body::ProxyBody;
 use super::{Inputs, Peer, authz, local_response};
 use crate::endpoints::Endpoint;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics::{ConnectionCounters, Labels};
@@ -43,9 +41,7 @@ pub async fn outbound(inputs: Arc<Inputs>, client: TcpStream, dst: SocketAddr) {
     };
     match route {
         Some(route) => {
-            let tunnel = open_to_service(&inputs, &route, dst.port()).await;
-            let endpoint = tunnel.as_ref().ok().map(|(e, _)| e.clone());
-            let counters = source_counters(&inputs, &route.service, endpoint.as_deref(), &tunnel);
+            let (counters, tunnel) = tunnel_to(&inputs, &route, dst.port()).await;
             match tunnel {
                 Ok((endpoint, upstream)) => {
                     endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -76,27 +72,15 @@ pub async fn connect_request(
         return local_response(StatusCode::BAD_REQUEST, "weft: CONNECT needs host:port\n");
     };
     let service = super::outbound::service_of(authority.as_str(), &inputs.settings.namespace);
-    let route = {
-        let routes = inputs.routes.load();
-        let by_vip = || {
-            authority
-                .host()
-                .parse::<std::net::Ipv4Addr>()
-                .ok()
-                .and_then(|ip| routes.by_vip.get(&ip))
-        };
-        routes
-            .services
-            .get(service.as_ref())
-            .or_else(by_vip)
-            .cloned()
-    };
+    let route = inputs
+        .routes
+        .load()
+        .lookup(service.as_ref(), authority.host().parse().ok())
+        .cloned();
     let on_upgrade = hyper::upgrade::on(&mut req);
     match route {
         Some(route) => {
-            let tunnel = open_to_service(&inputs, &route, port).await;
-            let endpoint = tunnel.as_ref().ok().map(|(e, _)| e.clone());
-            let counters = source_counters(&inputs, &route.service, endpoint.as_deref(), &tunnel);
+            let (counters, tunnel) = tunnel_to(&inputs, &route, port).await;
             let Ok((endpoint, upstream)) = tunnel else {
                 counters.closed.inc();
                 return local_response(
@@ -182,15 +166,7 @@ pub async fn accept_tunnel(
         .as_ref()
         .map_or("unknown", crate::identity::SpiffeId::service);
     let upstream = dial(app, inputs.settings.proxy_mark).await;
-    let counters = inputs.tcp.connection(Labels {
-        reporter: "destination",
-        source_workload: source,
-        destination_service: &inputs.settings.service_key,
-        destination_version: &inputs.settings.version,
-        response_flags: if upstream.is_ok() { "-" } else { "UF" },
-        security,
-    });
-    counters.opened.inc();
+    let counters = destination_counters(&inputs, source, security, upstream.is_ok());
     let upstream = match upstream {
         Ok(u) => u,
         Err(e) => {
@@ -240,15 +216,7 @@ pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
     // Sent to this port of the pod, not to a service's: the same port of the pod.
     let app = SocketAddr::new(inputs.settings.pod_ip, port);
     let upstream = dial(app, inputs.settings.proxy_mark).await;
-    let counters = inputs.tcp.connection(Labels {
-        reporter: "destination",
-        source_workload: "unknown",
-        destination_service: &inputs.settings.service_key,
-        destination_version: &inputs.settings.version,
-        response_flags: if upstream.is_ok() { "-" } else { "UF" },
-        security: "none",
-    });
-    counters.opened.inc();
+    let counters = destination_counters(&inputs, "unknown", "none", upstream.is_ok());
     match upstream {
         Ok(upstream) => splice::splice(client, upstream, idle_of(&inputs), Some(&counters)).await,
         Err(_) => reset(&client),
@@ -256,22 +224,26 @@ pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
     counters.closed.inc();
 }
 
-/// The source side's counters of a connection to `service`, counted as opened.
-fn source_counters<T>(
+/// A tunnel to `route`'s service for `port`, and the source side's counters of the
+/// connection, counted as opened (flagged `UF` when no tunnel could be opened).
+async fn tunnel_to(
     inputs: &Inputs,
-    service: &str,
-    endpoint: Option<&Endpoint>,
-    tunnel: &Result<T, String>,
-) -> ConnectionCounters {
-    let version = endpoint
-        .and_then(|e| e.labels.get("version"))
-        .map_or("unknown", String::as_str);
+    route: &super::routes::Route,
+    port: u16,
+) -> (
+    ConnectionCounters,
+    Result<(Arc<Endpoint>, Upgraded), String>,
+) {
+    let tunnel = open_to_service(inputs, route, port).await;
+    let endpoint = tunnel.as_ref().ok().map(|(e, _)| e);
     let counters = inputs.tcp.connection(Labels {
         reporter: "source",
         source_workload: &inputs.settings.service,
-        destination_service: service,
-        destination_version: version,
-        response_flags: if tunnel.is_ok() { "-" } else { "UF" },
+        destination_service: &route.service,
+        destination_version: endpoint
+            .and_then(|e| e.labels.get("version"))
+            .map_or("unknown", String::as_str),
+        response_flags: if endpoint.is_some() { "-" } else { "UF" },
         security: if inputs.settings.mtls {
             "mutual_tls"
         } else {
@@ -279,7 +251,44 @@ fn source_counters<T>(
         },
     });
     counters.opened.inc();
+    (counters, tunnel)
+}
+
+/// The destination side's counters of a connection from `source`, counted as opened
+/// (flagged `UF` when the app refused it).
+fn destination_counters(
+    inputs: &Inputs,
+    source: &str,
+    security: &str,
+    connected: bool,
+) -> ConnectionCounters {
+    let counters = inputs.tcp.connection(Labels {
+        reporter: "destination",
+        source_workload: source,
+        destination_service: &inputs.settings.service_key,
+        destination_version: &inputs.settings.version,
+        response_flags: if connected { "-" } else { "UF" },
+        security,
+    });
+    counters.opened.inc();
     counters
+}
+
+/// A tunnel's upgraded connection.
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A new connection to a peer sidecar (mTLS when the mesh has it, HTTP/1.1 ALPN), not
+/// pooled: a tunnel or an upgrade takes it over.
+pub(super) async fn connect_peer(
+    inputs: &Inputs,
+    uri: http::Uri,
+) -> Result<super::pool::Counted<super::pool::PeerStream>, String> {
+    use tower_service::Service as _;
+    let mut connector = inputs.tunnels.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(|e| e.to_string())?;
+    connector.call(uri).await.map_err(|e| e.to_string())
 }
 
 fn passthrough_counters(inputs: &Inputs) -> ConnectionCounters {
@@ -312,7 +321,7 @@ async fn open_to_service(
     inputs: &Inputs,
     route: &super::routes::Route,
     port: u16,
-) -> Result<(Arc<Endpoint>, TokioIo<hyper::upgrade::Upgraded>), String> {
+) -> Result<(Arc<Endpoint>, Upgraded), String> {
     let now = Instant::now();
     let candidates = route.endpoints.iter().map(|e| Candidate {
         id: e.id,
@@ -342,8 +351,7 @@ async fn open_tunnel(
     inputs: &Inputs,
     endpoint: &Endpoint,
     target: &str,
-) -> Result<TokioIo<hyper::upgrade::Upgraded>, String> {
-    use tower_service::Service as _;
+) -> Result<Upgraded, String> {
     let authority = endpoint
         .authority
         .clone()
@@ -354,24 +362,16 @@ async fn open_tunnel(
         .path_and_query("/")
         .build()
         .map_err(|e| e.to_string())?;
-    let mut connector = inputs.tunnels.clone();
-    std::future::poll_fn(|cx| connector.poll_ready(cx))
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = connector.call(uri).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let io = connect_peer(inputs, uri).await?;
     let req = Request::builder()
         .method(Method::CONNECT)
         .uri(target)
         .header(http::header::HOST, target)
-        .body(Empty::new())
+        .body(ProxyBody::default())
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = super::upgrade::send(io, req)
+        .await
+        .map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::OK {
         return Err(format!(
             "{}'s sidecar answered {}",
