@@ -88,6 +88,8 @@ fn summary(rt: &PluginRuntime) -> CallSummary {
         subset: rt.intern("v1"),
         source: rt.intern("spiffe://weft.local/ns/default/sa/orders"),
         destination_identity: rt.intern("spiffe://weft.local/ns/default/sa/payments"),
+        source_workload: rt.intern("name=orders;namespace=default;app=orders;version=v1"),
+        destination_workload: rt.intern("name=payments;namespace=default;app=payments;version=v1"),
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     }

@@ -305,6 +305,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Bootstrap, BootstrapError> {
     sidecar.stats = stats;
     sidecar.pod_ip = advertise.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
     sidecar.version = raw.labels.get("version").cloned();
+    sidecar.app_label = raw.labels.get("app").cloned();
     if let Some(ports) = raw.opaque_ports {
         sidecar.opaque_ports = ports;
     }

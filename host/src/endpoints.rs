@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// Requests in flight to it, for least-outstanding load balancing.
     pub outstanding: AtomicU32,
+    /// Its workload's interned name, as plugins see it in `destination-workload`; 0 until the
+    /// routes naming it are built.
+    pub workload: AtomicU32,
     // Milliseconds since the table's epoch until which it is ejected; 0 when never.
     ejected_until_ms: AtomicU64,
     epoch: Instant,
@@ -100,6 +103,7 @@ impl EndpointTable {
             authority: address.parse().ok(),
             labels,
             outstanding: AtomicU32::new(0),
+            workload: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(ejected),
             epoch: self.epoch,
         });

@@ -41,12 +41,25 @@ pub struct Inbound {
     /// the sidecar keeps the mode its bootstrap gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_authentication: Option<MtlsMode>,
+    /// The server-side plugin chain: run on every call into the workload, before the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginRef>,
+    /// How many of `plugins` run before the authorization policies (Istio's `AUTHN` and
+    /// `AUTHZ` phases); the rest run after them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub authorize_after: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Inbound {
     /// Whether there is nothing to enforce.
     pub fn is_empty(&self) -> bool {
-        self.authorization.is_empty() && self.peer_authentication.is_none()
+        self.authorization.is_empty()
+            && self.peer_authentication.is_none()
+            && self.plugins.is_empty()
     }
 }
 
@@ -284,12 +297,51 @@ pub trait SnapshotTarget: Sync {
 #[error("snapshot rejected:\n  - {}", .0.join("\n  - "))]
 pub struct Rejected(pub Vec<String>);
 
+/// Checks one chain's plugin references (`at`: where the chain is, for messages).
+fn check_plugins(plugins: &[PluginRef], at: &str, errors: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in plugins.iter().enumerate() {
+        let at = format!("{at}.plugins[{i}]");
+        if p.name.is_empty() {
+            errors.push(format!("{at}.name: must not be empty"));
+        } else if !seen.insert(p.name.as_str()) {
+            errors.push(format!(
+                "{at}.name: {:?} appears twice in the chain",
+                p.name
+            ));
+        }
+        match (&p.builtin, &p.file, &p.artifact) {
+            (Some(b), None, None) if builtin_bytes(b).is_none() => errors.push(format!(
+                "{at}.builtin: unknown built-in {b:?} (known: {})",
+                BUILTINS.join(", ")
+            )),
+            (None, None, Some(d)) if !is_digest(d) => errors.push(format!(
+                "{at}.artifact: {d:?} is not a sha256 (64 lower-case hex digits)"
+            )),
+            (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
+            _ => errors.push(format!(
+                "{at}: exactly one of builtin, file or artifact is required"
+            )),
+        }
+        for (j, route) in p.routes.iter().enumerate() {
+            if route.is_empty() {
+                errors.push(format!("{at}.routes[{j}]: must not be empty"));
+            }
+        }
+    }
+}
+
 /// Parses an Istio-style duration (`"6s"`, `"250ms"`), the same way plugins do.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     weft_sdk::config::IstioDuration::parse(text).map(|d| d.0)
 }
 
 impl Snapshot {
+    /// Every plugin it names: each service's chain, then the server-side chain.
+    pub fn plugin_refs(&self) -> impl Iterator<Item = &PluginRef> {
+        (self.services.values().flat_map(|s| &s.plugins)).chain(&self.inbound.plugins)
+    }
+
     /// Parses JSON text.
     pub fn from_json(text: &str) -> Result<Snapshot, Rejected> {
         serde_json::from_str(text).map_err(|e| Rejected(vec![format!("invalid JSON: {e}")]))
@@ -342,36 +394,22 @@ impl Snapshot {
                     ));
                 }
             }
-            let mut seen = std::collections::BTreeSet::new();
-            for (i, p) in svc.plugins.iter().enumerate() {
-                let at = format!("{at}.plugins[{i}]");
-                if p.name.is_empty() {
-                    errors.push(format!("{at}.name: must not be empty"));
-                } else if !seen.insert(p.name.as_str()) {
-                    errors.push(format!(
-                        "{at}.name: {:?} appears twice in the chain",
-                        p.name
-                    ));
-                }
-                match (&p.builtin, &p.file, &p.artifact) {
-                    (Some(b), None, None) if builtin_bytes(b).is_none() => errors.push(format!(
-                        "{at}.builtin: unknown built-in {b:?} (known: {})",
-                        BUILTINS.join(", ")
-                    )),
-                    (None, None, Some(d)) if !is_digest(d) => errors.push(format!(
-                        "{at}.artifact: {d:?} is not a sha256 (64 lower-case hex digits)"
-                    )),
-                    (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {}
-                    _ => errors.push(format!(
-                        "{at}: exactly one of builtin, file or artifact is required"
-                    )),
-                }
-                for (j, route) in p.routes.iter().enumerate() {
-                    if route.is_empty() {
-                        errors.push(format!("{at}.routes[{j}]: must not be empty"));
-                    }
-                }
+            check_plugins(&svc.plugins, &at, &mut errors);
+        }
+        check_plugins(&self.inbound.plugins, "inbound", &mut errors);
+        for (i, p) in self.inbound.plugins.iter().enumerate() {
+            if !p.routes.is_empty() {
+                errors.push(format!(
+                    "inbound.plugins[{i}].routes: a server-side call takes no route, so a plugin scoped to routes cannot run there"
+                ));
             }
+        }
+        if self.inbound.authorize_after > self.inbound.plugins.len() {
+            errors.push(format!(
+                "inbound.authorizeAfter: {} is more than the {} plugins of the chain",
+                self.inbound.authorize_after,
+                self.inbound.plugins.len()
+            ));
         }
         for (side, sinks) in [
             ("client", &self.access_log.client),

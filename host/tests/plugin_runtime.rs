@@ -192,6 +192,8 @@ fn a_well_behaved_plugin_changes_the_request_as_it_says() {
         subset: FIX.runtime.intern("v2"),
         source: 0,
         destination_identity: 0,
+        source_workload: 0,
+        destination_workload: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     };
@@ -688,13 +690,21 @@ fn the_built_in_policies_run_the_seed_scenario() {
             .runtime
             .intern("spiffe://weft.local/ns/default/sa/orders"),
         destination_identity: 0,
+        source_workload: FIX
+            .runtime
+            .intern("name=orders;namespace=default;app=orders;version=v1"),
+        destination_workload: FIX
+            .runtime
+            .intern("name=payments;namespace=default;app=payments;version=v2"),
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     };
     chain.on_done(&summary, RouteId::NONE);
     let labels = [
+        ("reporter", "source"),
         ("source_workload", "orders"),
-        ("destination_service", "payments"),
+        ("source_version", "v1"),
+        ("destination_service", "payments.default.svc.cluster.local"),
         ("destination_version", "v2"),
         ("response_code", "200"),
     ];
@@ -992,6 +1002,8 @@ fn through(chain: &Chain, mut head: RequestHead) -> Through {
         subset: 0,
         source: 0,
         destination_identity: 0,
+        source_workload: 0,
+        destination_workload: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
     };

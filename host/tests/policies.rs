@@ -480,9 +480,10 @@ async fn telemetry_shows_on_metrics_with_istio_labels_and_counts() {
     let m = support::scrape(&orders).await;
     let route = [
         ("source_workload", "orders"),
-        ("destination_service", "payments"),
+        ("destination_service", "payments.default.svc.cluster.local"),
         ("destination_version", "v1"),
         ("request_protocol", "http"),
+        ("reporter", "source"),
     ];
     let with = |code: &'static str, flags: &'static str| {
         let mut l = route.to_vec();

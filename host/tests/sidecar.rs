@@ -338,7 +338,12 @@ async fn the_admin_endpoint_serves_metrics_readiness_and_config() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("istio_requests_total{destination_service=\"payments\""),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"payments.default.svc.cluster.local\"")
+                && l.contains("reporter=\"source\"")
+                && l.ends_with(" 3")),
         "{metrics}"
     );
     // Three calls, one pooled HTTP/2 connection to the peer.

@@ -300,6 +300,10 @@ pub struct CallSummary {
     pub source: Name,
     /// Upstream identity, or none.
     pub destination_identity: Name,
+    /// The calling workload (see [`Workload::parse`]), or none.
+    pub source_workload: Name,
+    /// The workload that served the call, or none.
+    pub destination_workload: Name,
     /// Caller protocol.
     pub protocol: Protocol,
     /// Response flags.
@@ -358,4 +362,63 @@ pub struct EndpointStatus {
     pub address: String,
     /// Milliseconds left of its ejection; 0 when serving.
     pub ejected_ms: u32,
+}
+
+/// A workload at one end of a call, as a `source-workload` or `destination-workload` name reads
+/// (`name=orders;namespace=shop;app=orders;version=v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Workload {
+    /// The workload's name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its `app` label.
+    pub app: String,
+    /// Its `version` label, empty when it has none.
+    pub version: String,
+}
+
+impl Workload {
+    /// Reads a workload name; unknown keys are skipped, so the host may add some.
+    pub fn parse(text: &str) -> Workload {
+        let mut w = Workload::default();
+        for (key, value) in text.split(';').filter_map(|kv| kv.split_once('=')) {
+            let field = match key {
+                "name" => &mut w.name,
+                "namespace" => &mut w.namespace,
+                "app" => &mut w.app,
+                "version" => &mut w.version,
+                _ => continue,
+            };
+            *field = value.to_string();
+        }
+        w
+    }
+
+    /// Its name form, as [`Workload::parse`] reads it.
+    pub fn encode(&self) -> String {
+        format!(
+            "name={};namespace={};app={};version={}",
+            self.name, self.namespace, self.app, self.version
+        )
+    }
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use super::Workload;
+
+    #[test]
+    fn a_workload_reads_back_what_it_encodes() {
+        let w = Workload {
+            name: "orders".into(),
+            namespace: "shop".into(),
+            app: "orders".into(),
+            version: "v1".into(),
+        };
+        assert_eq!(Workload::parse(&w.encode()), w);
+        let later = Workload::parse("name=a;namespace=b;zone=z;app=c;version=");
+        assert_eq!((later.name.as_str(), later.app.as_str()), ("a", "c"));
+        assert_eq!(later.version, "");
+    }
 }

@@ -164,6 +164,8 @@ fn summary_from(s: wit::CallSummary) -> CallSummary {
         subset: Name(s.subset),
         source: Name(s.source),
         destination_identity: Name(s.destination_identity),
+        source_workload: Name(s.source_workload),
+        destination_workload: Name(s.destination_workload),
         protocol: match s.protocol {
             wit::Protocol::Http1 => Protocol::Http1,
             wit::Protocol::Http2 => Protocol::Http2,

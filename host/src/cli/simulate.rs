@@ -240,6 +240,8 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
             },
             source: world.names.orders,
             destination_identity: 0,
+            source_workload: 0,
+            destination_workload: 0,
             protocol: Protocol::Http1,
             response_flags: flags,
         },

@@ -141,32 +141,30 @@ async fn fetch_artifacts(
     snapshot: &Snapshot,
 ) -> Result<(), String> {
     let dir = sidecar.artifact_dir().to_path_buf();
-    for svc in snapshot.services.values() {
-        for p in &svc.plugins {
-            let Some(digest) = &p.artifact else { continue };
-            let path = dir.join(format!("{digest}.wasm"));
-            if path.is_file() {
-                continue;
-            }
-            let bytes = call(
-                &cfg.server,
-                &cfg.token,
-                Method::GET,
-                &format!("/v1/artifacts/{digest}"),
-                Bytes::new(),
-            )
-            .await
-            .map_err(|e| format!("plugin {}: fetching artifact {digest}: {e}", p.name))?;
-            let actual = crate::plugin::sha256_hex(&bytes);
-            if actual != *digest {
-                return Err(format!(
-                    "plugin {}: artifact {digest} arrived with sha256 {actual}",
-                    p.name
-                ));
-            }
-            crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
-                .map_err(|e| e.to_string())?;
+    for p in snapshot.plugin_refs() {
+        let Some(digest) = &p.artifact else { continue };
+        let path = dir.join(format!("{digest}.wasm"));
+        if path.is_file() {
+            continue;
         }
+        let bytes = call(
+            &cfg.server,
+            &cfg.token,
+            Method::GET,
+            &format!("/v1/artifacts/{digest}"),
+            Bytes::new(),
+        )
+        .await
+        .map_err(|e| format!("plugin {}: fetching artifact {digest}: {e}", p.name))?;
+        let actual = crate::plugin::sha256_hex(&bytes);
+        if actual != *digest {
+            return Err(format!(
+                "plugin {}: artifact {digest} arrived with sha256 {actual}",
+                p.name
+            ));
+        }
+        crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -275,7 +273,7 @@ async fn watch_once(
                 Ok(StreamMessage::Snapshot {
                     version, snapshot, ..
                 }) => {
-                    take(cfg, sidecar, version, snapshot).await;
+                    take(cfg, sidecar, version, *snapshot).await;
                 }
                 Ok(StreamMessage::Heartbeat) => {}
                 Err(e) => tracing::warn!("unreadable stream message: {e}"),

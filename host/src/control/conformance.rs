@@ -75,7 +75,7 @@ const KINDS: &[KindProbe] = &[
     KindProbe {
         title: "WasmPlugin (extensions.istio.io)",
         header: "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: { name: probe }\n",
-        levels: &["", "selector", "targetRefs[]"],
+        levels: &["", "selector", "targetRefs[]", "match[]"],
         refused: WASM_UNSUPPORTED,
     },
     KindProbe {

@@ -76,7 +76,7 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
                 let msg = StreamMessage::Snapshot {
                     version: version.clone(),
                     revision,
-                    snapshot,
+                    snapshot: Box::new(snapshot),
                 };
                 (version, line(&msg))
             });

@@ -56,9 +56,16 @@ impl Reading {
     pub fn add_exposition(&mut self, text: &str) {
         let mut map: BTreeMap<Key, Series> = std::mem::take(&mut self.series).into_iter().collect();
         let key = |l: &BTreeMap<&str, String>| -> Option<Key> {
+            // Each call is counted by both sidecars: the callers' count is the one read, as
+            // Istio's dashboards read the source reporter for outbound views.
+            if l.get("reporter").is_some_and(|r| r != "source") {
+                return None;
+            }
             let code = l.get("response_code")?.parse().unwrap_or(0);
+            let host = l.get("destination_service")?;
             Some((
-                l.get("destination_service")?.clone(),
+                crate::names::service_key_of(host, crate::names::DEFAULT_NAMESPACE)
+                    .map_or_else(|| host.clone(), std::borrow::Cow::into_owned),
                 l.get("destination_version")
                     .cloned()
                     .unwrap_or_else(|| "unknown".into()),

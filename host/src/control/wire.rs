@@ -83,8 +83,8 @@ pub enum StreamMessage {
         version: String,
         /// The control plane's revision it was compiled from.
         revision: u64,
-        /// The snapshot.
-        snapshot: crate::snapshot::Snapshot,
+        /// The snapshot (boxed: a heartbeat need not be as large).
+        snapshot: Box<crate::snapshot::Snapshot>,
     },
     /// Nothing changed; the stream is alive.
     Heartbeat,

@@ -94,8 +94,26 @@ impl Chain {
     /// [`Chain::on_local_reply`] for the answer's way back). A scoped plugin is checked against
     /// `head.route` at its turn, so it sees the route earlier plugins named.
     pub fn on_request(&self, call_id: u64, head: &mut RequestHead) -> Decided<RequestVerdict> {
+        self.on_request_between(call_id, head, 0, usize::MAX)
+    }
+
+    /// [`Chain::on_request`] through the plugins placed from `from` up to (not including)
+    /// `to`: the server side runs the chain in two parts, around its authorization check.
+    pub fn on_request_between(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+        from: usize,
+        to: usize,
+    ) -> Decided<RequestVerdict> {
         let mut plugin_failed = false;
         for (at, plugin) in &self.on_request {
+            if *at < from {
+                continue;
+            }
+            if *at >= to {
+                break;
+            }
             if !plugin.serves(head.route) {
                 continue;
             }

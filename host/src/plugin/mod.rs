@@ -227,6 +227,11 @@ impl PluginRuntime {
         self.services.names.intern(name)
     }
 
+    /// The id of a name interned before, or 0: never adds one.
+    pub fn interned(&self, name: &str) -> u32 {
+        self.services.names.lookup(name)
+    }
+
     /// The name behind an interned id.
     pub fn name(&self, id: u32) -> Option<Arc<str>> {
         self.services.names.name(id)

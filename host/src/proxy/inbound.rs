@@ -4,7 +4,10 @@
 use super::body::ProxyBody;
 use super::headers;
 use super::headers::FORWARDED_HOST;
+use super::server_side::{self, ServerCall};
+use super::workload::PEER_METADATA;
 use super::{Inputs, Peer, authz, local_response, path};
+use crate::plugin::ResponseFlags;
 use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -89,14 +92,37 @@ async fn answer(
     }
     let start = Instant::now();
     let m = &inputs.inbound_metrics;
+    let (mut parts, incoming) = req.into_parts();
+    // What the caller's sidecar says of its workload is for the plugins, never for the app.
+    let metadata = parts.headers.remove(PEER_METADATA);
+    let routes = inputs.routes.load_full();
+    let mut call = routes.server.as_ref().map(|server| {
+        ServerCall::new(
+            &inputs,
+            server,
+            &peer,
+            metadata.as_ref(),
+            parts.version,
+            start,
+        )
+    });
+    // Refused by the host: back through the plugins that saw the request, if any did.
+    let refuse = |call: Option<ServerCall>, status: StatusCode, text: String, before: usize| {
+        m.request(status.as_u16());
+        m.duration.observe(start.elapsed().as_secs_f64());
+        match call {
+            Some(c) => c.refuse(server_side::host_reply(status, text), before),
+            None => local_response(status, text),
+        }
+    };
     // What is authorized is what the app is sent: the path is normalized first, and a path
     // (or method) Istio would refuse is refused here too, before any policy reads it.
-    let original = req
-        .uri()
+    let original = parts
+        .uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
     let normalized = match path::normalize(original, inputs.settings.path_normalization) {
-        Ok(p) if path::method_is_upper(req.method()) => p,
+        Ok(p) if path::method_is_upper(&parts.method) => p,
         refused => {
             let why = match refused {
                 Err(e) => e.to_string(),
@@ -104,59 +130,24 @@ async fn answer(
             };
             tracing::debug!(path = original, "inbound call refused: {why}");
             peer.count_inbound(&inputs.metrics, false);
-            m.request(400);
-            m.duration.observe(start.elapsed().as_secs_f64());
-            return Ok(local_response(
+            return Ok(refuse(
+                call,
                 StatusCode::BAD_REQUEST,
                 format!("weft: {why}\n"),
+                0,
             ));
         }
     };
-    let path_only = normalized.split('?').next().unwrap_or("/");
-    // Judged against the routes in force, before anything reaches the app; no policy costs one
-    // branch.
-    let routes = inputs.routes.load();
-    if !routes.authz.is_empty() {
-        let call = authz::Call {
-            principal: peer.principal.as_deref(),
-            method: req.method().as_str(),
-            path: path_only,
-            tcp: false,
-        };
-        if let authz::Verdict::Deny(policy) = routes.authz.check(&call) {
-            tracing::debug!(
-                caller = peer.principal.as_deref().unwrap_or("(unauthenticated)"),
-                method = %req.method(),
-                path = path_only,
-                policy = policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
-                "inbound call denied"
-            );
-            inputs.metrics.inbound_denied.inc();
-            peer.count_inbound(&inputs.metrics, false);
-            m.request(403);
-            m.duration.observe(start.elapsed().as_secs_f64());
-            return Ok(local_response(StatusCode::FORBIDDEN, authz::DENIED_BODY));
-        }
+    if let std::borrow::Cow::Owned(p) = normalized {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(p).ok();
+        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
     }
-    drop(routes);
-    let path_and_query = match normalized {
-        std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
-        std::borrow::Cow::Owned(p) => http::uri::PathAndQuery::from_maybe_shared(p).ok(),
-    };
-    peer.count_inbound(&inputs.metrics, true);
-    let (mut parts, incoming) = req.into_parts();
     let upgrade = super::upgrade::take(&mut parts);
     let port = parts
         .headers
         .remove(headers::TARGET_PORT)
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-    let Some(app) = inputs.settings.app_at(port) else {
-        m.request(403);
-        return Ok(local_response(
-            StatusCode::FORBIDDEN,
-            "weft: that port is the sidecar's own\n",
-        ));
-    };
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.ask_again(&mut parts.headers);
@@ -171,6 +162,63 @@ async fn answer(
     if let Some(host) = parts.headers.remove(FORWARDED_HOST) {
         parts.headers.insert(HOST, host);
     }
+    // The plugins of Istio's AUTHN and AUTHZ phases see the request before its authorization.
+    if let Some(c) = &mut call
+        && let Some(answered) = c.request(&mut parts, true).await
+    {
+        peer.count_inbound(&inputs.metrics, false);
+        m.request(answered.status().as_u16());
+        m.duration.observe(start.elapsed().as_secs_f64());
+        return Ok(answered);
+    }
+    // Judged against the routes in force, before anything reaches the app; no policy costs one
+    // branch.
+    if !routes.authz.is_empty() {
+        let path_only = parts.uri.path();
+        let call_of = authz::Call {
+            principal: peer.principal.as_deref(),
+            method: parts.method.as_str(),
+            path: path_only,
+            tcp: false,
+        };
+        if let authz::Verdict::Deny(policy) = routes.authz.check(&call_of) {
+            tracing::debug!(
+                caller = peer.principal.as_deref().unwrap_or("(unauthenticated)"),
+                method = %parts.method,
+                path = path_only,
+                policy = policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
+                "inbound call denied"
+            );
+            inputs.metrics.inbound_denied.inc();
+            peer.count_inbound(&inputs.metrics, false);
+            let at = call.as_ref().map_or(0, ServerCall::authorize_after);
+            return Ok(refuse(
+                call,
+                StatusCode::FORBIDDEN,
+                authz::DENIED_BODY.to_string(),
+                at,
+            ));
+        }
+    }
+    drop(routes);
+    if let Some(c) = &mut call
+        && let Some(answered) = c.request(&mut parts, false).await
+    {
+        peer.count_inbound(&inputs.metrics, true);
+        m.request(answered.status().as_u16());
+        m.duration.observe(start.elapsed().as_secs_f64());
+        return Ok(answered);
+    }
+    peer.count_inbound(&inputs.metrics, true);
+    let Some(app) = inputs.settings.app_at(port) else {
+        let at = usize::MAX;
+        return Ok(refuse(
+            call,
+            StatusCode::FORBIDDEN,
+            "weft: that port is the sidecar's own\n".to_string(),
+            at,
+        ));
+    };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
     uri.authority = Some(if app == inputs.settings.app {
@@ -178,18 +226,29 @@ async fn answer(
     } else {
         super::authority_of(app)
     });
-    uri.path_and_query =
-        Some(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
     let Ok(uri) = http::Uri::from_parts(uri) else {
-        return Ok(local_response(
+        return Ok(refuse(
+            call,
             StatusCode::BAD_REQUEST,
-            "weft: invalid request path\n",
+            "weft: invalid request path\n".to_string(),
+            usize::MAX,
         ));
     };
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
-    let upstream = Request::from_parts(parts, incoming.boxed_unsync());
+    let body = match &call {
+        Some(c) => c.count_request(incoming),
+        None => incoming.boxed_unsync(),
+    };
+    let upstream = Request::from_parts(parts, body);
     let answered = match upgrade {
         None => inputs
             .app
@@ -198,6 +257,7 @@ async fn answer(
             .map_err(|e| format!("{e:?}")),
         Some(u) => super::upgrade::to_addr(&inputs, app, upstream, u).await,
     };
+    let mut flags = ResponseFlags::empty();
     let response = match answered {
         Ok(resp) => {
             let (mut parts, incoming) = resp.into_parts();
@@ -215,6 +275,7 @@ async fn answer(
         }
         Err(e) => {
             tracing::warn!(app = %inputs.settings.app, "local app unreachable: {e}");
+            flags = ResponseFlags::UPSTREAM_CONNECT_FAILURE;
             local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -223,6 +284,10 @@ async fn answer(
                 ),
             )
         }
+    };
+    let response = match call {
+        Some(c) => c.respond(response, flags),
+        None => response,
     };
     m.request(response.status().as_u16());
     m.duration.observe(start.elapsed().as_secs_f64());

@@ -42,6 +42,9 @@ pub struct Peer {
     /// Its inbound counters (allowed, denied), resolved at its first inbound call: the
     /// outbound listener shares this type and must not create series.
     by_source: std::sync::OnceLock<[prometheus::IntCounter; 2]>,
+    /// Its identity and workload as plugins see them on the server side, interned at its
+    /// first call with the metadata its sidecar sent then.
+    pub(super) caller: std::sync::OnceLock<super::server_side::Caller>,
 }
 
 impl Peer {
@@ -69,6 +72,7 @@ impl Peer {
             identity,
             xfcc,
             by_source: std::sync::OnceLock::new(),
+            caller: std::sync::OnceLock::new(),
         }
     }
 

@@ -24,9 +24,11 @@ pub mod passthrough;
 pub mod path;
 pub mod pool;
 pub mod routes;
+mod server_side;
 pub mod tap;
 pub mod tcp;
 pub mod upgrade;
+pub mod workload;
 
 use crate::endpoints::EndpointTable;
 use crate::plugin::{PluginRuntime, RuntimeConfig};
@@ -145,6 +147,8 @@ pub struct SidecarConfig {
     pub pod_ip: Option<std::net::IpAddr>,
     /// The workload's `version` label, for the TCP metrics it reports as destination.
     pub version: Option<String>,
+    /// The workload's `app` label; none: its service's name.
+    pub app_label: Option<String>,
     /// Destination ports of captured connections carried as TCP without detection.
     pub opaque_ports: Vec<u16>,
     /// How long a captured connection may stay silent before it is taken for a server-first
@@ -213,6 +217,7 @@ impl SidecarConfig {
             stats: None,
             pod_ip: None,
             version: None,
+            app_label: None,
             opaque_ports: tcp::sniff::DEFAULT_OPAQUE_PORTS.to_vec(),
             protocol_detection_timeout: tcp::sniff::DEFAULT_DETECTION_TIMEOUT,
         }
@@ -243,6 +248,10 @@ pub struct Settings {
     pub service_key: String,
     /// The workload's `version` label, or `unknown`.
     pub version: String,
+    /// The workload's name form (see [`workload::encode`]), interned.
+    pub workload_id: u32,
+    /// What this sidecar tells the peers it calls of its workload ([`workload::PEER_METADATA`]).
+    pub peer_metadata: Option<http::HeaderValue>,
     /// Whether calls between sidecars use mutual TLS.
     pub mtls: bool,
     /// The mark the sidecar's sockets carry under capture.
@@ -524,6 +533,10 @@ impl Sidecar {
             (Some(l), Some(addr)) => Some(local(l, "stats", addr)?),
             _ => None,
         };
+        let mut labels = std::collections::BTreeMap::new();
+        labels.extend(config.app_label.clone().map(|a| ("app".to_string(), a)));
+        labels.extend(config.version.clone().map(|v| ("version".to_string(), v)));
+        let me = workload::encode(&config.service, &config.namespace, &labels);
         let inputs = Arc::new(Inputs {
             routes: ArcSwap::from_pointee(routes::Routes::empty()),
             table,
@@ -539,6 +552,8 @@ impl Sidecar {
                 path_normalization: config.path_normalization,
                 service_key: crate::names::service_key(&config.service, &config.namespace),
                 version: config.version.clone().unwrap_or_else(|| "unknown".into()),
+                workload_id: runtime.intern(&me),
+                peer_metadata: workload::metadata(&labels, &config.service),
                 mtls: config.mtls.is_some(),
                 proxy_mark: config.proxy_mark,
                 opaque_ports: config.opaque_ports.clone(),
@@ -673,10 +688,15 @@ impl Sidecar {
         let artifacts = self.artifact_dir.clone();
         let limits = self.plugin_limits;
         let built = tokio::task::spawn_blocking(move || {
+            let identity = crate::identity::SpiffeId::parse(&inputs.settings.identity).ok();
             let sources = routes::PluginSources {
                 base_dir: &base,
                 artifact_dir: &artifacts,
                 limits,
+                trust_domain: identity
+                    .as_ref()
+                    .filter(|_| inputs.settings.mtls)
+                    .map(|id| id.trust_domain()),
             };
             routes::build(
                 snapshot,

@@ -254,8 +254,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         _ => HeaderValue::from_str(&authority).ok(),
     };
     headers::strip_hop_by_hop(&mut parts.headers);
-    // Room for the four headers this hop adds, so the map grows at most once.
-    parts.headers.reserve(4);
+    // Room for the five headers this hop adds, so the map grows at most once.
+    parts.headers.reserve(5);
     headers::append_forwarded_for(&mut parts.headers, &peer.forwarded);
     // Captured on its way to a port other than the service's default: the destination's
     // sidecar sends it to that port of its pod. Only capture says so, never the app.
@@ -268,6 +268,17 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         }
     }
     headers::ensure_ids(&mut parts.headers, || inputs.random());
+    // Who calls, for the destination's telemetry; never what the app claims.
+    match &inputs.settings.peer_metadata {
+        Some(m) => {
+            parts
+                .headers
+                .insert(super::workload::PEER_METADATA, m.clone());
+        }
+        None => {
+            parts.headers.remove(super::workload::PEER_METADATA);
+        }
+    }
     let log = (!routes.access_log.client.is_empty() || inputs.tap.active()).then(|| {
         let entry = super::logging::start(&parts, Some(&authority), peer.addr);
         let port = peer.original_addr.map_or(80, |d| d.port());
@@ -297,6 +308,8 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             subset: 0,
             source: inputs.settings.identity_id,
             destination_identity: 0,
+            source_workload: inputs.settings.workload_id,
+            destination_workload: 0,
             protocol,
             response_flags: ResponseFlags::empty(),
         },
@@ -402,6 +415,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         }
     };
     call.summary.service = target.service_id;
+    call.summary.destination_identity = target.identity_id;
     let endpoints: &[Arc<Endpoint>] = match &head.destination.subset {
         None => &target.endpoints,
         Some(name) => match target.subsets.get(name) {
@@ -595,6 +609,7 @@ async fn attempts(
                 let address = &endpoint.address;
                 let outstanding = &endpoint.outstanding;
                 call.summary.endpoint = id;
+                call.summary.destination_workload = endpoint.workload.load(Ordering::Relaxed);
                 let Some(body) = request_body.attempt() else {
                     // A streamed body went with an earlier attempt; nothing left to send.
                     return (Outcome::Reset, None);

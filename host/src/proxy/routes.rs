@@ -40,6 +40,17 @@ pub struct Route {
     pub balancer: super::balance::Balancer,
     /// The plugin chain.
     pub chain: Arc<Chain>,
+    /// The identity its endpoints serve with (a SPIFFE ID in this sidecar's trust domain),
+    /// interned; 0 when this sidecar has none.
+    pub identity_id: u32,
+}
+
+/// The server-side chain: run on every call into this workload, before its app.
+pub struct ServerChain {
+    /// The plugins, in order.
+    pub chain: Arc<Chain>,
+    /// How many of them run before the authorization policies are checked.
+    pub authorize_after: usize,
 }
 
 /// Every route of a snapshot.
@@ -54,6 +65,8 @@ pub struct Routes {
     pub authz: super::authz::Authorizer,
     /// Access logging, compiled once.
     pub access_log: super::logging::Sinks,
+    /// The server-side plugin chain; none when the snapshot gives none.
+    pub server: Option<ServerChain>,
 }
 
 impl Routes {
@@ -74,6 +87,7 @@ impl Routes {
             by_vip: HashMap::default(),
             access_log: super::logging::Sinks::default(),
             authz: super::authz::Authorizer::default(),
+            server: None,
         }
     }
 }
@@ -86,6 +100,56 @@ pub struct PluginSources<'a> {
     pub artifact_dir: &'a Path,
     /// Deadline and memory cap of every plugin.
     pub limits: Limits,
+    /// The trust domain services' identities are in; none without mTLS.
+    pub trust_domain: Option<&'a str>,
+}
+
+/// Loads one chain's plugins; a plugin that cannot be loaded is an error naming it (`at`:
+/// where the chain is in the snapshot).
+fn load_chain(
+    plugins: &[crate::snapshot::PluginRef],
+    at: &str,
+    runtime: &PluginRuntime,
+    sources: &PluginSources<'_>,
+    errors: &mut Vec<String>,
+) -> Arc<Chain> {
+    let mut loaded = Vec::new();
+    for (i, p) in plugins.iter().enumerate() {
+        let config = if p.config.is_null() {
+            "{}".to_string()
+        } else {
+            p.config.to_string()
+        };
+        let mut spec = PluginSpec::new(p.name.clone(), config);
+        spec.fail_strategy = p.fail_strategy;
+        spec.routes = p.routes.clone();
+        spec.limits = sources.limits;
+        let path;
+        let mut expected = p.sha256.as_deref();
+        let artifact = match (&p.builtin, &p.file, &p.artifact) {
+            (Some(b), _, _) => match builtin_bytes(b) {
+                Some(bytes) => Artifact::Bytes(bytes),
+                None => continue,
+            },
+            (None, Some(f), _) => {
+                path = sources.base_dir.join(f);
+                Artifact::File(&path)
+            }
+            // Fetched from the control plane's store by the sidecar before applying; the
+            // digest is the name, and is verified again on load.
+            (None, None, Some(digest)) => {
+                path = sources.artifact_dir.join(format!("{digest}.wasm"));
+                expected = Some(digest.as_str());
+                Artifact::File(&path)
+            }
+            (None, None, None) => continue,
+        };
+        match runtime.plugin(artifact, expected, spec) {
+            Ok(plugin) => loaded.push(plugin),
+            Err(e) => errors.push(format!("{at}.plugins[{i}]: {e}")),
+        }
+    }
+    Arc::new(Chain::new(loaded))
 }
 
 /// Compiles a snapshot: validates it, loads every plugin (files relative to `base_dir`, stored
@@ -98,53 +162,24 @@ pub fn build(
     metrics: &ProxyMetrics,
     sources: &PluginSources<'_>,
 ) -> Result<Routes, Rejected> {
-    let PluginSources {
-        base_dir,
-        artifact_dir,
-        limits,
-    } = *sources;
     snapshot.validate()?;
     let mut errors = Vec::new();
     let mut chains = HashMap::new();
     for (name, svc) in &snapshot.services {
-        let mut plugins = Vec::new();
-        for (i, p) in svc.plugins.iter().enumerate() {
-            let config = if p.config.is_null() {
-                "{}".to_string()
-            } else {
-                p.config.to_string()
-            };
-            let mut spec = PluginSpec::new(p.name.clone(), config);
-            spec.fail_strategy = p.fail_strategy;
-            spec.routes = p.routes.clone();
-            spec.limits = limits;
-            let path;
-            let mut expected = p.sha256.as_deref();
-            let artifact = match (&p.builtin, &p.file, &p.artifact) {
-                (Some(b), _, _) => match builtin_bytes(b) {
-                    Some(bytes) => Artifact::Bytes(bytes),
-                    None => continue,
-                },
-                (None, Some(f), _) => {
-                    path = base_dir.join(f);
-                    Artifact::File(&path)
-                }
-                // Fetched from the control plane's store by the sidecar before applying; the
-                // digest is the name, and is verified again on load.
-                (None, None, Some(digest)) => {
-                    path = artifact_dir.join(format!("{digest}.wasm"));
-                    expected = Some(digest.as_str());
-                    Artifact::File(&path)
-                }
-                (None, None, None) => continue,
-            };
-            match runtime.plugin(artifact, expected, spec) {
-                Ok(plugin) => plugins.push(plugin),
-                Err(e) => errors.push(format!("services.{name}.plugins[{i}]: {e}")),
-            }
-        }
-        chains.insert(name.clone(), Arc::new(Chain::new(plugins)));
+        let at = format!("services.{name}");
+        let chain = load_chain(&svc.plugins, &at, runtime, sources, &mut errors);
+        chains.insert(name.clone(), chain);
     }
+    let server = (!snapshot.inbound.plugins.is_empty()).then(|| ServerChain {
+        chain: load_chain(
+            &snapshot.inbound.plugins,
+            "inbound",
+            runtime,
+            sources,
+            &mut errors,
+        ),
+        authorize_after: snapshot.inbound.authorize_after,
+    });
     if !errors.is_empty() {
         return Err(Rejected(errors));
     }
@@ -157,7 +192,13 @@ pub fn build(
             .iter()
             .map(|ep| {
                 keep.insert(endpoint_id(name, &ep.address));
-                table.upsert(name, &ep.address, ep.labels.clone())
+                let slot = table.upsert(name, &ep.address, ep.labels.clone());
+                let workload = super::workload::of_endpoint(name, &ep.labels);
+                slot.workload.store(
+                    runtime.intern(&workload),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                slot
             })
             .collect();
         let subsets = svc
@@ -192,6 +233,10 @@ pub fn build(
             chain: chains
                 .remove(name)
                 .unwrap_or_else(|| Arc::new(Chain::empty())),
+            identity_id: sources.trust_domain.map_or(0, |td| {
+                let (svc, ns) = crate::names::key_parts(name);
+                runtime.intern(&format!("spiffe://{td}/ns/{ns}/sa/{svc}"))
+            }),
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {
@@ -208,5 +253,6 @@ pub fn build(
         by_vip,
         authz,
         access_log,
+        server,
     })
 }

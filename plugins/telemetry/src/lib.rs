@@ -1,54 +1,113 @@
-//! Per-call telemetry through host-owned metrics, with Istio's standard names and labels so
-//! existing dashboards map over: request count, duration, request and response sizes, and the
-//! retries each call took.
+//! Per-call telemetry through host-owned metrics, with Istio's standard names, labels and
+//! buckets so existing dashboards and alerts map over: request count, duration, request and
+//! response sizes from either reporter (the caller's sidecar, `source`; the destination's,
+//! `destination`), and the retries each call took.
 
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use weft_sdk::host::metrics::{self, MetricId, Sample, SeriesId};
-use weft_sdk::{CallSummary, Filter, Hooks, MetricKind, Name, Protocol, export_filter};
+use weft_sdk::{CallSummary, Filter, Hooks, MetricKind, Name, Workload, export_filter};
 
 /// Configuration.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
-    /// The workload name used for `destination_workload` when the summary has no identity.
-    pub workload: Option<String>,
+    /// Which side this sidecar reports as: `source` (the caller's sidecar) or `destination`.
+    pub reporter: Reporter,
+    /// The cluster both ends are in (`source_cluster`, `destination_cluster`).
+    pub cluster: String,
+    /// The cluster domain service hosts end in (`destination_service`).
+    pub cluster_domain: String,
 }
 
-const LABELS: [&str; 6] = [
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            reporter: Reporter::Source,
+            // Istio's default cluster id.
+            cluster: "Kubernetes".to_string(),
+            cluster_domain: "cluster.local".to_string(),
+        }
+    }
+}
+
+/// Istio's `reporter` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    /// The caller's sidecar.
+    Source,
+    /// The destination's sidecar.
+    Destination,
+}
+
+/// Istio's standard labels, in order.
+pub const LABELS: [&str; 21] = [
+    "reporter",
     "source_workload",
-    "destination_service",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
     "destination_version",
-    "response_code",
-    "response_flags",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
     "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
 ];
 
 // Labels of the retry counter: the call's route, not its outcome.
-const RETRY_LABELS: [&str; 3] = [
+const RETRY_LABELS: [&str; 4] = [
+    "reporter",
     "source_workload",
     "destination_service",
     "destination_version",
 ];
 
-// Istio's request duration buckets, in milliseconds.
-const DURATION_BUCKETS_MS: [f64; 14] = [
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0,
+// Envoy's default histogram buckets, which Istio's standard histograms use (milliseconds for
+// durations, bytes for sizes).
+const BUCKETS: [f64; 19] = [
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
     30_000.0,
+    60_000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+    3_600_000.0,
 ];
 
-// Istio's size buckets: powers of ten from 1 B to 100 MB.
-const SIZE_BUCKETS: [f64; 9] = [1.0, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
-
 /// A label set by the ids and numbers the host passes: hashing it allocates nothing.
-type LabelKey = (Name, Name, Name, u16, u16, bool);
+type LabelKey = (Name, Name, Name, Name, Name, u16, u16);
 
 /// Series of one label set: requests, duration, request bytes, response bytes, retries.
 type SeriesSet = [SeriesId; 5];
 
 /// The telemetry plugin.
 pub struct Telemetry {
+    config: Config,
     requests: MetricId,
     duration: MetricId,
     request_bytes: MetricId,
@@ -69,10 +128,66 @@ pub fn workload_of(identity: &str) -> &str {
         .unwrap_or(identity)
 }
 
+/// `value`, or `unknown` when empty, as Istio writes a label it cannot fill.
+fn or_unknown(value: &str) -> &str {
+    if value.is_empty() { "unknown" } else { value }
+}
+
+/// The label values of one call.
+fn label_values(config: &Config, s: &CallSummary) -> Vec<String> {
+    let src = Workload::parse(&s.source_workload.resolve());
+    let dst = Workload::parse(&s.destination_workload.resolve());
+    let service = s.service.resolve();
+    // A service key is `name` (namespace `default`) or `name.namespace`.
+    let (name, namespace) = service.split_once('.').unwrap_or((&service, "default"));
+    let principal = |id: Name| or_unknown(&id.resolve()).to_string();
+    let security = match config.reporter {
+        Reporter::Source => "unknown",
+        Reporter::Destination if s.source.is_none() => "none",
+        Reporter::Destination => "mutual_tls",
+    };
+    let reporter = match config.reporter {
+        Reporter::Source => "source",
+        Reporter::Destination => "destination",
+    };
+    [
+        reporter,
+        or_unknown(&src.name),
+        or_unknown(&src.namespace),
+        &principal(s.source),
+        or_unknown(&src.app),
+        or_unknown(&src.version),
+        &config.cluster,
+        or_unknown(&dst.name),
+        or_unknown(&dst.namespace),
+        &principal(s.destination_identity),
+        or_unknown(&dst.app),
+        or_unknown(&dst.version),
+        &if service.is_empty() {
+            "unknown".to_string()
+        } else {
+            format!("{name}.{namespace}.svc.{}", config.cluster_domain)
+        },
+        or_unknown(name),
+        or_unknown(namespace),
+        &config.cluster,
+        "http",
+        &s.status.to_string(),
+        "",
+        &s.flags.envoy_codes(),
+        security,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 impl Filter for Telemetry {
     type Config = Config;
 
-    fn new(_config: Config) -> Result<Self, String> {
+    fn new(config: Config) -> Result<Self, String> {
+        let histogram = |name: &str, help: &str| {
+            metrics::define(MetricKind::Histogram, name, help, &LABELS, &BUCKETS)
+        };
         let requests = metrics::define(
             MetricKind::Counter,
             "istio_requests_total",
@@ -80,27 +195,12 @@ impl Filter for Telemetry {
             &LABELS,
             &[],
         )?;
-        let duration = metrics::define(
-            MetricKind::Histogram,
+        let duration = histogram(
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds.",
-            &LABELS,
-            &DURATION_BUCKETS_MS,
         )?;
-        let request_bytes = metrics::define(
-            MetricKind::Histogram,
-            "istio_request_bytes",
-            "Request body sizes in bytes.",
-            &LABELS,
-            &SIZE_BUCKETS,
-        )?;
-        let response_bytes = metrics::define(
-            MetricKind::Histogram,
-            "istio_response_bytes",
-            "Response body sizes in bytes.",
-            &LABELS,
-            &SIZE_BUCKETS,
-        )?;
+        let request_bytes = histogram("istio_request_bytes", "Request body sizes in bytes.")?;
+        let response_bytes = histogram("istio_response_bytes", "Response body sizes in bytes.")?;
         let retries = metrics::define(
             MetricKind::Counter,
             "request_retries_total",
@@ -109,6 +209,7 @@ impl Filter for Telemetry {
             &[],
         )?;
         Ok(Telemetry {
+            config,
             requests,
             duration,
             request_bytes,
@@ -124,40 +225,28 @@ impl Filter for Telemetry {
 
     fn on_done(&self, s: &CallSummary) {
         let key: LabelKey = (
+            s.source_workload,
+            s.destination_workload,
             s.source,
+            s.destination_identity,
             s.service,
-            s.subset,
             s.status,
             s.flags.bits(),
-            s.protocol == Protocol::Http2,
         );
         let mut cache = self.cache.borrow_mut();
         let series = match cache.get(&key) {
             Some(series) => *series,
             None => {
                 // First time for this label set: resolve the names, then the series, once.
-                let (source, service, subset) =
-                    (s.source.resolve(), s.service.resolve(), s.subset.resolve());
-                let code = s.status.to_string();
-                let flags = s.flags.envoy_codes();
-                let values = [
-                    workload_of(&source),
-                    &service,
-                    if subset.is_empty() {
-                        "unknown"
-                    } else {
-                        &subset
-                    },
-                    code.as_str(),
-                    flags.as_str(),
-                    "http",
-                ];
+                let owned = label_values(&self.config, s);
+                let values: Vec<&str> = owned.iter().map(String::as_str).collect();
+                let retry_values = [values[0], values[1], values[12], values[11]];
                 let resolved = (
                     metrics::series(self.requests, &values),
                     metrics::series(self.duration, &values),
                     metrics::series(self.request_bytes, &values),
                     metrics::series(self.response_bytes, &values),
-                    metrics::series(self.retries, &values[..3]),
+                    metrics::series(self.retries, &retry_values),
                 );
                 let (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) = resolved else {
                     return;
@@ -186,26 +275,55 @@ export_filter!(Telemetry);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_sdk::ResponseFlags;
     use weft_sdk::testing::{Harness, histogram, intern, metric_value};
+    use weft_sdk::{Protocol, ResponseFlags};
 
-    #[test]
-    fn counts_calls_with_istio_labels() {
-        let h = Harness::<Telemetry>::new("{}").expect("valid");
-        let s = CallSummary {
+    /// A call from orders (v1) to payments (v2) as a summary gives it.
+    fn call() -> CallSummary {
+        CallSummary {
             status: 200,
             duration_us: 3_000,
             attempts: 3,
             request_bytes: 120,
             response_bytes: 5_000,
             source: intern("spiffe://weft.local/ns/default/sa/orders"),
-            service: intern("payments"),
-            subset: intern("v2"),
+            destination_identity: intern("spiffe://weft.local/ns/shop/sa/payments"),
+            source_workload: intern("name=orders;namespace=default;app=orders;version=v1"),
+            destination_workload: intern("name=payments;namespace=shop;app=payments;version=v2"),
+            service: intern("payments.shop"),
+            subset: intern("canary"),
             ..CallSummary::default()
-        };
-        h.on_done(&s);
-        h.on_done(&s);
-        let labels = ["orders", "payments", "v2", "200", "-", "http"];
+        }
+    }
+
+    #[test]
+    fn counts_calls_with_istios_standard_labels() {
+        let h = Harness::<Telemetry>::new("{}").expect("valid");
+        h.on_done(&call());
+        h.on_done(&call());
+        let labels = [
+            "source",
+            "orders",
+            "default",
+            "spiffe://weft.local/ns/default/sa/orders",
+            "orders",
+            "v1",
+            "Kubernetes",
+            "payments",
+            "shop",
+            "spiffe://weft.local/ns/shop/sa/payments",
+            "payments",
+            "v2",
+            "payments.shop.svc.cluster.local",
+            "payments",
+            "shop",
+            "Kubernetes",
+            "http",
+            "200",
+            "",
+            "-",
+            "unknown",
+        ];
         assert_eq!(metric_value("istio_requests_total", &labels), Some(2.0));
         assert_eq!(
             histogram("istio_request_duration_milliseconds", &labels),
@@ -217,10 +335,52 @@ mod tests {
             Some((2, 10_000.0))
         );
         assert_eq!(
-            metric_value("request_retries_total", &labels[..3]),
+            metric_value(
+                "request_retries_total",
+                &["source", "orders", "payments.shop.svc.cluster.local", "v2"]
+            ),
             Some(4.0),
             "two calls of three attempts: two retries each"
         );
+    }
+
+    #[test]
+    fn the_destination_reports_the_connections_security() {
+        let h = Harness::<Telemetry>::new(r#"{"reporter": "destination"}"#).expect("valid");
+        h.on_done(&call());
+        let plaintext = CallSummary {
+            source: Name::NONE,
+            source_workload: Name::NONE,
+            ..call()
+        };
+        h.on_done(&plaintext);
+        let mut labels = [
+            "destination",
+            "orders",
+            "default",
+            "spiffe://weft.local/ns/default/sa/orders",
+            "orders",
+            "v1",
+            "Kubernetes",
+            "payments",
+            "shop",
+            "spiffe://weft.local/ns/shop/sa/payments",
+            "payments",
+            "v2",
+            "payments.shop.svc.cluster.local",
+            "payments",
+            "shop",
+            "Kubernetes",
+            "http",
+            "200",
+            "",
+            "-",
+            "mutual_tls",
+        ];
+        assert_eq!(metric_value("istio_requests_total", &labels), Some(1.0));
+        labels[1..6].copy_from_slice(&["unknown"; 5]);
+        labels[20] = "none";
+        assert_eq!(metric_value("istio_requests_total", &labels), Some(1.0));
     }
 
     #[test]
@@ -235,10 +395,28 @@ mod tests {
             ..CallSummary::default()
         };
         h.on_done(&s);
-        let labels = ["unknown", "payments", "unknown", "503", "UH", "http"];
+        let mut labels = ["unknown"; 21];
+        labels[0] = "source";
+        labels[6] = "Kubernetes";
+        labels[12] = "payments.default.svc.cluster.local";
+        labels[13] = "payments";
+        labels[14] = "default";
+        labels[15] = "Kubernetes";
+        labels[16] = "http";
+        labels[17] = "503";
+        labels[18] = "";
+        labels[19] = "UH";
         assert_eq!(metric_value("istio_requests_total", &labels), Some(1.0));
         assert_eq!(
-            metric_value("request_retries_total", &labels[..3]),
+            metric_value(
+                "request_retries_total",
+                &[
+                    "source",
+                    "unknown",
+                    "payments.default.svc.cluster.local",
+                    "unknown"
+                ]
+            ),
             Some(0.0),
             "no retries: the series exists (at zero, as Prometheus prefers) and stays there"
         );

@@ -251,14 +251,16 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         let overrides = |p: &PluginRef| BUILTIN_NAMES.contains(&p.name.as_str());
         let wasm = |phase: Phase| {
             mine.iter()
-                .filter(move |(_, wp, _, _)| wp.phase() == phase)
+                .filter(move |(_, wp, _, _)| wp.phase() == phase && wp.runs_on(true))
                 .filter(move |(_, _, t, p)| applies(t) && !overrides(p) && p.routes.is_empty())
                 .map(|(_, _, _, p)| p.clone())
         };
         // Route-scoped plugins, in phase and priority order as `mine` is sorted.
         let scoped: Vec<PluginRef> = mine
             .iter()
-            .filter(|(_, _, t, p)| applies(t) && !overrides(p) && !p.routes.is_empty())
+            .filter(|(_, wp, t, p)| {
+                applies(t) && !overrides(p) && !p.routes.is_empty() && wp.runs_on(true)
+            })
             .map(|(_, _, _, p)| p.clone())
             .collect();
 
@@ -322,7 +324,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         plugins.extend(wasm(Phase::Unspecified));
         for (_, _, _, build) in mine
             .iter()
-            .filter(|(_, _, t, p)| applies(t) && overrides(p))
+            .filter(|(_, wp, t, p)| applies(t) && overrides(p) && wp.runs_on(true))
         {
             replace_builtin(&mut plugins, build);
         }
@@ -356,6 +358,9 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         snapshot.services.insert(service.to_string(), compiled);
     }
     vips::assign(&mut snapshot.services);
+    let (plugins, authorize_after) = server_chain(&mine, &me.key());
+    snapshot.inbound.plugins = plugins;
+    snapshot.inbound.authorize_after = authorize_after;
     snapshot.inbound.authorization = catalog
         .authorization_policies
         .iter()
@@ -370,6 +375,36 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
         (domain != crate::names::DEFAULT_CLUSTER_DOMAIN).then(|| domain.to_string());
     snapshot.version = version_of(&snapshot);
     Compiled { snapshot, warnings }
+}
+
+/// The server-side chain of workload `key`: the WasmPlugins selecting it whose `match` covers
+/// the server side (and whose `targetRefs`, if any, name its service), in phase and priority
+/// order, with `telemetry` (reporting as the destination) before the unphased ones, as on the
+/// client side. Route-scoped plugins stay on the client side, where routes are named. Also how
+/// many run before the authorization policies: the `AUTHN` and `AUTHZ` phases.
+fn server_chain(
+    mine: &[(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)],
+    key: &str,
+) -> (Vec<PluginRef>, usize) {
+    let here = |(_, wp, t, p): &&(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)| {
+        wp.runs_on(false) && (t.is_empty() || t.contains(key)) && p.routes.is_empty()
+    };
+    let overrides = |p: &PluginRef| BUILTIN_NAMES.contains(&p.name.as_str());
+    let phase = |phase: Phase| {
+        mine.iter()
+            .filter(here)
+            .filter(move |(_, wp, _, p)| wp.phase() == phase && !overrides(p))
+            .map(|(_, _, _, p)| p.clone())
+    };
+    let mut plugins: Vec<PluginRef> = phase(Phase::Authn).chain(phase(Phase::Authz)).collect();
+    let authorize_after = plugins.len();
+    plugins.extend(phase(Phase::Stats));
+    plugins.push(builtin("telemetry", json!({ "reporter": "destination" })));
+    plugins.extend(phase(Phase::Unspecified));
+    for (_, _, _, build) in mine.iter().filter(here).filter(|(_, _, _, p)| overrides(p)) {
+        replace_builtin(&mut plugins, build);
+    }
+    (plugins, authorize_after)
 }
 
 /// Puts `build` (a WasmPlugin named like a built-in) in the built-in's place: same position,

@@ -429,6 +429,73 @@ fn selectors_pick_sidecars() {
     assert_eq!(chain(&other, "payments"), ["retry", "telemetry"]);
 }
 
+fn server_chain(snapshot: &Snapshot) -> Vec<&str> {
+    snapshot
+        .inbound
+        .plugins
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
+#[test]
+fn match_modes_place_plugins_on_either_side_as_istio_does() {
+    let text = [
+        wasm_doc(
+            "both",
+            "  url: file:///b.wasm\n  selector: { matchLabels: { app: payments } }\n",
+        ),
+        wasm_doc(
+            "gate",
+            "  url: file:///g.wasm\n  phase: AUTHZ\n  selector: { matchLabels: { app: payments } }\n  match: [{ mode: SERVER }]\n",
+        ),
+        wasm_doc(
+            "out-only",
+            "  url: file:///o.wasm\n  selector: { matchLabels: { app: payments } }\n  match: [{ mode: CLIENT }]\n",
+        ),
+        wasm_doc(
+            "either",
+            "  url: file:///e.wasm\n  phase: STATS\n  match: [{ mode: CLIENT }, { mode: SERVER }]\n  targetRefs: [{ kind: Service, name: payments }]\n",
+        ),
+    ]
+    .concat();
+    let resources = parse(&text);
+    let workloads = mesh();
+    let payments = snapshot_for(&resources, &workloads, &workloads[0]);
+    // Server side: AUTHZ-phase plugins before the authorization policies, telemetry reporting
+    // as the destination, then the unphased ones.
+    assert_eq!(
+        server_chain(&payments),
+        ["gate", "either", "telemetry", "both"]
+    );
+    assert_eq!(payments.inbound.authorize_after, 1);
+    let telemetry = &payments.inbound.plugins[2];
+    assert_eq!(telemetry.config, json!({"reporter": "destination"}));
+    // Client side: the SERVER-only gate stays off the calls payments makes.
+    assert_eq!(
+        chain(&payments, "orders"),
+        ["retry", "telemetry", "both", "out-only"]
+    );
+    // `either` targets payments: on orders' calls to payments, not on payments' own calls out.
+    let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert_eq!(chain(&orders, "payments"), ["retry", "either", "telemetry"]);
+    assert_eq!(server_chain(&orders), ["telemetry"]);
+    assert_eq!(orders.inbound.authorize_after, 0);
+}
+
+#[test]
+fn a_port_selector_is_refused_by_name() {
+    let text = wasm_doc(
+        "ported",
+        "  url: file:///p.wasm\n  match: [{ mode: SERVER, ports: [{ number: 8080 }] }]\n",
+    );
+    let err = crate::control::istio::parse_yaml(&text, "p.yaml").expect_err("refused");
+    assert!(
+        err.iter().any(|e| e.contains("spec.match[0].ports")),
+        "{err:?}"
+    );
+}
+
 fn authz_doc(namespace: &str, name: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
@@ -508,15 +575,18 @@ fn authorization_policies_go_to_the_workloads_they_select() {
     let shop = workload_in("shop", "payments", "v1", "127.0.0.1:9009");
     let shop = snapshot_for(&resources, &workloads, &shop);
     assert_eq!(names(&shop), ["istio-system/no-admin", "shop/elsewhere"]);
-    // Without policies the section is absent and the version what it was.
+    // Without policies there are none, and the version is not what it was; the server side
+    // still reports its telemetry.
     let none = snapshot_for(&[], &workloads, &workloads[2]);
-    assert!(none.inbound.is_empty());
-    assert!(
-        serde_json::to_value(&none)
-            .expect("json")
-            .get("inbound")
-            .is_none()
-    );
+    assert!(none.inbound.authorization.is_empty());
+    assert_eq!(none.inbound.peer_authentication, None);
+    let server: Vec<&str> = none
+        .inbound
+        .plugins
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(server, ["telemetry"]);
     assert_ne!(none.version, orders.version);
 }
 

@@ -43,6 +43,9 @@ pub struct WasmPlugin {
     /// `HTTP` (or unspecified); `NETWORK` plugins are not supported.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub plugin_type: Option<PluginType>,
+    /// The traffic it runs on: a call passes it when any selector matches; none: both sides.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficSelector>,
     /// The routes (the target service's VirtualService `http` entry names) it runs for, from
     /// the annotation [`ROUTES_ANNOTATION`], not from the spec: an annotation keeps the
     /// document valid Istio. Empty: every route.
@@ -79,6 +82,32 @@ pub struct TargetRef {
     /// The Service's namespace: the WasmPlugin's own, as Istio allows no other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+/// Istio's `TrafficSelector`: which side of a workload's calls a WasmPlugin runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficSelector {
+    /// The side; unset: both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TrafficMode>,
+}
+
+/// Istio's `WorkloadMode` of `istio.type.v1beta1`, which WasmPlugin selectors use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrafficMode {
+    /// Unset: as `CLIENT_AND_SERVER` for a WasmPlugin.
+    #[serde(rename = "UNDEFINED")]
+    Undefined,
+    /// The workload's calls out (its sidecar's client side).
+    #[serde(rename = "CLIENT")]
+    Client,
+    /// Calls into the workload (its sidecar's server side).
+    #[serde(rename = "SERVER")]
+    Server,
+    /// Both.
+    #[serde(rename = "CLIENT_AND_SERVER")]
+    ClientAndServer,
 }
 
 /// Istio's `PluginPhase`: where a WasmPlugin joins the chain.
@@ -201,6 +230,17 @@ impl WasmPlugin {
             .collect()
     }
 
+    /// Whether it runs on the client side (`client`) or the server side of a workload's calls,
+    /// as Istio reads `match`: any selector whose mode covers the side; none: both sides.
+    pub fn runs_on(&self, client: bool) -> bool {
+        self.traffic.is_empty()
+            || self.traffic.iter().any(|t| match t.mode {
+                None | Some(TrafficMode::Undefined | TrafficMode::ClientAndServer) => true,
+                Some(TrafficMode::Client) => client,
+                Some(TrafficMode::Server) => !client,
+            })
+    }
+
     /// Whether a sidecar whose workload carries `labels` runs it.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.as_ref().is_none_or(|s| {
@@ -211,8 +251,10 @@ impl WasmPlugin {
     }
 }
 
-pub(in crate::control) const WASM_UNSUPPORTED: Unsupported =
-    &[("", &["imagePullSecret", "vmConfig", "match"])];
+pub(in crate::control) const WASM_UNSUPPORTED: Unsupported = &[
+    ("", &["imagePullSecret", "vmConfig"]),
+    ("match[]", &["ports"]),
+];
 
 /// A WasmPlugin's route scope from its annotation: comma-separated names, each trimmed and
 /// non-empty, duplicates dropped; none without the annotation.

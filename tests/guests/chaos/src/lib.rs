@@ -21,11 +21,17 @@ pub struct Config {
     reject: bool,
     /// Misbehave in `configure` itself: `trap` or `loop`.
     configure: Option<String>,
+    /// Answer 403 to calls from this caller identity (a SPIFFE ID): a gate on who calls.
+    deny_from: Option<String>,
+    /// Stamp the caller's identity on requests as `x-chaos-source` (`none` when unknown).
+    stamp_source: bool,
 }
 
 /// The chaos plugin.
 pub struct Chaos {
     tag: String,
+    deny_from: Option<String>,
+    stamp_source: bool,
 }
 
 fn misbehave(mode: &str) {
@@ -61,7 +67,11 @@ impl Filter for Chaos {
         if let Some(mode) = &config.configure {
             misbehave(mode);
         }
-        Ok(Chaos { tag: config.tag })
+        Ok(Chaos {
+            tag: config.tag,
+            deny_from: config.deny_from,
+            stamp_source: config.stamp_source,
+        })
     }
 
     fn hooks(&self) -> Hooks {
@@ -86,6 +96,19 @@ impl Filter for Chaos {
                     return RequestAction::Respond(reply);
                 }
                 other => misbehave(other),
+            }
+        }
+        if self.deny_from.is_some() || self.stamp_source {
+            let source = req.source();
+            if self.deny_from.as_deref() == Some(source.as_str()) {
+                return RequestAction::Respond(LocalResponse::text(
+                    403,
+                    format!("chaos: caller {source} is denied\n"),
+                ));
+            }
+            if self.stamp_source {
+                let shown = if source.is_empty() { "none" } else { &source };
+                let _ = req.set_header("x-chaos-source", shown);
             }
         }
         if req.path() == "/teapot" {
