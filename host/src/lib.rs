@@ -30,3 +30,4 @@ pub mod pod;
 pub mod proxy;
 pub mod random;
 pub mod snapshot;
+pub mod spans;

@@ -28,6 +28,44 @@ pub struct Snapshot {
     /// workload; left out when off, so a snapshot without any keeps its version.
     #[serde(default, skip_serializing_if = "crate::access_log::Sides::is_empty")]
     pub access_log: crate::access_log::Sides,
+    /// Tracing for this sidecar's calls, per side; left out when off.
+    #[serde(default, skip_serializing_if = "Tracing::is_empty")]
+    pub tracing: Tracing,
+}
+
+/// Tracing per side of a sidecar's calls: absent, no spans on that side (context still
+/// passes through).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// The calls the workload makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<TraceSide>,
+    /// The calls into the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<TraceSide>,
+}
+
+impl Tracing {
+    /// Whether neither side traces.
+    pub fn is_empty(&self) -> bool {
+        self.client.is_none() && self.server.is_none()
+    }
+}
+
+/// One side's tracing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TraceSide {
+    /// The collector's OTLP/HTTP URL (`http://host:4318/v1/traces`).
+    pub endpoint: String,
+    /// How long one export may take (`5s` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// The percentage of new traces sampled.
+    pub sampling: f64,
+    /// Whether spans are reported (false: trace context is propagated, nothing is sent).
+    pub report: bool,
 }
 
 /// The inbound side's policies.
@@ -397,6 +435,29 @@ impl Snapshot {
             check_plugins(&svc.plugins, &at, &mut errors);
         }
         check_plugins(&self.inbound.plugins, "inbound", &mut errors);
+        for (side, t) in [
+            ("client", &self.tracing.client),
+            ("server", &self.tracing.server),
+        ] {
+            let Some(t) = t else { continue };
+            if !(0.0..=100.0).contains(&t.sampling) {
+                errors.push(format!(
+                    "tracing.{side}.sampling: {} is not a percentage",
+                    t.sampling
+                ));
+            }
+            if !t.endpoint.starts_with("http://") {
+                errors.push(format!(
+                    "tracing.{side}.endpoint: {:?} is not an http:// URL",
+                    t.endpoint
+                ));
+            }
+            if let Some(timeout) = &t.timeout
+                && let Err(e) = parse_duration(timeout)
+            {
+                errors.push(format!("tracing.{side}.timeout: {e}"));
+            }
+        }
         for (i, p) in self.inbound.plugins.iter().enumerate() {
             if !p.routes.is_empty() {
                 errors.push(format!(

@@ -28,6 +28,10 @@ pub struct Args {
     /// need the same in their bootstrap's `clusterDomain`.
     #[arg(long, default_value = weft::names::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// Istio's MeshConfig (YAML, as istiod's `mesh` ConfigMap key): the extension providers
+    /// Telemetry resources name (OpenTelemetry tracing) and the default providers.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
 }
 
 /// Runs `weft control`.
@@ -40,6 +44,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.trust_domain = args.trust_domain.clone();
     config.cert_lifetime =
         parse_duration(&args.cert_lifetime).map_err(|e| anyhow::anyhow!("--cert-lifetime: {e}"))?;
+    if let Some(path) = &args.mesh_config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--mesh-config {}: {e}", path.display()))?;
+        config.mesh_config =
+            weft::control::mesh_config::MeshConfig::parse(&text, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!("--mesh-config:\n  {}", e.join("\n  ")))?;
+    }
     // Pushed artifacts are compiled to check them; a child keeps a compiler blow-up on a
     // hostile artifact, and the compiler's memory, out of the control plane.
     config.compiler = std::env::current_exe()

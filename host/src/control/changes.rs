@@ -185,7 +185,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
             &serde_json::json!({"revision": next.revision, "changed": [], "unchanged": unchanged, "warnings": []}),
         );
     }
-    let (resources, warnings) = match check(shared, &next) {
+    let (resources, warnings) = match check(shared, &mesh.config, &next) {
         Ok(ok) => ok,
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
@@ -208,7 +208,11 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
 }
 
 /// Parses and validates the whole state a change would produce.
-fn check(shared: &Shared, next: &State) -> Result<(Vec<Resource>, Vec<String>), Vec<String>> {
+fn check(
+    shared: &Shared,
+    config: &crate::control::mesh_config::MeshConfig,
+    next: &State,
+) -> Result<(Vec<Resource>, Vec<String>), Vec<String>> {
     let mut resources = Vec::new();
     let mut errs = Vec::new();
     for (k, s) in &next.resources {
@@ -222,6 +226,10 @@ fn check(shared: &Shared, next: &State) -> Result<(Vec<Resource>, Vec<String>), 
     }
     let known = |d: &str| shared.store.has_artifact(d);
     let warnings = compile::validate(&resources, &known)?;
+    let unknown = tracing_providers(&resources, config);
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
     Ok((resources, warnings))
 }
 
@@ -300,7 +308,7 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
             format!("no {kind} {namespace}/{name}"),
         );
     }
-    let (resources, _) = match check(shared, &next) {
+    let (resources, _) = match check(shared, &mesh.config, &next) {
         Ok(ok) => ok,
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
@@ -319,4 +327,36 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
         ),
         Err(refused) => error(StatusCode::INTERNAL_SERVER_ERROR, refused),
     }
+}
+
+/// Telemetry resources naming a tracing provider the mesh configuration does not define: the
+/// name is a reference, refused like a dangling one in Istio.
+fn tracing_providers(
+    resources: &[Resource],
+    config: &crate::control::mesh_config::MeshConfig,
+) -> Vec<String> {
+    let defined: Vec<&str> = config
+        .extension_providers
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut errors = Vec::new();
+    for r in resources {
+        let istio::Spec::Telemetry(t) = &r.spec else {
+            continue;
+        };
+        for (i, entry) in t.tracing.iter().enumerate() {
+            for (j, p) in entry.providers.iter().enumerate() {
+                if config.provider(&p.name).is_none() {
+                    errors.push(format!(
+                        "{}: spec.tracing[{i}].providers[{j}].name: provider {:?} is not defined in the mesh configuration (weft control --mesh-config; defined: {})",
+                        r.origin(),
+                        p.name,
+                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                    ));
+                }
+            }
+        }
+    }
+    errors
 }

@@ -22,6 +22,7 @@ mod configs;
 mod conformance;
 mod issuer;
 pub mod istio;
+pub mod mesh_config;
 mod registry;
 pub mod server;
 pub mod serving;

@@ -58,6 +58,7 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
         state,
         resources,
         sidecars,
+        config,
     } = mesh;
     // By namespace, service and labels: all the compiled snapshot depends on.
     type Who = (String, String, BTreeMap<String, String>);
@@ -71,7 +72,7 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
             .entry((w.namespace.clone(), w.service.clone(), w.labels.clone()))
             .or_insert_with(|| {
                 let me = workload(w);
-                let snapshot = compile::snapshot_for(resources, &all, &me);
+                let snapshot = compile::snapshot_in(resources, &all, &me, config);
                 let version = snapshot.version.clone();
                 let msg = StreamMessage::Snapshot {
                     version: version.clone(),

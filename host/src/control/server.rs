@@ -58,6 +58,8 @@ pub struct ControlConfig {
     pub limits: ApiLimits,
     /// How pushed artifacts are compiled to check them (the `weft` binary uses a child).
     pub compiler: crate::plugin::Compiler,
+    /// Istio's mesh configuration: the providers Telemetry resources name.
+    pub mesh_config: super::mesh_config::MeshConfig,
 }
 
 pub use crate::identity::DEFAULT_TRUST_DOMAIN;
@@ -75,6 +77,7 @@ impl ControlConfig {
             cert_lifetime: crate::identity::DEFAULT_LIFETIME,
             limits: ApiLimits::default(),
             compiler: crate::plugin::Compiler::InProcess,
+            mesh_config: super::mesh_config::MeshConfig::default(),
         }
     }
 }
@@ -123,6 +126,8 @@ pub(super) struct Mesh {
     pub(super) resources: Vec<Resource>,
     /// Sidecars by id.
     pub(super) sidecars: HashMap<String, Conn>,
+    /// The mesh configuration snapshots are compiled under.
+    pub(super) config: Arc<super::mesh_config::MeshConfig>,
 }
 
 /// What every request handler shares.
@@ -216,6 +221,7 @@ impl ControlPlane {
                 state,
                 resources,
                 sidecars: HashMap::new(),
+                config: Arc::new(config.mesh_config.clone()),
             }),
             lease: config.lease,
             heartbeat: config.heartbeat,

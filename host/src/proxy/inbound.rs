@@ -21,50 +21,108 @@ pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forward
 /// The inbound listener's place in [`Inputs::stream_timeouts`].
 const INBOUND: usize = 1;
 
-/// Handles one request from a peer sidecar, logged when the snapshot says so.
+/// Handles one request from a peer sidecar, logged and traced when the snapshot says so.
 pub async fn handle(
     inputs: Arc<Inputs>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let logged = !inputs.routes.load().access_log.server.is_empty() || inputs.tap.active();
-    if !logged || req.method() == http::Method::CONNECT {
+    if req.method() == http::Method::CONNECT {
+        return answer(inputs, req, peer).await;
+    }
+    let routes = inputs.routes.load();
+    let logged = !routes.access_log.server.is_empty() || inputs.tap.active();
+    let port = req
+        .headers()
+        .get(headers::TARGET_PORT)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+    let span = routes.tracing.server.as_ref().and_then(|t| {
+        let arrived = req.headers().get(crate::spans::TRACEPARENT).cloned();
+        let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+        let authority = req
+            .headers()
+            .get(FORWARDED_HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let fqdn = crate::names::fqdn(&inputs.settings.service_key);
+        let app_port = inputs.settings.app_at(port).map_or(0, |a| a.port());
+        super::call_spans::begin(
+            crate::spans::Side::Server,
+            t,
+            super::call_spans::Head {
+                arrived: arrived.as_ref(),
+                headers: req.headers_mut(),
+                method: &method,
+                authority: &authority,
+                path: uri.path_and_query().map_or("/", |p| p.as_str()),
+                protocol: if version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                peer: peer.addr.ip(),
+            },
+            || format!("{fqdn}:{}/*", port.unwrap_or(80)),
+            || format!("inbound|{app_port}||"),
+            || inputs.random(),
+        )
+    });
+    drop(routes);
+    if !logged && span.is_none() {
         return answer(inputs, req, peer).await;
     }
     let (parts, body) = req.into_parts();
-    let mut entry = super::logging::start(&parts, None, peer.addr);
-    // What the caller's sidecar forwarded as the authority the app asked for.
-    if let Some(host) = parts
-        .headers
-        .get(FORWARDED_HOST)
-        .and_then(|v| v.to_str().ok())
-    {
-        entry.authority = Some(host.to_string());
-    }
-    entry.bytes_received = parts
+    let mut entry = logged.then(|| {
+        let mut entry = super::logging::start(&parts, None, peer.addr);
+        // What the caller's sidecar forwarded as the authority the app asked for.
+        if let Some(host) = parts
+            .headers
+            .get(FORWARDED_HOST)
+            .and_then(|v| v.to_str().ok())
+        {
+            entry.authority = Some(host.to_string());
+        }
+        entry.bytes_received = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let app = inputs.settings.app_at(port);
+        entry.upstream_host = app.map(|a| a.to_string());
+        entry.upstream_cluster = Some(format!("inbound|{}||", app.map_or(0, |a| a.port())));
+        entry
+    });
+    let request_bytes = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
-    let port = parts
-        .headers
-        .get(headers::TARGET_PORT)
-        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-    let app = inputs.settings.app_at(port);
-    entry.upstream_host = app.map(|a| a.to_string());
-    entry.upstream_cluster = Some(format!("inbound|{}||", app.map_or(0, |a| a.port())));
     let started = Instant::now();
     let source = peer
         .identity
         .as_ref()
         .map_or_else(|| "unknown".to_string(), |id| id.service().to_string());
     let Ok(resp) = answer(inputs.clone(), Request::from_parts(parts, body), peer).await;
-    entry.response_code = resp.status().as_u16();
+    let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let reporting = super::body::ReportingBody::new(body, move |end: super::body::BodyEnd| {
+        let flags = if end.complete { "-" } else { "DC" };
+        if let Some(span) = span {
+            let settings = &inputs.settings;
+            span.finish(super::call_spans::End {
+                status,
+                flags,
+                request_bytes,
+                response_bytes: end.bytes,
+                workload: (&settings.service, &settings.namespace),
+            });
+        }
+        let Some(entry) = entry.as_mut() else { return };
+        entry.response_code = status;
         entry.bytes_sent = end.bytes;
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        entry.response_flags = if end.complete { "-" } else { "DC" }.to_string();
+        entry.response_flags = flags.to_string();
         if inputs.tap.active() {
             inputs.tap.publish(super::tap::Event {
                 direction: "inbound",
@@ -76,7 +134,7 @@ pub async fn handle(
             });
         }
         let routes = inputs.routes.load();
-        super::logging::emit(&inputs.access_log, &routes.access_log.server, &entry);
+        super::logging::emit(&inputs.access_log, &routes.access_log.server, entry);
     });
     Ok(Response::from_parts(parts, reporting.boxed_unsync()))
 }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod call_spans;
 pub mod deadline;
 pub mod h1_pool;
 pub mod headers;
@@ -43,6 +44,7 @@ use listener::{InboundTls, serve};
 use metrics::ProxyMetrics;
 use pool::{CountingConnector, PeerConnector};
 use prometheus::Registry;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -304,6 +306,10 @@ pub struct Inputs {
     pub access_log: crate::access_log::Writer,
     /// Live calls for `/tap` watchers.
     pub tap: tap::Tap,
+    /// Span exporters by collector endpoint, kept across snapshots naming the same one.
+    pub exporters: parking_lot::Mutex<HashMap<String, Arc<crate::spans::Exporter>>>,
+    /// Span export counters.
+    pub span_metrics: crate::spans::ExportMetrics,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The metric handles of passthrough calls, resolved at the first one.
@@ -502,6 +508,7 @@ impl Sidecar {
         let peers_h1 =
             h1_pool::H1Pool::new(CountingConnector::new(h1_connector, metrics.pool("peers")));
         let tcp_metrics = tcp::metrics::TcpMetrics::register(&registry)?;
+        let span_metrics = crate::spans::ExportMetrics::register(&registry)?;
         registry.register(Box::new(crate::endpoints::EjectionCollector::new(
             table.clone(),
         )?))?;
@@ -574,6 +581,8 @@ impl Sidecar {
             tcp: tcp_metrics,
             access_log,
             tap: tap::Tap::default(),
+            exporters: parking_lot::Mutex::new(HashMap::new()),
+            span_metrics,
             inbound_metrics: metrics.handles("inbound", &config.service),
             passthrough_metrics: std::sync::OnceLock::new(),
             stream_timeouts: [
@@ -687,7 +696,8 @@ impl Sidecar {
         let base = self.base_dir.clone();
         let artifacts = self.artifact_dir.clone();
         let limits = self.plugin_limits;
-        let built = tokio::task::spawn_blocking(move || {
+        let tracing = self.tracing_for(&snapshot.tracing)?;
+        let mut built = tokio::task::spawn_blocking(move || {
             let identity = crate::identity::SpiffeId::parse(&inputs.settings.identity).ok();
             let sources = routes::PluginSources {
                 base_dir: &base,
@@ -708,6 +718,7 @@ impl Sidecar {
         })
         .await
         .map_err(|e| Rejected(vec![format!("applying the snapshot panicked: {e}")]))??;
+        built.tracing = tracing;
         let version = built.snapshot.version.clone();
         let mode = built.snapshot.inbound.peer_authentication;
         let previous = self.inputs.routes.swap(Arc::new(built));
@@ -754,6 +765,83 @@ impl Sidecar {
         for task in self.tasks {
             let _ = tokio::time::timeout(bound, task).await;
         }
+        // Spans of the drained calls go out before the process does (bounded by the export
+        // timeout).
+        let exporters: Vec<_> = self
+            .inputs
+            .exporters
+            .lock()
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        let _ =
+            tokio::task::spawn_blocking(move || exporters.iter().for_each(|e| e.shutdown())).await;
+    }
+
+    /// Each side's tracing for a snapshot: an exporter per collector endpoint, the running
+    /// one reused; exporters no snapshot names any more are stopped off the request path.
+    fn tracing_for(
+        &self,
+        spec: &crate::snapshot::Tracing,
+    ) -> Result<call_spans::Tracing, Rejected> {
+        let mut errors = Vec::new();
+        let mut exporters = self.inputs.exporters.lock();
+        let mut kept: HashMap<String, Arc<crate::spans::Exporter>> = HashMap::new();
+        let mut side = |name: &str, t: &Option<crate::snapshot::TraceSide>| {
+            let t = t.as_ref()?;
+            let exporter = if !t.report {
+                None
+            } else if let Some(e) = kept.get(&t.endpoint).or_else(|| exporters.get(&t.endpoint)) {
+                Some(e.clone())
+            } else {
+                let timeout = t
+                    .timeout
+                    .as_deref()
+                    .and_then(|d| crate::snapshot::parse_duration(d).ok())
+                    .unwrap_or(Duration::from_secs(5));
+                let service = format!(
+                    "{}.{}",
+                    self.inputs.settings.service, self.inputs.settings.namespace
+                );
+                match crate::spans::Exporter::start(
+                    &t.endpoint,
+                    timeout,
+                    &service,
+                    tokio::runtime::Handle::current(),
+                    self.inputs.span_metrics.clone(),
+                ) {
+                    Ok(e) => Some(Arc::new(e)),
+                    Err(e) => {
+                        errors.push(format!("tracing.{name}: {e}"));
+                        None
+                    }
+                }
+            };
+            if let Some(e) = &exporter {
+                kept.insert(t.endpoint.clone(), e.clone());
+            }
+            Some(call_spans::SideTracing {
+                sampling: t.sampling,
+                exporter,
+            })
+        };
+        let tracing = call_spans::Tracing {
+            client: side("client", &spec.client),
+            server: side("server", &spec.server),
+        };
+        if !errors.is_empty() {
+            return Err(Rejected(errors));
+        }
+        let retired: Vec<_> = exporters
+            .drain()
+            .filter(|(endpoint, _)| !kept.contains_key(endpoint))
+            .map(|(_, e)| e)
+            .collect();
+        *exporters = kept;
+        if !retired.is_empty() {
+            tokio::task::spawn_blocking(move || retired.iter().for_each(|e| e.shutdown()));
+        }
+        Ok(tracing)
     }
 }
 

@@ -53,6 +53,8 @@ struct Call {
     upgrade: Option<super::upgrade::Pending>,
     /// The access-log entry and the port the call was sent to, when calls are logged.
     log: Option<Box<(crate::access_log::Entry, u16)>>,
+    /// The call's client span, when it is sampled and spans are reported.
+    span: Option<Box<super::call_spans::Pending>>,
 }
 
 impl Call {
@@ -69,6 +71,16 @@ impl Call {
         s.response_flags |= extra;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
         self.route.chain.on_done(&s, self.route_id);
+        if let Some(span) = self.span.take() {
+            let settings = &self.inputs.settings;
+            span.finish(super::call_spans::End {
+                status,
+                flags: &super::logging::envoy_codes(s.response_flags),
+                request_bytes: s.request_bytes,
+                response_bytes,
+                workload: (&settings.service, &settings.namespace),
+            });
+        }
         let m = &self.route.metrics;
         m.request(status);
         m.duration.observe(elapsed.as_secs_f64());
@@ -267,7 +279,38 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
             parts.headers.remove(headers::TARGET_PORT);
         }
     }
+    // Traced: the app's `traceparent` (as it sent it) names this hop's parent, and this hop's
+    // span becomes the next hop's.
+    let arrived = routes
+        .tracing
+        .client
+        .as_ref()
+        .and_then(|_| parts.headers.get(crate::spans::TRACEPARENT).cloned());
     headers::ensure_ids(&mut parts.headers, || inputs.random());
+    let port = peer.original_addr.map_or(80, |d| d.port());
+    let span = routes.tracing.client.as_ref().and_then(|t| {
+        let fqdn = crate::names::fqdn(&route.service);
+        super::call_spans::begin(
+            crate::spans::Side::Client,
+            t,
+            super::call_spans::Head {
+                arrived: arrived.as_ref(),
+                headers: &mut parts.headers,
+                method: &parts.method,
+                authority: &authority,
+                path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                protocol: if parts.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                peer: peer.addr.ip(),
+            },
+            || format!("{fqdn}:{port}/*"),
+            || format!("outbound|{port}||{fqdn}"),
+            || inputs.random(),
+        )
+    });
     // Who calls, for the destination's telemetry; never what the app claims.
     match &inputs.settings.peer_metadata {
         Some(m) => {
@@ -318,6 +361,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         done: false,
         upgrade,
         log,
+        span,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts

@@ -67,6 +67,8 @@ pub struct Routes {
     pub access_log: super::logging::Sinks,
     /// The server-side plugin chain; none when the snapshot gives none.
     pub server: Option<ServerChain>,
+    /// Each side's tracing (set by the sidecar, which owns the exporters).
+    pub tracing: super::call_spans::Tracing,
 }
 
 impl Routes {
@@ -88,6 +90,7 @@ impl Routes {
             access_log: super::logging::Sinks::default(),
             authz: super::authz::Authorizer::default(),
             server: None,
+            tracing: super::call_spans::Tracing::default(),
         }
     }
 }
@@ -254,5 +257,6 @@ pub fn build(
         authz,
         access_log,
         server,
+        tracing: super::call_spans::Tracing::default(),
     })
 }

@@ -73,6 +73,7 @@
 //! A snapshot's version is a digest of its content, so identical content has the identical
 //! version and the control plane pushes only what changed.
 
+use crate::control::mesh_config::MeshConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -93,6 +94,7 @@ mod inbound;
 mod route_policies;
 #[cfg(test)]
 mod tests;
+mod tracing;
 mod validate;
 mod vips;
 
@@ -167,6 +169,16 @@ pub struct Compiled {
 /// Compiles the snapshot for the sidecar of workload `me`. Deterministic: the same resources
 /// and workloads, in any order, give the same snapshot and version.
 pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Compiled {
+    compile_in(resources, workloads, me, &MeshConfig::default())
+}
+
+/// [`compile`] under a mesh configuration (its tracing providers).
+pub fn compile_in(
+    resources: &[Resource],
+    workloads: &[Workload],
+    me: &Workload,
+    mesh: &MeshConfig,
+) -> Compiled {
     let catalog = Catalog::new(resources, Some(&me.namespace));
     let mut warnings = Vec::new();
 
@@ -370,6 +382,7 @@ pub fn compile(resources: &[Resource], workloads: &[Workload], me: &Workload) ->
     snapshot.inbound.peer_authentication =
         peer_authentication(&catalog, me, &labels, &mut warnings);
     snapshot.access_log = access_logging(&catalog, me, &labels);
+    snapshot.tracing = tracing::tracing(&catalog, me, &labels, mesh);
     let domain = crate::names::cluster_domain();
     snapshot.cluster_domain =
         (domain != crate::names::DEFAULT_CLUSTER_DOMAIN).then(|| domain.to_string());
@@ -449,6 +462,16 @@ fn replace_builtin(plugins: &mut Vec<PluginRef>, build: &PluginRef) {
 /// [`compile`]'s snapshot alone.
 pub fn snapshot_for(resources: &[Resource], workloads: &[Workload], me: &Workload) -> Snapshot {
     compile(resources, workloads, me).snapshot
+}
+
+/// [`compile_in`]'s snapshot alone.
+pub fn snapshot_in(
+    resources: &[Resource],
+    workloads: &[Workload],
+    me: &Workload,
+    mesh: &MeshConfig,
+) -> Snapshot {
+    compile_in(resources, workloads, me, mesh).snapshot
 }
 
 /// `sha256:` and the first 16 hex digits of the sha256 of the snapshot's canonical JSON (keys

@@ -1366,6 +1366,70 @@ spec:
 }
 
 #[test]
+fn tracing_merges_the_levels_field_by_field_under_the_mesh_configuration() {
+    let mesh_config = crate::control::mesh_config::MeshConfig::parse(
+        "extensionProviders:
+- name: otel
+  opentelemetry: { service: collector.obs, port: 4318, http: { path: /v1/traces } }
+- name: other
+  opentelemetry: { service: 198.18.0.9, port: 4318, http: { path: /v1/traces, timeout: 1s } }
+defaultProviders: { tracing: [otel] }
+",
+        "mesh.yaml",
+    )
+    .expect("valid");
+    let text = "
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh, namespace: istio-system }
+spec:
+  tracing: [{ randomSamplingPercentage: 10 }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: payments-v2 }
+spec:
+  selector: { matchLabels: { app: payments, version: v2 } }
+  tracing:
+  - match: { mode: SERVER }
+    providers: [{ name: other }]
+  - match: { mode: CLIENT }
+    disableSpanReporting: true
+";
+    let resources = parse(text);
+    let workloads = mesh();
+    let otel = |sampling: f64, report: bool| crate::snapshot::TraceSide {
+        endpoint: "http://collector.obs:4318/v1/traces".into(),
+        timeout: None,
+        sampling,
+        report,
+    };
+    // The mesh-wide level sets the percentage; the default provider is the mesh's.
+    let orders = snapshot_in(&resources, &workloads, &workloads[2], &mesh_config);
+    assert_eq!(orders.tracing.client, Some(otel(10.0, true)));
+    assert_eq!(orders.tracing.server, Some(otel(10.0, true)));
+    // payments v2 keeps the inherited percentage, changes the server's provider and stops
+    // reporting its client spans.
+    let v2 = snapshot_in(&resources, &workloads, &workloads[1], &mesh_config);
+    assert_eq!(v2.tracing.client, Some(otel(10.0, false)));
+    assert_eq!(
+        v2.tracing.server,
+        Some(crate::snapshot::TraceSide {
+            endpoint: "http://198.18.0.9:4318/v1/traces".into(),
+            timeout: Some("1s".into()),
+            sampling: 10.0,
+            report: true,
+        })
+    );
+    // Without a mesh configuration there is no provider: no tracing, and no section.
+    let none = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert!(none.tracing.is_empty());
+    // A default provider and no Telemetry: Istio's 1%.
+    let default = snapshot_in(&[], &workloads, &workloads[2], &mesh_config);
+    assert_eq!(default.tracing.client, Some(otel(1.0, true)));
+}
+
+#[test]
 fn the_most_specific_telemetry_gives_a_workload_its_access_logging() {
     let text = "
 apiVersion: telemetry.istio.io/v1

@@ -1,7 +1,7 @@
 //! Telemetry (`telemetry.istio.io`): access logging as Istio's Telemetry API sets it — which
 //! workloads log, on which side of their calls (`match.mode`), through which providers, and
-//! filtered by which expression. Tracing and metrics overrides are refused until Weft has
-//! them. Levels are Istio's: a Telemetry in the root namespace without a selector is
+//! filtered by which expression — and tracing (provider, sampling percentage, span reporting,
+//! per side). Metrics overrides are refused until Weft has them. Levels are Istio's: a Telemetry in the root namespace without a selector is
 //! mesh-wide, one in a namespace without a selector covers the namespace, one with
 //! `selector.matchLabels` its workloads; the most specific one that configures access logging
 //! is the one in force.
@@ -18,6 +18,28 @@ pub struct Telemetry {
     /// Access logging, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_logging: Vec<AccessLogging>,
+    /// Tracing, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracing: Vec<Tracing>,
+}
+
+/// Istio's `Tracing`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// Which side of a workload's calls: none is `CLIENT_AND_SERVER`.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<LogMatch>,
+    /// The provider (at most one, as in Istio), by its name in the mesh configuration; none:
+    /// inherited, or the mesh's default tracing provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderRef>,
+    /// The percentage of new traces sampled (0–100); none: inherited, or 1%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_sampling_percentage: Option<f64>,
+    /// Keeps propagating trace context but reports no spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_span_reporting: Option<bool>,
 }
 
 /// Istio's `AccessLogging`.
@@ -137,10 +159,36 @@ impl Telemetry {
 }
 
 // `targetRef(s)` bind to gateways and services Weft does not model for telemetry yet.
-pub(in crate::control) const TELEMETRY_UNSUPPORTED: Unsupported =
-    &[("", &["targetRef", "targetRefs", "tracing", "metrics"])];
+pub(in crate::control) const TELEMETRY_UNSUPPORTED: Unsupported = &[
+    ("", &["targetRef", "targetRefs", "metrics"]),
+    (
+        "tracing[]",
+        &[
+            "customTags",
+            "useRequestIdForTraceSampling",
+            "enableIstioTags",
+        ],
+    ),
+];
 
 pub(super) fn check_telemetry(t: &Telemetry, problems: &mut Problems) {
+    for (i, entry) in t.tracing.iter().enumerate() {
+        let at = format!("spec.tracing[{i}]");
+        if entry.providers.len() > 1 {
+            problems.at(
+                format!("{at}.providers"),
+                "Istio supports one tracing provider per workload; give one",
+            );
+        }
+        if let Some(p) = entry.random_sampling_percentage
+            && !(0.0..=100.0).contains(&p)
+        {
+            problems.at(
+                format!("{at}.randomSamplingPercentage"),
+                format!("{p} is not a percentage (0 to 100)"),
+            );
+        }
+    }
     for (i, entry) in t.access_logging.iter().enumerate() {
         let at = format!("spec.accessLogging[{i}]");
         for (j, p) in entry.providers.iter().enumerate() {

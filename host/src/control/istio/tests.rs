@@ -780,8 +780,16 @@ fn telemetry_access_logging_reads_with_istios_modes_and_refuses_the_rest() {
         ]
     );
     assert_error(
-        &telemetry("  tracing: [{ randomSamplingPercentage: 1 }]\n"),
-        "spec.tracing: not supported by Weft yet",
+        &telemetry("  tracing: [{ randomSamplingPercentage: 101 }]\n"),
+        "spec.tracing[0].randomSamplingPercentage: 101 is not a percentage",
+    );
+    assert_error(
+        &telemetry("  tracing: [{ customTags: { a: { literal: { value: b } } } }]\n"),
+        "spec.tracing[0].customTags: not supported by Weft yet",
+    );
+    assert_error(
+        &telemetry("  tracing: [{ providers: [{ name: a }, { name: b }] }]\n"),
+        "spec.tracing[0].providers: Istio supports one tracing provider",
     );
     assert_error(
         &telemetry("  metrics: [{ providers: [{ name: prometheus }] }]\n"),
