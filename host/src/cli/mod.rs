@@ -3,6 +3,7 @@
 mod capture;
 mod control;
 mod demo;
+mod describe;
 mod operator;
 mod plugin_check;
 mod plugin_precompile;
@@ -61,6 +62,9 @@ enum Command {
     /// Live calls from the sidecars (method, path, status, latency, subset, endpoint,
     /// attempts, flags), like `linkerd viz tap`.
     Tap(tap::Args),
+    /// Send one call through a sidecar and show why it went where it went: the destination
+    /// each plugin chose, every attempt, the ejected endpoints passed over.
+    Describe(describe::Args),
     /// Print the bootstrap token for a service's sidecars.
     Token(operator::TokenArgs),
     /// Run an app as a pod on this machine: its own network namespace, a sidecar beside it,
@@ -110,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => operator::get(args),
         Command::Stat(args) => stat::run(args),
         Command::Tap(args) => tap::run(args),
+        Command::Describe(args) => describe::run(args),
         Command::Status(args) => operator::status(args),
         Command::Token(args) => operator::token(args),
         Command::Plugin(PluginCommand::Push(args)) => operator::push(args),

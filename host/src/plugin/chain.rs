@@ -90,6 +90,91 @@ impl Chain {
         &self.plugins
     }
 
+    /// [`Chain::on_request`], saying what each plugin did to the call (for a debugged call):
+    /// one line per plugin that changed where or how it goes, or answered it.
+    pub fn on_request_explained(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+        steps: &mut Vec<(String, String)>,
+    ) -> Decided<RequestVerdict> {
+        let mut plugin_failed = false;
+        for (at, plugin) in &self.on_request {
+            if !plugin.serves(head.route) {
+                continue;
+            }
+            let before = Seen::of(head);
+            let reply = match plugin.on_request(call_id, head) {
+                Ok(None) => {
+                    let did = before.changes(head);
+                    if !did.is_empty() {
+                        steps.push((plugin.name().to_string(), did.join(", ")));
+                    }
+                    continue;
+                }
+                Ok(Some(r)) => local_reply(r),
+                Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
+                    plugin_failed = true;
+                    steps.push((plugin.name().to_string(), "failed (fail closed)".into()));
+                    failed_closed(plugin)
+                }
+                Err(_) => {
+                    plugin_failed = true;
+                    steps.push((plugin.name().to_string(), "failed (skipped)".into()));
+                    continue;
+                }
+            };
+            steps.push((
+                plugin.name().to_string(),
+                format!("answered {}", reply.status.as_u16()),
+            ));
+            return Decided {
+                action: RequestVerdict::Respond(reply),
+                plugin_failed,
+                answered_at: Some(*at),
+            };
+        }
+        Decided {
+            action: RequestVerdict::Continue,
+            plugin_failed,
+            answered_at: None,
+        }
+    }
+
+    /// [`Chain::on_attempt_end`], with each plugin's verdict (for a debugged call).
+    pub fn on_attempt_end_explained(
+        &self,
+        attempt: &Attempt,
+        route: RouteId,
+        steps: &mut Vec<(String, String)>,
+    ) -> Decided<AttemptVerdict> {
+        let mut plugin_failed = false;
+        let mut retry: Option<u32> = None;
+        for plugin in self.on_attempt_end.iter().filter(|p| p.serves(route)) {
+            let said = match plugin.on_attempt_end(attempt) {
+                Ok(wit::AttemptAction::Done) => "done".to_string(),
+                Ok(wit::AttemptAction::Retry(ms)) => {
+                    retry = Some(retry.unwrap_or(0).max(ms));
+                    format!("retry after {ms} ms")
+                }
+                Err(_) => {
+                    plugin_failed = true;
+                    "failed".to_string()
+                }
+            };
+            steps.push((plugin.name().to_string(), said));
+        }
+        let action = match retry {
+            Some(ms) => AttemptVerdict::Retry(Duration::from_millis(u64::from(ms))),
+            None => AttemptVerdict::Done,
+        };
+        Decided {
+            action,
+            plugin_failed,
+            answered_at: None,
+        }
+    }
+
     /// Runs `on-request` through the chain; the first local answer stops it (see
     /// [`Chain::on_local_reply`] for the answer's way back). A scoped plugin is checked against
     /// `head.route` at its turn, so it sees the route earlier plugins named.
@@ -271,5 +356,74 @@ impl ChainSlot {
     /// Puts `chain` in force. Calls holding the old chain finish on it.
     pub fn replace(&self, chain: Chain) -> Arc<Chain> {
         self.current.swap(Arc::new(chain))
+    }
+}
+
+/// What a plugin may change of a call's way, compared before and after it ran.
+struct Seen {
+    service: String,
+    subset: Option<String>,
+    route: RouteId,
+    per_try: Option<Duration>,
+    timeout: Option<Duration>,
+    delay: Option<Duration>,
+    mirrors: usize,
+    path: String,
+    authority: String,
+}
+
+impl Seen {
+    fn of(head: &RequestHead) -> Seen {
+        Seen {
+            service: head.destination.service.clone(),
+            subset: head.destination.subset.clone(),
+            route: head.route,
+            per_try: head.per_try_timeout,
+            timeout: head.timeout,
+            delay: head.delay,
+            mirrors: head.mirrors.len(),
+            path: head.path.clone(),
+            authority: head.authority.clone(),
+        }
+    }
+
+    fn changes(&self, head: &RequestHead) -> Vec<String> {
+        let mut did = Vec::new();
+        if head.destination.service != self.service || head.destination.subset != self.subset {
+            did.push(format!(
+                "sent it to {}{}",
+                head.destination.service,
+                head.destination
+                    .subset
+                    .as_ref()
+                    .map(|s| format!(" subset {s}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if head.route != self.route {
+            did.push("named its route".to_string());
+        }
+        if head.per_try_timeout != self.per_try {
+            did.push(format!("per-try timeout {:?}", head.per_try_timeout));
+        }
+        if head.timeout != self.timeout {
+            did.push(format!("timeout {:?}", head.timeout));
+        }
+        if head.delay != self.delay {
+            did.push(format!("delay {:?}", head.delay));
+        }
+        if head.mirrors.len() != self.mirrors {
+            did.push(format!(
+                "{} mirror(s)",
+                head.mirrors.len() - self.mirrors.min(head.mirrors.len())
+            ));
+        }
+        if head.path != self.path {
+            did.push(format!("path {}", head.path));
+        }
+        if head.authority != self.authority {
+            did.push(format!("authority {}", head.authority));
+        }
+        did
     }
 }

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod body;
 pub mod call_spans;
 pub mod deadline;
+pub mod explain;
 pub mod h1_pool;
 pub mod headers;
 pub mod inbound;
@@ -310,6 +311,10 @@ pub struct Inputs {
     pub exporters: parking_lot::Mutex<HashMap<String, Arc<crate::spans::Exporter>>>,
     /// Span export counters.
     pub span_metrics: crate::spans::ExportMetrics,
+    /// The token an operator's request carries to get its explanation (`x-weft-debug`).
+    pub debug_token: String,
+    /// The outbound listener's address, where admin's `/describe` sends its call.
+    pub outbound_addr: SocketAddr,
     /// Metrics.
     pub metrics: ProxyMetrics,
     /// The metric handles of passthrough calls, resolved at the first one.
@@ -418,6 +423,9 @@ pub enum SidecarError {
     /// The access-log writer could not start.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    /// No randomness for the debug token.
+    #[error("randomness: {0}")]
+    Random(std::io::Error),
 }
 
 /// A running sidecar.
@@ -583,6 +591,10 @@ impl Sidecar {
             tap: tap::Tap::default(),
             exporters: parking_lot::Mutex::new(HashMap::new()),
             span_metrics,
+            debug_token: crate::random::secure_bytes()
+                .map(hex::encode)
+                .map_err(SidecarError::Random)?,
+            outbound_addr: out_addr,
             inbound_metrics: metrics.handles("inbound", &config.service),
             passthrough_metrics: std::sync::OnceLock::new(),
             stream_timeouts: [

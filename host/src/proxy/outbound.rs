@@ -55,6 +55,8 @@ struct Call {
     log: Option<Box<(crate::access_log::Entry, u16)>>,
     /// The call's client span, when it is sampled and spans are reported.
     span: Option<Box<super::call_spans::Pending>>,
+    /// The call's explanation, when an operator asked for one.
+    explain: Option<super::explain::Shared>,
 }
 
 impl Call {
@@ -160,10 +162,20 @@ fn classify_h1(err: &super::h1_pool::PeerError) -> (Outcome, String) {
 /// Handles one request from the local app.
 pub async fn handle(
     inputs: Arc<Inputs>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    Ok(route(inputs, req, &peer).await)
+    if super::explain::asked(req.headers_mut(), &inputs.debug_token) {
+        let shared = super::explain::Shared::default();
+        let mut resp = route(inputs, req, &peer, Some(shared.clone())).await;
+        let mut e = shared.lock().clone();
+        e.status = resp.status().as_u16();
+        if let Some(v) = super::explain::header(&e) {
+            resp.headers_mut().insert(super::explain::DEBUG_INFO, v);
+        }
+        return Ok(resp);
+    }
+    Ok(route(inputs, req, &peer, None).await)
 }
 
 /// Puts the normalized path into the request's URI; a response when the request is refused.
@@ -202,7 +214,12 @@ fn normalize_uri(
     }
 }
 
-async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+async fn route(
+    inputs: Arc<Inputs>,
+    req: Request<Incoming>,
+    peer: &Peer,
+    explain: Option<super::explain::Shared>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     if req.method() == Method::CONNECT {
         return super::tcp::connect_request(inputs, req).await;
@@ -362,6 +379,7 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         upgrade,
         log,
         span,
+        explain,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts
@@ -385,7 +403,24 @@ async fn route(inputs: Arc<Inputs>, req: Request<Incoming>, peer: &Peer) -> Resp
         route: RouteId::NONE,
         mirrors: Vec::new(),
     };
-    let decided = call.route.chain.on_request(id, &mut head);
+    let decided = match &call.explain {
+        None => call.route.chain.on_request(id, &mut head),
+        Some(e) => {
+            let mut steps = Vec::new();
+            let decided = call
+                .route
+                .chain
+                .on_request_explained(id, &mut head, &mut steps);
+            let mut e = e.lock();
+            e.service = route.service.clone();
+            e.plugins = steps;
+            e.destination = match &head.destination.subset {
+                Some(s) => format!("{} subset {s}", head.destination.service),
+                None => head.destination.service.clone(),
+            };
+            decided
+        }
+    };
     call.route_id = head.route;
     // A rewrite (`set-path`, `set-authority`) changes what goes upstream, not what was routed;
     // the host checked both when the plugin set them.
@@ -633,6 +668,15 @@ async fn attempts(
         call.summary.attempts = number;
         let attempt_start = Instant::now();
         let remaining = deadline.map(|d| d.saturating_duration_since(attempt_start));
+        let mut note = call.explain.as_ref().map(|_| super::explain::AttemptNote {
+            number,
+            ejected: endpoints
+                .iter()
+                .filter(|e| e.is_ejected(attempt_start))
+                .map(|e| e.address.to_string())
+                .collect(),
+            ..Default::default()
+        });
         let candidates = endpoints.iter().map(|e| Candidate {
             id: e.id,
             outstanding: e.outstanding.load(Ordering::Relaxed),
@@ -651,6 +695,9 @@ async fn attempts(
                     return (Outcome::NoEndpoint, None);
                 };
                 let address = &endpoint.address;
+                if let Some(n) = note.as_mut() {
+                    n.endpoint = Some(address.to_string());
+                }
                 let outstanding = &endpoint.outstanding;
                 call.summary.endpoint = id;
                 call.summary.destination_workload = endpoint.workload.load(Ordering::Relaxed);
@@ -741,7 +788,20 @@ async fn attempts(
             }),
             replayable: request_body.replayable(),
         };
-        let decided = call.route.chain.on_attempt_end(&attempt, call.route_id);
+        let decided = match (note.as_mut(), &call.explain) {
+            (Some(n), Some(e)) => {
+                n.outcome = super::explain::outcome_name(outcome);
+                n.ms = attempt_end.duration_since(attempt_start).as_millis() as u64;
+                let decided = call.route.chain.on_attempt_end_explained(
+                    &attempt,
+                    call.route_id,
+                    &mut n.verdicts,
+                );
+                e.lock().attempts.push(n.clone());
+                decided
+            }
+            _ => call.route.chain.on_attempt_end(&attempt, call.route_id),
+        };
         if decided.plugin_failed {
             call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
