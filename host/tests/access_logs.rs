@@ -129,6 +129,26 @@ async fn weft_tap_shows_live_calls_from_both_sides() {
         )
         .await;
     let orders = m.pod_in("default", "orders", &[], NO_APP, strict()).await;
+    m.apply(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - name: primary
+    route: [{ destination: { host: payments, subset: v1 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets: [{ name: v1, labels: { version: v1 } }]
+",
+    )
+    .await;
     converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
 
     // Watching calls to payments: its callers' outbound side and its own inbound side.
@@ -189,6 +209,9 @@ async fn weft_tap_shows_live_calls_from_both_sides() {
     assert_eq!(failed_out["source"], "orders");
     assert_eq!(failed_out["destination"], "payments");
     assert_eq!(failed_out["response_code"], 404);
+    // The route the call took (the VirtualService entry's name) and the subset.
+    assert_eq!(failed_out["route_name"], "primary", "{failed_out:#}");
+    assert_eq!(failed_out["subset"], "v1", "{failed_out:#}");
     let failed_in = find("inbound", "/status/404");
     assert_eq!(
         failed_in["source"], "orders",

@@ -16,7 +16,8 @@ metadata: { name: payments }
 spec:
   hosts: [payments]
   http:
-  - route: [{ destination: { host: payments, subset: v1 } }]
+  - name: primary
+    route: [{ destination: { host: payments, subset: v1 } }]
     retries: { attempts: 3, retryOn: 5xx }
 ---
 apiVersion: networking.istio.io/v1
@@ -72,6 +73,7 @@ async fn describe_explains_a_retried_call_and_an_ejected_endpoint() {
         let e = &v["explanation"];
         assert_eq!(e["service"], "payments");
         assert_eq!(e["destination"], "payments subset v1", "{e:#}");
+        assert_eq!(e["route"], "primary", "{e:#}");
         if e["attempts"].as_array().is_some_and(|a| a.len() == 2) {
             retried = Some(e.clone());
             break;

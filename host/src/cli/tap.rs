@@ -43,7 +43,7 @@ fn text(v: &serde_json::Value) -> String {
         None => s("destination"),
     };
     format!(
-        "{} {:<8} {} -> {to} {} {}{} {} {}ms attempts={} flags={} upstream={} id={}",
+        "{} {:<8} {} -> {to} {} {}{} {} {}ms attempts={} flags={} route={} upstream={} id={}",
         s("start_time"),
         s("direction"),
         s("source"),
@@ -54,6 +54,7 @@ fn text(v: &serde_json::Value) -> String {
         v["duration"],
         v["attempts"],
         s("response_flags"),
+        s("route_name"),
         s("upstream_host"),
         s("request_id"),
     )

@@ -312,6 +312,9 @@ impl request::Host for PluginCtx {
     }
 
     fn set_route(&mut self, name: String) {
+        if self.request.keep_route_name {
+            self.request.route_name = Some(name.clone());
+        }
         // Scopes are interned when their plugins are prepared, so a name not interned yet is
         // no plugin's scope: NONE serves it the same, without storing what the plugin sent.
         self.request.route = if self.services.routes_scoped.load(Ordering::Relaxed) {

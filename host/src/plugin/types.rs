@@ -35,6 +35,11 @@ pub struct RequestHead {
     pub route: RouteId,
     /// Where copies of the call go (`add-mirror`), fire-and-forget.
     pub mirrors: Vec<Destination>,
+    /// Whether to keep the name a plugin gives the route (`route_name`): only a logged, tapped
+    /// or explained call pays for the copy.
+    pub keep_route_name: bool,
+    /// The route's name as a plugin gave it, when `keep_route_name`.
+    pub route_name: Option<String>,
 }
 
 /// The most mirrors one call may have: each is a request the sidecar sends.

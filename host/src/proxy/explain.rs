@@ -27,6 +27,8 @@ const MAX_INFO: usize = 16 << 10;
 pub struct Explanation {
     /// The service the authority named.
     pub service: String,
+    /// The route a plugin named (a VirtualService `http` entry's name), if one did.
+    pub route: Option<String>,
     /// Where the plugins sent it (`service` or `service subset`).
     pub destination: String,
     /// What each plugin did in `on-request` (plugin, what).

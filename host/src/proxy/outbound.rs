@@ -402,6 +402,8 @@ async fn route(
         delay: None,
         route: RouteId::NONE,
         mirrors: Vec::new(),
+        keep_route_name: call.log.is_some() || call.explain.is_some(),
+        route_name: None,
     };
     let decided = match &call.explain {
         None => call.route.chain.on_request(id, &mut head),
@@ -413,6 +415,7 @@ async fn route(
                 .on_request_explained(id, &mut head, &mut steps);
             let mut e = e.lock();
             e.service = route.service.clone();
+            e.route = head.route_name.clone();
             e.plugins = steps;
             e.destination = match &head.destination.subset {
                 Some(s) => format!("{} subset {s}", head.destination.service),
@@ -422,6 +425,9 @@ async fn route(
         }
     };
     call.route_id = head.route;
+    if let (Some(log), Some(name)) = (call.log.as_mut(), head.route_name.take()) {
+        log.0.route_name = Some(name);
+    }
     // A rewrite (`set-path`, `set-authority`) changes what goes upstream, not what was routed;
     // the host checked both when the plugin set them.
     if head.path != path_and_query.as_str()
