@@ -4,16 +4,31 @@
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-/// The labels, in order.
-const LABELS: [&str; 7] = [
+/// The labels, in order: Istio's standard TCP labels (its HTTP ones without the request's).
+const LABELS: [&str; 19] = [
     "reporter",
     "source_workload",
-    "destination_service",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
     "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
     "request_protocol",
     "response_flags",
     "connection_security_policy",
 ];
+
+/// Istio's default cluster id, both ends' `*_cluster`.
+const CLUSTER: &str = "Kubernetes";
 
 /// The four counters, by label.
 #[derive(Clone)]
@@ -41,15 +56,19 @@ pub struct ConnectionCounters {
 pub struct Labels<'a> {
     /// `source` (the caller's sidecar) or `destination`.
     pub reporter: &'a str,
-    /// The calling workload.
-    pub source_workload: &'a str,
+    /// The calling workload (its name form, see `proxy::workload`), empty when unknown.
+    pub source: &'a str,
+    /// The caller's SPIFFE ID, empty when unknown.
+    pub source_principal: &'a str,
+    /// The workload that took the connection, empty when unknown.
+    pub destination: &'a str,
+    /// Its SPIFFE ID, empty when unknown.
+    pub destination_principal: &'a str,
     /// The destination service's key, or `PassthroughCluster`.
     pub destination_service: &'a str,
-    /// The destination endpoint's `version` label, or `unknown`.
-    pub destination_version: &'a str,
     /// `-`, or Envoy's flag (`UF`: the upstream connection failed).
     pub response_flags: &'a str,
-    /// `mutual_tls` or `none`.
+    /// `mutual_tls`, `none`, or (the source reporter) `unknown`.
     pub security: &'a str,
 }
 
@@ -83,20 +102,56 @@ impl TcpMetrics {
 
     /// The counters of a connection labelled `labels`.
     pub fn connection(&self, l: Labels<'_>) -> ConnectionCounters {
+        let src = weft_sdk::Workload::parse(l.source);
+        let dst = weft_sdk::Workload::parse(l.destination);
+        let known = |v: &'_ str| {
+            if v.is_empty() {
+                "unknown".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let (host, name, namespace) = if l.destination_service == super::PASSTHROUGH {
+            (
+                l.destination_service.to_string(),
+                l.destination_service.to_string(),
+                "unknown".to_string(),
+            )
+        } else {
+            let (name, ns) = crate::names::key_parts(l.destination_service);
+            (
+                crate::names::fqdn(l.destination_service),
+                name.to_string(),
+                ns.to_string(),
+            )
+        };
         let values = [
-            l.reporter,
-            l.source_workload,
-            l.destination_service,
-            l.destination_version,
-            "tcp",
-            l.response_flags,
-            l.security,
+            l.reporter.to_string(),
+            known(&src.name),
+            known(&src.namespace),
+            known(l.source_principal),
+            known(&src.app),
+            known(&src.version),
+            CLUSTER.to_string(),
+            known(&dst.name),
+            known(&dst.namespace),
+            known(l.destination_principal),
+            known(&dst.app),
+            known(&dst.version),
+            host,
+            name,
+            namespace,
+            CLUSTER.to_string(),
+            "tcp".to_string(),
+            l.response_flags.to_string(),
+            l.security.to_string(),
         ];
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
         ConnectionCounters {
-            opened: self.opened.with_label_values(&values),
-            closed: self.closed.with_label_values(&values),
-            sent: self.sent.with_label_values(&values),
-            received: self.received.with_label_values(&values),
+            opened: self.opened.with_label_values(&refs),
+            closed: self.closed.with_label_values(&refs),
+            sent: self.sent.with_label_values(&refs),
+            received: self.received.with_label_values(&refs),
         }
     }
 }

@@ -161,12 +161,16 @@ pub async fn accept_tunnel(
     } else {
         "none"
     };
+    // Who calls: named by its verified identity, labelled by what its sidecar said.
+    let metadata = req.headers().get(super::workload::PEER_METADATA);
     let source = peer
         .identity
         .as_ref()
-        .map_or("unknown", crate::identity::SpiffeId::service);
+        .map(|id| (super::workload::of_caller(id, metadata), id.to_string()))
+        .unwrap_or_default();
     let upstream = dial(app, inputs.settings.proxy_mark).await;
-    let counters = destination_counters(&inputs, source, security, upstream.is_ok());
+    let counters =
+        destination_counters(&inputs, (&source.0, &source.1), security, upstream.is_ok());
     let upstream = match upstream {
         Ok(u) => u,
         Err(e) => {
@@ -216,7 +220,7 @@ pub async fn inbound_plain(inputs: Arc<Inputs>, client: TcpStream, port: u16) {
     // Sent to this port of the pod, not to a service's: the same port of the pod.
     let app = SocketAddr::new(inputs.settings.pod_ip, port);
     let upstream = dial(app, inputs.settings.proxy_mark).await;
-    let counters = destination_counters(&inputs, "unknown", "none", upstream.is_ok());
+    let counters = destination_counters(&inputs, ("", ""), "none", upstream.is_ok());
     match upstream {
         Ok(upstream) => splice::splice(client, upstream, idle_of(&inputs), Some(&counters)).await,
         Err(_) => reset(&client),
@@ -236,19 +240,20 @@ async fn tunnel_to(
 ) {
     let tunnel = open_to_service(inputs, route, port).await;
     let endpoint = tunnel.as_ref().ok().map(|(e, _)| e);
+    let name = |id: u32| inputs.runtime.name(id).unwrap_or_else(|| Arc::from(""));
+    let me = name(inputs.settings.workload_id);
+    let destination = name(endpoint.map_or(0, |e| e.workload.load(Ordering::Relaxed)));
+    let destination_principal = name(route.identity_id);
     let counters = inputs.tcp.connection(Labels {
         reporter: "source",
-        source_workload: &inputs.settings.service,
+        source: &me,
+        source_principal: own_principal(inputs),
+        destination: &destination,
+        destination_principal: &destination_principal,
         destination_service: &route.service,
-        destination_version: endpoint
-            .and_then(|e| e.labels.get("version"))
-            .map_or("unknown", String::as_str),
         response_flags: if endpoint.is_some() { "-" } else { "UF" },
-        security: if inputs.settings.mtls {
-            "mutual_tls"
-        } else {
-            "none"
-        },
+        // As Istio's source reporter says of a connection's security.
+        security: "unknown",
     });
     counters.opened.inc();
     (counters, tunnel)
@@ -258,15 +263,21 @@ async fn tunnel_to(
 /// (flagged `UF` when the app refused it).
 fn destination_counters(
     inputs: &Inputs,
-    source: &str,
+    (source, source_principal): (&str, &str),
     security: &str,
     connected: bool,
 ) -> ConnectionCounters {
+    let me = inputs
+        .runtime
+        .name(inputs.settings.workload_id)
+        .unwrap_or_else(|| Arc::from(""));
     let counters = inputs.tcp.connection(Labels {
         reporter: "destination",
-        source_workload: source,
+        source,
+        source_principal,
+        destination: &me,
+        destination_principal: own_principal(inputs),
         destination_service: &inputs.settings.service_key,
-        destination_version: &inputs.settings.version,
         response_flags: if connected { "-" } else { "UF" },
         security,
     });
@@ -292,14 +303,29 @@ pub(super) async fn connect_peer(
 }
 
 fn passthrough_counters(inputs: &Inputs) -> ConnectionCounters {
+    let me = inputs
+        .runtime
+        .name(inputs.settings.workload_id)
+        .unwrap_or_else(|| Arc::from(""));
     inputs.tcp.connection(Labels {
         reporter: "source",
-        source_workload: &inputs.settings.service,
+        source: &me,
+        source_principal: own_principal(inputs),
+        destination: "",
+        destination_principal: "",
         destination_service: PASSTHROUGH,
-        destination_version: "unknown",
         response_flags: "-",
-        security: "none",
+        security: "unknown",
     })
+}
+
+/// This sidecar's SPIFFE ID when it has one (mTLS), else empty.
+fn own_principal(inputs: &Inputs) -> &str {
+    if inputs.settings.mtls {
+        &inputs.settings.identity
+    } else {
+        ""
+    }
 }
 
 async fn passthrough(inputs: &Inputs, client: TcpStream, dst: SocketAddr) {
@@ -363,12 +389,16 @@ async fn open_tunnel(
         .build()
         .map_err(|e| e.to_string())?;
     let io = connect_peer(inputs, uri).await?;
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(target)
         .header(http::header::HOST, target)
         .body(ProxyBody::default())
         .map_err(|e| e.to_string())?;
+    if let Some(m) = &inputs.settings.peer_metadata {
+        req.headers_mut()
+            .insert(super::workload::PEER_METADATA, m.clone());
+    }
     let resp = super::upgrade::send(io, req)
         .await
         .map_err(|e| e.to_string())?;
