@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmark: direct app, the Weft sidecar pair (empty chain and the 4-plugin chain), an
+# Load benchmark: direct app, the Weft sidecar pair (empty chain, the 4-plugin chain, access
+# logs, spans at 1% and 100%, mTLS with the control plane's chains), an
 # nginx pair doing the same two hops, and the floor (bench/floor: the smallest hyper + rustls
 # proxy hop, Weft's own stack doing nothing else), side by side in one run on loopback.
 #
@@ -24,7 +25,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
-busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-8]|181[0-4][0-9])$' || true)
+busy=$(ss -ltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[0-9]|181[0-9][0-9])$' || true)
 if [ -n "$busy" ]; then echo "bench ports already in use: $busy (a previous run still alive?)" >&2; exit 1; fi
 if ! need nginx || ! need wrk || ! need openssl; then
   echo "installing nginx, wrk and openssl (for the nginx pair's certificates) from Debian..."
@@ -44,6 +45,9 @@ CH_OUT=18121; CH_IN=18122; CH_ADM=18123
 LO_OUT=18151; LO_IN=18152; LO_ADM=18153; LP_OUT=18161; LP_IN=18162; LP_ADM=18163
 CP=18130; TO_OUT=18131; TO_IN=18132; TO_ADM=18133; TP_OUT=18141; TP_IN=18142; TP_ADM=18143
 FL_A=18085; FL_B=18086; FL_TA=18087; FL_TB=18088
+COLLECTOR=18089
+S1_OUT=18171; S1_IN=18172; S1_ADM=18173; S1P_OUT=18174; S1P_IN=18175; S1P_ADM=18176
+SA_OUT=18181; SA_IN=18182; SA_ADM=18183; SAP_OUT=18184; SAP_IN=18185; SAP_ADM=18186
 
 # --- backend, and the nginx pair as a separate process ----------------------------------------
 nginx_conf() { # $1 name, $2 http block body
@@ -61,6 +65,9 @@ http {
 NGX
 }
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\\n\"; } }"
+# A trace collector that takes every OTLP export and keeps nothing: what the sidecars pay to
+# send spans, not what a collector pays to store them.
+nginx_conf collector "server { listen 127.0.0.1:$COLLECTOR; location /v1/traces { return 200; } }"
 # Two nginx processes, one per hop, as two sidecars are two processes.
 nginx_conf hop_b "
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
@@ -71,6 +78,8 @@ nginx_conf hop_a "
   server { listen 127.0.0.1:$NGX_A;
     location / { proxy_pass http://hop_b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c 1 "$NGINX" -c "$WORK/backend.conf" -p "$WORK" -e "$WORK/backend-error.log" &
+PIDS+=($!)
+taskset -c 1 "$NGINX" -c "$WORK/collector.conf" -p "$WORK" -e "$WORK/collector-error.log" &
 PIDS+=($!)
 taskset -c 1 "$NGINX" -c "$WORK/hop_b.conf" -p "$WORK" -e "$WORK/hop_b-error.log" &
 PIDS+=($!); NGX_B_PID=$!
@@ -143,17 +152,34 @@ snapshot "$WORK/empty.json" "$PAY_IN" '[]'
 snapshot "$WORK/logged.json" "$LP_IN" '[]'
 sed -i 's/}}}$/}},"accessLog":{"client":[{"encoding":"TEXT"}],"server":[{"encoding":"TEXT"}]}}/' "$WORK/logged.json"
 snapshot "$WORK/chain.json" "$PAY_IN" "$CHAIN"
+# The empty-chain pair with traces on both sides of both sidecars, new traces sampled at 1%
+# and at 100%, exported over OTLP/HTTP to the collector above.
+traced() { # $1 file, $2 inbound port of payments, $3 sampling percentage
+  snapshot "$1" "$2" '[]'
+  local side="{\"endpoint\":\"http://127.0.0.1:$COLLECTOR/v1/traces\",\"sampling\":$3,\"report\":true}"
+  sed -i "s|}}}\$|}},\"tracing\":{\"client\":$side,\"server\":$side}}|" "$1"
+}
+traced "$WORK/spans1.json" "$S1P_IN" 1
+traced "$WORK/spans100.json" "$SAP_IN" 100
 snapshot "$WORK/payments.json" "$PAY_IN" '[]'
 bootstrap "$WORK/orders.json" orders $ORD_OUT $ORD_IN $ORD_ADM 9 empty.json
 bootstrap "$WORK/orders-chain.json" orders $CH_OUT $CH_IN $CH_ADM 9 chain.json
 bootstrap "$WORK/payments-sc.json" payments $PAY_OUT $PAY_IN $PAY_ADM $BACKEND payments.json
 bootstrap "$WORK/orders-logged.json" orders $LO_OUT $LO_IN $LO_ADM 9 logged.json
 bootstrap "$WORK/payments-logged.json" payments $LP_OUT $LP_IN $LP_ADM $BACKEND logged.json
+bootstrap "$WORK/orders-s1.json" orders $S1_OUT $S1_IN $S1_ADM 9 spans1.json
+bootstrap "$WORK/payments-s1.json" payments $S1P_OUT $S1P_IN $S1P_ADM $BACKEND spans1.json
+bootstrap "$WORK/orders-sa.json" orders $SA_OUT $SA_IN $SA_ADM 9 spans100.json
+bootstrap "$WORK/payments-sa.json" payments $SAP_OUT $SAP_IN $SAP_ADM $BACKEND spans100.json
 # Started in this shell (not in a $(...) subshell) so the trap knows every PID and stops them.
 start() { taskset -c 1 "$WEFT" sidecar --config "$1" >"$WORK/$(basename "$1").log" 2>&1 & PIDS+=($!); }
 start "$WORK/payments-sc.json"; PAY_PID=$!
 start "$WORK/orders.json"; ORD_PID=$!
 start "$WORK/orders-chain.json"; CH_PID=$!
+start "$WORK/payments-s1.json"; S1P_PID=$!
+start "$WORK/orders-s1.json"; S1_PID=$!
+start "$WORK/payments-sa.json"; SAP_PID=$!
+start "$WORK/orders-sa.json"; SA_PID=$!
 # Their stdout (the access log) goes to a file of its own.
 taskset -c 1 "$WEFT" sidecar --config "$WORK/payments-logged.json" >"$WORK/payments-access.log" 2>"$WORK/payments-logged.log" &
 PIDS+=($!); LP_PID=$!
@@ -180,10 +206,10 @@ mtls_bootstrap "$WORK/tpay.json" payments $TP_OUT $TP_IN $TP_ADM $BACKEND "$(tok
 mtls_bootstrap "$WORK/tord.json" orders $TO_OUT $TO_IN $TO_ADM 9 "$(token_of orders)"
 start "$WORK/tpay.json"; TP_PID=$!
 start "$WORK/tord.json"; TO_PID=$!
-for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID $LP_PID $LO_PID; do
+for pid in $PAY_PID $ORD_PID $CH_PID $TP_PID $TO_PID $LP_PID $LO_PID $S1_PID $S1P_PID $SA_PID $SAP_PID; do
   sleep 0.5; kill -0 "$pid" 2>/dev/null || { echo "a sidecar failed to start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
-for port in $BACKEND $NGX_A $NGX_TA $FL_A $FL_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM $LO_ADM $LP_ADM; do
+for port in $BACKEND $NGX_A $NGX_TA $FL_A $FL_TA $ORD_ADM $CH_ADM $PAY_ADM $TP_ADM $TO_ADM $LO_ADM $LP_ADM $S1_ADM $S1P_ADM $SA_ADM $SAP_ADM; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
@@ -225,6 +251,8 @@ measure() {
   measure "weft pair, empty chain"    "$ORD_OUT" "$ORD_PID $PAY_PID"
   measure "weft pair, 4-plugin chain" "$CH_OUT"  "$CH_PID $PAY_PID"
   measure "weft pair, empty, access logs" "$LO_OUT" "$LO_PID $LP_PID"
+  measure "weft pair, empty, spans 1%" "$S1_OUT" "$S1_PID $S1P_PID"
+  measure "weft pair, empty, spans 100%" "$SA_OUT" "$SA_PID $SAP_PID"
   measure "floor pair, mTLS 1.3"      "$FL_TA"   "$FL_TA_PID $FL_TB_PID"
   measure "nginx pair, mTLS 1.3"      "$NGX_TA"  "$NGX_TA_PID $NGX_TB_PID"
   measure "weft pair, mTLS (2 plugins)" "$TO_OUT" "$TO_PID $TP_PID"

@@ -31,6 +31,41 @@ pub struct Snapshot {
     /// Tracing for this sidecar's calls, per side; left out when off.
     #[serde(default, skip_serializing_if = "Tracing::is_empty")]
     pub tracing: Tracing,
+    /// The standard metrics a Telemetry turned off, per side; left out when none is.
+    #[serde(default, skip_serializing_if = "MetricsOff::is_empty")]
+    pub metrics_off: MetricsOff,
+}
+
+/// Istio's standard metrics, as Weft reports them.
+pub const STANDARD_METRICS: [&str; 8] = [
+    "istio_requests_total",
+    "istio_request_duration_milliseconds",
+    "istio_request_bytes",
+    "istio_response_bytes",
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+];
+
+/// Standard metrics not reported, per side (the HTTP ones are also in the telemetry plugins'
+/// configurations; the sidecar reads the TCP ones).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsOff {
+    /// Not reported for the calls the workload makes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client: Vec<String>,
+    /// Not reported for the calls into the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server: Vec<String>,
+}
+
+impl MetricsOff {
+    /// Whether every metric is reported.
+    pub fn is_empty(&self) -> bool {
+        self.client.is_empty() && self.server.is_empty()
+    }
 }
 
 /// Tracing per side of a sidecar's calls: absent, no spans on that side (context still

@@ -19,6 +19,9 @@ pub struct Config {
     pub cluster: String,
     /// The cluster domain service hosts end in (`destination_service`).
     pub cluster_domain: String,
+    /// Standard metrics not reported (`istio_requests_total`, …), as a Telemetry's
+    /// `metrics[].overrides[].disabled` turns them off.
+    pub disabled: Vec<String>,
 }
 
 impl Default for Config {
@@ -28,6 +31,7 @@ impl Default for Config {
             // Istio's default cluster id.
             cluster: "Kubernetes".to_string(),
             cluster_domain: "cluster.local".to_string(),
+            disabled: Vec::new(),
         }
     }
 }
@@ -102,17 +106,15 @@ const BUCKETS: [f64; 19] = [
 /// A label set by the ids and numbers the host passes: hashing it allocates nothing.
 type LabelKey = (Name, Name, Name, Name, Name, u16, u16);
 
-/// Series of one label set: requests, duration, request bytes, response bytes, retries.
-type SeriesSet = [SeriesId; 5];
+/// Series of one label set: requests, duration, request bytes, response bytes, retries (none
+/// where the metric is not reported).
+type SeriesSet = [Option<SeriesId>; 5];
 
 /// The telemetry plugin.
 pub struct Telemetry {
     config: Config,
-    requests: MetricId,
-    duration: MetricId,
-    request_bytes: MetricId,
-    response_bytes: MetricId,
-    retries: MetricId,
+    // Each metric, when reported: requests, duration, request bytes, response bytes, retries.
+    metrics: [Option<MetricId>; 5],
     // Series ids per label set, resolved once; the host bounds how many there can be.
     cache: RefCell<HashMap<LabelKey, SeriesSet>>,
 }
@@ -185,36 +187,72 @@ impl Filter for Telemetry {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        let histogram = |name: &str, help: &str| {
-            metrics::define(MetricKind::Histogram, name, help, &LABELS, &BUCKETS)
-        };
-        let requests = metrics::define(
-            MetricKind::Counter,
+        const KNOWN: [&str; 4] = [
             "istio_requests_total",
-            "Requests, by source, destination and response.",
-            &LABELS,
-            &[],
-        )?;
-        let duration = histogram(
             "istio_request_duration_milliseconds",
-            "Request duration in milliseconds.",
-        )?;
-        let request_bytes = histogram("istio_request_bytes", "Request body sizes in bytes.")?;
-        let response_bytes = histogram("istio_response_bytes", "Response body sizes in bytes.")?;
-        let retries = metrics::define(
-            MetricKind::Counter,
-            "request_retries_total",
-            "Upstream attempts beyond the first, by source and destination.",
-            &RETRY_LABELS,
-            &[],
-        )?;
+            "istio_request_bytes",
+            "istio_response_bytes",
+        ];
+        if let Some(unknown) = config
+            .disabled
+            .iter()
+            .find(|m| !KNOWN.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "disabled: {unknown:?} is not one of this plugin's metrics ({})",
+                KNOWN.join(", ")
+            ));
+        }
+        let on = |name: &str| !config.disabled.iter().any(|m| m == name);
+        let define = |kind, name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            if on(name) {
+                metrics::define(kind, name, help, labels, buckets).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let metrics = [
+            define(
+                MetricKind::Counter,
+                KNOWN[0],
+                "Requests, by source, destination and response.",
+                &LABELS,
+                &[],
+            )?,
+            define(
+                MetricKind::Histogram,
+                KNOWN[1],
+                "Request duration in milliseconds.",
+                &LABELS,
+                &BUCKETS,
+            )?,
+            define(
+                MetricKind::Histogram,
+                KNOWN[2],
+                "Request body sizes in bytes.",
+                &LABELS,
+                &BUCKETS,
+            )?,
+            define(
+                MetricKind::Histogram,
+                KNOWN[3],
+                "Response body sizes in bytes.",
+                &LABELS,
+                &BUCKETS,
+            )?,
+            // Not one of Istio's standard metrics: it goes with the request count.
+            define(
+                MetricKind::Counter,
+                "request_retries_total",
+                "Upstream attempts beyond the first, by source and destination.",
+                &RETRY_LABELS,
+                &[],
+            )?
+            .filter(|_| on(KNOWN[0])),
+        ];
         Ok(Telemetry {
             config,
-            requests,
-            duration,
-            request_bytes,
-            response_bytes,
-            retries,
+            metrics,
             cache: RefCell::new(HashMap::new()),
         })
     }
@@ -241,31 +279,44 @@ impl Filter for Telemetry {
                 let owned = label_values(&self.config, s);
                 let values: Vec<&str> = owned.iter().map(String::as_str).collect();
                 let retry_values = [values[0], values[1], values[12], values[11]];
-                let resolved = (
-                    metrics::series(self.requests, &values),
-                    metrics::series(self.duration, &values),
-                    metrics::series(self.request_bytes, &values),
-                    metrics::series(self.response_bytes, &values),
-                    metrics::series(self.retries, &retry_values),
-                );
-                let (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) = resolved else {
-                    return;
-                };
-                cache.insert(key, [a, b, c, d, e]);
-                [a, b, c, d, e]
+                let mut set: SeriesSet = [None; 5];
+                for (i, metric) in self.metrics.iter().enumerate() {
+                    let Some(metric) = *metric else { continue };
+                    let labels: &[&str] = if i == 4 { &retry_values } else { &values };
+                    match metrics::series(metric, labels) {
+                        Ok(series) => set[i] = Some(series),
+                        Err(_) => return,
+                    }
+                }
+                cache.insert(key, set);
+                set
             }
         };
-        let sample = |series: SeriesId, value: f64| Sample { series, value };
         let retries = s.attempts.saturating_sub(1);
-        let samples = [
-            sample(series[0], 1.0),
-            sample(series[1], s.duration_us as f64 / 1_000.0),
-            sample(series[2], s.request_bytes as f64),
-            sample(series[3], s.response_bytes as f64),
-            sample(series[4], f64::from(retries)),
+        let values = [
+            1.0,
+            s.duration_us as f64 / 1_000.0,
+            s.request_bytes as f64,
+            s.response_bytes as f64,
+            f64::from(retries),
         ];
-        // A call without retries adds nothing to the retry counter: leave that sample out.
-        let n = if retries == 0 { 4 } else { 5 };
+        let mut samples = [Sample {
+            series: SeriesId(0),
+            value: 0.0,
+        }; 5];
+        let mut n = 0;
+        for (i, (series, value)) in series.iter().zip(values).enumerate() {
+            // A call without retries adds nothing to the retry counter: leave that sample out.
+            if let Some(series) = series
+                && (i < 4 || retries > 0)
+            {
+                samples[n] = Sample {
+                    series: *series,
+                    value,
+                };
+                n += 1;
+            }
+        }
         metrics::record(&samples[..n]);
     }
 }
@@ -381,6 +432,46 @@ mod tests {
         labels[1..6].copy_from_slice(&["unknown"; 5]);
         labels[20] = "none";
         assert_eq!(metric_value("istio_requests_total", &labels), Some(1.0));
+    }
+
+    #[test]
+    fn a_disabled_metric_is_not_reported_and_an_unknown_one_is_refused() {
+        let config = r#"{"reporter": "destination", "disabled": ["istio_requests_total"]}"#;
+        let h = Harness::<Telemetry>::new(config).expect("valid");
+        let s = CallSummary {
+            service: intern("ledger.disabled"),
+            ..call()
+        };
+        h.on_done(&s);
+        let labels = [
+            "destination",
+            "orders",
+            "default",
+            "spiffe://weft.local/ns/default/sa/orders",
+            "orders",
+            "v1",
+            "Kubernetes",
+            "payments",
+            "shop",
+            "spiffe://weft.local/ns/shop/sa/payments",
+            "payments",
+            "v2",
+            "ledger.disabled.svc.cluster.local",
+            "ledger",
+            "disabled",
+            "Kubernetes",
+            "http",
+            "200",
+            "",
+            "-",
+            "mutual_tls",
+        ];
+        assert_eq!(metric_value("istio_requests_total", &labels), None);
+        assert_eq!(
+            histogram("istio_request_duration_milliseconds", &labels),
+            Some((1, 3.0))
+        );
+        assert!(Harness::<Telemetry>::new(r#"{"disabled": ["istio_nope"]}"#).is_err());
     }
 
     #[test]

@@ -91,6 +91,7 @@ use route_policies::{RoutePolicies, route_name};
 
 mod builtins;
 mod inbound;
+mod metrics;
 mod route_policies;
 #[cfg(test)]
 mod tests;
@@ -252,7 +253,16 @@ pub fn compile_in(
         key(a).cmp(&key(b))
     });
 
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        metrics_off: metrics::metrics_off(&catalog, me, &labels),
+        ..Snapshot::default()
+    };
+    let client_off = metrics::http_off(&snapshot.metrics_off.client);
+    let client_telemetry = if client_off.is_empty() {
+        json!({})
+    } else {
+        json!({ "disabled": client_off })
+    };
     for service in &services {
         let service = service.as_str();
         let vs = Catalog::for_service(&catalog.virtual_services, service);
@@ -332,7 +342,7 @@ pub fn compile_in(
             }
         }
         plugins.extend(wasm(Phase::Stats));
-        plugins.push(builtin("telemetry", json!({})));
+        plugins.push(builtin("telemetry", client_telemetry.clone()));
         plugins.extend(wasm(Phase::Unspecified));
         for (_, _, _, build) in mine
             .iter()
@@ -370,7 +380,8 @@ pub fn compile_in(
         snapshot.services.insert(service.to_string(), compiled);
     }
     vips::assign(&mut snapshot.services);
-    let (plugins, authorize_after) = server_chain(&mine, &me.key());
+    let server_off = metrics::http_off(&snapshot.metrics_off.server);
+    let (plugins, authorize_after) = server_chain(&mine, &me.key(), server_off);
     snapshot.inbound.plugins = plugins;
     snapshot.inbound.authorize_after = authorize_after;
     snapshot.inbound.authorization = catalog
@@ -398,6 +409,7 @@ pub fn compile_in(
 fn server_chain(
     mine: &[(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)],
     key: &str,
+    off: Vec<String>,
 ) -> (Vec<PluginRef>, usize) {
     let here = |(_, wp, t, p): &&(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)| {
         wp.runs_on(false) && (t.is_empty() || t.contains(key)) && p.routes.is_empty()
@@ -412,7 +424,11 @@ fn server_chain(
     let mut plugins: Vec<PluginRef> = phase(Phase::Authn).chain(phase(Phase::Authz)).collect();
     let authorize_after = plugins.len();
     plugins.extend(phase(Phase::Stats));
-    plugins.push(builtin("telemetry", json!({ "reporter": "destination" })));
+    let mut telemetry = json!({ "reporter": "destination" });
+    if !off.is_empty() {
+        telemetry["disabled"] = json!(off);
+    }
+    plugins.push(builtin("telemetry", telemetry));
     plugins.extend(phase(Phase::Unspecified));
     for (_, _, _, build) in mine.iter().filter(here).filter(|(_, _, _, p)| overrides(p)) {
         replace_builtin(&mut plugins, build);

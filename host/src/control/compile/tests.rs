@@ -1430,6 +1430,85 @@ spec:
 }
 
 #[test]
+fn metrics_overrides_turn_standard_metrics_off_per_side_level_by_level() {
+    let text = "
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh, namespace: istio-system }
+spec:
+  metrics:
+  - providers: [{ name: prometheus }]
+    overrides:
+    - match: { metric: REQUEST_SIZE }
+      disabled: true
+    - match: { metric: RESPONSE_SIZE, mode: SERVER }
+      disabled: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: payments-all }
+spec:
+  selector: { matchLabels: { app: payments } }
+  metrics:
+  - overrides:
+    - match: { metric: REQUEST_SIZE, mode: CLIENT }
+      disabled: false
+    - match: { metric: TCP_OPENED_CONNECTIONS, mode: SERVER }
+      disabled: true
+";
+    let resources = parse(text);
+    let workloads = mesh();
+    let orders = snapshot_for(&resources, &workloads, &workloads[2]);
+    assert_eq!(orders.metrics_off.client, ["istio_request_bytes"]);
+    assert_eq!(
+        orders.metrics_off.server,
+        ["istio_request_bytes", "istio_response_bytes"]
+    );
+    assert_eq!(
+        plugin(&orders, "payments", "telemetry").config,
+        json!({"disabled": ["istio_request_bytes"]})
+    );
+    let server = &orders.inbound.plugins[0];
+    assert_eq!(
+        server.config,
+        json!({"reporter": "destination", "disabled": ["istio_request_bytes", "istio_response_bytes"]})
+    );
+    // The workload level turns one back on for its client side, and a TCP one off.
+    let payments = snapshot_for(&resources, &workloads, &workloads[0]);
+    assert!(payments.metrics_off.client.is_empty());
+    assert_eq!(
+        payments.metrics_off.server,
+        [
+            "istio_request_bytes",
+            "istio_response_bytes",
+            "istio_tcp_connections_opened_total"
+        ]
+    );
+    assert_eq!(plugin(&payments, "orders", "telemetry").config, json!({}));
+    // Istio's other providers and the tag overrides are refused by path.
+    let refused = |spec: &str| {
+        let doc = format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{ name: t }}\nspec:\n{spec}"
+        );
+        crate::control::istio::parse_yaml(&doc, "t.yaml").expect_err("refused")
+    };
+    let e = refused("  metrics: [{ providers: [{ name: stackdriver }] }]\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("spec.metrics[0].providers[0].name")),
+        "{e:?}"
+    );
+    let e = refused(
+        "  metrics: [{ overrides: [{ tagOverrides: { request_protocol: { operation: REMOVE } } }] }]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("spec.metrics[0].overrides[0].tagOverrides")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn the_most_specific_telemetry_gives_a_workload_its_access_logging() {
     let text = "
 apiVersion: telemetry.istio.io/v1

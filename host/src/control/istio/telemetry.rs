@@ -1,7 +1,8 @@
 //! Telemetry (`telemetry.istio.io`): access logging as Istio's Telemetry API sets it — which
 //! workloads log, on which side of their calls (`match.mode`), through which providers, and
 //! filtered by which expression — and tracing (provider, sampling percentage, span reporting,
-//! per side). Metrics overrides are refused until Weft has them. Levels are Istio's: a Telemetry in the root namespace without a selector is
+//! per side) and metrics (which standard metrics each side reports: `overrides[].disabled`
+//! by metric and mode; tag overrides are refused until Weft has them). Levels are Istio's: a Telemetry in the root namespace without a selector is
 //! mesh-wide, one in a namespace without a selector covers the namespace, one with
 //! `selector.matchLabels` its workloads; the most specific one that configures access logging
 //! is the one in force.
@@ -21,6 +22,91 @@ pub struct Telemetry {
     /// Tracing, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracing: Vec<Tracing>,
+    /// Metrics, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metrics>,
+}
+
+/// Istio's `Metrics`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metrics {
+    /// The providers (`prometheus`, the only one Weft's sidecars serve); none: the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderRef>,
+    /// Changes to the standard metrics, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<MetricsOverrides>,
+}
+
+/// Istio's `MetricsOverrides`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsOverrides {
+    /// Which metrics, on which side; none: every metric on both sides.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<MetricSelector>,
+    /// Turns the metrics off (true) or back on (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+/// Istio's `MetricSelector`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricSelector {
+    /// One of Istio's standard metrics, or `ALL_METRICS` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<IstioMetric>,
+    /// The side; none is `CLIENT_AND_SERVER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WorkloadMode>,
+}
+
+/// Istio's `MetricSelector.IstioMetric`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IstioMetric {
+    /// Every standard metric.
+    AllMetrics,
+    /// `istio_requests_total`.
+    RequestCount,
+    /// `istio_request_duration_milliseconds`.
+    RequestDuration,
+    /// `istio_request_bytes`.
+    RequestSize,
+    /// `istio_response_bytes`.
+    ResponseSize,
+    /// `istio_tcp_connections_opened_total`.
+    TcpOpenedConnections,
+    /// `istio_tcp_connections_closed_total`.
+    TcpClosedConnections,
+    /// `istio_tcp_sent_bytes_total`.
+    TcpSentBytes,
+    /// `istio_tcp_received_bytes_total`.
+    TcpReceivedBytes,
+    /// gRPC messages; Weft reports none yet, so there is nothing to turn off.
+    GrpcRequestMessages,
+    /// gRPC messages; as `GRPC_REQUEST_MESSAGES`.
+    GrpcResponseMessages,
+}
+
+impl IstioMetric {
+    /// The metrics Weft reports that it names.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            IstioMetric::AllMetrics => &crate::snapshot::STANDARD_METRICS,
+            IstioMetric::RequestCount => &["istio_requests_total"],
+            IstioMetric::RequestDuration => &["istio_request_duration_milliseconds"],
+            IstioMetric::RequestSize => &["istio_request_bytes"],
+            IstioMetric::ResponseSize => &["istio_response_bytes"],
+            IstioMetric::TcpOpenedConnections => &["istio_tcp_connections_opened_total"],
+            IstioMetric::TcpClosedConnections => &["istio_tcp_connections_closed_total"],
+            IstioMetric::TcpSentBytes => &["istio_tcp_sent_bytes_total"],
+            IstioMetric::TcpReceivedBytes => &["istio_tcp_received_bytes_total"],
+            IstioMetric::GrpcRequestMessages | IstioMetric::GrpcResponseMessages => &[],
+        }
+    }
 }
 
 /// Istio's `Tracing`.
@@ -160,7 +246,10 @@ impl Telemetry {
 
 // `targetRef(s)` bind to gateways and services Weft does not model for telemetry yet.
 pub(in crate::control) const TELEMETRY_UNSUPPORTED: Unsupported = &[
-    ("", &["targetRef", "targetRefs", "metrics"]),
+    ("", &["targetRef", "targetRefs"]),
+    ("metrics[]", &["reportingInterval"]),
+    ("metrics[].overrides[]", &["tagOverrides"]),
+    ("metrics[].overrides[].match", &["customMetric"]),
     (
         "tracing[]",
         &[
@@ -172,6 +261,19 @@ pub(in crate::control) const TELEMETRY_UNSUPPORTED: Unsupported = &[
 ];
 
 pub(super) fn check_telemetry(t: &Telemetry, problems: &mut Problems) {
+    for (i, entry) in t.metrics.iter().enumerate() {
+        for (j, p) in entry.providers.iter().enumerate() {
+            if p.name != "prometheus" {
+                problems.at(
+                    format!("spec.metrics[{i}].providers[{j}].name"),
+                    format!(
+                        "provider {:?} is not defined (Weft's sidecars serve metrics to prometheus only)",
+                        p.name
+                    ),
+                );
+            }
+        }
+    }
     for (i, entry) in t.tracing.iter().enumerate() {
         let at = format!("spec.tracing[{i}]");
         if entry.providers.len() > 1 {

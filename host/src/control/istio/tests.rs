@@ -792,8 +792,8 @@ fn telemetry_access_logging_reads_with_istios_modes_and_refuses_the_rest() {
         "spec.tracing[0].providers: Istio supports one tracing provider",
     );
     assert_error(
-        &telemetry("  metrics: [{ providers: [{ name: prometheus }] }]\n"),
-        "spec.metrics: not supported by Weft yet",
+        &telemetry("  metrics: [{ reportingInterval: 5s }]\n"),
+        "spec.metrics[0].reportingInterval: not supported by Weft yet",
     );
     assert_error(
         &telemetry("  accessLogging:\n  - providers: [{ name: otel }]\n"),

@@ -100,8 +100,9 @@ impl TcpMetrics {
         })
     }
 
-    /// The counters of a connection labelled `labels`.
-    pub fn connection(&self, l: Labels<'_>) -> ConnectionCounters {
+    /// The counters of a connection labelled `labels`; a metric in `off` (a Telemetry turned
+    /// it off for this side) counts nowhere.
+    pub fn connection(&self, l: Labels<'_>, off: &[String]) -> ConnectionCounters {
         let src = weft_sdk::Workload::parse(l.source);
         let dst = weft_sdk::Workload::parse(l.destination);
         let known = |v: &'_ str| {
@@ -147,11 +148,19 @@ impl TcpMetrics {
             l.security.to_string(),
         ];
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let counter = |vec: &IntCounterVec, name: &str| {
+            if off.iter().any(|m| m == name) {
+                // Counted, but registered nowhere: never exported.
+                IntCounter::new(name, "off").unwrap_or_else(|_| vec.with_label_values(&refs))
+            } else {
+                vec.with_label_values(&refs)
+            }
+        };
         ConnectionCounters {
-            opened: self.opened.with_label_values(&refs),
-            closed: self.closed.with_label_values(&refs),
-            sent: self.sent.with_label_values(&refs),
-            received: self.received.with_label_values(&refs),
+            opened: counter(&self.opened, "istio_tcp_connections_opened_total"),
+            closed: counter(&self.closed, "istio_tcp_connections_closed_total"),
+            sent: counter(&self.sent, "istio_tcp_sent_bytes_total"),
+            received: counter(&self.received, "istio_tcp_received_bytes_total"),
         }
     }
 }

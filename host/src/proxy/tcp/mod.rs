@@ -244,17 +244,20 @@ async fn tunnel_to(
     let me = name(inputs.settings.workload_id);
     let destination = name(endpoint.map_or(0, |e| e.workload.load(Ordering::Relaxed)));
     let destination_principal = name(route.identity_id);
-    let counters = inputs.tcp.connection(Labels {
-        reporter: "source",
-        source: &me,
-        source_principal: own_principal(inputs),
-        destination: &destination,
-        destination_principal: &destination_principal,
-        destination_service: &route.service,
-        response_flags: if endpoint.is_some() { "-" } else { "UF" },
-        // As Istio's source reporter says of a connection's security.
-        security: "unknown",
-    });
+    let counters = inputs.tcp.connection(
+        Labels {
+            reporter: "source",
+            source: &me,
+            source_principal: own_principal(inputs),
+            destination: &destination,
+            destination_principal: &destination_principal,
+            destination_service: &route.service,
+            response_flags: if endpoint.is_some() { "-" } else { "UF" },
+            // As Istio's source reporter says of a connection's security.
+            security: "unknown",
+        },
+        &inputs.routes.load().snapshot.metrics_off.client,
+    );
     counters.opened.inc();
     (counters, tunnel)
 }
@@ -271,16 +274,19 @@ fn destination_counters(
         .runtime
         .name(inputs.settings.workload_id)
         .unwrap_or_else(|| Arc::from(""));
-    let counters = inputs.tcp.connection(Labels {
-        reporter: "destination",
-        source,
-        source_principal,
-        destination: &me,
-        destination_principal: own_principal(inputs),
-        destination_service: &inputs.settings.service_key,
-        response_flags: if connected { "-" } else { "UF" },
-        security,
-    });
+    let counters = inputs.tcp.connection(
+        Labels {
+            reporter: "destination",
+            source,
+            source_principal,
+            destination: &me,
+            destination_principal: own_principal(inputs),
+            destination_service: &inputs.settings.service_key,
+            response_flags: if connected { "-" } else { "UF" },
+            security,
+        },
+        &inputs.routes.load().snapshot.metrics_off.server,
+    );
     counters.opened.inc();
     counters
 }
@@ -307,16 +313,19 @@ fn passthrough_counters(inputs: &Inputs) -> ConnectionCounters {
         .runtime
         .name(inputs.settings.workload_id)
         .unwrap_or_else(|| Arc::from(""));
-    inputs.tcp.connection(Labels {
-        reporter: "source",
-        source: &me,
-        source_principal: own_principal(inputs),
-        destination: "",
-        destination_principal: "",
-        destination_service: PASSTHROUGH,
-        response_flags: "-",
-        security: "unknown",
-    })
+    inputs.tcp.connection(
+        Labels {
+            reporter: "source",
+            source: &me,
+            source_principal: own_principal(inputs),
+            destination: "",
+            destination_principal: "",
+            destination_service: PASSTHROUGH,
+            response_flags: "-",
+            security: "unknown",
+        },
+        &inputs.routes.load().snapshot.metrics_off.client,
+    )
 }
 
 /// This sidecar's SPIFFE ID when it has one (mTLS), else empty.
