@@ -320,6 +320,10 @@ pub struct PluginRef {
     /// names them; empty: every call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// The ports it runs for (a WasmPlugin's `match[].ports`: on the client side the service
+    /// port the app called, on the server side the app's port); empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// The built-in plugins the binary carries.

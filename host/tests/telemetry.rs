@@ -56,7 +56,32 @@ spec:
 ",
         weft_artifacts::CHAOS_PATH
     );
-    m.apply("gate.yaml", &gate).await;
+    // Scoped to ports: on orders' calls to a service's port 9999 (client side), and on
+    // payments' calls at port 1 (never its app's): each denies orders, so each shows whether
+    // it ran.
+    let scoped = format!(
+        "---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: port-9999 }}
+spec:
+  selector: {{ matchLabels: {{ app: orders }} }}
+  url: file://{chaos}
+  match: [{{ mode: CLIENT, ports: [{{ number: 9999 }}] }}]
+  pluginConfig: {{ deny_from: {ORDERS_ID} }}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: port-1 }}
+spec:
+  selector: {{ matchLabels: {{ app: payments }} }}
+  url: file://{chaos}
+  match: [{{ mode: SERVER, ports: [{{ number: 1 }}] }}]
+  pluginConfig: {{ deny_from: {ORDERS_ID} }}
+",
+        chaos = weft_artifacts::CHAOS_PATH
+    );
+    m.apply("gate.yaml", &format!("{gate}{scoped}")).await;
     converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
 
     let (status, body) = call(orders.addr("outbound"), "payments", "/echo").await;
@@ -86,6 +111,12 @@ spec:
     // The gate is SERVER only: orders' own calls out do not pass it.
     let (status, body) = call(orders.addr("outbound"), "reviews", "/echo").await;
     assert_ne!(status, 403, "{body}");
+
+    // Port scopes: orders' call to payments' port 9999 meets the client-side plugin scoped
+    // to it; its calls on port 80 (above) did not, nor did the server-side one scoped to port 1.
+    let (status, body) = call(orders.addr("outbound"), "payments:9999", "/echo").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(ORDERS_ID), "{body}");
 }
 
 /// A `prometheus` process scraping `targets` every second, with its data in `dir`; killed on

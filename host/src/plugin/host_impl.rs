@@ -318,9 +318,12 @@ impl request::Host for PluginCtx {
         // Scopes are interned when their plugins are prepared, so a name not interned yet is
         // no plugin's scope: NONE serves it the same, without storing what the plugin sent.
         self.request.route = if self.services.routes_scoped.load(Ordering::Relaxed) {
-            RouteId(self.services.names.lookup(&name))
+            RouteId {
+                name: self.services.names.lookup(&name),
+                port: self.request.route.port,
+            }
         } else {
-            RouteId::NONE
+            RouteId::on_port(self.request.route.port)
         };
     }
 

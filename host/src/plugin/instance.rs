@@ -60,6 +60,8 @@ pub struct PluginSpec {
     /// The routes it runs for (VirtualService `http` entry names, as an earlier plugin names
     /// them with `set-route`); empty: every call.
     pub routes: Vec<String>,
+    /// The ports it runs for (a WasmPlugin's `match[].ports`); empty: every port.
+    pub ports: Vec<u16>,
 }
 
 impl PluginSpec {
@@ -71,6 +73,7 @@ impl PluginSpec {
             fail_strategy: FailStrategy::FailOpen,
             limits: Limits::default(),
             routes: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -103,7 +106,7 @@ pub struct Plugin {
     digest: String,
     spec: PluginSpec,
     // `spec.routes` interned, so the per-hook check compares integers; empty: every call.
-    scope: Box<[RouteId]>,
+    scope: Box<[u32]>,
     hooks: HookSet,
     engine: Engine,
     pre: PluginPre<PluginCtx>,
@@ -150,7 +153,7 @@ impl Plugin {
             scope: spec
                 .routes
                 .iter()
-                .map(|r| RouteId(services.names.intern(r)))
+                .map(|r| services.names.intern(r))
                 .collect(),
             spec,
             hooks: HookSet::default(),
@@ -205,7 +208,8 @@ impl Plugin {
     /// Whether it runs for a call on `route`: always when unscoped, else only on its routes.
     #[inline]
     pub fn serves(&self, route: RouteId) -> bool {
-        self.scope.is_empty() || self.scope.contains(&route)
+        (self.scope.is_empty() || self.scope.contains(&route.name))
+            && (self.spec.ports.is_empty() || self.spec.ports.contains(&route.port))
     }
 
     /// Instances idle in its pool.

@@ -153,14 +153,20 @@ async fn answer(
     let (mut parts, incoming) = req.into_parts();
     // What the caller's sidecar says of its workload is for the plugins, never for the app.
     let metadata = parts.headers.remove(PEER_METADATA);
+    let port = parts
+        .headers
+        .remove(headers::TARGET_PORT)
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
     let routes = inputs.routes.load_full();
     let mut call = routes.server.as_ref().map(|server| {
+        let app_port = inputs.settings.app_at(port).map_or(0, |a| a.port());
         ServerCall::new(
             &inputs,
             server,
             &peer,
             metadata.as_ref(),
             parts.version,
+            app_port,
             start,
         )
     });
@@ -202,10 +208,6 @@ async fn answer(
         parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
     }
     let upgrade = super::upgrade::take(&mut parts);
-    let port = parts
-        .headers
-        .remove(headers::TARGET_PORT)
-        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.ask_again(&mut parts.headers);

@@ -304,7 +304,14 @@ async fn route(
         .as_ref()
         .and_then(|_| parts.headers.get(crate::spans::TRACEPARENT).cloned());
     headers::ensure_ids(&mut parts.headers, || inputs.random());
-    let port = peer.original_addr.map_or(80, |d| d.port());
+    // The service port the app called: as its authority says, else where capture found it
+    // going, else 80.
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.ends_with(']') || authority.starts_with('['))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .or(peer.original_addr.map(|d| d.port()))
+        .unwrap_or(80);
     let span = routes.tracing.client.as_ref().and_then(|t| {
         let fqdn = crate::names::fqdn(&route.service);
         super::call_spans::begin(
@@ -341,7 +348,6 @@ async fn route(
     }
     let log = (!routes.access_log.client.is_empty() || inputs.tap.active()).then(|| {
         let entry = super::logging::start(&parts, Some(&authority), peer.addr);
-        let port = peer.original_addr.map_or(80, |d| d.port());
         Box::new((entry, port))
     });
     let protocol = if parts.version == Version::HTTP_2 {
@@ -355,7 +361,7 @@ async fn route(
         id,
         start,
         route: route.clone(),
-        route_id: RouteId::NONE,
+        route_id: RouteId::on_port(port),
         summary: CallSummary {
             call_id: id,
             status: 0,
@@ -400,7 +406,7 @@ async fn route(
         per_try_timeout: None,
         timeout: None,
         delay: None,
-        route: RouteId::NONE,
+        route: RouteId::on_port(port),
         mirrors: Vec::new(),
         keep_route_name: call.log.is_some() || call.explain.is_some(),
         route_name: None,

@@ -126,6 +126,7 @@ fn load_chain(
         let mut spec = PluginSpec::new(p.name.clone(), config);
         spec.fail_strategy = p.fail_strategy;
         spec.routes = p.routes.clone();
+        spec.ports = p.ports.clone();
         spec.limits = sources.limits;
         let path;
         let mut expected = p.sha256.as_deref();

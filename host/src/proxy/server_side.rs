@@ -84,6 +84,8 @@ pub(super) struct ServerCall {
     inputs: Arc<Inputs>,
     chain: Arc<Chain>,
     authorize_after: usize,
+    /// The scope plugins are judged against: no route, the app's port.
+    scope: RouteId,
     id: u64,
     start: Instant,
     source: Arc<str>,
@@ -101,6 +103,7 @@ impl ServerCall {
         peer: &Peer,
         metadata: Option<&HeaderValue>,
         version: http::Version,
+        app_port: u16,
         start: Instant,
     ) -> ServerCall {
         let (identity, workload, source) = caller_ids(inputs, peer, metadata);
@@ -109,6 +112,7 @@ impl ServerCall {
             inputs: inputs.clone(),
             chain: server.chain.clone(),
             authorize_after: server.authorize_after,
+            scope: RouteId::on_port(app_port),
             id,
             start,
             source,
@@ -175,6 +179,7 @@ impl ServerCall {
                 service: self.inputs.settings.service_key.clone(),
                 subset: None,
             },
+            route: self.scope,
             ..RequestHead::default()
         };
         let decided = self.chain.on_request_between(self.id, &mut head, from, to);
@@ -230,7 +235,7 @@ impl ServerCall {
         let mut payload = reply.body;
         let back = self
             .chain
-            .on_local_reply(self.id, &mut head, RouteId::NONE, at);
+            .on_local_reply(self.id, &mut head, self.scope, at);
         if back.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
@@ -268,7 +273,7 @@ impl ServerCall {
             headers: std::mem::take(&mut parts.headers),
             attempts: 1,
         };
-        let decided = self.chain.on_response(self.id, &mut head, RouteId::NONE);
+        let decided = self.chain.on_response(self.id, &mut head, self.scope);
         if decided.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
@@ -305,7 +310,7 @@ impl ServerCall {
         s.response_bytes = response_bytes;
         s.response_flags |= flags;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
-        self.chain.on_done(&s, RouteId::NONE);
+        self.chain.on_done(&s, self.scope);
     }
 }
 

@@ -160,6 +160,7 @@ pub(in crate::control) fn builtin(name: &str, config: Value) -> PluginRef {
         config,
         fail_strategy: FailStrategy::FailOpen,
         routes: Vec::new(),
+        ports: Vec::new(),
     }
 }
 
@@ -194,5 +195,7 @@ pub(super) fn wasm_plugin_ref(r: &Resource, wp: &WasmPlugin) -> Result<PluginRef
             _ => FailStrategy::FailClosed,
         },
         routes: wp.routes.clone(),
+        // Per side: set where the plugin joins a chain (see `WasmPlugin::ports_on`).
+        ports: Vec::new(),
     })
 }

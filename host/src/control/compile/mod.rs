@@ -275,7 +275,10 @@ pub fn compile_in(
             mine.iter()
                 .filter(move |(_, wp, _, _)| wp.phase() == phase && wp.runs_on(true))
                 .filter(move |(_, _, t, p)| applies(t) && !overrides(p) && p.routes.is_empty())
-                .map(|(_, _, _, p)| p.clone())
+                .map(|(_, wp, _, p)| PluginRef {
+                    ports: wp.ports_on(true),
+                    ..p.clone()
+                })
         };
         // Route-scoped plugins, in phase and priority order as `mine` is sorted.
         let scoped: Vec<PluginRef> = mine
@@ -283,7 +286,10 @@ pub fn compile_in(
             .filter(|(_, wp, t, p)| {
                 applies(t) && !overrides(p) && !p.routes.is_empty() && wp.runs_on(true)
             })
-            .map(|(_, _, _, p)| p.clone())
+            .map(|(_, wp, _, p)| PluginRef {
+                ports: wp.ports_on(true),
+                ..p.clone()
+            })
             .collect();
 
         let mut plugins: Vec<PluginRef> = Vec::new();
@@ -419,7 +425,10 @@ fn server_chain(
         mine.iter()
             .filter(here)
             .filter(move |(_, wp, _, p)| wp.phase() == phase && !overrides(p))
-            .map(|(_, _, _, p)| p.clone())
+            .map(|(_, wp, _, p)| PluginRef {
+                ports: wp.ports_on(false),
+                ..p.clone()
+            })
     };
     let mut plugins: Vec<PluginRef> = phase(Phase::Authn).chain(phase(Phase::Authz)).collect();
     let authorize_after = plugins.len();

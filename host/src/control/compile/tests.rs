@@ -484,14 +484,30 @@ fn match_modes_place_plugins_on_either_side_as_istio_does() {
 }
 
 #[test]
-fn a_port_selector_is_refused_by_name() {
+fn port_selectors_scope_a_plugin_per_side() {
     let text = wasm_doc(
         "ported",
-        "  url: file:///p.wasm\n  match: [{ mode: SERVER, ports: [{ number: 8080 }] }]\n",
+        "  url: file:///p.wasm\n  match: [{ mode: SERVER, ports: [{ number: 8080 }, { number: 9090 }] }, { mode: CLIENT }]\n",
     );
-    let err = crate::control::istio::parse_yaml(&text, "p.yaml").expect_err("refused");
+    let resources = parse(&text);
+    let workloads = mesh();
+    let s = snapshot_for(&resources, &workloads, &workloads[0]);
+    assert_eq!(plugin(&s, "orders", "ported").ports, Vec::<u16>::new());
+    let server = s
+        .inbound
+        .plugins
+        .iter()
+        .find(|p| p.name == "ported")
+        .expect("server side");
+    assert_eq!(server.ports, [8080, 9090]);
+    let bad = wasm_doc(
+        "ported",
+        "  url: file:///p.wasm\n  match: [{ ports: [{ number: 70000 }] }]\n",
+    );
+    let err = crate::control::istio::parse_yaml(&bad, "p.yaml").expect_err("refused");
     assert!(
-        err.iter().any(|e| e.contains("spec.match[0].ports")),
+        err.iter()
+            .any(|e| e.contains("spec.match[0].ports[0].number: 70000 is not a port")),
         "{err:?}"
     );
 }

@@ -114,6 +114,16 @@ pub fn validate(
                     wasm_names.insert(r.name.as_str(), r);
                 }
                 check_routes(r, wp, &catalog, &mut errors);
+                if BUILTIN_NAMES.contains(&r.name.as_str())
+                    && wp.traffic.iter().any(|t| !t.ports.is_empty())
+                {
+                    errors.push(format!(
+                        "{}: spec.match[].ports: {} is a new build of the built-in {} and takes its place on every port; it cannot be scoped to ports",
+                        r.origin(),
+                        r.name,
+                        r.name
+                    ));
+                }
                 if let Ok(WasmSource::Stored(hex)) = wp.source()
                     && !artifact_known(&hex)
                 {

@@ -85,12 +85,24 @@ pub struct TargetRef {
 }
 
 /// Istio's `TrafficSelector`: which side of a workload's calls a WasmPlugin runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficSelector {
     /// The side; unset: both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<TrafficMode>,
+    /// The ports (on the client side the service port called, on the server side the app's
+    /// port); none: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSelector>,
+}
+
+/// Istio's `PortSelector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSelector {
+    /// The port number.
+    pub number: u32,
 }
 
 /// Istio's `WorkloadMode` of `istio.type.v1beta1`, which WasmPlugin selectors use.
@@ -169,6 +181,17 @@ pub enum WasmSource {
     Stored(String),
 }
 
+impl TrafficSelector {
+    /// Whether it selects that side of a workload's calls.
+    fn covers(&self, client: bool) -> bool {
+        match self.mode {
+            None | Some(TrafficMode::Undefined | TrafficMode::ClientAndServer) => true,
+            Some(TrafficMode::Client) => client,
+            Some(TrafficMode::Server) => !client,
+        }
+    }
+}
+
 impl WasmPlugin {
     /// Reads `url`.
     pub fn source(&self) -> Result<WasmSource, String> {
@@ -233,12 +256,25 @@ impl WasmPlugin {
     /// Whether it runs on the client side (`client`) or the server side of a workload's calls,
     /// as Istio reads `match`: any selector whose mode covers the side; none: both sides.
     pub fn runs_on(&self, client: bool) -> bool {
-        self.traffic.is_empty()
-            || self.traffic.iter().any(|t| match t.mode {
-                None | Some(TrafficMode::Undefined | TrafficMode::ClientAndServer) => true,
-                Some(TrafficMode::Client) => client,
-                Some(TrafficMode::Server) => !client,
-            })
+        self.traffic.is_empty() || self.traffic.iter().any(|t| t.covers(client))
+    }
+
+    /// The ports it runs for on that side: every port any selector covering the side names;
+    /// empty (every port) when one of them names none.
+    pub fn ports_on(&self, client: bool) -> Vec<u16> {
+        let covering: Vec<&TrafficSelector> =
+            self.traffic.iter().filter(|t| t.covers(client)).collect();
+        if covering.is_empty() || covering.iter().any(|t| t.ports.is_empty()) {
+            return Vec::new();
+        }
+        let mut ports: Vec<u16> = covering
+            .iter()
+            .flat_map(|t| &t.ports)
+            .filter_map(|p| u16::try_from(p.number).ok())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Whether a sidecar whose workload carries `labels` runs it.
@@ -251,10 +287,8 @@ impl WasmPlugin {
     }
 }
 
-pub(in crate::control) const WASM_UNSUPPORTED: Unsupported = &[
-    ("", &["imagePullSecret", "vmConfig"]),
-    ("match[]", &["ports"]),
-];
+pub(in crate::control) const WASM_UNSUPPORTED: Unsupported =
+    &[("", &["imagePullSecret", "vmConfig"])];
 
 /// A WasmPlugin's route scope from its annotation: comma-separated names, each trimmed and
 /// non-empty, duplicates dropped; none without the annotation.
@@ -404,6 +438,16 @@ pub(super) fn check_wasm_plugin(wp: &WasmPlugin, namespace: &str, problems: &mut
             "spec.failStrategy",
             "FAIL_RELOAD is not supported by Weft yet (use FAIL_CLOSE or FAIL_OPEN)",
         );
+    }
+    for (i, t) in wp.traffic.iter().enumerate() {
+        for (j, p) in t.ports.iter().enumerate() {
+            if !(1..=65_535).contains(&p.number) {
+                problems.at(
+                    format!("spec.match[{i}].ports[{j}].number"),
+                    format!("{} is not a port (1 to 65535)", p.number),
+                );
+            }
+        }
     }
     if wp.plugin_type == Some(PluginType::Network) {
         problems.at("spec.type", "NETWORK plugins are not supported by Weft yet");
