@@ -186,8 +186,9 @@ PIDS+=($!); LP_PID=$!
 taskset -c 1 "$WEFT" sidecar --config "$WORK/orders-logged.json" >"$WORK/orders-access.log" 2>"$WORK/orders-logged.log" &
 PIDS+=($!); LO_PID=$!
 # The Weft pair with mTLS: certificates from weft control (the mesh CA), STRICT inbound. The
-# control plane compiles the chain: with no VirtualService, Istio's default retry plus
-# telemetry, so this pair also runs two plugins.
+# control plane compiles the chains: with no VirtualService, Istio's default retry plus
+# telemetry on the caller's side, and telemetry (reporting as the destination) in the
+# destination's server-side chain.
 taskset -c 1 "$WEFT" control --data "$WORK/cp" --listen "127.0.0.1:$CP" >"$WORK/control.log" 2>&1 &
 PIDS+=($!); CP_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/cp/bundle.pem" ] && break; sleep 0.1; done
@@ -255,7 +256,7 @@ measure() {
   measure "weft pair, empty, spans 100%" "$SA_OUT" "$SA_PID $SAP_PID"
   measure "floor pair, mTLS 1.3"      "$FL_TA"   "$FL_TA_PID $FL_TB_PID"
   measure "nginx pair, mTLS 1.3"      "$NGX_TA"  "$NGX_TA_PID $NGX_TB_PID"
-  measure "weft pair, mTLS (2 plugins)" "$TO_OUT" "$TO_PID $TP_PID"
+  measure "weft pair, mTLS (cp chains)" "$TO_OUT" "$TO_PID $TP_PID"
   echo
   echo "CPU is summed and RSS is the largest over each path's proxy processes (the backend is a"
   echo "separate nginx process, not counted). The nginx pair is two nginx processes"
