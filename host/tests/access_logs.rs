@@ -105,6 +105,21 @@ async fn telemetry_turns_on_access_logs_with_envoys_fields_on_each_side() {
     );
     // One call, one request id on both sides.
     assert_eq!(failed["request_id"].as_str(), Some(quoted(&server[2], 4)));
+    // Bytes received are the body's bytes as the app read them, not what a header claimed.
+    let req = Request::post(format!("http://{out}/echo"))
+        .header("host", "payments")
+        .body(full("0123456789"))
+        .expect("request");
+    let (status, _, echoed) = read(client.request(req).await.expect("call")).await;
+    assert_eq!((status.as_u16(), echoed.len()), (200, 10));
+    let posted = lines(&payments, 1);
+    let counts: Vec<&str> = posted[0]
+        .split('"')
+        .nth(4)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(counts.get(..2), Some(&["10", "10"][..]), "{}", posted[0]);
     let more: Vec<String> = orders
         .lines
         .try_iter()

@@ -28,7 +28,7 @@ pub async fn handle(
     peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     if req.method() == http::Method::CONNECT {
-        return answer(inputs, req, peer).await;
+        return answer(inputs, req, peer, None).await;
     }
     let routes = inputs.routes.load();
     let logged = !routes.access_log.server.is_empty() || inputs.tap.active();
@@ -70,7 +70,7 @@ pub async fn handle(
     });
     drop(routes);
     if !logged && span.is_none() {
-        return answer(inputs, req, peer).await;
+        return answer(inputs, req, peer, None).await;
     }
     let (parts, body) = req.into_parts();
     let mut entry = logged.then(|| {
@@ -83,31 +83,25 @@ pub async fn handle(
         {
             entry.authority = Some(host.to_string());
         }
-        entry.bytes_received = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
         let app = inputs.settings.app_at(port);
         entry.upstream_host = app.map(|a| a.to_string());
         entry.upstream_cluster = Some(format!("inbound|{}||", app.map_or(0, |a| a.port())));
         entry
     });
-    let request_bytes = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    // The request body's bytes as the app reads them.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let source = peer
         .identity
         .as_ref()
         .map_or_else(|| "unknown".to_string(), |id| id.service().to_string());
-    let Ok(resp) = answer(inputs.clone(), Request::from_parts(parts, body), peer).await;
+    let request = Request::from_parts(parts, body);
+    let Ok(resp) = answer(inputs.clone(), request, peer, Some(received.clone())).await;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let reporting = super::body::ReportingBody::new(body, move |end: super::body::BodyEnd| {
         let flags = if end.complete { "-" } else { "DC" };
+        let request_bytes = received.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(span) = span {
             let settings = &inputs.settings;
             span.finish(super::call_spans::End {
@@ -120,6 +114,7 @@ pub async fn handle(
         }
         let Some(entry) = entry.as_mut() else { return };
         entry.response_code = status;
+        entry.bytes_received = request_bytes;
         entry.bytes_sent = end.bytes;
         entry.duration_ms = started.elapsed().as_millis() as u64;
         entry.response_flags = flags.to_string();
@@ -144,6 +139,7 @@ async fn answer(
     inputs: Arc<Inputs>,
     req: Request<Incoming>,
     peer: Arc<Peer>,
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     if req.method() == http::Method::CONNECT {
         return Ok(super::tcp::accept_tunnel(inputs, req, peer).await);
@@ -160,15 +156,14 @@ async fn answer(
     let routes = inputs.routes.load_full();
     let mut call = routes.server.as_ref().map(|server| {
         let app_port = inputs.settings.app_at(port).map_or(0, |a| a.port());
-        ServerCall::new(
-            &inputs,
-            server,
-            &peer,
-            metadata.as_ref(),
-            parts.version,
+        let arrival = server_side::Arrival {
+            metadata: metadata.as_ref(),
+            version: parts.version,
             app_port,
             start,
-        )
+            request_bytes: received.clone(),
+        };
+        ServerCall::new(&inputs, server, &peer, arrival)
     });
     // Refused by the host: back through the plugins that saw the request, if any did.
     let refuse = |call: Option<ServerCall>, status: StatusCode, text: String, before: usize| {
@@ -304,8 +299,15 @@ async fn answer(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
-    let body = match &call {
-        Some(c) => c.count_request(incoming),
+    // Counted as the app reads it, when the server-side chain or the access log wants it.
+    let counter = call.as_ref().map(ServerCall::request_counter).or(received);
+    let body = match counter {
+        Some(bytes) => {
+            super::body::ReportingBody::new(incoming, move |end: super::body::BodyEnd| {
+                bytes.store(end.bytes, std::sync::atomic::Ordering::Relaxed);
+            })
+            .boxed_unsync()
+        }
         None => incoming.boxed_unsync(),
     };
     let upstream = Request::from_parts(parts, body);

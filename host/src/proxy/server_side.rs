@@ -94,18 +94,36 @@ pub(super) struct ServerCall {
     done: bool,
 }
 
+/// What is known of a call into the workload as it arrives.
+pub(super) struct Arrival<'a> {
+    /// What the caller's sidecar said of its workload (already taken out of the request: the
+    /// app never sees it).
+    pub metadata: Option<&'a HeaderValue>,
+    /// The caller's HTTP version.
+    pub version: http::Version,
+    /// The app's port the call goes to.
+    pub app_port: u16,
+    /// When its head arrived.
+    pub start: Instant,
+    /// Where the request body's bytes are counted, if someone else reads them too.
+    pub request_bytes: Option<Arc<AtomicU64>>,
+}
+
 impl ServerCall {
-    /// Starts a call from `peer`, with the metadata its sidecar sent (already taken out of the
-    /// request: the app never sees it).
+    /// Starts a call from `peer`.
     pub(super) fn new(
         inputs: &Arc<Inputs>,
         server: &ServerChain,
         peer: &Peer,
-        metadata: Option<&HeaderValue>,
-        version: http::Version,
-        app_port: u16,
-        start: Instant,
+        arrival: Arrival<'_>,
     ) -> ServerCall {
+        let Arrival {
+            metadata,
+            version,
+            app_port,
+            start,
+            request_bytes,
+        } = arrival;
         let (identity, workload, source) = caller_ids(inputs, peer, metadata);
         let id = inputs.next_call_id();
         ServerCall {
@@ -137,7 +155,7 @@ impl ServerCall {
                 },
                 response_flags: ResponseFlags::empty(),
             },
-            request_bytes: Arc::new(AtomicU64::new(0)),
+            request_bytes: request_bytes.unwrap_or_default(),
             done: false,
         }
     }
@@ -250,13 +268,9 @@ impl ServerCall {
         resp
     }
 
-    /// Counts the request body's bytes as the app reads them.
-    pub(super) fn count_request(&self, body: body::Downstream) -> ProxyBody {
-        let bytes = self.request_bytes.clone();
-        ReportingBody::new(body, move |end: BodyEnd| {
-            bytes.store(end.bytes, Ordering::Relaxed);
-        })
-        .boxed_unsync()
+    /// Where the request body's bytes are counted as the app reads them.
+    pub(super) fn request_counter(&self) -> Arc<AtomicU64> {
+        self.request_bytes.clone()
     }
 
     /// The app's answer (or the host's, when the app could not give one) through `on-response`;
