@@ -239,3 +239,107 @@ spec:
         app.addr.to_string()
     );
 }
+
+/// Waits up to 20 s for `path` to hold `n` lines.
+async fn file_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} holds {} of {n} lines: {lines:#?}",
+            path.display(),
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_file_access_log_provider_appends_to_its_file_and_a_broken_one_costs_no_call() {
+    let logs = tempfile::tempdir().expect("dir");
+    let file = logs.path().join("access.log");
+    let broken = logs.path().join("no-such-dir/access.log");
+    let mesh = support::mesh::write(
+        logs.path(),
+        "mesh.yaml",
+        &format!(
+            "extensionProviders:\n- name: file\n  envoyFileAccessLog: {{ path: {} }}\n- name: broken\n  envoyFileAccessLog: {{ path: {} }}\n",
+            file.display(),
+            broken.display()
+        ),
+    );
+    let m = TestMesh::start_with(&["--mesh-config", mesh.to_str().expect("utf-8")]);
+    let app = App::start("payments").await;
+    let payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    m.apply(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: payments-to-file }
+spec:
+  selector: { matchLabels: { app: payments } }
+  accessLogging: [{ providers: [{ name: file }] }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: orders-to-nowhere }
+spec:
+  selector: { matchLabels: { app: orders } }
+  accessLogging: [{ providers: [{ name: broken }] }]
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+
+    let out = orders.addr("outbound");
+    let client = h1_client();
+    for path in ["/charge", "/status/503"] {
+        let req = Request::get(format!("http://{out}{path}"))
+            .header("host", "payments")
+            .body(full(""))
+            .expect("request");
+        let (status, _, _) = read(client.request(req).await.expect("call")).await;
+        assert_ne!(status.as_u16(), 0);
+    }
+    // payments' lines are in the file, in Envoy's text format, not on its stdout.
+    let written = file_lines(&file, 2).await;
+    assert_eq!(
+        quoted(&written[0], 0),
+        "GET /charge HTTP/1.1",
+        "{written:?}"
+    );
+    assert!(written[0].contains("inbound|"), "{written:?}");
+    assert_eq!(quoted(&written[1], 0), "GET /status/503 HTTP/1.1");
+    let on_stdout: Vec<String> = payments
+        .lines
+        .try_iter()
+        .filter(|l| !l.starts_with("weft "))
+        .collect();
+    assert!(on_stdout.is_empty(), "{on_stdout:?}");
+    // orders' file cannot be opened: its calls answered all the same, and the lost lines
+    // are counted.
+    let admin = orders.addr("admin");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = Request::get(format!("http://{admin}/metrics"))
+            .body(full(""))
+            .expect("request");
+        let (_, _, body) = read(client.request(req).await.expect("scrape")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if body.lines().any(|l| l == "weft_access_log_dropped_total 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dropped lines counted:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!broken.exists());
+}

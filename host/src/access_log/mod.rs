@@ -180,6 +180,9 @@ pub struct Sink {
     /// Only calls the expression holds for (Istio's CEL, the subset [`Filter`] reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// The file lines are appended to; none: stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A sidecar's access logging, per side of its calls; both empty: off.

@@ -226,7 +226,7 @@ fn check(
     }
     let known = |d: &str| shared.store.has_artifact(d);
     let warnings = compile::validate(&resources, &known)?;
-    let unknown = tracing_providers(&resources, config);
+    let unknown = config.undefined_providers(&resources);
     if !unknown.is_empty() {
         return Err(unknown);
     }
@@ -327,36 +327,4 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
         ),
         Err(refused) => error(StatusCode::INTERNAL_SERVER_ERROR, refused),
     }
-}
-
-/// Telemetry resources naming a tracing provider the mesh configuration does not define: the
-/// name is a reference, refused like a dangling one in Istio.
-fn tracing_providers(
-    resources: &[Resource],
-    config: &crate::control::mesh_config::MeshConfig,
-) -> Vec<String> {
-    let defined: Vec<&str> = config
-        .extension_providers
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    let mut errors = Vec::new();
-    for r in resources {
-        let istio::Spec::Telemetry(t) = &r.spec else {
-            continue;
-        };
-        for (i, entry) in t.tracing.iter().enumerate() {
-            for (j, p) in entry.providers.iter().enumerate() {
-                if config.provider(&p.name).is_none() {
-                    errors.push(format!(
-                        "{}: spec.tracing[{i}].providers[{j}].name: provider {:?} is not defined in the mesh configuration (weft control --mesh-config; defined: {})",
-                        r.origin(),
-                        p.name,
-                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
-                    ));
-                }
-            }
-        }
-    }
-    errors
 }

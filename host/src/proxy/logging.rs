@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 pub struct Sink {
     encoding: Encoding,
     filter: Option<Filter>,
+    /// Its file; none: stdout.
+    path: Option<std::sync::Arc<str>>,
 }
 
 /// Both sides' sinks.
@@ -29,6 +31,7 @@ impl Sinks {
                 .map(|s| Sink {
                     encoding: s.encoding,
                     filter: s.filter.as_deref().and_then(|f| Filter::parse(f).ok()),
+                    path: s.path.as_deref().map(std::sync::Arc::from),
                 })
                 .collect()
         };
@@ -142,7 +145,7 @@ pub fn emit(writer: &Writer, sinks: &[Sink], entry: &Entry) {
     };
     for sink in sinks {
         if sink.filter.as_ref().is_none_or(|f| f.admits(&call)) {
-            writer.write(entry.format(sink.encoding));
+            writer.write(sink.path.clone(), entry.format(sink.encoding));
         }
     }
 }

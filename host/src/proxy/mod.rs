@@ -521,7 +521,7 @@ impl Sidecar {
             table.clone(),
         )?))?;
         let access_log =
-            crate::access_log::Writer::stdout(&registry).map_err(SidecarError::AccessLog)?;
+            crate::access_log::Writer::start(&registry).map_err(SidecarError::AccessLog)?;
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -12,6 +12,7 @@ pub(super) fn access_logging(
     catalog: &Catalog,
     me: &Workload,
     labels: &BTreeMap<String, String>,
+    mesh: &MeshConfig,
 ) -> crate::access_log::Sides {
     let mut levels: [Option<&crate::control::istio::Telemetry>; 3] = [None; 3];
     for (r, t) in &catalog.telemetries {
@@ -28,7 +29,7 @@ pub(super) fn access_logging(
         .rev()
         .flatten()
         .next()
-        .map(|t| t.logging())
+        .map(|t| t.logging(mesh))
         .unwrap_or_default()
 }
 

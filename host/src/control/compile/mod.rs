@@ -398,7 +398,7 @@ pub fn compile_in(
         .collect();
     snapshot.inbound.peer_authentication =
         peer_authentication(&catalog, me, &labels, &mut warnings);
-    snapshot.access_log = access_logging(&catalog, me, &labels);
+    snapshot.access_log = access_logging(&catalog, me, &labels, mesh);
     snapshot.tracing = tracing::tracing(&catalog, me, &labels, mesh);
     let domain = crate::names::cluster_domain();
     snapshot.cluster_domain =

@@ -1554,6 +1554,7 @@ spec:
     let text_sink = Sink {
         encoding: Encoding::Text,
         filter: None,
+        path: None,
     };
     // Mesh-wide: orders and payments v1 log both sides in text.
     for me in [&workloads[0], &workloads[2]] {
@@ -1566,6 +1567,7 @@ spec:
     let json_errors = Sink {
         encoding: Encoding::Json,
         filter: Some("response.code >= 500".into()),
+        path: None,
     };
     assert_eq!(v2.access_log.server, vec![json_errors.clone()]);
     assert_eq!(v2.access_log.client, vec![json_errors]);

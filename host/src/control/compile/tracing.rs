@@ -67,10 +67,10 @@ pub(super) fn tracing(
         }
     }
     let resolve = |side: &Side| -> Option<TraceSide> {
-        let provider = mesh.provider(side.provider.as_deref()?)?;
+        let provider = mesh.tracer(side.provider.as_deref()?)?;
         Some(TraceSide {
-            endpoint: provider.opentelemetry.endpoint(),
-            timeout: provider.opentelemetry.http.timeout.clone(),
+            endpoint: provider.endpoint(),
+            timeout: provider.http.timeout.clone(),
             sampling: side.sampling.unwrap_or(DEFAULT_SAMPLING),
             report: side.report,
         })

@@ -206,8 +206,12 @@ impl Telemetry {
     }
 
     /// What its access logging gives each side: entries in order, a later one for the same
-    /// provider and side replacing an earlier one, `disabled` removing it.
-    pub fn logging(&self) -> crate::access_log::Sides {
+    /// provider and side replacing an earlier one, `disabled` removing it; providers are
+    /// Istio's built-in ones or `mesh`'s file providers.
+    pub fn logging(
+        &self,
+        mesh: &crate::control::mesh_config::MeshConfig,
+    ) -> crate::access_log::Sides {
         let mut out = crate::access_log::Sides::default();
         for entry in &self.access_logging {
             let mode = entry
@@ -221,7 +225,7 @@ impl Telemetry {
                 WorkloadMode::Server => &[false],
             };
             for provider in &entry.providers {
-                let Some(encoding) = crate::access_log::provider(&provider.name) else {
+                let Some((encoding, path)) = mesh.access_log(&provider.name) else {
                     continue;
                 };
                 for &client in sides {
@@ -230,11 +234,12 @@ impl Telemetry {
                     } else {
                         &mut out.server
                     };
-                    list.retain(|s| s.encoding != encoding);
+                    list.retain(|s| (s.encoding, &s.path) != (encoding, &path));
                     if entry.disabled != Some(true) {
                         list.push(crate::access_log::Sink {
                             encoding,
                             filter: entry.filter.as_ref().map(|f| f.expression.clone()),
+                            path: path.clone(),
                         });
                     }
                 }
@@ -293,18 +298,7 @@ pub(super) fn check_telemetry(t: &Telemetry, problems: &mut Problems) {
     }
     for (i, entry) in t.access_logging.iter().enumerate() {
         let at = format!("spec.accessLogging[{i}]");
-        for (j, p) in entry.providers.iter().enumerate() {
-            if crate::access_log::provider(&p.name).is_none() {
-                problems.at(
-                    format!("{at}.providers[{j}].name"),
-                    format!(
-                        "provider {:?} is not defined (Weft's mesh configuration defines {})",
-                        p.name,
-                        crate::access_log::PROVIDERS
-                    ),
-                );
-            }
-        }
+        // Provider names are checked where the mesh configuration is known: when applied.
         if let Some(f) = &entry.filter
             && let Err(e) = crate::access_log::Filter::parse(&f.expression)
         {
