@@ -279,6 +279,31 @@ pub struct Service {
     /// service's names with it, and captured connections to it are the service's calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// Circuit breaking, per destination (the service, and each subset on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+}
+
+/// Bounds on one destination's connections, requests and retries (Envoy's circuit
+/// breakers, from a DestinationRule's `connectionPool`); absent means unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// HTTP/1.1 connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Requests sent on one HTTP/1.1 connection before it is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
 }
 
 /// An endpoint.

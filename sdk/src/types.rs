@@ -201,12 +201,15 @@ impl ResponseFlags {
     pub const LOCAL_REPLY: ResponseFlags = ResponseFlags(1 << 7);
     /// A plugin failed.
     pub const PLUGIN_FAILURE: ResponseFlags = ResponseFlags(1 << 8);
+    /// The destination's circuit breaker refused the request (UO).
+    pub const UPSTREAM_OVERFLOW: ResponseFlags = ResponseFlags(1 << 9);
 
-    const CODES: [(ResponseFlags, &'static str); 9] = [
+    const CODES: [(ResponseFlags, &'static str); 10] = [
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::UPSTREAM_TIMEOUT, "UT"),
         (Self::UPSTREAM_RESET, "UR"),
+        (Self::UPSTREAM_OVERFLOW, "UO"),
         (Self::RETRY_LIMIT_EXCEEDED, "URX"),
         (Self::DOWNSTREAM_DISCONNECT, "DC"),
         (Self::NO_ROUTE, "NR"),

@@ -9,13 +9,23 @@
 //! busy ones, drops closed and long-idle ones, and connects when none is ready. A request that
 //! a pooled connection could not send (the peer closed it meanwhile) is sent once more on a
 //! new connection, as nothing of it reached the peer.
+//!
+//! A destination with a circuit breaker (`connectionPool`) keeps its connections apart, keyed
+//! by endpoint and breaker, and bounded as Envoy bounds an HTTP/1.1 cluster: a request that
+//! finds no ready connection waits as pending (if `http1MaxPendingRequests` allows; else it
+//! overflows) until it may open one (`maxConnections`) or one becomes free, whose current
+//! response it then waits out; a connection that has carried `maxRequestsPerConnection`
+//! requests is closed after its last.
 
 use super::body::ProxyBody;
+use super::breaker::{Breaker, Slot};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long an unused connection is kept.
@@ -33,6 +43,8 @@ pub enum PeerError {
     Connect(BoxError),
     /// The connection failed during the exchange.
     Http(hyper::Error),
+    /// The destination's circuit breaker refused it: too many requests pending.
+    Overflow,
 }
 
 impl std::fmt::Display for PeerError {
@@ -40,13 +52,20 @@ impl std::fmt::Display for PeerError {
         match self {
             PeerError::Connect(e) => write!(f, "connect: {e}"),
             PeerError::Http(e) => write!(f, "{e}"),
+            PeerError::Overflow => write!(f, "too many requests waiting for a connection"),
         }
     }
 }
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
+}
+
+/// A connection's sender and the requests it has carried.
+struct Conn {
+    sender: SendRequest<ProxyBody>,
+    used: u32,
 }
 
 /// The pool, connecting through `C` (a counting connector around the peers' or the app's).
@@ -74,6 +93,15 @@ where
     /// Sends `req` (its URI `http://<endpoint>/path`) to its endpoint over HTTP/1.1, in origin
     /// form.
     pub async fn request(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, PeerError> {
+        self.request_within(req, None).await
+    }
+
+    /// [`H1Pool::request`] within `breaker`'s connection bounds, if any.
+    pub async fn request_within(
+        &self,
+        req: Request<ProxyBody>,
+        breaker: Option<&Arc<Breaker>>,
+    ) -> Result<Response<Incoming>, PeerError> {
         let Some(key) = req.uri().authority().cloned() else {
             return Err(PeerError::Connect("the request names no endpoint".into()));
         };
@@ -97,10 +125,17 @@ where
         if let Ok(origin) = http::Uri::from_parts(origin) {
             *req.uri_mut() = origin;
         }
-        if let Some(mut sender) = self.checkout(key.as_str()) {
-            match sender.try_send_request(req).await {
+        let bounded = breaker.filter(|b| b.bounds_connections());
+        let key: Cow<'_, str> = match bounded {
+            Some(b) => Cow::Owned(format!("{key}#{}", b.id)),
+            None => Cow::Borrowed(key.as_str()),
+        };
+        let per_connection = bounded.map_or(0, |b| b.per_connection());
+        if let Some(mut conn) = self.checkout(&key, false) {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin(key.as_str(), sender);
+                    conn.used += 1;
+                    self.checkin(&key, conn, per_connection, bounded);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -110,14 +145,57 @@ where
                 },
             }
         }
-        let mut sender = self.connect(target).await?;
-        let resp = sender.send_request(req).await.map_err(PeerError::Http)?;
-        self.checkin(key.as_str(), sender);
+        let mut conn = match bounded {
+            None => Conn {
+                sender: self.connect(target, None).await?,
+                used: 0,
+            },
+            Some(b) => self.wait_for_connection(&key, target, b).await?,
+        };
+        let resp = conn
+            .sender
+            .send_request(req)
+            .await
+            .map_err(PeerError::Http)?;
+        conn.used += 1;
+        self.checkin(&key, conn, per_connection, bounded);
         Ok(resp)
     }
 
-    /// The newest ready connection to `key`, dropping closed and expired ones on the way.
-    fn checkout(&self, key: &str) -> Option<SendRequest<ProxyBody>> {
+    /// A connection for a request that found none ready, as a pending request of `breaker`:
+    /// a new one if `maxConnections` allows, else the next one freed (waiting out the
+    /// response it carries). Refused at once when too many are pending already.
+    async fn wait_for_connection(
+        &self,
+        key: &str,
+        target: http::Uri,
+        breaker: &Arc<Breaker>,
+    ) -> Result<Conn, PeerError> {
+        let _pending = breaker.pending().ok_or(PeerError::Overflow)?;
+        loop {
+            // Registered before looking, so a connection freed in between still wakes us.
+            let freed = breaker.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(mut conn) = self.checkout(key, true) {
+                if conn.sender.ready().await.is_ok() {
+                    return Ok(conn);
+                }
+                continue;
+            }
+            if let Some(slot) = breaker.connection() {
+                return Ok(Conn {
+                    sender: self.connect(target, Some(slot)).await?,
+                    used: 0,
+                });
+            }
+            freed.await;
+        }
+    }
+
+    /// The newest ready connection to `key` (or, with `busy`, the newest open one),
+    /// dropping closed and expired ones on the way.
+    fn checkout(&self, key: &str, busy: bool) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key)?;
         let now = Instant::now();
@@ -125,18 +203,23 @@ where
         while i > 0 {
             i -= 1;
             let entry = &list[i];
-            if entry.sender.is_closed() || now.duration_since(entry.since) > IDLE_TIMEOUT {
+            if entry.conn.sender.is_closed() || now.duration_since(entry.since) > IDLE_TIMEOUT {
                 list.remove(i);
-            } else if entry.sender.is_ready() {
-                return Some(list.remove(i).sender);
+            } else if busy || entry.conn.sender.is_ready() {
+                return Some(list.remove(i).conn);
             }
         }
         None
     }
 
-    fn checkin(&self, key: &str, sender: SendRequest<ProxyBody>) {
+    /// Returns `conn` to the pool, unless it has carried its `per_connection` requests: then it
+    /// is dropped, and closes once its response is done.
+    fn checkin(&self, key: &str, conn: Conn, per_connection: u32, breaker: Option<&Arc<Breaker>>) {
+        if per_connection != 0 && conn.used >= per_connection {
+            return;
+        }
         let entry = Idle {
-            sender,
+            conn,
             since: Instant::now(),
         };
         let mut idle = self.idle.lock();
@@ -148,9 +231,18 @@ where
                 idle.insert(key.into(), vec![entry]);
             }
         }
+        drop(idle);
+        if let Some(b) = breaker {
+            b.freed.notify_one();
+        }
     }
 
-    async fn connect(&self, uri: http::Uri) -> Result<SendRequest<ProxyBody>, PeerError> {
+    /// A new connection; `slot` (a breaker's count of connections) is held until it closes.
+    async fn connect(
+        &self,
+        uri: http::Uri,
+        slot: Option<Slot>,
+    ) -> Result<SendRequest<ProxyBody>, PeerError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -163,6 +255,7 @@ where
             .await
             .map_err(PeerError::Http)?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!("peer connection ended: {e}");
             }

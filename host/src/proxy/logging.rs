@@ -80,6 +80,7 @@ pub fn envoy_codes(flags: crate::plugin::ResponseFlags) -> String {
         (F::UPSTREAM_CONNECT_FAILURE, "UF"),
         (F::UPSTREAM_TIMEOUT, "UT"),
         (F::UPSTREAM_RESET, "UR"),
+        (F::UPSTREAM_OVERFLOW, "UO"),
         (F::RETRY_LIMIT_EXCEEDED, "URX"),
         (F::DOWNSTREAM_DISCONNECT, "DC"),
         (F::NO_ROUTE, "NR"),

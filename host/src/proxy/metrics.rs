@@ -80,6 +80,8 @@ pub struct ProxyMetrics {
     pub timeouts: IntCounterVec,
     /// Mirrored copies, by destination service and outcome.
     pub mirrors: IntCounterVec,
+    /// Requests and retries a circuit breaker refused, by service, subset and bound.
+    pub overflow: IntCounterVec,
 }
 
 /// Which bound ended a downstream stream (connections: [`crate::conn::Timeout`]).
@@ -239,6 +241,14 @@ impl ProxyMetrics {
             ),
             &["service", "outcome"],
         )?;
+        let overflow = IntCounterVec::new(
+            Opts::new(
+                "weft_upstream_overflow_total",
+                "Requests and retries a circuit breaker (a DestinationRule's connectionPool) refused, by service, subset (empty: none) and limit (requests: http2MaxRequests, pending: http1MaxPendingRequests, retries: maxRetries). A refused request is answered 503 with the UO flag; a refused retry returns the attempt's own answer.",
+            ),
+            &["service", "subset", "limit"],
+        )?;
+        registry.register(Box::new(overflow.clone()))?;
         registry.register(Box::new(mirrors.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(inbound_by_source.clone()))?;
@@ -266,6 +276,7 @@ impl ProxyMetrics {
             inbound_by_source,
             timeouts,
             mirrors,
+            overflow,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod breaker;
 pub mod call_spans;
 pub mod deadline;
 pub mod explain;
@@ -311,6 +312,8 @@ pub struct Inputs {
     pub exporters: parking_lot::Mutex<HashMap<String, Arc<crate::spans::Exporter>>>,
     /// Span export counters.
     pub span_metrics: crate::spans::ExportMetrics,
+    /// Circuit breakers by destination, kept across snapshots.
+    pub breakers: breaker::Breakers,
     /// The token an operator's request carries to get its explanation (`x-weft-debug`).
     pub debug_token: String,
     /// The outbound listener's address, where admin's `/describe` sends its call.
@@ -591,6 +594,7 @@ impl Sidecar {
             tap: tap::Tap::default(),
             exporters: parking_lot::Mutex::new(HashMap::new()),
             span_metrics,
+            breakers: breaker::Breakers::new(metrics.overflow.clone()),
             debug_token: crate::random::secure_bytes()
                 .map(hex::encode)
                 .map_err(SidecarError::Random)?,
@@ -726,6 +730,7 @@ impl Sidecar {
                 &inputs.table,
                 &inputs.metrics,
                 &sources,
+                &inputs.breakers,
             )
         })
         .await

@@ -57,6 +57,8 @@ struct Call {
     span: Option<Box<super::call_spans::Pending>>,
     /// The call's explanation, when an operator asked for one.
     explain: Option<super::explain::Shared>,
+    /// Its place in the destination's `http2MaxRequests`, held while its response lasts.
+    in_flight: Option<super::breaker::Slot>,
 }
 
 impl Call {
@@ -155,9 +157,13 @@ fn classify_h1(err: &super::h1_pool::PeerError) -> (Outcome, String) {
     let outcome = match err {
         super::h1_pool::PeerError::Connect(_) => Outcome::ConnectFailure,
         super::h1_pool::PeerError::Http(_) => Outcome::Reset,
+        super::h1_pool::PeerError::Overflow => return (Outcome::ConnectFailure, OVERFLOW.into()),
     };
     (outcome, err.to_string())
 }
+
+/// What [`classify_h1`] says of a request the circuit breaker kept waiting past its bound.
+const OVERFLOW: &str = "overflow";
 
 /// Handles one request from the local app.
 pub async fn handle(
@@ -386,6 +392,7 @@ async fn route(
         log,
         span,
         explain,
+        in_flight: None,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts
@@ -507,12 +514,12 @@ async fn route(
     };
     call.summary.service = target.service_id;
     call.summary.destination_identity = target.identity_id;
-    let endpoints: &[Arc<Endpoint>] = match &head.destination.subset {
-        None => &target.endpoints,
+    let (endpoints, breaker): (&[Arc<Endpoint>], _) = match &head.destination.subset {
+        None => (&target.endpoints, target.breaker.as_ref()),
         Some(name) => match target.subsets.get(name) {
             Some(subset) => {
                 call.summary.subset = subset.name_id;
-                &subset.endpoints
+                (&subset.endpoints, subset.breaker.as_ref())
             }
             None => {
                 call.finish(503, 0, ResponseFlags::NO_ROUTE);
@@ -587,6 +594,7 @@ async fn route(
         endpoints,
         path_and_query: &path_and_query,
         deadline,
+        breaker,
     };
     let (outcome, response) =
         attempts(&inputs, &mut call, &upstream, &mut head, &mut request_body).await;
@@ -595,6 +603,21 @@ async fn route(
         // A streamed body that stalled fails its attempt; the caller's lateness, not the
         // upstream's, is what the answer says.
         None if timed_out(&tripped) => request_timed_out(call),
+        // Envoy's answer when a circuit breaker refuses: 503, UO, no retry.
+        None if call
+            .summary
+            .response_flags
+            .contains(ResponseFlags::UPSTREAM_OVERFLOW) =>
+        {
+            call.finish(503, 0, ResponseFlags::empty());
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "weft: upstream overflow: the circuit breaker of {:?} is open\n",
+                    target.service
+                ),
+            )
+        }
         None => {
             let resp = local_for(outcome, &target.service);
             let mut flags = flags_for(outcome);
@@ -654,6 +677,8 @@ struct Upstream<'a> {
     endpoints: &'a [Arc<Endpoint>],
     path_and_query: &'a PathAndQuery,
     deadline: Option<Instant>,
+    /// The destination's circuit breaker, if it has one.
+    breaker: Option<&'a Arc<super::breaker::Breaker>>,
 }
 
 /// Sends attempts until one stands; returns the last outcome and its response, if any.
@@ -669,7 +694,10 @@ async fn attempts(
         endpoints,
         path_and_query,
         deadline,
+        breaker,
     } = *up;
+    // A retry's place in the destination's `maxRetries`, held while it is in flight.
+    let mut retrying: Option<super::breaker::Slot> = None;
     // With no plugin to ask for a retry, the first attempt is the last: it takes the headers
     // rather than a copy.
     let may_retry = call.route.chain.may_retry(call.route_id);
@@ -706,6 +734,17 @@ async fn attempts(
                 let Some(endpoint) = endpoints.iter().find(|e| e.id == id) else {
                     return (Outcome::NoEndpoint, None);
                 };
+                // Each attempt is a request in flight to the destination; refused past
+                // `http2MaxRequests`, and never retried (as Envoy treats an overflow).
+                if let Some(b) = breaker {
+                    match b.request() {
+                        Some(slot) => call.in_flight = Some(slot),
+                        None => {
+                            call.summary.response_flags |= ResponseFlags::UPSTREAM_OVERFLOW;
+                            return (Outcome::ConnectFailure, None);
+                        }
+                    }
+                }
                 let address = &endpoint.address;
                 if let Some(n) = note.as_mut() {
                     n.endpoint = Some(address.to_string());
@@ -762,7 +801,7 @@ async fn attempts(
                     } else {
                         inputs
                             .peers_h1
-                            .request(upstream)
+                            .request_within(upstream, breaker)
                             .await
                             .map_err(|e| classify_h1(&e))
                     }
@@ -778,6 +817,10 @@ async fn attempts(
                         let status = resp.status().as_u16();
                         response = Some(resp);
                         Outcome::Response(status)
+                    }
+                    Some(Err((_, why))) if why == OVERFLOW => {
+                        call.summary.response_flags |= ResponseFlags::UPSTREAM_OVERFLOW;
+                        return (Outcome::ConnectFailure, None);
                     }
                     Some(Err((outcome, why))) => {
                         tracing::debug!(service = %target.service, endpoint = %address, "attempt failed: {why}");
@@ -819,9 +862,20 @@ async fn attempts(
         }
         match decided.action {
             AttemptVerdict::Retry(delay)
-                if request_body.replayable() && remaining.is_none_or(|r| r > delay) =>
+                if request_body.replayable()
+                    && remaining.is_none_or(|r| r > delay)
+                    && match breaker {
+                        None => true,
+                        // Past `maxRetries` the attempt's own answer stands.
+                        Some(b) => {
+                            drop(retrying.take());
+                            retrying = b.retry();
+                            retrying.is_some()
+                        }
+                    } =>
             {
                 drop(response);
+                call.in_flight = None;
                 last = picked;
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;

@@ -20,6 +20,8 @@ pub struct Subset {
     pub selector: BTreeMap<String, String>,
     /// The endpoints that carry them.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Its circuit breaker, when the service has a `connectionPool`.
+    pub breaker: Option<Arc<super::breaker::Breaker>>,
 }
 
 /// One service's route.
@@ -43,6 +45,8 @@ pub struct Route {
     /// The identity its endpoints serve with (a SPIFFE ID in this sidecar's trust domain),
     /// interned; 0 when this sidecar has none.
     pub identity_id: u32,
+    /// The circuit breaker of calls with no subset, when the service has a `connectionPool`.
+    pub breaker: Option<Arc<super::breaker::Breaker>>,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -165,6 +169,7 @@ pub fn build(
     table: &EndpointTable,
     metrics: &ProxyMetrics,
     sources: &PluginSources<'_>,
+    breakers: &super::breaker::Breakers,
 ) -> Result<Routes, Rejected> {
     snapshot.validate()?;
     let mut errors = Vec::new();
@@ -188,6 +193,13 @@ pub fn build(
         return Err(Rejected(errors));
     }
     let mut keep = HashSet::new();
+    let mut keep_breakers = HashSet::new();
+    let mut breaker =
+        |service: &str, subset: &str, pool: &Option<crate::snapshot::ConnectionPool>| {
+            let pool = pool.as_ref()?;
+            keep_breakers.insert(format!("{subset}|{service}"));
+            Some(breakers.get(service, subset, pool))
+        };
     let mut services = HashMap::default();
     let mut by_vip = HashMap::default();
     for (name, svc) in &snapshot.services {
@@ -217,6 +229,7 @@ pub fn build(
                         .filter(|e| e.matches(labels))
                         .cloned()
                         .collect(),
+                    breaker: breaker(name, s, &svc.connection_pool),
                 };
                 (s.clone(), subset)
             })
@@ -241,6 +254,7 @@ pub fn build(
                 let (svc, ns) = crate::names::key_parts(name);
                 runtime.intern(&format!("spiffe://{td}/ns/{ns}/sa/{svc}"))
             }),
+            breaker: breaker(name, "", &svc.connection_pool),
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {
@@ -249,6 +263,7 @@ pub fn build(
         services.insert(name.clone(), route);
     }
     table.retain(&keep);
+    breakers.retain(&keep_breakers);
     let authz = super::authz::Authorizer::new(&snapshot.inbound.authorization);
     let access_log = super::logging::Sinks::new(&snapshot.access_log);
     Ok(Routes {

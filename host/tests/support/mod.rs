@@ -69,7 +69,7 @@ pub enum Behaviour {
     },
 }
 
-/// A test app: `/echo` echoes, `/status/N` answers N, `/slow/MS` waits, `/big/N` sends N bytes,
+/// A test app: `/echo` echoes, `/status/N` answers N, `/slow/MS[/N]` waits (then answers N), `/big/N` sends N bytes,
 /// `/hang` never answers, `/stall` sends its head and one chunk then nothing more, `/drain`
 /// reads the whole body and records whether it arrived.
 /// Every response carries `x-app: <name>`.
@@ -284,9 +284,17 @@ async fn answer(
                 .unwrap_or(StatusCode::OK);
             r
         }
+        // `/slow/MS` waits MS and answers 200; `/slow/MS/N` answers N.
         "slow" => {
-            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(100))).await;
-            Response::new(full("slow"))
+            let (ms, status) = arg.split_once('/').unwrap_or((arg, "200"));
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
+            let mut r = Response::new(full("slow"));
+            *r.status_mut() = status
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::OK);
+            r
         }
         "big" => {
             let n: usize = arg.parse().unwrap_or(0);

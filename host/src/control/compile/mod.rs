@@ -382,6 +382,7 @@ pub fn compile_in(
             plugins,
             load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
             vip: None,
+            connection_pool: dr.and_then(|(_, d)| d.connection_pool()),
         };
         snapshot.services.insert(service.to_string(), compiled);
     }

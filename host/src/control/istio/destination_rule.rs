@@ -30,6 +30,56 @@ pub struct TrafficPolicy {
     /// Ejection of failing endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Circuit breaking: bounds on connections, requests and retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+}
+
+/// Istio's `ConnectionPoolSettings`, the parts Weft implements.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Connection bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpPool>,
+    /// Request bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPool>,
+}
+
+/// Istio's `ConnectionPoolSettings.TCPSettings`: `maxConnections`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpPool {
+    /// The most connections open to the destination at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+}
+
+/// Istio's `ConnectionPoolSettings.HTTPSettings`, the parts Weft implements.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpPool {
+    /// The most requests waiting for a connection.
+    #[serde(
+        default,
+        rename = "http1MaxPendingRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http1_max_pending_requests: Option<i64>,
+    /// The most requests in flight to the destination.
+    #[serde(
+        default,
+        rename = "http2MaxRequests",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_max_requests: Option<i64>,
+    /// Requests per connection before it is closed (1: no keep-alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i64>,
+    /// The most retries in flight to the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i64>,
 }
 
 /// Istio's `LoadBalancerSettings`: `simple` only.
@@ -81,6 +131,22 @@ pub struct Subset {
 }
 
 impl DestinationRule {
+    /// The snapshot's `connectionPool`: Istio's fields, each 0 or absent meaning unbounded.
+    pub fn connection_pool(&self) -> Option<crate::snapshot::ConnectionPool> {
+        let pool = self.traffic_policy.as_ref()?.connection_pool.as_ref()?;
+        let bound = |v: Option<i64>| v.filter(|n| *n > 0).and_then(|n| u32::try_from(n).ok());
+        let tcp = pool.tcp.clone().unwrap_or_default();
+        let http = pool.http.clone().unwrap_or_default();
+        let out = crate::snapshot::ConnectionPool {
+            max_connections: bound(tcp.max_connections),
+            max_pending_requests: bound(http.http1_max_pending_requests),
+            max_requests: bound(http.http2_max_requests),
+            max_requests_per_connection: bound(http.max_requests_per_connection),
+            max_retries: bound(http.max_retries),
+        };
+        (out != crate::snapshot::ConnectionPool::default()).then_some(out)
+    }
+
     /// The snapshot's `loadBalancer` value, when `simple` is given and known.
     pub fn load_balancer(&self) -> Option<&'static str> {
         let simple = self
@@ -112,13 +178,7 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
     ("", &["workloadSelector"]),
     (
         "trafficPolicy",
-        &[
-            "connectionPool",
-            "tls",
-            "portLevelSettings",
-            "tunnel",
-            "proxyProtocol",
-        ],
+        &["tls", "portLevelSettings", "tunnel", "proxyProtocol"],
     ),
     (
         "trafficPolicy.loadBalancer",
@@ -135,6 +195,24 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
             "splitExternalLocalOriginErrors",
             "consecutiveLocalOriginFailures",
             "consecutiveErrors",
+        ],
+    ),
+    (
+        "trafficPolicy.connectionPool.tcp",
+        &[
+            "connectTimeout",
+            "tcpKeepalive",
+            "maxConnectionDuration",
+            "idleTimeout",
+        ],
+    ),
+    (
+        "trafficPolicy.connectionPool.http",
+        &[
+            "idleTimeout",
+            "h2UpgradePolicy",
+            "useClientProtocol",
+            "maxConcurrentStreams",
         ],
     ),
     ("subsets[]", &["trafficPolicy"]),
@@ -169,6 +247,36 @@ pub(super) fn check_destination_rule(
         && let Err(e) = load_balancer_of(simple)
     {
         problems.at("spec.trafficPolicy.loadBalancer.simple", e);
+    }
+    if let Some(pool) = &policy.connection_pool {
+        let at = "spec.trafficPolicy.connectionPool";
+        let tcp = pool.tcp.clone().unwrap_or_default();
+        let http = pool.http.clone().unwrap_or_default();
+        for (field, value) in [
+            ("tcp.maxConnections", tcp.max_connections),
+            (
+                "http.http1MaxPendingRequests",
+                http.http1_max_pending_requests,
+            ),
+            ("http.http2MaxRequests", http.http2_max_requests),
+            (
+                "http.maxRequestsPerConnection",
+                http.max_requests_per_connection,
+            ),
+            ("http.maxRetries", http.max_retries),
+        ] {
+            if let Some(n) = value
+                && !(0..=i64::from(i32::MAX)).contains(&n)
+            {
+                problems.at(
+                    format!("{at}.{field}"),
+                    format!(
+                        "must be between 0 and {} (Istio's int32), got {n}",
+                        i32::MAX
+                    ),
+                );
+            }
+        }
     }
     if let Some(o) = &policy.outlier_detection {
         let at = "spec.trafficPolicy.outlierDetection";

@@ -211,11 +211,12 @@ fn unsupported_istio_fields_are_refused_not_ignored() {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
     let text = dr(
-        "  host: payments\n  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: 1 } }\n    portLevelSettings: []\n    loadBalancer: { consistentHash: { httpHeaderName: x } }\n",
+        "  host: payments\n  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: 1, tcpKeepalive: { time: 7200s } }, http: { idleTimeout: 1h } }\n    portLevelSettings: []\n    loadBalancer: { consistentHash: { httpHeaderName: x } }\n",
     );
     let all = errors_of(&text);
     for needle in [
-        "spec.trafficPolicy.connectionPool: not supported by Weft yet",
+        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported by Weft yet",
+        "spec.trafficPolicy.connectionPool.http.idleTimeout: not supported by Weft yet",
         "spec.trafficPolicy.portLevelSettings: not supported by Weft yet",
         "spec.trafficPolicy.loadBalancer.consistentHash: not supported by Weft yet",
     ] {
@@ -808,4 +809,43 @@ fn telemetry_access_logging_reads_with_istios_modes_and_refuses_the_rest() {
         "spec.accessLogging[0].match.mode: unknown variant `BOTH`",
     );
     assert_eq!("telemetry".parse::<Kind>(), Ok(Kind::Telemetry));
+}
+
+#[test]
+fn a_connection_pool_compiles_to_bounds_with_zero_meaning_unbounded() {
+    let text = dr(
+        "  host: payments\n  trafficPolicy:\n    connectionPool:\n      tcp: { maxConnections: 0 }\n      http: { http1MaxPendingRequests: 1, http2MaxRequests: 100, maxRequestsPerConnection: 1, maxRetries: 3 }\n",
+    );
+    let rs = parse_yaml(&text, "t.yaml").expect("parses");
+    let Spec::DestinationRule(d) = &rs[0].spec else {
+        panic!("not a DestinationRule")
+    };
+    assert_eq!(
+        d.connection_pool(),
+        Some(crate::snapshot::ConnectionPool {
+            max_connections: None,
+            max_pending_requests: Some(1),
+            max_requests: Some(100),
+            max_requests_per_connection: Some(1),
+            max_retries: Some(3),
+        })
+    );
+    let unbounded = dr(
+        "  host: payments\n  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: 0 } }\n",
+    );
+    let rs = parse_yaml(&unbounded, "t.yaml").expect("parses");
+    let Spec::DestinationRule(d) = &rs[0].spec else {
+        panic!("not a DestinationRule")
+    };
+    assert_eq!(d.connection_pool(), None);
+    let negative = dr(
+        "  host: payments\n  trafficPolicy:\n    connectionPool: { http: { maxRetries: -2 } }\n",
+    );
+    assert!(
+        errors_of(&negative).contains(
+            "spec.trafficPolicy.connectionPool.http.maxRetries: must be between 0 and 2147483647 (Istio's int32), got -2"
+        ),
+        "{}",
+        errors_of(&negative)
+    );
 }

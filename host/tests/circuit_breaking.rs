@@ -1,0 +1,277 @@
+//! Circuit breaking as Istio configures it (a DestinationRule's `connectionPool`), on real
+//! sidecar processes under real concurrent load: past `http2MaxRequests`, past
+//! `maxConnections` plus `http1MaxPendingRequests`, a call is answered 503 at once with
+//! Envoy's `UO` flag and counted; past `maxRetries`, a failed attempt's answer stands instead
+//! of a retry; a subset is its own destination; the counts are exact.
+
+mod support;
+
+use http::Request;
+use std::time::Duration;
+use support::mesh::{NO_APP, TestMesh, converged};
+use support::{App, full, h1_client, read};
+
+/// A DestinationRule for payments with `pool` as its `connectionPool` (YAML flow mapping).
+fn pool(pool: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: payments }}
+spec:
+  host: payments
+  subsets: [{{ name: v1, labels: {{ version: v1 }} }}]
+  trafficPolicy:
+    connectionPool: {pool}
+"
+    )
+}
+
+/// `n` calls to `path` through orders' sidecar at once; their statuses, sorted.
+async fn burst(out: std::net::SocketAddr, path: &str, n: usize) -> Vec<u16> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let req = Request::get(format!("http://{out}{path}"))
+                .header("host", "payments")
+                .body(full(""))
+                .expect("request");
+            tokio::spawn(async move {
+                // A client each, so every call has its own connection to the sidecar.
+                let (status, _, _) = read(h1_client().request(req).await.expect("call")).await;
+                status.as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.expect("call task"));
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
+/// The value of the series of `name` whose labels include every one of `labels`.
+async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let req = Request::get(format!("http://{admin}/metrics"))
+        .body(full(""))
+        .expect("request");
+    let (_, _, body) = read(h1_client().request(req).await.expect("scrape")).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric`] once it equals `want` (plugins record their samples in batches), or its value
+/// after 10 s.
+async fn settled(admin: std::net::SocketAddr, name: &str, labels: &[&str], want: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(admin, name, labels).await;
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_bounds_trip_with_uo_and_exact_counts() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    let admin = orders.addr("admin");
+
+    // http2MaxRequests: 10 requests in flight to payments at most; of 40 at once, 30 are
+    // refused at once and counted, and every refusal is a 503 flagged UO.
+    m.apply("dr.yaml", &pool("{ http: { http2MaxRequests: 10 } }"))
+        .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let statuses = burst(out, "/slow/1500", 40).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 503)),
+        (10, 30),
+        "{statuses:?}"
+    );
+    let requests = ["service=\"payments\"", "limit=\"requests\""];
+    assert_eq!(
+        metric(admin, "weft_upstream_overflow_total", &requests).await,
+        30.0
+    );
+    let uo = [
+        "reporter=\"source\"",
+        "response_code=\"503\"",
+        "response_flags=\"UO\"",
+    ];
+    assert_eq!(
+        settled(admin, "istio_requests_total", &uo, 30.0).await,
+        30.0,
+        "Istio's metric counts the refusals with their flag"
+    );
+    // The bound frees as calls end: the next call goes through.
+    assert_eq!(burst(out, "/echo", 1).await, [200]);
+
+    // maxConnections 1 and http1MaxPendingRequests 1: one call on the one connection, one
+    // waiting for it, the rest refused; the waiting one is served after the first.
+    m.apply(
+        "dr.yaml",
+        &pool("{ tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1 } }"),
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    // The connection, opened and back in the pool before the burst.
+    assert_eq!(burst(out, "/echo", 1).await, [200]);
+    let seen_before = app.seen.lock().len();
+    let started = std::time::Instant::now();
+    let statuses = burst(out, "/slow/1000", 6).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 503)),
+        (2, 4),
+        "{statuses:?}"
+    );
+    // One connection: the two calls it carried went one after the other.
+    assert!(started.elapsed() >= Duration::from_millis(2000));
+    assert_eq!(app.seen.lock().len() - seen_before, 2);
+    let pending = ["service=\"payments\"", "limit=\"pending\""];
+    assert_eq!(
+        metric(admin, "weft_upstream_overflow_total", &pending).await,
+        4.0
+    );
+
+    // maxRequestsPerConnection 1 (Istio's circuit-breaking task): no keep-alive, a
+    // connection per call.
+    m.apply(
+        "dr.yaml",
+        &pool("{ tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1, maxRequestsPerConnection: 1 } }"),
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    // (The connection kept from before carries one more call, then closes.)
+    assert_eq!(burst(out, "/echo", 1).await, [200]);
+    let opened = ["pool=\"peers\""];
+    let before = metric(admin, "weft_upstream_connections_opened_total", &opened).await;
+    for _ in 0..5 {
+        assert_eq!(burst(out, "/echo", 1).await, [200]);
+    }
+    let after = metric(admin, "weft_upstream_connections_opened_total", &opened).await;
+    assert_eq!(after - before, 5.0);
+
+    // maxRetries 1: four calls fail at once and each asks for a retry;
+    // one retry may be in flight at a time, so three get their first answer back.
+    m.apply(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - route: [{ destination: { host: payments } }]
+    retries: { attempts: 3, perTryTimeout: 5s, retryOn: 5xx }
+",
+    )
+    .await;
+    m.apply("dr.yaml", &pool("{ http: { maxRetries: 1 } }"))
+        .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let seen_before = app.seen.lock().len();
+    let statuses = burst(out, "/slow/1000/503", 4).await;
+    assert_eq!(statuses, [503, 503, 503, 503]);
+    // 4 first attempts, then the one call allowed to retry made its 3 retries, one after
+    // the other (Istio's `attempts` counts retries).
+    assert_eq!(app.seen.lock().len() - seen_before, 7);
+    let retries = ["service=\"payments\"", "limit=\"retries\""];
+    assert_eq!(
+        metric(admin, "weft_upstream_overflow_total", &retries).await,
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_is_its_own_destination_and_bad_bounds_are_refused() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    let admin = orders.addr("admin");
+
+    // A negative bound, and a field Weft does not honour yet, are refused by path.
+    let bad = support::mesh::write(
+        m.dir.path(),
+        "bad.yaml",
+        &pool("{ tcp: { maxConnections: -1, connectTimeout: 1s } }"),
+    );
+    let refused = support::mesh::weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", bad.to_str().expect("utf-8")],
+    );
+    let said = support::mesh::text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections: must be between 0 and 2147483647"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("spec.trafficPolicy.connectionPool.tcp.connectTimeout: not supported"),
+        "{said}"
+    );
+
+    // Calls to subset v1 and calls with no subset each have their own 3 in flight.
+    m.apply("dr.yaml", &pool("{ http: { http2MaxRequests: 3 } }"))
+        .await;
+    m.apply(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ uri: { prefix: /slow/1500/201 } }]
+    route: [{ destination: { host: payments, subset: v1 } }]
+  - route: [{ destination: { host: payments } }]
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let (to_v1, to_service) =
+        tokio::join!(burst(out, "/slow/1500/201", 5), burst(out, "/slow/1500", 5));
+    assert_eq!(to_v1, [201, 201, 201, 503, 503]);
+    assert_eq!(to_service, [200, 200, 200, 503, 503]);
+    let v1 = ["subset=\"v1\"", "limit=\"requests\""];
+    assert_eq!(
+        metric(admin, "weft_upstream_overflow_total", &v1).await,
+        2.0
+    );
+    let whole = ["subset=\"\"", "limit=\"requests\""];
+    assert_eq!(
+        metric(admin, "weft_upstream_overflow_total", &whole).await,
+        2.0
+    );
+
+    // Removing the bound lets every call through.
+    m.apply(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets: [{ name: v1, labels: { version: v1 } }]
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    assert_eq!(burst(out, "/slow/500", 8).await, [200; 8]);
+}
