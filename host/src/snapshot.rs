@@ -282,6 +282,44 @@ pub struct Service {
     /// Circuit breaking, per destination (the service, and each subset on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    /// Affinity: endpoints picked on a ring by a hash of each request's key, in place of
+    /// `loadBalancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// Envoy's ring-hash load balancing, keyed as a DestinationRule's `consistentHash` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHash {
+    /// Hash this request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Hash this cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<HashCookie>,
+    /// Hash the caller's IP address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_ip: bool,
+    /// Hash this query parameter's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
+    /// The fewest entries on the ring.
+    pub minimum_ring_size: u32,
+}
+
+/// The cookie a consistent hash reads, and sets when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HashCookie {
+    /// Its name.
+    pub name: String,
+    /// The path it is set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Set when absent with this `Max-Age` (0: a session cookie); none: never set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
 }
 
 /// Bounds on one destination's connections, requests and retries (Envoy's circuit

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod call_spans;
+pub mod consistent_hash;
 pub mod deadline;
 pub mod explain;
 pub mod h1_pool;

@@ -59,6 +59,8 @@ struct Call {
     explain: Option<super::explain::Shared>,
     /// Its place in the destination's `http2MaxRequests`, held while its response lasts.
     in_flight: Option<super::breaker::Slot>,
+    /// The affinity cookie a consistent hash made up for it, set on its answer.
+    set_cookie: Option<HeaderValue>,
 }
 
 impl Call {
@@ -393,6 +395,7 @@ async fn route(
         span,
         explain,
         in_flight: None,
+        set_cookie: None,
     };
     // The path every attempt is sent with: the caller's, unless a plugin rewrote it.
     let mut path_and_query = parts
@@ -514,12 +517,20 @@ async fn route(
     };
     call.summary.service = target.service_id;
     call.summary.destination_identity = target.identity_id;
-    let (endpoints, breaker): (&[Arc<Endpoint>], _) = match &head.destination.subset {
-        None => (&target.endpoints, target.breaker.as_ref()),
+    let (endpoints, breaker, ring): (&[Arc<Endpoint>], _, _) = match &head.destination.subset {
+        None => (
+            &target.endpoints,
+            target.breaker.as_ref(),
+            target.ring.as_ref(),
+        ),
         Some(name) => match target.subsets.get(name) {
             Some(subset) => {
                 call.summary.subset = subset.name_id;
-                (&subset.endpoints, subset.breaker.as_ref())
+                (
+                    &subset.endpoints,
+                    subset.breaker.as_ref(),
+                    subset.ring.as_ref(),
+                )
             }
             None => {
                 call.finish(503, 0, ResponseFlags::NO_ROUTE);
@@ -589,12 +600,31 @@ async fn route(
     if let Some(u) = &call.upgrade {
         u.ask_again(&mut head.headers);
     }
+    // Consistent hashing: the request's key places it on the ring (no key: a random pick,
+    // as Envoy makes one).
+    let hashing = match (&target.hash, ring) {
+        (Some(policy), Some(ring)) => {
+            let keyed = policy.key(
+                &head.headers,
+                path_and_query.query(),
+                peer.addr.ip(),
+                || inputs.random(),
+            );
+            let hash = keyed.map(|k| {
+                call.set_cookie = k.set_cookie;
+                k.hash
+            });
+            Some((ring, hash))
+        }
+        _ => None,
+    };
     let upstream = Upstream {
         target: &target,
         endpoints,
         path_and_query: &path_and_query,
         deadline,
         breaker,
+        hashing,
     };
     let (outcome, response) =
         attempts(&inputs, &mut call, &upstream, &mut head, &mut request_body).await;
@@ -679,6 +709,9 @@ struct Upstream<'a> {
     deadline: Option<Instant>,
     /// The destination's circuit breaker, if it has one.
     breaker: Option<&'a Arc<super::breaker::Breaker>>,
+    /// The destination's ring and the request's hash on it, when it balances by
+    /// consistent hash.
+    hashing: Option<(&'a super::consistent_hash::Ring, Option<u64>)>,
 }
 
 /// Sends attempts until one stands; returns the last outcome and its response, if any.
@@ -695,6 +728,7 @@ async fn attempts(
         path_and_query,
         deadline,
         breaker,
+        hashing,
     } = *up;
     // A retry's place in the destination's `maxRetries`, held while it is in flight.
     let mut retrying: Option<super::breaker::Slot> = None;
@@ -722,10 +756,25 @@ async fn attempts(
             outstanding: e.outstanding.load(Ordering::Relaxed),
             ejected: e.is_ejected(attempt_start),
         });
-        let policy = target.balancer.next();
-        let picked = balance::pick(candidates, last, policy, |n| {
-            (inputs.random() % n as u64) as usize
-        });
+        let random = |n: usize| (inputs.random() % n as u64) as usize;
+        let picked = match hashing {
+            // The key's owner on the ring, passing over ejected endpoints and, on a retry, the
+            // one that just failed while another is left.
+            Some((ring, Some(hash))) => {
+                let usable = |i: usize, avoid: bool| {
+                    endpoints.get(i).is_some_and(|e| {
+                        let just_failed = avoid && Some(e.id) == last;
+                        !(e.is_ejected(attempt_start) || just_failed)
+                    })
+                };
+                ring.pick(hash, |i| usable(i, true))
+                    .or_else(|| ring.pick(hash, |i| usable(i, false)))
+                    .and_then(|i| endpoints.get(i))
+                    .map(|e| e.id)
+            }
+            Some((_, None)) => balance::pick(candidates, last, balance::Policy::Random, random),
+            None => balance::pick(candidates, last, target.balancer.next(), random),
+        };
         let mut response = None;
         let outcome = match (picked, remaining) {
             (_, Some(r)) if r.is_zero() => Outcome::Timeout,
@@ -914,6 +963,9 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     }
     parts.status = head.status;
     parts.headers = head.headers;
+    if let Some(cookie) = call.set_cookie.take() {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
+    }
     parts.version = Version::HTTP_11;
     let status = parts.status.as_u16();
     // Retried and still failing: the retries ran out (or the budget refused one), which

@@ -22,6 +22,8 @@ pub struct Subset {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Its circuit breaker, when the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
+    /// Its endpoints' ring, when the service balances by consistent hash.
+    pub ring: Option<super::consistent_hash::Ring>,
 }
 
 /// One service's route.
@@ -47,6 +49,10 @@ pub struct Route {
     pub identity_id: u32,
     /// The circuit breaker of calls with no subset, when the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
+    /// How a request's key is found, when the service balances by consistent hash.
+    pub hash: Option<super::consistent_hash::HashPolicy>,
+    /// The ring of every endpoint, for calls with no subset.
+    pub ring: Option<super::consistent_hash::Ring>,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -217,23 +223,37 @@ pub fn build(
                 slot
             })
             .collect();
+        let hash = svc
+            .consistent_hash
+            .as_ref()
+            .map(super::consistent_hash::HashPolicy::new);
+        let ring_of = |endpoints: &[Arc<Endpoint>]| {
+            let minimum = hash.as_ref()?.minimum_ring_size();
+            Some(super::consistent_hash::Ring::new(
+                endpoints.iter().map(|e| &*e.address),
+                minimum,
+            ))
+        };
         let subsets = svc
             .subsets
             .iter()
             .map(|(s, labels)| {
+                let members: Vec<Arc<Endpoint>> = endpoints
+                    .iter()
+                    .filter(|e| e.matches(labels))
+                    .cloned()
+                    .collect();
                 let subset = Subset {
                     name_id: runtime.intern(s),
                     selector: labels.clone(),
-                    endpoints: endpoints
-                        .iter()
-                        .filter(|e| e.matches(labels))
-                        .cloned()
-                        .collect(),
+                    ring: ring_of(&members),
+                    endpoints: members,
                     breaker: breaker(name, s, &svc.connection_pool),
                 };
                 (s.clone(), subset)
             })
             .collect();
+        let ring = ring_of(&endpoints);
         let route = Route {
             service: name.clone(),
             service_id: runtime.intern(name),
@@ -255,6 +275,8 @@ pub fn build(
                 runtime.intern(&format!("spiffe://{td}/ns/{ns}/sa/{svc}"))
             }),
             breaker: breaker(name, "", &svc.connection_pool),
+            ring,
+            hash,
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {

@@ -383,6 +383,7 @@ pub fn compile_in(
             load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
             vip: None,
             connection_pool: dr.and_then(|(_, d)| d.connection_pool()),
+            consistent_hash: dr.and_then(|(_, d)| d.consistent_hash()),
         };
         snapshot.services.insert(service.to_string(), compiled);
     }

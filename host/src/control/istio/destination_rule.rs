@@ -82,14 +82,68 @@ pub struct HttpPool {
     pub max_retries: Option<i64>,
 }
 
-/// Istio's `LoadBalancerSettings`: `simple` only.
+/// Istio's `LoadBalancerSettings`: `simple` or `consistentHash`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
     /// `LEAST_REQUEST`, `ROUND_ROBIN`, `RANDOM` or `UNSPECIFIED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<String>,
+    /// Affinity: requests with the same key go to the same endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
 }
+
+/// Istio's `LoadBalancerSettings.ConsistentHashLB`, the parts Weft implements.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHash {
+    /// Hash this request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    /// Hash this cookie's value (generated when absent and a `ttl` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+    /// Hash the caller's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    /// Hash this query parameter's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    /// Envoy's ring hash, with its minimum ring size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    /// Deprecated in Istio for `ringHash.minimumRingSize`, still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio's `ConsistentHashLB.HTTPCookie`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpCookie {
+    /// The cookie's name.
+    pub name: String,
+    /// The path a generated cookie is set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A generated cookie's lifetime (`0s`: a session cookie); absent: none is generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Istio's `ConsistentHashLB.RingHash`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RingHash {
+    /// The fewest entries on the ring (Envoy's default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// The largest ring Weft builds (Envoy's default maximum is 8M entries; a sidecar holds a
+/// ring per destination, so Weft stops lower).
+pub const MAX_RING: u64 = 1 << 20;
 
 /// Istio's `OutlierDetection`, passed to the outlier plugin as written.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -131,6 +185,38 @@ pub struct Subset {
 }
 
 impl DestinationRule {
+    /// The snapshot's `consistentHash`, when the load balancer is one.
+    pub fn consistent_hash(&self) -> Option<crate::snapshot::ConsistentHash> {
+        let c = self
+            .traffic_policy
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .consistent_hash
+            .as_ref()?;
+        Some(crate::snapshot::ConsistentHash {
+            header: c.http_header_name.clone(),
+            cookie: c.http_cookie.as_ref().map(|k| crate::snapshot::HashCookie {
+                name: k.name.clone(),
+                path: k.path.clone(),
+                ttl_s: k
+                    .ttl
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .map(|d| d.as_secs()),
+            }),
+            source_ip: c.use_source_ip.unwrap_or(false),
+            query_parameter: c.http_query_parameter_name.clone(),
+            minimum_ring_size: c
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(c.minimum_ring_size)
+                .filter(|n| *n > 0)
+                .unwrap_or(1024) as u32,
+        })
+    }
+
     /// The snapshot's `connectionPool`: Istio's fields, each 0 or absent meaning unbounded.
     pub fn connection_pool(&self) -> Option<crate::snapshot::ConnectionPool> {
         let pool = self.traffic_policy.as_ref()?.connection_pool.as_ref()?;
@@ -180,14 +266,14 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
         "trafficPolicy",
         &["tls", "portLevelSettings", "tunnel", "proxyProtocol"],
     ),
+    ("trafficPolicy.loadBalancer.consistentHash", &["maglev"]),
+    (
+        "trafficPolicy.loadBalancer.consistentHash.httpCookie",
+        &["attributes"],
+    ),
     (
         "trafficPolicy.loadBalancer",
-        &[
-            "consistentHash",
-            "localityLbSetting",
-            "warmupDurationSecs",
-            "warmup",
-        ],
+        &["localityLbSetting", "warmupDurationSecs", "warmup"],
     ),
     (
         "trafficPolicy.outlierDetection",
@@ -240,6 +326,98 @@ pub(super) fn check_destination_rule(
     let Some(policy) = &dr.traffic_policy else {
         return;
     };
+    if let Some(lb) = &policy.load_balancer
+        && let Some(c) = &lb.consistent_hash
+    {
+        let at = "spec.trafficPolicy.loadBalancer";
+        if lb.simple.is_some() {
+            problems.at(
+                at,
+                "give one of simple or consistentHash (Istio's oneof), not both",
+            );
+        }
+        let keys = [
+            c.http_header_name.is_some(),
+            c.http_cookie.is_some(),
+            c.use_source_ip == Some(true),
+            c.http_query_parameter_name.is_some(),
+        ];
+        if keys.iter().filter(|k| **k).count() != 1 {
+            problems.at(
+                format!("{at}.consistentHash"),
+                "give exactly one of httpHeaderName, httpCookie, useSourceIp: true, httpQueryParameterName",
+            );
+        }
+        for (field, name) in [
+            ("httpHeaderName", &c.http_header_name),
+            ("httpQueryParameterName", &c.http_query_parameter_name),
+            (
+                "httpCookie.name",
+                &c.http_cookie.as_ref().map(|k| k.name.clone()),
+            ),
+        ] {
+            if name.as_deref().is_some_and(str::is_empty) {
+                problems.at(format!("{at}.consistentHash.{field}"), "must not be empty");
+            }
+        }
+        if let Some(header) = &c.http_header_name
+            && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            problems.at(
+                format!("{at}.consistentHash.httpHeaderName"),
+                format!("{header:?} is not a valid header name"),
+            );
+        }
+        if let Some(cookie) = &c.http_cookie {
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            };
+            if !cookie.name.is_empty() && !token(&cookie.name) {
+                problems.at(
+                    format!("{at}.consistentHash.httpCookie.name"),
+                    format!("{:?} is not a valid cookie name", cookie.name),
+                );
+            }
+            if let Some(path) = &cookie.path
+                && (!path.starts_with('/')
+                    || path.bytes().any(|b| b == b';' || b.is_ascii_control()))
+            {
+                problems.at(
+                    format!("{at}.consistentHash.httpCookie.path"),
+                    format!("{path:?} must start with / and hold no ; or control characters"),
+                );
+            }
+            if let Some(ttl) = &cookie.ttl {
+                check_duration(
+                    ttl,
+                    &format!("{at}.consistentHash.httpCookie.ttl"),
+                    false,
+                    problems,
+                );
+            }
+        }
+        if c.ring_hash.is_some() && c.minimum_ring_size.is_some() {
+            problems.at(
+                format!("{at}.consistentHash"),
+                "give ringHash.minimumRingSize or the deprecated minimumRingSize, not both",
+            );
+        }
+        let size = c
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .or(c.minimum_ring_size);
+        if let Some(n) = size
+            && n > MAX_RING
+        {
+            problems.at(
+                format!("{at}.consistentHash.ringHash.minimumRingSize"),
+                format!("{n} is past Weft's largest ring, {MAX_RING}"),
+            );
+        }
+    }
     if let Some(simple) = policy
         .load_balancer
         .as_ref()

@@ -211,14 +211,14 @@ fn unsupported_istio_fields_are_refused_not_ignored() {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
     let text = dr(
-        "  host: payments\n  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: 1, tcpKeepalive: { time: 7200s } }, http: { idleTimeout: 1h } }\n    portLevelSettings: []\n    loadBalancer: { consistentHash: { httpHeaderName: x } }\n",
+        "  host: payments\n  trafficPolicy:\n    connectionPool: { tcp: { maxConnections: 1, tcpKeepalive: { time: 7200s } }, http: { idleTimeout: 1h } }\n    portLevelSettings: []\n    loadBalancer: { consistentHash: { httpHeaderName: x, maglev: { tableSize: 7 } } }\n",
     );
     let all = errors_of(&text);
     for needle in [
         "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported by Weft yet",
         "spec.trafficPolicy.connectionPool.http.idleTimeout: not supported by Weft yet",
         "spec.trafficPolicy.portLevelSettings: not supported by Weft yet",
-        "spec.trafficPolicy.loadBalancer.consistentHash: not supported by Weft yet",
+        "spec.trafficPolicy.loadBalancer.consistentHash.maglev: not supported by Weft yet",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

@@ -1,8 +1,14 @@
-//! Circuit breaking as Istio configures it (a DestinationRule's `connectionPool`), on real
-//! sidecar processes under real concurrent load: past `http2MaxRequests`, past
-//! `maxConnections` plus `http1MaxPendingRequests`, a call is answered 503 at once with
+//! A DestinationRule's `trafficPolicy` on real sidecar processes.
+//!
+//! Circuit breaking (`connectionPool`) under real concurrent load: past `http2MaxRequests`,
+//! past `maxConnections` plus `http1MaxPendingRequests`, a call is answered 503 at once with
 //! Envoy's `UO` flag and counted; past `maxRetries`, a failed attempt's answer stands instead
 //! of a retry; a subset is its own destination; the counts are exact.
+//!
+//! Consistent hashing (`loadBalancer.consistentHash`): a user stays on one endpoint; when an
+//! endpoint joins, about 1/n of users move, all of them to it; an ejected endpoint's users go
+//! to the next endpoint on the ring while everyone else stays; a cookie is made up, set and
+//! then followed.
 
 mod support;
 
@@ -274,4 +280,192 @@ spec:
     .await;
     converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
     assert_eq!(burst(out, "/slow/500", 8).await, [200; 8]);
+}
+
+/// A DestinationRule for payments balancing by consistent hash as `lb` says.
+fn hashed(lb: &str, more: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: payments }}
+spec:
+  host: payments
+  trafficPolicy:
+    loadBalancer: {{ consistentHash: {lb} }}
+{more}"
+    )
+}
+
+/// Which app answered `user`'s call (by `x-user`, or by `cookie`), and any cookie set.
+async fn who(
+    out: std::net::SocketAddr,
+    user: &str,
+    cookie: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let mut req = Request::get(format!("http://{out}/echo"))
+        .header("host", "payments")
+        .header("x-user", user);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let (status, headers, _) = read(
+        h1_client()
+            .request(req.body(full("")).expect("request"))
+            .await
+            .expect("call"),
+    )
+    .await;
+    let app = headers
+        .get("x-app")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let set = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status.as_u16(), app, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_users_on_one_endpoint_and_moves_few_when_one_joins() {
+    let m = TestMesh::start();
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let app = App::start(name).await;
+        pods.push(m.pod("payments", &[("version", "v1")], app.addr).await);
+        apps.push(app);
+    }
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    m.apply(
+        "dr.yaml",
+        &hashed(
+            "{ httpHeaderName: x-user, ringHash: { minimumRingSize: 1024 } }",
+            "    outlierDetection: { consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100 }\n",
+        ),
+    )
+    .await;
+    converged(m.cp, &m.op, 4, Duration::from_secs(30)).await;
+
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    let mut home = std::collections::HashMap::new();
+    for u in &users {
+        let (status, first, _) = who(out, u, None).await;
+        assert_eq!(status, 200);
+        for _ in 0..2 {
+            assert_eq!(who(out, u, None).await.1, first, "{u} moved between calls");
+        }
+        home.insert(u.clone(), first);
+    }
+    let spread: std::collections::HashSet<&String> = home.values().collect();
+    assert_eq!(spread.len(), 3, "every endpoint holds users: {home:?}");
+
+    // A fourth endpoint joins: the users who move all move to it, about a quarter of them.
+    let p4 = App::start("p4").await;
+    pods.push(m.pod("payments", &[("version", "v1")], p4.addr).await);
+    converged(m.cp, &m.op, 5, Duration::from_secs(30)).await;
+    let mut moved = 0;
+    for u in &users {
+        let now = who(out, u, None).await.1;
+        if now != home[u] {
+            assert_eq!(now, "p4", "{u} moved from {} to {now}", home[u]);
+            moved += 1;
+            home.insert(u.clone(), now);
+        }
+    }
+    assert!((5..=30).contains(&moved), "{moved} of 60 users moved");
+
+    // p4's sidecar dies: its users' next call fails once (ejecting it), then they go to the
+    // next endpoint on the ring, and stay there; nobody else moves.
+    pods[3].kill();
+    let mut failed = 0;
+    for u in users.iter().filter(|u| home[*u] == "p4") {
+        let (status, app, _) = who(out, u, None).await;
+        if status != 200 {
+            failed += 1;
+            let (status, again, _) = who(out, u, None).await;
+            assert_eq!(status, 200, "{u} after p4's ejection");
+            assert_ne!(again, "p4");
+            assert_eq!(who(out, u, None).await.1, again, "{u} moved again");
+        } else {
+            assert_ne!(app, "p4");
+        }
+    }
+    assert!(
+        failed <= 1,
+        "only the call that ejected p4 failed: {failed}"
+    );
+    for u in users.iter().filter(|u| home[*u] != "p4") {
+        assert_eq!(
+            who(out, u, None).await.1,
+            home[u],
+            "{u} moved though its endpoint lives"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_by_cookie_sets_one_and_follows_it() {
+    let m = TestMesh::start();
+    let mut pods = Vec::new();
+    let mut apps = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        let app = App::start(name).await;
+        pods.push(m.pod("payments", &[("version", "v1")], app.addr).await);
+        apps.push(app);
+    }
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    m.apply(
+        "dr.yaml",
+        &hashed("{ httpCookie: { name: session, path: /, ttl: 3600s } }", ""),
+    )
+    .await;
+    converged(m.cp, &m.op, 4, Duration::from_secs(30)).await;
+    let mut homes = std::collections::HashSet::new();
+    for i in 0..12 {
+        let (status, first, set) = who(out, &format!("u{i}"), None).await;
+        assert_eq!(status, 200);
+        let set = set.expect("a cookie is set when none came");
+        assert!(set.starts_with("session=\""), "{set}");
+        assert!(set.ends_with("; Path=/; Max-Age=3600; HttpOnly"), "{set}");
+        let cookie = set.split(';').next().unwrap_or("").to_string();
+        for _ in 0..3 {
+            let (_, app, again) = who(out, "anyone", Some(&cookie)).await;
+            assert_eq!(app, first, "the cookie {cookie} leads to one endpoint");
+            assert_eq!(again, None, "no cookie is set when one came");
+        }
+        homes.insert(first);
+    }
+    assert!(
+        homes.len() >= 2,
+        "made-up cookies spread over endpoints: {homes:?}"
+    );
+
+    // Istio's oneof and key rules are checked at apply.
+    let bad = support::mesh::write(
+        m.dir.path(),
+        "bad.yaml",
+        &hashed(
+            "{ httpHeaderName: x-user, useSourceIp: true, maglev: { tableSize: 65537 } }",
+            "",
+        ),
+    );
+    let refused = support::mesh::weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", bad.to_str().expect("utf-8")],
+    );
+    let said = support::mesh::text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("give exactly one of httpHeaderName"),
+        "{said}"
+    );
+    assert!(
+        said.contains("spec.trafficPolicy.loadBalancer.consistentHash.maglev: not supported"),
+        "{said}"
+    );
 }
