@@ -286,6 +286,25 @@ pub struct Service {
     /// `loadBalancer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+    /// Subsets with a policy of their own, by name: each field given replaces the service's
+    /// for calls to the subset.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset_policies: BTreeMap<String, SubsetPolicy>,
+}
+
+/// A subset's own traffic policy (a DestinationRule subset's `trafficPolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubsetPolicy {
+    /// Its load balancer (`leastRequest`, `roundRobin`, `random`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<String>,
+    /// Its consistent hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+    /// Its circuit breaker's bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
 }
 
 /// Envoy's ring-hash load balancing, keyed as a DestinationRule's `consistentHash` says.
@@ -525,6 +544,20 @@ impl Snapshot {
                 errors.push(format!(
                     "{at}.loadBalancer: unknown policy {lb:?} (known: leastRequest, roundRobin, random)"
                 ));
+            }
+            for (name, policy) in &svc.subset_policies {
+                if !svc.subsets.contains_key(name) {
+                    errors.push(format!(
+                        "{at}.subsetPolicies.{name}: no subset is named {name:?}"
+                    ));
+                }
+                if let Some(lb) = &policy.load_balancer
+                    && crate::proxy::balance::Kind::parse(lb).is_none()
+                {
+                    errors.push(format!(
+                        "{at}.subsetPolicies.{name}.loadBalancer: unknown policy {lb:?} (known: leastRequest, roundRobin, random)"
+                    ));
+                }
             }
             for (i, ep) in svc.endpoints.iter().enumerate() {
                 if ep.address.parse::<SocketAddr>().is_err() {

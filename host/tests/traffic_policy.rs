@@ -469,3 +469,146 @@ async fn consistent_hash_by_cookie_sets_one_and_follows_it() {
         "{said}"
     );
 }
+
+/// `n` calls at once to `path`, sent to subset v2 when `v2`; their statuses, sorted, and the
+/// apps that answered.
+async fn burst_to(
+    out: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+    v2: bool,
+    user: &str,
+) -> (Vec<u16>, Vec<String>) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let mut req = Request::get(format!("http://{out}{path}"))
+                .header("host", "payments")
+                .header("x-user", user);
+            if v2 {
+                req = req.header("x-to", "v2");
+            }
+            let req = req.body(full("")).expect("request");
+            tokio::spawn(async move {
+                let (status, headers, _) =
+                    read(h1_client().request(req).await.expect("call")).await;
+                let app = headers
+                    .get("x-app")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                (status.as_u16(), app)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut apps = Vec::new();
+    for call in calls {
+        let (s, a) = call.await.expect("call task");
+        statuses.push(s);
+        apps.push(a);
+    }
+    statuses.sort_unstable();
+    (statuses, apps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subsets_own_policy_replaces_the_rules_for_calls_to_it_alone() {
+    let m = TestMesh::start();
+    let mut pods = Vec::new();
+    let mut apps = Vec::new();
+    for (name, version) in [("a1", "v1"), ("a2", "v1"), ("b1", "v2"), ("b2", "v2")] {
+        let app = App::start(name).await;
+        pods.push(m.pod("payments", &[("version", version)], app.addr).await);
+        apps.push(app);
+    }
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    m.apply(
+        "payments.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    connectionPool: { http: { http2MaxRequests: 10 } }
+  subsets:
+  - name: v1
+    labels: { version: v1 }
+  - name: v2
+    labels: { version: v2 }
+    trafficPolicy:
+      loadBalancer: { consistentHash: { httpHeaderName: x-user } }
+      connectionPool: { http: { http2MaxRequests: 2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments }
+spec:
+  hosts: [payments]
+  http:
+  - match: [{ headers: { x-to: { exact: v2 } } }]
+    route: [{ destination: { host: payments, subset: v2 } }]
+  - route: [{ destination: { host: payments, subset: v1 } }]
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 5, Duration::from_secs(30)).await;
+
+    // v2's own bound (2), not the rule's (10); v1 keeps the rule's.
+    let (to_v2, _) = burst_to(out, "/slow/1500", 5, true, "alice").await;
+    assert_eq!(to_v2, [200, 200, 503, 503, 503]);
+    let (to_v1, _) = burst_to(out, "/slow/1500", 5, false, "alice").await;
+    assert_eq!(to_v1, [200; 5]);
+
+    // v2 hashes by user: one user, one endpoint; v1 keeps the rule's round robin: one user's
+    // calls alternate.
+    let mut v2_apps = std::collections::HashSet::new();
+    let mut v1_apps = std::collections::HashSet::new();
+    for _ in 0..4 {
+        v2_apps.extend(burst_to(out, "/echo", 1, true, "alice").await.1);
+        v1_apps.extend(burst_to(out, "/echo", 1, false, "alice").await.1);
+    }
+    assert_eq!(v2_apps.len(), 1, "{v2_apps:?}");
+    assert!(v2_apps.iter().all(|a| a.starts_with('b')), "{v2_apps:?}");
+    assert_eq!(
+        v1_apps,
+        ["a1".to_string(), "a2".to_string()].into_iter().collect(),
+    );
+
+    // Outlier detection per subset is refused: Weft keeps one ejection state per endpoint.
+    let bad = support::mesh::write(
+        m.dir.path(),
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: payments }
+spec:
+  host: payments
+  subsets:
+  - name: v2
+    labels: { version: v2 }
+    trafficPolicy:
+      outlierDetection: { consecutive5xxErrors: 1 }
+      connectionPool: { http: { maxRetries: -1 } }
+",
+    );
+    let refused = support::mesh::weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", bad.to_str().expect("utf-8")],
+    );
+    let said = support::mesh::text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("spec.subsets[0].trafficPolicy.outlierDetection: not supported"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries: must be between"
+        ),
+        "{said}"
+    );
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A subset: its interned name and its endpoints, selected once when the route is built.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Subset {
     /// Interned name, as hooks see it.
     pub name_id: u32,
@@ -20,10 +20,47 @@ pub struct Subset {
     pub selector: BTreeMap<String, String>,
     /// The endpoints that carry them.
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Its circuit breaker, when the service has a `connectionPool`.
+    /// Its circuit breaker, when it or the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
-    /// Its endpoints' ring, when the service balances by consistent hash.
+    /// How its endpoints are picked (its own policy, else the service's).
+    pub picking: Picking,
+}
+
+/// How one destination's endpoints are picked: by its balancer, or by consistent hash on
+/// its ring.
+#[derive(Debug)]
+pub struct Picking {
+    /// The balancer (also used when a request has no hash key).
+    pub balancer: super::balance::Balancer,
+    /// How a request's key is found, when it balances by consistent hash.
+    pub hash: Option<super::consistent_hash::HashPolicy>,
+    /// Its endpoints' ring, with `hash`.
     pub ring: Option<super::consistent_hash::Ring>,
+}
+
+impl Picking {
+    fn new(
+        load_balancer: Option<&str>,
+        hash: Option<&crate::snapshot::ConsistentHash>,
+        endpoints: &[Arc<Endpoint>],
+    ) -> Picking {
+        let hash = hash.map(super::consistent_hash::HashPolicy::new);
+        let ring = hash.as_ref().map(|h| {
+            super::consistent_hash::Ring::new(
+                endpoints.iter().map(|e| &*e.address),
+                h.minimum_ring_size(),
+            )
+        });
+        Picking {
+            balancer: super::balance::Balancer::new(
+                load_balancer
+                    .and_then(super::balance::Kind::parse)
+                    .unwrap_or(super::balance::Kind::LeastRequest),
+            ),
+            hash,
+            ring,
+        }
+    }
 }
 
 /// One service's route.
@@ -40,8 +77,8 @@ pub struct Route {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Metric handles resolved once for this route.
     pub metrics: RouteMetrics,
-    /// How endpoints are picked.
-    pub balancer: super::balance::Balancer,
+    /// How endpoints are picked for calls with no subset.
+    pub picking: Picking,
     /// The plugin chain.
     pub chain: Arc<Chain>,
     /// The identity its endpoints serve with (a SPIFFE ID in this sidecar's trust domain),
@@ -49,10 +86,6 @@ pub struct Route {
     pub identity_id: u32,
     /// The circuit breaker of calls with no subset, when the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
-    /// How a request's key is found, when the service balances by consistent hash.
-    pub hash: Option<super::consistent_hash::HashPolicy>,
-    /// The ring of every endpoint, for calls with no subset.
-    pub ring: Option<super::consistent_hash::Ring>,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -223,17 +256,6 @@ pub fn build(
                 slot
             })
             .collect();
-        let hash = svc
-            .consistent_hash
-            .as_ref()
-            .map(super::consistent_hash::HashPolicy::new);
-        let ring_of = |endpoints: &[Arc<Endpoint>]| {
-            let minimum = hash.as_ref()?.minimum_ring_size();
-            Some(super::consistent_hash::Ring::new(
-                endpoints.iter().map(|e| &*e.address),
-                minimum,
-            ))
-        };
         let subsets = svc
             .subsets
             .iter()
@@ -243,17 +265,31 @@ pub fn build(
                     .filter(|e| e.matches(labels))
                     .cloned()
                     .collect();
+                // A subset's own policy replaces the service's, field by field, as Istio
+                // merges them.
+                let own = svc.subset_policies.get(s);
+                let (lb, hash) = match own {
+                    Some(p) if p.load_balancer.is_some() || p.consistent_hash.is_some() => {
+                        (p.load_balancer.as_deref(), p.consistent_hash.as_ref())
+                    }
+                    _ => (svc.load_balancer.as_deref(), svc.consistent_hash.as_ref()),
+                };
+                let pool = own.and_then(|p| p.connection_pool).or(svc.connection_pool);
                 let subset = Subset {
                     name_id: runtime.intern(s),
                     selector: labels.clone(),
-                    ring: ring_of(&members),
+                    picking: Picking::new(lb, hash, &members),
                     endpoints: members,
-                    breaker: breaker(name, s, &svc.connection_pool),
+                    breaker: breaker(name, s, &pool),
                 };
                 (s.clone(), subset)
             })
             .collect();
-        let ring = ring_of(&endpoints);
+        let picking = Picking::new(
+            svc.load_balancer.as_deref(),
+            svc.consistent_hash.as_ref(),
+            &endpoints,
+        );
         let route = Route {
             service: name.clone(),
             service_id: runtime.intern(name),
@@ -261,12 +297,7 @@ pub fn build(
             subsets,
             endpoints,
             metrics: metrics.for_route(name),
-            balancer: super::balance::Balancer::new(
-                svc.load_balancer
-                    .as_deref()
-                    .and_then(super::balance::Kind::parse)
-                    .unwrap_or(super::balance::Kind::LeastRequest),
-            ),
+            picking,
             chain: chains
                 .remove(name)
                 .unwrap_or_else(|| Arc::new(Chain::empty())),
@@ -275,8 +306,6 @@ pub fn build(
                 runtime.intern(&format!("spiffe://{td}/ns/{ns}/sa/{svc}"))
             }),
             breaker: breaker(name, "", &svc.connection_pool),
-            ring,
-            hash,
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {

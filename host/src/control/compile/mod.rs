@@ -10,7 +10,9 @@
 //!   holds for exactly the calls that entry matches (see `route_policies`);
 //! - `loadBalancer` is its DestinationRule's `trafficPolicy.loadBalancer.simple`
 //!   (`LEAST_REQUEST`/`UNSPECIFIED` → `leastRequest`, `ROUND_ROBIN` → `roundRobin`,
-//!   `RANDOM` → `random`);
+//!   `RANDOM` → `random`); `consistentHash` its `consistentHash` (the key and ring size);
+//!   `connectionPool` its circuit-breaker bounds (0 or absent: unbounded); `subsetPolicies`
+//!   the load balancer and connection pool of each subset with a `trafficPolicy` of its own;
 //! - the plugin chain, in this order:
 //!   1. WasmPlugins of phase `AUTHN`, then `AUTHZ` (within a phase: higher `priority` first,
 //!      then by name, then namespace);
@@ -384,6 +386,7 @@ pub fn compile_in(
             vip: None,
             connection_pool: dr.and_then(|(_, d)| d.connection_pool()),
             consistent_hash: dr.and_then(|(_, d)| d.consistent_hash()),
+            subset_policies: dr.map(|(_, d)| d.subset_policies()).unwrap_or_default(),
         };
         snapshot.services.insert(service.to_string(), compiled);
     }

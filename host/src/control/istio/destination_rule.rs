@@ -174,7 +174,7 @@ pub struct OutlierDetection {
 }
 
 /// A named subset: the endpoints whose labels include these.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subset {
     /// Its name (`v1`).
@@ -182,18 +182,15 @@ pub struct Subset {
     /// The labels an endpoint must carry.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its own policy: each field given replaces the DestinationRule's for calls to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
-impl DestinationRule {
+impl TrafficPolicy {
     /// The snapshot's `consistentHash`, when the load balancer is one.
     pub fn consistent_hash(&self) -> Option<crate::snapshot::ConsistentHash> {
-        let c = self
-            .traffic_policy
-            .as_ref()?
-            .load_balancer
-            .as_ref()?
-            .consistent_hash
-            .as_ref()?;
+        let c = self.load_balancer.as_ref()?.consistent_hash.as_ref()?;
         Some(crate::snapshot::ConsistentHash {
             header: c.http_header_name.clone(),
             cookie: c.http_cookie.as_ref().map(|k| crate::snapshot::HashCookie {
@@ -219,7 +216,7 @@ impl DestinationRule {
 
     /// The snapshot's `connectionPool`: Istio's fields, each 0 or absent meaning unbounded.
     pub fn connection_pool(&self) -> Option<crate::snapshot::ConnectionPool> {
-        let pool = self.traffic_policy.as_ref()?.connection_pool.as_ref()?;
+        let pool = self.connection_pool.as_ref()?;
         let bound = |v: Option<i64>| v.filter(|n| *n > 0).and_then(|n| u32::try_from(n).ok());
         let tcp = pool.tcp.clone().unwrap_or_default();
         let http = pool.http.clone().unwrap_or_default();
@@ -235,14 +232,44 @@ impl DestinationRule {
 
     /// The snapshot's `loadBalancer` value, when `simple` is given and known.
     pub fn load_balancer(&self) -> Option<&'static str> {
-        let simple = self
-            .traffic_policy
-            .as_ref()?
-            .load_balancer
-            .as_ref()?
-            .simple
-            .as_deref()?;
+        let simple = self.load_balancer.as_ref()?.simple.as_deref()?;
         load_balancer_of(simple).ok()
+    }
+}
+
+impl DestinationRule {
+    /// The snapshot's `consistentHash`, when the load balancer is one.
+    pub fn consistent_hash(&self) -> Option<crate::snapshot::ConsistentHash> {
+        self.traffic_policy.as_ref()?.consistent_hash()
+    }
+
+    /// The snapshot's `connectionPool`: Istio's fields, each 0 or absent meaning unbounded.
+    pub fn connection_pool(&self) -> Option<crate::snapshot::ConnectionPool> {
+        self.traffic_policy.as_ref()?.connection_pool()
+    }
+
+    /// The snapshot's `loadBalancer` value, when `simple` is given and known.
+    pub fn load_balancer(&self) -> Option<&'static str> {
+        self.traffic_policy.as_ref()?.load_balancer()
+    }
+
+    /// The snapshot's `subsetPolicies`: each subset's own policy, the fields it sets.
+    pub fn subset_policies(&self) -> BTreeMap<String, crate::snapshot::SubsetPolicy> {
+        self.subsets
+            .iter()
+            .filter_map(|s| {
+                let p = s.traffic_policy.as_ref()?;
+                Some((
+                    s.name.clone(),
+                    crate::snapshot::SubsetPolicy {
+                        load_balancer: p.load_balancer().map(str::to_string),
+                        consistent_hash: p.consistent_hash(),
+                        connection_pool: p.connection_pool(),
+                    },
+                ))
+            })
+            .filter(|(_, p)| *p != crate::snapshot::SubsetPolicy::default())
+            .collect()
     }
 }
 
@@ -301,7 +328,46 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
             "maxConcurrentStreams",
         ],
     ),
-    ("subsets[]", &["trafficPolicy"]),
+    (
+        "subsets[].trafficPolicy",
+        &[
+            "tls",
+            "portLevelSettings",
+            "tunnel",
+            "proxyProtocol",
+            "outlierDetection",
+        ],
+    ),
+    (
+        "subsets[].trafficPolicy.loadBalancer.consistentHash",
+        &["maglev"],
+    ),
+    (
+        "subsets[].trafficPolicy.loadBalancer.consistentHash.httpCookie",
+        &["attributes"],
+    ),
+    (
+        "subsets[].trafficPolicy.loadBalancer",
+        &["localityLbSetting", "warmupDurationSecs", "warmup"],
+    ),
+    (
+        "subsets[].trafficPolicy.connectionPool.tcp",
+        &[
+            "connectTimeout",
+            "tcpKeepalive",
+            "maxConnectionDuration",
+            "idleTimeout",
+        ],
+    ),
+    (
+        "subsets[].trafficPolicy.connectionPool.http",
+        &[
+            "idleTimeout",
+            "h2UpgradePolicy",
+            "useClientProtocol",
+            "maxConcurrentStreams",
+        ],
+    ),
 ];
 
 pub(super) fn check_destination_rule(
@@ -323,13 +389,27 @@ pub(super) fn check_destination_rule(
             );
         }
     }
-    let Some(policy) = &dr.traffic_policy else {
-        return;
-    };
+    if let Some(policy) = &dr.traffic_policy {
+        check_policy(policy, "spec.trafficPolicy", problems);
+    }
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if let Some(policy) = &s.traffic_policy {
+            check_policy(
+                policy,
+                &format!("spec.subsets[{i}].trafficPolicy"),
+                problems,
+            );
+        }
+    }
+}
+
+/// The checks of one traffic policy, the DestinationRule's or a subset's, at `at`.
+fn check_policy(policy: &TrafficPolicy, at: &str, problems: &mut Problems) {
+    let top = at;
     if let Some(lb) = &policy.load_balancer
         && let Some(c) = &lb.consistent_hash
     {
-        let at = "spec.trafficPolicy.loadBalancer";
+        let at = &format!("{top}.loadBalancer");
         if lb.simple.is_some() {
             problems.at(
                 at,
@@ -424,10 +504,10 @@ pub(super) fn check_destination_rule(
         .and_then(|l| l.simple.as_deref())
         && let Err(e) = load_balancer_of(simple)
     {
-        problems.at("spec.trafficPolicy.loadBalancer.simple", e);
+        problems.at(format!("{top}.loadBalancer.simple"), e);
     }
     if let Some(pool) = &policy.connection_pool {
-        let at = "spec.trafficPolicy.connectionPool";
+        let at = format!("{top}.connectionPool");
         let tcp = pool.tcp.clone().unwrap_or_default();
         let http = pool.http.clone().unwrap_or_default();
         for (field, value) in [
@@ -457,7 +537,7 @@ pub(super) fn check_destination_rule(
         }
     }
     if let Some(o) = &policy.outlier_detection {
-        let at = "spec.trafficPolicy.outlierDetection";
+        let at = format!("{top}.outlierDetection");
         for (field, value) in [
             ("interval", &o.interval),
             ("baseEjectionTime", &o.base_ejection_time),

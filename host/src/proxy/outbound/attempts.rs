@@ -16,6 +16,8 @@ pub(super) struct Upstream<'a> {
     /// The destination's ring and the request's hash on it, when it balances by
     /// consistent hash.
     pub(super) hashing: Option<(&'a crate::proxy::consistent_hash::Ring, Option<u64>)>,
+    /// The destination's balancer.
+    pub(super) balancer: &'a balance::Balancer,
 }
 
 /// Sends attempts until one stands; returns the last outcome and its response, if any.
@@ -33,6 +35,7 @@ pub(super) async fn attempts(
         deadline,
         breaker,
         hashing,
+        balancer,
     } = *up;
     // A retry's place in the destination's `maxRetries`, held while it is in flight.
     let mut retrying: Option<crate::proxy::breaker::Slot> = None;
@@ -80,7 +83,7 @@ pub(super) async fn attempts(
                     .map(|e| e.id)
             }
             Some((_, None)) => balance::pick(candidates, last, balance::Policy::Random, random),
-            None => balance::pick(candidates, last, target.balancer.next(), random),
+            None => balance::pick(candidates, last, balancer.next(), random),
         };
         let mut response = None;
         let outcome = match (picked, remaining) {

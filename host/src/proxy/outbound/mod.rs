@@ -481,20 +481,12 @@ async fn route(
     };
     call.summary.service = target.service_id;
     call.summary.destination_identity = target.identity_id;
-    let (endpoints, breaker, ring): (&[Arc<Endpoint>], _, _) = match &head.destination.subset {
-        None => (
-            &target.endpoints,
-            target.breaker.as_ref(),
-            target.ring.as_ref(),
-        ),
+    let (endpoints, breaker, picking): (&[Arc<Endpoint>], _, _) = match &head.destination.subset {
+        None => (&target.endpoints, target.breaker.as_ref(), &target.picking),
         Some(name) => match target.subsets.get(name) {
             Some(subset) => {
                 call.summary.subset = subset.name_id;
-                (
-                    &subset.endpoints,
-                    subset.breaker.as_ref(),
-                    subset.ring.as_ref(),
-                )
+                (&subset.endpoints, subset.breaker.as_ref(), &subset.picking)
             }
             None => {
                 call.finish(503, 0, ResponseFlags::NO_ROUTE);
@@ -566,7 +558,7 @@ async fn route(
     }
     // Consistent hashing: the request's key places it on the ring (no key: a random pick,
     // as Envoy makes one).
-    let hashing = match (&target.hash, ring) {
+    let hashing = match (&picking.hash, &picking.ring) {
         (Some(policy), Some(ring)) => {
             let keyed = policy.key(
                 &head.headers,
@@ -589,6 +581,7 @@ async fn route(
         deadline,
         breaker,
         hashing,
+        balancer: &picking.balancer,
     };
     let (outcome, response) =
         attempts(&inputs, &mut call, &upstream, &mut head, &mut request_body).await;

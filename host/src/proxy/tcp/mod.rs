@@ -363,7 +363,7 @@ async fn open_to_service(
         outstanding: e.outstanding.load(Ordering::Relaxed),
         ejected: e.is_ejected(now),
     });
-    let picked = balance::pick(candidates, None, route.balancer.next(), |n| {
+    let picked = balance::pick(candidates, None, route.picking.balancer.next(), |n| {
         (inputs.random() % n as u64) as usize
     });
     let endpoint = picked
