@@ -5,8 +5,8 @@
 //! unknown. `WEFT_BLESS=1 cargo test -p weft --lib conformance` rewrites the table.
 
 use super::istio::{
-    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED, TELEMETRY_UNSUPPORTED,
-    Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
+    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, HTTP_ROUTE_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED,
+    TELEMETRY_UNSUPPORTED, Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -132,6 +132,36 @@ metadata: { name: probe }
             "metrics[].overrides[].match",
         ],
         refused: TELEMETRY_UNSUPPORTED,
+    },
+    KindProbe {
+        title: "HTTPRoute (gateway.networking.k8s.io), for mesh traffic",
+        header: "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: probe }
+",
+        levels: &[
+            "",
+            "parentRefs[]",
+            "rules[]",
+            "rules[].matches[]",
+            "rules[].matches[].path",
+            "rules[].matches[].headers[]",
+            "rules[].matches[].queryParams[]",
+            "rules[].filters[]",
+            "rules[].filters[].requestHeaderModifier",
+            "rules[].filters[].requestHeaderModifier.set[]",
+            "rules[].filters[].responseHeaderModifier",
+            "rules[].filters[].urlRewrite",
+            "rules[].filters[].urlRewrite.path",
+            "rules[].filters[].requestRedirect",
+            "rules[].filters[].requestMirror",
+            "rules[].filters[].requestMirror.backendRef",
+            "rules[].filters[].requestMirror.fraction",
+            "rules[].backendRefs[]",
+            "rules[].timeouts",
+            "rules[].retry",
+        ],
+        refused: HTTP_ROUTE_UNSUPPORTED,
     },
 ];
 

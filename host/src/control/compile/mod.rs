@@ -611,7 +611,12 @@ impl<'a> Catalog<'a> {
         for r in sorted {
             let ns = r.namespace.as_str();
             match &r.spec {
-                Spec::VirtualService(vs) => {
+                // An HTTPRoute routes as the VirtualService it means.
+                Spec::VirtualService(vs)
+                | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute {
+                    mesh: vs,
+                    ..
+                }) => {
                     if !vs.applies_to_mesh() || !visible(&vs.export_to, ns) {
                         continue;
                     }

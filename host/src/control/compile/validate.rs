@@ -37,7 +37,7 @@ pub fn validate(
     for (service, list) in &catalog.virtual_services {
         for (r, _) in list.iter().skip(1) {
             errors.push(format!(
-                "{}: spec.hosts: {service} is already routed by {}; Weft takes one VirtualService per host",
+                "{}: spec.hosts: {service} is already routed by {}; Weft takes one VirtualService or HTTPRoute per host",
                 r.origin(),
                 list[0].0.origin()
             ));
@@ -84,7 +84,10 @@ pub fn validate(
     let mut wasm_names: BTreeMap<&str, &Resource> = BTreeMap::new();
     for r in resources {
         match &r.spec {
-            Spec::VirtualService(vs) => {
+            Spec::VirtualService(vs)
+            | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute {
+                mesh: vs, ..
+            }) => {
                 check_subsets(r, vs, &catalog, &mut errors);
                 warn_virtual_service(r, vs, &mut warnings);
             }

@@ -36,6 +36,7 @@ use crate::snapshot::{is_digest, parse_duration};
 mod authorization;
 mod destination_rule;
 mod hosts;
+pub mod http_route;
 mod peer_authentication;
 mod telemetry;
 #[cfg(test)]
@@ -48,6 +49,9 @@ pub use authorization::*;
 pub(in crate::control) use destination_rule::DR_UNSUPPORTED;
 pub use destination_rule::*;
 pub use hosts::*;
+pub use http_route::GatewayHttpRoute;
+pub(in crate::control) use http_route::HTTP_ROUTE_UNSUPPORTED;
+use http_route::check_http_route;
 pub(in crate::control) use peer_authentication::PEER_AUTHN_UNSUPPORTED;
 pub use peer_authentication::*;
 pub(in crate::control) use telemetry::TELEMETRY_UNSUPPORTED;
@@ -72,17 +76,20 @@ pub enum Kind {
     PeerAuthentication,
     /// `telemetry.istio.io` Telemetry: access logging per workload and side.
     Telemetry,
+    /// `gateway.networking.k8s.io` HTTPRoute attached to a Service: mesh routing (GAMMA).
+    GatewayHttpRoute,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::Telemetry,
+        Kind::GatewayHttpRoute,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -94,6 +101,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Telemetry => "Telemetry",
+            Kind::GatewayHttpRoute => "HTTPRoute",
         }
     }
 
@@ -110,6 +118,10 @@ impl Kind {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
             Kind::Telemetry => &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"],
+            Kind::GatewayHttpRoute => &[
+                "gateway.networking.k8s.io/v1",
+                "gateway.networking.k8s.io/v1beta1",
+            ],
         }
     }
 
@@ -137,8 +149,9 @@ impl FromStr for Kind {
             "authorizationpolicy" | "authorizationpolicies" | "ap" => Ok(Kind::AuthorizationPolicy),
             "peerauthentication" | "peerauthentications" | "pa" => Ok(Kind::PeerAuthentication),
             "telemetry" | "telemetries" => Ok(Kind::Telemetry),
+            "httproute" | "httproutes" => Ok(Kind::GatewayHttpRoute),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute)"
             )),
         }
     }
@@ -179,6 +192,8 @@ pub enum Spec {
     PeerAuthentication(PeerAuthentication),
     /// A Telemetry's spec.
     Telemetry(Telemetry),
+    /// A Gateway API HTTPRoute's spec, with the VirtualService it means.
+    GatewayHttpRoute(GatewayHttpRoute),
 }
 
 impl Resource {
@@ -480,6 +495,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::AuthorizationPolicy => AUTHZ_UNSUPPORTED,
         Kind::PeerAuthentication => PEER_AUTHN_UNSUPPORTED,
         Kind::Telemetry => TELEMETRY_UNSUPPORTED,
+        Kind::GatewayHttpRoute => HTTP_ROUTE_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -512,6 +528,11 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::Telemetry => typed::<Telemetry>(spec, problems).map(|t| {
             check_telemetry(&t, problems);
             Spec::Telemetry(t)
+        }),
+        Kind::GatewayHttpRoute => typed::<GatewayHttpRoute>(spec, problems).map(|mut hr| {
+            check_http_route(&hr, namespace, problems);
+            hr.mesh = hr.to_virtual_service(namespace);
+            Spec::GatewayHttpRoute(hr)
         }),
     }
 }
