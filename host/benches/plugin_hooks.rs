@@ -72,6 +72,7 @@ fn attempt(outcome: Outcome) -> Attempt {
         elapsed_us: 900,
         remaining_ms: 5_000,
         replayable: true,
+        grpc_status: None,
     }
 }
 
@@ -92,6 +93,7 @@ fn summary(rt: &PluginRuntime) -> CallSummary {
         destination_workload: rt.intern("name=payments;namespace=default;app=payments;version=v1"),
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
+        grpc_status: None,
     }
 }
 

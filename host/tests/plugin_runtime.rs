@@ -152,6 +152,7 @@ fn a_well_behaved_plugin_changes_the_request_as_it_says() {
         elapsed_us: 1_000,
         remaining_ms: 5_000,
         replayable: true,
+        grpc_status: None,
     };
     assert_eq!(
         chain.on_attempt_end(&attempt, RouteId::NONE).action,
@@ -196,6 +197,7 @@ fn a_well_behaved_plugin_changes_the_request_as_it_says() {
         destination_workload: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
+        grpc_status: None,
     };
     assert!(!chain.on_done(&summary, RouteId::NONE));
     assert_eq!(
@@ -660,6 +662,7 @@ fn the_built_in_policies_run_the_seed_scenario() {
         elapsed_us: 10,
         remaining_ms: 5_000,
         replayable: true,
+        grpc_status: None,
     };
     assert!(
         matches!(chain.on_attempt_end(&failed, RouteId::NONE).action, AttemptVerdict::Retry(d) if d <= Duration::from_millis(250))
@@ -698,6 +701,7 @@ fn the_built_in_policies_run_the_seed_scenario() {
             .intern("name=payments;namespace=default;app=payments;version=v2"),
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
+        grpc_status: None,
     };
     chain.on_done(&summary, RouteId::NONE);
     let labels = [
@@ -769,6 +773,7 @@ fn the_outlier_plugin_ejects_through_the_hosts_endpoint_table() {
         elapsed_us: 10,
         remaining_ms: 1_000,
         replayable: true,
+        grpc_status: None,
     };
     let ejected = || {
         table
@@ -980,6 +985,7 @@ fn through(chain: &Chain, mut head: RequestHead) -> Through {
         elapsed_us: 1_000,
         remaining_ms: 5_000,
         replayable: true,
+        grpc_status: None,
     };
     let attempt = chain.on_attempt_end(&failed, route).action;
     let mut response = ResponseHead {
@@ -1006,6 +1012,7 @@ fn through(chain: &Chain, mut head: RequestHead) -> Through {
         destination_workload: 0,
         protocol: Protocol::Http1,
         response_flags: ResponseFlags::empty(),
+        grpc_status: None,
     };
     assert!(!chain.on_done(&summary, route));
     Through {

@@ -132,6 +132,8 @@ pub struct Attempt {
     pub remaining_ms: u32,
     /// Whether the host can send the request again.
     pub replayable: bool,
+    /// The `grpc-status` of a trailers-only gRPC answer, if any.
+    pub grpc_status: Option<u8>,
 }
 
 impl Default for Attempt {
@@ -144,6 +146,7 @@ impl Default for Attempt {
             elapsed_us: 0,
             remaining_ms: u32::MAX,
             replayable: true,
+            grpc_status: None,
         }
     }
 }
@@ -311,6 +314,8 @@ pub struct CallSummary {
     pub protocol: Protocol,
     /// Response flags.
     pub flags: ResponseFlags,
+    /// The gRPC status the response ended with, if it was a gRPC response.
+    pub grpc_status: Option<u8>,
 }
 
 /// Kinds of host-owned metric.

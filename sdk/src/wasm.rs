@@ -148,6 +148,7 @@ fn attempt_from(a: wit::Attempt) -> Attempt {
         elapsed_us: a.elapsed_us,
         remaining_ms: a.remaining_ms,
         replayable: a.replayable,
+        grpc_status: a.grpc_status,
     }
 }
 
@@ -171,6 +172,7 @@ fn summary_from(s: wit::CallSummary) -> CallSummary {
             wit::Protocol::Http2 => Protocol::Http2,
         },
         flags: ResponseFlags::from_bits(s.response_flags.bits()),
+        grpc_status: s.grpc_status,
     }
 }
 

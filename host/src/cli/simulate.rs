@@ -201,6 +201,7 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
             elapsed_us: 800,
             remaining_ms: TIMEOUT_MS.saturating_sub(u64::from(number)) as u32,
             replayable: true,
+            grpc_status: None,
         };
         status = match outcome {
             Outcome::Response(s) => s,
@@ -244,6 +245,7 @@ fn call(chain: &Chain, world: &mut World, call_id: u64, tally: &mut Tally) {
             destination_workload: 0,
             protocol: Protocol::Http1,
             response_flags: flags,
+            grpc_status: None,
         },
         head.route,
     );

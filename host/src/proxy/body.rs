@@ -160,12 +160,15 @@ pub struct BodyEnd {
     pub bytes: u64,
     /// Whether it ended normally (false: an error, or the caller went away).
     pub complete: bool,
+    /// The `grpc-status` its trailers carried, if any.
+    pub grpc_status: Option<u8>,
 }
 
 /// A response body that counts bytes and calls `on_end` exactly once when it is over.
 pub struct ReportingBody<B: Body, F: FnOnce(BodyEnd)> {
     inner: B,
     bytes: u64,
+    grpc_status: Option<u8>,
     on_end: Option<F>,
 }
 
@@ -175,6 +178,7 @@ impl<B: Body, F: FnOnce(BodyEnd)> ReportingBody<B, F> {
         ReportingBody {
             inner,
             bytes: 0,
+            grpc_status: None,
             on_end: Some(on_end),
         }
     }
@@ -184,6 +188,7 @@ impl<B: Body, F: FnOnce(BodyEnd)> ReportingBody<B, F> {
             f(BodyEnd {
                 bytes: self.bytes,
                 complete,
+                grpc_status: self.grpc_status,
             });
         }
     }
@@ -206,6 +211,8 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.grpc_status = super::grpc::status(trailers);
                 }
             }
             Poll::Ready(Some(Err(_))) => self.end(false),

@@ -297,7 +297,12 @@ async fn answer(
         ));
     };
     parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    // gRPC goes to the app over HTTP/2, as it came (it needs trailers); everything else over
+    // HTTP/1.1, which every app speaks.
+    let grpc = parts.version == Version::HTTP_2 && super::grpc::is_grpc(&parts.headers);
+    if !grpc {
+        parts.version = Version::HTTP_11;
+    }
     let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
     // Counted as the app reads it, when the server-side chain or the access log wants it.
     let counter = call.as_ref().map(ServerCall::request_counter).or(received);
@@ -312,6 +317,11 @@ async fn answer(
     };
     let upstream = Request::from_parts(parts, body);
     let answered = match upgrade {
+        None if grpc => inputs
+            .app_h2
+            .request(upstream)
+            .await
+            .map_err(|e| format!("{e:?}")),
         None => inputs
             .app
             .request(upstream)

@@ -16,6 +16,7 @@ pub mod call_spans;
 pub mod consistent_hash;
 pub mod deadline;
 pub mod explain;
+pub mod grpc;
 pub mod h1_pool;
 pub mod headers;
 pub mod inbound;
@@ -301,6 +302,8 @@ pub struct Inputs {
     pub peers_h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
     /// Client to the local app (HTTP/1.1, pooled).
     pub app: h1_pool::H1Pool<CountingConnector>,
+    /// Client to the local app over HTTP/2 (h2c), for gRPC calls.
+    pub app_h2: Client<CountingConnector, ProxyBody>,
     /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
     pub tunnels: CountingConnector<PeerConnector>,
     /// Istio's TCP metrics.
@@ -526,6 +529,15 @@ impl Sidecar {
         )?))?;
         let access_log =
             crate::access_log::Writer::start(&registry).map_err(SidecarError::AccessLog)?;
+        // gRPC needs HTTP/2 (trailers) all the way: to the app too, over h2c.
+        let app_h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(CountingConnector::new(
+                connector.clone(),
+                metrics.pool("app"),
+            ));
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -589,6 +601,7 @@ impl Sidecar {
             peers,
             peers_h1,
             app,
+            app_h2,
             tunnels,
             tcp: tcp_metrics,
             access_log,

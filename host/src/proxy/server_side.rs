@@ -154,6 +154,7 @@ impl ServerCall {
                     Protocol::Http1
                 },
                 response_flags: ResponseFlags::empty(),
+                grpc_status: None,
             },
             request_bytes: request_bytes.unwrap_or_default(),
             done: false,
@@ -302,7 +303,12 @@ impl ServerCall {
         parts.status = head.status;
         parts.headers = head.headers;
         let status = parts.status.as_u16();
+        // A trailers-only gRPC answer carries its status in the headers.
+        self.summary.grpc_status = super::grpc::status(&parts.headers);
         let reporting = ReportingBody::new(body, move |end: BodyEnd| {
+            if end.grpc_status.is_some() {
+                self.summary.grpc_status = end.grpc_status;
+            }
             let ended = if end.complete {
                 flags
             } else {

@@ -41,7 +41,31 @@ pub struct AbortConfig {
     pub share: Share,
     /// The status they are answered with, 200..=599.
     pub http_status: u16,
+    /// With `grpcStatus`: the gRPC status a gRPC caller is answered with (then `http_status`
+    /// is the HTTP status the gRPC spec pairs with it, for other callers).
+    pub grpc_status: Option<u8>,
 }
+
+/// gRPC's status names (`grpcStatus: UNAVAILABLE`), their numbers, and the HTTP status the
+/// gRPC spec pairs with each (grpc-gateway's mapping), for a caller that is not gRPC.
+const GRPC_STATUSES: [(&str, u8, u16); 16] = [
+    ("CANCELLED", 1, 499),
+    ("UNKNOWN", 2, 500),
+    ("INVALID_ARGUMENT", 3, 400),
+    ("DEADLINE_EXCEEDED", 4, 504),
+    ("NOT_FOUND", 5, 404),
+    ("ALREADY_EXISTS", 6, 409),
+    ("PERMISSION_DENIED", 7, 403),
+    ("RESOURCE_EXHAUSTED", 8, 429),
+    ("FAILED_PRECONDITION", 9, 400),
+    ("ABORTED", 10, 409),
+    ("OUT_OF_RANGE", 11, 400),
+    ("UNIMPLEMENTED", 12, 501),
+    ("INTERNAL", 13, 500),
+    ("UNAVAILABLE", 14, 503),
+    ("DATA_LOSS", 15, 500),
+    ("UNAUTHENTICATED", 16, 401),
+];
 
 /// The share of calls a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,15 +218,21 @@ fn delay(value: Value) -> Result<DelayConfig, String> {
 
 fn abort(value: Value) -> Result<AbortConfig, String> {
     let raw: RawAbort = typed("abort", value)?;
-    if raw.grpc_status.is_some() {
-        // A gRPC abort is an HTTP 200 carrying `grpc-status`, which only means something to a
-        // gRPC caller; the plugin cannot tell one from a plain HTTP caller, so it refuses
-        // rather than answer 200 to a plain one.
-        return Err(
-            "abort.grpcStatus: not supported: Weft aborts with a plain HTTP status; \
-                    use httpStatus (a gRPC client reads 503 as UNAVAILABLE)"
-                .into(),
-        );
+    if let Some(name) = optional::<String>("abort.grpcStatus", raw.grpc_status)? {
+        if raw.http_status.is_some() {
+            return Err("abort: give httpStatus or grpcStatus, not both".into());
+        }
+        let Some((_, code, http)) = GRPC_STATUSES.iter().find(|(n, _, _)| *n == name) else {
+            return Err(format!(
+                "abort.grpcStatus: {name:?} is not a gRPC status name (Istio takes them in capitals: UNAVAILABLE, INTERNAL, …; OK cannot abort)"
+            ));
+        };
+        let share = share("abort", raw.percentage, raw.percent)?;
+        return Ok(AbortConfig {
+            share,
+            http_status: *http,
+            grpc_status: Some(*code),
+        });
     }
     if raw.http2_error.is_some() {
         return Err(
@@ -223,7 +253,11 @@ fn abort(value: Value) -> Result<AbortConfig, String> {
             ));
         }
     };
-    Ok(AbortConfig { share, http_status })
+    Ok(AbortConfig {
+        share,
+        http_status,
+        grpc_status: None,
+    })
 }
 
 impl Config {

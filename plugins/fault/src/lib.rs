@@ -21,7 +21,7 @@ pub const ABORT_BODY: &str = "fault filter abort";
 pub struct Fault {
     // Each None when not configured or when its share is 0%: nothing to draw for.
     delay: Option<(u32, Duration)>,
-    abort: Option<(u32, u16)>,
+    abort: Option<(u32, u16, Option<u8>)>,
 }
 
 /// Draws whether this call falls in a share of `per_million`.
@@ -54,7 +54,7 @@ impl Filter for Fault {
         });
         let abort = config.abort.and_then(|a| {
             warn_if_never("abort", a.share);
-            (a.share.per_million > 0).then_some((a.share.per_million, a.http_status))
+            (a.share.per_million > 0).then_some((a.share.per_million, a.http_status, a.grpc_status))
         });
         Ok(Fault { delay, abort })
     }
@@ -76,13 +76,36 @@ impl Filter for Fault {
         {
             req.set_delay(delay);
         }
-        match self.abort {
-            Some((share, status)) if falls_in(share) => {
-                RequestAction::Respond(LocalResponse::text(status, ABORT_BODY))
-            }
-            _ => RequestAction::Continue,
+        let Some((share, status, grpc)) = self.abort else {
+            return RequestAction::Continue;
+        };
+        // One draw per call, whatever the caller speaks.
+        if !falls_in(share) {
+            return RequestAction::Continue;
+        }
+        match grpc {
+            // A gRPC caller gets its status as gRPC sends one: HTTP 200, headers only.
+            Some(grpc) if is_grpc(req) => RequestAction::Respond(LocalResponse {
+                status: 200,
+                headers: vec![
+                    ("content-type".into(), b"application/grpc".to_vec()),
+                    ("grpc-status".into(), grpc.to_string().into_bytes()),
+                    ("grpc-message".into(), ABORT_BODY.trim().as_bytes().to_vec()),
+                ],
+                body: Vec::new(),
+            }),
+            _ => RequestAction::Respond(LocalResponse::text(status, ABORT_BODY)),
         }
     }
+}
+
+/// Whether the caller speaks gRPC (its `content-type` is `application/grpc…`).
+fn is_grpc(req: &Request<'_>) -> bool {
+    req.header("content-type").is_some_and(|v| {
+        v == b"application/grpc"
+            || v.starts_with(b"application/grpc+")
+            || v.starts_with(b"application/grpc;")
+    })
 }
 
 export_filter!(Fault);

@@ -283,6 +283,7 @@ fn istios_examples_parse() {
                     given: true
                 },
                 http_status: 503,
+                grpc_status: None,
             }),
         }
     );
@@ -374,8 +375,12 @@ fn configuration_errors_name_the_field() {
         ),
         (r#"{"abort":{"httpStatus":-1}}"#, "abort.httpStatus:"),
         (
-            r#"{"abort":{"grpcStatus":"UNAVAILABLE","percentage":{"value":10}}}"#,
-            "abort.grpcStatus: not supported",
+            r#"{"abort":{"grpcStatus":"14","percentage":{"value":10}}}"#,
+            "abort.grpcStatus: \"14\" is not a gRPC status name",
+        ),
+        (
+            r#"{"abort":{"grpcStatus":"UNAVAILABLE","httpStatus":503}}"#,
+            "abort: give httpStatus or grpcStatus, not both",
         ),
         (
             r#"{"abort":{"http2Error":"REFUSED_STREAM"}}"#,
@@ -410,4 +415,29 @@ fn boundary_statuses_are_accepted() {
         ));
         assert_eq!(call(&mut h), (None, Some(status)));
     }
+}
+
+#[test]
+fn a_grpc_abort_answers_grpc_callers_in_grpc_and_others_with_its_http_pair() {
+    let mut h = harness(r#"{"abort":{"grpcStatus":"UNAVAILABLE","percentage":{"value":100}}}"#);
+    let mut grpc = TestRequest::get("payments", "/pkg.Payments/Charge")
+        .with_header("content-type", "application/grpc");
+    let (_, action) = h.on_request(&mut grpc);
+    let RequestAction::Respond(reply) = action else {
+        panic!("not aborted")
+    };
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_empty());
+    assert!(
+        reply
+            .headers
+            .contains(&("grpc-status".into(), b"14".to_vec()))
+    );
+    assert!(
+        reply
+            .headers
+            .contains(&("content-type".into(), b"application/grpc".to_vec()))
+    );
+    // A plain HTTP caller: the status the gRPC spec pairs with UNAVAILABLE.
+    assert_eq!(call(&mut h), (None, Some(503)));
 }

@@ -176,7 +176,7 @@ impl Filter for Retry {
     fn on_attempt_end(&self, attempt: &Attempt) -> AttemptAction {
         // Cheapest checks first: most attempts succeed, and only a wanted retry touches the
         // shared state.
-        if !self.retry_on.matches(attempt.outcome)
+        if !self.retry_on.matches(attempt.outcome, attempt.grpc_status)
             || attempt.number > self.attempts
             || !attempt.replayable
         {

@@ -35,7 +35,18 @@ pub(crate) struct RetryOn {
     refused_stream: bool,
     retriable_4xx: bool,
     codes: Vec<u16>,
+    /// gRPC statuses retried (`x-envoy-retry-grpc-on`), by number.
+    grpc: Vec<u8>,
 }
+
+/// Envoy's gRPC retry conditions and the statuses they name.
+const GRPC: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 impl RetryOn {
     /// Parses a comma-separated list, naming the first condition it does not know.
@@ -53,11 +64,17 @@ impl RetryOn {
                 // Envoy reads the codes for this class from the route's list, which Istio fills
                 // from the bare codes; the class alone adds nothing.
                 "retriable-status-codes" => {}
-                // gRPC conditions match a grpc-status in the response headers or trailers,
-                // which an attempt's outcome does not carry: accepted (Istio's default names
-                // two of them), never matched.
-                "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-                | "unavailable" => {}
+                // gRPC conditions match the grpc-status of a trailers-only answer, as Envoy
+                // reads it: a status in trailers comes after the body has been streamed.
+                other if GRPC.iter().any(|(name, _)| *name == other) => {
+                    let code = GRPC
+                        .iter()
+                        .find(|(name, _)| *name == other)
+                        .map_or(0, |g| g.1);
+                    if !on.grpc.contains(&code) {
+                        on.grpc.push(code);
+                    }
+                }
                 other => {
                     if let Some((_, why)) = UNSUPPORTED.iter().find(|(name, _)| *name == other) {
                         return Err(format!(
@@ -88,10 +105,15 @@ impl RetryOn {
             || self.refused_stream
             || self.retriable_4xx
             || !self.codes.is_empty()
+            || !self.grpc.is_empty()
     }
 
-    /// Whether an attempt that ended this way should be retried.
-    pub(crate) fn matches(&self, outcome: Outcome) -> bool {
+    /// Whether an attempt that ended this way should be retried: by its outcome, or by the
+    /// `grpc-status` of its trailers-only gRPC answer.
+    pub(crate) fn matches(&self, outcome: Outcome, grpc_status: Option<u8>) -> bool {
+        if grpc_status.is_some_and(|g| self.grpc.contains(&g)) {
+            return true;
+        }
         // Every failure without a response head is a stream reset to Envoy.
         let any_reset = self.any_5xx || self.gateway_error || self.reset;
         match outcome {

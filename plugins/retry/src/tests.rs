@@ -106,6 +106,48 @@ fn every_class_against_every_outcome() {
 }
 
 #[test]
+fn grpc_conditions_match_the_status_of_a_trailers_only_answer() {
+    let h = harness(r#"{"attempts":2,"retryOn":"unavailable,deadline-exceeded","budget":false}"#);
+    let with = |grpc: Option<u8>| {
+        matches!(
+            h.filter().on_attempt_end(&Attempt {
+                outcome: Outcome::Response(200),
+                grpc_status: grpc,
+                ..Attempt::default()
+            }),
+            AttemptAction::Retry(_)
+        )
+    };
+    // UNAVAILABLE (14) and DEADLINE_EXCEEDED (4) are retried; OK, INTERNAL (13) and a
+    // response without a status in its headers are not.
+    assert_eq!(
+        [Some(14), Some(4), Some(0), Some(13), None].map(with),
+        [true, true, false, false, false]
+    );
+    let every = harness(
+        r#"{"attempts":1,"retryOn":"cancelled,deadline-exceeded,resource-exhausted,internal,unavailable","budget":false}"#,
+    );
+    for (code, want) in [
+        (1, true),
+        (4, true),
+        (8, true),
+        (13, true),
+        (14, true),
+        (2, false),
+        (5, false),
+    ] {
+        let got = matches!(
+            every.filter().on_attempt_end(&Attempt {
+                grpc_status: Some(code),
+                ..Attempt::default()
+            }),
+            AttemptAction::Retry(_)
+        );
+        assert_eq!(got, want, "grpc-status {code}");
+    }
+}
+
+#[test]
 fn classes_combine_and_tolerate_spaces() {
     let h = harness(r#"{"retryOn":" retriable-4xx , 418,503 ,,connect-failure","budget":false}"#);
     for outcome in [
@@ -321,7 +363,10 @@ fn declares_only_the_hooks_it_needs() {
         ),
         // Nothing can be retried: no attempt hook, and no requests to count.
         (r#"{"attempts":0}"#, Hooks::NONE),
-        (r#"{"retryOn":"unavailable,cancelled"}"#, Hooks::NONE),
+        (
+            r#"{"retryOn":"unavailable,cancelled"}"#,
+            Hooks::ON_REQUEST | Hooks::ON_ATTEMPT_END,
+        ),
         (r#"{"attempts":0,"perTryTimeout":"1s"}"#, Hooks::ON_REQUEST),
     ];
     for (config, hooks) in cases {

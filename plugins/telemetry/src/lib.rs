@@ -104,7 +104,7 @@ const BUCKETS: [f64; 19] = [
 ];
 
 /// A label set by the ids and numbers the host passes: hashing it allocates nothing.
-type LabelKey = (Name, Name, Name, Name, Name, u16, u16);
+type LabelKey = (Name, Name, Name, Name, Name, u16, u16, Option<u8>);
 
 /// Series of one label set: requests, duration, request bytes, response bytes, retries (none
 /// where the metric is not reported).
@@ -173,9 +173,14 @@ fn label_values(config: &Config, s: &CallSummary) -> Vec<String> {
         or_unknown(name),
         or_unknown(namespace),
         &config.cluster,
-        "http",
+        // Istio's `grpc` for a gRPC call: one whose answer carried a grpc-status.
+        if s.grpc_status.is_some() {
+            "grpc"
+        } else {
+            "http"
+        },
         &s.status.to_string(),
-        "",
+        &s.grpc_status.map(|g| g.to_string()).unwrap_or_default(),
         &s.flags.envoy_codes(),
         security,
     ]
@@ -270,6 +275,8 @@ impl Filter for Telemetry {
             s.service,
             s.status,
             s.flags.bits(),
+            // `request_protocol` and `grpc_response_status`.
+            s.grpc_status,
         );
         let mut cache = self.cache.borrow_mut();
         let series = match cache.get(&key) {

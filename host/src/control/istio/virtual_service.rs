@@ -490,6 +490,9 @@ pub struct FaultAbort {
     /// The status to answer with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u32>,
+    /// The gRPC status (by name, `UNAVAILABLE`) a gRPC caller is answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
     /// The share of calls aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percentage>,
@@ -532,6 +535,9 @@ impl Fault {
             if let Some(s) = a.http_status {
                 abort.insert("httpStatus".into(), Value::from(s));
             }
+            if let Some(s) = &a.grpc_status {
+                abort.insert("grpcStatus".into(), Value::from(s.as_str()));
+            }
             if let Some(p) = a.percentage {
                 abort.insert("percentage".into(), serde_json::json!({ "value": p.value }));
             }
@@ -561,7 +567,7 @@ pub(in crate::control) const VS_UNSUPPORTED: Unsupported = &[
     ("http[].route[].destination", &["port"]),
     ("http[].retries", &["retryRemoteLocalities"]),
     ("http[].fault.delay", &["exponentialDelay"]),
-    ("http[].fault.abort", &["grpcStatus", "http2Error"]),
+    ("http[].fault.abort", &["http2Error"]),
 ];
 
 pub(super) fn check_virtual_service(vs: &VirtualService, namespace: &str, problems: &mut Problems) {

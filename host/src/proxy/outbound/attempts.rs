@@ -201,6 +201,9 @@ pub(super) async fn attempts(
                 u32::try_from(r.as_millis()).unwrap_or(u32::MAX)
             }),
             replayable: request_body.replayable(),
+            grpc_status: response
+                .as_ref()
+                .and_then(|r| crate::proxy::grpc::status(r.headers())),
         };
         let decided = match (note.as_mut(), &call.explain) {
             (Some(n), Some(e)) => {

@@ -350,6 +350,7 @@ async fn route(
             destination_workload: 0,
             protocol,
             response_flags: ResponseFlags::empty(),
+            grpc_status: None,
         },
         request_bytes: Arc::new(AtomicU64::new(0)),
         inputs: inputs.clone(),
@@ -423,7 +424,16 @@ async fn route(
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
-    let deadline = head.timeout.or(route.timeout).map(|t| start + t);
+    // A gRPC caller's own deadline (`grpc-timeout`) bounds the call too, within the route's
+    // timeout: Istio caps the header at the route's timeout (`grpc_timeout_header_max`).
+    let route_timeout = head.timeout.or(route.timeout);
+    let timeout = match super::grpc::timeout(&head.headers) {
+        Some(g) if super::grpc::is_grpc(&head.headers) => {
+            Some(route_timeout.map_or(g, |t| t.min(g)))
+        }
+        _ => route_timeout,
+    };
+    let deadline = timeout.map(|t| start + t);
     if let RequestVerdict::Respond(reply) = decided.action {
         // An injected delay holds a local answer too, as Envoy delays before it aborts.
         if let Some(delay) = head.delay
@@ -698,8 +708,13 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     } else {
         ResponseFlags::empty()
     };
+    // A trailers-only gRPC answer carries its status in the headers.
+    call.summary.grpc_status = super::grpc::status(&parts.headers);
     let upstream = call.inputs.bound_response(incoming, OUTBOUND);
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
+        if end.grpc_status.is_some() {
+            call.summary.grpc_status = end.grpc_status;
+        }
         let flags = if end.complete {
             exhausted
         } else {
