@@ -34,6 +34,10 @@ pub struct Snapshot {
     /// The standard metrics a Telemetry turned off, per side; left out when none is.
     #[serde(default, skip_serializing_if = "MetricsOff::is_empty")]
     pub metrics_off: MetricsOff,
+    /// Calls to destinations outside `services` are refused rather than passed through (a
+    /// Sidecar's `outboundTrafficPolicy: REGISTRY_ONLY`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub registry_only: bool,
 }
 
 /// Istio's standard metrics, as Weft reports them.

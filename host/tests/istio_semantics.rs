@@ -831,3 +831,134 @@ spec:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One CONNECT through `outbound` to `target`: the status the sidecar answered.
+async fn connect_status(outbound: std::net::SocketAddr, target: std::net::SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(outbound)
+        .await
+        .expect("connect");
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 256];
+    let n = tcp.read(&mut head).await.expect("read");
+    let text = String::from_utf8_lossy(&head[..n]);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_resource_limits_what_a_workload_is_given_and_can_reach() {
+    let _one = SERIAL.lock().await;
+    let m = TestMesh::start();
+    let payments = App::start("payments").await;
+    let ledger = App::start("ledger").await;
+    let _p = m.pod("payments", &[], payments.addr).await;
+    let _l = m.pod("ledger", &[], ledger.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    // Something outside the mesh that an app could reach.
+    let outside = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let outside_addr = outside.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = outside.accept().await {
+            drop(s);
+        }
+    });
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    let status = |host: &'static str| async move {
+        read(
+            h1_client()
+                .request(get_host(out, host))
+                .await
+                .expect("call"),
+        )
+        .await
+        .0
+    };
+    assert_eq!(status("ledger").await, StatusCode::OK, "reachable before");
+    assert_eq!(
+        connect_status(out, outside_addr).await,
+        200,
+        "ALLOW_ANY before"
+    );
+
+    m.apply(
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: orders }
+spec:
+  workloadSelector: { labels: { app: orders } }
+  egress:
+  - hosts: [./payments.default.svc.cluster.local]
+  outboundTrafficPolicy: { mode: REGISTRY_ONLY }
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    // orders' snapshot holds payments and itself only.
+    let config = read(
+        h1_client()
+            .request(support::get(orders.addr("admin"), "/config", &[]))
+            .await
+            .expect("config"),
+    )
+    .await
+    .2;
+    let config: serde_json::Value = serde_json::from_slice(&config).expect("JSON");
+    let mut services: Vec<&str> = config["services"]
+        .as_object()
+        .map(|s| s.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    services.sort_unstable();
+    assert_eq!(services, ["orders", "payments"], "{config:#}");
+    assert_eq!(status("payments").await, StatusCode::OK);
+    let (code, _, body) = read(
+        h1_client()
+            .request(get_host(out, "ledger"))
+            .await
+            .expect("call"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("REGISTRY_ONLY"),
+        "{body:?}"
+    );
+    assert_eq!(
+        connect_status(out, outside_addr).await,
+        502,
+        "REGISTRY_ONLY after"
+    );
+    let refused = write(
+        m.dir.path(),
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: bad }
+spec:
+  egress: [{ hosts: [payments], port: { number: 80 } }]
+",
+    );
+    let out = weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", refused.to_str().expect("utf-8")],
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("spec.egress[0].port: not supported by Weft yet"),
+        "{said}"
+    );
+    assert!(
+        said.contains("spec.egress[0].hosts[0]: \"payments\" must be <namespace>/<host>"),
+        "{said}"
+    );
+}

@@ -106,7 +106,10 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
                 add("spec.pluginConfig".into(), Code::Stored(digest), &config);
             }
         }
-        Spec::AuthorizationPolicy(_) | Spec::PeerAuthentication(_) | Spec::Telemetry(_) => {}
+        Spec::AuthorizationPolicy(_)
+        | Spec::PeerAuthentication(_)
+        | Spec::Telemetry(_)
+        | Spec::Sidecar(_) => {}
     }
     out
 }

@@ -6,7 +6,7 @@
 
 use super::istio::{
     self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, HTTP_ROUTE_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED,
-    TELEMETRY_UNSUPPORTED, Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
+    SIDECAR_UNSUPPORTED, TELEMETRY_UNSUPPORTED, Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -162,6 +162,12 @@ metadata: { name: probe }
             "rules[].retry",
         ],
         refused: HTTP_ROUTE_UNSUPPORTED,
+    },
+    KindProbe {
+        title: "Sidecar (networking.istio.io)",
+        header: "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: { name: probe }\n",
+        levels: &["", "workloadSelector", "egress[]", "outboundTrafficPolicy"],
+        refused: SIDECAR_UNSUPPORTED,
     },
 ];
 

@@ -1,7 +1,9 @@
 //! Istio resources, checked together and compiled into the snapshot one sidecar applies.
 //!
 //! Every sidecar gets every service the mesh knows (from the resources or from registered
-//! workloads). For each service:
+//! workloads), or, when a Sidecar resource is in force for its workload, those its
+//! `egress.hosts` admit and its own (`registryOnly` from its `outboundTrafficPolicy`). For
+//! each service:
 //!
 //! - `subsets` are its DestinationRule's; `endpoints` its registered workloads (address and
 //!   labels, each workload carrying `app: <its service>` unless it says otherwise);
@@ -205,8 +207,14 @@ pub fn compile_in(
         );
     }
     services.extend(workloads.iter().map(Workload::key));
-    services.insert(me.key());
     services.remove("");
+    // A Sidecar's egress hosts bound what this sidecar is given (its own service stays).
+    let scope = sidecar_scope(&catalog, me, &mut warnings);
+    if let Some((_, s)) = scope {
+        let domain = crate::names::cluster_domain();
+        services.retain(|k| s.admits(&me.namespace, k, domain));
+    }
+    services.insert(me.key());
 
     for (service, list) in &catalog.virtual_services {
         if list.len() > 1 {
@@ -391,6 +399,7 @@ pub fn compile_in(
         snapshot.services.insert(service.to_string(), compiled);
     }
     vips::assign(&mut snapshot.services);
+    snapshot.registry_only = scope.is_some_and(|(_, s)| s.registry_only());
     let server_off = metrics::http_off(&snapshot.metrics_off.server);
     let (plugins, authorize_after) = server_chain(&mine, &me.key(), server_off);
     snapshot.inbound.plugins = plugins;
@@ -417,6 +426,33 @@ pub fn compile_in(
 /// order, with `telemetry` (reporting as the destination) before the unphased ones, as on the
 /// client side. Route-scoped plugins stay on the client side, where routes are named. Also how
 /// many run before the authorization policies: the `AUTHN` and `AUTHZ` phases.
+/// The Sidecar in force for `me`: Istio's most specific level that selects it (a workload
+/// selector, then its namespace's, then the root namespace's); the first by name, with a
+/// warning, when several share that level.
+fn sidecar_scope<'a>(
+    catalog: &Catalog<'a>,
+    me: &Workload,
+    warnings: &mut Vec<String>,
+) -> Option<(&'a Resource, &'a crate::control::istio::SidecarScope)> {
+    let labels = me.effective_labels();
+    let mut selecting: Vec<_> = catalog
+        .sidecars
+        .iter()
+        .filter(|(r, s)| s.selects(&r.namespace, &me.namespace, &labels))
+        .filter_map(|(r, s)| Some((s.scope(&r.namespace)?, *r, *s)))
+        .collect();
+    let best = selecting.iter().map(|(level, _, _)| *level).max()?;
+    selecting.retain(|(level, _, _)| *level == best);
+    if selecting.len() > 1 {
+        warnings.push(format!(
+            "{}: several Sidecars select it at one level; using {}",
+            me.key(),
+            selecting[0].1.origin()
+        ));
+    }
+    selecting.first().map(|(_, r, s)| (*r, *s))
+}
+
 fn server_chain(
     mine: &[(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)],
     key: &str,
@@ -567,6 +603,7 @@ struct Catalog<'a> {
     authorization_policies: Vec<(&'a Resource, &'a AuthorizationPolicy)>,
     peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
     telemetries: Vec<(&'a Resource, &'a crate::control::istio::Telemetry)>,
+    sidecars: Vec<(&'a Resource, &'a crate::control::istio::SidecarScope)>,
 }
 
 impl<'a> Catalog<'a> {
@@ -604,6 +641,7 @@ impl<'a> Catalog<'a> {
             authorization_policies: Vec::new(),
             peer_authentications: Vec::new(),
             telemetries: Vec::new(),
+            sidecars: Vec::new(),
         };
         let visible = |export_to: &[String], own: &str| {
             viewer.is_none_or(|v| crate::control::istio::exported_to(export_to, own, v))
@@ -643,6 +681,7 @@ impl<'a> Catalog<'a> {
                 Spec::AuthorizationPolicy(ap) => catalog.authorization_policies.push((r, ap)),
                 Spec::PeerAuthentication(pa) => catalog.peer_authentications.push((r, pa)),
                 Spec::Telemetry(t) => catalog.telemetries.push((r, t)),
+                Spec::Sidecar(s) => catalog.sidecars.push((r, s)),
             }
         }
         catalog

@@ -38,6 +38,7 @@ mod destination_rule;
 mod hosts;
 pub mod http_route;
 mod peer_authentication;
+mod sidecar_scope;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,8 @@ pub(in crate::control) use http_route::HTTP_ROUTE_UNSUPPORTED;
 use http_route::check_http_route;
 pub(in crate::control) use peer_authentication::PEER_AUTHN_UNSUPPORTED;
 pub use peer_authentication::*;
+pub(in crate::control) use sidecar_scope::SIDECAR_UNSUPPORTED;
+pub use sidecar_scope::*;
 pub(in crate::control) use telemetry::TELEMETRY_UNSUPPORTED;
 pub use telemetry::*;
 pub(in crate::control) use virtual_service::VS_UNSUPPORTED;
@@ -78,11 +81,13 @@ pub enum Kind {
     Telemetry,
     /// `gateway.networking.k8s.io` HTTPRoute attached to a Service: mesh routing (GAMMA).
     GatewayHttpRoute,
+    /// `networking.istio.io` Sidecar: what a workload's sidecar is given and may reach.
+    Sidecar,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
@@ -90,6 +95,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::Telemetry,
         Kind::GatewayHttpRoute,
+        Kind::Sidecar,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -102,13 +108,14 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Telemetry => "Telemetry",
             Kind::GatewayHttpRoute => "HTTPRoute",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
     /// The `apiVersion`s that serve this kind.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::VirtualService | Kind::DestinationRule => &[
+            Kind::VirtualService | Kind::DestinationRule | Kind::Sidecar => &[
                 "networking.istio.io/v1",
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
@@ -150,8 +157,9 @@ impl FromStr for Kind {
             "peerauthentication" | "peerauthentications" | "pa" => Ok(Kind::PeerAuthentication),
             "telemetry" | "telemetries" => Ok(Kind::Telemetry),
             "httproute" | "httproutes" => Ok(Kind::GatewayHttpRoute),
+            "sidecar" | "sidecars" => Ok(Kind::Sidecar),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute, Sidecar)"
             )),
         }
     }
@@ -194,6 +202,8 @@ pub enum Spec {
     Telemetry(Telemetry),
     /// A Gateway API HTTPRoute's spec, with the VirtualService it means.
     GatewayHttpRoute(GatewayHttpRoute),
+    /// A Sidecar's spec.
+    Sidecar(SidecarScope),
 }
 
 impl Resource {
@@ -496,6 +506,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::PeerAuthentication => PEER_AUTHN_UNSUPPORTED,
         Kind::Telemetry => TELEMETRY_UNSUPPORTED,
         Kind::GatewayHttpRoute => HTTP_ROUTE_UNSUPPORTED,
+        Kind::Sidecar => SIDECAR_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -533,6 +544,10 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
             check_http_route(&hr, namespace, problems);
             hr.mesh = hr.to_virtual_service(namespace);
             Spec::GatewayHttpRoute(hr)
+        }),
+        Kind::Sidecar => typed::<SidecarScope>(spec, problems).map(|s| {
+            check_sidecar(&s, problems);
+            Spec::Sidecar(s)
         }),
     }
 }

@@ -224,8 +224,11 @@ async fn route(
     let routes = inputs.routes.load_full();
     let dst_ip = peer.original_addr.map(|a| a.ip());
     let Some(route) = routes.lookup(service.as_ref(), dst_ip).cloned() else {
-        // Captured on its way somewhere the mesh does not know: carried there unchanged.
-        if let Some(dst) = &peer.original_dst {
+        // Captured on its way somewhere the mesh does not know: carried there unchanged,
+        // unless the workload's Sidecar allows its registry only.
+        if let Some(dst) = &peer.original_dst
+            && !routes.snapshot.registry_only
+        {
             return super::passthrough::forward(&inputs, parts, incoming, dst, start, upgrade)
                 .await;
         }
@@ -239,7 +242,12 @@ async fn route(
         return local_response(
             StatusCode::BAD_GATEWAY,
             format!(
-                "weft: no route to service {service:?} (known services: {})\n",
+                "weft: no route to service {service:?}{} (known services: {})\n",
+                if routes.snapshot.registry_only {
+                    ": this workload's Sidecar allows its registry only (REGISTRY_ONLY)"
+                } else {
+                    ""
+                },
                 if known.is_empty() {
                     "none".to_string()
                 } else {

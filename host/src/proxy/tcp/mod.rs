@@ -55,6 +55,11 @@ pub async fn outbound(inputs: Arc<Inputs>, client: TcpStream, dst: SocketAddr) {
             }
             counters.closed.inc();
         }
+        // REGISTRY_ONLY: nothing outside the registry, as Envoy's BlackHoleCluster.
+        None if inputs.routes.load().snapshot.registry_only => {
+            tracing::debug!(%dst, "TCP outside the registry refused (REGISTRY_ONLY)");
+            reset(&client);
+        }
         None => passthrough(&inputs, client, dst).await,
     }
 }
@@ -89,6 +94,12 @@ pub async fn connect_request(
                 );
             };
             splice_once_upgraded(&inputs, on_upgrade, upstream, counters, Some(endpoint));
+        }
+        None if inputs.routes.load().snapshot.registry_only => {
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                format!("weft: {authority} is outside this workload's registry (REGISTRY_ONLY)\n"),
+            );
         }
         None => {
             let counters = passthrough_counters(&inputs);
