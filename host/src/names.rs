@@ -93,7 +93,7 @@ pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str
             "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, which needs a ServiceEntry, not supported yet); for service {service} in namespace {ns}, write {service}.{ns}.svc.{domain}"
         ),
         NotAService::Outside => format!(
-            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{domain}` (hosts outside the mesh need a ServiceEntry, not supported yet)"
+            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{domain}` (a host outside the mesh is a ServiceEntry's, which VirtualServices, DestinationRules and policies cannot name yet)"
         ),
     })
 }
@@ -191,7 +191,7 @@ pub fn host_ref<'a>(host: &'a str, namespace: &str) -> Result<HostRef<'a>, Strin
         Ok(HostRef::Wildcard(suffix))
     } else {
         Err(format!(
-            "{host:?} names no mesh service: a wildcard host is *.<namespace>.svc.{domain} or a shorter tail of it (hosts outside the mesh need a ServiceEntry, not supported yet)"
+            "{host:?} names no mesh service: a wildcard host is *.<namespace>.svc.{domain} or a shorter tail of it (a host outside the mesh is a ServiceEntry's, which VirtualServices, DestinationRules and policies cannot name yet)"
         ))
     }
 }

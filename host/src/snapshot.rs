@@ -290,6 +290,11 @@ pub struct Service {
     /// `loadBalancer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+    /// A service outside the mesh (a ServiceEntry): its endpoints are the service itself
+    /// (`ip:port`, or `host:port` resolved when connecting), called over plain HTTP/1.1
+    /// without the mesh's headers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
     /// Subsets with a policy of their own, by name: each field given replaces the service's
     /// for calls to the subset.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -564,7 +569,13 @@ impl Snapshot {
                 }
             }
             for (i, ep) in svc.endpoints.iter().enumerate() {
-                if ep.address.parse::<SocketAddr>().is_err() {
+                // An external service's endpoint may be a host name, resolved when connecting.
+                let named = svc.external
+                    && ep
+                        .address
+                        .parse::<http::uri::Authority>()
+                        .is_ok_and(|a| a.port_u16().is_some());
+                if !named && ep.address.parse::<SocketAddr>().is_err() {
                     errors.push(format!(
                         "{at}.endpoints[{i}].address: {:?} is not ip:port",
                         ep.address

@@ -962,3 +962,135 @@ spec:
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_entry_reaches_an_external_service_through_the_sidecar_with_retries() {
+    let _one = SERIAL.lock().await;
+    // The external service: every odd request fails 503; it records what it was sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<http::HeaderMap>>> = Default::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let n = {
+                                let mut s = record.lock();
+                                s.push(req.headers().clone());
+                                s.len()
+                            };
+                            let status = if n % 2 == 1 { 503 } else { 200 };
+                            let mut resp = http::Response::new(support::full("external"));
+                            *resp.status_mut() = StatusCode::from_u16(status).expect("status");
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let m = TestMesh::start();
+    let orders = m.pod("orders", &[], NO_APP).await;
+    m.apply(
+        "external.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: example-api }}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: STATIC
+  endpoints: [{{ address: 127.0.0.1, ports: {{ http: {port} }} }}]
+"
+        ),
+    )
+    .await;
+    converged(m.cp, &m.op, 1, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+    for _ in 0..5 {
+        let (status, _, body) = read(
+            h1_client()
+                .request(get_host(out, "api.example.com"))
+                .await
+                .expect("call"),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "Istio's default retry policy retried the 503"
+        );
+        assert_eq!(body, "external");
+    }
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 10, "each call: a 503, then its retry");
+    for h in &seen {
+        assert_eq!(
+            h.get("host").map(|v| v.as_bytes()),
+            Some(&b"api.example.com"[..])
+        );
+        for mesh_only in ["x-weft-peer", "x-forwarded-host", "x-weft-target-port"] {
+            assert!(
+                h.get(mesh_only).is_none(),
+                "{mesh_only} left the mesh: {h:?}"
+            );
+        }
+    }
+    // Istio's metrics name the external host.
+    let metrics = read(
+        h1_client()
+            .request(support::get(orders.addr("admin"), "/metrics", &[]))
+            .await
+            .expect("scrape"),
+    )
+    .await
+    .2;
+    let scraped = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("destination_service=\"api.example.com\"")
+                && l.contains("response_code=\"200\"")),
+        "{scraped}"
+    );
+    // What Weft cannot carry yet is refused by path.
+    let bad = write(
+        m.dir.path(),
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: bad }
+spec:
+  hosts: [db.example.com]
+  addresses: [198.18.9.9]
+  ports: [{ number: 5432, name: pg, protocol: TCP }]
+  resolution: NONE
+",
+    );
+    let out = weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", bad.to_str().expect("utf-8")],
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    for needle in [
+        "spec.addresses: not supported by Weft yet",
+        "spec.ports[0].protocol: TCP is not supported by Weft yet",
+        "spec.resolution: NONE is not supported by Weft yet",
+    ] {
+        assert!(said.contains(needle), "{needle:?} not in {said}");
+    }
+}

@@ -109,7 +109,8 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
         Spec::AuthorizationPolicy(_)
         | Spec::PeerAuthentication(_)
         | Spec::Telemetry(_)
-        | Spec::Sidecar(_) => {}
+        | Spec::Sidecar(_)
+        | Spec::ServiceEntry(_) => {}
     }
     out
 }

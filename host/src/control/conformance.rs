@@ -6,7 +6,8 @@
 
 use super::istio::{
     self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, HTTP_ROUTE_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED,
-    SIDECAR_UNSUPPORTED, TELEMETRY_UNSUPPORTED, Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
+    SERVICE_ENTRY_UNSUPPORTED, SIDECAR_UNSUPPORTED, TELEMETRY_UNSUPPORTED, Unsupported,
+    VS_UNSUPPORTED, WASM_UNSUPPORTED,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -168,6 +169,12 @@ metadata: { name: probe }
         header: "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: { name: probe }\n",
         levels: &["", "workloadSelector", "egress[]", "outboundTrafficPolicy"],
         refused: SIDECAR_UNSUPPORTED,
+    },
+    KindProbe {
+        title: "ServiceEntry (networking.istio.io)",
+        header: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: probe }\n",
+        levels: &["", "ports[]", "endpoints[]"],
+        refused: SERVICE_ENTRY_UNSUPPORTED,
     },
 ];
 

@@ -304,6 +304,8 @@ pub struct Inputs {
     pub app: h1_pool::H1Pool<CountingConnector>,
     /// Client to the local app over HTTP/2 (h2c), for gRPC calls.
     pub app_h2: Client<CountingConnector, ProxyBody>,
+    /// Client to services outside the mesh (ServiceEntries): plain HTTP/1.1, keep-alive.
+    pub external: h1_pool::H1Pool<CountingConnector>,
     /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
     pub tunnels: CountingConnector<PeerConnector>,
     /// Istio's TCP metrics.
@@ -538,6 +540,10 @@ impl Sidecar {
                 connector.clone(),
                 metrics.pool("app"),
             ));
+        let external = h1_pool::H1Pool::new(CountingConnector::new(
+            connector.clone(),
+            metrics.pool("external"),
+        ));
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -602,6 +608,7 @@ impl Sidecar {
             peers_h1,
             app,
             app_h2,
+            external,
             tunnels,
             tcp: tcp_metrics,
             access_log,

@@ -86,6 +86,8 @@ pub struct Route {
     pub identity_id: u32,
     /// The circuit breaker of calls with no subset, when the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
+    /// A service outside the mesh (a ServiceEntry): called directly, over plain HTTP/1.1.
+    pub external: bool,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -306,6 +308,7 @@ pub fn build(
                 runtime.intern(&format!("spiffe://{td}/ns/{ns}/sa/{svc}"))
             }),
             breaker: breaker(name, "", &svc.connection_pool),
+            external: svc.external,
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {

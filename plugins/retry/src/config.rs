@@ -17,7 +17,7 @@ pub const DEFAULT_ATTEMPTS: u32 = 2;
 
 /// Istio's default `retryOn` when the field is absent or empty.
 pub const DEFAULT_RETRY_ON: &str =
-    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503";
 
 /// Envoy's default back-off base interval.
 pub const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);

@@ -140,8 +140,14 @@ fn label_values(config: &Config, s: &CallSummary) -> Vec<String> {
     let src = Workload::parse(&s.source_workload.resolve());
     let dst = Workload::parse(&s.destination_workload.resolve());
     let service = s.service.resolve();
-    // A service key is `name` (namespace `default`) or `name.namespace`.
-    let (name, namespace) = service.split_once('.').unwrap_or((&service, "default"));
+    // A service key is `name` (namespace `default`) or `name.namespace`; a ServiceEntry's
+    // host (two dots or more) is its own name, in no namespace Weft knows.
+    let external = service.matches('.').count() >= 2;
+    let (name, namespace) = if external {
+        (&*service, "unknown")
+    } else {
+        service.split_once('.').unwrap_or((&service, "default"))
+    };
     let principal = |id: Name| or_unknown(&id.resolve()).to_string();
     let security = match config.reporter {
         Reporter::Source => "unknown",
@@ -167,6 +173,8 @@ fn label_values(config: &Config, s: &CallSummary) -> Vec<String> {
         or_unknown(&dst.version),
         &if service.is_empty() {
             "unknown".to_string()
+        } else if external {
+            service.to_string()
         } else {
             format!("{name}.{namespace}.svc.{}", config.cluster_domain)
         },

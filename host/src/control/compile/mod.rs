@@ -117,7 +117,7 @@ pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 
 /// Istio's default `retryOn`.
 pub const DEFAULT_RETRY_ON: &str =
-    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503";
 
 /// A registered service instance: what its sidecar is, and where callers reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -207,6 +207,14 @@ pub fn compile_in(
         );
     }
     services.extend(workloads.iter().map(Workload::key));
+    // ServiceEntries: services outside the mesh, by host; the first entry for a host wins.
+    let mut external: BTreeMap<String, Vec<EndpointSpec>> = BTreeMap::new();
+    for (_, se) in &catalog.service_entries {
+        if let Some((host, endpoints)) = se.service() {
+            external.entry(host).or_insert(endpoints);
+        }
+    }
+    services.extend(external.keys().cloned());
     services.remove("");
     // A Sidecar's egress hosts bound what this sidecar is given (its own service stays).
     let scope = sidecar_scope(&catalog, me, &mut warnings);
@@ -367,14 +375,18 @@ pub fn compile_in(
             replace_builtin(&mut plugins, build);
         }
 
-        let mut endpoints: Vec<EndpointSpec> = workloads
-            .iter()
-            .filter(|w| crate::names::key_parts(service) == (&w.service, &w.namespace))
-            .map(|w| EndpointSpec {
-                address: w.address.clone(),
-                labels: w.effective_labels(),
-            })
-            .collect();
+        let outside = external.get(service);
+        let mut endpoints: Vec<EndpointSpec> = match outside {
+            Some(list) => list.clone(),
+            None => workloads
+                .iter()
+                .filter(|w| crate::names::key_parts(service) == (&w.service, &w.namespace))
+                .map(|w| EndpointSpec {
+                    address: w.address.clone(),
+                    labels: w.effective_labels(),
+                })
+                .collect(),
+        };
         endpoints.sort_by(|a, b| (&a.address, &a.labels).cmp(&(&b.address, &b.labels)));
         endpoints.dedup();
 
@@ -393,6 +405,7 @@ pub fn compile_in(
             load_balancer: dr.and_then(|(_, d)| d.load_balancer()).map(str::to_string),
             vip: None,
             connection_pool: dr.and_then(|(_, d)| d.connection_pool()),
+            external: outside.is_some(),
             consistent_hash: dr.and_then(|(_, d)| d.consistent_hash()),
             subset_policies: dr.map(|(_, d)| d.subset_policies()).unwrap_or_default(),
         };
@@ -604,6 +617,7 @@ struct Catalog<'a> {
     peer_authentications: Vec<(&'a Resource, &'a PeerAuthentication)>,
     telemetries: Vec<(&'a Resource, &'a crate::control::istio::Telemetry)>,
     sidecars: Vec<(&'a Resource, &'a crate::control::istio::SidecarScope)>,
+    service_entries: Vec<(&'a Resource, &'a crate::control::istio::ServiceEntry)>,
 }
 
 impl<'a> Catalog<'a> {
@@ -642,6 +656,7 @@ impl<'a> Catalog<'a> {
             peer_authentications: Vec::new(),
             telemetries: Vec::new(),
             sidecars: Vec::new(),
+            service_entries: Vec::new(),
         };
         let visible = |export_to: &[String], own: &str| {
             viewer.is_none_or(|v| crate::control::istio::exported_to(export_to, own, v))
@@ -682,6 +697,7 @@ impl<'a> Catalog<'a> {
                 Spec::PeerAuthentication(pa) => catalog.peer_authentications.push((r, pa)),
                 Spec::Telemetry(t) => catalog.telemetries.push((r, t)),
                 Spec::Sidecar(s) => catalog.sidecars.push((r, s)),
+                Spec::ServiceEntry(se) => catalog.service_entries.push((r, se)),
             }
         }
         catalog

@@ -94,6 +94,7 @@ pub fn validate(
             Spec::DestinationRule(dr) => warn_destination_rule(r, dr, &mut warnings),
             Spec::AuthorizationPolicy(ap) => warn_authorization_policy(r, ap, &mut warnings),
             Spec::PeerAuthentication(pa) => warn_peer_authentication(r, pa, &mut warnings),
+            Spec::ServiceEntry(_) => {}
             Spec::Sidecar(s) => {
                 if s.scope(&r.namespace).is_none() {
                     warnings.push(format!(

@@ -38,6 +38,7 @@ mod destination_rule;
 mod hosts;
 pub mod http_route;
 mod peer_authentication;
+mod service_entry;
 mod sidecar_scope;
 mod telemetry;
 #[cfg(test)]
@@ -55,6 +56,8 @@ pub(in crate::control) use http_route::HTTP_ROUTE_UNSUPPORTED;
 use http_route::check_http_route;
 pub(in crate::control) use peer_authentication::PEER_AUTHN_UNSUPPORTED;
 pub use peer_authentication::*;
+pub(in crate::control) use service_entry::SERVICE_ENTRY_UNSUPPORTED;
+pub use service_entry::*;
 pub(in crate::control) use sidecar_scope::SIDECAR_UNSUPPORTED;
 pub use sidecar_scope::*;
 pub(in crate::control) use telemetry::TELEMETRY_UNSUPPORTED;
@@ -83,11 +86,13 @@ pub enum Kind {
     GatewayHttpRoute,
     /// `networking.istio.io` Sidecar: what a workload's sidecar is given and may reach.
     Sidecar,
+    /// `networking.istio.io` ServiceEntry: a service outside the mesh.
+    ServiceEntry,
 }
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
@@ -96,6 +101,7 @@ impl Kind {
         Kind::Telemetry,
         Kind::GatewayHttpRoute,
         Kind::Sidecar,
+        Kind::ServiceEntry,
     ];
 
     /// The kind as Istio spells it in a document.
@@ -109,13 +115,14 @@ impl Kind {
             Kind::Telemetry => "Telemetry",
             Kind::GatewayHttpRoute => "HTTPRoute",
             Kind::Sidecar => "Sidecar",
+            Kind::ServiceEntry => "ServiceEntry",
         }
     }
 
     /// The `apiVersion`s that serve this kind.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::VirtualService | Kind::DestinationRule | Kind::Sidecar => &[
+            Kind::VirtualService | Kind::DestinationRule | Kind::Sidecar | Kind::ServiceEntry => &[
                 "networking.istio.io/v1",
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
@@ -158,8 +165,9 @@ impl FromStr for Kind {
             "telemetry" | "telemetries" => Ok(Kind::Telemetry),
             "httproute" | "httproutes" => Ok(Kind::GatewayHttpRoute),
             "sidecar" | "sidecars" => Ok(Kind::Sidecar),
+            "serviceentry" | "serviceentries" | "se" => Ok(Kind::ServiceEntry),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute, Sidecar)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute, Sidecar, ServiceEntry or se)"
             )),
         }
     }
@@ -204,6 +212,8 @@ pub enum Spec {
     GatewayHttpRoute(GatewayHttpRoute),
     /// A Sidecar's spec.
     Sidecar(SidecarScope),
+    /// A ServiceEntry's spec.
+    ServiceEntry(ServiceEntry),
 }
 
 impl Resource {
@@ -507,6 +517,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::Telemetry => TELEMETRY_UNSUPPORTED,
         Kind::GatewayHttpRoute => HTTP_ROUTE_UNSUPPORTED,
         Kind::Sidecar => SIDECAR_UNSUPPORTED,
+        Kind::ServiceEntry => SERVICE_ENTRY_UNSUPPORTED,
     };
     // Unsupported fields are named and taken out first, so the typed read below still reports
     // the document's other mistakes in the same pass.
@@ -548,6 +559,10 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::Sidecar => typed::<SidecarScope>(spec, problems).map(|s| {
             check_sidecar(&s, problems);
             Spec::Sidecar(s)
+        }),
+        Kind::ServiceEntry => typed::<ServiceEntry>(spec, problems).map(|s| {
+            check_service_entry(&s, problems);
+            Spec::ServiceEntry(s)
         }),
     }
 }

@@ -92,7 +92,13 @@ impl SidecarScope {
             return true;
         }
         let (name, ns) = crate::names::key_parts(key);
-        let fqdn = format!("{name}.{ns}.svc.{domain}");
+        // A ServiceEntry's host (two dots or more, never a mesh key) is matched as written.
+        let outside = key.matches('.').count() >= 2;
+        let fqdn = if outside {
+            key.to_string()
+        } else {
+            format!("{name}.{ns}.svc.{domain}")
+        };
         self.egress.iter().flat_map(|e| &e.hosts).any(|h| {
             let Some((want_ns, host)) = h.split_once('/') else {
                 return false;
@@ -101,6 +107,7 @@ impl SidecarScope {
                 "*" => true,
                 "." => ns == namespace,
                 "~" => false,
+                _ if outside => true,
                 other => other == ns,
             };
             let host_ok = match host.strip_prefix('*') {

@@ -150,6 +150,14 @@ pub(super) async fn attempts(
                                 .map_err(|e| (Outcome::Reset, e.to_string())),
                             Err(e) => Err((Outcome::ConnectFailure, e)),
                         }
+                    } else if target.external {
+                        // Outside the mesh: plain HTTP/1.1 to the endpoint itself.
+                        *upstream.version_mut() = Version::HTTP_11;
+                        inputs
+                            .external
+                            .request_within(upstream, breaker)
+                            .await
+                            .map_err(|e| classify_h1(&e))
                     } else if call.summary.protocol == Protocol::Http2 {
                         *upstream.version_mut() = Version::HTTP_2;
                         inputs

@@ -269,10 +269,10 @@ async fn route(
     // Captured on its way to a port other than the service's default: the destination's
     // sidecar sends it to that port of its pod. Only capture says so, never the app.
     match &peer.target_port {
-        Some(port) => {
+        Some(port) if !route.external => {
             parts.headers.insert(headers::TARGET_PORT, port.clone());
         }
-        None => {
+        _ => {
             parts.headers.remove(headers::TARGET_PORT);
         }
     }
@@ -316,13 +316,14 @@ async fn route(
         )
     });
     // Who calls, for the destination's telemetry; never what the app claims.
+    // Never to a service outside the mesh: the mesh's own headers stay inside it.
     match &inputs.settings.peer_metadata {
-        Some(m) => {
+        Some(m) if !route.external => {
             parts
                 .headers
                 .insert(super::workload::PEER_METADATA, m.clone());
         }
-        None => {
+        _ => {
             parts.headers.remove(super::workload::PEER_METADATA);
         }
     }
@@ -568,7 +569,9 @@ async fn route(
     {
         return delay_timed_out(call, &target.service);
     }
-    if let Some(v) = forwarded_host {
+    if let Some(v) = forwarded_host
+        && !target.external
+    {
         head.headers.insert(FORWARDED_HOST, v);
     }
     if let Some(u) = &call.upgrade {
