@@ -393,6 +393,8 @@ async fn fifty_sidecars_follow_a_weight_change_within_moments() {
 }
 
 /// Calls through `orders` until told to stop; (calls, failures, responses carrying `header`).
+// Says what the first failed call of each caller was, for a failure's report.
+#[allow(clippy::print_stdout)]
 fn steady_load(
     orders: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -414,7 +416,19 @@ fn steady_load(
                             }
                             let _ = read(r).await;
                         }
-                        _ => failed += 1,
+                        other => {
+                            failed += 1;
+                            // The first failure of each caller says what it was.
+                            if failed == 1 {
+                                match other {
+                                    Ok(r) => {
+                                        let (status, _, body) = read(r).await;
+                                        println!("a failed call: {status} {body:?}");
+                                    }
+                                    Err(e) => println!("a failed call: {e:?}"),
+                                }
+                            }
+                        }
                     }
                 }
                 (calls, failed, marked)

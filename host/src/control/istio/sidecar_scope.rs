@@ -57,31 +57,23 @@ pub(in crate::control) const SIDECAR_UNSUPPORTED: Unsupported = &[
 ];
 
 impl SidecarScope {
-    /// Its level in `namespace` (as a PeerAuthentication's).
+    /// Its level in `namespace`, as PeerAuthentication's are read (none: it selects nothing).
     pub fn scope(&self, namespace: &str) -> Option<PeerAuthnScope> {
-        let selects = self
-            .workload_selector
-            .as_ref()
-            .is_some_and(|s| !s.labels.is_empty());
-        match (namespace == ROOT_NAMESPACE, selects) {
-            (true, false) => Some(PeerAuthnScope::Mesh),
-            (true, true) => None,
-            (false, false) => Some(PeerAuthnScope::Namespace),
-            (false, true) => Some(PeerAuthnScope::Workload),
-        }
+        self.as_policy().scope(namespace)
     }
 
     /// Whether it, in namespace `own`, is for a workload in `namespace` carrying `labels`.
     pub fn selects(&self, own: &str, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        match self.scope(own) {
-            None => false,
-            Some(PeerAuthnScope::Mesh) => true,
-            Some(_) if own != namespace => false,
-            Some(_) => self.workload_selector.as_ref().is_none_or(|s| {
-                s.labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+        self.as_policy().selects(own, namespace, labels)
+    }
+
+    /// Its selector as a PeerAuthentication's, whose levels Istio reads the same way.
+    fn as_policy(&self) -> PeerAuthentication {
+        PeerAuthentication {
+            selector: self.workload_selector.as_ref().map(|s| WorkloadSelector {
+                match_labels: s.labels.clone(),
             }),
+            mtls: None,
         }
     }
 
