@@ -98,6 +98,12 @@ pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str
     })
 }
 
+/// Whether a service key is a host outside the mesh (a ServiceEntry's): mesh keys are `name`
+/// or `name.namespace`, so a key with two dots or more is never one.
+pub fn is_external_key(key: &str) -> bool {
+    key.matches('.').count() >= 2
+}
+
 /// The key of the service a caller's host names, read in the caller's `namespace`, without the
 /// explanation: what the data plane asks of every call's authority. It borrows from `host`
 /// except for a short name in a namespace other than `default`. `payments.shop` is read as

@@ -225,8 +225,8 @@ impl Breakers {
 
     /// Forgets the breakers of destinations no snapshot names any more (their slots in
     /// flight still give back to the breaker they hold).
-    pub fn retain(&self, keep: &std::collections::HashSet<String>) {
-        self.by_cluster.lock().retain(|k, _| keep.contains(k));
+    pub fn retain(&self, keep: &std::collections::HashSet<u32>) {
+        self.by_cluster.lock().retain(|_, b| keep.contains(&b.id));
     }
 }
 

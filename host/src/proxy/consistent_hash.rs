@@ -15,6 +15,7 @@
 use crate::snapshot::ConsistentHash;
 use http::HeaderMap;
 use http::HeaderValue;
+use std::io::Write as _;
 
 /// 64-bit FNV-1a, finished with MurmurHash3's mixer so that near-identical inputs
 /// (`addr_1`, `addr_2`) land far apart.
@@ -57,7 +58,8 @@ impl Ring {
                 name.clear();
                 name.extend_from_slice(address.as_bytes());
                 name.push(b'_');
-                name.extend_from_slice(i.to_string().as_bytes());
+                // Into the reused buffer: no string per point.
+                let _ = write!(name, "{i}");
                 points.push((hash64(&name), index as u32));
             }
         }
@@ -129,11 +131,16 @@ impl HashPolicy {
             })
         };
         if let Some(name) = &self.header {
-            // Several values hash as one, joined as Envoy joins them.
-            let values: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
-            return (!values.is_empty())
-                .then(|| values.join(&b","[..]))
-                .and_then(|v| keyed(&v));
+            let mut values = headers.get_all(name).iter().map(|v| v.as_bytes());
+            let first = values.next()?;
+            let rest: Vec<&[u8]> = values.collect();
+            if rest.is_empty() {
+                return keyed(first);
+            }
+            // Several values hash as one, joined as Envoy joins them (rare: allocates).
+            let mut all = vec![first];
+            all.extend(rest);
+            return keyed(&all.join(&b","[..]));
         }
         if let Some(param) = &self.spec.query_parameter {
             let value = query?.split('&').find_map(|pair| {
@@ -143,7 +150,12 @@ impl HashPolicy {
             return keyed(value.as_bytes());
         }
         if self.spec.source_ip {
-            return keyed(source.to_string().as_bytes());
+            // Its text form, written on the stack (an IPv6 address is at most 45 bytes).
+            let mut text = [0u8; 46];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{source}");
+            let len = cursor.position() as usize;
+            return keyed(&text[..len]);
         }
         let cookie = self.spec.cookie.as_ref()?;
         if let Some(value) = cookie_value(headers, &cookie.name) {

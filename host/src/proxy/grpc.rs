@@ -4,8 +4,12 @@
 //! conditions, and the caller's `grpc-timeout` as the call's deadline (capped by the route's
 //! timeout, as Istio caps it).
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::time::Duration;
+
+/// Names built once, so a lookup parses nothing.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether the headers are a gRPC message's.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -21,14 +25,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// The `grpc-status` the headers carry (0..=255), if any.
 pub fn status(headers: &HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(GRPC_STATUS)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
 /// The caller's `grpc-timeout` (gRPC's `TimeoutValue TimeoutUnit`: at most 8 digits and one
 /// of `H M S m u n`), if it carries a valid one.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    let v = headers.get(GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

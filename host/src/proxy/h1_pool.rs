@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,8 +70,19 @@ struct Conn {
 /// The pool, connecting through `C` (a counting connector around the peers' or the app's).
 pub struct H1Pool<C> {
     connector: C,
-    /// By endpoint authority as written in the request URI (`10.0.0.1:15006`).
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// By group (a bounded destination's breaker id, else 0), then by endpoint authority as
+    /// written in the request URI (`10.0.0.1:15006`): looked up by `&str`, so only an
+    /// endpoint's first connection allocates its key.
+    idle: Mutex<HashMap<u32, Endpoints, foldhash::fast::RandomState>>,
+}
+
+type Endpoints = HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>;
+
+/// Where a connection is kept: its group and endpoint.
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    group: u32,
+    authority: &'a str,
 }
 
 impl<C> H1Pool<C>
@@ -126,16 +136,16 @@ where
             *req.uri_mut() = origin;
         }
         let bounded = breaker.filter(|b| b.bounds_connections());
-        let key: Cow<'_, str> = match bounded {
-            Some(b) => Cow::Owned(format!("{key}#{}", b.id)),
-            None => Cow::Borrowed(key.as_str()),
+        let key = Key {
+            group: bounded.map_or(0, |b| b.id),
+            authority: key.as_str(),
         };
         let per_connection = bounded.map_or(0, |b| b.per_connection());
-        if let Some(mut conn) = self.checkout(&key, false) {
+        if let Some(mut conn) = self.checkout(key, false) {
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     conn.used += 1;
-                    self.checkin(&key, conn, per_connection, bounded);
+                    self.checkin(key, conn, per_connection, bounded);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -150,7 +160,7 @@ where
                 sender: self.connect(target, None).await?,
                 used: 0,
             },
-            Some(b) => self.wait_for_connection(&key, target, b).await?,
+            Some(b) => self.wait_for_connection(key, target, b).await?,
         };
         let resp = conn
             .sender
@@ -158,7 +168,7 @@ where
             .await
             .map_err(PeerError::Http)?;
         conn.used += 1;
-        self.checkin(&key, conn, per_connection, bounded);
+        self.checkin(key, conn, per_connection, bounded);
         Ok(resp)
     }
 
@@ -167,7 +177,7 @@ where
     /// response it carries). Refused at once when too many are pending already.
     async fn wait_for_connection(
         &self,
-        key: &str,
+        key: Key<'_>,
         target: http::Uri,
         breaker: &Arc<Breaker>,
     ) -> Result<Conn, PeerError> {
@@ -195,9 +205,9 @@ where
 
     /// The newest ready connection to `key` (or, with `busy`, the newest open one),
     /// dropping closed and expired ones on the way.
-    fn checkout(&self, key: &str, busy: bool) -> Option<Conn> {
+    fn checkout(&self, key: Key<'_>, busy: bool) -> Option<Conn> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(key)?;
+        let list = idle.get_mut(&key.group)?.get_mut(key.authority)?;
         let now = Instant::now();
         let mut i = list.len();
         while i > 0 {
@@ -214,7 +224,13 @@ where
 
     /// Returns `conn` to the pool, unless it has carried its `per_connection` requests: then it
     /// is dropped, and closes once its response is done.
-    fn checkin(&self, key: &str, conn: Conn, per_connection: u32, breaker: Option<&Arc<Breaker>>) {
+    fn checkin(
+        &self,
+        key: Key<'_>,
+        conn: Conn,
+        per_connection: u32,
+        breaker: Option<&Arc<Breaker>>,
+    ) {
         if per_connection != 0 && conn.used >= per_connection {
             return;
         }
@@ -223,12 +239,12 @@ where
             since: Instant::now(),
         };
         let mut idle = self.idle.lock();
-        // Looked up by `&str`, so only an endpoint's first connection allocates its key.
-        match idle.get_mut(key) {
+        let endpoints = idle.entry(key.group).or_default();
+        match endpoints.get_mut(key.authority) {
             Some(list) if list.len() < MAX_IDLE_PER_ENDPOINT => list.push(entry),
             Some(_) => {}
             None => {
-                idle.insert(key.into(), vec![entry]);
+                endpoints.insert(key.authority.into(), vec![entry]);
             }
         }
         drop(idle);

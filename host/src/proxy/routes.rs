@@ -238,8 +238,9 @@ pub fn build(
     let mut breaker =
         |service: &str, subset: &str, pool: &Option<crate::snapshot::ConnectionPool>| {
             let pool = pool.as_ref()?;
-            keep_breakers.insert(format!("{subset}|{service}"));
-            Some(breakers.get(service, subset, pool))
+            let b = breakers.get(service, subset, pool);
+            keep_breakers.insert(b.id);
+            Some(b)
         };
     let mut services = HashMap::default();
     let mut by_vip = HashMap::default();

@@ -306,9 +306,7 @@ impl ServerCall {
         // A trailers-only gRPC answer carries its status in the headers.
         self.summary.grpc_status = super::grpc::status(&parts.headers);
         let reporting = ReportingBody::new(body, move |end: BodyEnd| {
-            if end.grpc_status.is_some() {
-                self.summary.grpc_status = end.grpc_status;
-            }
+            self.summary.grpc_status = end.grpc_status.or(self.summary.grpc_status);
             let ended = if end.complete {
                 flags
             } else {

@@ -107,7 +107,6 @@ impl ServiceEntry {
 pub(super) fn check_service_entry(se: &ServiceEntry, problems: &mut Problems) {
     match se.hosts.as_slice() {
         [host] => {
-            let dots = host.matches('.').count();
             if host.contains('*') || !is_dns_subdomain(host) {
                 problems.at(
                     "spec.hosts[0]",
@@ -115,7 +114,7 @@ pub(super) fn check_service_entry(se: &ServiceEntry, problems: &mut Problems) {
                         "{host:?} is not a host name (wildcards are not supported by Weft yet)"
                     ),
                 );
-            } else if dots < 2 {
+            } else if !crate::names::is_external_key(host) {
                 problems.at(
                     "spec.hosts[0]",
                     format!("{host:?}: a host with fewer than two dots reads as a mesh service (`name.namespace`) in Weft; name it fully (`api.{host}`)"),

@@ -84,8 +84,8 @@ impl SidecarScope {
             return true;
         }
         let (name, ns) = crate::names::key_parts(key);
-        // A ServiceEntry's host (two dots or more, never a mesh key) is matched as written.
-        let outside = key.matches('.').count() >= 2;
+        // A ServiceEntry's host is matched as written.
+        let outside = crate::names::is_external_key(key);
         let fqdn = if outside {
             key.to_string()
         } else {

@@ -98,10 +98,7 @@ pub(super) async fn attempts(
                 if let Some(b) = breaker {
                     match b.request() {
                         Some(slot) => call.in_flight = Some(slot),
-                        None => {
-                            call.summary.response_flags |= ResponseFlags::UPSTREAM_OVERFLOW;
-                            return (Outcome::ConnectFailure, None);
-                        }
+                        None => return overflowed(call),
                     }
                 }
                 let address = &endpoint.address;
@@ -147,8 +144,8 @@ pub(super) async fn attempts(
                         match crate::proxy::tcp::connect_peer(inputs, uri).await {
                             Ok(io) => crate::proxy::upgrade::send(io, upstream)
                                 .await
-                                .map_err(|e| (Outcome::Reset, e.to_string())),
-                            Err(e) => Err((Outcome::ConnectFailure, e)),
+                                .map_err(|e| Failed::Attempt(Outcome::Reset, e.to_string())),
+                            Err(e) => Err(Failed::Attempt(Outcome::ConnectFailure, e)),
                         }
                     } else if target.external {
                         // Outside the mesh: plain HTTP/1.1 to the endpoint itself.
@@ -185,11 +182,8 @@ pub(super) async fn attempts(
                         response = Some(resp);
                         Outcome::Response(status)
                     }
-                    Some(Err((_, why))) if why == OVERFLOW => {
-                        call.summary.response_flags |= ResponseFlags::UPSTREAM_OVERFLOW;
-                        return (Outcome::ConnectFailure, None);
-                    }
-                    Some(Err((outcome, why))) => {
+                    Some(Err(Failed::Overflow)) => return overflowed(call),
+                    Some(Err(Failed::Attempt(outcome, why))) => {
                         tracing::debug!(service = %target.service, endpoint = %address, "attempt failed: {why}");
                         outcome
                     }
@@ -269,8 +263,22 @@ fn outcome_index(outcome: Outcome) -> usize {
     }
 }
 
+/// Why an attempt got no response.
+enum Failed {
+    /// It ended this way (the text for the debug log).
+    Attempt(Outcome, String),
+    /// The destination's circuit breaker kept it waiting past its bound.
+    Overflow,
+}
+
+/// A request the destination's circuit breaker refused: flagged `UO`, never retried.
+fn overflowed(call: &mut Call) -> (Outcome, Option<Response<Incoming>>) {
+    call.summary.response_flags |= ResponseFlags::UPSTREAM_OVERFLOW;
+    (Outcome::ConnectFailure, None)
+}
+
 /// Classifies a failed attempt from the client's error.
-fn classify(err: &hyper_util::client::legacy::Error) -> (Outcome, String) {
+fn classify(err: &hyper_util::client::legacy::Error) -> Failed {
     let text = format!("{err:?}");
     let outcome = if err.is_connect() {
         Outcome::ConnectFailure
@@ -279,20 +287,16 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (Outcome, String) {
     } else {
         Outcome::Reset
     };
-    (outcome, text)
+    Failed::Attempt(outcome, text)
 }
 
-/// [`classify`] for the HTTP/1.1 pool: no connection, or a connection that failed.
-fn classify_h1(err: &crate::proxy::h1_pool::PeerError) -> (Outcome, String) {
+/// [`classify`] for the HTTP/1.1 pools: no connection, a connection that failed, or no room.
+fn classify_h1(err: &crate::proxy::h1_pool::PeerError) -> Failed {
+    use crate::proxy::h1_pool::PeerError;
     let outcome = match err {
-        crate::proxy::h1_pool::PeerError::Connect(_) => Outcome::ConnectFailure,
-        crate::proxy::h1_pool::PeerError::Http(_) => Outcome::Reset,
-        crate::proxy::h1_pool::PeerError::Overflow => {
-            return (Outcome::ConnectFailure, OVERFLOW.into());
-        }
+        PeerError::Connect(_) => Outcome::ConnectFailure,
+        PeerError::Http(_) => Outcome::Reset,
+        PeerError::Overflow => return Failed::Overflow,
     };
-    (outcome, err.to_string())
+    Failed::Attempt(outcome, err.to_string())
 }
-
-/// What [`classify_h1`] says of a request the circuit breaker kept waiting past its bound.
-const OVERFLOW: &str = "overflow";

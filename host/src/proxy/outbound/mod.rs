@@ -436,11 +436,12 @@ async fn route(
     // A gRPC caller's own deadline (`grpc-timeout`) bounds the call too, within the route's
     // timeout: Istio caps the header at the route's timeout (`grpc_timeout_header_max`).
     let route_timeout = head.timeout.or(route.timeout);
-    let timeout = match super::grpc::timeout(&head.headers) {
-        Some(g) if super::grpc::is_grpc(&head.headers) => {
-            Some(route_timeout.map_or(g, |t| t.min(g)))
-        }
-        _ => route_timeout,
+    let grpc_timeout = super::grpc::is_grpc(&head.headers)
+        .then(|| super::grpc::timeout(&head.headers))
+        .flatten();
+    let timeout = match grpc_timeout {
+        Some(g) => Some(route_timeout.map_or(g, |t| t.min(g))),
+        None => route_timeout,
     };
     let deadline = timeout.map(|t| start + t);
     if let RequestVerdict::Respond(reply) = decided.action {
@@ -723,9 +724,7 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     call.summary.grpc_status = super::grpc::status(&parts.headers);
     let upstream = call.inputs.bound_response(incoming, OUTBOUND);
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
-        if end.grpc_status.is_some() {
-            call.summary.grpc_status = end.grpc_status;
-        }
+        call.summary.grpc_status = end.grpc_status.or(call.summary.grpc_status);
         let flags = if end.complete {
             exhausted
         } else {
