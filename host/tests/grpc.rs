@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::mesh::{NO_APP, TestMesh, converged};
 use support::netns::{DEBIAN_PYTHON, ensure_python_modules};
-use support::{full, h1_client, read};
+use support::{full, read};
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/grpc_peer.py");
 
@@ -85,16 +85,7 @@ async fn call(
 async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[&str], want: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let req = Request::get(format!("http://{admin}/metrics"))
-            .body(full(""))
-            .expect("request");
-        let (_, _, body) = read(h1_client().request(req).await.expect("scrape")).await;
-        let v: f64 = String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| labels.iter().all(|want| l.contains(want)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let v = support::metric_sum(admin, name, labels).await;
         if v >= want || Instant::now() > deadline {
             return v;
         }

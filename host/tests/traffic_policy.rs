@@ -15,7 +15,7 @@ mod support;
 use http::Request;
 use std::time::Duration;
 use support::mesh::{NO_APP, TestMesh, converged};
-use support::{App, full, h1_client, read};
+use support::{App, full, h1_client, metric_sum as metric, read};
 
 /// A DestinationRule for payments with `pool` as its `connectionPool` (YAML flow mapping).
 fn pool(pool: &str) -> String {
@@ -34,39 +34,7 @@ spec:
 
 /// `n` calls to `path` through orders' sidecar at once; their statuses, sorted.
 async fn burst(out: std::net::SocketAddr, path: &str, n: usize) -> Vec<u16> {
-    let calls: Vec<_> = (0..n)
-        .map(|_| {
-            let req = Request::get(format!("http://{out}{path}"))
-                .header("host", "payments")
-                .body(full(""))
-                .expect("request");
-            tokio::spawn(async move {
-                // A client each, so every call has its own connection to the sidecar.
-                let (status, _, _) = read(h1_client().request(req).await.expect("call")).await;
-                status.as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for call in calls {
-        statuses.push(call.await.expect("call task"));
-    }
-    statuses.sort_unstable();
-    statuses
-}
-
-/// The value of the series of `name` whose labels include every one of `labels`.
-async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
-    let req = Request::get(format!("http://{admin}/metrics"))
-        .body(full(""))
-        .expect("request");
-    let (_, _, body) = read(h1_client().request(req).await.expect("scrape")).await;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    burst_to(out, path, n, false, "anyone").await.0
 }
 
 /// [`metric`] once it equals `want` (plugins record their samples in batches), or its value

@@ -383,6 +383,21 @@ pub async fn read(resp: Response<Incoming>) -> (StatusCode, http::HeaderMap, Byt
     (parts.status, parts.headers, bytes)
 }
 
+/// The sum of the series of `name` on the admin listener `admin` whose labels include every
+/// one of `labels` (each written `key="value"`); 0 when none does.
+pub async fn metric_sum(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let req = Request::get(format!("http://{admin}/metrics"))
+        .body(full(""))
+        .expect("request");
+    let (_, _, body) = read(h1_client().request(req).await.expect("scrape")).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A sidecar's `/metrics` text.
 pub async fn scrape(sidecar: &weft::proxy::Sidecar) -> String {
     let resp = h1_client()
