@@ -56,8 +56,12 @@ pub fn key_parts(key: &str) -> (&str, &str) {
     key.split_once('.').unwrap_or((key, DEFAULT_NAMESPACE))
 }
 
-/// A key's fully qualified host: `payments.shop` → `payments.shop.svc.cluster.local`.
+/// A key's fully qualified host: `payments.shop` → `payments.shop.svc.cluster.local`; a host
+/// outside the mesh is its own.
 pub fn fqdn(key: &str) -> String {
+    if is_external_key(key) {
+        return key.to_string();
+    }
     let (name, namespace) = key_parts(key);
     format!("{name}.{namespace}.svc.{}", cluster_domain())
 }
@@ -77,9 +81,12 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
 /// `payments` is the service in that namespace; `payments.shop.svc` and
 /// `payments.shop.svc.cluster.local` (in the [`cluster_domain`]) the one in `shop`;
 /// `payments.shop` too when `shop` is the
-/// resource's namespace or `default`. Any other two-label host (`bookinfo.com`) is read by Istio
-/// as a host outside the mesh, which needs a ServiceEntry, so it is refused rather than bound to
-/// a service it was probably not meant for; so are wildcards and anything else.
+/// resource's namespace or `default`. A host of three labels or more that is not a mesh
+/// service's (`api.example.com`) names a host outside the mesh, a ServiceEntry's, keyed by
+/// itself. Any other two-label host (`bookinfo.com`) is read by Istio as a host outside the
+/// mesh too, but Weft's ServiceEntries cannot name it (it reads as `name.namespace`), so it is
+/// refused rather than bound to a service it was probably not meant for; so are wildcards, a
+/// `name.ns.svc.<domain>` in another cluster domain, and anything else.
 pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str>, String> {
     let domain = cluster_domain();
     resolve(host, namespace, true).map_err(|why| match why {
@@ -90,10 +97,10 @@ pub fn service_of_host<'a>(host: &'a str, namespace: &str) -> Result<Cow<'a, str
             "{host:?} is not a service host (expected `name` or `name.<namespace>.svc.{domain}`)"
         ),
         NotAService::Ambiguous { service, namespace: ns } => format!(
-            "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, which needs a ServiceEntry, not supported yet); for service {service} in namespace {ns}, write {service}.{ns}.svc.{domain}"
+            "{host:?} names no mesh service as Istio reads it (a two-label host is a name outside the mesh, and Weft's ServiceEntries name hosts of three labels or more); for service {service} in namespace {ns}, write {service}.{ns}.svc.{domain}"
         ),
         NotAService::Outside => format!(
-            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{domain}` (a host outside the mesh is a ServiceEntry's, which VirtualServices, DestinationRules and policies cannot name yet)"
+            "{host:?} names no Weft service: services are `name` or `name.<namespace>.svc.{domain}`, and hosts outside the mesh are DNS names of three labels or more"
         ),
     })
 }
@@ -161,6 +168,10 @@ impl HostRef<'_> {
 
 /// Whether wildcard suffix `suffix` (the host after `*.`) names the service with key `key`.
 pub fn wildcard_names(suffix: &str, key: &str) -> bool {
+    // Wildcards name mesh services only (see [`host_ref`]).
+    if is_external_key(key) {
+        return false;
+    }
     let fqdn = fqdn(key);
     fqdn.len() > suffix.len()
         && fqdn.ends_with(suffix)
@@ -197,7 +208,7 @@ pub fn host_ref<'a>(host: &'a str, namespace: &str) -> Result<HostRef<'a>, Strin
         Ok(HostRef::Wildcard(suffix))
     } else {
         Err(format!(
-            "{host:?} names no mesh service: a wildcard host is *.<namespace>.svc.{domain} or a shorter tail of it (a host outside the mesh is a ServiceEntry's, which VirtualServices, DestinationRules and policies cannot name yet)"
+            "{host:?} names no mesh service: a wildcard host is *.<namespace>.svc.{domain} or a shorter tail of it (wildcards over hosts outside the mesh are not supported by Weft yet)"
         ))
     }
 }
@@ -245,7 +256,15 @@ fn resolve<'a>(host: &'a str, here: &str, strict: bool) -> Result<Cow<'a, str>, 
                 .is_some_and(|d| label_prefix(cluster_domain(), d))
     });
     match tail {
-        Some(_) if !svc_suffix => return Err(NotAService::Outside),
+        // A DNS name that is no mesh service's: a host outside the mesh, keyed by itself. One
+        // that looks like a mesh name in another cluster domain is more likely a mistake.
+        Some(t) if !svc_suffix => {
+            return if t.starts_with("svc.") || !t.split('.').all(is_dns_label) {
+                Err(NotAService::Outside)
+            } else {
+                Ok(Cow::Borrowed(host))
+            };
+        }
         None if strict && namespace != here && namespace != DEFAULT_NAMESPACE => {
             return Err(NotAService::Ambiguous { service, namespace });
         }
@@ -311,6 +330,7 @@ mod tests {
             ("payments.shop", "payments.shop.svc.cluster.local"),
             ("payments.default.svc.example.org", "names no Weft service"),
             ("payments.a_b.svc", "names no Weft service"),
+            ("api.Example.com", "names no Weft service"),
             ("*.default.svc.cluster.local", "wildcard"),
             ("Payments", "not a service host"),
             ("payments:80", "not a service host"),
@@ -324,6 +344,22 @@ mod tests {
             Some("bookinfo.com")
         );
         assert_eq!(service_key_of("payments.example.com.", "default"), None);
+    }
+
+    #[test]
+    fn hosts_of_three_labels_or_more_name_hosts_outside_the_mesh() {
+        for host in [
+            "api.example.com",
+            "a.b.c.example.org",
+            "payments.shop.example",
+        ] {
+            assert_eq!(service_of_host(host, "shop").as_deref(), Ok(host));
+            assert_eq!(
+                host_ref(host, "default"),
+                Ok(HostRef::Service(Cow::Borrowed(host)))
+            );
+            assert!(is_external_key(host), "{host}");
+        }
     }
 
     #[test]

@@ -86,10 +86,27 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = copy.head.headers.clone();
-        if let Some(v) = &shadow {
-            request.headers_mut().insert(FORWARDED_HOST, v.clone());
-        }
-        let sent = inputs.peers.request(request);
+        type Sent = std::pin::Pin<
+            Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, String>> + Send>,
+        >;
+        let sent: Sent = if route.external {
+            // Outside the mesh the shadow host is the Host itself; no mesh header leaves.
+            if let Some(v) = &shadow {
+                request.headers_mut().insert(http::header::HOST, v.clone());
+            }
+            let (inputs, route) = (inputs.clone(), route.clone());
+            Box::pin(async move {
+                super::origination::send(&inputs, &route, request, None)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        } else {
+            if let Some(v) = &shadow {
+                request.headers_mut().insert(FORWARDED_HOST, v.clone());
+            }
+            let sent = inputs.peers.request(request);
+            Box::pin(async move { sent.await.map_err(|e| format!("{e:?}")) })
+        };
         let service = dest.service.clone();
         let counter = inputs.metrics.mirrors.clone();
         tokio::spawn(async move {
@@ -97,13 +114,13 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
                 let resp = sent.await?;
                 // Read to the end so the connection can serve the next call.
                 let _ = resp.into_body().collect().await;
-                Ok::<(), hyper_util::client::legacy::Error>(())
+                Ok::<(), String>(())
             })
             .await;
             let word = match outcome {
                 Ok(Ok(())) => "answered",
                 Ok(Err(e)) => {
-                    tracing::debug!(%service, "mirror failed: {e:?}");
+                    tracing::debug!(%service, "mirror failed: {e}");
                     "failed"
                 }
                 Err(_) => {

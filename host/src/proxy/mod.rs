@@ -24,6 +24,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 mod mirror;
+pub mod origination;
 pub mod outbound;
 pub mod passthrough;
 pub mod path;
@@ -306,6 +307,8 @@ pub struct Inputs {
     pub app_h2: Client<CountingConnector, ProxyBody>,
     /// Client to services outside the mesh (ServiceEntries): plain HTTP/1.1, keep-alive.
     pub external: h1_pool::H1Pool<CountingConnector>,
+    /// TLS originated to services outside the mesh, per DestinationRule setting.
+    pub origins: origination::Origins,
     /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
     pub tunnels: CountingConnector<PeerConnector>,
     /// Istio's TCP metrics.
@@ -544,6 +547,7 @@ impl Sidecar {
             connector.clone(),
             metrics.pool("external"),
         ));
+        let origins = origination::Origins::new(connector.clone(), metrics.pool("external"));
         let app = h1_pool::H1Pool::new(CountingConnector::new(connector, metrics.pool("app")));
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -609,6 +613,7 @@ impl Sidecar {
             app,
             app_h2,
             external,
+            origins,
             tunnels,
             tcp: tcp_metrics,
             access_log,
@@ -752,6 +757,7 @@ impl Sidecar {
                 &inputs.metrics,
                 &sources,
                 &inputs.breakers,
+                &inputs.origins,
             )
         })
         .await

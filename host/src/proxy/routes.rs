@@ -86,8 +86,10 @@ pub struct Route {
     pub identity_id: u32,
     /// The circuit breaker of calls with no subset, when the service has a `connectionPool`.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
-    /// A service outside the mesh (a ServiceEntry): called directly, over plain HTTP/1.1.
+    /// A service outside the mesh (a ServiceEntry): called directly, over HTTP/1.1.
     pub external: bool,
+    /// The TLS originated to it; none: plain HTTP.
+    pub origin: Option<Arc<super::origination::Origin>>,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -211,14 +213,26 @@ pub fn build(
     metrics: &ProxyMetrics,
     sources: &PluginSources<'_>,
     breakers: &super::breaker::Breakers,
+    origins: &super::origination::Origins,
 ) -> Result<Routes, Rejected> {
     snapshot.validate()?;
     let mut errors = Vec::new();
     let mut chains = HashMap::new();
+    let mut origin_of = HashMap::new();
+    let mut keep_origins = HashSet::new();
     for (name, svc) in &snapshot.services {
         let at = format!("services.{name}");
         let chain = load_chain(&svc.plugins, &at, runtime, sources, &mut errors);
         chains.insert(name.clone(), chain);
+        if let Some(tls) = &svc.tls {
+            match origins.get(tls, sources.base_dir) {
+                Ok((material, origin)) => {
+                    keep_origins.insert(material);
+                    origin_of.insert(name.clone(), origin);
+                }
+                Err(e) => errors.push(format!("{at}.tls.{e}")),
+            }
+        }
     }
     let server = (!snapshot.inbound.plugins.is_empty()).then(|| ServerChain {
         chain: load_chain(
@@ -310,6 +324,7 @@ pub fn build(
             }),
             breaker: breaker(name, "", &svc.connection_pool),
             external: svc.external,
+            origin: origin_of.remove(name),
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {
@@ -319,6 +334,7 @@ pub fn build(
     }
     table.retain(&keep);
     breakers.retain(&keep_breakers);
+    origins.retain(&keep_origins);
     let authz = super::authz::Authorizer::new(&snapshot.inbound.authorization);
     let access_log = super::logging::Sinks::new(&snapshot.access_log);
     Ok(Routes {

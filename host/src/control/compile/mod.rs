@@ -216,6 +216,17 @@ pub fn compile_in(
     }
     services.extend(external.keys().cloned());
     services.remove("");
+    // A host outside the mesh is a service only through its ServiceEntry: a VirtualService or
+    // DestinationRule naming one without it waits for it, as in Istio, and gives no route.
+    services.retain(|k| {
+        let known = !crate::names::is_external_key(k) || external.contains_key(k);
+        if !known {
+            warnings.push(format!(
+                "{k}: named by a VirtualService or DestinationRule but no ServiceEntry; no route until one exists"
+            ));
+        }
+        known
+    });
     // A Sidecar's egress hosts bound what this sidecar is given (its own service stays).
     let scope = sidecar_scope(&catalog, me, &mut warnings);
     if let Some((_, s)) = scope {
@@ -406,6 +417,9 @@ pub fn compile_in(
             vip: None,
             connection_pool: dr.and_then(|(_, d)| d.connection_pool()),
             external: outside.is_some(),
+            tls: dr
+                .filter(|_| outside.is_some())
+                .and_then(|(_, d)| d.origination()),
             consistent_hash: dr.and_then(|(_, d)| d.consistent_hash()),
             subset_policies: dr.map(|(_, d)| d.subset_policies()).unwrap_or_default(),
         };

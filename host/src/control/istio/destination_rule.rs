@@ -33,6 +33,9 @@ pub struct TrafficPolicy {
     /// Circuit breaking: bounds on connections, requests and retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    /// What TLS the sidecar sends (the DestinationRule's own; refused in subsets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<ClientTls>>,
 }
 
 /// Istio's `ConnectionPoolSettings`, the parts Weft implements.
@@ -253,6 +256,11 @@ impl DestinationRule {
         self.traffic_policy.as_ref()?.load_balancer()
     }
 
+    /// The snapshot's `tls`: TLS to originate to a host outside the mesh.
+    pub fn origination(&self) -> Option<crate::snapshot::OriginTls> {
+        self.traffic_policy.as_ref()?.tls.as_ref()?.origination()
+    }
+
     /// The snapshot's `subsetPolicies`: each subset's own policy, the fields it sets.
     pub fn subset_policies(&self) -> BTreeMap<String, crate::snapshot::SubsetPolicy> {
         self.subsets
@@ -291,7 +299,11 @@ pub(in crate::control) const DR_UNSUPPORTED: Unsupported = &[
     ("", &["workloadSelector"]),
     (
         "trafficPolicy",
-        &["tls", "portLevelSettings", "tunnel", "proxyProtocol"],
+        &["portLevelSettings", "tunnel", "proxyProtocol"],
+    ),
+    (
+        "trafficPolicy.tls",
+        super::client_tls::CLIENT_TLS_UNSUPPORTED,
     ),
     ("trafficPolicy.loadBalancer.consistentHash", &["maglev"]),
     (
@@ -391,6 +403,15 @@ pub(super) fn check_destination_rule(
     }
     if let Some(policy) = &dr.traffic_policy {
         check_policy(policy, "spec.trafficPolicy", problems);
+        if let Some(tls) = &policy.tls {
+            super::client_tls::check_client_tls(
+                tls,
+                &dr.host,
+                namespace,
+                "spec.trafficPolicy.tls",
+                problems,
+            );
+        }
     }
     for (i, s) in dr.subsets.iter().enumerate() {
         if let Some(policy) = &s.traffic_policy {

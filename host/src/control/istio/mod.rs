@@ -34,6 +34,7 @@ use crate::names::is_dns_label;
 use crate::snapshot::{is_digest, parse_duration};
 
 mod authorization;
+mod client_tls;
 mod destination_rule;
 mod hosts;
 pub mod http_route;
@@ -48,6 +49,7 @@ mod wasm_plugin;
 
 pub(in crate::control) use authorization::AUTHZ_UNSUPPORTED;
 pub use authorization::*;
+pub use client_tls::ClientTls;
 pub(in crate::control) use destination_rule::DR_UNSUPPORTED;
 pub use destination_rule::*;
 pub use hosts::*;

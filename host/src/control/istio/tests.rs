@@ -849,3 +849,89 @@ fn a_connection_pool_compiles_to_bounds_with_zero_meaning_unbounded() {
         errors_of(&negative)
     );
 }
+
+#[test]
+fn a_destination_rules_tls_is_the_meshs_for_mesh_services_and_originated_outside() {
+    let tls = |host: &str, tls: &str| {
+        dr(&format!(
+            "  host: {host}\n  trafficPolicy:\n    tls: {tls}\n"
+        ))
+    };
+    for ok in [
+        tls("payments", "{ mode: ISTIO_MUTUAL }"),
+        tls("\"*.svc.cluster.local\"", "{ mode: ISTIO_MUTUAL }"),
+        tls("api.example.com", "{ mode: SIMPLE }"),
+        tls("api.example.com", "{ mode: DISABLE }"),
+        tls(
+            "api.example.com",
+            "{ mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, sni: api.example.com, subjectAltNames: [api.example.com] }",
+        ),
+    ] {
+        let rs = parse_yaml(&ok, "t.yaml").unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        let Spec::DestinationRule(d) = &rs[0].spec else {
+            panic!("not a DestinationRule")
+        };
+        let originates = d.origination().is_some();
+        assert_eq!(
+            originates,
+            ok.contains("SIMPLE") || ok.contains("MUTUAL, "),
+            "{ok}"
+        );
+    }
+    for (bad, needle) in [
+        (
+            tls("payments", "{ mode: SIMPLE }"),
+            "spec.trafficPolicy.tls.mode: SIMPLE for a mesh service is not supported by Weft yet",
+        ),
+        (
+            tls("payments", "{ mode: DISABLE }"),
+            "spec.trafficPolicy.tls.mode: DISABLE for a mesh service (plaintext between sidecars) is not supported by Weft yet",
+        ),
+        (
+            tls("payments", "{ mode: ISTIO_MUTUAL, sni: payments }"),
+            "spec.trafficPolicy.tls.sni: not with ISTIO_MUTUAL",
+        ),
+        (
+            tls("api.example.com", "{ mode: ISTIO_MUTUAL }"),
+            "spec.trafficPolicy.tls.mode: ISTIO_MUTUAL is the mesh's mTLS",
+        ),
+        (
+            tls(
+                "api.example.com",
+                "{ mode: MUTUAL, clientCertificate: /c.pem }",
+            ),
+            "spec.trafficPolicy.tls.privateKey: required with mode MUTUAL",
+        ),
+        (
+            tls(
+                "api.example.com",
+                "{ mode: SIMPLE, clientCertificate: /c.pem }",
+            ),
+            "spec.trafficPolicy.tls.clientCertificate: only with mode MUTUAL",
+        ),
+        (
+            tls("api.example.com", "{ mode: SIMPLE, sni: \"a b\" }"),
+            "spec.trafficPolicy.tls.sni: \"a b\" is not a DNS name or IP address",
+        ),
+        (
+            tls(
+                "api.example.com",
+                "{ mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem }",
+            ),
+            "spec.trafficPolicy.tls.insecureSkipVerify: true skips the checks",
+        ),
+        (
+            tls(
+                "api.example.com",
+                "{ mode: SIMPLE, credentialName: api-creds }",
+            ),
+            "spec.trafficPolicy.tls.credentialName: not supported by Weft yet",
+        ),
+        (
+            tls("api.example.com", "{ mode: TLS }"),
+            "spec.trafficPolicy.tls.mode: unknown mode \"TLS\"",
+        ),
+    ] {
+        assert_error(&bad, needle);
+    }
+}

@@ -148,11 +148,9 @@ pub(super) async fn attempts(
                             Err(e) => Err(Failed::Attempt(Outcome::ConnectFailure, e)),
                         }
                     } else if target.external {
-                        // Outside the mesh: plain HTTP/1.1 to the endpoint itself.
-                        *upstream.version_mut() = Version::HTTP_11;
-                        inputs
-                            .external
-                            .request_within(upstream, breaker)
+                        // Outside the mesh: HTTP/1.1 to the endpoint itself, plain or over
+                        // the TLS its DestinationRule originates.
+                        crate::proxy::origination::send(inputs, target, upstream, breaker)
                             .await
                             .map_err(|e| classify_h1(&e))
                     } else if call.summary.protocol == Protocol::Http2 {

@@ -2,6 +2,10 @@
 //! timeouts and plugin chains — in the one form a local file gives today and the control plane
 //! will push later. Validation collects every problem, each with the field's path.
 
+mod origin_tls;
+
+pub use origin_tls::OriginTls;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -295,6 +299,9 @@ pub struct Service {
     /// without the mesh's headers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// TLS originated to a service outside the mesh; none: plain HTTP/1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OriginTls>,
     /// Subsets with a policy of their own, by name: each field given replaces the service's
     /// for calls to the subset.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -581,6 +588,14 @@ impl Snapshot {
                         ep.address
                     ));
                 }
+            }
+            if let Some(tls) = &svc.tls {
+                if !svc.external {
+                    errors.push(format!(
+                        "{at}.tls: TLS is originated only to services outside the mesh"
+                    ));
+                }
+                tls.check(&format!("{at}.tls"), &mut errors);
             }
             check_plugins(&svc.plugins, &at, &mut errors);
         }
