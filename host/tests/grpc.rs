@@ -2,7 +2,8 @@
 //! unary and streaming calls through two sidecars with their trailers; `retryOn: unavailable`
 //! judged from the `grpc-status` of a trailers-only answer; Istio's `request_protocol` and
 //! `grpc_response_status` labels from both reporters; the caller's `grpc-timeout` honoured by
-//! the sidecar; a VirtualService fault `abort.grpcStatus` answered in gRPC.
+//! the sidecar; a VirtualService fault `abort.grpcStatus` answered in gRPC; a Gateway API
+//! GRPCRoute routing by method in its own precedence and splitting by weight.
 
 mod support;
 
@@ -54,6 +55,17 @@ async fn call(
     payload: &str,
     timeout_s: f64,
 ) -> serde_json::Value {
+    calls(via, method, payload, timeout_s, 1).await
+}
+
+/// `count` calls on one channel through `via` to payments.
+async fn calls(
+    via: std::net::SocketAddr,
+    method: &str,
+    payload: &str,
+    timeout_s: f64,
+    count: usize,
+) -> serde_json::Value {
     let args = [
         PEER.to_string(),
         "call".into(),
@@ -62,6 +74,7 @@ async fn call(
         method.into(),
         payload.into(),
         timeout_s.to_string(),
+        count.to_string(),
     ];
     let out = tokio::task::spawn_blocking(move || {
         Command::new(DEBIAN_PYTHON)
@@ -207,4 +220,53 @@ spec:
     let aborted = call(via, "/weft.Test/Aborted", "", 10.0).await;
     assert_eq!(aborted["code"], "UNAVAILABLE", "{aborted}");
     assert_eq!(aborted["details"], "fault filter abort");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_routes_by_method_and_splits_by_weight() {
+    ensure_python_modules(&[("grpc", "python3-grpcio")]);
+    let (_v1, v1_app) = serve("v1");
+    let (_v2, v2_app) = serve("v2");
+    let m = TestMesh::start();
+    let _p1 = m.pod("payments", &[], v1_app).await;
+    let _p2 = m.pod("payments-v2", &[], v2_app).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    m.apply(
+        "payments.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: payments }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: payments, port: 80 }]
+  rules:
+  - backendRefs:
+    - { name: payments, port: 80, weight: 50 }
+    - { name: payments-v2, port: 80, weight: 50 }
+  - matches: [{ method: { service: weft.Test, method: Stream } }]
+    backendRefs: [{ name: payments-v2, port: 80 }]
+",
+    )
+    .await;
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    let via = orders.addr("outbound");
+    // The method match goes first, whatever the rule order: every stream goes to v2 (were the
+    // catch-all first, 8 of 8 on v2 would have a chance of 1 in 256).
+    for _ in 0..8 {
+        let stream = call(via, "/weft.Test/Stream", "", 10.0).await;
+        assert_eq!(stream["code"], "OK", "{stream}");
+        assert_eq!(
+            stream["replies"],
+            serde_json::json!(["0|v2", "1|v2", "2|v2"])
+        );
+    }
+    // Every other call is split by weight.
+    let echo = calls(via, "/weft.Test/Echo", "hi", 10.0, 60).await;
+    assert_eq!(echo["code"], "OK", "{echo}");
+    let replies = echo["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 60);
+    let to_v2 = replies.iter().filter(|r| *r == "hi|v2").count();
+    let to_v1 = replies.iter().filter(|r| *r == "hi|v1").count();
+    assert_eq!(to_v1 + to_v2, 60, "{replies:?}");
+    // 60 draws at 50%: fewer than 12 on a side has a probability under 1e-6.
+    assert!((12..=48).contains(&to_v2), "{to_v2} of 60 to v2");
 }

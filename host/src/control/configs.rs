@@ -49,7 +49,8 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
     match &r.spec {
         // An HTTPRoute's plugins are judged as the VirtualService it means, named by its paths.
         Spec::VirtualService(vs)
-        | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute { mesh: vs, .. }) => {
+        | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute { mesh: vs, .. })
+        | Spec::GatewayGrpcRoute(crate::control::istio::GatewayGrpcRoute { mesh: vs, .. }) => {
             for host in &vs.hosts {
                 // A wildcard's configuration is judged once, its calls to itself named by it.
                 let Ok(service) = crate::names::host_ref(host, &r.namespace).map(|r| r.key())

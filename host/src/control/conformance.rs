@@ -5,9 +5,9 @@
 //! unknown. `WEFT_BLESS=1 cargo test -p weft --lib conformance` rewrites the table.
 
 use super::istio::{
-    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, HTTP_ROUTE_UNSUPPORTED, PEER_AUTHN_UNSUPPORTED,
-    SERVICE_ENTRY_UNSUPPORTED, SIDECAR_UNSUPPORTED, TELEMETRY_UNSUPPORTED, Unsupported,
-    VS_UNSUPPORTED, WASM_UNSUPPORTED,
+    self, AUTHZ_UNSUPPORTED, DR_UNSUPPORTED, GRPC_ROUTE_UNSUPPORTED, HTTP_ROUTE_UNSUPPORTED,
+    PEER_AUTHN_UNSUPPORTED, SERVICE_ENTRY_UNSUPPORTED, SIDECAR_UNSUPPORTED, TELEMETRY_UNSUPPORTED,
+    Unsupported, VS_UNSUPPORTED, WASM_UNSUPPORTED,
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -163,6 +163,24 @@ metadata: { name: probe }
             "rules[].retry",
         ],
         refused: HTTP_ROUTE_UNSUPPORTED,
+    },
+    KindProbe {
+        title: "GRPCRoute (gateway.networking.k8s.io), for mesh traffic",
+        header: "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: probe }
+",
+        levels: &[
+            "",
+            "parentRefs[]",
+            "rules[]",
+            "rules[].matches[]",
+            "rules[].matches[].method",
+            "rules[].matches[].headers[]",
+            "rules[].filters[]",
+            "rules[].backendRefs[]",
+        ],
+        refused: GRPC_ROUTE_UNSUPPORTED,
     },
     KindProbe {
         title: "Sidecar (networking.istio.io)",

@@ -8,8 +8,10 @@ Methods take and return raw bytes (no protobuf: the mesh never reads messages):
   /weft.Test/Stream    streams three messages, then trailing metadata `x-done: yes`
 
   grpc_peer.py serve PORT NAME          prints `ready` once listening on 127.0.0.1:PORT
-  grpc_peer.py call TARGET AUTHORITY METHOD PAYLOAD [TIMEOUT_S]
+  grpc_peer.py call TARGET AUTHORITY METHOD PAYLOAD [TIMEOUT_S] [COUNT]
                                         prints one JSON line: code, details, replies, trailers
+                                        (a unary method is called COUNT times, default 1, on
+                                        one channel; every reply is listed)
 """
 
 import json
@@ -68,7 +70,7 @@ def serve(port, name):
     server.wait_for_termination(timeout=3600)
 
 
-def call(target, authority, method, payload, timeout):
+def call(target, authority, method, payload, timeout, count=1):
     channel = grpc.insecure_channel(target, options=(("grpc.default_authority", authority),))
     out = {"code": "OK", "details": "", "replies": [], "trailers": {}}
     try:
@@ -80,9 +82,10 @@ def call(target, authority, method, payload, timeout):
             out["trailers"] = dict(replies.trailing_metadata() or ())
         else:
             stub = channel.unary_unary(method)
-            reply, c = stub.with_call(payload.encode(), timeout=timeout)
-            out["replies"].append(reply.decode())
-            out["trailers"] = dict(c.trailing_metadata() or ())
+            for _ in range(count):
+                reply, c = stub.with_call(payload.encode(), timeout=timeout)
+                out["replies"].append(reply.decode())
+                out["trailers"] = dict(c.trailing_metadata() or ())
     except grpc.RpcError as e:
         out["code"] = e.code().name
         out["details"] = e.details() or ""
@@ -94,4 +97,5 @@ if __name__ == "__main__":
         serve(int(sys.argv[2]), sys.argv[3])
     else:
         timeout = float(sys.argv[6]) if len(sys.argv) > 6 else 10.0
-        call(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], timeout)
+        count = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+        call(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], timeout, count)

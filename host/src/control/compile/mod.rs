@@ -683,6 +683,10 @@ impl<'a> Catalog<'a> {
                 | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute {
                     mesh: vs,
                     ..
+                })
+                | Spec::GatewayGrpcRoute(crate::control::istio::GatewayGrpcRoute {
+                    mesh: vs,
+                    ..
                 }) => {
                     if !vs.applies_to_mesh() || !visible(&vs.export_to, ns) {
                         continue;

@@ -224,7 +224,7 @@ fn one_virtual_service_and_one_destination_rule_per_host() {
     resources.append(&mut second);
     let all = validate_errors(&resources);
     for needle in [
-        "u.yaml: document 1 (VirtualService payments-2): spec.hosts: payments is already routed by t.yaml: document 1 (VirtualService payments); Weft takes one VirtualService or HTTPRoute per host",
+        "u.yaml: document 1 (VirtualService payments-2): spec.hosts: payments is already routed by t.yaml: document 1 (VirtualService payments); Weft takes one VirtualService, HTTPRoute or GRPCRoute per host",
         "u.yaml: document 2 (DestinationRule payments-2): spec.host: payments already has t.yaml: document 2 (DestinationRule payments); Weft takes one DestinationRule per host",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");

@@ -37,7 +37,7 @@ pub fn validate(
     for (service, list) in &catalog.virtual_services {
         for (r, _) in list.iter().skip(1) {
             errors.push(format!(
-                "{}: spec.hosts: {service} is already routed by {}; Weft takes one VirtualService or HTTPRoute per host",
+                "{}: spec.hosts: {service} is already routed by {}; Weft takes one VirtualService, HTTPRoute or GRPCRoute per host",
                 r.origin(),
                 list[0].0.origin()
             ));
@@ -86,6 +86,9 @@ pub fn validate(
         match &r.spec {
             Spec::VirtualService(vs)
             | Spec::GatewayHttpRoute(crate::control::istio::GatewayHttpRoute {
+                mesh: vs, ..
+            })
+            | Spec::GatewayGrpcRoute(crate::control::istio::GatewayGrpcRoute {
                 mesh: vs, ..
             }) => {
                 check_subsets(r, vs, &catalog, &mut errors);

@@ -36,6 +36,7 @@ use crate::snapshot::{is_digest, parse_duration};
 mod authorization;
 mod client_tls;
 mod destination_rule;
+mod grpc_route;
 mod hosts;
 pub mod http_route;
 mod peer_authentication;
@@ -52,6 +53,9 @@ pub use authorization::*;
 pub use client_tls::ClientTls;
 pub(in crate::control) use destination_rule::DR_UNSUPPORTED;
 pub use destination_rule::*;
+pub(in crate::control) use grpc_route::GRPC_ROUTE_UNSUPPORTED;
+pub use grpc_route::GatewayGrpcRoute;
+use grpc_route::check_grpc_route;
 pub use hosts::*;
 pub use http_route::GatewayHttpRoute;
 pub(in crate::control) use http_route::HTTP_ROUTE_UNSUPPORTED;
@@ -86,6 +90,8 @@ pub enum Kind {
     Telemetry,
     /// `gateway.networking.k8s.io` HTTPRoute attached to a Service: mesh routing (GAMMA).
     GatewayHttpRoute,
+    /// `gateway.networking.k8s.io` GRPCRoute attached to a Service: gRPC routing (GAMMA).
+    GatewayGrpcRoute,
     /// `networking.istio.io` Sidecar: what a workload's sidecar is given and may reach.
     Sidecar,
     /// `networking.istio.io` ServiceEntry: a service outside the mesh.
@@ -94,7 +100,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order `weft get` lists them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::WasmPlugin,
@@ -102,6 +108,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::Telemetry,
         Kind::GatewayHttpRoute,
+        Kind::GatewayGrpcRoute,
         Kind::Sidecar,
         Kind::ServiceEntry,
     ];
@@ -116,6 +123,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Telemetry => "Telemetry",
             Kind::GatewayHttpRoute => "HTTPRoute",
+            Kind::GatewayGrpcRoute => "GRPCRoute",
             Kind::Sidecar => "Sidecar",
             Kind::ServiceEntry => "ServiceEntry",
         }
@@ -137,6 +145,10 @@ impl Kind {
             Kind::GatewayHttpRoute => &[
                 "gateway.networking.k8s.io/v1",
                 "gateway.networking.k8s.io/v1beta1",
+            ],
+            Kind::GatewayGrpcRoute => &[
+                "gateway.networking.k8s.io/v1",
+                "gateway.networking.k8s.io/v1alpha2",
             ],
         }
     }
@@ -166,10 +178,11 @@ impl FromStr for Kind {
             "peerauthentication" | "peerauthentications" | "pa" => Ok(Kind::PeerAuthentication),
             "telemetry" | "telemetries" => Ok(Kind::Telemetry),
             "httproute" | "httproutes" => Ok(Kind::GatewayHttpRoute),
+            "grpcroute" | "grpcroutes" => Ok(Kind::GatewayGrpcRoute),
             "sidecar" | "sidecars" => Ok(Kind::Sidecar),
             "serviceentry" | "serviceentries" | "se" => Ok(Kind::ServiceEntry),
             _ => Err(format!(
-                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute, Sidecar, ServiceEntry or se)"
+                "unknown kind {text:?} (known: VirtualService or vs, DestinationRule or dr, WasmPlugin, AuthorizationPolicy or ap, PeerAuthentication or pa, Telemetry, HTTPRoute, GRPCRoute, Sidecar, ServiceEntry or se)"
             )),
         }
     }
@@ -212,6 +225,8 @@ pub enum Spec {
     Telemetry(Telemetry),
     /// A Gateway API HTTPRoute's spec, with the VirtualService it means.
     GatewayHttpRoute(GatewayHttpRoute),
+    /// A GRPCRoute's spec, with the VirtualService it means.
+    GatewayGrpcRoute(GatewayGrpcRoute),
     /// A Sidecar's spec.
     Sidecar(SidecarScope),
     /// A ServiceEntry's spec.
@@ -518,6 +533,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
         Kind::PeerAuthentication => PEER_AUTHN_UNSUPPORTED,
         Kind::Telemetry => TELEMETRY_UNSUPPORTED,
         Kind::GatewayHttpRoute => HTTP_ROUTE_UNSUPPORTED,
+        Kind::GatewayGrpcRoute => GRPC_ROUTE_UNSUPPORTED,
         Kind::Sidecar => SIDECAR_UNSUPPORTED,
         Kind::ServiceEntry => SERVICE_ENTRY_UNSUPPORTED,
     };
@@ -557,6 +573,11 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
             check_http_route(&hr, namespace, problems);
             hr.mesh = hr.to_virtual_service(namespace);
             Spec::GatewayHttpRoute(hr)
+        }),
+        Kind::GatewayGrpcRoute => typed::<GatewayGrpcRoute>(spec, problems).map(|mut gr| {
+            check_grpc_route(&gr, namespace, problems);
+            gr.mesh = gr.to_virtual_service(namespace);
+            Spec::GatewayGrpcRoute(gr)
         }),
         Kind::Sidecar => typed::<SidecarScope>(spec, problems).map(|s| {
             check_sidecar(&s, problems);

@@ -326,11 +326,12 @@ struct Expanded {
 }
 
 /// Where a match sorts: path kind, prefix length (longest first), a method first, the most
-/// header matches first, the most query matches first.
-type Precedence = (
+/// header matches first, the most query matches first (a GRPCRoute's: the longest service, the
+/// longest method, the most header matches).
+pub(super) type Precedence = (
     u8,
     std::cmp::Reverse<usize>,
-    bool,
+    std::cmp::Reverse<usize>,
     std::cmp::Reverse<usize>,
     std::cmp::Reverse<usize>,
 );
@@ -356,7 +357,7 @@ fn precedence(m: &Match) -> Precedence {
     (
         kind,
         std::cmp::Reverse(len),
-        m.method.is_none(),
+        std::cmp::Reverse(usize::from(m.method.is_some())),
         std::cmp::Reverse(m.headers.len()),
         std::cmp::Reverse(m.query_params.len()),
     )
@@ -495,6 +496,16 @@ impl GatewayHttpRoute {
 
     /// The VirtualService this route means, read in `namespace`.
     pub fn to_virtual_service(&self, namespace: &str) -> VirtualService {
+        self.to_virtual_service_by(namespace, |_, _, m| precedence(m))
+    }
+
+    /// [`GatewayHttpRoute::to_virtual_service`] with matches sorted by `order` (of rule `r`'s
+    /// match `k`).
+    pub(super) fn to_virtual_service_by(
+        &self,
+        namespace: &str,
+        order: impl Fn(usize, usize, &Match) -> Precedence,
+    ) -> VirtualService {
         let mut entries: Vec<(Precedence, usize, usize, vs::HttpRoute)> = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
             let every = [Match::default()];
@@ -519,7 +530,7 @@ impl GatewayHttpRoute {
                     if let (Some(rw), Some(prefix)) = (entry.rewrite.as_mut(), e.prefix_rewrite) {
                         rw.uri = Some(prefix);
                     }
-                    entries.push((precedence(m), r, k, entry));
+                    entries.push((order(r, k, m), r, k, entry));
                 }
             }
         }
