@@ -5,6 +5,9 @@
 //! Envoy's `UO` flag and counted; past `maxRetries`, a failed attempt's answer stands instead
 //! of a retry; a subset is its own destination; the counts are exact.
 //!
+//! `tls.mode: DISABLE` sends plaintext between sidecars, which a STRICT PeerAuthentication
+//! refuses and PERMISSIVE takes (with no caller identity); `ISTIO_MUTUAL` is the mesh's mTLS.
+//!
 //! Consistent hashing (`loadBalancer.consistentHash`): a user stays on one endpoint; when an
 //! endpoint joins, about 1/n of users move, all of them to it; an ejected endpoint's users go
 //! to the next endpoint on the ring while everyone else stays; a cookie is made up, set and
@@ -578,5 +581,123 @@ spec:
             "spec.subsets[0].trafficPolicy.connectionPool.http.maxRetries: must be between"
         ),
         "{said}"
+    );
+}
+
+/// `n` calls to payments through `out`; their statuses.
+async fn calls(out: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let req = http::Request::builder()
+            .uri(format!("http://{out}/hello"))
+            .header("host", "payments")
+            .body(full(""))
+            .expect("request");
+        statuses.push(
+            read(h1_client().request(req).await.expect("call"))
+                .await
+                .0
+                .as_u16(),
+        );
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_disable_calls_in_plaintext_where_peer_authentication_allows_it() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    // Sidecars with mTLS, PERMISSIVE unless a PeerAuthentication says otherwise.
+    let permissive = || serde_json::json!({ "mtls": "PERMISSIVE" });
+    let labels = [("version", "v1")];
+    let payments = m
+        .pod_in("default", "payments", &labels, app.addr, permissive())
+        .await;
+    let orders = m
+        .pod_in("default", "orders", &[], NO_APP, permissive())
+        .await;
+    let out = orders.addr("outbound");
+    let inbound = payments.addr("admin");
+    let security = |policy: &'static str| {
+        [
+            "reporter=\"destination\"",
+            "destination_service_name=\"payments\"",
+            policy,
+        ]
+    };
+    // By default the sidecars speak mTLS to each other.
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    assert_eq!(calls(out, 3).await, [200; 3]);
+    let mtls = security("connection_security_policy=\"mutual_tls\"");
+    assert_eq!(
+        settled(inbound, "istio_requests_total", &mtls, 3.0).await,
+        3.0
+    );
+
+    let rule = |mode: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: payments }}
+spec:
+  host: payments
+  trafficPolicy: {{ tls: {{ mode: {mode} }} }}
+"
+        )
+    };
+    let peer_authentication = |mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: payments }}
+spec:
+  selector: {{ matchLabels: {{ app: payments }} }}
+  mtls: {{ mode: {mode} }}
+"
+        )
+    };
+    // DISABLE under STRICT on payments: plaintext, which payments' sidecar refuses, so the
+    // calls fail, as in Istio.
+    m.apply("pa.yaml", &peer_authentication("STRICT")).await;
+    m.apply("dr.yaml", &rule("DISABLE")).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let refused = calls(out, 2).await;
+    assert!(refused.iter().all(|s| *s >= 500), "{refused:?}");
+    assert!(
+        metric(
+            inbound,
+            "weft_inbound_tls_refused_total",
+            &["reason=\"plaintext\""]
+        )
+        .await
+            >= 1.0
+    );
+
+    // Under PERMISSIVE, plaintext is taken, and payments' sidecar sees no caller identity.
+    m.apply("pa.yaml", &peer_authentication("PERMISSIVE")).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    assert_eq!(calls(out, 4).await, [200; 4]);
+    let plain = security("connection_security_policy=\"none\"");
+    assert_eq!(
+        settled(inbound, "istio_requests_total", &plain, 4.0).await,
+        4.0
+    );
+    let anonymous = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"none\"",
+        "source_principal=\"unknown\"",
+    ];
+    assert_eq!(
+        metric(inbound, "istio_requests_total", &anonymous).await,
+        4.0
+    );
+
+    // ISTIO_MUTUAL is the mesh's mTLS again.
+    m.apply("dr.yaml", &rule("ISTIO_MUTUAL")).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    assert_eq!(calls(out, 2).await, [200; 2]);
+    assert_eq!(
+        settled(inbound, "istio_requests_total", &mtls, 5.0).await,
+        5.0
     );
 }

@@ -287,6 +287,16 @@ impl Settings {
     }
 }
 
+/// Plaintext clients to peer sidecars (h2c, HTTP/1.1, tunnels).
+pub struct PlainPeers {
+    /// HTTP/2 (h2c), for calls the app makes over HTTP/2.
+    pub h2: Client<CountingConnector<PeerConnector>, ProxyBody>,
+    /// HTTP/1.1 keep-alive.
+    pub h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
+    /// One connection per tunnel or upgrade.
+    pub tunnels: CountingConnector<PeerConnector>,
+}
+
 /// What every handler shares: the test seams and the state in force.
 pub struct Inputs {
     /// Routing state; swapped whole.
@@ -311,6 +321,9 @@ pub struct Inputs {
     pub origins: origination::Origins,
     /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
     pub tunnels: CountingConnector<PeerConnector>,
+    /// Plaintext clients to peer sidecars, for services whose DestinationRule says
+    /// `tls.mode: DISABLE`; none when the mesh has no mTLS (the clients above are plaintext).
+    pub plaintext: Option<PlainPeers>,
     /// Istio's TCP metrics.
     pub tcp: tcp::metrics::TcpMetrics,
     /// Where access-log lines go.
@@ -519,6 +532,21 @@ impl Sidecar {
             }
         };
         let [h2_connector, h1_connector] = peer_connectors;
+        let plaintext = config.mtls.is_some().then(|| {
+            let plain = PeerConnector::plain(connector.clone());
+            PlainPeers {
+                h2: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(CountingConnector::new(plain.clone(), metrics.pool("peers"))),
+                h1: h1_pool::H1Pool::new(CountingConnector::new(
+                    plain.clone(),
+                    metrics.pool("peers"),
+                )),
+                tunnels: CountingConnector::new(plain, metrics.pool("peers")),
+            }
+        });
         let peers = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .timer(TokioTimer::new())
@@ -615,6 +643,7 @@ impl Sidecar {
             external,
             origins,
             tunnels,
+            plaintext,
             tcp: tcp_metrics,
             access_log,
             tap: tap::Tap::default(),

@@ -90,6 +90,8 @@ pub struct Route {
     pub external: bool,
     /// The TLS originated to it; none: plain HTTP.
     pub origin: Option<Arc<super::origination::Origin>>,
+    /// Its sidecars are called in plaintext rather than mTLS (`tls.mode: DISABLE`).
+    pub plaintext: bool,
 }
 
 /// The server-side chain: run on every call into this workload, before its app.
@@ -325,6 +327,7 @@ pub fn build(
             breaker: breaker(name, "", &svc.connection_pool),
             external: svc.external,
             origin: origin_of.remove(name),
+            plaintext: svc.plaintext,
         };
         let route = Arc::new(route);
         if let Some(vip) = svc.vip {

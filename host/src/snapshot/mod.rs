@@ -302,6 +302,10 @@ pub struct Service {
     /// TLS originated to a service outside the mesh; none: plain HTTP/1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<OriginTls>,
+    /// Calls to this mesh service go to its sidecars in plaintext, not mTLS (a
+    /// DestinationRule's `tls.mode: DISABLE`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
     /// Subsets with a policy of their own, by name: each field given replaces the service's
     /// for calls to the subset.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -588,6 +592,11 @@ impl Snapshot {
                         ep.address
                     ));
                 }
+            }
+            if svc.plaintext && svc.external {
+                errors.push(format!(
+                    "{at}.plaintext: a service outside the mesh is called in plaintext unless it has `tls`"
+                ));
             }
             if let Some(tls) = &svc.tls {
                 if !svc.external {

@@ -420,6 +420,7 @@ pub fn compile_in(
             tls: dr
                 .filter(|_| outside.is_some())
                 .and_then(|(_, d)| d.origination()),
+            plaintext: outside.is_none() && dr.is_some_and(|(_, d)| d.plaintext()),
             consistent_hash: dr.and_then(|(_, d)| d.consistent_hash()),
             subset_policies: dr.map(|(_, d)| d.subset_policies()).unwrap_or_default(),
         };

@@ -1,5 +1,6 @@
 //! A DestinationRule's `tls` (Istio's `ClientTLSSettings`): what TLS a sidecar sends. Mesh
-//! services are reached over the mesh's own mTLS, which `ISTIO_MUTUAL` names; a host outside
+//! services are reached over the mesh's own mTLS, which `ISTIO_MUTUAL` names, or in plaintext
+//! (`DISABLE`), which their sidecars take only where PeerAuthentication allows; a host outside
 //! the mesh (a ServiceEntry's) gets plain HTTP (`DISABLE`, the default) or TLS the sidecar
 //! originates, `SIMPLE` or `MUTUAL` with a client certificate, from files on the sidecar's
 //! machine as Istio reads them from the proxy's.
@@ -37,6 +38,11 @@ pub struct ClientTls {
 pub(super) const CLIENT_TLS_UNSUPPORTED: &[&str] = &["credentialName", "caCrl"];
 
 impl ClientTls {
+    /// Whether calls go in plaintext (`DISABLE`, given).
+    pub fn disabled(&self) -> bool {
+        self.mode.as_deref() == Some("DISABLE")
+    }
+
     /// The snapshot's `tls` for a service outside the mesh: TLS to originate, if the mode
     /// originates any.
     pub fn origination(&self) -> Option<crate::snapshot::OriginTls> {
@@ -96,11 +102,7 @@ pub(super) fn check_client_tls(
             format!("{at}.mode"),
             format!("ISTIO_MUTUAL is the mesh's mTLS, which {host:?} (outside the mesh) does not speak; use SIMPLE or MUTUAL"),
         ),
-        ("DISABLE", true) => named(problems, "not with mode DISABLE (plain HTTP)"),
-        ("DISABLE", false) => problems.at(
-            format!("{at}.mode"),
-            "DISABLE for a mesh service (plaintext between sidecars) is not supported by Weft yet: mesh services are reached over the mesh's mTLS (ISTIO_MUTUAL)",
-        ),
+        ("DISABLE", _) => named(problems, "not with mode DISABLE (plaintext)"),
         ("SIMPLE" | "MUTUAL", false) => problems.at(
             format!("{at}.mode"),
             format!("{mode} for a mesh service is not supported by Weft yet: Weft originates TLS only to hosts outside the mesh (a ServiceEntry's); mesh services are reached over the mesh's mTLS (ISTIO_MUTUAL)"),

@@ -256,6 +256,14 @@ impl DestinationRule {
         self.traffic_policy.as_ref()?.load_balancer()
     }
 
+    /// The snapshot's `plaintext`: `tls.mode: DISABLE`.
+    pub fn plaintext(&self) -> bool {
+        self.traffic_policy
+            .as_ref()
+            .and_then(|t| t.tls.as_ref())
+            .is_some_and(|t| t.disabled())
+    }
+
     /// The snapshot's `tls`: TLS to originate to a host outside the mesh.
     pub fn origination(&self) -> Option<crate::snapshot::OriginTls> {
         self.traffic_policy.as_ref()?.tls.as_ref()?.origination()

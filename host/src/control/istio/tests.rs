@@ -859,6 +859,7 @@ fn a_destination_rules_tls_is_the_meshs_for_mesh_services_and_originated_outside
     };
     for ok in [
         tls("payments", "{ mode: ISTIO_MUTUAL }"),
+        tls("payments", "{ mode: DISABLE }"),
         tls("\"*.svc.cluster.local\"", "{ mode: ISTIO_MUTUAL }"),
         tls("api.example.com", "{ mode: SIMPLE }"),
         tls("api.example.com", "{ mode: DISABLE }"),
@@ -884,8 +885,8 @@ fn a_destination_rules_tls_is_the_meshs_for_mesh_services_and_originated_outside
             "spec.trafficPolicy.tls.mode: SIMPLE for a mesh service is not supported by Weft yet",
         ),
         (
-            tls("payments", "{ mode: DISABLE }"),
-            "spec.trafficPolicy.tls.mode: DISABLE for a mesh service (plaintext between sidecars) is not supported by Weft yet",
+            tls("payments", "{ mode: DISABLE, sni: payments }"),
+            "spec.trafficPolicy.tls.sni: not with mode DISABLE",
         ),
         (
             tls("payments", "{ mode: ISTIO_MUTUAL, sni: payments }"),

@@ -141,7 +141,7 @@ pub(super) async fn attempts(
                     if upgrading {
                         // An upgrade may take its connection over: one of its own.
                         let uri = upstream.uri().clone();
-                        match crate::proxy::tcp::connect_peer(inputs, uri).await {
+                        match crate::proxy::tcp::connect_peer(inputs, uri, target.plaintext).await {
                             Ok(io) => crate::proxy::upgrade::send(io, upstream)
                                 .await
                                 .map_err(|e| Failed::Attempt(Outcome::Reset, e.to_string())),
@@ -153,19 +153,23 @@ pub(super) async fn attempts(
                         crate::proxy::origination::send(inputs, target, upstream, breaker)
                             .await
                             .map_err(|e| classify_h1(&e))
-                    } else if call.summary.protocol == Protocol::Http2 {
-                        *upstream.version_mut() = Version::HTTP_2;
-                        inputs
-                            .peers
-                            .request(upstream)
-                            .await
-                            .map_err(|e| classify(&e))
                     } else {
-                        inputs
-                            .peers_h1
-                            .request_within(upstream, breaker)
-                            .await
+                        // The mesh's mTLS, or plaintext where the DestinationRule says so.
+                        let plain = inputs.plaintext.as_ref().filter(|_| target.plaintext);
+                        if call.summary.protocol == Protocol::Http2 {
+                            *upstream.version_mut() = Version::HTTP_2;
+                            match plain {
+                                Some(p) => p.h2.request(upstream).await,
+                                None => inputs.peers.request(upstream).await,
+                            }
+                            .map_err(|e| classify(&e))
+                        } else {
+                            match plain {
+                                Some(p) => p.h1.request_within(upstream, breaker).await,
+                                None => inputs.peers_h1.request_within(upstream, breaker).await,
+                            }
                             .map_err(|e| classify_h1(&e))
+                        }
                     }
                 };
                 let result = match per_try {

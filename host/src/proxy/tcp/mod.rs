@@ -305,14 +305,18 @@ fn destination_counters(
 /// A tunnel's upgraded connection.
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
-/// A new connection to a peer sidecar (mTLS when the mesh has it, HTTP/1.1 ALPN), not
-/// pooled: a tunnel or an upgrade takes it over.
+/// A new connection to a peer sidecar (mTLS when the mesh has it and the destination is not
+/// `plaintext`, HTTP/1.1 ALPN), not pooled: a tunnel or an upgrade takes it over.
 pub(super) async fn connect_peer(
     inputs: &Inputs,
     uri: http::Uri,
+    plaintext: bool,
 ) -> Result<super::pool::Counted<super::pool::PeerStream>, String> {
     use tower_service::Service as _;
-    let mut connector = inputs.tunnels.clone();
+    let mut connector = match (&inputs.plaintext, plaintext) {
+        (Some(plain), true) => plain.tunnels.clone(),
+        _ => inputs.tunnels.clone(),
+    };
     std::future::poll_fn(|cx| connector.poll_ready(cx))
         .await
         .map_err(|e| e.to_string())?;
@@ -382,14 +386,17 @@ async fn open_to_service(
         .cloned()
         .ok_or_else(|| "no healthy endpoint".to_string())?;
     let target = format!("{}:{port}", route.service);
-    let tunnel = tokio::time::timeout(CONNECT_TIMEOUT, open_tunnel(inputs, &endpoint, &target))
-        .await
-        .map_err(|_| {
-            format!(
-                "no tunnel to {} within {CONNECT_TIMEOUT:?}",
-                endpoint.address
-            )
-        })??;
+    let tunnel = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        open_tunnel(inputs, &endpoint, &target, route.plaintext),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "no tunnel to {} within {CONNECT_TIMEOUT:?}",
+            endpoint.address
+        )
+    })??;
     Ok((endpoint, tunnel))
 }
 
@@ -397,6 +404,7 @@ async fn open_tunnel(
     inputs: &Inputs,
     endpoint: &Endpoint,
     target: &str,
+    plaintext: bool,
 ) -> Result<Upgraded, String> {
     let authority = endpoint
         .authority
@@ -408,7 +416,7 @@ async fn open_tunnel(
         .path_and_query("/")
         .build()
         .map_err(|e| e.to_string())?;
-    let io = connect_peer(inputs, uri).await?;
+    let io = connect_peer(inputs, uri, plaintext).await?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(target)
