@@ -207,14 +207,25 @@ pub fn compile_in(
         );
     }
     services.extend(workloads.iter().map(Workload::key));
-    // ServiceEntries: services outside the mesh, by host; the first entry for a host wins.
+    // ServiceEntries: services outside the mesh, by host (the first entry for a host wins),
+    // and workloads added to mesh services (MESH_INTERNAL, every entry's).
     let mut external: BTreeMap<String, Vec<EndpointSpec>> = BTreeMap::new();
-    for (_, se) in &catalog.service_entries {
-        if let Some((host, endpoints)) = se.service() {
-            external.entry(host).or_insert(endpoints);
+    let mut entered: BTreeMap<String, Vec<EndpointSpec>> = BTreeMap::new();
+    for (r, se) in &catalog.service_entries {
+        let Some(entry) = se.service(&r.namespace) else {
+            continue;
+        };
+        if entry.internal {
+            entered
+                .entry(entry.key)
+                .or_default()
+                .extend(entry.endpoints);
+        } else {
+            external.entry(entry.key).or_insert(entry.endpoints);
         }
     }
     services.extend(external.keys().cloned());
+    services.extend(entered.keys().cloned());
     services.remove("");
     // A host outside the mesh is a service only through its ServiceEntry: a VirtualService or
     // DestinationRule naming one without it waits for it, as in Istio, and gives no route.
@@ -396,6 +407,7 @@ pub fn compile_in(
                     address: w.address.clone(),
                     labels: w.effective_labels(),
                 })
+                .chain(entered.get(service).into_iter().flatten().cloned())
                 .collect(),
         };
         endpoints.sort_by(|a, b| (&a.address, &a.labels).cmp(&(&b.address, &b.labels)));

@@ -584,7 +584,7 @@ fn read_spec(kind: Kind, spec: &Value, namespace: &str, problems: &mut Problems)
             Spec::Sidecar(s)
         }),
         Kind::ServiceEntry => typed::<ServiceEntry>(spec, problems).map(|s| {
-            check_service_entry(&s, problems);
+            check_service_entry(&s, namespace, problems);
             Spec::ServiceEntry(s)
         }),
     }

@@ -2,7 +2,9 @@
 //! (`MESH_EXTERNAL`) that callers reach through their sidecar by its host name, with the same
 //! routing, retries and telemetry as a mesh service, over plain HTTP to its endpoints.
 //! `resolution: STATIC` takes the endpoints' IP addresses; `DNS` resolves the endpoints' host
-//! names (or, with none, the entry's host) when the sidecar connects.
+//! names (or, with none, the entry's host) when the sidecar connects. A `MESH_INTERNAL` entry
+//! adds workloads to a mesh service by address, beside the ones that register (as Istio's
+//! WorkloadEntry does): sidecars that serve the service but do not register themselves.
 
 use super::*;
 
@@ -14,7 +16,7 @@ pub struct ServiceEntry {
     pub hosts: Vec<String>,
     /// Its port (Weft's services have one).
     pub ports: Vec<ServicePort>,
-    /// `MESH_EXTERNAL` (default).
+    /// `MESH_EXTERNAL` (default) or `MESH_INTERNAL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// `STATIC` or `DNS` (default `NONE`, refused).
@@ -54,6 +56,20 @@ pub struct EntryEndpoint {
     /// Its labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The identity it serves with (`MESH_INTERNAL`): the service's own, in Weft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+/// What an entry adds to the snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryService {
+    /// The service's key: the host outside the mesh, or the mesh service's key.
+    pub key: String,
+    /// Its endpoints.
+    pub endpoints: Vec<crate::snapshot::EndpointSpec>,
+    /// `MESH_INTERNAL`: workloads of a mesh service.
+    pub internal: bool,
 }
 
 /// Fields of Istio's ServiceEntry Weft refuses.
@@ -67,16 +83,26 @@ pub(in crate::control) const SERVICE_ENTRY_UNSUPPORTED: Unsupported = &[
             "exportTo",
         ],
     ),
-    (
-        "endpoints[]",
-        &["network", "locality", "weight", "serviceAccount"],
-    ),
+    ("endpoints[]", &["network", "locality", "weight"]),
 ];
 
 impl ServiceEntry {
-    /// The snapshot service its host becomes: the key (the host) and the endpoints.
-    pub fn service(&self) -> Option<(String, Vec<crate::snapshot::EndpointSpec>)> {
+    /// Whether it adds workloads to a mesh service (`MESH_INTERNAL`).
+    pub fn internal(&self) -> bool {
+        self.location.as_deref() == Some("MESH_INTERNAL")
+    }
+
+    /// The snapshot service its host becomes, read in `namespace`: its key and endpoints.
+    pub fn service(&self, namespace: &str) -> Option<EntryService> {
         let host = self.hosts.first()?;
+        let internal = self.internal();
+        let key = if internal {
+            crate::names::service_of_host(host, namespace)
+                .ok()?
+                .into_owned()
+        } else {
+            host.to_ascii_lowercase()
+        };
         let port = self.ports.first()?;
         let served = port.target_port.unwrap_or(port.number);
         let endpoints = if self.endpoints.is_empty() {
@@ -93,18 +119,42 @@ impl ServiceEntry {
                         .as_ref()
                         .and_then(|n| e.ports.get(n).copied())
                         .unwrap_or(served);
+                    let mut labels = e.labels.clone();
+                    if internal {
+                        // As a registered workload's: `app: <service>` unless it says otherwise.
+                        let (name, _) = crate::names::key_parts(&key);
+                        labels
+                            .entry("app".to_string())
+                            .or_insert_with(|| name.to_string());
+                    }
                     crate::snapshot::EndpointSpec {
                         address: format!("{}:{p}", e.address),
-                        labels: e.labels.clone(),
+                        labels,
                     }
                 })
                 .collect()
         };
-        Some((host.to_ascii_lowercase(), endpoints))
+        Some(EntryService {
+            key,
+            endpoints,
+            internal,
+        })
     }
 }
 
-pub(super) fn check_service_entry(se: &ServiceEntry, problems: &mut Problems) {
+pub(super) fn check_service_entry(se: &ServiceEntry, namespace: &str, problems: &mut Problems) {
+    if se.internal() {
+        check_internal(se, namespace, problems);
+        return;
+    }
+    for (i, e) in se.endpoints.iter().enumerate() {
+        if e.service_account.is_some() {
+            problems.at(
+                format!("spec.endpoints[{i}].serviceAccount"),
+                "only with location MESH_INTERNAL (an outside host has no mesh identity)",
+            );
+        }
+    }
     match se.hosts.as_slice() {
         [host] => {
             if host.contains('*') || !is_dns_subdomain(host) {
@@ -151,7 +201,7 @@ pub(super) fn check_service_entry(se: &ServiceEntry, problems: &mut Problems) {
     {
         problems.at(
             "spec.location",
-            format!("{l} is not supported by Weft yet (MESH_EXTERNAL is)"),
+            format!("unknown location {l:?} (known: MESH_EXTERNAL, MESH_INTERNAL)"),
         );
     }
     let resolution = se.resolution.as_deref().unwrap_or("NONE");
@@ -191,6 +241,85 @@ pub(super) fn check_service_entry(se: &ServiceEntry, problems: &mut Problems) {
                 problems.at(
                     format!("spec.endpoints[{i}].ports.{name}"),
                     "names no port of the entry",
+                );
+            }
+        }
+    }
+}
+
+/// A `MESH_INTERNAL` entry: one mesh service's host, one HTTP port, `STATIC` endpoints at the
+/// addresses of their sidecars' inbound listeners, serving with the service's own identity.
+fn check_internal(se: &ServiceEntry, namespace: &str, problems: &mut Problems) {
+    let service = match se.hosts.as_slice() {
+        [host] => match crate::names::service_of_host(host, namespace) {
+            Ok(key) if !crate::names::is_external_key(&key) => Some(key.into_owned()),
+            Ok(_) => {
+                problems.at(
+                    "spec.hosts[0]",
+                    format!("{host:?} is outside the mesh: MESH_INTERNAL adds workloads to a mesh service (`name` or `name.<namespace>.svc.<domain>`)"),
+                );
+                None
+            }
+            Err(e) => {
+                problems.at("spec.hosts[0]", e);
+                None
+            }
+        },
+        _ => {
+            problems.at(
+                "spec.hosts",
+                "give exactly one host (Weft's services have one name)",
+            );
+            None
+        }
+    };
+    match se.ports.as_slice() {
+        [p] => {
+            let protocol = p.protocol.as_deref().unwrap_or("HTTP");
+            if !matches!(protocol, "HTTP" | "HTTP2" | "GRPC") {
+                problems.at(
+                    "spec.ports[0].protocol",
+                    format!("{protocol} is not supported by Weft yet for MESH_INTERNAL (HTTP, HTTP2 and GRPC are: sidecars carry them)"),
+                );
+            }
+        }
+        _ => problems.at(
+            "spec.ports",
+            "give exactly one port (Weft's services have one)",
+        ),
+    }
+    match se.resolution.as_deref().unwrap_or("NONE") {
+        "STATIC" => {}
+        other => problems.at(
+            "spec.resolution",
+            format!("{other} is not supported by Weft yet for MESH_INTERNAL (STATIC is: the workloads' sidecars by IP address)"),
+        ),
+    }
+    if se.endpoints.is_empty() {
+        problems.at("spec.endpoints", "MESH_INTERNAL adds workloads: give them");
+    }
+    let names: Vec<&str> = se.ports.iter().filter_map(|p| p.name.as_deref()).collect();
+    for (i, e) in se.endpoints.iter().enumerate() {
+        if e.address.parse::<std::net::IpAddr>().is_err() {
+            problems.at(
+                format!("spec.endpoints[{i}].address"),
+                format!("{:?} is not an IP address (STATIC resolution)", e.address),
+            );
+        }
+        for name in e.ports.keys() {
+            if !names.contains(&name.as_str()) {
+                problems.at(
+                    format!("spec.endpoints[{i}].ports.{name}"),
+                    "names no port of the entry",
+                );
+            }
+        }
+        if let (Some(account), Some(key)) = (&e.service_account, &service) {
+            let (name, _) = crate::names::key_parts(key);
+            if account != name {
+                problems.at(
+                    format!("spec.endpoints[{i}].serviceAccount"),
+                    format!("{account:?}: a workload of {name} serves with {name}'s identity in Weft (its SPIFFE ID names the service), so the service account is {name:?}"),
                 );
             }
         }

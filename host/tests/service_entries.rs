@@ -8,6 +8,10 @@
 //! `subjectAltNames`, with the `sni` given); a certificate from another CA fails the call; a
 //! file the sidecar cannot read is refused by the sidecar (NACK) while the last good
 //! snapshot keeps serving; MUTUAL presents the client certificate a server requires.
+//!
+//! A `MESH_INTERNAL` entry adds a workload that does not register (a sidecar on its own
+//! snapshot file, as on a machine outside the registration flow) to a mesh service, where
+//! subsets select it by its labels.
 
 mod support;
 
@@ -17,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::mesh::{NO_APP, TestMesh, api, converged};
-use support::{full, h1_client, read};
+use support::mesh::{NO_APP, TestMesh, api, converged, spawn};
+use support::{App, full, h1_client, read};
 
 /// A call to `host` through the sidecar whose outbound listener is `out`.
 async fn call(out: SocketAddr, host: &str) -> (StatusCode, String) {
@@ -428,4 +432,108 @@ async fn a_sidecar_originates_tls_to_a_host_outside_the_mesh() {
         "{status} {body}"
     );
     assert_eq!(mutual.requests.load(Ordering::SeqCst), served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_internal_entry_adds_a_workload_that_does_not_register() {
+    let m = TestMesh::start();
+    let registered = App::start("payments-registered").await;
+    let _payments = m
+        .pod("payments", &[("version", "v1")], registered.addr)
+        .await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    // The unregistered workload: a sidecar on its own snapshot file, in front of its app.
+    let vm_app = App::start("payments-vm").await;
+    let dir = m.dir.path();
+    std::fs::write(dir.join("vm-snapshot.json"), r#"{"version": "vm"}"#).expect("write");
+    let bootstrap = serde_json::json!({
+        "service": "payments", "outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
+        "admin": "127.0.0.1:0", "app": vm_app.addr.to_string(), "snapshot": "vm-snapshot.json",
+        "drainTimeout": "2s", "pluginDeadline": "1s", "workerThreads": 1,
+    });
+    let config = dir.join("vm.json");
+    std::fs::write(&config, bootstrap.to_string()).expect("write");
+    let vm = spawn(&["sidecar", "--config", config.to_str().expect("utf-8")]);
+    let vm_port = vm.addr("inbound").port();
+    m.apply(
+        "vm.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: payments-vm }}
+spec:
+  hosts: [payments.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: STATIC
+  endpoints:
+  - {{ address: 127.0.0.1, ports: {{ http: {vm_port} }}, labels: {{ version: vm }}, serviceAccount: payments }}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: payments }}
+spec:
+  host: payments
+  subsets:
+  - {{ name: v1, labels: {{ version: v1 }} }}
+  - {{ name: vm, labels: {{ version: vm }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: payments }}
+spec:
+  hosts: [payments]
+  http:
+  - match: [{{ headers: {{ x-where: {{ exact: vm }} }} }}]
+    route: [{{ destination: {{ host: payments, subset: vm }} }}]
+  - route: [{{ destination: {{ host: payments, subset: v1 }} }}]
+"
+        ),
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+    let to = |where_: &str| {
+        http::Request::builder()
+            .uri(format!("http://{out}/hello"))
+            .header("host", "payments")
+            .header("x-where", where_)
+            .body(full(""))
+            .expect("request")
+    };
+    for _ in 0..3 {
+        let (status, _, _) = read(h1_client().request(to("vm")).await.expect("call")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = read(h1_client().request(to("pod")).await.expect("call")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(vm_app.seen().len(), 3, "subset vm is the entry's workload");
+    assert_eq!(registered.seen().len(), 3, "subset v1 the registered one");
+
+    // An identity other than the service's is refused by path.
+    let bad = support::mesh::write(
+        dir,
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: bad }
+spec:
+  hosts: [payments]
+  location: MESH_INTERNAL
+  ports: [{ number: 80, name: http }]
+  resolution: DNS
+  endpoints: [{ address: 127.0.0.1, serviceAccount: billing }]
+",
+    );
+    let said = support::mesh::text(&support::mesh::weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", bad.to_str().expect("utf-8")],
+    ));
+    for needle in [
+        "spec.endpoints[0].serviceAccount: \"billing\": a workload of payments serves with payments's identity",
+        "spec.resolution: DNS is not supported by Weft yet for MESH_INTERNAL",
+    ] {
+        assert!(said.contains(needle), "{needle:?} not in {said}");
+    }
 }
