@@ -121,6 +121,7 @@ fn limits() -> Limits {
         deadline: Duration::from_secs(1),
         setup_deadline: Duration::from_secs(10),
         memory_bytes: 128 << 20,
+        ..Limits::default()
     }
 }
 

@@ -88,6 +88,8 @@ pub enum Failure {
     Instantiate(String),
     /// It handed the host more than a host bound allows (headers), which the host refused.
     Limit(String),
+    /// Every one of its instances (this many, its bound) was busy with another call.
+    Busy(u32),
 }
 
 impl Failure {
@@ -100,6 +102,7 @@ impl Failure {
             Failure::BackingOff => "backing_off",
             Failure::Instantiate(_) => "instantiate",
             Failure::Limit(_) => "limit",
+            Failure::Busy(_) => "instances",
         }
     }
 }
@@ -113,6 +116,7 @@ impl fmt::Display for Failure {
             Failure::BackingOff => f.write_str("backing off after repeated crashes"),
             Failure::Instantiate(msg) => write!(f, "could not be instantiated: {msg}"),
             Failure::Limit(msg) => write!(f, "passed a host limit: {msg}"),
+            Failure::Busy(n) => write!(f, "all {n} of its instances were busy"),
         }
     }
 }

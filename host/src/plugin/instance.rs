@@ -34,6 +34,9 @@ pub struct Limits {
     pub setup_deadline: Duration,
     /// Most linear memory an instance may hold.
     pub memory_bytes: usize,
+    /// Most instances alive at once (0: as many as calls run at once); a call that finds
+    /// every one busy fails with [`Failure::Busy`].
+    pub instances: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             deadline: Duration::from_millis(10),
             setup_deadline: Duration::from_secs(1),
             memory_bytes: 16 << 20,
+            instances: 0,
         }
     }
 }
@@ -81,6 +85,16 @@ impl PluginSpec {
 struct Instance {
     store: Store<PluginCtx>,
     bindings: Bindings,
+    _alive: Alive,
+}
+
+/// One unit of a plugin's count of live instances, given back when its instance is dropped.
+struct Alive(Arc<AtomicU32>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -115,6 +129,7 @@ pub struct Plugin {
     deadline_ticks: u64,
     setup_ticks: u64,
     pool: Mutex<Vec<Instance>>,
+    alive: Arc<AtomicU32>,
     failures_hint: AtomicU32,
     crash: Mutex<CrashState>,
 }
@@ -162,6 +177,7 @@ impl Plugin {
             services,
             stats,
             pool: Mutex::new(Vec::new()),
+            alive: Arc::new(AtomicU32::new(0)),
             failures_hint: AtomicU32::new(0),
             crash: Mutex::new(CrashState::default()),
         };
@@ -218,6 +234,8 @@ impl Plugin {
     }
 
     fn instantiate(&self) -> Result<(Instance, HookSet), StartError> {
+        self.alive.fetch_add(1, Ordering::AcqRel);
+        let alive = Alive(self.alive.clone());
         let ctx = PluginCtx {
             plugin: self.name.clone(),
             key: self.key,
@@ -249,7 +267,14 @@ impl Plugin {
         self.stats.call(Hook::Configure, Some(start.elapsed()));
         self.stats.instances.inc();
         match configured {
-            Ok(Ok(hooks)) => Ok((Instance { store, bindings }, hooks_from(hooks))),
+            Ok(Ok(hooks)) => Ok((
+                Instance {
+                    store,
+                    bindings,
+                    _alive: alive,
+                },
+                hooks_from(hooks),
+            )),
             Ok(Err(reason)) => Err(StartError::Rejected(reason)),
             Err(e) => Err(StartError::Failed(classify(&e, &store, "configure"))),
         }
@@ -258,6 +283,13 @@ impl Plugin {
     fn checkout(&self, hook: Hook) -> Result<Instance, Failure> {
         if let Some(instance) = self.pool.lock().pop() {
             return Ok(instance);
+        }
+        let most = self.spec.limits.instances;
+        if most != 0 && self.alive.load(Ordering::Acquire) >= most {
+            // Load, not a crash: counted, but no back-off.
+            let busy = Failure::Busy(most);
+            self.stats.failure(hook, busy.cause());
+            return Err(busy);
         }
         if let Some(not_before) = self.crash.lock().not_before
             && Instant::now() < not_before

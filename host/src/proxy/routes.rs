@@ -176,7 +176,9 @@ fn load_chain(
         spec.fail_strategy = p.fail_strategy;
         spec.routes = p.routes.clone();
         spec.ports = p.ports.clone();
-        spec.limits = sources.limits;
+        spec.limits = p
+            .limits
+            .map_or(sources.limits, |own| own.over(sources.limits));
         let path;
         let mut expected = p.sha256.as_deref();
         let artifact = match (&p.builtin, &p.file, &p.artifact) {

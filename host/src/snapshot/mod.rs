@@ -3,8 +3,10 @@
 //! will push later. Validation collects every problem, each with the field's path.
 
 mod origin_tls;
+mod plugin_limits;
 
 pub use origin_tls::OriginTls;
+pub use plugin_limits::PluginLimits;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -426,6 +428,9 @@ pub struct PluginRef {
     /// port the app called, on the server side the app's port); empty: every port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Its own sandbox bounds; none: the sidecar's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimits>,
 }
 
 /// The built-in plugins the binary carries.
@@ -506,6 +511,9 @@ fn check_plugins(plugins: &[PluginRef], at: &str, errors: &mut Vec<String>) {
             if route.is_empty() {
                 errors.push(format!("{at}.routes[{j}]: must not be empty"));
             }
+        }
+        if let Some(limits) = &p.limits {
+            limits.check(&format!("{at}.limits"), errors);
         }
     }
 }

@@ -161,6 +161,7 @@ pub(in crate::control) fn builtin(name: &str, config: Value) -> PluginRef {
         fail_strategy: FailStrategy::FailOpen,
         routes: Vec::new(),
         ports: Vec::new(),
+        limits: None,
     }
 }
 
@@ -197,5 +198,6 @@ pub(super) fn wasm_plugin_ref(r: &Resource, wp: &WasmPlugin) -> Result<PluginRef
         routes: wp.routes.clone(),
         // Per side: set where the plugin joins a chain (see `WasmPlugin::ports_on`).
         ports: Vec::new(),
+        limits: wp.limits,
     })
 }

@@ -40,6 +40,7 @@ mod grpc_route;
 mod hosts;
 pub mod http_route;
 mod peer_authentication;
+mod plugin_limits;
 mod service_entry;
 mod sidecar_scope;
 mod telemetry;
@@ -451,6 +452,7 @@ fn read_document(doc: &Value, problems: &mut Problems) -> Option<(Kind, String, 
     };
     if let Some(Spec::WasmPlugin(wp)) = &mut spec {
         wp.routes = read_routes(top.get("metadata"), problems);
+        wp.limits = plugin_limits::read_limits(top.get("metadata"), problems);
         check_route_scope(wp, problems);
     }
     Some((kind?, name?, namespace, spec?))

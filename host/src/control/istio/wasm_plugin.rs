@@ -51,6 +51,10 @@ pub struct WasmPlugin {
     /// document valid Istio. Empty: every route.
     #[serde(skip)]
     pub routes: Vec<String>,
+    /// Its own sandbox bounds, from the `weft.io/plugin-*` annotations (see
+    /// `plugin_limits`); none: the sidecar's.
+    #[serde(skip)]
+    pub limits: Option<crate::snapshot::PluginLimits>,
 }
 
 /// The WasmPlugin annotation that scopes it to routes: `weft.io/routes: "testers,checkout"`.

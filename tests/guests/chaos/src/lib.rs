@@ -2,7 +2,8 @@
 //! tagged calls to a subset, and answers `/teapot` locally. The `x-chaos` request header makes
 //! it misbehave in one way: `loop`, `alloc`, `trap` or `panic`; or, against the host's bounds
 //! on what a plugin may hand it, `headers` (append 30,000 request headers) or `reply-headers`
-//! (answer with 30,000 headers).
+//! (answer with 30,000 headers); or work hard but finish: `spin-<ms>` (busy for at least that
+//! many milliseconds) or `grow-<MiB>` (grow its memory by that much, then go on).
 
 use serde::Deserialize;
 use weft_sdk::host::{metrics, state};
@@ -53,7 +54,25 @@ fn misbehave(mode: &str) {
         }
         "trap" => std::process::abort(),
         "panic" => panic!("chaos plugin asked to panic"),
-        _ => {}
+        other => {
+            if let Some(ms) = other
+                .strip_prefix("spin-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                // The clock has millisecond steps: past `ms + 1` of them is at least `ms`.
+                let start = weft_sdk::host::now_ms();
+                while weft_sdk::host::now_ms() <= start + ms {
+                    std::hint::spin_loop();
+                }
+            }
+            if let Some(mib) = other
+                .strip_prefix("grow-")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                let held: Vec<u8> = Vec::with_capacity(mib << 20);
+                std::hint::black_box(&held);
+            }
+        }
     }
 }
 
