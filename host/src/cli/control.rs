@@ -32,6 +32,10 @@ pub struct Args {
     /// Telemetry resources name (OpenTelemetry tracing) and the default providers.
     #[arg(long)]
     mesh_config: Option<PathBuf>,
+    /// A registry (`host:port`) to pull `oci://` plugins from over plain HTTP rather than
+    /// HTTPS (a local registry); repeat for several.
+    #[arg(long = "plain-http-registry")]
+    plain_http_registries: Vec<String>,
 }
 
 /// Runs `weft control`.
@@ -42,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;
     config.trust_domain = args.trust_domain.clone();
+    config.plain_http_registries = args.plain_http_registries.clone();
     config.cert_lifetime =
         parse_duration(&args.cert_lifetime).map_err(|e| anyhow::anyhow!("--cert-lifetime: {e}"))?;
     if let Some(path) = &args.mesh_config {

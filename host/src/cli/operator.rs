@@ -171,6 +171,12 @@ pub struct TokenArgs {
 pub struct PushArgs {
     /// The component (`.wasm`).
     file: PathBuf,
+    /// Publish it to a registry as a Wasm OCI artifact (`oci://registry/repository:tag`)
+    /// rather than to the control plane's store; prints `oci://…@sha256:<manifest digest>`.
+    to: Option<String>,
+    /// Speak plain HTTP to the registry (a local one) rather than HTTPS.
+    #[arg(long)]
+    plain_http: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -425,6 +431,18 @@ pub fn ca(args: ConnArgs, verb: &str) -> anyhow::Result<()> {
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    if let Some(to) = &args.to {
+        use weft::control::fetch::oci;
+        let reference = oci::Reference::parse(to).map_err(anyhow::Error::msg)?;
+        let digest = runtime()?
+            .block_on(oci::push(&reference, &bytes, args.plain_http))
+            .map_err(|e| anyhow::anyhow!("pushing to {to}: {e}"))?;
+        println!(
+            "oci://{}/{}@sha256:{digest}",
+            reference.registry, reference.repository
+        );
+        return Ok(());
+    }
     let out = runtime()?.block_on(args.conn.call(
         Method::POST,
         "/v1/artifacts",

@@ -31,32 +31,65 @@ pub(super) fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> 
     }
 }
 
-/// Downloads `http(s)://` WasmPlugin URLs into the store; returns url → digest.
+/// Fetches the `http(s)://` and `oci://` URLs of the WasmPlugins in `parsed` into the store,
+/// as their pull policy says (once, or at every apply); returns url → digest of what was
+/// fetched. A `spec.sha256` pins what the URL must give.
 async fn fetch_remote(
     shared: &Arc<Shared>,
-    docs: &[serde_json::Value],
+    parsed: &[Resource],
 ) -> Result<BTreeMap<String, String>, Vec<String>> {
     let mut fetched = BTreeMap::new();
     let mut errs = Vec::new();
-    for doc in docs {
-        let Some(url) = doc.pointer("/spec/url").and_then(|u| u.as_str()) else {
+    for r in parsed {
+        let istio::Spec::WasmPlugin(wp) = &r.spec else {
             continue;
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let Ok(istio::WasmSource::Http(url)) = wp.source() else {
+            continue;
+        };
+        let at = format!("{}: spec.url: {url}", r.origin());
+        let known = fetched
+            .get(&url)
+            .cloned()
+            .or_else(|| shared.mesh.lock().state.fetched.get(&url).cloned());
+        if let Some(digest) = known.filter(|_| fetched.contains_key(&url) || !wp.pulls_always()) {
+            if let Some(pin) = wp.digest().filter(|pin| *pin != digest) {
+                errs.push(format!(
+                    "{at}: it gave a component of sha256 {digest}, but spec.sha256 pins {pin}"
+                ));
+            }
             continue;
         }
-        if shared.mesh.lock().state.fetched.contains_key(url) {
-            continue;
+        let bytes = if url.starts_with("oci://") {
+            match super::fetch::oci::Reference::parse(&url) {
+                Ok(reference) => shared.fetcher.oci(&reference).await.map(|p| p.wasm.into()),
+                Err(e) => Err(e),
+            }
+        } else {
+            shared.fetcher.url(&url).await
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                errs.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        if let Some(pin) = wp.digest() {
+            let got = crate::plugin::sha256_hex(&bytes);
+            if got != pin {
+                errs.push(format!(
+                    "{at}: it gave a component of sha256 {got}, but spec.sha256 pins {pin}"
+                ));
+                continue;
+            }
         }
-        match super::client::download(url).await {
-            // Checked as a push is: a broken download is refused here, not by every sidecar.
-            Ok(bytes) => match super::artifacts::store_checked(shared, bytes.into()).await {
-                Ok(d) => {
-                    fetched.insert(url.to_string(), d);
-                }
-                Err((_, e)) => errs.push(format!("WasmPlugin url {url}: {e}")),
-            },
-            Err(e) => errs.push(format!("WasmPlugin url {url}: {e}")),
+        // Checked as a push is: a broken download is refused here, not by every sidecar.
+        match super::artifacts::store_checked(shared, bytes).await {
+            Ok(d) => {
+                fetched.insert(url, d);
+            }
+            Err((_, e)) => errs.push(format!("{at}: {e}")),
         }
     }
     if errs.is_empty() {
@@ -145,8 +178,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     if parsed.is_empty() {
         return error(StatusCode::BAD_REQUEST, format!("{source}: no resources"));
     }
-    let docs: Vec<serde_json::Value> = parsed.iter().map(|r| r.document.clone()).collect();
-    let fetched = match fetch_remote(shared, &docs).await {
+    let fetched = match fetch_remote(shared, &parsed).await {
         Ok(f) => f,
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
@@ -155,6 +187,12 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     }
     let mut mesh = shared.mesh.lock();
     let mut next = mesh.state.clone();
+    // A URL pulled again that now gives other content changes the resources naming it.
+    let moved: Vec<String> = fetched
+        .iter()
+        .filter(|(url, d)| next.fetched.get(*url).is_some_and(|old| old != *d))
+        .map(|(url, _)| url.clone())
+        .collect();
     next.fetched.extend(fetched);
     let revision = next.revision + 1;
     let mut changed = Vec::new();
@@ -163,7 +201,8 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         let kind = r.kind.to_string();
         let k = key(&kind, &r.namespace, &r.name);
         let label = format!("{kind} {}/{}", r.namespace, r.name);
-        if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) {
+        let pulled_anew = matches!(&r.spec, istio::Spec::WasmPlugin(wp) if moved.contains(&wp.url.trim().to_string()));
+        if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) && !pulled_anew {
             unchanged.push(label);
             continue;
         }

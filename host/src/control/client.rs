@@ -106,16 +106,9 @@ pub async fn call(
     }
 }
 
-/// Downloads a plain-HTTP URL (a WasmPlugin artifact); `https` is not fetched by the control
-/// plane itself yet.
+/// Downloads a plain-HTTP URL on the pooled client (a sidecar's `/metrics`; WasmPlugin URLs
+/// are [`super::fetch`]'s).
 pub async fn download(url: &str) -> Result<Vec<u8>, String> {
-    if url.starts_with("https://") {
-        return Err(
-            "https URLs are not fetched yet: push the artifact (weft plugin push) and \
-                    use its sha256: URL"
-                .into(),
-        );
-    }
     let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let req = Request::get(uri)
         .body(Full::new(Bytes::new()))

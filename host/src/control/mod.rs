@@ -20,6 +20,7 @@ pub mod compile;
 mod configs;
 #[cfg(test)]
 mod conformance;
+pub mod fetch;
 mod issuer;
 pub mod istio;
 pub mod mesh_config;

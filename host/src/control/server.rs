@@ -60,6 +60,8 @@ pub struct ControlConfig {
     pub compiler: crate::plugin::Compiler,
     /// Istio's mesh configuration: the providers Telemetry resources name.
     pub mesh_config: super::mesh_config::MeshConfig,
+    /// Registries (`host:port`) pulled from over plain HTTP rather than HTTPS.
+    pub plain_http_registries: Vec<String>,
 }
 
 pub use crate::identity::DEFAULT_TRUST_DOMAIN;
@@ -78,6 +80,7 @@ impl ControlConfig {
             limits: ApiLimits::default(),
             compiler: crate::plugin::Compiler::InProcess,
             mesh_config: super::mesh_config::MeshConfig::default(),
+            plain_http_registries: Vec::new(),
         }
     }
 }
@@ -147,6 +150,8 @@ pub(super) struct Shared {
     pub(super) cert_lifetime: Duration,
     /// Checks pushed artifacts; made on the first push.
     pub(super) checker: checker::PluginChecker,
+    /// Fetches WasmPlugin URLs.
+    pub(super) fetcher: super::fetch::Fetcher,
 }
 
 /// A running control plane.
@@ -231,6 +236,7 @@ impl ControlPlane {
             trust_domain: config.trust_domain.clone(),
             cert_lifetime: config.cert_lifetime,
             checker: checker::PluginChecker::new(config.compiler.clone()),
+            fetcher: super::fetch::Fetcher::new(config.plain_http_registries.clone()),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![

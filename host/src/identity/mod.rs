@@ -12,6 +12,7 @@
 
 pub mod ca;
 pub mod spiffe;
+pub mod system_roots;
 pub mod tls;
 pub mod workload;
 

@@ -29,7 +29,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
@@ -39,9 +39,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The trust store read when a setting names no `caCertificates` and `SSL_CERT_FILE` is unset.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A handshake with an outside server gets this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,26 +215,12 @@ fn client_config(m: &Material) -> Result<Arc<ClientConfig>, String> {
     let verifier: Arc<dyn ServerCertVerifier> = if m.tls.insecure_skip_verify {
         Arc::new(AnyCertificate(provider.clone()))
     } else {
-        let pem = match ca {
-            Some(bytes) => bytes.clone(),
-            None => {
-                let path =
-                    std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| SYSTEM_ROOTS.to_string());
-                std::fs::read(&path).map_err(|e| {
-                    format!("caCertificates: none given, and the system's trust store {path} cannot be read: {e}")
-                })?
-            }
-        };
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| format!("caCertificates: not PEM certificates: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("caCertificates: a certificate rustls refuses: {e}"))?;
+        use crate::identity::system_roots;
+        let roots = match ca {
+            Some(bytes) => system_roots::roots_from_pem(bytes),
+            None => system_roots::system_roots().map_err(|e| format!("none given, and {e}")),
         }
-        if roots.is_empty() {
-            return Err("caCertificates: no certificate in the file".to_string());
-        }
+        .map_err(|e| format!("caCertificates: {e}"))?;
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| format!("caCertificates: {e}"))?;

@@ -54,8 +54,15 @@ pub fn spawn(args: &[&str]) -> Proc {
 
 /// Starts `weft ARGS`, its info-level log in `log` if given, and waits for its ready line.
 pub fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
+    spawn_with(args, log, &[])
+}
+
+/// [`spawn_logged`] with more environment variables.
+pub fn spawn_with(args: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.args(args).stdout(Stdio::piped());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
     match log {
         Some(path) => {
             cmd.env("RUST_LOG", "info")

@@ -147,9 +147,15 @@ pub fn validate(
                         r.origin()
                     ));
                 }
+                // A pull policy is for what is fetched by URL; files and stored artifacts are
+                // not pulled.
+                let pulled = matches!(wp.source(), Ok(WasmSource::Http(_)));
                 for (field, value) in [
-                    ("imagePullPolicy", &wp.image_pull_policy),
-                    ("pluginName", &wp.plugin_name),
+                    (
+                        "imagePullPolicy",
+                        wp.image_pull_policy.as_ref().filter(|_| !pulled),
+                    ),
+                    ("pluginName", wp.plugin_name.as_ref()),
                 ] {
                     if value.is_some() {
                         warnings.push(format!(

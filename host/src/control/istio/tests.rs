@@ -413,24 +413,29 @@ fn wasm_plugin_checks() {
     for (url, needle) in [
         ("file://relative.wasm", "a file URL needs an absolute path"),
         (
-            "oci://ghcr.io/x/y:1",
-            "not supported by Weft yet (OCI images included)",
+            "oci://ghcr.io/X/y:1",
+            "\"X/y\" is not a repository (lower-case path components)",
+        ),
+        (
+            "oci://ghcr.io/x/y@sha256:abc",
+            "a digest is written @sha256:<64 lower-case hex digits>",
         ),
         (
             "sha256:abc",
             "a stored artifact is written sha256:<64 hex digits>",
         ),
         ("http://", "the URL names no host"),
-        (
-            "https://example.org/p.wasm",
-            "https URLs are not fetched by Weft yet",
-        ),
+        ("ftp://example.org/p.wasm", "not a URL Weft reads"),
     ] {
         assert_error(&wasm(&format!("  url: {url}\n")), needle);
     }
     assert_error(
         &wasm("  url: file:///p.wasm\n  sha256: xyz\n"),
         "spec.sha256: \"xyz\" is not a sha256",
+    );
+    assert_error(
+        &wasm("  url: oci://ghcr.io/x/y:1\n  imagePullPolicy: Sometimes\n"),
+        "spec.imagePullPolicy: unknown policy \"Sometimes\"",
     );
     assert_error(
         &wasm("  url: file:///p.wasm\n  phase: EARLY\n"),

@@ -16,13 +16,15 @@ pub struct WasmPlugin {
     /// Istio's older single form of `targetRefs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<TargetRef>,
-    /// `file:///abs/path.wasm`, `http://…` (https is not fetched yet), or `sha256:<hex>` of a
-    /// stored artifact.
+    /// `file:///abs/path.wasm`, `http(s)://…` or `oci://…` (fetched into the store at apply),
+    /// or `sha256:<hex>` of a stored artifact.
     pub url: String,
     /// The sha256 (hex) the component must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// Istio's image pull policy; ignored (Weft fetches by URL or digest).
+    /// Istio's image pull policy for `http(s)://` and `oci://` URLs: `IfNotPresent` (fetch
+    /// once), `Always` (fetch again at every apply); unset: `Always` for an OCI tag `latest`,
+    /// else `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
     /// Istio's proxy-wasm root id; ignored (a component has one filter).
@@ -179,7 +181,8 @@ pub enum PluginType {
 pub enum WasmSource {
     /// A file on the sidecar's machine, by absolute path.
     File(String),
-    /// A URL the control plane downloads into its store when the resource is applied.
+    /// A URL the control plane downloads into its store when the resource is applied:
+    /// `http://`, `https://` or `oci://`.
     Http(String),
     /// An artifact in the control plane's store, by sha256 (lower-case hex).
     Stored(String),
@@ -208,12 +211,10 @@ impl WasmPlugin {
                     "{url:?}: a file URL needs an absolute path: file:///path/to/plugin.wasm"
                 ))
             }
-        } else if url.starts_with("https://") {
-            Err(format!(
-                "{url:?}: https URLs are not fetched by Weft yet; push the artifact (weft plugin \
-                 push) and use sha256:<digest>, or serve it over http:// with spec.sha256"
-            ))
-        } else if url.starts_with("http://") {
+        } else if url.starts_with("oci://") {
+            crate::control::fetch::oci::Reference::parse(url)?;
+            Ok(WasmSource::Http(url.to_string()))
+        } else if url.starts_with("http://") || url.starts_with("https://") {
             let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
             if rest.is_empty() || rest.starts_with('/') {
                 Err(format!("{url:?}: the URL names no host"))
@@ -231,9 +232,24 @@ impl WasmPlugin {
             }
         } else {
             Err(format!(
-                "{url:?}: not supported by Weft yet (OCI images included); use \
-                 file:///path/to/plugin.wasm, http://… or sha256:<digest> of a stored artifact"
+                "{url:?}: not a URL Weft reads; use file:///path/to/plugin.wasm, http(s)://…, \
+                 oci://registry/repository:tag or sha256:<digest> of a stored artifact"
             ))
+        }
+    }
+
+    /// Whether its URL is fetched again at every apply, as Istio's `imagePullPolicy` says:
+    /// `Always`; or, unset, an OCI reference to the tag `latest` (as Kubernetes pulls). An
+    /// OCI reference by digest names content that cannot change, so it is fetched once.
+    pub fn pulls_always(&self) -> bool {
+        let oci = crate::control::fetch::oci::Reference::parse(self.url.trim()).ok();
+        if oci.as_ref().is_some_and(|r| !r.is_mutable()) {
+            return false;
+        }
+        match self.image_pull_policy.as_deref() {
+            Some("Always") => true,
+            Some("IfNotPresent") => false,
+            _ => oci.is_some_and(|r| r.tag.as_deref().unwrap_or("latest") == "latest"),
         }
     }
 
@@ -365,6 +381,14 @@ pub(super) fn check_wasm_plugin(wp: &WasmPlugin, namespace: &str, problems: &mut
     let source = wp.source();
     if let Err(e) = &source {
         problems.at("spec.url", e);
+    }
+    if let Some(p) = wp.image_pull_policy.as_deref()
+        && !matches!(p, "IfNotPresent" | "Always" | "UNSPECIFIED_POLICY")
+    {
+        problems.at(
+            "spec.imagePullPolicy",
+            format!("unknown policy {p:?} (known: IfNotPresent, Always, UNSPECIFIED_POLICY)"),
+        );
     }
     if let Some(s) = &wp.sha256 {
         if !is_digest(&s.to_ascii_lowercase()) {

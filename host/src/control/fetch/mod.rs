@@ -1,0 +1,46 @@
+//! What the control plane fetches for a WasmPlugin's `url`, when it is applied: `http://` and
+//! `https://` URLs (the server's certificate checked against the system's trust store), and
+//! `oci://` images from a registry ([`oci`]). Registries are spoken to over HTTPS unless
+//! `weft control --plain-http-registry <host:port>` names them (a local registry, as Docker's
+//! insecure registries).
+
+mod get;
+pub mod oci;
+
+use bytes::Bytes;
+
+/// The most an artifact fetched by URL may hold, as a pushed one.
+const MAX_ARTIFACT: usize = 32 << 20;
+
+/// Fetches plugin artifacts.
+#[derive(Debug, Clone, Default)]
+pub struct Fetcher {
+    plain_http: Vec<String>,
+}
+
+impl Fetcher {
+    /// A fetcher speaking plain HTTP to the registries `plain_http` names (`host:port`).
+    pub fn new(plain_http: Vec<String>) -> Self {
+        Fetcher { plain_http }
+    }
+
+    /// Downloads an `http://` or `https://` URL.
+    pub async fn url(&self, url: &str) -> Result<Bytes, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+        let reply = get::get(&uri, &[], MAX_ARTIFACT).await?;
+        if !reply.status.is_success() {
+            return Err(format!("answered {}", reply.status));
+        }
+        Ok(reply.body)
+    }
+
+    /// Pulls the plugin an `oci://` reference names.
+    pub async fn oci(&self, reference: &oci::Reference) -> Result<oci::Pulled, String> {
+        oci::pull(reference, self.plain(reference)).await
+    }
+
+    /// Whether `reference`'s registry is spoken to over plain HTTP.
+    pub fn plain(&self, reference: &oci::Reference) -> bool {
+        self.plain_http.contains(&reference.registry)
+    }
+}

@@ -1,0 +1,402 @@
+//! WasmPlugins shipped as OCI images through a real registry (Debian's `docker-registry`,
+//! started by the test on loopback): `weft plugin push … oci://…` publishes a component as a
+//! Wasm OCI artifact; the control plane pulls it by tag and by digest, keeps what it pulled
+//! under `imagePullPolicy: IfNotPresent` and pulls a moved tag again under `Always`; a digest
+//! that does not match, or a `spec.sha256` that pins other content, is refused at apply while
+//! the mesh keeps serving the last good chain; Istio's "compat" image (a gzipped tar layer
+//! holding `plugin.wasm`) is read as well; and a registry or `https://` URL served over TLS is
+//! verified against the trust store (`SSL_CERT_FILE`), an unknown issuer refused.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
+use support::{App, full, h1_client, read};
+
+/// The registry, killed on drop.
+struct Registry {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn registry(dir: &std::path::Path) -> Registry {
+    support::netns::ensure_packages(&[("docker-registry", "docker-registry")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: {addr}\n",
+            dir.join("registry").display()
+        ),
+    )
+    .expect("config");
+    let registry = Registry {
+        child: Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry"),
+        addr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = h1_client()
+            .request(support::get(addr, "/v2/", &[]))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if up {
+            return registry;
+        }
+        assert!(Instant::now() < deadline, "the registry never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn gate(url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: gate }}
+spec:
+  url: {url}
+  targetRefs: [{{ kind: Service, group: \"\", name: payments }}]
+  pluginConfig: {{ tag: pulled }}
+{extra}"
+    )
+}
+
+/// Whether a call through `out` reached the app stamped by the chaos plugin.
+async fn stamped(out: SocketAddr, app: &App) -> bool {
+    let before = app.seen().len();
+    let req = Request::builder()
+        .uri(format!("http://{out}/hello"))
+        .header("host", "payments")
+        .body(full(""))
+        .expect("request");
+    let (status, _, _) = read(h1_client().request(req).await.expect("call")).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.seen();
+    assert_eq!(seen.len(), before + 1);
+    seen[before]
+        .headers
+        .get("x-chaos-tag")
+        .map(|v| v.as_bytes())
+        == Some(&b"pulled"[..])
+}
+
+fn push(m: &TestMesh, file: &str, to: &str) -> String {
+    let out = weft(m.cp, &m.data, &["plugin", "push", file, to, "--plain-http"]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn apply(m: &TestMesh, yaml: &str) -> (bool, String) {
+    let path = write(m.dir.path(), "gate.yaml", yaml);
+    let out = weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", path.to_str().expect("utf-8")],
+    );
+    (out.status.success(), text(&out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_pulled_from_a_registry_by_tag_and_by_digest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let reg = registry(dir.path()).await;
+    let at = reg.addr.to_string();
+    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let out = orders.addr("outbound");
+    let live = format!("oci://{at}/weft/gate:live");
+
+    // Published, then pulled by tag: the chain runs it.
+    let chaos = push(&m, weft_artifacts::CHAOS_PATH, &live);
+    assert!(
+        chaos.starts_with(&format!("oci://{at}/weft/gate@sha256:")),
+        "{chaos}"
+    );
+    let (ok, said) = apply(&m, &gate(&live, ""));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(out, &app).await);
+
+    // The tag moves to another component. IfNotPresent (the default for a tag other than
+    // `latest`) keeps what was pulled: applying again changes nothing.
+    push(&m, weft_artifacts::TWO_HEADERS_PATH, &live);
+    let (ok, said) = apply(&m, &gate(&live, "  imagePullPolicy: IfNotPresent\n"));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(out, &app).await, "still the first pull");
+    // Always pulls again at apply, and the moved tag's component takes over.
+    let (ok, said) = apply(&m, &gate(&live, "  imagePullPolicy: Always\n"));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(!stamped(out, &app).await, "the moved tag's component");
+
+    // By digest: the first push's manifest, whatever the tag says now.
+    let (ok, said) = apply(&m, &gate(&chaos, ""));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(out, &app).await);
+
+    // A spec.sha256 pinning other content is refused, naming both; the chain stays.
+    let other = "ab".repeat(32);
+    let (ok, said) = apply(&m, &gate(&chaos, &format!("  sha256: {other}\n")));
+    assert!(!ok);
+    assert!(
+        said.contains("spec.sha256 pins") && said.contains(&other),
+        "{said}"
+    );
+    // A digest the registry does not hold is refused too.
+    let missing = format!("oci://{at}/weft/gate@sha256:{}", "1".repeat(64));
+    let (ok, said) = apply(&m, &gate(&missing, ""));
+    assert!(!ok);
+    assert!(said.contains("the registry answered 404"), "{said}");
+    assert!(
+        stamped(out, &app).await,
+        "the last good chain keeps serving"
+    );
+}
+
+/// Uploads `bytes` as a blob of `repo` on the registry at `addr`; its digest.
+async fn upload(addr: SocketAddr, repo: &str, bytes: Vec<u8>) -> String {
+    let digest = format!("sha256:{}", weft::plugin::sha256_hex(&bytes));
+    let start = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .body(full(""))
+        .expect("request");
+    let resp = h1_client().request(start).await.expect("start upload");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{addr}{location}")
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = Request::builder()
+        .method(Method::PUT)
+        .uri(format!(
+            "{location}{sep}digest={}",
+            digest.replace(':', "%3A")
+        ))
+        .body(full(Bytes::from(bytes)))
+        .expect("request");
+    let resp = h1_client().request(put).await.expect("upload");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compat_image_with_plugin_wasm_in_a_tar_layer_is_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let reg = registry(dir.path()).await;
+    let at = reg.addr.to_string();
+    // A container image as `docker build` would make one: a gzipped tar layer with
+    // plugin.wasm at its root, a container config, a Docker schema 2 manifest.
+    let wasm = std::fs::read(weft_artifacts::CHAOS_PATH).expect("chaos");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(wasm.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "plugin.wasm", &wasm[..])
+        .expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gzip");
+    let layer = gz.finish().expect("gzip");
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let (layer_len, config_len) = (layer.len(), config.len());
+    let layer_digest = upload(reg.addr, "weft/compat", layer).await;
+    let config_digest = upload(reg.addr, "weft/compat", config).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": { "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": config_digest, "size": config_len },
+        "layers": [{ "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                     "digest": layer_digest, "size": layer_len }],
+    });
+    let put = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{at}/v2/weft/compat/manifests/v1"))
+        .header(
+            "content-type",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .body(full(serde_json::to_vec(&manifest).expect("json")))
+        .expect("request");
+    let resp = h1_client().request(put).await.expect("manifest");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let (ok, said) = apply(&m, &gate(&format!("oci://{at}/weft/compat:v1"), ""));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(orders.addr("outbound"), &app).await);
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files under `dir`: (ca, cert, key).
+fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "registry test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(n).display().to_string());
+    std::fs::write(&paths[0], ca_cert.pem()).expect("write");
+    std::fs::write(&paths[1], leaf.pem()).expect("write");
+    std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+    let [a, b, c] = paths;
+    (a, b, c)
+}
+
+/// The weft CLI with `SSL_CERT_FILE` set.
+fn weft_trusting(ca: &str, m: &TestMesh, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--server", &m.cp.to_string(), "--data"])
+        .arg(&m.data)
+        .env("SSL_CERT_FILE", ca)
+        .output()
+        .expect("run weft")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registries_and_urls_are_verified_against_the_trust_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = tls_files(dir.path());
+    support::netns::ensure_packages(&[("docker-registry", "docker-registry")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let at = format!("127.0.0.1:{port}");
+    let config = dir.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: {at}\n  tls: {{ certificate: {cert}, key: {key} }}\n",
+            dir.path().join("registry").display()
+        ),
+    )
+    .expect("config");
+    let _registry = Registry {
+        child: Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry"),
+        addr: at.parse().expect("addr"),
+    };
+    // A control plane trusting the test CA (as an operator adds a private CA to the system's
+    // store), and the CLI pushing with the same trust.
+    let data = dir.path().join("data");
+    let control = support::mesh::spawn_with(
+        &[
+            "control",
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let cp = control.addr("api");
+    support::mesh::remember(cp, &data);
+    let m = TestMesh {
+        dir: tempfile::tempdir().expect("dir"),
+        data: data.clone(),
+        cp,
+        op: support::mesh::token(&data),
+        control,
+    };
+    let reference = format!("oci://{at}/weft/gate:v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pushed = loop {
+        let out = weft_trusting(
+            &ca,
+            &m,
+            &["plugin", "push", weft_artifacts::CHAOS_PATH, &reference],
+        );
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        // The registry may still be starting.
+        assert!(Instant::now() < deadline, "{}", text(&out));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(pushed.contains("@sha256:"), "{pushed}");
+
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let (ok, said) = apply(&m, &gate(&reference, ""));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(orders.addr("outbound"), &app).await);
+
+    // An https:// URL: the component's blob, served by the same verified server.
+    let wasm = std::fs::read(weft_artifacts::CHAOS_PATH).expect("chaos");
+    let digest = weft::plugin::sha256_hex(&wasm);
+    let blob = format!("https://{at}/v2/weft/gate/blobs/sha256:{digest}");
+    let (ok, said) = apply(&m, &gate(&blob, &format!("  sha256: \"{digest}\"\n")));
+    assert!(ok, "{said}");
+
+    // A control plane that does not trust the CA refuses both, naming the TLS failure.
+    let other = TestMesh::start();
+    for url in [&reference, &blob] {
+        let path = write(other.dir.path(), "gate.yaml", &gate(url, ""));
+        let out = weft(
+            other.cp,
+            &other.data,
+            &["apply", "-f", path.to_str().expect("utf-8")],
+        );
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("TLS with 127.0.0.1") && text(&out).contains("UnknownIssuer"),
+            "{}",
+            text(&out)
+        );
+    }
+}
