@@ -5,7 +5,9 @@
 //! that does not match, or a `spec.sha256` that pins other content, is refused at apply while
 //! the mesh keeps serving the last good chain; Istio's "compat" image (a gzipped tar layer
 //! holding `plugin.wasm`) is read as well; and a registry or `https://` URL served over TLS is
-//! verified against the trust store (`SSL_CERT_FILE`), an unknown issuer refused.
+//! verified against the trust store (`SSL_CERT_FILE`), an unknown issuer refused; a namespace
+//! that requires signed plugins refuses unsigned and wrongly signed components, from the store
+//! or a registry, and a `file://` one it cannot see.
 
 mod support;
 
@@ -399,4 +401,129 @@ async fn https_registries_and_urls_are_verified_against_the_trust_store() {
             text(&out)
         );
     }
+}
+
+/// The weft CLI for commands that need no control plane.
+fn weft_local(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .expect("run weft")
+}
+
+fn plugin_in(namespace: &str, url: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: gate-{namespace}, namespace: {namespace} }}
+spec:
+  url: {url}
+  pluginConfig: {{ tag: pulled }}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_that_require_signed_plugins_refuse_unsigned_and_wrongly_signed_ones() {
+    let dir = tempfile::tempdir().expect("dir");
+    let reg = registry(dir.path()).await;
+    let at = reg.addr.to_string();
+    let keys = dir.path().join("release");
+    let out = weft_local(&["plugin", "keygen", "--out", keys.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stranger = dir.path().join("stranger");
+    let out = weft_local(&[
+        "plugin",
+        "keygen",
+        "--out",
+        stranger.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let public = format!("{}.pub", keys.display());
+    let m = TestMesh::start_with(&[
+        "--plain-http-registry",
+        &at,
+        "--plugin-signing-key",
+        &public,
+        "--require-signed-plugins",
+        "shop",
+    ]);
+    // Components copied where their signatures may be written.
+    let chaos = dir.path().join("chaos.wasm");
+    std::fs::copy(weft_artifacts::CHAOS_PATH, &chaos).expect("copy");
+    let other = dir.path().join("two-headers.wasm");
+    std::fs::copy(weft_artifacts::TWO_HEADERS_PATH, &other).expect("copy");
+    let sign = |file: &std::path::Path, key: &std::path::Path| {
+        let key = format!("{}.key", key.display());
+        let out = weft_local(&[
+            "plugin",
+            "sign",
+            file.to_str().expect("utf-8"),
+            "--key",
+            &key,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let push_signed = |file: &std::path::Path, sig: Option<&str>, to: Option<&str>| {
+        let mut args = vec!["plugin", "push", file.to_str().expect("utf-8")];
+        args.extend(to);
+        if to.is_some() {
+            args.push("--plain-http");
+        }
+        if let Some(s) = sig {
+            args.extend(["--signature", s]);
+        }
+        let out = weft(m.cp, &m.data, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Signed by the trusted key, pushed to the store with its signature: taken in shop.
+    let signature = sign(&chaos, &keys);
+    let stored = push_signed(&chaos, Some(&signature), None);
+    let (ok, said) = apply(&m, &plugin_in("shop", &stored));
+    assert!(ok, "{said}");
+
+    // Unsigned: refused in shop, taken where no signature is required.
+    let unsigned = push_signed(&other, None, None);
+    let (ok, said) = apply(&m, &plugin_in("shop", &unsigned));
+    assert!(!ok);
+    assert!(
+        said.contains("is not signed") && said.contains("namespace shop requires signed plugins"),
+        "{said}"
+    );
+    let (ok, said) = apply(&m, &plugin_in("default", &unsigned));
+    assert!(ok, "{said}");
+
+    // Signed by a key the control plane does not trust: refused, naming the trusted keys.
+    let wrong = sign(&other, &stranger);
+    push_signed(&other, Some(&wrong), None);
+    let (ok, said) = apply(&m, &plugin_in("shop", &unsigned));
+    assert!(!ok);
+    assert!(
+        said.contains("verifies with a trusted key") && said.contains(&public),
+        "{said}"
+    );
+
+    // OCI: the signature image published beside the plugin's is pulled with it.
+    let signed_image = format!("oci://{at}/weft/signed:v1");
+    push_signed(&chaos, Some(&signature), Some(&signed_image));
+    let (ok, said) = apply(&m, &plugin_in("shop", &signed_image));
+    assert!(ok, "{said}");
+    // A component the control plane has no signature of, from anywhere.
+    let bare = dir.path().join("noop.wasm");
+    std::fs::copy(weft_artifacts::NOOP_PATH, &bare).expect("copy");
+    let bare_image = format!("oci://{at}/weft/bare:v1");
+    push_signed(&bare, None, Some(&bare_image));
+    let (ok, said) = apply(&m, &plugin_in("shop", &bare_image));
+    assert!(!ok);
+    assert!(said.contains("is not signed"), "{said}");
+    // A file on the sidecar's machine cannot be verified at all.
+    let (ok, said) = apply(&m, &plugin_in("shop", "file:///plugins/gate.wasm"));
+    assert!(!ok);
+    assert!(
+        said.contains("cannot be verified by the control plane"),
+        "{said}"
+    );
 }

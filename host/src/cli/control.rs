@@ -36,6 +36,13 @@ pub struct Args {
     /// HTTPS (a local registry); repeat for several.
     #[arg(long = "plain-http-registry")]
     plain_http_registries: Vec<String>,
+    /// A public key (PEM, ed25519) whose signatures make a plugin trusted; repeat for several.
+    #[arg(long = "plugin-signing-key")]
+    plugin_signing_keys: Vec<PathBuf>,
+    /// A namespace whose WasmPlugins must be signed by a trusted key (`*`: every namespace);
+    /// repeat for several.
+    #[arg(long = "require-signed-plugins")]
+    require_signed_plugins: Vec<String>,
 }
 
 /// Runs `weft control`.
@@ -47,6 +54,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;
     config.trust_domain = args.trust_domain.clone();
     config.plain_http_registries = args.plain_http_registries.clone();
+    for path in &args.plugin_signing_keys {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--plugin-signing-key {}: {e}", path.display()))?;
+        let name = path.display().to_string();
+        config.signing.keys.push(
+            weft::control::signing::TrustedKey::from_pem(&name, &text)
+                .map_err(|e| anyhow::anyhow!("--plugin-signing-key {e}"))?,
+        );
+    }
+    if !args.require_signed_plugins.is_empty() && config.signing.keys.is_empty() {
+        anyhow::bail!(
+            "--require-signed-plugins needs at least one --plugin-signing-key: no plugin could ever be trusted"
+        );
+    }
+    config.signing.namespaces = args.require_signed_plugins.clone();
     config.cert_lifetime =
         parse_duration(&args.cert_lifetime).map_err(|e| anyhow::anyhow!("--cert-lifetime: {e}"))?;
     if let Some(path) = &args.mesh_config {

@@ -7,6 +7,7 @@ mod describe;
 mod operator;
 mod plugin_check;
 mod plugin_precompile;
+mod plugin_sign;
 mod run;
 mod sidecar;
 mod simulate;
@@ -91,8 +92,13 @@ enum CaCommand {
 enum PluginCommand {
     /// Load a plugin as a sidecar would: verify, compile, configure; print what it declares.
     Check(plugin_check::Args),
-    /// Upload a component to the control plane's artifact store; prints its sha256.
+    /// Upload a component to the control plane's artifact store (or an OCI registry); prints
+    /// its sha256 (or image digest).
     Push(operator::PushArgs),
+    /// Make an ed25519 key pair for signing plugins.
+    Keygen(plugin_sign::KeygenArgs),
+    /// Sign a component with a private key: writes `<file>.sig`.
+    Sign(plugin_sign::SignArgs),
     /// Compile a component (stdin) for a sidecar's engine (stdout); run by the sidecar and the control plane themselves.
     #[command(hide = true)]
     Precompile(plugin_precompile::Args),
@@ -119,6 +125,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => operator::token(args),
         Command::Plugin(PluginCommand::Push(args)) => operator::push(args),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
+        Command::Plugin(PluginCommand::Keygen(args)) => plugin_sign::keygen(args),
+        Command::Plugin(PluginCommand::Sign(args)) => plugin_sign::sign(args),
         Command::Plugin(PluginCommand::Precompile(args)) => plugin_precompile::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Run(args) => run::run(args),

@@ -177,6 +177,9 @@ pub struct PushArgs {
     /// Speak plain HTTP to the registry (a local one) rather than HTTPS.
     #[arg(long)]
     plain_http: bool,
+    /// Its detached signature (`weft plugin sign`), pushed with it.
+    #[arg(long)]
+    signature: Option<PathBuf>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -431,11 +434,26 @@ pub fn ca(args: ConnArgs, verb: &str) -> anyhow::Result<()> {
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let signature = match &args.signature {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
     if let Some(to) = &args.to {
         use weft::control::fetch::oci;
         let reference = oci::Reference::parse(to).map_err(anyhow::Error::msg)?;
         let digest = runtime()?
-            .block_on(oci::push(&reference, &bytes, args.plain_http))
+            .block_on(async {
+                let digest = oci::push(&reference, &bytes, args.plain_http).await?;
+                if let Some(s) = &signature {
+                    oci::push_signature(&reference, &digest, s, args.plain_http).await?;
+                }
+                Ok::<_, String>(digest)
+            })
             .map_err(|e| anyhow::anyhow!("pushing to {to}: {e}"))?;
         println!(
             "oci://{}/{}@sha256:{digest}",
@@ -443,11 +461,11 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let out = runtime()?.block_on(args.conn.call(
-        Method::POST,
-        "/v1/artifacts",
-        Bytes::from(bytes),
-    ))?;
+    let path = match &signature {
+        Some(s) => format!("/v1/artifacts?signature={s}"),
+        None => "/v1/artifacts".to_string(),
+    };
+    let out = runtime()?.block_on(args.conn.call(Method::POST, &path, Bytes::from(bytes)))?;
     println!("sha256:{}", out["sha256"].as_str().unwrap_or_default());
     Ok(())
 }

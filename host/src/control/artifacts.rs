@@ -7,12 +7,31 @@ use super::server::Shared;
 use http::{Response, StatusCode};
 use std::sync::Arc;
 
-/// `POST /v1/artifacts`: stores a component a sidecar can run; answers its sha256.
-pub(super) async fn push(shared: &Arc<Shared>, body: bytes::Bytes) -> Response<Body> {
-    match store_checked(shared, body).await {
-        Ok(digest) => json(StatusCode::OK, &serde_json::json!({"sha256": digest})),
-        Err((status, reason)) => error(status, reason),
+/// `POST /v1/artifacts[?signature=<hex>]`: stores a component a sidecar can run, and the
+/// publisher's detached signature of it if given; answers its sha256.
+pub(super) async fn push(
+    shared: &Arc<Shared>,
+    body: bytes::Bytes,
+    signature: Option<String>,
+) -> Response<Body> {
+    if let Some(s) = &signature
+        && !(s.len() == 128 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "signature: not an ed25519 signature (128 hex digits)",
+        );
     }
+    let digest = match store_checked(shared, body).await {
+        Ok(digest) => digest,
+        Err((status, reason)) => return error(status, reason),
+    };
+    if let Some(s) = signature
+        && let Err(e) = shared.store.add_signature(&digest, &s)
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    json(StatusCode::OK, &serde_json::json!({"sha256": digest}))
 }
 
 /// Checks a component as a sidecar would load it and stores it; returns its sha256, or the

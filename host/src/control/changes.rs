@@ -33,7 +33,8 @@ pub(super) fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> 
 
 /// Fetches the `http(s)://` and `oci://` URLs of the WasmPlugins in `parsed` into the store,
 /// as their pull policy says (once, or at every apply); returns url → digest of what was
-/// fetched. A `spec.sha256` pins what the URL must give.
+/// fetched. A `spec.sha256` pins what the URL must give. Where signatures are required, the
+/// signatures published with it are fetched too (the OCI signature image, `<url>.sig`).
 async fn fetch_remote(
     shared: &Arc<Shared>,
     parsed: &[Resource],
@@ -60,16 +61,38 @@ async fn fetch_remote(
             }
             continue;
         }
-        let bytes = if url.starts_with("oci://") {
-            match super::fetch::oci::Reference::parse(&url) {
-                Ok(reference) => shared.fetcher.oci(&reference).await.map(|p| p.wasm.into()),
-                Err(e) => Err(e),
+        let signed = shared.signing.requires(&r.namespace);
+        let got: Result<(bytes::Bytes, Vec<String>), String> = async {
+            if url.starts_with("oci://") {
+                let reference = super::fetch::oci::Reference::parse(&url)?;
+                let pulled = shared.fetcher.oci(&reference).await?;
+                let signatures = if signed {
+                    shared
+                        .fetcher
+                        .oci_signatures(&reference, &pulled.manifest_digest)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                Ok((pulled.wasm.into(), signatures))
+            } else {
+                let bytes = shared.fetcher.url(&url).await?;
+                let signatures = if signed {
+                    shared
+                        .fetcher
+                        .url_signature(&url)
+                        .await?
+                        .into_iter()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Ok((bytes, signatures))
             }
-        } else {
-            shared.fetcher.url(&url).await
-        };
-        let bytes = match bytes {
-            Ok(b) => b,
+        }
+        .await;
+        let (bytes, signatures) = match got {
+            Ok(got) => got,
             Err(e) => {
                 errs.push(format!("{at}: {e}"));
                 continue;
@@ -87,6 +110,11 @@ async fn fetch_remote(
         // Checked as a push is: a broken download is refused here, not by every sidecar.
         match super::artifacts::store_checked(shared, bytes).await {
             Ok(d) => {
+                for s in &signatures {
+                    if let Err(e) = shared.store.add_signature(&d, s) {
+                        errs.push(format!("{at}: keeping its signature: {e}"));
+                    }
+                }
                 fetched.insert(url, d);
             }
             Err((_, e)) => errs.push(format!("{at}: {e}")),
@@ -182,6 +210,10 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         Ok(f) => f,
         Err(e) => return errors(StatusCode::BAD_REQUEST, e),
     };
+    let unsigned = unsigned_plugins(shared, &parsed, &fetched);
+    if !unsigned.is_empty() {
+        return errors(StatusCode::BAD_REQUEST, unsigned);
+    }
     if let Err(e) = judge_configs(shared, &parsed, &fetched).await {
         return errors(StatusCode::BAD_REQUEST, e);
     }
@@ -270,6 +302,50 @@ fn check(
         return Err(unknown);
     }
     Ok((resources, warnings))
+}
+
+/// Every WasmPlugin being applied in a namespace that requires signatures whose component no
+/// trusted key signed, as an error naming it. Judged at apply, so a policy made stricter
+/// never blocks changes to other resources.
+fn unsigned_plugins(
+    shared: &Shared,
+    resources: &[Resource],
+    fetched: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let known = shared.mesh.lock().state.fetched.clone();
+    let mut errs = Vec::new();
+    for r in resources {
+        let istio::Spec::WasmPlugin(wp) = &r.spec else {
+            continue;
+        };
+        if !shared.signing.requires(&r.namespace) {
+            continue;
+        }
+        let digest = match wp.source() {
+            Ok(istio::WasmSource::Stored(d)) => Some(d),
+            Ok(istio::WasmSource::Http(url)) => {
+                fetched.get(&url).or_else(|| known.get(&url)).cloned()
+            }
+            _ => None,
+        };
+        let why = match (wp.source(), digest) {
+            (_, Some(digest)) => shared
+                .signing
+                .refusal(&digest, &shared.store.signatures(&digest)),
+            (Ok(istio::WasmSource::File(_)), None) => Some(
+                "a file on the sidecar's machine cannot be verified by the control plane; push it with its signature".to_string(),
+            ),
+            _ => None,
+        };
+        if let Some(why) = why {
+            errs.push(format!(
+                "{}: spec.url: {why} (namespace {} requires signed plugins)",
+                r.origin(),
+                r.namespace
+            ));
+        }
+    }
+    errs
 }
 
 /// Persists `next`, then makes it current and pushes. A state that cannot be saved is not

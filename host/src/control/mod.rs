@@ -27,6 +27,7 @@ pub mod mesh_config;
 mod registry;
 pub mod server;
 pub mod serving;
+pub mod signing;
 pub mod stats;
 pub mod store;
 pub mod wire;

@@ -62,6 +62,8 @@ pub struct ControlConfig {
     pub mesh_config: super::mesh_config::MeshConfig,
     /// Registries (`host:port`) pulled from over plain HTTP rather than HTTPS.
     pub plain_http_registries: Vec<String>,
+    /// Which WasmPlugins must be signed, and the keys that may sign them.
+    pub signing: super::signing::SigningPolicy,
 }
 
 pub use crate::identity::DEFAULT_TRUST_DOMAIN;
@@ -81,6 +83,7 @@ impl ControlConfig {
             compiler: crate::plugin::Compiler::InProcess,
             mesh_config: super::mesh_config::MeshConfig::default(),
             plain_http_registries: Vec::new(),
+            signing: super::signing::SigningPolicy::default(),
         }
     }
 }
@@ -152,6 +155,8 @@ pub(super) struct Shared {
     pub(super) checker: checker::PluginChecker,
     /// Fetches WasmPlugin URLs.
     pub(super) fetcher: super::fetch::Fetcher,
+    /// Which WasmPlugins must be signed, by which keys.
+    pub(super) signing: super::signing::SigningPolicy,
 }
 
 /// A running control plane.
@@ -237,6 +242,7 @@ impl ControlPlane {
             cert_lifetime: config.cert_lifetime,
             checker: checker::PluginChecker::new(config.compiler.clone()),
             fetcher: super::fetch::Fetcher::new(config.plain_http_registries.clone()),
+            signing: config.signing.clone(),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -517,8 +523,9 @@ async fn handle(
             changes::delete(&shared, kind, &ns, name)
         }
         (Method::POST, ["v1", "artifacts"]) => {
+            let signature = api::query(&req).remove("signature");
             match api::body_bytes(req, api::MAX_ARTIFACT).await {
-                Ok(b) => artifacts::push(&shared, b).await,
+                Ok(b) => artifacts::push(&shared, b, signature).await,
                 Err(r) => r,
             }
         }

@@ -215,6 +215,35 @@ impl Store {
         Ok(digest)
     }
 
+    /// Keeps a signature (hex) of an artifact beside it, once.
+    pub fn add_signature(&self, digest: &str, signature: &str) -> Result<(), StoreError> {
+        let mut all = self.signatures(digest);
+        let signature = signature.trim().to_ascii_lowercase();
+        if all.contains(&signature) {
+            return Ok(());
+        }
+        all.push(signature);
+        let path = self.dir.join("artifacts").join(format!("{digest}.sig"));
+        write_atomic(&path, (all.join("\n") + "\n").as_bytes(), Mode::Public)?;
+        Ok(())
+    }
+
+    /// The signatures (hex) kept beside an artifact.
+    pub fn signatures(&self, digest: &str) -> Vec<String> {
+        if !crate::snapshot::is_digest(digest) {
+            return Vec::new();
+        }
+        let path = self.dir.join("artifacts").join(format!("{digest}.sig"));
+        std::fs::read_to_string(path)
+            .map(|t| {
+                t.lines()
+                    .map(str::to_string)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// An artifact's bytes.
     pub fn artifact(&self, digest: &str) -> Option<Vec<u8>> {
         if !crate::snapshot::is_digest(digest) {

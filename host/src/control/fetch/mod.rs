@@ -39,6 +39,30 @@ impl Fetcher {
         oci::pull(reference, self.plain(reference)).await
     }
 
+    /// The signatures published beside the OCI image of manifest `manifest_hex`.
+    pub async fn oci_signatures(
+        &self,
+        reference: &oci::Reference,
+        manifest_hex: &str,
+    ) -> Result<Vec<String>, String> {
+        oci::signatures(reference, manifest_hex, self.plain(reference)).await
+    }
+
+    /// The signature published at `<url>.sig`, if there is one.
+    pub async fn url_signature(&self, url: &str) -> Result<Option<String>, String> {
+        let uri: http::Uri = format!("{url}.sig")
+            .parse()
+            .map_err(|e| format!("invalid URL: {e}"))?;
+        let reply = get::get(&uri, &[], 4 << 10).await?;
+        match reply.status {
+            http::StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(
+                String::from_utf8_lossy(&reply.body).trim().to_string(),
+            )),
+            s => Err(format!("{url}.sig answered {s}")),
+        }
+    }
+
     /// Whether `reference`'s registry is spoken to over plain HTTP.
     pub fn plain(&self, reference: &oci::Reference) -> bool {
         self.plain_http.contains(&reference.registry)

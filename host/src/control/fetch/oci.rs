@@ -15,6 +15,9 @@ use std::io::Read;
 pub const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
 /// The config media type of a Wasm OCI artifact.
 pub const WASM_CONFIG: &str = "application/vnd.module.wasm.config.v1+json";
+/// The media type of a layer holding a Weft plugin signature (hex), in the image tagged
+/// `sha256-<manifest hex>.sig` beside the plugin's (cosign's naming).
+pub const SIGNATURE_LAYER: &str = "application/vnd.weft.plugin.signature.v1";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const INDEXES: [&str; 2] = [
@@ -404,15 +407,118 @@ fn plugin_wasm(blob: &[u8], gzipped: bool) -> Result<Option<Vec<u8>>, String> {
     Ok(None)
 }
 
+/// The tag of the signature image of the manifest of sha256 `manifest_hex`.
+fn signature_tag(manifest_hex: &str) -> String {
+    format!("sha256-{manifest_hex}.sig")
+}
+
+/// The signatures (hex) published beside the image of manifest `manifest_hex`; none when
+/// there is no signature image.
+pub async fn signatures(
+    reference: &Reference,
+    manifest_hex: &str,
+    plain_http: bool,
+) -> Result<Vec<String>, String> {
+    let tagged = Reference {
+        tag: Some(signature_tag(manifest_hex)),
+        digest: None,
+        ..reference.clone()
+    };
+    let mut s = session(&tagged, plain_http, "pull");
+    let url = s.url(&format!(
+        "/v2/{}/manifests/{}",
+        tagged.repository,
+        tagged.reference()
+    ))?;
+    let accept = HeaderValue::from_static(OCI_MANIFEST);
+    let reply = s
+        .call(
+            Method::GET,
+            &url,
+            &[(http::header::ACCEPT, accept)],
+            Bytes::new(),
+            MAX_MANIFEST,
+        )
+        .await?;
+    if reply.status == StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    if !reply.status.is_success() {
+        return Err(format!(
+            "signature image: the registry answered {}",
+            reply.status
+        ));
+    }
+    let manifest: Value = serde_json::from_slice(&reply.body)
+        .map_err(|e| format!("the signature manifest is not JSON: {e}"))?;
+    let mut out = Vec::new();
+    for layer in manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if layer.get("mediaType").and_then(Value::as_str) != Some(SIGNATURE_LAYER) {
+            continue;
+        }
+        if let Some(d) = layer.get("digest").and_then(Value::as_str) {
+            let blob = s.blob(d).await?;
+            out.push(String::from_utf8_lossy(&blob).trim().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes `signature` (hex) beside the image of manifest `manifest_hex`.
+pub async fn push_signature(
+    reference: &Reference,
+    manifest_hex: &str,
+    signature: &str,
+    plain_http: bool,
+) -> Result<(), String> {
+    let tagged = Reference {
+        tag: Some(signature_tag(manifest_hex)),
+        digest: None,
+        ..reference.clone()
+    };
+    put_image(
+        &tagged,
+        Bytes::from(signature.trim().to_string()),
+        SIGNATURE_LAYER,
+        "plugin.wasm.sig",
+        plain_http,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Pushes `wasm` as a Wasm OCI artifact to `reference` (its tag, else `latest`); returns the
 /// manifest's sha256.
 pub async fn push(reference: &Reference, wasm: &[u8], plain_http: bool) -> Result<String, String> {
+    put_image(
+        reference,
+        Bytes::copy_from_slice(wasm),
+        WASM_LAYER,
+        "plugin.wasm",
+        plain_http,
+    )
+    .await
+}
+
+/// Pushes an image of one layer `layer` (media type `media`) to `reference`'s tag; returns
+/// the manifest's sha256.
+async fn put_image(
+    reference: &Reference,
+    layer: Bytes,
+    media: &str,
+    title: &str,
+    plain_http: bool,
+) -> Result<String, String> {
     if reference.digest.is_some() {
         return Err("push to a tag (oci://registry/repository:tag), not a digest".into());
     }
     let mut s = session(reference, plain_http, "pull,push");
     let config = Bytes::from_static(b"{}");
-    let layer = Bytes::copy_from_slice(wasm);
     let config_digest = format!("sha256:{}", crate::plugin::sha256_hex(&config));
     let layer_digest = format!("sha256:{}", crate::plugin::sha256_hex(&layer));
     for (digest, bytes) in [
@@ -426,10 +532,10 @@ pub async fn push(reference: &Reference, wasm: &[u8], plain_http: bool) -> Resul
         "mediaType": OCI_MANIFEST,
         "config": { "mediaType": WASM_CONFIG, "digest": config_digest, "size": config.len() },
         "layers": [{
-            "mediaType": WASM_LAYER,
+            "mediaType": media,
             "digest": layer_digest,
             "size": layer.len(),
-            "annotations": { "org.opencontainers.image.title": "plugin.wasm" },
+            "annotations": { "org.opencontainers.image.title": title },
         }],
     });
     let body = Bytes::from(serde_json::to_vec(&manifest).map_err(|e| e.to_string())?);
