@@ -33,6 +33,11 @@ impl Drop for Registry {
 }
 
 async fn registry(dir: &std::path::Path) -> Registry {
+    registry_with(dir, "").await
+}
+
+/// A registry storing under `dir`, with `more` YAML under `http:`'s sibling keys (`auth: …`).
+async fn registry_with(dir: &std::path::Path, more: &str) -> Registry {
     support::netns::ensure_packages(&[("docker-registry", "docker-registry")]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -43,7 +48,7 @@ async fn registry(dir: &std::path::Path) -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: {addr}\n{more}",
             dir.join("registry").display()
         ),
     )
@@ -60,10 +65,11 @@ async fn registry(dir: &std::path::Path) -> Registry {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        // Up once it answers, with or without asking for credentials.
         let up = h1_client()
             .request(support::get(addr, "/v2/", &[]))
             .await
-            .is_ok_and(|r| r.status() == StatusCode::OK);
+            .is_ok_and(|r| r.status() == StatusCode::OK || r.status() == StatusCode::UNAUTHORIZED);
         if up {
             return registry;
         }
@@ -526,4 +532,94 @@ async fn namespaces_that_require_signed_plugins_refuse_unsigned_and_wrongly_sign
         said.contains("cannot be verified by the control plane"),
         "{said}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_pulled_from_with_the_pull_secret_a_plugin_names() {
+    support::netns::ensure_packages(&[("htpasswd", "apache2-utils")]);
+    let dir = tempfile::tempdir().expect("dir");
+    // Published while the registry is open, then served with htpasswd credentials.
+    let image = {
+        let open = registry(dir.path()).await;
+        let m = TestMesh::start();
+        let at = open.addr.to_string();
+        push(
+            &m,
+            weft_artifacts::CHAOS_PATH,
+            &format!("oci://{at}/weft/private:v1"),
+        );
+        "weft/private:v1"
+    };
+    let htpasswd = dir.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "weft", "s3cret"])
+        .output()
+        .expect("htpasswd");
+    assert!(out.status.success());
+    std::fs::write(&htpasswd, &out.stdout).expect("write");
+    let private = registry_with(
+        dir.path(),
+        &format!(
+            "auth:\n  htpasswd: {{ realm: weft, path: {} }}\n",
+            htpasswd.display()
+        ),
+    )
+    .await;
+    let at = private.addr.to_string();
+    let url = format!("oci://{at}/{image}");
+    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
+    let keep = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "pull-secret",
+                "registry-creds",
+                "--registry",
+                &at,
+                "--username",
+                "weft",
+            ])
+            .arg("--password-stdin")
+            .args(["--server", &m.cp.to_string(), "--data"])
+            .arg(&m.data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run weft");
+        std::io::Write::write_all(
+            child.stdin.as_mut().expect("stdin"),
+            format!("{password}\n").as_bytes(),
+        )
+        .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    let with_secret = "  imagePullSecret: registry-creds\n";
+
+    // Anonymous: the registry wants credentials.
+    let (ok, said) = apply(&m, &gate(&url, ""));
+    assert!(!ok);
+    assert!(
+        said.contains("wants credentials; name a pull secret"),
+        "{said}"
+    );
+    // A pull secret the control plane does not keep.
+    let (ok, said) = apply(&m, &gate(&url, with_secret));
+    assert!(!ok);
+    assert!(
+        said.contains("no pull secret registry-creds in namespace default"),
+        "{said}"
+    );
+    // A wrong password: the registry refuses it.
+    keep("wrong");
+    let (ok, said) = apply(&m, &gate(&url, with_secret));
+    assert!(!ok);
+    assert!(said.contains("refused the credentials (401)"), "{said}");
+    // The right one pulls, and the secret is listed without its password.
+    keep("s3cret");
+    let (ok, said) = apply(&m, &gate(&url, with_secret));
+    assert!(ok, "{said}");
+    let listed = support::mesh::api(m.cp, &m.op, Method::GET, "/v1/pull-secrets").await;
+    assert_eq!(listed["pullSecrets"][0]["name"], "default/registry-creds");
+    assert!(!listed.to_string().contains("s3cret"), "{listed}");
 }

@@ -68,6 +68,9 @@ enum Command {
     Describe(describe::Args),
     /// Print the bootstrap token for a service's sidecars.
     Token(operator::TokenArgs),
+    /// Keep a registry credential for pulling private `oci://` plugins (a WasmPlugin's
+    /// `imagePullSecret`); the password comes from standard input.
+    PullSecret(operator::PullSecretArgs),
     /// Run an app as a pod on this machine: its own network namespace, a sidecar beside it,
     /// every TCP connection captured; all removed when the app exits.
     Run(run::Args),
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(args) => describe::run(args),
         Command::Status(args) => operator::status(args),
         Command::Token(args) => operator::token(args),
+        Command::PullSecret(args) => operator::pull_secret(args),
         Command::Plugin(PluginCommand::Push(args)) => operator::push(args),
         Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args),
         Command::Plugin(PluginCommand::Keygen(args)) => plugin_sign::keygen(args),

@@ -166,6 +166,52 @@ pub struct TokenArgs {
     conn: Conn,
 }
 
+/// Arguments of `weft pull-secret`.
+#[derive(Debug, clap::Args)]
+pub struct PullSecretArgs {
+    /// Its name, as a WasmPlugin's `imagePullSecret` gives it.
+    name: String,
+    /// The namespace of the WasmPlugins that may use it.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// The registry it is for (`host[:port]`, as in `oci://host[:port]/…`).
+    #[arg(long)]
+    registry: String,
+    /// The registry user.
+    #[arg(long)]
+    username: String,
+    /// Read the password (or token) from standard input, so it stays out of the process list.
+    #[arg(long, required = true)]
+    password_stdin: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// Runs `weft pull-secret`: keeps a registry credential in the control plane.
+pub fn pull_secret(args: PullSecretArgs) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+        .context("reading the password from standard input")?;
+    let body = serde_json::json!({
+        "server": args.registry,
+        "username": args.username,
+        "password": password.trim_end_matches(['\r', '\n']),
+    });
+    let out = runtime()?.block_on(args.conn.call(
+        Method::PUT,
+        &format!(
+            "/v1/pull-secrets/{}?namespace={}",
+            args.name, args.namespace
+        ),
+        Bytes::from(body.to_string()),
+    ))?;
+    println!(
+        "pull secret {} kept",
+        out["pullSecret"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Arguments of `weft plugin push`.
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {

@@ -65,11 +65,15 @@ async fn fetch_remote(
         let got: Result<(bytes::Bytes, Vec<String>), String> = async {
             if url.starts_with("oci://") {
                 let reference = super::fetch::oci::Reference::parse(&url)?;
-                let pulled = shared.fetcher.oci(&reference).await?;
+                let credentials = match &wp.image_pull_secret {
+                    Some(name) => Some(pull_credentials(shared, &r.namespace, name, &reference)?),
+                    None => None,
+                };
+                let pulled = shared.fetcher.oci(&reference, credentials.as_ref()).await?;
                 let signatures = if signed {
                     shared
                         .fetcher
-                        .oci_signatures(&reference, &pulled.manifest_digest)
+                        .oci_signatures(&reference, &pulled.manifest_digest, credentials.as_ref())
                         .await?
                 } else {
                     Vec::new()
@@ -302,6 +306,30 @@ fn check(
         return Err(unknown);
     }
     Ok((resources, warnings))
+}
+
+/// The credentials of pull secret `name` in `namespace`, for `reference`'s registry.
+fn pull_credentials(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    reference: &super::fetch::oci::Reference,
+) -> Result<super::fetch::oci::Credentials, String> {
+    let secret = super::pull_secrets::get(shared.store.dir(), namespace, name)?.ok_or_else(|| {
+        format!(
+            "spec.imagePullSecret: no pull secret {name} in namespace {namespace} (weft pull-secret {name} --namespace {namespace} ...)"
+        )
+    })?;
+    if secret.server != reference.registry {
+        return Err(format!(
+            "spec.imagePullSecret: pull secret {namespace}/{name} is for registry {}, not {}",
+            secret.server, reference.registry
+        ));
+    }
+    Ok(super::fetch::oci::Credentials {
+        username: secret.username,
+        password: secret.password,
+    })
 }
 
 /// Every WasmPlugin being applied in a namespace that requires signatures whose component no

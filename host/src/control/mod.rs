@@ -24,6 +24,7 @@ pub mod fetch;
 mod issuer;
 pub mod istio;
 pub mod mesh_config;
+pub mod pull_secrets;
 mod registry;
 pub mod server;
 pub mod serving;

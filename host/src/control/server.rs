@@ -511,6 +511,16 @@ async fn handle(
                 Err(r) => r,
             }
         }
+        (Method::PUT, ["v1", "pull-secrets", name]) => {
+            let ns = api::query(&req)
+                .remove("namespace")
+                .unwrap_or_else(|| "default".into());
+            match api::body_bytes(req, MAX_SMALL_BODY).await {
+                Ok(b) => super::pull_secrets::put(&shared, &ns, name, &b),
+                Err(r) => r,
+            }
+        }
+        (Method::GET, ["v1", "pull-secrets"]) => super::pull_secrets::list(&shared),
         (Method::GET, ["v1", "resources"]) => changes::list(&shared, None, None),
         (Method::GET, ["v1", "resources", kind]) => changes::list(&shared, Some(kind), None),
         (Method::GET, ["v1", "resources", kind, name]) => {

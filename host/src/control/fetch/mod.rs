@@ -34,9 +34,14 @@ impl Fetcher {
         Ok(reply.body)
     }
 
-    /// Pulls the plugin an `oci://` reference names.
-    pub async fn oci(&self, reference: &oci::Reference) -> Result<oci::Pulled, String> {
-        oci::pull(reference, self.plain(reference)).await
+    /// Pulls the plugin an `oci://` reference names, with `credentials` if the registry
+    /// asks for them.
+    pub async fn oci(
+        &self,
+        reference: &oci::Reference,
+        credentials: Option<&oci::Credentials>,
+    ) -> Result<oci::Pulled, String> {
+        oci::pull(reference, self.plain(reference), credentials).await
     }
 
     /// The signatures published beside the OCI image of manifest `manifest_hex`.
@@ -44,8 +49,9 @@ impl Fetcher {
         &self,
         reference: &oci::Reference,
         manifest_hex: &str,
+        credentials: Option<&oci::Credentials>,
     ) -> Result<Vec<String>, String> {
-        oci::signatures(reference, manifest_hex, self.plain(reference)).await
+        oci::signatures(reference, manifest_hex, self.plain(reference), credentials).await
     }
 
     /// The signature published at `<url>.sig`, if there is one.

@@ -132,12 +132,34 @@ pub struct Pulled {
     pub wasm: Vec<u8>,
 }
 
+/// A registry user and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl Credentials {
+    fn basic(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
 /// Talks to one registry for one repository, with the token it was given.
 struct Session<'a> {
     reference: &'a Reference,
     scheme: &'static str,
-    token: Option<String>,
+    /// What the registry asked for: `Bearer <token>` or `Basic <credentials>`.
+    authorization: Option<String>,
     scope: &'static str,
+    credentials: Option<&'a Credentials>,
 }
 
 impl Session<'_> {
@@ -148,9 +170,9 @@ impl Session<'_> {
     }
 
     fn auth(&self) -> Vec<(HeaderName, HeaderValue)> {
-        self.token
+        self.authorization
             .as_ref()
-            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            .and_then(|a| HeaderValue::from_str(a).ok())
             .map(|v| vec![(http::header::AUTHORIZATION, v)])
             .unwrap_or_default()
     }
@@ -172,20 +194,36 @@ impl Session<'_> {
             } else {
                 send(method.clone(), url, &headers, body.clone(), limit).await?
             };
-            if reply.status != StatusCode::UNAUTHORIZED || tried {
+            if reply.status == StatusCode::UNAUTHORIZED && tried {
+                return Err(format!(
+                    "registry {} refused the credentials (401)",
+                    self.reference.registry
+                ));
+            }
+            if reply.status != StatusCode::UNAUTHORIZED {
                 return Ok(reply);
             }
             let challenge = reply.header("www-authenticate").unwrap_or("").to_string();
-            self.token = Some(self.token_for(&challenge).await?);
+            self.authorization = Some(self.answer(&challenge).await?);
         }
         Err("unauthorized".to_string())
     }
 
-    /// The anonymous token a Bearer challenge offers.
-    async fn token_for(&self, challenge: &str) -> Result<String, String> {
+    /// The `Authorization` a challenge asks for: the credentials for `Basic`, a token for
+    /// `Bearer` (asked for with the credentials, if any, else anonymously).
+    async fn answer(&self, challenge: &str) -> Result<String, String> {
+        if challenge.starts_with("Basic") {
+            return match self.credentials {
+                Some(c) => Ok(c.basic()),
+                None => Err(format!(
+                    "registry {} wants credentials; name a pull secret in spec.imagePullSecret",
+                    self.reference.registry
+                )),
+            };
+        }
         let Some(params) = challenge.strip_prefix("Bearer ") else {
             return Err(format!(
-                "registry {} wants credentials ({challenge:?}); Weft pulls anonymously (imagePullSecret is not supported yet)",
+                "registry {} asks for {challenge:?}, which Weft does not speak",
                 self.reference.registry
             ));
         };
@@ -212,7 +250,12 @@ impl Session<'_> {
         let url: Uri = format!("{realm}?{}", query.join("&"))
             .parse()
             .map_err(|e| format!("token realm {realm:?}: {e}"))?;
-        let reply = get(&url, &[], 1 << 20).await?;
+        let basic: Vec<(HeaderName, HeaderValue)> = self
+            .credentials
+            .and_then(|c| HeaderValue::from_str(&c.basic()).ok())
+            .map(|v| vec![(http::header::AUTHORIZATION, v)])
+            .unwrap_or_default();
+        let reply = get(&url, &basic, 1 << 20).await?;
         if !reply.status.is_success() {
             return Err(format!("the token service answered {}", reply.status));
         }
@@ -221,7 +264,7 @@ impl Session<'_> {
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(Value::as_str)
-            .map(str::to_string)
+            .map(|t| format!("Bearer {t}"))
             .ok_or_else(|| "the token service gave no token".to_string())
     }
 
@@ -282,14 +325,21 @@ fn session<'a>(reference: &'a Reference, plain_http: bool, scope: &'static str) 
     Session {
         reference,
         scheme: if plain_http { "http" } else { "https" },
-        token: None,
+        authorization: None,
         scope,
+        credentials: None,
     }
 }
 
-/// Pulls the plugin `reference` names (over plain HTTP with `plain_http`).
-pub async fn pull(reference: &Reference, plain_http: bool) -> Result<Pulled, String> {
+/// Pulls the plugin `reference` names (over plain HTTP with `plain_http`), with
+/// `credentials` if the registry asks for them.
+pub async fn pull(
+    reference: &Reference,
+    plain_http: bool,
+    credentials: Option<&Credentials>,
+) -> Result<Pulled, String> {
     let mut s = session(reference, plain_http, "pull");
+    s.credentials = credentials;
     let url = s.url(&format!(
         "/v2/{}/manifests/{}",
         reference.repository,
@@ -418,6 +468,7 @@ pub async fn signatures(
     reference: &Reference,
     manifest_hex: &str,
     plain_http: bool,
+    credentials: Option<&Credentials>,
 ) -> Result<Vec<String>, String> {
     let tagged = Reference {
         tag: Some(signature_tag(manifest_hex)),
@@ -425,6 +476,7 @@ pub async fn signatures(
         ..reference.clone()
     };
     let mut s = session(&tagged, plain_http, "pull");
+    s.credentials = credentials;
     let url = s.url(&format!(
         "/v2/{}/manifests/{}",
         tagged.repository,

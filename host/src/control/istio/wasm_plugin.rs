@@ -27,6 +27,10 @@ pub struct WasmPlugin {
     /// else `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// The pull secret (`weft pull-secret`) in its namespace whose credentials pull an
+    /// `oci://` image from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
     /// Istio's proxy-wasm root id; ignored (a component has one filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_name: Option<String>,
@@ -307,8 +311,7 @@ impl WasmPlugin {
     }
 }
 
-pub(in crate::control) const WASM_UNSUPPORTED: Unsupported =
-    &[("", &["imagePullSecret", "vmConfig"])];
+pub(in crate::control) const WASM_UNSUPPORTED: Unsupported = &[("", &["vmConfig"])];
 
 /// A WasmPlugin's route scope from its annotation: comma-separated names, each trimmed and
 /// non-empty, duplicates dropped; none without the annotation.
@@ -381,6 +384,17 @@ pub(super) fn check_wasm_plugin(wp: &WasmPlugin, namespace: &str, problems: &mut
     let source = wp.source();
     if let Err(e) = &source {
         problems.at("spec.url", e);
+    }
+    // (A stored document's pulled URL reads back as its digest: that is an OCI image too.)
+    if wp.image_pull_secret.is_some()
+        && ["file://", "http://", "https://"]
+            .iter()
+            .any(|p| wp.url.trim().starts_with(p))
+    {
+        problems.at(
+            "spec.imagePullSecret",
+            "is for oci:// images (as in Istio); this url is not one",
+        );
     }
     if let Some(p) = wp.image_pull_policy.as_deref()
         && !matches!(p, "IfNotPresent" | "Always" | "UNSPECIFIED_POLICY")
