@@ -6,8 +6,9 @@
 //! the mesh keeps serving the last good chain; Istio's "compat" image (a gzipped tar layer
 //! holding `plugin.wasm`) is read as well; and a registry or `https://` URL served over TLS is
 //! verified against the trust store (`SSL_CERT_FILE`), an unknown issuer refused; a namespace
-//! that requires signed plugins refuses unsigned and wrongly signed components, from the store
-//! or a registry, and a `file://` one it cannot see.
+//! that requires signed plugins refuses unsigned and wrongly signed components, from the store,
+//! a registry or a web server (`<url>.sig`), and a `file://` one it cannot see; a private
+//! registry (htpasswd) is pulled from with the pull secret a plugin names.
 
 mod support;
 
@@ -18,6 +19,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
 use support::{App, full, h1_client, read};
+
+/// A web server, killed on drop.
+struct WebServer(Child);
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The registry, killed on drop.
 struct Registry {
@@ -525,6 +536,62 @@ async fn namespaces_that_require_signed_plugins_refuse_unsigned_and_wrongly_sign
     let (ok, said) = apply(&m, &plugin_in("shop", &bare_image));
     assert!(!ok);
     assert!(said.contains("is not signed"), "{said}");
+    // An http:// URL: its signature is read from `<url>.sig` beside it (Debian's Python
+    // serving a directory, as any static web server would).
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("dir");
+    let served = site.join("gate.wasm");
+    std::fs::copy(weft_artifacts::TWO_HEADERS_PATH, &served).expect("copy");
+    sign(&served, &keys);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut web = WebServer(
+        Command::new(support::netns::DEBIAN_PYTHON)
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server"),
+    );
+    let url = format!("http://127.0.0.1:{port}/gate.wasm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h1_client()
+        .request(support::get(
+            format!("127.0.0.1:{port}").parse().expect("addr"),
+            "/gate.wasm.sig",
+            &[],
+        ))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the web server never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, said) = apply(&m, &plugin_in("shop", &url));
+    assert!(ok, "{said}");
+    std::fs::remove_file(site.join("gate.wasm.sig")).expect("remove");
+    std::fs::copy(weft_artifacts::NOOP_PATH, &served).expect("copy");
+    let (ok, said) = apply(
+        &m,
+        &plugin_in("shop", &url).replace(
+            "  pluginConfig",
+            "  imagePullPolicy: Always\n  pluginConfig",
+        ),
+    );
+    assert!(!ok);
+    assert!(said.contains("is not signed"), "{said}");
+    let _ = web.0.kill();
+
     // A file on the sidecar's machine cannot be verified at all.
     let (ok, said) = apply(&m, &plugin_in("shop", "file:///plugins/gate.wasm"));
     assert!(!ok);
