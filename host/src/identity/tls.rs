@@ -480,14 +480,16 @@ impl ServerCertVerifier for MeshServerVerifier {
 }
 
 /// Handshake signature checks with our provider's algorithms, shared by both verifiers.
-mod signatures {
+/// Handshake signature checks with the ring provider's algorithms, for every verifier of ours
+/// (the mesh's, and those of TLS a sidecar originates).
+pub(crate) mod signatures {
     use super::provider;
     use rustls::DigitallySignedStruct;
     use rustls::SignatureScheme;
     use rustls::client::danger::HandshakeSignatureValid;
     use rustls::pki_types::CertificateDer;
 
-    pub(super) fn tls12(
+    pub(crate) fn tls12(
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
@@ -500,7 +502,7 @@ mod signatures {
         )
     }
 
-    pub(super) fn tls13(
+    pub(crate) fn tls13(
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
@@ -513,7 +515,7 @@ mod signatures {
         )
     }
 
-    pub(super) fn schemes() -> Vec<SignatureScheme> {
+    pub(crate) fn schemes() -> Vec<SignatureScheme> {
         provider()
             .signature_verification_algorithms
             .supported_schemes()

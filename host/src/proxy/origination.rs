@@ -19,6 +19,7 @@ use super::breaker::Breaker;
 use super::h1_pool::{H1Pool, PeerError};
 use super::pool::{CountingConnector, PeerStream, PoolStats};
 use super::routes::Route;
+use crate::identity::tls::signatures;
 use crate::snapshot::OriginTls;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -213,7 +214,7 @@ fn client_config(m: &Material) -> Result<Arc<ClientConfig>, String> {
     let [ca, cert, key] = &m.files;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = if m.tls.insecure_skip_verify {
-        Arc::new(AnyCertificate(provider.clone()))
+        Arc::new(AnyCertificate)
     } else {
         use crate::identity::system_roots;
         let roots = match ca {
@@ -321,7 +322,7 @@ impl ServerCertVerifier for AnyOfNames {
 /// `insecureSkipVerify`: any certificate is taken, though the handshake's signatures are still
 /// checked against it.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCertificate;
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -341,12 +342,7 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        signatures::tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -355,16 +351,11 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        signatures::tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        signatures::schemes()
     }
 }
 

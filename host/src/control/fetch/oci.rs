@@ -268,6 +268,24 @@ impl Session<'_> {
             .ok_or_else(|| "the token service gave no token".to_string())
     }
 
+    /// GETs the reference's manifest, accepting the media types `accept` lists.
+    async fn manifest(&mut self, accept: &str) -> Result<Reply, String> {
+        let url = self.url(&format!(
+            "/v2/{}/manifests/{}",
+            self.reference.repository,
+            self.reference.reference()
+        ))?;
+        let accept = HeaderValue::from_str(accept).map_err(|e| e.to_string())?;
+        self.call(
+            Method::GET,
+            &url,
+            &[(http::header::ACCEPT, accept)],
+            Bytes::new(),
+            MAX_MANIFEST,
+        )
+        .await
+    }
+
     async fn blob(&mut self, digest: &str) -> Result<Vec<u8>, String> {
         let hex = digest
             .strip_prefix("sha256:")
@@ -340,21 +358,8 @@ pub async fn pull(
 ) -> Result<Pulled, String> {
     let mut s = session(reference, plain_http, "pull");
     s.credentials = credentials;
-    let url = s.url(&format!(
-        "/v2/{}/manifests/{}",
-        reference.repository,
-        reference.reference()
-    ))?;
-    let accept = HeaderValue::from_str(&format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}"))
-        .map_err(|e| e.to_string())?;
     let reply = s
-        .call(
-            Method::GET,
-            &url,
-            &[(http::header::ACCEPT, accept)],
-            Bytes::new(),
-            MAX_MANIFEST,
-        )
+        .manifest(&format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}"))
         .await?;
     if !reply.status.is_success() {
         return Err(format!(
@@ -477,21 +482,7 @@ pub async fn signatures(
     };
     let mut s = session(&tagged, plain_http, "pull");
     s.credentials = credentials;
-    let url = s.url(&format!(
-        "/v2/{}/manifests/{}",
-        tagged.repository,
-        tagged.reference()
-    ))?;
-    let accept = HeaderValue::from_static(OCI_MANIFEST);
-    let reply = s
-        .call(
-            Method::GET,
-            &url,
-            &[(http::header::ACCEPT, accept)],
-            Bytes::new(),
-            MAX_MANIFEST,
-        )
-        .await?;
+    let reply = s.manifest(OCI_MANIFEST).await?;
     if reply.status == StatusCode::NOT_FOUND {
         return Ok(Vec::new());
     }
