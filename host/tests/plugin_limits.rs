@@ -1,7 +1,8 @@
 //! A WasmPlugin's own sandbox bounds (`weft.io/plugin-*` annotations), end to end: the control
 //! plane carries them in the snapshot (shown at `/config`), the sidecar runs that plugin under
 //! them in place of its defaults; and, in the runtime, a plugin's instance bound makes a call
-//! that finds every instance busy fail with cause `instances`.
+//! that finds every instance busy fail with cause `instances`. The sidecar imports the code the
+//! control plane compiled for its engine when the component was pushed, compiling nothing.
 
 mod support;
 
@@ -77,8 +78,34 @@ async fn a_plugins_own_deadline_and_memory_cap_replace_the_sidecars_defaults() {
         metric_sum(admin, "weft_plugin_failures_total", &failures("memory")).await,
         1.0
     );
+    // The sidecar compiled nothing: the control plane compiled the component once, when it
+    // was pushed, for the same engine, and sent that code.
+    let (_, _, scraped) = read(
+        h1_client()
+            .request(support::get(admin, "/metrics", &[]))
+            .await
+            .expect("scrape"),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&scraped)
+            .lines()
+            .any(|l| l == "weft_plugin_compiled_code_imported_total 1"),
+        "{}",
+        String::from_utf8_lossy(&scraped)
+    );
 
-    // Its own: a 1 ms deadline and 64 MiB. Now the 5 ms fail and the 24 MiB do not.
+    // Its own memory cap, 64 MiB: the 24 MiB growth passes.
+    m.apply(
+        "gate.yaml",
+        &gate(&chaos, "{ weft.io/plugin-memory: 64Mi }"),
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    assert_eq!(chaos_call(via, "grow-24").await, StatusCode::OK);
+    // And its own deadline, 1 ms: the 5 ms of work fail. (Applied apart: a 1 ms deadline is
+    // one epoch tick, which any call may straddle, so it bounds only the work that is meant to
+    // fail here.)
     m.apply(
         "gate.yaml",
         &gate(
@@ -88,7 +115,6 @@ async fn a_plugins_own_deadline_and_memory_cap_replace_the_sidecars_defaults() {
     )
     .await;
     converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
-    assert_eq!(chaos_call(via, "grow-24").await, StatusCode::OK);
     assert_eq!(
         chaos_call(via, "spin-5").await,
         StatusCode::SERVICE_UNAVAILABLE

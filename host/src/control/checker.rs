@@ -14,18 +14,31 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// concurrent requests cannot multiply the compiler's memory.
 pub(crate) struct PluginChecker {
     compiler: Compiler,
+    cache_dir: Option<std::path::PathBuf>,
     runtime: OnceLock<Result<PluginRuntime, String>>,
     one_at_a_time: Mutex<()>,
 }
 
 impl PluginChecker {
-    /// A checker that compiles with `compiler`.
-    pub(super) fn new(compiler: Compiler) -> Self {
+    /// A checker that compiles with `compiler`, keeping what it compiled in `cache_dir` (the
+    /// code sidecars with the same engine are sent, so they need not compile it again).
+    pub(super) fn new(compiler: Compiler, cache_dir: Option<std::path::PathBuf>) -> Self {
         PluginChecker {
             compiler,
+            cache_dir,
             runtime: OnceLock::new(),
             one_at_a_time: Mutex::new(()),
         }
+    }
+
+    /// The code compiled for artifact `digest` by an engine of `fingerprint`, if this checker
+    /// compiled it with such an engine.
+    pub(super) fn compiled(&self, digest: &str, fingerprint: &str) -> Option<Vec<u8>> {
+        let runtime = self.runtime().ok()?;
+        if runtime.fingerprint() != fingerprint {
+            return None;
+        }
+        runtime.compiled_code(digest)
     }
 
     /// `Ok` if a sidecar could load `bytes`; else the reason, in the runtime's words.
@@ -51,6 +64,7 @@ impl PluginChecker {
                     ..PoolSizes::default()
                 },
                 compiler: self.compiler.clone(),
+                cache_dir: self.cache_dir.clone(),
                 ..RuntimeConfig::default()
             };
             PluginRuntime::new(config, &Registry::new(), Arc::new(NoEndpoints))

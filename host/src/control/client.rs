@@ -159,6 +159,28 @@ async fn fetch_artifacts(
         crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
             .map_err(|e| e.to_string())?;
     }
+    // Code the control plane compiled for this engine spares a compile per sidecar; without
+    // it (another engine, or none kept), the sidecar compiles the artifact itself.
+    let Some(fingerprint) = sidecar.engine_fingerprint() else {
+        return Ok(());
+    };
+    for p in snapshot.plugin_refs() {
+        let Some(digest) = &p.artifact else { continue };
+        if sidecar.has_compiled(digest) {
+            continue;
+        }
+        let path = format!("/v1/artifacts/{digest}/compiled/{fingerprint}");
+        match call(&cfg.server, &cfg.token, Method::GET, &path, Bytes::new()).await {
+            Ok(code) => {
+                if let Err(e) = sidecar.import_compiled(digest, &code) {
+                    tracing::warn!(plugin = %p.name, "compiled code from the control plane unusable ({e}); compiling here");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(plugin = %p.name, "no compiled code from the control plane: {e}")
+            }
+        }
+    }
     Ok(())
 }
 

@@ -240,7 +240,10 @@ impl ControlPlane {
             data_dir: config.data_dir.clone(),
             trust_domain: config.trust_domain.clone(),
             cert_lifetime: config.cert_lifetime,
-            checker: checker::PluginChecker::new(config.compiler.clone()),
+            checker: checker::PluginChecker::new(
+                config.compiler.clone(),
+                Some(config.data_dir.join("compiled")),
+            ),
             fetcher: super::fetch::Fetcher::new(config.plain_http_registries.clone()),
             signing: config.signing.clone(),
         });
@@ -501,6 +504,23 @@ async fn handle(
                 format!("no artifact {digest} in the store"),
             ),
         },
+        (Method::GET, ["v1", "artifacts", digest, "compiled", fingerprint]) => {
+            let (digest, fingerprint) = (digest.to_string(), fingerprint.to_string());
+            let checking = shared.clone();
+            let code = tokio::task::spawn_blocking(move || {
+                checking.checker.compiled(&digest, &fingerprint)
+            })
+            .await
+            .ok()
+            .flatten();
+            match code {
+                Some(code) => Response::new(Full::new(Bytes::from(code)).boxed_unsync()),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no code compiled for that artifact and engine",
+                ),
+            }
+        }
         _ if !operator => forbidden(),
         (Method::POST, ["v1", "apply"]) => {
             let source = api::query(&req)

@@ -190,12 +190,16 @@ fn load_cached(engine: &Engine, disk: &DiskCache, name: &str) -> Option<Componen
 
 /// Loads compiled code that Weft itself produced: a cache file this runtime wrote, or the
 /// output of its own `weft plugin precompile` child.
-fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+pub(crate) fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `deserialize` requires bytes produced by wasmtime's serialization for a
     // compatible engine. Callers pass only (a) a cache entry this host wrote, whose HMAC under
     // the host's private key checks out, in a directory only the proxy's user can write, named
-    // with the engine fingerprint, or (b) what our own executable's `plugin precompile` wrote to a pipe
-    // only we read. wasmtime also checks engine compatibility itself and errors on mismatch.
+    // with the engine fingerprint, (b) what our own executable's `plugin precompile` wrote to a
+    // pipe only we read, or (c) code the control plane compiled with the same executable for
+    // this engine fingerprint, fetched over the control channel (TLS verified against the
+    // mesh's bundle, authenticated by the sidecar's token) from the control plane the sidecar
+    // already takes its plugins and routes from. wasmtime also checks engine compatibility
+    // itself and errors on mismatch.
     #[allow(unsafe_code)]
     unsafe {
         Component::deserialize(engine, code)

@@ -21,6 +21,8 @@ pub struct RuntimeMetrics {
     failures: IntCounterVec,
     instances: IntCounterVec,
     overflow: IntCounterVec,
+    /// Components whose compiled code came from the control plane rather than a compile here.
+    pub(crate) imported: IntCounter,
 }
 
 impl RuntimeMetrics {
@@ -61,16 +63,22 @@ impl RuntimeMetrics {
             ),
             &["plugin", "metric"],
         )?;
+        let imported = IntCounter::new(
+            "weft_plugin_compiled_code_imported_total",
+            "Components whose compiled code the control plane sent (compiled once there for this engine), so this process did not compile them.",
+        )?;
         for c in [&calls, &failures, &instances, &overflow] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(imported.clone()))?;
         Ok(RuntimeMetrics {
             calls,
             duration,
             failures,
             instances,
             overflow,
+            imported,
         })
     }
 

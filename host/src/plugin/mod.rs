@@ -173,15 +173,15 @@ impl PluginRuntime {
     }
 
     /// Whether `bytes` are a component this runtime would run: it validates and compiles
-    /// (as `load` does, but keeping nothing) and implements the contract. No configuration is
-    /// involved, so a plugin may still refuse its settings when it is prepared.
+    /// (as `load` does, keeping nothing in memory, and the compiled code in the disk cache if
+    /// the runtime has one) and implements the contract. No configuration is involved, so a
+    /// plugin may still refuse its settings when it is prepared.
     pub fn check(&self, name: &str, bytes: &[u8]) -> Result<String, PluginError> {
-        // A scratch memory cache and no disk cache: a checked artifact is not kept.
         let scratch = artifact::MemoryCache::default();
         let how = artifact::Compilation {
             engine: &self.engine,
             fingerprint: &self.fingerprint,
-            disk: None,
+            disk: self.disk.as_ref(),
             memory: &scratch,
             compiler: &self.compiler,
             pool: self.pool,
@@ -189,6 +189,43 @@ impl PluginRuntime {
         let compiled = artifact::compile(&how, name, bytes, None)?;
         self.contract(name, &compiled)?;
         Ok(compiled.digest)
+    }
+
+    /// This runtime's engine fingerprint: compiled code is shared only between engines that
+    /// have the same one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The compiled code of artifact `digest` in this runtime's disk cache, if any.
+    pub fn compiled_code(&self, digest: &str) -> Option<Vec<u8>> {
+        if !crate::snapshot::is_digest(digest) {
+            return None;
+        }
+        self.disk
+            .as_ref()?
+            .get(&format!("{digest}-{}.cwasm", self.fingerprint))
+    }
+
+    /// Whether artifact `digest` is compiled here already (in memory or on disk).
+    pub fn has_compiled(&self, digest: &str) -> bool {
+        self.compiled.lock().contains_key(digest) || self.compiled_code(digest).is_some()
+    }
+
+    /// Takes code compiled for this engine by Weft elsewhere (the control plane) for artifact
+    /// `digest`: loaded now and kept in the caches, so loading the artifact compiles nothing.
+    pub fn import_compiled(&self, digest: &str, code: &[u8]) -> Result<(), PluginError> {
+        if !crate::snapshot::is_digest(digest) {
+            return Err(PluginError::Engine(format!("{digest:?} is not a sha256")));
+        }
+        let component = artifact::deserialize_trusted(&self.engine, code)
+            .map_err(|e| PluginError::Engine(format!("compiled code for {digest}: {e:#}")))?;
+        if let Some(disk) = &self.disk {
+            disk.put(&format!("{digest}-{}.cwasm", self.fingerprint), code);
+        }
+        self.compiled.lock().insert(digest.to_string(), component);
+        self.metrics.imported.inc();
+        Ok(())
     }
 
     /// Links a compiled component against the contract.

@@ -930,4 +930,19 @@ impl crate::snapshot::SnapshotTarget for Sidecar {
     async fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), String> {
         self.apply(snapshot).await.map_err(|e| e.to_string())
     }
+
+    fn engine_fingerprint(&self) -> Option<String> {
+        Some(self.inputs.runtime.fingerprint().to_string())
+    }
+
+    fn has_compiled(&self, digest: &str) -> bool {
+        self.inputs.runtime.has_compiled(digest)
+    }
+
+    fn import_compiled(&self, digest: &str, code: &[u8]) -> Result<(), String> {
+        self.inputs
+            .runtime
+            .import_compiled(digest, code)
+            .map_err(|e| e.to_string())
+    }
 }

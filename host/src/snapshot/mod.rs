@@ -474,6 +474,19 @@ pub trait SnapshotTarget: Sync {
         &self,
         snapshot: Snapshot,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Its plugin engine's fingerprint, to be sent code compiled for it; none: it compiles
+    /// everything itself.
+    fn engine_fingerprint(&self) -> Option<String> {
+        None
+    }
+    /// Whether artifact `digest` is compiled here already.
+    fn has_compiled(&self, _digest: &str) -> bool {
+        true
+    }
+    /// Takes code the control plane compiled for artifact `digest` and this engine.
+    fn import_compiled(&self, _digest: &str, _code: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A snapshot that cannot be applied, with every reason found.
