@@ -104,10 +104,7 @@ pub(super) fn send(inputs: &Arc<Inputs>, routes: &Routes, mirrors: &[Destination
             if let Some(v) = &shadow {
                 request.headers_mut().insert(FORWARDED_HOST, v.clone());
             }
-            let sent = match inputs.plaintext.as_ref().filter(|_| route.plaintext) {
-                Some(plain) => plain.h2.request(request),
-                None => inputs.peers.request(request),
-            };
+            let sent = inputs.peers_for(route.plaintext).h2.request(request);
             Box::pin(async move { sent.await.map_err(|e| format!("{e:?}")) })
         };
         let service = dest.service.clone();

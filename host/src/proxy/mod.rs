@@ -287,14 +287,31 @@ impl Settings {
     }
 }
 
-/// Plaintext clients to peer sidecars (h2c, HTTP/1.1, tunnels).
-pub struct PlainPeers {
-    /// HTTP/2 (h2c), for calls the app makes over HTTP/2.
+/// Clients to peer sidecars, over one kind of connection (the mesh's mTLS, or plaintext).
+pub struct PeerClients {
+    /// HTTP/2 (one multiplexed connection per endpoint), for calls the app makes over
+    /// HTTP/2.
     pub h2: Client<CountingConnector<PeerConnector>, ProxyBody>,
-    /// HTTP/1.1 keep-alive.
+    /// HTTP/1.1 (pooled keep-alive connections), for calls the app makes over HTTP/1.1.
     pub h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
-    /// One connection per tunnel or upgrade.
+    /// Opens one connection per TCP tunnel or upgrade (HTTP/1.1 ALPN).
     pub tunnels: CountingConnector<PeerConnector>,
+}
+
+impl PeerClients {
+    /// Clients connecting through `h2` and `h1` (the same connector but for its ALPN),
+    /// counted in `stats`.
+    fn new(h2: PeerConnector, h1: PeerConnector, stats: &metrics::ProxyMetrics) -> Self {
+        PeerClients {
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(CountingConnector::new(h2, stats.pool("peers"))),
+            tunnels: CountingConnector::new(h1.clone(), stats.pool("peers")),
+            h1: h1_pool::H1Pool::new(CountingConnector::new(h1, stats.pool("peers"))),
+        }
+    }
 }
 
 /// What every handler shares: the test seams and the state in force.
@@ -305,12 +322,8 @@ pub struct Inputs {
     pub table: Arc<EndpointTable>,
     /// The plugin runtime.
     pub runtime: Arc<PluginRuntime>,
-    /// Client to peer sidecars over HTTP/2 (one multiplexed connection per endpoint), for
-    /// calls the app makes over HTTP/2.
-    pub peers: Client<CountingConnector<PeerConnector>, ProxyBody>,
-    /// Client to peer sidecars over HTTP/1.1 (pooled keep-alive connections), for calls the
-    /// app makes over HTTP/1.1.
-    pub peers_h1: h1_pool::H1Pool<CountingConnector<PeerConnector>>,
+    /// Clients to peer sidecars: mTLS when the mesh has it, else plaintext (h2c).
+    pub peers: PeerClients,
     /// Client to the local app (HTTP/1.1, pooled).
     pub app: h1_pool::H1Pool<CountingConnector>,
     /// Client to the local app over HTTP/2 (h2c), for gRPC calls.
@@ -319,11 +332,9 @@ pub struct Inputs {
     pub external: h1_pool::H1Pool<CountingConnector>,
     /// TLS originated to services outside the mesh, per DestinationRule setting.
     pub origins: origination::Origins,
-    /// Opens one connection to a peer sidecar per TCP tunnel (HTTP/1.1 ALPN).
-    pub tunnels: CountingConnector<PeerConnector>,
     /// Plaintext clients to peer sidecars, for services whose DestinationRule says
-    /// `tls.mode: DISABLE`; none when the mesh has no mTLS (the clients above are plaintext).
-    pub plaintext: Option<PlainPeers>,
+    /// `tls.mode: DISABLE`; none when the mesh has no mTLS (`peers` are plaintext).
+    pub plaintext: Option<PeerClients>,
     /// Istio's TCP metrics.
     pub tcp: tcp::metrics::TcpMetrics,
     /// Where access-log lines go.
@@ -358,6 +369,15 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The clients a destination's sidecars are called with: plaintext ones for a
+    /// `plaintext` destination (`tls.mode: DISABLE`) when the mesh has mTLS, else `peers`.
+    pub fn peers_for(&self, plaintext: bool) -> &PeerClients {
+        match &self.plaintext {
+            Some(plain) if plaintext => plain,
+            _ => &self.peers,
+        }
+    }
+
     /// Bounds a downstream request body: the stream idle timeout, and the request timeout
     /// from `start`; the bound that ends it is counted on `listener` (0 outbound, 1 inbound)
     /// and noted in the returned flag, when the body is not already over.
@@ -534,27 +554,9 @@ impl Sidecar {
         let [h2_connector, h1_connector] = peer_connectors;
         let plaintext = config.mtls.is_some().then(|| {
             let plain = PeerConnector::plain(connector.clone());
-            PlainPeers {
-                h2: Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build(CountingConnector::new(plain.clone(), metrics.pool("peers"))),
-                h1: h1_pool::H1Pool::new(CountingConnector::new(
-                    plain.clone(),
-                    metrics.pool("peers"),
-                )),
-                tunnels: CountingConnector::new(plain, metrics.pool("peers")),
-            }
+            PeerClients::new(plain.clone(), plain, &metrics)
         });
-        let peers = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(CountingConnector::new(h2_connector, metrics.pool("peers")));
-        let tunnels = CountingConnector::new(h1_connector.clone(), metrics.pool("peers"));
-        let peers_h1 =
-            h1_pool::H1Pool::new(CountingConnector::new(h1_connector, metrics.pool("peers")));
+        let peers = PeerClients::new(h2_connector, h1_connector, &metrics);
         let tcp_metrics = tcp::metrics::TcpMetrics::register(&registry)?;
         let span_metrics = crate::spans::ExportMetrics::register(&registry)?;
         registry.register(Box::new(crate::endpoints::EjectionCollector::new(
@@ -637,12 +639,10 @@ impl Sidecar {
             },
             runtime,
             peers,
-            peers_h1,
             app,
             app_h2,
             external,
             origins,
-            tunnels,
             plaintext,
             tcp: tcp_metrics,
             access_log,

@@ -135,7 +135,7 @@ pub(super) async fn attempts(
                     (Some(p), Some(r)) => Some(p.min(r)),
                     (p, r) => p.or(r),
                 };
-                // The hop between sidecars speaks the app's protocol (see `Inputs::peers_h1`).
+                // The hop between sidecars speaks the app's protocol (see `PeerClients`).
                 let upgrading = call.upgrade.is_some();
                 let sent = async {
                     if upgrading {
@@ -155,20 +155,16 @@ pub(super) async fn attempts(
                             .map_err(|e| classify_h1(&e))
                     } else {
                         // The mesh's mTLS, or plaintext where the DestinationRule says so.
-                        let plain = inputs.plaintext.as_ref().filter(|_| target.plaintext);
+                        let peers = inputs.peers_for(target.plaintext);
                         if call.summary.protocol == Protocol::Http2 {
                             *upstream.version_mut() = Version::HTTP_2;
-                            match plain {
-                                Some(p) => p.h2.request(upstream).await,
-                                None => inputs.peers.request(upstream).await,
-                            }
-                            .map_err(|e| classify(&e))
+                            peers.h2.request(upstream).await.map_err(|e| classify(&e))
                         } else {
-                            match plain {
-                                Some(p) => p.h1.request_within(upstream, breaker).await,
-                                None => inputs.peers_h1.request_within(upstream, breaker).await,
-                            }
-                            .map_err(|e| classify_h1(&e))
+                            peers
+                                .h1
+                                .request_within(upstream, breaker)
+                                .await
+                                .map_err(|e| classify_h1(&e))
                         }
                     }
                 };

@@ -313,10 +313,7 @@ pub(super) async fn connect_peer(
     plaintext: bool,
 ) -> Result<super::pool::Counted<super::pool::PeerStream>, String> {
     use tower_service::Service as _;
-    let mut connector = match (&inputs.plaintext, plaintext) {
-        (Some(plain), true) => plain.tunnels.clone(),
-        _ => inputs.tunnels.clone(),
-    };
+    let mut connector = inputs.peers_for(plaintext).tunnels.clone();
     std::future::poll_fn(|cx| connector.poll_ready(cx))
         .await
         .map_err(|e| e.to_string())?;
