@@ -71,10 +71,12 @@ pub(super) async fn send(
 /// One TLS setting, ready: its client config and its pools by server name.
 pub struct Origin {
     config: Arc<ClientConfig>,
-    sni: Option<ServerName<'static>>,
     tcp: HttpConnector,
     stats: PoolStats,
-    pools: Mutex<HashMap<String, Arc<OriginPool>>>,
+    /// With `sni` given, the one pool every call uses, made with the origin.
+    fixed: Option<Arc<OriginPool>>,
+    /// Else pools by the call's host, lower-case, made at a host's first call.
+    pools: Mutex<HashMap<Box<str>, Arc<OriginPool>>>,
 }
 
 type OriginPool = H1Pool<CountingConnector<OriginConnector>>;
@@ -89,25 +91,39 @@ impl Origin {
         pool.request_within(req, breaker).await
     }
 
-    /// The pool for the server name the call is sent with.
-    fn pool_for(&self, req: &Request<ProxyBody>) -> Result<Arc<OriginPool>, BoxError> {
-        let name = match &self.sni {
-            Some(n) => n.clone(),
-            None => {
-                let host = req
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .or_else(|| req.uri().host())
-                    .ok_or("the call names no host to send as the server name")?;
-                let host = strip_port(host);
-                ServerName::try_from(host.to_ascii_lowercase())
-                    .map_err(|_| format!("{host:?} is not a server name"))?
-            }
+    /// A pool whose connections send `name`.
+    fn pool(&self, name: ServerName<'static>) -> Arc<OriginPool> {
+        let connector = OriginConnector {
+            tcp: self.tcp.clone(),
+            config: self.config.clone(),
+            name,
         };
-        let key = name.to_str();
+        Arc::new(H1Pool::new(CountingConnector::new(
+            connector,
+            self.stats.clone(),
+        )))
+    }
+
+    /// The pool for the server name the call is sent with: a lookup by the call's host as it
+    /// came (lower-cased only if it is not already), no allocation once its pool exists.
+    fn pool_for(&self, req: &Request<ProxyBody>) -> Result<Arc<OriginPool>, BoxError> {
+        if let Some(p) = &self.fixed {
+            return Ok(p.clone());
+        }
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().host())
+            .ok_or("the call names no host to send as the server name")?;
+        let host = strip_port(host);
+        let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         let mut pools = self.pools.lock();
-        if let Some(p) = pools.get(key.as_ref()) {
+        if let Some(p) = pools.get(host.as_ref()) {
             return Ok(p.clone());
         }
         if pools.len() >= MAX_SERVER_NAMES {
@@ -116,16 +132,10 @@ impl Origin {
             )
             .into());
         }
-        let connector = OriginConnector {
-            tcp: self.tcp.clone(),
-            config: self.config.clone(),
-            name: name.clone(),
-        };
-        let pool = Arc::new(H1Pool::new(CountingConnector::new(
-            connector,
-            self.stats.clone(),
-        )));
-        pools.insert(key.into_owned(), pool.clone());
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a server name"))?;
+        let pool = self.pool(name);
+        pools.insert(host.as_ref().into(), pool.clone());
         Ok(pool)
     }
 }
@@ -187,18 +197,19 @@ impl Origins {
         if let Some(o) = self.kept.lock().get(&material) {
             return Ok((material, o.clone()));
         }
-        let origin = Arc::new(Origin {
+        let mut origin = Origin {
             config: client_config(&material)?,
-            sni: tls
-                .sni
-                .as_deref()
-                .map(|s| ServerName::try_from(s.to_string()))
-                .transpose()
-                .map_err(|_| "sni: not a server name".to_string())?,
             tcp: self.tcp.clone(),
             stats: self.stats.clone(),
+            fixed: None,
             pools: Mutex::new(HashMap::new()),
-        });
+        };
+        if let Some(sni) = &tls.sni {
+            let name = ServerName::try_from(sni.clone())
+                .map_err(|_| "sni: not a server name".to_string())?;
+            origin.fixed = Some(origin.pool(name));
+        }
+        let origin = Arc::new(origin);
         self.kept.lock().insert(material.clone(), origin.clone());
         Ok((material, origin))
     }
