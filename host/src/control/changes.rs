@@ -53,12 +53,14 @@ async fn fetch_remote(
             .get(&url)
             .cloned()
             .or_else(|| shared.mesh.lock().state.fetched.get(&url).cloned());
+        // What spec.sha256 says of the component of sha256 `digest`, if it pins another.
+        let mismatch = |digest: &str| {
+            wp.digest().filter(|pin| pin != digest).map(|pin| {
+                format!("{at}: it gave a component of sha256 {digest}, but spec.sha256 pins {pin}")
+            })
+        };
         if let Some(digest) = known.filter(|_| fetched.contains_key(&url) || !wp.pulls_always()) {
-            if let Some(pin) = wp.digest().filter(|pin| *pin != digest) {
-                errs.push(format!(
-                    "{at}: it gave a component of sha256 {digest}, but spec.sha256 pins {pin}"
-                ));
-            }
+            errs.extend(mismatch(&digest));
             continue;
         }
         let signed = shared.signing.requires(&r.namespace);
@@ -102,14 +104,10 @@ async fn fetch_remote(
                 continue;
             }
         };
-        if let Some(pin) = wp.digest() {
-            let got = crate::plugin::sha256_hex(&bytes);
-            if got != pin {
-                errs.push(format!(
-                    "{at}: it gave a component of sha256 {got}, but spec.sha256 pins {pin}"
-                ));
-                continue;
-            }
+        // Before storing: content the pin refuses is not kept.
+        if let Some(wrong) = mismatch(&crate::plugin::sha256_hex(&bytes)) {
+            errs.push(wrong);
+            continue;
         }
         // Checked as a push is: a broken download is refused here, not by every sidecar.
         match super::artifacts::store_checked(shared, bytes).await {
@@ -237,7 +235,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         let kind = r.kind.to_string();
         let k = key(&kind, &r.namespace, &r.name);
         let label = format!("{kind} {}/{}", r.namespace, r.name);
-        let pulled_anew = matches!(&r.spec, istio::Spec::WasmPlugin(wp) if moved.contains(&wp.url.trim().to_string()));
+        let pulled_anew = matches!(&r.spec, istio::Spec::WasmPlugin(wp) if moved.iter().any(|u| u == wp.url.trim()));
         if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) && !pulled_anew {
             unchanged.push(label);
             continue;
@@ -340,7 +338,6 @@ fn unsigned_plugins(
     resources: &[Resource],
     fetched: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    let known = shared.mesh.lock().state.fetched.clone();
     let mut errs = Vec::new();
     for r in resources {
         let istio::Spec::WasmPlugin(wp) = &r.spec else {
@@ -349,21 +346,23 @@ fn unsigned_plugins(
         if !shared.signing.requires(&r.namespace) {
             continue;
         }
-        let digest = match wp.source() {
-            Ok(istio::WasmSource::Stored(d)) => Some(d),
-            Ok(istio::WasmSource::Http(url)) => {
-                fetched.get(&url).or_else(|| known.get(&url)).cloned()
-            }
-            _ => None,
-        };
-        let why = match (wp.source(), digest) {
-            (_, Some(digest)) => shared
+        let refusal = |digest: &str| {
+            shared
                 .signing
-                .refusal(&digest, &shared.store.signatures(&digest)),
-            (Ok(istio::WasmSource::File(_)), None) => Some(
+                .refusal(digest, &shared.store.signatures(digest))
+        };
+        let why = match wp.source() {
+            Ok(istio::WasmSource::Stored(digest)) => refusal(&digest),
+            // Fetched by this apply, or before it (an unfetched URL failed the apply already).
+            Ok(istio::WasmSource::Http(url)) => fetched
+                .get(&url)
+                .cloned()
+                .or_else(|| shared.mesh.lock().state.fetched.get(&url).cloned())
+                .and_then(|digest| refusal(&digest)),
+            Ok(istio::WasmSource::File(_)) => Some(
                 "a file on the sidecar's machine cannot be verified by the control plane; push it with its signature".to_string(),
             ),
-            _ => None,
+            Err(_) => None,
         };
         if let Some(why) = why {
             errs.push(format!(
