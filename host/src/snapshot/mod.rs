@@ -3,7 +3,7 @@
 //! will push later. Validation collects every problem, each with the field's path.
 
 mod origin_tls;
-mod plugin_limits;
+pub mod plugin_limits;
 
 pub use origin_tls::OriginTls;
 pub use plugin_limits::PluginLimits;

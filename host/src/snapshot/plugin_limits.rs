@@ -15,6 +15,17 @@ pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
 /// The most instances one plugin may ask for: the engine pools 256 in all.
 pub const MAX_INSTANCES: u32 = 256;
 
+/// A bound of [`PluginLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `deadlineMs`.
+    Deadline,
+    /// `memoryBytes`.
+    Memory,
+    /// `instances`.
+    Instances,
+}
+
 /// One plugin's own bounds; an unset one keeps the sidecar's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -46,28 +57,45 @@ impl PluginLimits {
         }
     }
 
-    /// Every bound out of range, each at `at.<field>`.
-    pub fn check(&self, at: &str, errors: &mut Vec<String>) {
+    /// Every bound out of range: its field and why.
+    pub fn out_of_range(&self) -> Vec<(Field, String)> {
+        let mut out = Vec::new();
         if let Some(ms) = self.deadline_ms
             && !(MIN_DEADLINE_MS..=MAX_DEADLINE_MS).contains(&ms)
         {
-            errors.push(format!(
-                "{at}.deadlineMs: {ms} is outside {MIN_DEADLINE_MS}..={MAX_DEADLINE_MS}"
+            out.push((
+                Field::Deadline,
+                format!("{ms} is outside {MIN_DEADLINE_MS}..={MAX_DEADLINE_MS}"),
             ));
         }
         if let Some(b) = self.memory_bytes
             && !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&b)
         {
-            errors.push(format!(
-                "{at}.memoryBytes: {b} is outside {MIN_MEMORY_BYTES}..={MAX_MEMORY_BYTES}"
+            out.push((
+                Field::Memory,
+                format!("{b} is outside {MIN_MEMORY_BYTES}..={MAX_MEMORY_BYTES}"),
             ));
         }
         if let Some(n) = self.instances
             && !(1..=MAX_INSTANCES).contains(&n)
         {
-            errors.push(format!(
-                "{at}.instances: {n} is outside 1..={MAX_INSTANCES}"
+            out.push((
+                Field::Instances,
+                format!("{n} is outside 1..={MAX_INSTANCES}"),
             ));
+        }
+        out
+    }
+
+    /// Every bound out of range, each at `at.<field>`.
+    pub fn check(&self, at: &str, errors: &mut Vec<String>) {
+        for (field, why) in self.out_of_range() {
+            let name = match field {
+                Field::Deadline => "deadlineMs",
+                Field::Memory => "memoryBytes",
+                Field::Instances => "instances",
+            };
+            errors.push(format!("{at}.{name}: {why}"));
         }
     }
 }

@@ -461,11 +461,6 @@ pub fn compile_in(
     Compiled { snapshot, warnings }
 }
 
-/// The server-side chain of workload `key`: the WasmPlugins selecting it whose `match` covers
-/// the server side (and whose `targetRefs`, if any, name its service), in phase and priority
-/// order, with `telemetry` (reporting as the destination) before the unphased ones, as on the
-/// client side. Route-scoped plugins stay on the client side, where routes are named. Also how
-/// many run before the authorization policies: the `AUTHN` and `AUTHZ` phases.
 /// The Sidecar in force for `me`: Istio's most specific level that selects it (a workload
 /// selector, then its namespace's, then the root namespace's); the first by name, with a
 /// warning, when several share that level.
@@ -493,6 +488,11 @@ fn sidecar_scope<'a>(
     selecting.first().map(|(_, r, s)| (*r, *s))
 }
 
+/// The server-side chain of workload `key`: the WasmPlugins selecting it whose `match` covers
+/// the server side (and whose `targetRefs`, if any, name its service), in phase and priority
+/// order, with `telemetry` (reporting as the destination) before the unphased ones, as on the
+/// client side. Route-scoped plugins stay on the client side, where routes are named. Also how
+/// many run before the authorization policies: the `AUTHN` and `AUTHZ` phases.
 fn server_chain(
     mine: &[(&Resource, &WasmPlugin, BTreeSet<String>, PluginRef)],
     key: &str,

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::snapshot::PluginLimits;
+use crate::snapshot::plugin_limits::Field;
 
 /// The hook deadline annotation.
 pub const DEADLINE_ANNOTATION: &str = "weft.io/plugin-deadline";
@@ -87,14 +88,11 @@ pub(super) fn read_limits(
         }
     }
     // The ranges are the snapshot's; said here at the annotation's path.
-    let mut errors = Vec::new();
-    limits.check("", &mut errors);
-    for e in errors {
-        let (field, why) = e.split_once(": ").unwrap_or(("", &e));
+    for (field, why) in limits.out_of_range() {
         let key = match field {
-            ".deadlineMs" => DEADLINE_ANNOTATION,
-            ".memoryBytes" => MEMORY_ANNOTATION,
-            _ => INSTANCES_ANNOTATION,
+            Field::Deadline => DEADLINE_ANNOTATION,
+            Field::Memory => MEMORY_ANNOTATION,
+            Field::Instances => INSTANCES_ANNOTATION,
         };
         problems.at(format!("metadata.annotations.{key}"), why);
     }
