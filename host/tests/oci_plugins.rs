@@ -20,16 +20,6 @@ use std::time::{Duration, Instant};
 use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
 use support::{App, full, h1_client, read};
 
-/// A web server, killed on drop.
-struct WebServer(Child);
-
-impl Drop for WebServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The registry, killed on drop.
 struct Registry {
     child: Child,
@@ -520,40 +510,8 @@ async fn namespaces_that_require_signed_plugins_refuse_unsigned_and_wrongly_sign
     let served = site.join("gate.wasm");
     std::fs::copy(weft_artifacts::TWO_HEADERS_PATH, &served).expect("copy");
     sign(&served, &keys);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut web = WebServer(
-        Command::new(support::netns::DEBIAN_PYTHON)
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(&site)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start python3 -m http.server"),
-    );
-    let url = format!("http://127.0.0.1:{port}/gate.wasm");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while h1_client()
-        .request(support::get(
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-            "/gate.wasm.sig",
-            &[],
-        ))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the web server never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut web = support::WebServer::start(&site).await;
+    let url = format!("http://127.0.0.1:{}/gate.wasm", web.port);
     let (ok, said) = apply(&m, &plugin_in("shop", &url));
     assert!(ok, "{said}");
     std::fs::remove_file(site.join("gate.wasm.sig")).expect("remove");
@@ -567,7 +525,7 @@ async fn namespaces_that_require_signed_plugins_refuse_unsigned_and_wrongly_sign
     );
     assert!(!ok);
     assert!(said.contains("is not signed"), "{said}");
-    let _ = web.0.kill();
+    web.stop();
 
     // A file on the sidecar's machine cannot be verified at all.
     let (ok, said) = apply(&m, &plugin_in("shop", "file:///plugins/gate.wasm"));
@@ -666,4 +624,46 @@ async fn a_private_registry_is_pulled_from_with_the_pull_secret_a_plugin_names()
     let listed = support::mesh::api(m.cp, &m.op, Method::GET, "/v1/pull-secrets").await;
     assert_eq!(listed["pullSecrets"][0]["name"], "default/registry-creds");
     assert!(!listed.to_string().contains("s3cret"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_plugin_moves_to_optimized_code_without_failing_a_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let reg = registry(dir.path()).await;
+    let at = reg.addr.to_string();
+    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let (out, admin) = (orders.addr("outbound"), orders.addr("admin"));
+    let live = format!("oci://{at}/weft/tiered:v1");
+    push(&m, weft_artifacts::CHAOS_PATH, &live);
+
+    // Pulled during the apply: the control plane checks it with the baseline compiler and
+    // compiles optimized code behind it. The sidecar runs whichever the control plane has
+    // when the snapshot arrives, and calls go on through the move to optimized code.
+    let (ok, said) = apply(&m, &gate(&live, ""));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    let imported = |tier: &'static str| async move {
+        let label = format!("tier=\"{tier}\"");
+        support::metric_sum(admin, "weft_plugin_compiled_code_imported_total", &[&label]).await
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut calls = 0;
+    while imported("optimized").await < 1.0 {
+        assert!(stamped(out, &app).await, "call {calls} ran the plugin");
+        calls += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no optimized code after {calls} calls"
+        );
+    }
+    for _ in 0..5 {
+        assert!(stamped(out, &app).await, "optimized code runs the plugin");
+    }
+    let baseline = imported("baseline").await;
+    assert!(baseline <= 1.0, "baseline code imported once at most");
+    eprintln!("baseline imports: {baseline}; calls before optimized code: {calls}");
+    assert_eq!(imported("optimized").await, 1.0, "moved once");
 }

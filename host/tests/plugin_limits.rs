@@ -90,7 +90,7 @@ async fn a_plugins_own_deadline_and_memory_cap_replace_the_sidecars_defaults() {
     assert!(
         String::from_utf8_lossy(&scraped)
             .lines()
-            .any(|l| l == "weft_plugin_compiled_code_imported_total 1"),
+            .any(|l| l == "weft_plugin_compiled_code_imported_total{tier=\"optimized\"} 1"),
         "{}",
         String::from_utf8_lossy(&scraped)
     );

@@ -1151,3 +1151,97 @@ fn an_empty_route_name_is_refused() {
         .to_string();
     assert!(err.contains("route names must not be empty"), "{err}");
 }
+
+#[test]
+fn baseline_code_runs_sandboxed_until_optimized_code_replaces_it() {
+    // The control plane's side: a quick baseline compile, kept on disk to be served.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = PluginRuntime::new(
+        RuntimeConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            pool: PoolSizes {
+                instances: 0,
+                ..PoolSizes::default()
+            },
+            ..RuntimeConfig::default()
+        },
+        &Registry::new(),
+        Arc::new(NoEndpoints),
+    )
+    .expect("runtime");
+    let bytes = std::fs::read(weft_artifacts::CHAOS_PATH).expect("chaos");
+    let digest = control.check_baseline("chaos", &bytes).expect("checks");
+    let baseline_fp = control
+        .baseline_fingerprint()
+        .expect("winch here")
+        .to_string();
+    assert_ne!(baseline_fp, control.fingerprint(), "two code formats");
+    let baseline = control
+        .compiled_code_for(&digest, &baseline_fp)
+        .expect("baseline code kept");
+    assert!(
+        control.compiled_code(&digest).is_none(),
+        "no optimized code compiled yet"
+    );
+
+    // A sidecar runs it: same behaviour, same sandbox.
+    let registry = Registry::new();
+    let sidecar = PluginRuntime::new(RuntimeConfig::default(), &registry, Arc::new(NoEndpoints))
+        .expect("runtime");
+    let tier = sidecar
+        .import_compiled(&digest, &baseline_fp, &baseline)
+        .expect("imports");
+    assert_eq!(tier, Tier::Baseline);
+    assert!(sidecar.runs_baseline(&digest) && !sidecar.has_compiled(&digest));
+    let run = |tag: &str| {
+        let mut spec = PluginSpec::new("tiered", format!(r#"{{"tag":"{tag}"}}"#));
+        spec.limits.deadline = Duration::from_millis(200);
+        let plugin = sidecar
+            .plugin(Artifact::Bytes(&bytes), Some(&digest), spec)
+            .expect("prepares");
+        Chain::new(vec![plugin])
+    };
+    let chain = run("base");
+    assert_serves(&chain, "base");
+    for (mode, cause) in [("loop", "deadline"), ("alloc", "memory"), ("trap", "trap")] {
+        let verdict = chain.on_request(1, &mut misbehaving(mode));
+        assert!(verdict.plugin_failed, "{mode} contained");
+        assert!(
+            counter_in(
+                &registry,
+                "weft_plugin_failures_total",
+                &[("plugin", "tiered"), ("cause", cause)]
+            ) >= 1.0,
+            "{mode} counted as {cause}"
+        );
+        assert_serves(&chain, "base");
+    }
+
+    // The optimized compile lands; the sidecar takes it and loads it from then on.
+    control.check("chaos", &bytes).expect("compiles optimized");
+    let optimized = control.compiled_code(&digest).expect("optimized code kept");
+    assert_eq!(
+        sidecar
+            .import_compiled(&digest, control.fingerprint(), &optimized)
+            .expect("imports"),
+        Tier::Optimized
+    );
+    assert!(sidecar.has_compiled(&digest) && !sidecar.runs_baseline(&digest));
+    assert_serves(&run("opt"), "opt");
+    for tier in ["baseline", "optimized"] {
+        assert_eq!(
+            counter_in(
+                &registry,
+                "weft_plugin_compiled_code_imported_total",
+                &[("tier", tier)]
+            ),
+            1.0
+        );
+    }
+    // Code for an engine the sidecar does not have is refused, not guessed at.
+    assert!(
+        sidecar
+            .import_compiled(&digest, "0123", &optimized)
+            .is_err()
+    );
+}

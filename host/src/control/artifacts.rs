@@ -3,6 +3,7 @@
 //! artifact is refused at push rather than by every sidecar that is sent it.
 
 use super::api::{Body, error, json};
+use super::checker::Check;
 use super::server::Shared;
 use http::{Response, StatusCode};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub(super) async fn push(
             "signature: not an ed25519 signature (128 hex digits)",
         );
     }
-    let digest = match store_checked(shared, body).await {
+    let digest = match store_checked(shared, body, Check::Full).await {
         Ok(digest) => digest,
         Err((status, reason)) => return error(status, reason),
     };
@@ -36,9 +37,12 @@ pub(super) async fn push(
 
 /// Checks a component as a sidecar would load it and stores it; returns its sha256, or the
 /// status and reason it was refused with. Stored artifacts were checked when they came in.
+/// A `Check::Quick` check leaves the optimized compile running behind it (also for a stored
+/// artifact whose optimized code is missing, as after a restart that interrupted it).
 pub(super) async fn store_checked(
     shared: &Arc<Shared>,
     body: bytes::Bytes,
+    how: Check,
 ) -> Result<String, (StatusCode, String)> {
     // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
     if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
@@ -51,11 +55,18 @@ pub(super) async fn store_checked(
     }
     let digest = crate::plugin::sha256_hex(&body);
     if shared.store.has_artifact(&digest) {
+        if how == Check::Quick {
+            optimize_behind(shared, body);
+        }
         return Ok(digest);
     }
     let (checking, bytes) = (shared.clone(), body.clone());
-    match tokio::task::spawn_blocking(move || checking.checker.check(&bytes)).await {
-        Ok(Ok(())) => {}
+    match tokio::task::spawn_blocking(move || checking.checker.check(&bytes, how)).await {
+        Ok(Ok(())) => {
+            if how == Check::Quick {
+                optimize_behind(shared, body.clone());
+            }
+        }
         Ok(Err(reason)) => {
             return Err((
                 StatusCode::BAD_REQUEST,
@@ -73,4 +84,17 @@ pub(super) async fn store_checked(
         .store
         .put_artifact(&body)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Compiles the optimized code of `body` off the apply's path, unless it is kept already.
+fn optimize_behind(shared: &Arc<Shared>, body: bytes::Bytes) {
+    let compiling = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        if !compiling
+            .checker
+            .has_optimized(&crate::plugin::sha256_hex(&body))
+        {
+            compiling.checker.optimize(&body);
+        }
+    });
 }

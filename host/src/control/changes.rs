@@ -110,7 +110,7 @@ async fn fetch_remote(
             continue;
         }
         // Checked as a push is: a broken download is refused here, not by every sidecar.
-        match super::artifacts::store_checked(shared, bytes).await {
+        match super::artifacts::store_checked(shared, bytes, super::checker::Check::Quick).await {
             Ok(d) => {
                 for s in &signatures {
                     if let Err(e) = shared.store.add_signature(&d, s) {

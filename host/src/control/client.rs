@@ -8,6 +8,7 @@
 //! certificate for a new key before it expires, and refreshes the trust bundle each time.
 
 use super::channel::Endpoint;
+use super::tier_up::TierUps;
 use super::wire::{Ack, CertificateAnswer, IdentityAnswer, StreamMessage};
 use crate::identity::{
     PendingKey, SpiffeError, SpiffeId, TlsError, TrustBundle, Workload, WorkloadError, renew_at,
@@ -127,61 +128,107 @@ pub async fn download(url: &str) -> Result<Vec<u8>, String> {
     Ok(body.to_bytes().to_vec())
 }
 
-/// Makes sure every stored artifact `snapshot` names is in the sidecar's artifact directory.
+/// Makes sure the sidecar can load every stored artifact `snapshot` names: with the code the
+/// control plane compiled for its engine where there is some (optimized, else baseline, which
+/// `tier_ups` then replaces), else as a component in its artifact directory to compile.
 async fn fetch_artifacts(
     cfg: &WatchConfig,
     sidecar: &impl SnapshotTarget,
     snapshot: &Snapshot,
+    tier_ups: &mut TierUps,
 ) -> Result<(), String> {
-    let dir = sidecar.artifact_dir().to_path_buf();
+    let fingerprint = sidecar.engine_fingerprint();
+    let mut seen = std::collections::HashSet::new();
     for p in snapshot.plugin_refs() {
         let Some(digest) = &p.artifact else { continue };
-        let path = dir.join(format!("{digest}.wasm"));
-        if path.is_file() {
+        if !seen.insert(digest) {
             continue;
         }
-        let bytes = call(
-            &cfg.server,
-            &cfg.token,
-            Method::GET,
-            &format!("/v1/artifacts/{digest}"),
-            Bytes::new(),
-        )
-        .await
-        .map_err(|e| format!("plugin {}: fetching artifact {digest}: {e}", p.name))?;
-        let actual = crate::plugin::sha256_hex(&bytes);
-        if actual != *digest {
-            return Err(format!(
-                "plugin {}: artifact {digest} arrived with sha256 {actual}",
-                p.name
-            ));
-        }
-        crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
-            .map_err(|e| e.to_string())?;
-    }
-    // Code the control plane compiled for this engine spares a compile per sidecar; without
-    // it (another engine, or none kept), the sidecar compiles the artifact itself.
-    let Some(fingerprint) = sidecar.engine_fingerprint() else {
-        return Ok(());
-    };
-    for p in snapshot.plugin_refs() {
-        let Some(digest) = &p.artifact else { continue };
-        if sidecar.has_compiled(digest) {
-            continue;
-        }
-        let path = format!("/v1/artifacts/{digest}/compiled/{fingerprint}");
-        match call(&cfg.server, &cfg.token, Method::GET, &path, Bytes::new()).await {
-            Ok(code) => {
-                if let Err(e) = sidecar.import_compiled(digest, &code) {
-                    tracing::warn!(plugin = %p.name, "compiled code from the control plane unusable ({e}); compiling here");
-                }
+        // Code held in memory loads without the component's bytes: the 12-18 MB of a
+        // scripting-language component are neither fetched nor hashed again.
+        if let Some(fingerprint) = &fingerprint
+            && !sidecar.has_compiled(digest)
+        {
+            if sidecar.holds_compiled(digest) {
+                tier_ups.add(digest.clone());
+                continue;
             }
-            Err(e) => {
-                tracing::debug!(plugin = %p.name, "no compiled code from the control plane: {e}")
+            if import(cfg, sidecar, &p.name, digest, fingerprint).await {
+                continue;
             }
+            if let Some(baseline) = sidecar.baseline_fingerprint()
+                && import(cfg, sidecar, &p.name, digest, &baseline).await
+            {
+                tier_ups.add(digest.clone());
+                continue;
+            }
+        }
+        if !sidecar.holds_compiled(digest) {
+            fetch_artifact(cfg, sidecar, digest)
+                .await
+                .map_err(|e| format!("plugin {}: {e}", p.name))?;
         }
     }
     Ok(())
+}
+
+/// Fetches component `digest` into the sidecar's artifact directory unless it is there,
+/// verifying its sha256 before writing it.
+pub(super) async fn fetch_artifact(
+    cfg: &WatchConfig,
+    sidecar: &impl SnapshotTarget,
+    digest: &str,
+) -> Result<(), String> {
+    let path = sidecar.artifact_dir().join(format!("{digest}.wasm"));
+    if path.is_file() {
+        return Ok(());
+    }
+    let bytes = call(
+        &cfg.server,
+        &cfg.token,
+        Method::GET,
+        &format!("/v1/artifacts/{digest}"),
+        Bytes::new(),
+    )
+    .await
+    .map_err(|e| format!("fetching artifact {digest}: {e}"))?;
+    let actual = crate::plugin::sha256_hex(&bytes);
+    if actual != digest {
+        return Err(format!("artifact {digest} arrived with sha256 {actual}"));
+    }
+    crate::files::write_atomic(&path, &bytes, crate::files::Mode::Private)
+        .map_err(|e| e.to_string())
+}
+
+/// Fetches and imports the control plane's code for `digest` and the engine of
+/// `fingerprint`; whether the sidecar now holds it.
+async fn import(
+    cfg: &WatchConfig,
+    sidecar: &impl SnapshotTarget,
+    plugin: &str,
+    digest: &str,
+    fingerprint: &str,
+) -> bool {
+    let path = format!("/v1/artifacts/{digest}/compiled/{fingerprint}");
+    match call(&cfg.server, &cfg.token, Method::GET, &path, Bytes::new()).await {
+        Ok(code) => match sidecar.import_compiled(digest, fingerprint, &code) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    plugin,
+                    "compiled code from the control plane unusable ({e}); compiling here"
+                );
+                false
+            }
+        },
+        Err(e) => {
+            tracing::debug!(
+                plugin,
+                "no compiled code from the control plane for engine {fingerprint}: {e}"
+            );
+            false
+        }
+    }
 }
 
 /// Applies one snapshot and answers for it.
@@ -190,8 +237,9 @@ async fn take(
     sidecar: &impl SnapshotTarget,
     version: String,
     snapshot: Snapshot,
+    tier_ups: &mut TierUps,
 ) {
-    let applied = match fetch_artifacts(cfg, sidecar, &snapshot).await {
+    let applied = match fetch_artifacts(cfg, sidecar, &snapshot, tier_ups).await {
         Ok(()) => sidecar.apply_snapshot(snapshot).await,
         Err(e) => Err(e),
     };
@@ -244,6 +292,7 @@ async fn watch_once(
     cfg: &WatchConfig,
     sidecar: &impl SnapshotTarget,
     heartbeat_timeout: Duration,
+    tier_ups: &mut TierUps,
 ) -> Result<(), String> {
     let version = sidecar.current_version();
     let req = Request::get(watch_path(cfg, &version))
@@ -269,10 +318,18 @@ async fn watch_once(
     tracing::info!(server = %cfg.server.addr, "watching the control plane");
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
+    let mut quiet_until = tokio::time::Instant::now() + heartbeat_timeout;
     loop {
-        let frame = tokio::time::timeout(heartbeat_timeout, body.frame())
-            .await
-            .map_err(|_| "no heartbeat: the control plane went quiet".to_string())?;
+        // Reading a frame is cancel-safe: a tier-up in between loses nothing of the stream.
+        let frame = tokio::select! {
+            frame = tokio::time::timeout_at(quiet_until, body.frame()) => frame,
+            () = tier_ups.due(), if tier_ups.any() => {
+                tier_ups.ask(cfg, sidecar).await;
+                continue;
+            }
+        };
+        let frame = frame.map_err(|_| "no heartbeat: the control plane went quiet".to_string())?;
+        quiet_until = tokio::time::Instant::now() + heartbeat_timeout;
         let Some(frame) = frame else {
             return Err("the control plane closed the stream".into());
         };
@@ -288,7 +345,7 @@ async fn watch_once(
                 Ok(StreamMessage::Snapshot {
                     version, snapshot, ..
                 }) => {
-                    take(cfg, sidecar, version, *snapshot).await;
+                    take(cfg, sidecar, version, *snapshot, tier_ups).await;
                 }
                 Ok(StreamMessage::Heartbeat) => {}
                 Err(e) => tracing::warn!("unreadable stream message: {e}"),
@@ -305,10 +362,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut tier_ups = TierUps::new();
     loop {
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            r = watch_once(&cfg, sidecar, Duration::from_secs(10)) => r,
+            r = watch_once(&cfg, sidecar, Duration::from_secs(10), &mut tier_ups) => r,
             _ = shutdown.changed() => return,
         };
         if let Err(e) = outcome {

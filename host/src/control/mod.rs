@@ -31,5 +31,6 @@ pub mod serving;
 pub mod signing;
 pub mod stats;
 pub mod store;
+mod tier_up;
 pub mod wire;
 pub mod yaml;

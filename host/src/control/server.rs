@@ -514,7 +514,7 @@ async fn handle(
             .ok()
             .flatten();
             match code {
-                Some(code) => Response::new(Full::new(Bytes::from(code)).boxed_unsync()),
+                Some(code) => Response::new(Full::new(Bytes::from_owner(code)).boxed_unsync()),
                 None => error(
                     StatusCode::NOT_FOUND,
                     "no code compiled for that artifact and engine",

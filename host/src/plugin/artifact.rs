@@ -2,8 +2,8 @@
 //! and cached compiled on disk keyed by digest and engine so a restart does not recompile.
 
 use super::cache::DiskCache;
-use super::compiler::{self, ChildOutcome, Compiler};
-use super::engine::PoolSizes;
+use super::compiler::{self, ChildOutcome, Compiler, Priority};
+use super::engine::{PoolSizes, Tier};
 use super::error::PluginError;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -65,6 +65,8 @@ pub(crate) struct Compilation<'a> {
     pub memory: &'a MemoryCache,
     pub compiler: &'a Compiler,
     pub pool: PoolSizes,
+    pub tier: Tier,
+    pub priority: Priority,
 }
 
 /// Checks the digest and compiles (or takes the component from `memory`, or loads it from
@@ -82,6 +84,8 @@ pub(crate) fn compile(
         memory,
         compiler,
         pool,
+        tier,
+        priority,
     } = *how;
     let start = Instant::now();
     let digest = sha256_hex(bytes);
@@ -131,30 +135,37 @@ pub(crate) fn compile(
     };
     let from_child = match compiler {
         Compiler::InProcess => None,
-        Compiler::Subprocess(exe) => match compiler::compile_in_child(exe, pool, bytes) {
-            ChildOutcome::Compiled(code) => match deserialize_trusted(engine, &code) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(
-                        plugin,
-                        "code compiled by the child process is unusable ({e:#}); compiling in process"
-                    );
+        Compiler::Subprocess(exe) => {
+            match compiler::compile_in_child(exe, pool, (tier, priority), bytes) {
+                ChildOutcome::Compiled(code) => match deserialize_trusted(engine, &code) {
+                    Ok(c) => Some((c, code)),
+                    Err(e) => {
+                        tracing::warn!(
+                            plugin,
+                            "code compiled by the child process is unusable ({e:#}); compiling in process"
+                        );
+                        None
+                    }
+                },
+                ChildOutcome::Refused(reason) => return Err(refused(reason)),
+                ChildOutcome::Unavailable(why) => {
+                    tracing::warn!(plugin, "{why}; compiling in process");
                     None
                 }
-            },
-            ChildOutcome::Refused(reason) => return Err(refused(reason)),
-            ChildOutcome::Unavailable(why) => {
-                tracing::warn!(plugin, "{why}; compiling in process");
-                None
             }
-        },
+        }
     };
-    let component = match from_child {
-        Some(c) => c,
-        None => Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?,
+    // The child's output is kept as it came: serializing the component again would copy
+    // tens of megabytes for a scripting-language component.
+    let (component, code) = match from_child {
+        Some((c, code)) => (c, Some(code)),
+        None => (
+            Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?,
+            None,
+        ),
     };
     if let Some(disk) = disk {
-        match component.serialize() {
+        match code.map_or_else(|| component.serialize(), Ok) {
             Ok(code) => disk.put(&cache_name, &code),
             Err(e) => tracing::warn!(plugin, "cannot serialize compiled code: {e:#}"),
         }

@@ -6,7 +6,7 @@
 //! one that loaded the same code compiled elsewhere at 15 MiB. A child process also keeps a
 //! compiler crash or blow-up on a hostile artifact out of the proxy.
 
-use super::engine::{self, PoolSizes};
+use super::engine::{self, PoolSizes, Tier};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -32,20 +32,50 @@ pub(crate) enum ChildOutcome {
 }
 
 /// The arguments that make the child's engine match ours.
-fn pool_args(pool: PoolSizes) -> [String; 4] {
-    [
+fn engine_args(pool: PoolSizes, tier: Tier, priority: Priority) -> Vec<String> {
+    let mut args = vec![
         "--instances".into(),
         pool.instances.to_string(),
         "--max-memory-bytes".into(),
         pool.max_memory_bytes.to_string(),
-    ]
+    ];
+    if tier == Tier::Baseline {
+        args.push("--baseline".into());
+    }
+    if priority == Priority::Low {
+        args.push("--low-priority".into());
+    }
+    args
 }
 
-/// Compiles `wasm` in a child process.
-pub(crate) fn compile_in_child(exe: &PathBuf, pool: PoolSizes, wasm: &[u8]) -> ChildOutcome {
+/// How urgently a compile is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Someone waits for it (an apply, a sidecar loading a snapshot).
+    Now,
+    /// Nobody waits (optimized code behind baseline code): the child yields the cores to the
+    /// processes that serve calls and applies.
+    Low,
+}
+
+/// Lowers this process's CPU priority to the least (nice 19), for a compile nobody waits on.
+/// Called before the compiler starts its threads, which inherit it.
+pub fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!("cannot lower the compiler's priority: {e}");
+    }
+}
+
+/// Compiles `wasm` in a child process, for an engine of `tier`.
+pub(crate) fn compile_in_child(
+    exe: &PathBuf,
+    pool: PoolSizes,
+    (tier, priority): (Tier, Priority),
+    wasm: &[u8],
+) -> ChildOutcome {
     let child = Command::new(exe)
         .args(["plugin", "precompile"])
-        .args(pool_args(pool))
+        .args(engine_args(pool, tier, priority))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,9 +176,11 @@ fn timed_out_status() -> std::process::ExitStatus {
 pub const REFUSED: i32 = 3;
 
 /// The child's side: compiles a component read from `input` with an engine configured by
-/// `pool` and writes the serialized code to `output`. A refusal is an `Err` with the reason.
+/// `pool` and `tier` and writes the serialized code to `output`. A refusal is an `Err` with
+/// the reason.
 pub fn precompile(
     pool: PoolSizes,
+    tier: Tier,
     input: &mut impl Read,
     output: &mut impl Write,
 ) -> Result<(), String> {
@@ -156,7 +188,7 @@ pub fn precompile(
     input
         .read_to_end(&mut wasm)
         .map_err(|e| format!("reading the component: {e}"))?;
-    let (engine, _) = engine::build(pool).map_err(|e| e.to_string())?;
+    let (engine, _) = engine::build(pool, tier).map_err(|e| e.to_string())?;
     let code = engine
         .precompile_component(&wasm)
         .map_err(|e| format!("{e:#}"))?;

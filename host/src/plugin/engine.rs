@@ -1,10 +1,17 @@
-//! The one wasmtime engine of a process: component model, pooling allocator, and epoch
+//! The wasmtime engines of a process: component model, pooling allocator, and epoch
 //! interruption driven by a ticker thread so every hook call can be given a deadline.
+//!
+//! Code is compiled in one of two tiers. Optimized (Cranelift) is what plugins run on. Baseline
+//! (Winch, a single-pass compiler) compiles a 12-18 MB scripting-language component about 5x
+//! faster into code that runs slower; the control plane uses it so a plugin fetched at apply is
+//! in effect within seconds, while the optimized code is compiled behind it.
 
 use super::error::PluginError;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Strategy,
+};
 
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -30,18 +37,40 @@ impl Default for PoolSizes {
     }
 }
 
-/// Builds the engine and starts its epoch ticker (which stops when the engine is dropped);
+/// Which compiler an engine compiles with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Cranelift, optimizing: what plugins are meant to run on.
+    Optimized,
+    /// Winch, single-pass: quick to compile, slower to run; replaced by optimized code.
+    Baseline,
+}
+
+impl Tier {
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Optimized => "optimized",
+            Tier::Baseline => "baseline",
+        }
+    }
+}
+
+/// Builds an engine of `tier` and starts its epoch ticker (which stops when the engine is dropped);
 /// returns the pool sizes in force (`instances: 0` when it fell back to on-demand).
 ///
 /// The pooling allocator reserves address space for every slot up front (terabytes of it, never
 /// touched); where that reservation is refused — a `ulimit -v`, some sandboxes, valgrind — the
 /// engine falls back to allocating instances on demand, which is slower to instantiate but runs
 /// the same code.
-pub(crate) fn build(pool: PoolSizes) -> Result<(Engine, PoolSizes), PluginError> {
+pub(crate) fn build(pool: PoolSizes, tier: Tier) -> Result<(Engine, PoolSizes), PluginError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
-    config.cranelift_opt_level(OptLevel::Speed);
+    match tier {
+        Tier::Optimized => config.cranelift_opt_level(OptLevel::Speed),
+        Tier::Baseline => config.strategy(Strategy::Winch),
+    };
     let on_demand = PoolSizes {
         instances: 0,
         ..pool

@@ -21,8 +21,9 @@ pub struct RuntimeMetrics {
     failures: IntCounterVec,
     instances: IntCounterVec,
     overflow: IntCounterVec,
-    /// Components whose compiled code came from the control plane rather than a compile here.
-    pub(crate) imported: IntCounter,
+    /// Components whose compiled code came from the control plane rather than a compile here,
+    /// by tier (`optimized`, `baseline`).
+    pub(crate) imported: IntCounterVec,
 }
 
 impl RuntimeMetrics {
@@ -63,9 +64,12 @@ impl RuntimeMetrics {
             ),
             &["plugin", "metric"],
         )?;
-        let imported = IntCounter::new(
-            "weft_plugin_compiled_code_imported_total",
-            "Components whose compiled code the control plane sent (compiled once there for this engine), so this process did not compile them.",
+        let imported = IntCounterVec::new(
+            Opts::new(
+                "weft_plugin_compiled_code_imported_total",
+                "Components whose compiled code the control plane sent (compiled once there for this engine), so this process did not compile them, by tier: baseline code runs until the optimized code replaces it.",
+            ),
+            &["tier"],
         )?;
         for c in [&calls, &failures, &instances, &overflow] {
             registry.register(Box::new(c.clone()))?;

@@ -24,8 +24,8 @@ mod wasi;
 pub use artifact::{Artifact, Compiled, sha256_hex};
 pub use cache::CacheError;
 pub use chain::{Chain, ChainSlot};
-pub use compiler::{Compiler, REFUSED as PRECOMPILE_REFUSED, precompile};
-pub use engine::PoolSizes;
+pub use compiler::{Compiler, Priority, REFUSED as PRECOMPILE_REFUSED, lower_priority, precompile};
+pub use engine::{PoolSizes, Tier};
 pub use error::{Failure, PluginError};
 pub use health::{EndpointHealth, EndpointState, NoEndpoints};
 pub use instance::{Limits, Plugin, PluginSpec};
@@ -57,11 +57,43 @@ pub struct RuntimeConfig {
     pub compiler: Compiler,
 }
 
+/// An engine with its linker: what compiles and instantiates code of one tier.
+struct TierEngine {
+    engine: Engine,
+    fingerprint: String,
+    linker: Linker<PluginCtx>,
+}
+
+impl TierEngine {
+    /// An engine of `tier` with the contract and the sandbox's WASI linked; the pool sizes in
+    /// force come back with it.
+    fn new(pool: PoolSizes, tier: Tier) -> Result<(Self, PoolSizes), PluginError> {
+        let (engine, pool) = engine::build(pool, tier)?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| PluginError::Engine(format!("linking the host: {e:#}"));
+        bindings::Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
+            .map_err(link)?;
+        wasi::add_to_linker(&mut linker).map_err(link)?;
+        let fingerprint = engine::fingerprint(&engine);
+        Ok((
+            TierEngine {
+                engine,
+                fingerprint,
+                linker,
+            },
+            pool,
+        ))
+    }
+}
+
 /// The plugin runtime of a process.
 pub struct PluginRuntime {
     engine: Engine,
     fingerprint: String,
     linker: Linker<PluginCtx>,
+    /// The baseline tier, built the first time code of that tier is compiled or imported
+    /// (most processes never need it); none when it cannot be built here.
+    baseline: std::sync::OnceLock<Option<TierEngine>>,
     services: Arc<Services>,
     metrics: RuntimeMetrics,
     disk: Option<cache::DiskCache>,
@@ -83,12 +115,14 @@ impl PluginRuntime {
             Some(dir) => Some(cache::DiskCache::open(dir)?),
             None => None,
         };
-        let (engine, pool) = engine::build(config.pool)?;
-        let mut linker = Linker::new(&engine);
-        let link = |e: wasmtime::Error| PluginError::Engine(format!("linking the host: {e:#}"));
-        bindings::Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
-            .map_err(link)?;
-        wasi::add_to_linker(&mut linker).map_err(link)?;
+        let (
+            TierEngine {
+                engine,
+                fingerprint,
+                linker,
+            },
+            pool,
+        ) = TierEngine::new(config.pool, Tier::Optimized)?;
         let metrics = RuntimeMetrics::register(registry)
             .map_err(|e| PluginError::Engine(format!("registering metrics: {e}")))?;
         let max_series = match config.max_series_per_metric {
@@ -103,9 +137,10 @@ impl PluginRuntime {
             routes_scoped: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(PluginRuntime {
-            fingerprint: engine::fingerprint(&engine),
+            fingerprint,
             engine,
             linker,
+            baseline: std::sync::OnceLock::new(),
             services,
             metrics,
             disk,
@@ -132,6 +167,8 @@ impl PluginRuntime {
             memory: &self.compiled,
             compiler: &self.compiler,
             pool: self.pool,
+            tier: Tier::Optimized,
+            priority: Priority::Now,
         };
         artifact::compile(&how, name, &bytes, expected_sha256)
     }
@@ -161,7 +198,7 @@ impl PluginRuntime {
         let key = self.key(&spec.name);
         let stats = self.metrics.for_plugin(&spec.name);
         let plugin = Plugin::prepare(
-            &self.engine,
+            compiled.component.engine(),
             pre,
             self.services.clone(),
             stats,
@@ -177,6 +214,16 @@ impl PluginRuntime {
     /// the runtime has one) and implements the contract. No configuration is involved, so a
     /// plugin may still refuse its settings when it is prepared.
     pub fn check(&self, name: &str, bytes: &[u8]) -> Result<String, PluginError> {
+        self.check_at(name, bytes, Priority::Now)
+    }
+
+    /// `check` at `priority`: `Priority::Low` for a compile nobody waits on.
+    pub fn check_at(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        priority: Priority,
+    ) -> Result<String, PluginError> {
         let scratch = artifact::MemoryCache::default();
         let how = artifact::Compilation {
             engine: &self.engine,
@@ -185,10 +232,68 @@ impl PluginRuntime {
             memory: &scratch,
             compiler: &self.compiler,
             pool: self.pool,
+            tier: Tier::Optimized,
+            priority,
         };
         let compiled = artifact::compile(&how, name, bytes, None)?;
         self.contract(name, &compiled)?;
         Ok(compiled.digest)
+    }
+
+    /// `check`, but compiled with the baseline compiler unless optimized code is at hand: the
+    /// code is kept in memory (so `load` and `plugin` use it) and in the disk cache (so
+    /// `compiled_code_for` serves it), until optimized code replaces it. Falls back to `check`
+    /// where there is no baseline compiler.
+    pub fn check_baseline(&self, name: &str, bytes: &[u8]) -> Result<String, PluginError> {
+        let digest = sha256_hex(bytes);
+        let Some(base) = self
+            .baseline()
+            .filter(|_| self.compiled_code(&digest).is_none())
+        else {
+            return self.check(name, bytes);
+        };
+        let how = artifact::Compilation {
+            engine: &base.engine,
+            fingerprint: &base.fingerprint,
+            disk: self.disk.as_ref(),
+            memory: &self.compiled,
+            compiler: &self.compiler,
+            pool: Self::baseline_pool(self.pool),
+            tier: Tier::Baseline,
+            priority: Priority::Now,
+        };
+        let compiled = artifact::compile(&how, name, bytes, None)?;
+        self.contract(name, &compiled)?;
+        Ok(compiled.digest)
+    }
+
+    /// The baseline tier's pool: instances on demand, as it runs only until optimized code
+    /// arrives and must not reserve a second pool's address space.
+    fn baseline_pool(pool: PoolSizes) -> PoolSizes {
+        PoolSizes {
+            instances: 0,
+            ..pool
+        }
+    }
+
+    /// The baseline tier, built on first use.
+    fn baseline(&self) -> Option<&TierEngine> {
+        self.baseline
+            .get_or_init(
+                || match TierEngine::new(Self::baseline_pool(self.pool), Tier::Baseline) {
+                    Ok((tier, _)) => Some(tier),
+                    Err(e) => {
+                        tracing::warn!("no baseline compiler here ({e}); compiling optimized only");
+                        None
+                    }
+                },
+            )
+            .as_ref()
+    }
+
+    /// The baseline tier's engine fingerprint (building that tier), if it can be built here.
+    pub fn baseline_fingerprint(&self) -> Option<&str> {
+        self.baseline().map(|b| b.fingerprint.as_str())
     }
 
     /// This runtime's engine fingerprint: compiled code is shared only between engines that
@@ -197,35 +302,102 @@ impl PluginRuntime {
         &self.fingerprint
     }
 
-    /// The compiled code of artifact `digest` in this runtime's disk cache, if any.
+    /// The optimized compiled code of artifact `digest` in this runtime's disk cache, if any.
     pub fn compiled_code(&self, digest: &str) -> Option<Vec<u8>> {
-        if !crate::snapshot::is_digest(digest) {
+        self.compiled_code_for(digest, &self.fingerprint)
+    }
+
+    /// The compiled code of artifact `digest` in this runtime's disk cache for an engine of
+    /// `fingerprint` (this runtime's optimized tier, or its baseline tier once built), if any.
+    pub fn compiled_code_for(&self, digest: &str, fingerprint: &str) -> Option<Vec<u8>> {
+        let ours = fingerprint == self.fingerprint
+            || self
+                .baseline
+                .get()
+                .and_then(Option::as_ref)
+                .is_some_and(|b| b.fingerprint == fingerprint);
+        if !ours || !crate::snapshot::is_digest(digest) {
             return None;
         }
         self.disk
             .as_ref()?
-            .get(&format!("{digest}-{}.cwasm", self.fingerprint))
+            .get(&format!("{digest}-{fingerprint}.cwasm"))
     }
 
-    /// Whether artifact `digest` is compiled here already (in memory or on disk).
+    /// Whether artifact `digest` has optimized code here already (in memory or on disk).
     pub fn has_compiled(&self, digest: &str) -> bool {
-        self.compiled.lock().contains_key(digest) || self.compiled_code(digest).is_some()
+        let in_memory = self
+            .compiled
+            .lock()
+            .get(digest)
+            .is_some_and(|c| Engine::same(c.engine(), &self.engine));
+        in_memory || self.compiled_code(digest).is_some()
     }
 
-    /// Takes code compiled for this engine by Weft elsewhere (the control plane) for artifact
-    /// `digest`: loaded now and kept in the caches, so loading the artifact compiles nothing.
-    pub fn import_compiled(&self, digest: &str, code: &[u8]) -> Result<(), PluginError> {
+    /// The code of artifact `digest` held in memory (of either tier), if any: loaded without
+    /// the component's bytes.
+    pub fn held(&self, digest: &str) -> Option<Compiled> {
+        let component = self.compiled.lock().get(digest)?.clone();
+        Some(Compiled {
+            component,
+            digest: digest.to_string(),
+            from_cache: true,
+            took: std::time::Duration::ZERO,
+        })
+    }
+
+    /// Whether artifact `digest` runs on baseline code here (until optimized code replaces it).
+    pub fn runs_baseline(&self, digest: &str) -> bool {
+        self.compiled
+            .lock()
+            .get(digest)
+            .is_some_and(|c| !Engine::same(c.engine(), &self.engine))
+    }
+
+    /// Drops the compiled code of `digest` held in memory, so the next load compiles it (or
+    /// finds optimized code on disk).
+    pub fn forget_compiled(&self, digest: &str) {
+        self.compiled.lock().remove(digest);
+    }
+
+    /// Takes code compiled by Weft elsewhere (the control plane) for artifact `digest` and
+    /// an engine of `fingerprint` (this runtime's optimized or baseline tier): loaded now and
+    /// kept in memory, so loading the artifact compiles nothing; optimized code is also kept
+    /// on disk. Answers the tier it was.
+    pub fn import_compiled(
+        &self,
+        digest: &str,
+        fingerprint: &str,
+        code: &[u8],
+    ) -> Result<Tier, PluginError> {
         if !crate::snapshot::is_digest(digest) {
             return Err(PluginError::Engine(format!("{digest:?} is not a sha256")));
         }
-        let component = artifact::deserialize_trusted(&self.engine, code)
+        let (engine, tier) = if fingerprint == self.fingerprint {
+            (&self.engine, Tier::Optimized)
+        } else {
+            match self.baseline().filter(|b| b.fingerprint == fingerprint) {
+                Some(b) => (&b.engine, Tier::Baseline),
+                None => {
+                    return Err(PluginError::Engine(format!(
+                        "no engine here has fingerprint {fingerprint}"
+                    )));
+                }
+            }
+        };
+        let component = artifact::deserialize_trusted(engine, code)
             .map_err(|e| PluginError::Engine(format!("compiled code for {digest}: {e:#}")))?;
-        if let Some(disk) = &self.disk {
-            disk.put(&format!("{digest}-{}.cwasm", self.fingerprint), code);
+        if tier == Tier::Optimized
+            && let Some(disk) = &self.disk
+        {
+            disk.put(&format!("{digest}-{fingerprint}.cwasm"), code);
         }
         self.compiled.lock().insert(digest.to_string(), component);
-        self.metrics.imported.inc();
-        Ok(())
+        self.metrics
+            .imported
+            .with_label_values(&[tier.as_str()])
+            .inc();
+        Ok(tier)
     }
 
     /// Links a compiled component against the contract.
@@ -238,10 +410,21 @@ impl PluginRuntime {
             plugin: name.to_string(),
             reason: format!("{e:#}"),
         };
+        let linker = if Engine::same(compiled.component.engine(), &self.engine) {
+            &self.linker
+        } else {
+            match self.baseline.get().and_then(Option::as_ref) {
+                Some(b) if Engine::same(compiled.component.engine(), &b.engine) => &b.linker,
+                _ => {
+                    return Err(PluginError::Engine(format!(
+                        "plugin {name}: compiled for an engine this runtime does not have"
+                    )));
+                }
+            }
+        };
         // Only the contract and the sandbox's WASI are linked: a component that imports
         // anything else (a filesystem, sockets) is refused here, naming the import.
-        let pre = self
-            .linker
+        let pre = linker
             .instantiate_pre(&compiled.component)
             .map_err(wrong_world)?;
         bindings::PluginPre::new(pre).map_err(wrong_world)

@@ -935,14 +935,38 @@ impl crate::snapshot::SnapshotTarget for Sidecar {
         Some(self.inputs.runtime.fingerprint().to_string())
     }
 
+    fn baseline_fingerprint(&self) -> Option<String> {
+        self.inputs
+            .runtime
+            .baseline_fingerprint()
+            .map(str::to_string)
+    }
+
     fn has_compiled(&self, digest: &str) -> bool {
         self.inputs.runtime.has_compiled(digest)
     }
 
-    fn import_compiled(&self, digest: &str, code: &[u8]) -> Result<(), String> {
+    fn runs_baseline(&self, digest: &str) -> bool {
+        self.inputs.runtime.runs_baseline(digest)
+    }
+
+    fn holds_compiled(&self, digest: &str) -> bool {
+        self.inputs.runtime.held(digest).is_some()
+    }
+
+    fn import_compiled(&self, digest: &str, fingerprint: &str, code: &[u8]) -> Result<(), String> {
         self.inputs
             .runtime
-            .import_compiled(digest, code)
+            .import_compiled(digest, fingerprint, code)
+            .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    fn forget_compiled(&self, digest: &str) {
+        self.inputs.runtime.forget_compiled(digest);
+    }
+
+    async fn reapply(&self) -> Result<(), String> {
+        self.apply(self.snapshot()).await.map_err(|e| e.to_string())
     }
 }

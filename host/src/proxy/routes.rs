@@ -179,6 +179,17 @@ fn load_chain(
         spec.limits = p
             .limits
             .map_or(sources.limits, |own| own.over(sources.limits));
+        // A stored artifact whose code is held (the control plane's, imported by the watch)
+        // loads from it, whether or not its bytes were fetched.
+        if let (None, None, Some(digest)) = (&p.builtin, &p.file, &p.artifact)
+            && let Some(held) = runtime.held(digest)
+        {
+            match runtime.prepare(&held, spec) {
+                Ok(plugin) => loaded.push(plugin),
+                Err(e) => errors.push(format!("{at}.plugins[{i}]: {e}")),
+            }
+            continue;
+        }
         let path;
         let mut expected = p.sha256.as_deref();
         let artifact = match (&p.builtin, &p.file, &p.artifact) {

@@ -479,13 +479,40 @@ pub trait SnapshotTarget: Sync {
     fn engine_fingerprint(&self) -> Option<String> {
         None
     }
-    /// Whether artifact `digest` is compiled here already.
+    /// The fingerprint of its baseline-tier engine (quick to compile for, slower to run), to
+    /// be sent such code while optimized code is being compiled; none: it has no such tier.
+    fn baseline_fingerprint(&self) -> Option<String> {
+        None
+    }
+    /// Whether artifact `digest` has optimized code here already.
     fn has_compiled(&self, _digest: &str) -> bool {
         true
     }
-    /// Takes code the control plane compiled for artifact `digest` and this engine.
-    fn import_compiled(&self, _digest: &str, _code: &[u8]) -> Result<(), String> {
+    /// Whether artifact `digest` runs on baseline code here.
+    fn runs_baseline(&self, _digest: &str) -> bool {
+        false
+    }
+    /// Whether code for artifact `digest` (of either tier) is held in memory, so loading it
+    /// needs neither the component's bytes nor a compile.
+    fn holds_compiled(&self, _digest: &str) -> bool {
+        false
+    }
+    /// Takes code the control plane compiled for artifact `digest` and the engine of
+    /// `fingerprint`.
+    fn import_compiled(
+        &self,
+        _digest: &str,
+        _fingerprint: &str,
+        _code: &[u8],
+    ) -> Result<(), String> {
         Ok(())
+    }
+    /// Drops the code held for artifact `digest`, so the next apply compiles it here.
+    fn forget_compiled(&self, _digest: &str) {}
+    /// Builds the snapshot in force again (its plugins from the code now held), swapping it in
+    /// as any snapshot is.
+    fn reapply(&self) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
     }
 }
 

@@ -411,3 +411,61 @@ pub async fn scrape(sidecar: &weft::proxy::Sidecar) -> String {
         .expect("metrics");
     String::from_utf8_lossy(&read(resp).await.2).into_owned()
 }
+
+/// `python3 -m http.server` (Debian's) serving a directory on loopback, killed on drop.
+pub struct WebServer {
+    child: std::process::Child,
+    /// Its loopback port.
+    pub port: u16,
+}
+
+impl WebServer {
+    /// Serves `dir`; returns once it takes connections.
+    pub async fn start(dir: &std::path::Path) -> WebServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = WebServer {
+            child: std::process::Command::new(netns::DEBIAN_PYTHON)
+                .args([
+                    "-m",
+                    "http.server",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .arg("--directory")
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start python3 -m http.server"),
+            port,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the web server never answered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// Stops it now.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
