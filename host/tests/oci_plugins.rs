@@ -8,7 +8,11 @@
 //! verified against the trust store (`SSL_CERT_FILE`), an unknown issuer refused; a namespace
 //! that requires signed plugins refuses unsigned and wrongly signed components, from the store,
 //! a registry or a web server (`<url>.sig`), and a `file://` one it cannot see; a private
-//! registry (htpasswd) is pulled from with the pull secret a plugin names.
+//! registry (htpasswd) is pulled from with the pull secret a plugin names, and one behind a
+//! token service (the Bearer exchange of Docker Hub and ghcr.io; the registry verifies the
+//! test's ES256 tokens) is pushed to with anonymous tokens and pulled from with a token the
+//! pull secret's credentials get; a plugin pulled at apply moves from baseline to optimized
+//! code without failing a call.
 
 mod support;
 
@@ -16,6 +20,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
 use support::{App, full, h1_client, read};
@@ -570,32 +576,7 @@ async fn a_private_registry_is_pulled_from_with_the_pull_secret_a_plugin_names()
     let at = private.addr.to_string();
     let url = format!("oci://{at}/{image}");
     let m = TestMesh::start_with(&["--plain-http-registry", &at]);
-    let keep = |password: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "pull-secret",
-                "registry-creds",
-                "--registry",
-                &at,
-                "--username",
-                "weft",
-            ])
-            .arg("--password-stdin")
-            .args(["--server", &m.cp.to_string(), "--data"])
-            .arg(&m.data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run weft");
-        std::io::Write::write_all(
-            child.stdin.as_mut().expect("stdin"),
-            format!("{password}\n").as_bytes(),
-        )
-        .expect("write");
-        let out = child.wait_with_output().expect("wait");
-        assert!(out.status.success(), "{}", text(&out));
-    };
+    let keep = |password: &str| keep_secret(&m, &at, "weft", password);
     let with_secret = "  imagePullSecret: registry-creds\n";
 
     // Anonymous: the registry wants credentials.
@@ -666,4 +647,198 @@ async fn a_pulled_plugin_moves_to_optimized_code_without_failing_a_call() {
     assert!(baseline <= 1.0, "baseline code imported once at most");
     eprintln!("baseline imports: {baseline}; calls before optimized code: {calls}");
     assert_eq!(imported("optimized").await, 1.0, "moved once");
+}
+
+/// `weft pull-secret registry-creds` for `registry`, the password given on standard input.
+fn keep_secret(m: &TestMesh, registry: &str, username: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["pull-secret", "registry-creds", "--registry", registry])
+        .args(["--username", username, "--password-stdin"])
+        .args(["--server", &m.cp.to_string(), "--data"])
+        .arg(&m.data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run weft");
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        format!("{password}\n").as_bytes(),
+    )
+    .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A registry token service (the Bearer exchange of Docker Hub and ghcr.io): answers
+/// `GET /token?service=…&scope=…` with a JWT (ES256, its certificate in `x5c`) granting what
+/// the scope asks of its repository, to anyone while `open`, else only to `ci:t0ken` (Basic). Keeps each
+/// request's scope and whether it carried the credentials.
+struct TokenService {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    asked: Arc<parking_lot::Mutex<Vec<(String, bool)>>>,
+    cert_pem: String,
+}
+
+const TOKEN_BASIC: &str = "Basic Y2k6dDBrZW4="; // ci:t0ken
+
+impl TokenService {
+    async fn start() -> TokenService {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["token.weft.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .expect("signer");
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = base64::Engine::encode(
+            &b64,
+            serde_json::json!({"typ": "JWT", "alg": "ES256",
+                "x5c": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.der())]})
+            .to_string(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let signer = Arc::new(signer);
+        let (is_open, log) = (open.clone(), asked.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (signer, header, is_open, log) =
+                    (signer.clone(), header.clone(), is_open.clone(), log.clone());
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let query = req.uri().query().unwrap_or("").to_string();
+                        let scope = query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("scope="))
+                            .map(|s| {
+                                s.replace("%3A", ":")
+                                    .replace("%2F", "/")
+                                    .replace("%2C", ",")
+                            })
+                            .unwrap_or_default();
+                        let credentialed = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .is_some_and(|v| v == TOKEN_BASIC);
+                        log.lock().push((scope.clone(), credentialed));
+                        let answer = if is_open.load(Ordering::SeqCst) || credentialed {
+                            // scope: repository:<name>:<actions>; grants what was asked.
+                            let mut parts = scope.split(':');
+                            let name = parts.nth(1).unwrap_or("").to_string();
+                            let actions: Vec<&str> =
+                                parts.next().unwrap_or("").split(',').collect();
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .expect("clock")
+                                .as_secs();
+                            let claims = base64::Engine::encode(
+                                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                                serde_json::json!({
+                                "iss": "weft-test", "sub": "ci", "aud": "weft-registry",
+                                "exp": now + 300, "nbf": now - 10, "iat": now,
+                                "jti": format!("{now}-{}", name.len()),
+                                "access": [{"type": "repository", "name": name,
+                                            "actions": actions}]})
+                                .to_string(),
+                            );
+                            let signing_input = format!("{header}.{claims}");
+                            let sig = signer
+                                .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+                                .expect("sign");
+                            let jwt = format!(
+                                "{signing_input}.{}",
+                                base64::Engine::encode(
+                                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                                    sig.as_ref()
+                                )
+                            );
+                            http::Response::new(full(serde_json::json!({"token": jwt}).to_string()))
+                        } else {
+                            let mut r = http::Response::new(full("{}"));
+                            *r.status_mut() = StatusCode::UNAUTHORIZED;
+                            r
+                        };
+                        async move { Ok::<_, std::convert::Infallible>(answer) }
+                    });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TokenService {
+            addr,
+            open,
+            asked,
+            cert_pem: cert.pem(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_a_token_service_is_pulled_from_with_a_bearer_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = TokenService::start().await;
+    let bundle = dir.path().join("token.pem");
+    std::fs::write(&bundle, &tokens.cert_pem).expect("write");
+    let reg = registry_with(
+        dir.path(),
+        &format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: weft-registry\n    \
+             issuer: weft-test\n    rootcertbundle: {}\n",
+            tokens.addr,
+            bundle.display()
+        ),
+    )
+    .await;
+    let at = reg.addr.to_string();
+    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    let url = format!("oci://{at}/weft/tokened:v1");
+
+    // Pushed with anonymous tokens (the service is open for now): a pull token first, then,
+    // when the upload is challenged for more, a pull-and-push one.
+    push(&m, weft_artifacts::CHAOS_PATH, &url);
+    assert!(
+        tokens.asked.lock().iter().any(|(scope, credentialed)| scope
+            == "repository:weft/tokened:pull,push"
+            && !*credentialed),
+        "{:?}",
+        tokens.asked.lock()
+    );
+
+    // Now tokens need credentials: anonymous pulls are refused by the token service, the
+    // pull secret's credentials get a token and the plugin runs.
+    tokens.open.store(false, Ordering::SeqCst);
+    let (ok, said) = apply(&m, &gate(&url, ""));
+    assert!(!ok);
+    assert!(said.contains("the token service answered 401"), "{said}");
+    keep_secret(&m, &at, "ci", "t0ken");
+    let (ok, said) = apply(&m, &gate(&url, "  imagePullSecret: registry-creds\n"));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
+    assert!(stamped(orders.addr("outbound"), &app).await);
+    assert!(
+        tokens
+            .asked
+            .lock()
+            .iter()
+            .any(|(scope, credentialed)| scope == "repository:weft/tokened:pull" && *credentialed),
+        "{:?}",
+        tokens.asked.lock()
+    );
 }
