@@ -6,7 +6,8 @@
 #           `weft apply --wait` naming it by digest: the apply is timed, not the push;
 #   by URL  `weft apply --wait` of a WasmPlugin whose `url` is http:// (python3 -m http.server
 #           on loopback): fetched and checked during the apply with the baseline compiler,
-#           optimized code compiled behind it; also timed: until every sidecar runs that.
+#           optimized code compiled behind it; also timed: until every sidecar runs that;
+#           beside it, its floor: the baseline compile alone (`weft plugin precompile`).
 # SIDECARS sidecar processes (default 4) watch one control plane, all on loopback. "In
 # effect" is the apply's --wait returning: every sidecar ACKed the snapshot, which it applies
 # only once the plugin is loaded and configured. Bounded: each wait times out at 120 s.
@@ -102,6 +103,12 @@ for g in "python header_gate.wasm header-gate {header: x-tenant, allow: [acme]}"
   read -r lang file name config <<<"$g"
   size=$(stat -c %s "$WORK/site/$file")
   echo "== $lang $file ($((size / 1000)) KB)"
+  # The floor of the by-URL path: the baseline compile alone, as the control plane's child
+  # runs it, with nothing fetched, judged or sent.
+  t0=$(now)
+  "$WEFT" plugin precompile --instances 0 --max-memory-bytes 268435456 --baseline \
+    <"$WORK/site/$file" >/dev/null
+  echo "floor: the baseline compile alone took $(since "$t0") s"
   # By URL: fetched and checked at apply, baseline code first.
   before=$(imported optimized)
   plugin "$name" "http://127.0.0.1:$WEB/$file" "$config" >"$WORK/url.yaml"
