@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
+use support::mesh::{NO_APP, Proc, TestMesh, converged, text, weft, write};
 use support::{App, full, h1_client, read};
 
 /// The registry, killed on drop.
@@ -81,6 +81,29 @@ async fn registry_with(dir: &std::path::Path, more: &str) -> Registry {
     }
 }
 
+/// A mesh pulling from the registry at `at` over plain HTTP: payments (an app behind its
+/// sidecar) and orders (a sidecar that calls it). Fields drop in order: sidecars, the app,
+/// then the control plane.
+struct Shop {
+    orders: Proc,
+    _payments: Proc,
+    app: App,
+    m: TestMesh,
+}
+
+async fn shop(at: &str) -> Shop {
+    let m = TestMesh::start_with(&["--plain-http-registry", at]);
+    let app = App::start("payments").await;
+    let payments = m.pod("payments", &[], app.addr).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    Shop {
+        orders,
+        _payments: payments,
+        app,
+        m,
+    }
+}
+
 fn gate(url: &str, extra: &str) -> String {
     format!(
         "apiVersion: extensions.istio.io/v1alpha1
@@ -134,46 +157,43 @@ async fn plugins_are_pulled_from_a_registry_by_tag_and_by_digest() {
     let dir = tempfile::tempdir().expect("dir");
     let reg = registry(dir.path()).await;
     let at = reg.addr.to_string();
-    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
-    let app = App::start("payments").await;
-    let _payments = m.pod("payments", &[], app.addr).await;
-    let orders = m.pod("orders", &[], NO_APP).await;
+    let Shop { m, app, orders, .. } = &shop(&at).await;
     let out = orders.addr("outbound");
     let live = format!("oci://{at}/weft/gate:live");
 
     // Published, then pulled by tag: the chain runs it.
-    let chaos = push(&m, weft_artifacts::CHAOS_PATH, &live);
+    let chaos = push(m, weft_artifacts::CHAOS_PATH, &live);
     assert!(
         chaos.starts_with(&format!("oci://{at}/weft/gate@sha256:")),
         "{chaos}"
     );
-    let (ok, said) = apply(&m, &gate(&live, ""));
+    let (ok, said) = apply(m, &gate(&live, ""));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(stamped(out, &app).await);
+    assert!(stamped(out, app).await);
 
     // The tag moves to another component. IfNotPresent (the default for a tag other than
     // `latest`) keeps what was pulled: applying again changes nothing.
-    push(&m, weft_artifacts::TWO_HEADERS_PATH, &live);
-    let (ok, said) = apply(&m, &gate(&live, "  imagePullPolicy: IfNotPresent\n"));
+    push(m, weft_artifacts::TWO_HEADERS_PATH, &live);
+    let (ok, said) = apply(m, &gate(&live, "  imagePullPolicy: IfNotPresent\n"));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(stamped(out, &app).await, "still the first pull");
+    assert!(stamped(out, app).await, "still the first pull");
     // Always pulls again at apply, and the moved tag's component takes over.
-    let (ok, said) = apply(&m, &gate(&live, "  imagePullPolicy: Always\n"));
+    let (ok, said) = apply(m, &gate(&live, "  imagePullPolicy: Always\n"));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(!stamped(out, &app).await, "the moved tag's component");
+    assert!(!stamped(out, app).await, "the moved tag's component");
 
     // By digest: the first push's manifest, whatever the tag says now.
-    let (ok, said) = apply(&m, &gate(&chaos, ""));
+    let (ok, said) = apply(m, &gate(&chaos, ""));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(stamped(out, &app).await);
+    assert!(stamped(out, app).await);
 
     // A spec.sha256 pinning other content is refused, naming both; the chain stays.
     let other = "ab".repeat(32);
-    let (ok, said) = apply(&m, &gate(&chaos, &format!("  sha256: {other}\n")));
+    let (ok, said) = apply(m, &gate(&chaos, &format!("  sha256: {other}\n")));
     assert!(!ok);
     assert!(
         said.contains("spec.sha256 pins") && said.contains(&other),
@@ -181,13 +201,10 @@ async fn plugins_are_pulled_from_a_registry_by_tag_and_by_digest() {
     );
     // A digest the registry does not hold is refused too.
     let missing = format!("oci://{at}/weft/gate@sha256:{}", "1".repeat(64));
-    let (ok, said) = apply(&m, &gate(&missing, ""));
+    let (ok, said) = apply(m, &gate(&missing, ""));
     assert!(!ok);
     assert!(said.contains("the registry answered 404"), "{said}");
-    assert!(
-        stamped(out, &app).await,
-        "the last good chain keeps serving"
-    );
+    assert!(stamped(out, app).await, "the last good chain keeps serving");
 }
 
 /// Uploads `bytes` as a blob of `repo` on the registry at `addr`; its digest.
@@ -267,14 +284,11 @@ async fn a_compat_image_with_plugin_wasm_in_a_tar_layer_is_read() {
     let resp = h1_client().request(put).await.expect("manifest");
     assert_eq!(resp.status(), StatusCode::CREATED);
 
-    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
-    let app = App::start("payments").await;
-    let _payments = m.pod("payments", &[], app.addr).await;
-    let orders = m.pod("orders", &[], NO_APP).await;
-    let (ok, said) = apply(&m, &gate(&format!("oci://{at}/weft/compat:v1"), ""));
+    let Shop { m, app, orders, .. } = &shop(&at).await;
+    let (ok, said) = apply(m, &gate(&format!("oci://{at}/weft/compat:v1"), ""));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(stamped(orders.addr("outbound"), &app).await);
+    assert!(stamped(orders.addr("outbound"), app).await);
 }
 
 /// A CA and a certificate it signed for 127.0.0.1, as PEM files under `dir`: (ca, cert, key).
@@ -612,18 +626,15 @@ async fn a_pulled_plugin_moves_to_optimized_code_without_failing_a_call() {
     let dir = tempfile::tempdir().expect("dir");
     let reg = registry(dir.path()).await;
     let at = reg.addr.to_string();
-    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
-    let app = App::start("payments").await;
-    let _payments = m.pod("payments", &[], app.addr).await;
-    let orders = m.pod("orders", &[], NO_APP).await;
+    let Shop { m, app, orders, .. } = &shop(&at).await;
     let (out, admin) = (orders.addr("outbound"), orders.addr("admin"));
     let live = format!("oci://{at}/weft/tiered:v1");
-    push(&m, weft_artifacts::CHAOS_PATH, &live);
+    push(m, weft_artifacts::CHAOS_PATH, &live);
 
     // Pulled during the apply: the control plane checks it with the baseline compiler and
     // compiles optimized code behind it. The sidecar runs whichever the control plane has
     // when the snapshot arrives, and calls go on through the move to optimized code.
-    let (ok, said) = apply(&m, &gate(&live, ""));
+    let (ok, said) = apply(m, &gate(&live, ""));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
     let imported = |tier: &'static str| async move {
@@ -633,7 +644,7 @@ async fn a_pulled_plugin_moves_to_optimized_code_without_failing_a_call() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut calls = 0;
     while imported("optimized").await < 1.0 {
-        assert!(stamped(out, &app).await, "call {calls} ran the plugin");
+        assert!(stamped(out, app).await, "call {calls} ran the plugin");
         calls += 1;
         assert!(
             Instant::now() < deadline,
@@ -641,7 +652,7 @@ async fn a_pulled_plugin_moves_to_optimized_code_without_failing_a_call() {
         );
     }
     for _ in 0..5 {
-        assert!(stamped(out, &app).await, "optimized code runs the plugin");
+        assert!(stamped(out, app).await, "optimized code runs the plugin");
     }
     let baseline = imported("baseline").await;
     assert!(baseline <= 1.0, "baseline code imported once at most");
@@ -804,15 +815,12 @@ async fn a_registry_behind_a_token_service_is_pulled_from_with_a_bearer_token() 
     )
     .await;
     let at = reg.addr.to_string();
-    let m = TestMesh::start_with(&["--plain-http-registry", &at]);
-    let app = App::start("payments").await;
-    let _payments = m.pod("payments", &[], app.addr).await;
-    let orders = m.pod("orders", &[], NO_APP).await;
+    let Shop { m, app, orders, .. } = &shop(&at).await;
     let url = format!("oci://{at}/weft/tokened:v1");
 
     // Pushed with anonymous tokens (the service is open for now): a pull token first, then,
     // when the upload is challenged for more, a pull-and-push one.
-    push(&m, weft_artifacts::CHAOS_PATH, &url);
+    push(m, weft_artifacts::CHAOS_PATH, &url);
     assert!(
         tokens.asked.lock().iter().any(|(scope, credentialed)| scope
             == "repository:weft/tokened:pull,push"
@@ -824,14 +832,14 @@ async fn a_registry_behind_a_token_service_is_pulled_from_with_a_bearer_token() 
     // Now tokens need credentials: anonymous pulls are refused by the token service, the
     // pull secret's credentials get a token and the plugin runs.
     tokens.open.store(false, Ordering::SeqCst);
-    let (ok, said) = apply(&m, &gate(&url, ""));
+    let (ok, said) = apply(m, &gate(&url, ""));
     assert!(!ok);
     assert!(said.contains("the token service answered 401"), "{said}");
-    keep_secret(&m, &at, "ci", "t0ken");
-    let (ok, said) = apply(&m, &gate(&url, "  imagePullSecret: registry-creds\n"));
+    keep_secret(m, &at, "ci", "t0ken");
+    let (ok, said) = apply(m, &gate(&url, "  imagePullSecret: registry-creds\n"));
     assert!(ok, "{said}");
     converged(m.cp, &m.op, 2, Duration::from_secs(60)).await;
-    assert!(stamped(orders.addr("outbound"), &app).await);
+    assert!(stamped(orders.addr("outbound"), app).await);
     assert!(
         tokens
             .asked
