@@ -424,3 +424,19 @@ async fn a_broken_artifact_behind_a_wasm_plugin_url_is_refused_at_apply() {
     .await
     .expect("a good component behind a URL is applied");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_the_cli_quietly() {
+    // `weft … | head -1`: the reader is gone before the CLI writes.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["plugin", "check", weft_artifacts::CHAOS_PATH])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run weft");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
