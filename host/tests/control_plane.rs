@@ -875,3 +875,37 @@ async fn weft_stat_reports_each_subset_from_the_sidecars_metrics() {
     println!("weft stat under load ({calls} calls, {failed} failed): {rows:?}");
     assert_eq!(failed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer_probes_and_readiness_follows_the_store() {
+    let m = TestMesh::start();
+    let cp = endpoint(m.cp);
+    let probe = |path: &'static str| {
+        let cp = &cp;
+        async move {
+            // No credential a probe could carry: an unknown token is not looked at.
+            match call(cp, "no-token", Method::GET, path, Bytes::new()).await {
+                Ok(body) => (StatusCode::OK, String::from_utf8_lossy(&body).into_owned()),
+                Err(weft::control::client::ClientError::Refused { status, body }) => (status, body),
+                Err(e) => panic!("{path}: {e}"),
+            }
+        }
+    };
+    assert_eq!(probe("/healthz").await.0, StatusCode::OK);
+    let (status, body) = probe("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["ready"],
+        true
+    );
+    // The data directory goes away (a volume unmounted): still live, no longer ready, and the
+    // answer names no path; back, and ready again.
+    let away = m.data.with_extension("away");
+    std::fs::rename(&m.data, &away).expect("move the data directory");
+    let (status, body) = probe("/readyz").await;
+    std::fs::rename(&away, &m.data).expect("move it back");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(!body.contains(m.data.to_str().expect("utf-8")), "{body}");
+    assert_eq!(probe("/healthz").await.0, StatusCode::OK);
+    assert_eq!(probe("/readyz").await.0, StatusCode::OK);
+}

@@ -464,6 +464,31 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    // Probes carry no credential: liveness is this answer; readiness is whether the store
+    // can keep a change (the reason is logged, not told to an unauthenticated caller).
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => {
+            return Ok(json(StatusCode::OK, &serde_json::json!({"live": true})));
+        }
+        (&Method::GET, "/readyz") => {
+            let probing = shared.clone();
+            let ready = tokio::task::spawn_blocking(move || probing.store.check_writable())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            return Ok(match ready {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({"ready": true})),
+                Err(e) => {
+                    tracing::warn!("not ready: the store cannot keep a change: {e}");
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"ready": false, "reason": "the store cannot keep a change"}),
+                    )
+                }
+            });
+        }
+        _ => {}
+    }
     let Some(who) = caller(&shared, &req) else {
         return Ok(error(
             StatusCode::UNAUTHORIZED,

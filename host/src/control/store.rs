@@ -135,6 +135,19 @@ impl Store {
         &self.dir
     }
 
+    /// `Ok` if a change could be kept now: a probe file is written, synced and removed in the
+    /// data directory (never creating the directory, which may be a volume that went away).
+    /// What `/readyz` reports.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        use std::io::Write;
+        let probe = self.dir.join(".ready-probe");
+        let mut file = std::fs::File::create(&probe).map_err(io(&probe))?;
+        file.write_all(b"ready")
+            .and_then(|()| file.sync_all())
+            .map_err(io(&probe))?;
+        std::fs::remove_file(&probe).map_err(io(&probe))
+    }
+
     fn state_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }
