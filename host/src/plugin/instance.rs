@@ -181,7 +181,10 @@ impl Plugin {
             failures_hint: AtomicU32::new(0),
             crash: Mutex::new(CrashState::default()),
         };
-        let (instance, hooks) = plugin.instantiate().map_err(|e| match e {
+        // The first instance is always allowed (a bound is at least 1).
+        plugin.alive.fetch_add(1, Ordering::AcqRel);
+        let first = Alive(plugin.alive.clone());
+        let (instance, hooks) = plugin.instantiate(first).map_err(|e| match e {
             StartError::Rejected(reason) => PluginError::ConfigRejected {
                 plugin: plugin.spec.name.clone(),
                 reason,
@@ -233,9 +236,19 @@ impl Plugin {
         self.pool.lock().len()
     }
 
-    fn instantiate(&self) -> Result<(Instance, HookSet), StartError> {
-        self.alive.fetch_add(1, Ordering::AcqRel);
-        let alive = Alive(self.alive.clone());
+    /// A place for one more live instance: always unbounded, else only below the bound. Taken
+    /// atomically, so calls racing for the last place cannot both pass the bound.
+    fn reserve(&self) -> Option<Alive> {
+        let most = self.spec.limits.instances;
+        self.alive
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (most == 0 || n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Alive(self.alive.clone()))
+    }
+
+    fn instantiate(&self, alive: Alive) -> Result<(Instance, HookSet), StartError> {
         let ctx = PluginCtx {
             plugin: self.name.clone(),
             key: self.key,
@@ -284,20 +297,19 @@ impl Plugin {
         if let Some(instance) = self.pool.lock().pop() {
             return Ok(instance);
         }
-        let most = self.spec.limits.instances;
-        if most != 0 && self.alive.load(Ordering::Acquire) >= most {
+        let Some(alive) = self.reserve() else {
             // Load, not a crash: counted, but no back-off.
-            let busy = Failure::Busy(most);
+            let busy = Failure::Busy(self.spec.limits.instances);
             self.stats.failure(hook, busy.cause());
             return Err(busy);
-        }
+        };
         if let Some(not_before) = self.crash.lock().not_before
             && Instant::now() < not_before
         {
             self.stats.failure(hook, Failure::BackingOff.cause());
             return Err(Failure::BackingOff);
         }
-        match self.instantiate() {
+        match self.instantiate(alive) {
             Ok((instance, _)) => Ok(instance),
             Err(e) => {
                 let failure = match e {
