@@ -43,6 +43,44 @@ pub struct Args {
     /// repeat for several.
     #[arg(long = "require-signed-plugins")]
     require_signed_plugins: Vec<String>,
+    /// Keep the state in PostgreSQL (`postgres://user[:password]@host[:port]/db`) rather than
+    /// in the data directory: any number of replicas may share it. Needs a store key.
+    #[arg(long)]
+    store: Option<String>,
+    /// A file holding the store key (64 hex digits), the same on every replica: secrets and
+    /// the CA's keys are sealed with it in the database. Or set `WEFT_STORE_KEY`.
+    #[arg(long)]
+    store_key_file: Option<PathBuf>,
+}
+
+/// The store the flags name.
+fn store_config(args: &Args) -> anyhow::Result<weft::control::server::StoreConfig> {
+    use weft::control::server::StoreConfig;
+    use weft::control::store::SealKey;
+    let Some(url) = &args.store else {
+        if args.store_key_file.is_some() {
+            anyhow::bail!(
+                "--store-key-file is for --store postgres://...: the file store seals nothing"
+            );
+        }
+        return Ok(StoreConfig::Files);
+    };
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        anyhow::bail!("--store: expected postgres://user@host:port/db, found {url:?}");
+    }
+    let text = match (&args.store_key_file, std::env::var("WEFT_STORE_KEY")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--store-key-file {}: {e}", path.display()))?,
+        (None, Ok(key)) => key,
+        (None, Err(_)) => anyhow::bail!(
+            "--store needs a store key: --store-key-file PATH or WEFT_STORE_KEY (64 hex digits, the same on every replica)"
+        ),
+    };
+    let key = SealKey::from_hex(&text).map_err(|e| anyhow::anyhow!("store key: {e}"))?;
+    Ok(StoreConfig::Postgres {
+        url: url.clone(),
+        key,
+    })
 }
 
 /// Runs `weft control`.
@@ -51,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
     let mut config = ControlConfig::new(args.data.clone());
     config.listen = args.listen;
+    config.store = store_config(&args)?;
     config.lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;
     config.trust_domain = args.trust_domain.clone();
     config.plain_http_registries = args.plain_http_registries.clone();

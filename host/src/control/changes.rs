@@ -8,7 +8,7 @@ use super::configs;
 use super::istio::{self, Kind, Resource};
 use super::registry::push;
 use super::server::{Mesh, Shared, now_ms};
-use super::store::{Change, State, Stored, key};
+use super::store::{Change, CommitError, State, Stored, key};
 use super::wire::Pushed;
 use http::{Response, StatusCode};
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ pub(super) fn parse_stored(state: &State) -> Result<Vec<Resource>, Vec<String>> 
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (k, stored) in &state.resources {
-        match istio::from_document(stored.document.clone(), k) {
+        match istio::from_document(resolved(&stored.document, &state.fetched), k) {
             Ok(r) => out.push(r),
             Err(e) => errors.extend(e),
         }
@@ -219,24 +219,129 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     if let Err(e) = judge_configs(shared, &parsed, &fetched).await {
         return errors(StatusCode::BAD_REQUEST, e);
     }
+    // Checked against the state in force; a replica that finds the shared store moved on
+    // catches up and checks again, so a change is never checked against a state it does not
+    // land on.
+    let mut revision = 0;
+    for _ in 0..STALE_RETRIES {
+        match apply_parsed(shared, &parsed, &fetched) {
+            Ok(response) => return response,
+            Err(now) => revision = now,
+        }
+        catch_up(shared).await;
+    }
+    error(
+        StatusCode::CONFLICT,
+        format!(
+            "not applied: the mesh kept changing through other replicas while this apply was checked (now at revision {revision}); apply again"
+        ),
+    )
+}
+
+/// How often a change is checked again after finding the shared store moved on.
+const STALE_RETRIES: usize = 5;
+
+/// Brings this replica up to the shared store.
+async fn catch_up(shared: &Arc<Shared>) {
+    let syncing = shared.clone();
+    match tokio::task::spawn_blocking(move || super::replicas::sync(&syncing)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("catching up with the store: {e}"),
+        Err(e) => tracing::warn!("catching up with the store: {e}"),
+    }
+}
+
+/// The revision an applied document says it was read at (`metadata.resourceVersion`).
+fn read_at(r: &Resource) -> Result<Option<u64>, String> {
+    match r.document.pointer("/metadata/resourceVersion") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(v))
+            if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() =>
+        {
+            v.parse().map(Some).map_err(|_| {
+                format!(
+                    "{}: metadata.resourceVersion: {v:?} is not a revision",
+                    r.origin()
+                )
+            })
+        }
+        Some(other) => Err(format!(
+            "{}: metadata.resourceVersion: expected the revision `weft get` shows, as a string of digits, found {other}",
+            r.origin()
+        )),
+    }
+}
+
+/// The document as kept: the revision it was read at is the store's to say, not part of it.
+fn as_kept(r: &Resource) -> serde_json::Value {
+    let mut doc = r.document.clone();
+    if let Some(meta) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("resourceVersion");
+    }
+    doc
+}
+
+/// One attempt at an apply under the mesh lock; `Err` with the store's revision when another
+/// replica moved it on since this replica's state.
+fn apply_parsed(
+    shared: &Shared,
+    parsed: &[Resource],
+    fetched: &BTreeMap<String, String>,
+) -> Result<Response<Body>, u64> {
     let mut mesh = shared.mesh.lock();
     let mut next = mesh.state.clone();
+    // Optimistic concurrency as Kubernetes does it: a document carrying the revision it was
+    // read at is applied only if the resource is still at that revision.
+    let mut conflicts = Vec::new();
+    for r in parsed {
+        let at = match read_at(r) {
+            Ok(Some(at)) => at,
+            Ok(None) => continue,
+            Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+        };
+        if at > mesh.state.revision {
+            // Read through a replica ahead of this one.
+            return Err(at);
+        }
+        let kind = r.kind.to_string();
+        let held = mesh
+            .state
+            .resources
+            .get(&key(&kind, &r.namespace, &r.name))
+            .map(|s| s.revision);
+        if held != Some(at) {
+            conflicts.push(match held {
+                Some(now) => format!(
+                    "{kind} {}/{}: metadata.resourceVersion is {at}, but it was changed at revision {now} since: get it again and reapply",
+                    r.namespace, r.name
+                ),
+                None => format!(
+                    "{kind} {}/{}: metadata.resourceVersion is {at}, but it does not exist (deleted since?)",
+                    r.namespace, r.name
+                ),
+            });
+        }
+    }
+    if !conflicts.is_empty() {
+        return Ok(errors(StatusCode::CONFLICT, conflicts));
+    }
     // A URL pulled again that now gives other content changes the resources naming it.
     let moved: Vec<String> = fetched
         .iter()
         .filter(|(url, d)| next.fetched.get(*url).is_some_and(|old| old != *d))
         .map(|(url, _)| url.clone())
         .collect();
-    next.fetched.extend(fetched);
+    next.fetched.extend(fetched.clone());
     let revision = next.revision + 1;
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
-    for r in &parsed {
+    for r in parsed {
         let kind = r.kind.to_string();
         let k = key(&kind, &r.namespace, &r.name);
         let label = format!("{kind} {}/{}", r.namespace, r.name);
         let pulled_anew = matches!(&r.spec, istio::Spec::WasmPlugin(wp) if moved.iter().any(|u| u == wp.url.trim()));
-        if next.resources.get(&k).map(|s| &s.document) == Some(&r.document) && !pulled_anew {
+        let document = as_kept(r);
+        if next.resources.get(&k).map(|s| &s.document) == Some(&document) && !pulled_anew {
             unchanged.push(label);
             continue;
         }
@@ -247,20 +352,20 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
                 revision,
-                document: r.document.clone(),
+                document,
             },
         );
         changed.push(label);
     }
     if changed.is_empty() {
-        return json(
+        return Ok(json(
             StatusCode::OK,
             &serde_json::json!({"revision": next.revision, "changed": [], "unchanged": unchanged, "warnings": []}),
-        );
+        ));
     }
     let (resources, warnings) = match check(shared, &mesh.config, &next) {
         Ok(ok) => ok,
-        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+        Err(e) => return Ok(errors(StatusCode::BAD_REQUEST, e)),
     };
     next.revision = revision;
     let pushed = match commit(
@@ -271,13 +376,14 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
         changed.iter().map(|c| format!("apply {c}")).collect(),
     ) {
         Ok(pushed) => pushed,
-        Err(refused) => return error(StatusCode::INTERNAL_SERVER_ERROR, refused),
+        Err(Refused::Stale(now)) => return Err(now),
+        Err(Refused::Failed(status, why)) => return Ok(error(status, why)),
     };
-    json(
+    Ok(json(
         StatusCode::OK,
         &serde_json::json!({"revision": revision, "changed": changed, "unchanged": unchanged,
                             "warnings": warnings, "pushed": pushed}),
-    )
+    ))
 }
 
 /// Parses and validates the whole state a change would produce.
@@ -313,7 +419,7 @@ fn pull_credentials(
     name: &str,
     reference: &super::fetch::oci::Reference,
 ) -> Result<super::fetch::oci::Credentials, String> {
-    let secret = super::pull_secrets::get(shared.store.dir(), namespace, name)?.ok_or_else(|| {
+    let secret = super::pull_secrets::get(&shared.store, namespace, name)?.ok_or_else(|| {
         format!(
             "spec.imagePullSecret: no pull secret {name} in namespace {namespace} (weft pull-secret {name} --namespace {namespace} ...)"
         )
@@ -375,8 +481,16 @@ fn unsigned_plugins(
     errs
 }
 
+/// Why a change was not kept.
+enum Refused {
+    /// Another replica moved the shared store on to this revision.
+    Stale(u64),
+    /// The store failed; the message says so.
+    Failed(StatusCode, String),
+}
+
 /// Persists `next`, then makes it current and pushes. A state that cannot be saved is not
-/// made current and nothing is pushed: the caller gets the error, and the mesh and the disk
+/// made current and nothing is pushed: the caller gets the error, and the mesh and the store
 /// keep agreeing.
 fn commit(
     shared: &Shared,
@@ -384,24 +498,37 @@ fn commit(
     next: State,
     resources: Vec<Resource>,
     what: Vec<String>,
-) -> Result<Vec<Pushed>, String> {
-    if let Err(e) = shared.store.save(&next) {
-        tracing::error!("change not applied: cannot save the state: {e}");
-        return Err(format!(
-            "not applied: the control plane cannot save its state: {e}"
-        ));
-    }
+) -> Result<Vec<Pushed>, Refused> {
     let change = Change {
         revision: next.revision,
         at_ms: now_ms(),
         what,
     };
-    // The state is saved, so the change stands; a history line is a record of it, not it.
-    if let Err(e) = shared.store.record(&change) {
-        tracing::warn!("cannot record history: {e}");
+    match shared.store.commit(&mesh.state, &next, &change) {
+        Ok(()) => {}
+        Err(CommitError::Stale { revision }) => return Err(Refused::Stale(revision)),
+        Err(CommitError::Store(e @ super::store::StoreError::Database(_))) => {
+            tracing::error!("change not applied: {e}");
+            return Err(Refused::Failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not applied: {e}; sidecars keep the state in force meanwhile: apply again when the store is back"
+                ),
+            ));
+        }
+        Err(CommitError::Store(e)) => {
+            tracing::error!("change not applied: cannot save the state: {e}");
+            return Err(Refused::Failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not applied: the control plane cannot save its state: {e}"),
+            ));
+        }
     }
+    let revision = next.revision;
     mesh.state = next;
     mesh.resources = resources;
+    // This replica's own write: nothing to follow.
+    shared.seen.lock().revision = revision;
     Ok(push(mesh))
 }
 
@@ -412,13 +539,24 @@ pub(super) fn list(shared: &Shared, kind: Option<&str>, name: Option<&str>) -> R
         None => None,
     };
     let mesh = shared.mesh.lock();
-    let docs: Vec<&serde_json::Value> = mesh
+    // Each with the revision it was last changed at, as Kubernetes gives `resourceVersion`:
+    // applied back, it is refused if the resource changed since.
+    let docs: Vec<serde_json::Value> = mesh
         .state
         .resources
         .values()
         .filter(|s| kind.as_deref().is_none_or(|k| s.kind == k))
         .filter(|s| name.is_none_or(|n| s.name == n))
-        .map(|s| &s.document)
+        .map(|s| {
+            let mut doc = s.document.clone();
+            if let Some(meta) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.insert(
+                    "resourceVersion".into(),
+                    serde_json::Value::String(s.revision.to_string()),
+                );
+            }
+            doc
+        })
         .collect();
     if name.is_some() && docs.is_empty() {
         return error(
@@ -433,26 +571,50 @@ pub(super) fn list(shared: &Shared, kind: Option<&str>, name: Option<&str>) -> R
     json(StatusCode::OK, &docs)
 }
 
-pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -> Response<Body> {
+pub(super) async fn delete(
+    shared: &Arc<Shared>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Response<Body> {
     let kind = match kind.parse::<Kind>() {
         Ok(k) => k.to_string(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let mut revision = 0;
+    for _ in 0..STALE_RETRIES {
+        match delete_once(shared, &kind, namespace, name) {
+            Ok(response) => return response,
+            Err(now) => revision = now,
+        }
+        catch_up(shared).await;
+    }
+    error(
+        StatusCode::CONFLICT,
+        format!(
+            "not deleted: the mesh kept changing through other replicas (now at revision {revision}); try again"
+        ),
+    )
+}
+
+/// One attempt at a delete under the mesh lock; `Err` as for [`apply_parsed`].
+fn delete_once(
+    shared: &Shared,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Response<Body>, u64> {
     let mut mesh = shared.mesh.lock();
     let mut next = mesh.state.clone();
-    if next
-        .resources
-        .remove(&key(&kind, namespace, name))
-        .is_none()
-    {
-        return error(
+    if next.resources.remove(&key(kind, namespace, name)).is_none() {
+        return Ok(error(
             StatusCode::NOT_FOUND,
             format!("no {kind} {namespace}/{name}"),
-        );
+        ));
     }
     let (resources, _) = match check(shared, &mesh.config, &next) {
         Ok(ok) => ok,
-        Err(e) => return errors(StatusCode::BAD_REQUEST, e),
+        Err(e) => return Ok(errors(StatusCode::BAD_REQUEST, e)),
     };
     next.revision += 1;
     let revision = next.revision;
@@ -463,10 +625,11 @@ pub(super) fn delete(shared: &Shared, kind: &str, namespace: &str, name: &str) -
         resources,
         vec![format!("delete {kind} {namespace}/{name}")],
     ) {
-        Ok(pushed) => json(
+        Ok(pushed) => Ok(json(
             StatusCode::OK,
             &serde_json::json!({"revision": revision, "pushed": pushed}),
-        ),
-        Err(refused) => error(StatusCode::INTERNAL_SERVER_ERROR, refused),
+        )),
+        Err(Refused::Stale(now)) => Err(now),
+        Err(Refused::Failed(status, refused)) => Ok(error(status, refused)),
     }
 }

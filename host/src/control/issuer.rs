@@ -5,8 +5,9 @@ use super::api::{Body, error, json};
 use super::auth::Caller;
 use super::server::{ControlError, Shared};
 use super::serving::write_bundle;
+use super::store::CommitError;
 use super::wire::{CertificateAnswer, IdentityAnswer};
-use crate::identity::{CaError, SpiffeId};
+use crate::identity::{Ca, CaError, SpiffeId, system_clock};
 use http::{Response, StatusCode};
 use std::time::UNIX_EPOCH;
 
@@ -24,10 +25,29 @@ pub(super) enum CaStep {
 /// Takes one rotation step and publishes the bundle it leaves.
 pub(super) fn ca_step(shared: &Shared, step: CaStep) -> Result<(), ControlError> {
     let mut ca = shared.ca.lock();
-    match step {
-        CaStep::Stage => ca.stage_root()?,
-        CaStep::Activate => ca.activate_root()?,
-        CaStep::Retire => ca.retire_old_roots()?,
+    match shared.store.postgres() {
+        None => take(&mut ca, step)?,
+        // Taken on the CA as the store has it now, and kept only if no replica changed it
+        // meanwhile: every replica signs with the root the store names.
+        Some(pg) => {
+            let stored = pg.ca()?.ok_or_else(|| {
+                ControlError::Conflict("the store holds no CA: restart a replica".into())
+            })?;
+            let mut fresh = Ca::from_record(&stored.record, &shared.trust_domain, system_clock())?;
+            take(&mut fresh, step)?;
+            let version = match pg.save_ca(stored.version, &fresh.record()) {
+                Ok(v) => v,
+                Err(CommitError::Stale { .. }) => {
+                    return Err(ControlError::Conflict(
+                        "another replica changed the CA at the same time: take the step again"
+                            .into(),
+                    ));
+                }
+                Err(CommitError::Store(e)) => return Err(e.into()),
+            };
+            *ca = fresh;
+            shared.seen.lock().ca = version;
+        }
     }
     let bundle = ca.bundle();
     write_bundle(&shared.data_dir, &bundle)?;
@@ -37,6 +57,14 @@ pub(super) fn ca_step(shared: &Shared, step: CaStep) -> Result<(), ControlError>
     let roots = bundle.matches("BEGIN CERTIFICATE").count();
     tracing::info!(?step, roots, "CA rotation step taken");
     Ok(())
+}
+
+fn take(ca: &mut Ca, step: CaStep) -> Result<(), CaError> {
+    match step {
+        CaStep::Stage => ca.stage_root(),
+        CaStep::Activate => ca.activate_root(),
+        CaStep::Retire => ca.retire_old_roots(),
+    }
 }
 
 /// Applies a CA change and answers with the bundle now in force.
@@ -50,6 +78,7 @@ pub(super) fn ca_change(shared: &Shared, step: CaStep) -> Response<Body> {
                 &serde_json::json!({"roots": roots, "bundle": bundle}),
             )
         }
+        Err(e @ ControlError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

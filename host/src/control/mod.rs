@@ -26,6 +26,7 @@ pub mod istio;
 pub mod mesh_config;
 pub mod pull_secrets;
 mod registry;
+mod replicas;
 pub mod server;
 pub mod serving;
 pub mod signing;

@@ -1,16 +1,13 @@
 //! Registry credentials the control plane keeps for pulling private OCI plugins: Istio's
 //! `imagePullSecret` names one, in the WasmPlugin's namespace. Set by the operator
 //! (`weft pull-secret`, `PUT /v1/pull-secrets/<name>?namespace=<ns>`), kept owner-only in the
-//! data directory (`pull-secrets.json`, 0600), listed without their passwords, used only for
-//! the registry they name.
+//! store (the data directory's `pull-secrets.json`, 0600, or sealed in a shared store), listed
+//! without their passwords, used only for the registry they name.
 
 use super::api::{Body, error, json};
 use super::server::Shared;
-use crate::files::{Mode, write_atomic};
 use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::Path;
 
 /// One registry credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,19 +21,16 @@ pub struct PullSecret {
     pub password: String,
 }
 
-const FILE: &str = "pull-secrets.json";
-
-fn read_all(dir: &Path) -> Result<BTreeMap<String, PullSecret>, String> {
-    match std::fs::read(dir.join(FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{FILE}: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(format!("{FILE}: {e}")),
-    }
-}
-
 /// The credential `name` in `namespace`.
-pub fn get(dir: &Path, namespace: &str, name: &str) -> Result<Option<PullSecret>, String> {
-    Ok(read_all(dir)?.remove(&format!("{namespace}/{name}")))
+pub fn get(
+    store: &super::store::Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<PullSecret>, String> {
+    Ok(store
+        .pull_secrets()
+        .map_err(|e| e.to_string())?
+        .remove(&format!("{namespace}/{name}")))
 }
 
 /// `PUT /v1/pull-secrets/<name>?namespace=<ns>`: keeps a credential (operator).
@@ -62,19 +56,12 @@ pub(super) fn put(shared: &Shared, namespace: &str, name: &str, body: &[u8]) -> 
             format!("server: {:?} is not a registry host[:port]", secret.server),
         );
     }
-    let dir = shared.store.dir();
     // One writer at a time: the mesh lock orders changes.
     let _changes = shared.mesh.lock();
-    let mut all = match read_all(dir) {
-        Ok(all) => all,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    all.insert(format!("{namespace}/{name}"), secret);
-    let bytes = match serde_json::to_vec_pretty(&all) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    match write_atomic(&dir.join(FILE), &bytes, Mode::Private) {
+    match shared
+        .store
+        .put_pull_secret(&format!("{namespace}/{name}"), &secret)
+    {
         Ok(()) => json(
             StatusCode::OK,
             &serde_json::json!({"pullSecret": format!("{namespace}/{name}")}),
@@ -85,7 +72,7 @@ pub(super) fn put(shared: &Shared, namespace: &str, name: &str, body: &[u8]) -> 
 
 /// `GET /v1/pull-secrets`: every credential's name and registry, never its password.
 pub(super) fn list(shared: &Shared) -> Response<Body> {
-    match read_all(shared.store.dir()) {
+    match shared.store.pull_secrets() {
         Ok(all) => {
             let shown: Vec<serde_json::Value> = all
                 .iter()
@@ -93,6 +80,6 @@ pub(super) fn list(shared: &Shared) -> Response<Body> {
                 .collect();
             json(StatusCode::OK, &serde_json::json!({"pullSecrets": shown}))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

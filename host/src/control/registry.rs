@@ -99,12 +99,12 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
     pushed
 }
 
-pub(super) fn persist_and_push(shared: &Shared) {
-    let mut mesh = shared.mesh.lock();
-    if let Err(e) = shared.store.save(&mesh.state) {
+/// Keeps the registrations of `ids` as `mesh` has them, then pushes.
+pub(super) fn persist_and_push(shared: &Shared, mesh: &mut Mesh, ids: &[String]) {
+    if let Err(e) = shared.store.save_workloads(&mesh.state, ids) {
         tracing::error!("cannot persist control plane state: {e}");
     }
-    let _ = push(&mut mesh);
+    let _ = push(mesh);
 }
 
 /// Where the control plane may read a sidecar's `/metrics`: its admin port on the host its
@@ -226,6 +226,7 @@ pub(super) fn watch_stream(
         labels,
         address: address.clone(),
         lease_until_ms: 0,
+        replica: shared.replica.clone(),
     };
     {
         let mut mesh = shared.mesh.lock();
@@ -274,7 +275,11 @@ pub(super) fn watch_stream(
                 stream: Some(tx.clone()),
             },
         );
-        if changed && let Err(e) = shared.store.save(&mesh.state) {
+        if changed
+            && let Err(e) = shared
+                .store
+                .save_workloads(&mesh.state, std::slice::from_ref(id))
+        {
             tracing::error!("cannot persist registration: {e}");
         }
         // A new or moved endpoint changes everyone's snapshot; otherwise only this one's.
@@ -303,7 +308,10 @@ pub(super) fn watch_stream(
         if let Some(w) = mesh.state.workloads.get_mut(&id) {
             w.lease_until_ms = until;
         }
-        if let Err(e) = shared.store.save(&mesh.state) {
+        if let Err(e) = shared
+            .store
+            .save_workloads(&mesh.state, std::slice::from_ref(&id))
+        {
             tracing::error!("cannot persist lease: {e}");
         }
     });

@@ -22,7 +22,7 @@ use super::issuer::{self, CaStep};
 use super::istio::Resource;
 use super::registry::{self, Conn};
 use super::serving::{ServingError, ServingIdentity, write_bundle};
-use super::store::{State, Store, StoreError};
+use super::store::{FileStore, PgStore, SealKey, State, Store, StoreError, Versions};
 use super::wire::{SidecarStatus, StreamMessage};
 use crate::conn::Ended;
 use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
@@ -64,6 +64,24 @@ pub struct ControlConfig {
     pub plain_http_registries: Vec<String>,
     /// Which WasmPlugins must be signed, and the keys that may sign them.
     pub signing: super::signing::SigningPolicy,
+    /// Where the state is kept: the data directory, or a PostgreSQL database replicas share.
+    pub store: StoreConfig,
+}
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// Files in the data directory (one control plane).
+    #[default]
+    Files,
+    /// A PostgreSQL database (`postgres://user[:password]@host[:port]/db`) that any number of
+    /// replicas share; secrets and the CA's keys are sealed there with `key`.
+    Postgres {
+        /// The connection URL.
+        url: String,
+        /// The operator's store key, the same on every replica.
+        key: SealKey,
+    },
 }
 
 pub use crate::identity::DEFAULT_TRUST_DOMAIN;
@@ -84,6 +102,7 @@ impl ControlConfig {
             mesh_config: super::mesh_config::MeshConfig::default(),
             plain_http_registries: Vec::new(),
             signing: super::signing::SigningPolicy::default(),
+            store: StoreConfig::Files,
         }
     }
 }
@@ -119,6 +138,9 @@ pub enum ControlError {
     /// A zero certificate lifetime.
     #[error("certificate lifetime must be above zero")]
     CertLifetime,
+    /// Another replica changed the same thing at the same time.
+    #[error("{0}")]
+    Conflict(String),
     /// The control plane's own certificate or bundle file.
     #[error(transparent)]
     Serving(#[from] ServingError),
@@ -157,6 +179,10 @@ pub(super) struct Shared {
     pub(super) fetcher: super::fetch::Fetcher,
     /// Which WasmPlugins must be signed, by which keys.
     pub(super) signing: super::signing::SigningPolicy,
+    /// This replica's name in a shared store (empty with the file store).
+    pub(super) replica: String,
+    /// The store's versions this replica holds the state of.
+    pub(super) seen: Mutex<Versions>,
 }
 
 /// A running control plane.
@@ -178,7 +204,20 @@ pub(super) fn now_ms() -> u64 {
 impl ControlPlane {
     /// Opens the data directory, loads the state and starts serving.
     pub async fn start(config: ControlConfig) -> Result<ControlPlane, ControlError> {
-        let store = Store::open(&config.data_dir)?;
+        let store = match &config.store {
+            StoreConfig::Files => Store::open_files(&config.data_dir)?,
+            StoreConfig::Postgres { url, key } => {
+                Store::Postgres(PgStore::open(url, key.clone(), &config.data_dir)?)
+            }
+        };
+        let replica = match &store {
+            Store::Files(_) => String::new(),
+            Store::Postgres(_) => super::replicas::replica_name(config.listen),
+        };
+        let seen = match store.postgres() {
+            Some(pg) => pg.versions()?,
+            None => Versions::default(),
+        };
         let mut state = store.load()?;
         let resources = changes::parse_stored(&state).map_err(ControlError::Resources)?;
         // Sidecars that were connected when the control plane stopped get a fresh lease to
@@ -202,15 +241,22 @@ impl ControlPlane {
         if config.cert_lifetime.is_zero() {
             return Err(ControlError::CertLifetime);
         }
-        let ca = Ca::open(
-            &config.data_dir.join("ca"),
-            &config.trust_domain,
-            system_clock(),
-        )?;
+        let ca = match store.postgres() {
+            None => Ca::open(
+                &config.data_dir.join("ca"),
+                &config.trust_domain,
+                system_clock(),
+            )?,
+            Some(pg) => super::replicas::shared_ca(pg, &config.trust_domain)?,
+        };
         let serving = ServingIdentity::issue(&ca, &config.trust_domain, config.cert_lifetime)?;
         let acceptor = serving.acceptor()?;
         write_bundle(&config.data_dir, &ca.bundle())?;
         let operator_token = store.secret("operator.token")?;
+        if store.shared() {
+            // The CLI on this machine finds the token where it always does.
+            FileStore::open(&config.data_dir)?.keep_copy("operator.token", &operator_token)?;
+        }
         let auth = Auth::new(operator_token.clone(), &store.secret("secret")?);
         let listener =
             TcpListener::bind(config.listen)
@@ -246,6 +292,8 @@ impl ControlPlane {
             ),
             fetcher: super::fetch::Fetcher::new(config.plain_http_registries.clone()),
             signing: config.signing.clone(),
+            replica,
+            seen: Mutex::new(seen),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -256,8 +304,12 @@ impl ControlPlane {
                 config.limits,
                 rx.clone(),
             )),
-            tokio::spawn(housekeeping(shared.clone(), rx)),
+            tokio::spawn(housekeeping(shared.clone(), rx.clone())),
         ];
+        let mut tasks = tasks;
+        if shared.store.shared() {
+            tasks.push(tokio::spawn(super::replicas::follow(shared.clone(), rx)));
+        }
         tracing::info!(%addr, data = %config.data_dir.display(), "control plane listening");
         Ok(ControlPlane {
             addr,
@@ -410,7 +462,7 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let expired = {
+        {
             let mut mesh = shared.mesh.lock();
             for conn in mesh.sidecars.values_mut() {
                 if let Some(tx) = &conn.stream
@@ -420,29 +472,42 @@ async fn housekeeping(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
                     conn.stream = None;
                 }
             }
-            let now = now_ms();
-            let gone: Vec<String> = mesh
-                .state
-                .workloads
-                .iter()
-                .filter(|(_, w)| w.lease_until_ms != 0 && w.lease_until_ms < now)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &gone {
-                mesh.state.workloads.remove(id);
-                mesh.sidecars.remove(id);
-                tracing::info!(sidecar = %id, "lease expired; endpoint removed");
+            // With a shared store, leases end there, swept by one replica (below), and every
+            // replica learns of it from the store.
+            if !shared.store.shared() {
+                expire_leases(&shared, &mut mesh);
             }
-            !gone.is_empty()
-        };
-        if expired {
-            registry::persist_and_push(&shared);
+        }
+        if shared.store.shared() {
+            let sweeping = shared.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || super::replicas::keep_alive(&sweeping)).await;
         }
         if shared.serving.due(SystemTime::now())
             && let Err(e) = shared.serving.reissue(&shared.ca.lock())
         {
             tracing::warn!("renewing the control plane's certificate failed, retrying: {e}");
         }
+    }
+}
+
+/// Removes the registrations whose lease ended, and pushes the endpoints that leaves.
+fn expire_leases(shared: &Shared, mesh: &mut Mesh) {
+    let now = now_ms();
+    let gone: Vec<String> = mesh
+        .state
+        .workloads
+        .iter()
+        .filter(|(_, w)| w.lease_until_ms != 0 && w.lease_until_ms < now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &gone {
+        mesh.state.workloads.remove(id);
+        mesh.sidecars.remove(id);
+        tracing::info!(sidecar = %id, "lease expired; endpoint removed");
+    }
+    if !gone.is_empty() {
+        registry::persist_and_push(shared, mesh, &gone);
     }
 }
 
@@ -472,7 +537,7 @@ async fn handle(
         }
         (&Method::GET, "/readyz") => {
             let probing = shared.clone();
-            let ready = tokio::task::spawn_blocking(move || probing.store.check_writable())
+            let ready = tokio::task::spawn_blocking(move || probing.store.check_ready())
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
@@ -575,7 +640,7 @@ async fn handle(
             let ns = api::query(&req)
                 .remove("namespace")
                 .unwrap_or_else(|| "default".into());
-            changes::delete(&shared, kind, &ns, name)
+            changes::delete(&shared, kind, &ns, name).await
         }
         (Method::POST, ["v1", "artifacts"]) => {
             let signature = api::query(&req).remove("signature");

@@ -105,6 +105,27 @@ pub struct IssuedCert {
     pub not_after: SystemTime,
 }
 
+/// A CA's roots as a shared store keeps them (sealed there: the keys are in it).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaRecord {
+    /// The signing root, PEM certificate then PEM key.
+    pub signer: String,
+    /// A staged root, the same way.
+    pub next: Option<String>,
+    /// Roots still trusted but no longer signing (PEM certificates).
+    pub previous: Vec<String>,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("CaRecord")
+            .field("staged", &self.next.is_some())
+            .field("previous", &self.previous.len())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Root {
     cert_pem: String,
     key_pem: String,
@@ -186,6 +207,60 @@ impl Ca {
             previous,
             clock,
         })
+    }
+
+    /// A new root for `trust_domain`, as a record (for a shared store to keep if it has none).
+    pub fn generate_record(trust_domain: &str, clock: Clock) -> Result<CaRecord, CaError> {
+        super::spiffe::valid_trust_domain(trust_domain)?;
+        let root = generate_root(clock(), trust_domain)?;
+        Ok(CaRecord {
+            signer: format!("{}{}", root.cert_pem, root.key_pem),
+            next: None,
+            previous: Vec::new(),
+        })
+    }
+
+    /// The CA a record holds, for `trust_domain`, held in memory (its steps are kept by the
+    /// caller, through [`Ca::record`]).
+    pub fn from_record(record: &CaRecord, trust_domain: &str, clock: Clock) -> Result<Ca, CaError> {
+        super::spiffe::valid_trust_domain(trust_domain)?;
+        let signer = load_root(&record.signer, &record.signer)?;
+        check_root_domain(&signer, trust_domain)?;
+        let next = match &record.next {
+            Some(pem) => Some(load_root(pem, pem)?).filter(|n| n.cert_pem != signer.cert_pem),
+            None => None,
+        };
+        let previous = record
+            .previous
+            .iter()
+            .filter(|pem| **pem != signer.cert_pem)
+            .cloned()
+            .collect();
+        Ok(Ca {
+            dir: None,
+            trust_domain: trust_domain.to_owned(),
+            signer,
+            next,
+            previous,
+            clock,
+        })
+    }
+
+    /// Its roots as a record.
+    pub fn record(&self) -> CaRecord {
+        CaRecord {
+            signer: format!("{}{}", self.signer.cert_pem, self.signer.key_pem),
+            next: self
+                .next
+                .as_ref()
+                .map(|n| format!("{}{}", n.cert_pem, n.key_pem)),
+            previous: self.previous.clone(),
+        }
+    }
+
+    /// The signing root's certificate (PEM).
+    pub fn signer_pem(&self) -> &str {
+        &self.signer.cert_pem
     }
 
     /// A CA for `trust_domain` from an operator's root (PEM certificate and PEM key), held in

@@ -19,7 +19,7 @@ pub mod workload;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{Ca, CaError, Clock, DEFAULT_LIFETIME, IssuedCert, system_clock};
+pub use ca::{Ca, CaError, CaRecord, Clock, DEFAULT_LIFETIME, IssuedCert, system_clock};
 pub use spiffe::{
     DEFAULT_TRUST_DOMAIN, SanError, SpiffeError, SpiffeId, trust_domain_of_root, valid_trust_domain,
 };

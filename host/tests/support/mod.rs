@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub mod mesh;
 pub mod netns;
+pub mod postgres;
 
 pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 

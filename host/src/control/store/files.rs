@@ -1,112 +1,19 @@
-//! The control plane's durable state in its data directory: the resources in force with the
-//! revision each was last changed at, the revision counter, a history of changes, the
-//! registered workloads with their leases, and the artifact store (`artifacts/<sha256>.wasm`).
-//!
-//! Every file is written whole (see [`crate::files`]): a crash leaves the old state or the new
-//! one, never a torn mix; state, history and secrets are the owner's alone (0600).
+//! The embedded store: everything in the data directory, each file written whole (see
+//! [`crate::files`]) so a crash leaves the old state or the new one, never a torn mix; state,
+//! history and secrets are the owner's alone (0600). The zero-setup default.
 
-use crate::files::{Mode, WriteError, write_atomic};
+use super::{Change, State, StoreError};
+use crate::files::{Mode, write_atomic};
 use crate::plugin::sha256_hex;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Why the store could not do something.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// Which file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A file could not be written.
-    #[error(transparent)]
-    Write(#[from] WriteError),
-    /// A state file exists but does not parse.
-    #[error("{path}: corrupt state: {reason}")]
-    Corrupt {
-        /// Which file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A resource as applied, with the revision it was last changed at.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stored {
-    /// `VirtualService`, `DestinationRule`, `WasmPlugin`.
-    pub kind: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// The revision that last changed it.
-    pub revision: u64,
-    /// The whole document as applied.
-    pub document: serde_json::Value,
-}
-
-/// One entry of the change history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// The revision this change made.
-    pub revision: u64,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// What changed (`apply VirtualService default/payments`).
-    pub what: Vec<String>,
-}
-
-fn default_namespace() -> String {
-    crate::names::DEFAULT_NAMESPACE.to_string()
-}
-
-/// A registered workload (a sidecar and its app).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registration {
-    /// The sidecar's id (unique per process).
-    pub id: String,
-    /// Its service's name.
-    pub service: String,
-    /// Its namespace; state saved before namespaces existed reads as `default`.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// Its inbound address.
-    pub address: String,
-    /// When its lease ends unless it renews (ms since the Unix epoch); 0 while connected.
-    pub lease_until_ms: u64,
-}
-
-/// Everything the control plane keeps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    /// The newest revision.
-    pub revision: u64,
-    /// Resources by `kind/namespace/name`.
-    pub resources: BTreeMap<String, Stored>,
-    /// Registered workloads by id.
-    pub workloads: BTreeMap<String, Registration>,
-    /// WasmPlugin URLs downloaded into the artifact store, url → sha256.
-    #[serde(default)]
-    pub fetched: BTreeMap<String, String>,
-}
-
-/// The key a resource is stored under.
-pub fn key(kind: &str, namespace: &str, name: &str) -> String {
-    format!("{kind}/{namespace}/{name}")
-}
-
 /// The data directory.
-pub struct Store {
+pub struct FileStore {
     dir: PathBuf,
 }
+
+const PULL_SECRETS: &str = "pull-secrets.json";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -115,9 +22,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-impl Store {
+impl FileStore {
     /// Opens (creating) the data directory.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         // The directory holds the operator token and the CA's keys: the owner's alone.
         std::fs::DirBuilder::new()
@@ -125,7 +32,7 @@ impl Store {
             .mode(0o700)
             .create(dir.join("artifacts"))
             .map_err(io(dir))?;
-        Ok(Store {
+        Ok(FileStore {
             dir: dir.to_path_buf(),
         })
     }
@@ -265,6 +172,45 @@ impl Store {
         std::fs::read(self.artifact_path(digest)).ok()
     }
 
+    /// Every pull secret (`pull-secrets.json`, owner-only), by `namespace/name`.
+    pub fn pull_secrets(&self) -> Result<super::PullSecrets, StoreError> {
+        let path = self.dir.join(PULL_SECRETS);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Keeps pull secret `key`; the caller orders writers (the mesh lock).
+    pub fn put_pull_secret(
+        &self,
+        key: &str,
+        secret: &crate::control::pull_secrets::PullSecret,
+    ) -> Result<(), StoreError> {
+        let mut all = self.pull_secrets()?;
+        all.insert(key.to_string(), secret.clone());
+        let path = self.dir.join(PULL_SECRETS);
+        let bytes = serde_json::to_vec_pretty(&all).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(write_atomic(&path, &bytes, Mode::Private)?)
+    }
+
+    /// Keeps a copy of a secret held elsewhere (a shared store) where the CLI looks for it,
+    /// owner-only.
+    pub fn keep_copy(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == value) {
+            return Ok(());
+        }
+        Ok(write_atomic(&path, value.as_bytes(), Mode::Private)?)
+    }
+
     /// A secret kept in the data directory (`operator.token`, `secret`): created, owner-only,
     /// when the file does not exist; any other problem (unreadable, not what this store
     /// writes) is an error naming the file, never a silent replacement that would void every
@@ -299,11 +245,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::store::{Stored, key};
 
     #[test]
     fn state_history_artifacts_and_secrets_survive_reopening() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = FileStore::open(dir.path()).expect("open");
         let mut state = store.load().expect("empty");
         assert_eq!(state, State::default());
         state.revision = 3;
@@ -328,7 +275,7 @@ mod tests {
         let digest = store.put_artifact(b"\0asm component").expect("put");
         let token = store.secret("operator.token").expect("token");
 
-        let again = Store::open(dir.path()).expect("reopen");
+        let again = FileStore::open(dir.path()).expect("reopen");
         assert_eq!(again.load().expect("load"), state);
         assert_eq!(again.history().expect("history")[0].revision, 3);
         assert!(again.has_artifact(&digest));
@@ -348,7 +295,7 @@ mod tests {
     fn a_corrupt_state_file_is_an_error_not_an_empty_mesh() {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("state.json"), b"{not json").expect("write");
-        let err = Store::open(dir.path())
+        let err = FileStore::open(dir.path())
             .expect("open")
             .load()
             .expect_err("corrupt");
@@ -358,7 +305,7 @@ mod tests {
     #[test]
     fn a_damaged_secret_stops_the_start_and_is_never_replaced() {
         let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = FileStore::open(dir.path()).expect("open");
         let token = store.secret("secret").expect("created");
         let path = dir.path().join("secret");
         let mut damaged = std::fs::read(&path).expect("read");
@@ -387,7 +334,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("dir");
         let data = dir.path().join("data");
-        let store = Store::open(&data).expect("open");
+        let store = FileStore::open(&data).expect("open");
         store.secret("operator.token").expect("token");
         store.save(&State::default()).expect("save");
         store
