@@ -93,6 +93,10 @@ struct RawTimeouts {
 pub struct ControlPlaneRef {
     /// Its API address (`ip:port`).
     pub address: String,
+    /// Other replicas' API addresses: the sidecar moves to another when the one it uses
+    /// cannot be reached.
+    #[serde(default)]
+    pub replicas: Vec<String>,
     /// The service's bootstrap token.
     #[serde(default)]
     pub token: Option<String>,

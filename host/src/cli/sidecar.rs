@@ -55,7 +55,15 @@ impl WatchParts {
         )?;
         let (server, bundle) =
             Endpoint::from_bundle_file(addr, &base.join(ca_file)).context("controlPlane.caFile")?;
-        let server = server.with_mark(mark);
+        let replicas = cp
+            .replicas
+            .iter()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .with_context(|| format!("controlPlane.replicas: {a:?} is not ip:port"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let server = server.with_mark(mark).with_replicas(&replicas);
         let token = match (&cp.token, &cp.token_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => std::fs::read_to_string(base.join(f))

@@ -13,18 +13,24 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// How long connecting plus the TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the control plane is and how to recognise it.
+/// Where the control plane is and how to recognise it: one address, or several replicas'.
 #[derive(Clone)]
 pub struct Endpoint {
-    /// Its API address.
+    /// Its API address (the first, when there are several).
     pub addr: SocketAddr,
+    /// Every replica's address; a request goes to the one that last answered and moves on
+    /// to the next when it cannot connect.
+    addrs: Arc<[SocketAddr]>,
+    current: Arc<AtomicUsize>,
     tls: TlsConnector,
     /// The firewall mark of its sockets: under capture, a sidecar's own connections pass.
     mark: Option<u32>,
@@ -33,7 +39,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }
@@ -65,9 +71,65 @@ impl Endpoint {
     pub fn new(addr: SocketAddr, bundle: Arc<TrustBundle>) -> Result<Endpoint, TlsError> {
         Ok(Endpoint {
             addr,
+            addrs: Arc::new([addr]),
+            current: Arc::new(AtomicUsize::new(0)),
             tls: TlsConnector::from(control_client_config(bundle)?),
             mark: None,
         })
+    }
+
+    /// The same endpoint on several replicas (its own address first, then `others`). It
+    /// starts at a random one, so a mesh's sidecars spread across the replicas.
+    pub fn with_replicas(mut self, others: &[SocketAddr]) -> Endpoint {
+        let mut all = vec![self.addr];
+        all.extend(others.iter().filter(|a| **a != self.addr));
+        let start = (crate::random::fast_u64() % all.len() as u64) as usize;
+        self.addrs = all.into();
+        self.current = Arc::new(AtomicUsize::new(start));
+        self
+    }
+
+    /// The address requests go to now.
+    pub fn current(&self) -> SocketAddr {
+        self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// A verified TLS connection to the first replica that takes one, from the current.
+    async fn connect(&self) -> Result<(SocketAddr, TlsStream<TcpStream>), String> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..self.addrs.len() {
+            let at = (start + i) % self.addrs.len();
+            let addr = self.addrs[at];
+            match self.connect_to(addr).await {
+                Ok(tls) => {
+                    if i > 0 {
+                        tracing::info!(%addr, "control plane: moved to another replica");
+                    }
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok((addr, tls));
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    async fn connect_to(&self, addr: SocketAddr) -> Result<TlsStream<TcpStream>, String> {
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let tcp = match self.mark {
+                None => TcpStream::connect(addr).await,
+                Some(mark) => crate::capture::socket::connect_marked(addr, mark).await,
+            }
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            self.tls
+                .connect(server_name(), tcp)
+                .await
+                .map_err(|e| format!("TLS with the control plane at {addr}: {e}"))
+        })
+        .await
+        .map_err(|_| format!("no TLS connection to {addr} within {CONNECT_TIMEOUT:?}"))?
     }
 
     /// The same endpoint, reached from sockets carrying `mark` (a captured sidecar's).
@@ -98,28 +160,10 @@ impl Endpoint {
     /// Sends one request (its URI a path) on a fresh verified connection; the response's body
     /// streams from it.
     pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
-        if let Ok(host) = http::HeaderValue::from_str(&self.addr.to_string()) {
+        let (addr, tls) = self.connect().await?;
+        if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
             req.headers_mut().insert(http::header::HOST, host);
         }
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = match self.mark {
-                None => TcpStream::connect(self.addr).await,
-                Some(mark) => crate::capture::socket::connect_marked(self.addr, mark).await,
-            }
-            .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
-            let _ = tcp.set_nodelay(true);
-            self.tls
-                .connect(server_name(), tcp)
-                .await
-                .map_err(|e| format!("TLS with the control plane at {}: {e}", self.addr))
-        })
-        .await
-        .map_err(|_| {
-            format!(
-                "no TLS connection to {} within {CONNECT_TIMEOUT:?}",
-                self.addr
-            )
-        })??;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP with the control plane: {e}"))?;

@@ -315,7 +315,7 @@ async fn watch_once(
             String::from_utf8_lossy(&body)
         ));
     }
-    tracing::info!(server = %cfg.server.addr, "watching the control plane");
+    tracing::info!(server = %cfg.server.current(), "watching the control plane");
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
     let mut quiet_until = tokio::time::Instant::now() + heartbeat_timeout;

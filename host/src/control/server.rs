@@ -651,9 +651,15 @@ async fn handle(
         }
         (Method::GET, ["v1", "status"]) => {
             let revision = shared.mesh.lock().state.revision;
+            let store = match shared.store.postgres() {
+                None => serde_json::json!({"kind": "files"}),
+                Some(pg) => serde_json::json!({"kind": "postgres", "database": pg.shown(),
+                    "replica": shared.replica, "singleton": pg.is_leader()}),
+            };
             json(
                 StatusCode::OK,
-                &serde_json::json!({"revision": revision, "sidecars": registry::status(&shared)}),
+                &serde_json::json!({"revision": revision, "store": store,
+                                    "sidecars": registry::status(&shared)}),
             )
         }
         (Method::POST, ["v1", "ca", "rotate"]) => issuer::ca_change(&shared, CaStep::Stage),
