@@ -276,8 +276,13 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
         assert!(out.contains(&format!("revision {revision}")), "{out}");
         let per = converged_across(&live, &op, revision, 3).await;
         println!("killed {leader} (the singleton); now {per:?} sidecars on {live:?}");
-        // A singleton again among the living.
+        // A singleton again among the living, and its gauge says so.
         singleton(&live, &op).await;
+        let mut gauges = 0;
+        for cp in &live {
+            gauges += metric(*cp, "weft_control_singleton").await;
+        }
+        assert_eq!(gauges, 1, "one singleton gauge at 1 among {live:?}");
     }
     // The killed replicas come back on their addresses; a change through one reaches all.
     for a in dead.clone() {
@@ -302,10 +307,19 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
         let out = weft(addrs[i], &replicas[i].data, &["ca", verb]);
         assert!(out.status.success(), "ca {verb}: {}", text(&out));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !addrs.iter().all(|a| bundle_of(*a) == bundle_of(addrs[i])) {
+        loop {
+            let mut signers = Vec::new();
+            for a in &addrs {
+                let st = status(*a, &op).await.expect("status");
+                signers.push(st["ca"]["signer"].as_str().unwrap_or_default().to_string());
+            }
+            let bundles_agree = addrs.iter().all(|a| bundle_of(*a) == bundle_of(addrs[i]));
+            if bundles_agree && signers.iter().all(|s| *s == signers[0]) {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "replicas publish different bundles after {verb}"
+                "replicas disagree after {verb}: signers {signers:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -333,6 +347,23 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
     assert_eq!(revisions, (1..=revision).collect::<Vec<_>>());
     drop(replicas);
     drop(pg);
+}
+
+/// The value of unlabelled series `name` in the replica's `/metrics`.
+async fn metric(cp: SocketAddr, name: &str) -> i64 {
+    let req = http::Request::get("/metrics")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    let resp = endpoint(cp).send(req).await.expect("metrics");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or_else(|| panic!("no {name} at {cp}"), |v| v as i64)
 }
 
 /// `GET /readyz` of the replica at `cp`: its status code.
@@ -440,6 +471,7 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     let stopped = Instant::now();
     for cp in &addrs {
         assert_eq!(readiness(*cp).await, 503, "{cp} ready without its store");
+        assert_eq!(metric(*cp, "weft_control_store_up").await, 0, "{cp}");
     }
     let file = write(dir.path(), "down.yaml", &reweighted(70, 30));
     let out = weft(
@@ -481,6 +513,7 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     );
     assert!(out.contains("revision 3"), "{out}");
     converged_across(&addrs, &op, 3, 3).await;
+    assert_eq!(metric(addrs[1], "weft_control_store_up").await, 1);
     stop.store(true, Ordering::SeqCst);
     let (calls, failed) = load.await.expect("load");
     println!("database stopped for 10 s: {calls} calls, {failed} failed");

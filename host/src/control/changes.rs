@@ -245,7 +245,8 @@ const STALE_RETRIES: usize = 5;
 async fn catch_up(shared: &Arc<Shared>) {
     let syncing = shared.clone();
     match tokio::task::spawn_blocking(move || super::replicas::sync(&syncing)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(true)) => super::replicas::warm(shared),
+        Ok(Ok(false)) => {}
         Ok(Err(e)) => tracing::warn!("catching up with the store: {e}"),
         Err(e) => tracing::warn!("catching up with the store: {e}"),
     }

@@ -4,6 +4,7 @@
 //! silent or whose lease ended. Every replica signs with the CA kept in the store.
 
 use super::changes;
+use super::istio;
 use super::registry::push;
 use super::server::{ControlError, Shared, now_ms};
 use super::store::{PgStore, Registration, StoreError};
@@ -51,10 +52,24 @@ pub(super) async fn follow(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
             _ = shutdown.changed() => return,
         }
         let syncing = shared.clone();
-        match tokio::task::spawn_blocking(move || sync(&syncing)).await {
-            Ok(Ok(())) => {
+        let started = std::time::Instant::now();
+        let synced = tokio::task::spawn_blocking(move || sync(&syncing)).await;
+        let outcome = if matches!(synced, Ok(Ok(_))) {
+            "ok"
+        } else {
+            "error"
+        };
+        shared
+            .store
+            .metrics()
+            .observe("follow", outcome, started.elapsed().as_secs_f64());
+        match synced {
+            Ok(Ok(moved)) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("the store answers again; following it");
+                }
+                if moved {
+                    warm(&shared);
                 }
             }
             Ok(Err(e)) => {
@@ -69,12 +84,43 @@ pub(super) async fn follow(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
     }
 }
 
+/// Compiles, behind everything else, the optimized code of every stored plugin in force that
+/// this replica has none of (another replica took the push or the fetch), so its sidecars get
+/// code rather than compiling for themselves.
+pub(super) fn warm(shared: &Arc<Shared>) {
+    let digests: Vec<String> = shared
+        .mesh
+        .lock()
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            istio::Spec::WasmPlugin(wp) => match wp.source() {
+                Ok(istio::WasmSource::Stored(digest)) => Some(digest),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let compiling = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        for digest in digests {
+            if compiling.checker.has_optimized(&digest) {
+                continue;
+            }
+            if let Some(bytes) = compiling.store.artifact(&digest) {
+                compiling.checker.optimize(&bytes);
+            }
+        }
+    });
+}
+
 /// Brings this replica up to the store's versions: resources and registrations (pushing what
-/// they change), and the CA.
-pub(super) fn sync(shared: &Shared) -> Result<(), StoreError> {
+/// they change), and the CA. Says whether the resources moved.
+pub(super) fn sync(shared: &Shared) -> Result<bool, StoreError> {
     let Some(pg) = shared.store.postgres() else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut moved = false;
     let now = pg.versions()?;
     let seen = *shared.seen.lock();
     if now.revision != seen.revision || now.workloads != seen.workloads {
@@ -115,9 +161,10 @@ pub(super) fn sync(shared: &Shared) -> Result<(), StoreError> {
                         revision = state.revision,
                         "stored resources do not load; keeping the state in force"
                     );
-                    return Ok(());
+                    return Ok(false);
                 }
             }
+            moved = true;
             tracing::info!(
                 from = mesh.state.revision,
                 to = state.revision,
@@ -155,7 +202,7 @@ pub(super) fn sync(shared: &Shared) -> Result<(), StoreError> {
         }
     }
     *shared.seen.lock() = now;
-    Ok(())
+    Ok(moved)
 }
 
 /// Says this replica is alive and, on the singleton, sweeps the leases.
@@ -167,7 +214,9 @@ pub(super) fn keep_alive(shared: &Shared) {
         tracing::debug!("heartbeat to the store failed: {e}");
         return;
     }
-    if pg.is_leader() {
+    let leader = pg.is_leader();
+    shared.store.metrics().singleton.set(i64::from(leader));
+    if leader {
         // Three missed heartbeats: that replica is gone.
         match pg.sweep(shared.lease, shared.heartbeat * 3) {
             Ok(0) => {}

@@ -22,7 +22,7 @@ use super::issuer::{self, CaStep};
 use super::istio::Resource;
 use super::registry::{self, Conn};
 use super::serving::{ServingError, ServingIdentity, write_bundle};
-use super::store::{FileStore, PgStore, SealKey, State, Store, StoreError, Versions};
+use super::store::{Backend, FileStore, PgStore, SealKey, State, Store, StoreError, Versions};
 use super::wire::{SidecarStatus, StreamMessage};
 use crate::conn::Ended;
 use crate::identity::{Ca, CaError, SpiffeError, SpiffeId, system_clock};
@@ -183,6 +183,8 @@ pub(super) struct Shared {
     pub(super) replica: String,
     /// The store's versions this replica holds the state of.
     pub(super) seen: Mutex<Versions>,
+    /// The control plane's own metrics (`GET /metrics`).
+    pub(super) registry: prometheus::Registry,
 }
 
 /// A running control plane.
@@ -204,15 +206,18 @@ pub(super) fn now_ms() -> u64 {
 impl ControlPlane {
     /// Opens the data directory, loads the state and starts serving.
     pub async fn start(config: ControlConfig) -> Result<ControlPlane, ControlError> {
-        let store = match &config.store {
-            StoreConfig::Files => Store::open_files(&config.data_dir)?,
+        let registry = prometheus::Registry::new();
+        let backend = match &config.store {
+            StoreConfig::Files => Backend::Files(FileStore::open(&config.data_dir)?),
             StoreConfig::Postgres { url, key } => {
-                Store::Postgres(PgStore::open(url, key.clone(), &config.data_dir)?)
+                Backend::Postgres(PgStore::open(url, key.clone(), &config.data_dir)?)
             }
         };
-        let replica = match &store {
-            Store::Files(_) => String::new(),
-            Store::Postgres(_) => super::replicas::replica_name(config.listen),
+        let store = Store::new(backend, &registry)?;
+        let replica = if store.shared() {
+            super::replicas::replica_name(config.listen)
+        } else {
+            String::new()
         };
         let seen = match store.postgres() {
             Some(pg) => pg.versions()?,
@@ -294,6 +299,7 @@ impl ControlPlane {
             signing: config.signing.clone(),
             replica,
             seen: Mutex::new(seen),
+            registry,
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -308,6 +314,7 @@ impl ControlPlane {
         ];
         let mut tasks = tasks;
         if shared.store.shared() {
+            super::replicas::warm(&shared);
             tasks.push(tokio::spawn(super::replicas::follow(shared.clone(), rx)));
         }
         tracing::info!(%addr, data = %config.data_dir.display(), "control plane listening");
@@ -532,6 +539,19 @@ async fn handle(
     // Probes carry no credential: liveness is this answer; readiness is whether the store
     // can keep a change (the reason is logged, not told to an unauthenticated caller).
     match (req.method(), req.uri().path()) {
+        // Scraped as istiod's monitoring port is, without a credential: counts and states,
+        // no names of anything in the mesh.
+        (&Method::GET, "/metrics") => {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&shared.registry.gather())
+                .unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(text)).boxed_unsync());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return Ok(r);
+        }
         (&Method::GET, "/healthz") => {
             return Ok(json(StatusCode::OK, &serde_json::json!({"live": true})));
         }
@@ -656,9 +676,12 @@ async fn handle(
                 Some(pg) => serde_json::json!({"kind": "postgres", "database": pg.shown(),
                     "replica": shared.replica, "singleton": pg.is_leader()}),
             };
+            // Which root signs, so replicas can be seen to agree.
+            let signer = crate::plugin::sha256_hex(shared.ca.lock().signer_pem().as_bytes());
             json(
                 StatusCode::OK,
                 &serde_json::json!({"revision": revision, "store": store,
+                                    "ca": {"signer": signer},
                                     "sidecars": registry::status(&shared)}),
             )
         }

@@ -8,6 +8,7 @@
 //! always was: a change is durable before it is made current.
 
 pub mod files;
+mod metrics;
 pub mod postgres;
 pub mod seal;
 
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use files::FileStore;
+pub use metrics::StoreMetrics;
 pub use postgres::PgStore;
 pub use seal::SealKey;
 
@@ -147,57 +149,112 @@ pub struct Versions {
     pub ca: u64,
 }
 
-/// Where the control plane keeps its state.
-pub enum Store {
+/// Which store.
+pub enum Backend {
     /// The data directory.
     Files(FileStore),
     /// A PostgreSQL database shared by replicas.
     Postgres(PgStore),
 }
 
+/// Where the control plane keeps its state, measured.
+pub struct Store {
+    backend: Backend,
+    metrics: StoreMetrics,
+}
+
 /// A registry credential (see [`crate::control::pull_secrets`]).
 pub type PullSecrets = BTreeMap<String, crate::control::pull_secrets::PullSecret>;
 
+/// What a call's result says of the store: it answered or it failed.
+trait Outcome {
+    fn outcome(&self) -> &'static str;
+}
+
+impl<T> Outcome for Result<T, StoreError> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ok(_) => "ok",
+            Err(StoreError::Database(_)) => "error",
+            Err(_) => "refused",
+        }
+    }
+}
+
+impl Outcome for Result<(), CommitError> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ok(()) => "ok",
+            Err(CommitError::Stale { .. }) => "stale",
+            Err(CommitError::Store(StoreError::Database(_))) => "error",
+            Err(CommitError::Store(_)) => "refused",
+        }
+    }
+}
+
 impl Store {
-    /// The file store in `dir`.
+    /// A store over `backend`, its metrics in `registry`.
+    pub fn new(backend: Backend, registry: &prometheus::Registry) -> Result<Store, StoreError> {
+        let metrics = StoreMetrics::register(registry)
+            .map_err(|e| StoreError::Database(format!("registering the store's metrics: {e}")))?;
+        Ok(Store { backend, metrics })
+    }
+
+    /// The file store in `dir`, unmeasured (tests).
     pub fn open_files(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::Files(FileStore::open(dir)?))
+        Store::new(
+            Backend::Files(FileStore::open(dir)?),
+            &prometheus::Registry::new(),
+        )
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    fn timed<R: Outcome>(&self, operation: &str, f: impl FnOnce(&Backend) -> R) -> R {
+        let started = std::time::Instant::now();
+        let r = f(&self.backend);
+        self.metrics
+            .observe(operation, r.outcome(), started.elapsed().as_secs_f64());
+        r
     }
 
     /// Whether replicas may share it.
     pub fn shared(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// The PostgreSQL store, if this is one.
     pub fn postgres(&self) -> Option<&PgStore> {
-        match self {
-            Store::Postgres(pg) => Some(pg),
-            Store::Files(_) => None,
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Files(_) => None,
         }
     }
 
     /// `Ok` if a change could be kept now. What `/readyz` reports.
     pub fn check_ready(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Files(f) => f.check_writable(),
-            Store::Postgres(pg) => pg.ping(),
-        }
+        self.timed("ready", |b| match b {
+            Backend::Files(f) => f.check_writable(),
+            Backend::Postgres(pg) => pg.ping(),
+        })
     }
 
     /// The whole state, or an empty one for a new store.
     pub fn load(&self) -> Result<State, StoreError> {
-        match self {
-            Store::Files(f) => f.load(),
-            Store::Postgres(pg) => pg.load(),
-        }
+        self.timed("load", |b| match b {
+            Backend::Files(f) => f.load(),
+            Backend::Postgres(pg) => pg.load(),
+        })
     }
 
     /// Keeps `next` (made from `prev`) and its history entry, or nothing: a shared store
     /// refuses it as stale when another replica moved past `prev`'s revision.
     pub fn commit(&self, prev: &State, next: &State, change: &Change) -> Result<(), CommitError> {
-        match self {
-            Store::Files(f) => {
+        let r = self.timed("commit", |b| match b {
+            Backend::Files(f) => {
                 f.save(next)?;
                 // The state is saved, so the change stands; a history line is a record of
                 // it, not it.
@@ -206,80 +263,84 @@ impl Store {
                 }
                 Ok(())
             }
-            Store::Postgres(pg) => pg.commit(prev, next, change),
+            Backend::Postgres(pg) => pg.commit(prev, next, change),
+        });
+        if matches!(r, Err(CommitError::Stale { .. })) {
+            self.metrics.stale.inc();
         }
+        r
     }
 
     /// Keeps the registrations of `ids` as `state` has them (removed where it has none).
     pub fn save_workloads(&self, state: &State, ids: &[String]) -> Result<(), StoreError> {
-        match self {
-            Store::Files(f) => f.save(state),
-            Store::Postgres(pg) => pg.save_workloads(state, ids),
-        }
+        self.timed("save_workloads", |b| match b {
+            Backend::Files(f) => f.save(state),
+            Backend::Postgres(pg) => pg.save_workloads(state, ids),
+        })
     }
 
     /// The history, oldest first.
     pub fn history(&self) -> Result<Vec<Change>, StoreError> {
-        match self {
-            Store::Files(f) => f.history(),
-            Store::Postgres(pg) => pg.history(),
-        }
+        self.timed("history", |b| match b {
+            Backend::Files(f) => f.history(),
+            Backend::Postgres(pg) => pg.history(),
+        })
     }
 
     /// Whether the store has an artifact.
     pub fn has_artifact(&self, digest: &str) -> bool {
-        match self {
-            Store::Files(f) => f.has_artifact(digest),
-            Store::Postgres(pg) => pg.has_artifact(digest),
+        match &self.backend {
+            Backend::Files(f) => f.has_artifact(digest),
+            Backend::Postgres(pg) => pg.has_artifact(digest),
         }
     }
 
     /// Stores an artifact; returns its sha256.
     pub fn put_artifact(&self, bytes: &[u8]) -> Result<String, StoreError> {
-        match self {
-            Store::Files(f) => f.put_artifact(bytes),
-            Store::Postgres(pg) => pg.put_artifact(bytes),
-        }
+        self.timed("put_artifact", |b| match b {
+            Backend::Files(f) => f.put_artifact(bytes),
+            Backend::Postgres(pg) => pg.put_artifact(bytes),
+        })
     }
 
     /// An artifact's bytes.
     pub fn artifact(&self, digest: &str) -> Option<Vec<u8>> {
-        match self {
-            Store::Files(f) => f.artifact(digest),
-            Store::Postgres(pg) => pg.artifact(digest),
+        match &self.backend {
+            Backend::Files(f) => f.artifact(digest),
+            Backend::Postgres(pg) => pg.artifact(digest),
         }
     }
 
     /// Keeps a signature (hex) of an artifact, once.
     pub fn add_signature(&self, digest: &str, signature: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Files(f) => f.add_signature(digest, signature),
-            Store::Postgres(pg) => pg.add_signature(digest, signature),
-        }
+        self.timed("add_signature", |b| match b {
+            Backend::Files(f) => f.add_signature(digest, signature),
+            Backend::Postgres(pg) => pg.add_signature(digest, signature),
+        })
     }
 
     /// The signatures (hex) kept for an artifact.
     pub fn signatures(&self, digest: &str) -> Vec<String> {
-        match self {
-            Store::Files(f) => f.signatures(digest),
-            Store::Postgres(pg) => pg.signatures(digest),
+        match &self.backend {
+            Backend::Files(f) => f.signatures(digest),
+            Backend::Postgres(pg) => pg.signatures(digest),
         }
     }
 
     /// A secret (`operator.token`, `secret`): made once, the same for every replica after.
     pub fn secret(&self, name: &str) -> Result<String, StoreError> {
-        match self {
-            Store::Files(f) => f.secret(name),
-            Store::Postgres(pg) => pg.secret(name),
-        }
+        self.timed("secret", |b| match b {
+            Backend::Files(f) => f.secret(name),
+            Backend::Postgres(pg) => pg.secret(name),
+        })
     }
 
     /// Every pull secret, by `namespace/name`.
     pub fn pull_secrets(&self) -> Result<PullSecrets, StoreError> {
-        match self {
-            Store::Files(f) => f.pull_secrets(),
-            Store::Postgres(pg) => pg.pull_secrets(),
-        }
+        self.timed("pull_secrets", |b| match b {
+            Backend::Files(f) => f.pull_secrets(),
+            Backend::Postgres(pg) => pg.pull_secrets(),
+        })
     }
 
     /// Keeps pull secret `key` (`namespace/name`).
@@ -288,10 +349,10 @@ impl Store {
         key: &str,
         secret: &crate::control::pull_secrets::PullSecret,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Files(f) => f.put_pull_secret(key, secret),
-            Store::Postgres(pg) => pg.put_pull_secret(key, secret),
-        }
+        self.timed("put_pull_secret", |b| match b {
+            Backend::Files(f) => f.put_pull_secret(key, secret),
+            Backend::Postgres(pg) => pg.put_pull_secret(key, secret),
+        })
     }
 }
 
