@@ -3,7 +3,8 @@
 //! restarted, changes applied through any replica reach every sidecar exactly once, the CA's
 //! root rotates with every replica signing from the same root, conflicting applies through two
 //! replicas are decided by revision, and a stopped database refuses changes without failing a
-//! call.
+//! call. Replicas and sidecars each listen on a loopback address of their own, as they would
+//! on hosts of their own.
 
 mod support;
 
@@ -189,7 +190,7 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
         .expect("postgres");
     let dir = tempfile::tempdir().expect("dir");
     let mut replicas: Vec<Replica> = (0..3)
-        .map(|i| replica(dir.path(), i, "127.0.0.1:0", &pg.url))
+        .map(|i| replica(dir.path(), i, &format!("127.0.0.{}:0", 11 + i), &pg.url))
         .collect();
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
     let op = token(&replicas[0].data);
@@ -229,7 +230,11 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
             service,
             &[("version", version)],
             app,
+            // As on hosts of their own: each replica and each sidecar on an address of its
+            // own, the sidecars registering the inbound address peers reach them at.
             serde_json::json!({"mtls": "STRICT",
+                "inbound": format!("127.0.0.{}:0", 21 + i),
+                "admin": format!("127.0.0.{}:0", 21 + i),
                 "controlPlane": {"address": addrs[i].to_string(), "token": token,
                                  "caFile": bundle_file(addrs[0]), "replicas": others}}),
             Some(&dir.path().join(format!("{service}-{version}.log"))),

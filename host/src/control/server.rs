@@ -542,6 +542,11 @@ async fn handle(
         // Scraped as istiod's monitoring port is, without a credential: counts and states,
         // no names of anything in the mesh.
         (&Method::GET, "/metrics") => {
+            if let Some(pg) = shared.store.postgres() {
+                // Read now: the lease thread flips it between housekeeping ticks.
+                let leader = pg.is_leader();
+                shared.store.metrics().singleton.set(i64::from(leader));
+            }
             let text = prometheus::TextEncoder::new()
                 .encode_to_string(&shared.registry.gather())
                 .unwrap_or_default();
