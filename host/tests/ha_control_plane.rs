@@ -423,11 +423,12 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
 
     // Two operators read the route through different replicas and change it at once: one
     // change wins, the other is refused naming the revision it lost to.
-    let read = weft(addrs[1], &replicas[1].data, &["get", "vs", "payments"]);
-    let read = text(&read);
-    assert!(read.contains("resourceVersion: \"1\""), "{read}");
+    let listed = weft(addrs[1], &replicas[1].data, &["get", "vs", "payments"]);
+    let listed = text(&listed);
+    assert!(listed.contains("resourceVersion: \"1\""), "{listed}");
     let edit = |v1: u32, v2: u32| {
-        read.replace("weight: 95", &format!("weight: {v1}"))
+        listed
+            .replace("weight: 95", &format!("weight: {v1}"))
             .replace("weight: 5\n", &format!("weight: {v2}\n"))
     };
     let (a, b) = (edit(50, 50), edit(80, 20));
@@ -524,4 +525,43 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     println!("database stopped for 10 s: {calls} calls, {failed} failed");
     assert_eq!(failed, 0, "of {calls} calls");
     assert!(calls >= 1_000, "{calls}");
+
+    // A sidecar that knows only one replica dies with it (its machine lost): the surviving
+    // replica, now the singleton, sweeps its registration once the dead replica has been
+    // silent and the lease has run, and its endpoint leaves the callers' tables.
+    let v3 = App::start("payments-v3").await;
+    let mut lone = sidecar(
+        dir.path(),
+        addrs[1],
+        &pay,
+        "payments",
+        &[("version", "v3")],
+        v3.addr,
+    );
+    let lone_at = lone.addr("inbound").to_string();
+    converged_across(&addrs, &op, 3, 4).await;
+    let endpoints = |admin: SocketAddr| async move {
+        let resp = h1_client()
+            .request(support::get(admin, "/endpoints", &[]))
+            .await
+            .expect("admin");
+        String::from_utf8_lossy(&read(resp).await.2).into_owned()
+    };
+    let admin = orders.addr("admin");
+    assert!(endpoints(admin).await.contains(&lone_at));
+    let mut replicas = replicas;
+    replicas[1].proc.kill();
+    lone.kill();
+    let killed = Instant::now();
+    while endpoints(admin).await.contains(&lone_at) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the dead sidecar's endpoint is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "a sidecar lost with its replica left the callers' tables after {:?}",
+        killed.elapsed()
+    );
 }
