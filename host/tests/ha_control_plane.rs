@@ -100,7 +100,7 @@ async fn converged_across(live: &[SocketAddr], op: &str, revision: u64, n: usize
             Instant::now() < deadline,
             "not converged at revision {revision} with {n} sidecars: {per:?} {ids:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -246,6 +246,27 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
     apply(dir.path(), addrs[0], &replicas[0].data, "seed.yaml", SEED);
     let mut revision = 1;
     converged_across(&addrs, &op, revision, 3).await;
+    // How long a change applied through one replica takes to be running on every sidecar,
+    // whichever replica it is on (printed: speed is measured, not asserted).
+    let mut took = Vec::new();
+    for (n, (a, b)) in [(90, 10), (85, 15), (90, 10), (85, 15), (90, 10)]
+        .into_iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        apply(
+            dir.path(),
+            addrs[0],
+            &replicas[0].data,
+            &format!("m{n}.yaml"),
+            &reweighted(a, b),
+        );
+        revision += 1;
+        converged_across(&addrs, &op, revision, 3).await;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    println!("apply through one replica -> every sidecar on three replicas ACKs: {took:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(orders.addr("outbound"), stop.clone());
@@ -369,6 +390,15 @@ async fn metric(cp: SocketAddr, name: &str) -> i64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or_else(|| panic!("no {name} at {cp}"), |v| v as i64)
+}
+
+/// A sidecar's admin `/endpoints`.
+async fn endpoints(admin: SocketAddr) -> String {
+    let resp = h1_client()
+        .request(support::get(admin, "/endpoints", &[]))
+        .await
+        .expect("admin");
+    String::from_utf8_lossy(&read(resp).await.2).into_owned()
 }
 
 /// `GET /readyz` of the replica at `cp`: its status code.
@@ -498,6 +528,30 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     // Reads are served from memory meanwhile.
     let got = weft(addrs[0], &replicas[0].data, &["get", "vs", "payments"]);
     assert!(got.status.success(), "{}", text(&got));
+    // A sidecar joins meanwhile through the replica orders is not on: it is served, and its
+    // registration reaches the store, and orders through the other replica, once the store
+    // is back.
+    let mut orders_on = None;
+    for (i, cp) in addrs.iter().enumerate() {
+        let st = status(*cp, &op).await.expect("status");
+        if st["sidecars"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|s| s["connected"] == true && s["service"].to_string().contains("orders"))
+        }) {
+            orders_on = Some(i);
+        }
+    }
+    let elsewhere = 1 - orders_on.expect("orders is on a replica");
+    let v4 = App::start("payments-v4").await;
+    let late = sidecar(
+        dir.path(),
+        addrs[elsewhere],
+        &pay,
+        "payments",
+        &[("version", "v4")],
+        v4.addr,
+    );
+    let late_at = late.addr("inbound").to_string();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
     tokio::task::block_in_place(|| pg.restart());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -518,7 +572,16 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
         &reweighted(70, 30),
     );
     assert!(out.contains("revision 3"), "{out}");
-    converged_across(&addrs, &op, 3, 3).await;
+    converged_across(&addrs, &op, 3, 4).await;
+    let admin = orders.addr("admin");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !endpoints(admin).await.contains(&late_at) {
+        assert!(
+            Instant::now() < deadline,
+            "a sidecar registered during the outage never reached the other replica's callers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(metric(addrs[1], "weft_control_store_up").await, 1);
     stop.store(true, Ordering::SeqCst);
     let (calls, failed) = load.await.expect("load");
@@ -529,6 +592,7 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     // A sidecar that knows only one replica dies with it (its machine lost): the surviving
     // replica, now the singleton, sweeps its registration once the dead replica has been
     // silent and the lease has run, and its endpoint leaves the callers' tables.
+    drop(late);
     let v3 = App::start("payments-v3").await;
     let mut lone = sidecar(
         dir.path(),
@@ -540,14 +604,6 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     );
     let lone_at = lone.addr("inbound").to_string();
     converged_across(&addrs, &op, 3, 4).await;
-    let endpoints = |admin: SocketAddr| async move {
-        let resp = h1_client()
-            .request(support::get(admin, "/endpoints", &[]))
-            .await
-            .expect("admin");
-        String::from_utf8_lossy(&read(resp).await.2).into_owned()
-    };
-    let admin = orders.addr("admin");
     assert!(endpoints(admin).await.contains(&lone_at));
     let mut replicas = replicas;
     replicas[1].proc.kill();
