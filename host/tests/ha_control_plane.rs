@@ -31,28 +31,34 @@ const KEY: &str = "6b1c0f7e2d9a4c3b8e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a
 
 /// Starts replica `i` on `listen` (`127.0.0.1:0`, or the address it had before a restart).
 fn replica(dir: &Path, i: usize, listen: &str, pg: &str) -> Replica {
+    replica_with(dir, i, listen, pg, &[])
+}
+
+/// [`replica`] with more arguments.
+fn replica_with(dir: &Path, i: usize, listen: &str, pg: &str, more: &[&str]) -> Replica {
     let data = dir.join(format!("replica-{i}"));
     let key = dir.join("store.key");
     std::fs::write(&key, KEY).expect("key file");
     let log = dir.join(format!("replica-{i}.log"));
-    let proc = spawn_logged(
-        &[
-            "control",
-            "--data",
-            data.to_str().expect("utf-8"),
-            "--listen",
-            listen,
-            "--lease",
-            "3s",
-            "--cert-lifetime",
-            "3s",
-            "--store",
-            pg,
-            "--store-key-file",
-            key.to_str().expect("utf-8"),
-        ],
-        Some(&log),
-    );
+    let key = key.to_str().expect("utf-8").to_string();
+    let data_arg = data.to_str().expect("utf-8").to_string();
+    let mut args = vec![
+        "control",
+        "--data",
+        &data_arg,
+        "--listen",
+        listen,
+        "--lease",
+        "3s",
+        "--cert-lifetime",
+        "3s",
+        "--store",
+        pg,
+        "--store-key-file",
+        &key,
+    ];
+    args.extend_from_slice(more);
+    let proc = spawn_logged(&args, Some(&log));
     let addr = proc.addr("api");
     remember(addr, &data);
     Replica { proc, addr, data }
@@ -620,4 +626,89 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
         "a sidecar lost with its replica left the callers' tables after {:?}",
         killed.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_the_database_over_verified_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "database test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let (cert, key) = (leaf.pem(), key.serialize_pem());
+    let pg = tokio::task::spawn_blocking(move || Postgres::start_tls(&cert, &key))
+        .await
+        .expect("postgres");
+    let ca_file = write(dir.path(), "db-ca.pem", &ca_cert.pem());
+    let url = format!("{}?sslmode=require", pg.url);
+
+    // A replica that cannot verify the database's certificate does not start.
+    std::fs::write(dir.path().join("store.key"), KEY).expect("key");
+    let refused = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.path().to_path_buf(), url.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(["control", "--listen", "127.0.0.1:0", "--store", &url])
+                .arg("--data")
+                .arg(dir.join("untrusting"))
+                .arg("--store-key-file")
+                .arg(dir.join("store.key"))
+                .output()
+                .expect("run weft control")
+        }
+    })
+    .await
+    .expect("join");
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("certificate"), "{said}");
+
+    // One given the database's CA starts, keeps a change, and its connections are encrypted.
+    let r = replica_with(
+        dir.path(),
+        0,
+        "127.0.0.1:0",
+        &url,
+        &["--store-ca-file", ca_file.to_str().expect("utf-8")],
+    );
+    let out = apply(dir.path(), r.addr, &r.data, "seed.yaml", SEED);
+    assert!(out.contains("revision 1"), "{out}");
+    // The store's calls, its listener and its lease: three connections, all over TLS.
+    let sessions = |ssl: bool| {
+        let count = std::process::Command::new("psql")
+            .args([
+                url.as_str(),
+                "-At",
+                "-c",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.application_name = 'weft-control' AND s.ssl = {ssl}"
+                ),
+            ])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&count.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("psql: {}", text(&count)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions(true) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions over TLS",
+            sessions(true)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sessions(false), 0, "a session without TLS");
+    drop(r);
 }

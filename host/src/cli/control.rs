@@ -51,6 +51,10 @@ pub struct Args {
     /// the CA's keys are sealed with it in the database. Or set `WEFT_STORE_KEY`.
     #[arg(long)]
     store_key_file: Option<PathBuf>,
+    /// PEM roots to verify the database's TLS certificate with (default: the system's). TLS
+    /// is used as the store URL's `sslmode` says: `prefer` (default), `require`, `disable`.
+    #[arg(long)]
+    store_ca_file: Option<PathBuf>,
 }
 
 /// The store the flags name.
@@ -58,9 +62,9 @@ fn store_config(args: &Args) -> anyhow::Result<weft::control::server::StoreConfi
     use weft::control::server::StoreConfig;
     use weft::control::store::SealKey;
     let Some(url) = &args.store else {
-        if args.store_key_file.is_some() {
+        if args.store_key_file.is_some() || args.store_ca_file.is_some() {
             anyhow::bail!(
-                "--store-key-file is for --store postgres://...: the file store seals nothing"
+                "--store-key-file and --store-ca-file are for --store postgres://...: the file store needs neither"
             );
         }
         return Ok(StoreConfig::Files);
@@ -77,9 +81,17 @@ fn store_config(args: &Args) -> anyhow::Result<weft::control::server::StoreConfi
         ),
     };
     let key = SealKey::from_hex(&text).map_err(|e| anyhow::anyhow!("store key: {e}"))?;
+    let ca = match &args.store_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--store-ca-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     Ok(StoreConfig::Postgres {
         url: url.clone(),
         key,
+        ca,
     })
 }
 

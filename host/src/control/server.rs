@@ -81,6 +81,8 @@ pub enum StoreConfig {
         url: String,
         /// The operator's store key, the same on every replica.
         key: SealKey,
+        /// PEM roots the database's TLS certificate is verified with (else the system's).
+        ca: Option<Vec<u8>>,
     },
 }
 
@@ -209,8 +211,11 @@ impl ControlPlane {
         let registry = prometheus::Registry::new();
         let backend = match &config.store {
             StoreConfig::Files => Backend::Files(FileStore::open(&config.data_dir)?),
-            StoreConfig::Postgres { url, key } => {
-                Backend::Postgres(PgStore::open(url, key.clone(), &config.data_dir)?)
+            StoreConfig::Postgres { url, key, ca } => {
+                let tls = super::store::tls::StoreTls::new(ca.as_deref()).map_err(|e| {
+                    StoreError::Database(format!("TLS roots for the database: {e}"))
+                })?;
+                Backend::Postgres(PgStore::open(url, key.clone(), tls, &config.data_dir)?)
             }
         };
         let store = Store::new(backend, &registry)?;

@@ -22,6 +22,16 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a fresh server; blocks until it accepts connections and database `weft` exists.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`] taking TCP connections over TLS only, with this certificate and
+    /// key (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Postgres {
+        Postgres::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         // postgresql-common comes with every server package, and the server binaries are not on
         // the PATH, so its `pg_ctlcluster` is what says one is installed.
         super::netns::ensure_packages(&[("pg_ctlcluster", "postgresql")]);
@@ -68,9 +78,10 @@ impl Postgres {
             ),
         );
         // Only loopback TCP and the private socket directory, both without a password.
+        let tcp = if tls.is_some() { "hostssl" } else { "host" };
         std::fs::write(
             format!("{}/pg_hba.conf", pg.data),
-            "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\n{tcp} all all 127.0.0.1/32 trust\n"),
         )
         .expect("write pg_hba.conf");
         let mut conf = std::fs::OpenOptions::new()
@@ -85,6 +96,22 @@ impl Postgres {
             pg.home
         )
         .expect("write postgresql.conf");
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = format!("{}/{name}", pg.data);
+                std::fs::write(&path, pem).expect("write a TLS file");
+                // postgres reads its key only when the key is its own and private.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                let out = Command::new("chown")
+                    .args(["nobody", &path])
+                    .output()
+                    .expect("run chown");
+                assert!(out.status.success(), "chown {path}");
+            }
+            writeln!(conf, "ssl = on").expect("write postgresql.conf");
+        }
         pg.launch();
         pg.must(
             "createdb",

@@ -11,6 +11,7 @@ pub mod files;
 mod metrics;
 pub mod postgres;
 pub mod seal;
+pub mod tls;
 
 use crate::files::WriteError;
 use crate::identity::CaRecord;

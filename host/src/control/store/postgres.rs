@@ -16,13 +16,14 @@
 //! never spans an await; a database that does not answer fails a call within seconds rather
 //! than holding it.
 
+use super::tls::StoreTls;
 use super::{
     Change, CommitError, FileStore, PullSecrets, Registration, SealKey, State, StoreError, Stored,
     StoredCa, Versions,
 };
 use crate::identity::CaRecord;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ type Job = Box<dyn FnOnce(&mut Session) + Send>;
 /// The worker thread's connection, made on demand and again after it breaks.
 struct Session {
     config: Config,
+    tls: StoreTls,
     client: Option<Client>,
     refused: Option<(Instant, String)>,
 }
@@ -116,7 +118,7 @@ impl Session {
             {
                 return Err(StoreError::Database(format!("unreachable: {why}")));
             }
-            match self.config.connect(NoTls) {
+            match self.config.connect(self.tls.clone()) {
                 Ok(c) => {
                     self.client = Some(c);
                     self.refused = None;
@@ -191,7 +193,12 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 impl PgStore {
     /// Connects to `url`, applies the schema's migrations, and starts the listener and the
     /// singleton lease; `cache_dir` keeps local copies of artifacts.
-    pub fn open(url: &str, key: SealKey, cache_dir: &Path) -> Result<PgStore, StoreError> {
+    pub fn open(
+        url: &str,
+        key: SealKey,
+        tls: StoreTls,
+        cache_dir: &Path,
+    ) -> Result<PgStore, StoreError> {
         let shown = redact(url);
         let mut config: Config = url
             .parse()
@@ -205,6 +212,7 @@ impl PgStore {
         let (jobs, queue) = mpsc::channel::<Job>();
         let mut session = Session {
             config: config.clone(),
+            tls: tls.clone(),
             client: None,
             refused: None,
         };
@@ -226,8 +234,13 @@ impl PgStore {
             shown: shown.clone(),
         };
         store.migrate()?;
-        spawn_listener(config.clone(), store.changed.clone(), store.stop.clone())?;
-        spawn_singleton(config, store.leader.clone(), store.stop.clone())?;
+        spawn_listener(
+            config.clone(),
+            tls.clone(),
+            store.changed.clone(),
+            store.stop.clone(),
+        )?;
+        spawn_singleton(config, tls, store.leader.clone(), store.stop.clone())?;
         tracing::info!(store = %shown, "PostgreSQL store open");
         Ok(store)
     }
@@ -848,6 +861,7 @@ impl PgStore {
 /// after the database comes back.
 fn spawn_listener(
     config: Config,
+    tls: StoreTls,
     changed: Arc<tokio::sync::Notify>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
@@ -855,7 +869,7 @@ fn spawn_listener(
         .name("weft-store-listen".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut client) = config.connect(NoTls) else {
+                let Ok(mut client) = config.connect(tls.clone()) else {
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 };
@@ -890,6 +904,7 @@ fn spawn_listener(
 /// the lock when a replica dies, and another takes it within a second.
 fn spawn_singleton(
     config: Config,
+    tls: StoreTls,
     leader: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), StoreError> {
@@ -897,7 +912,7 @@ fn spawn_singleton(
         .name("weft-store-lease".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut client) = config.connect(NoTls) else {
+                let Ok(mut client) = config.connect(tls.clone()) else {
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 };
