@@ -101,10 +101,19 @@ pub(super) fn push(mesh: &mut Mesh) -> Vec<Pushed> {
 
 /// Keeps the registrations of `ids` as `mesh` has them, then pushes.
 pub(super) fn persist_and_push(shared: &Shared, mesh: &mut Mesh, ids: &[String]) {
-    if let Err(e) = shared.store.save_workloads(&mesh.state, ids) {
-        tracing::error!("cannot persist control plane state: {e}");
-    }
+    keep(shared, &mesh.state, ids, "registrations");
     let _ = push(mesh);
+}
+
+/// Keeps the registrations of `ids`; one that cannot be kept (the store is away) is logged,
+/// and a shared store's follower writes this replica's back once the store answers again.
+fn keep(shared: &Shared, state: &State, ids: &[String], what: &str) {
+    if let Err(e) = shared.store.save_workloads(state, ids) {
+        tracing::error!("cannot persist {what}: {e}");
+        shared
+            .unsaved
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Where the control plane may read a sidecar's `/metrics`: its admin port on the host its
@@ -275,12 +284,13 @@ pub(super) fn watch_stream(
                 stream: Some(tx.clone()),
             },
         );
-        if changed
-            && let Err(e) = shared
-                .store
-                .save_workloads(&mesh.state, std::slice::from_ref(id))
-        {
-            tracing::error!("cannot persist registration: {e}");
+        if changed {
+            keep(
+                shared,
+                &mesh.state,
+                std::slice::from_ref(id),
+                "a registration",
+            );
         }
         // A new or moved endpoint changes everyone's snapshot; otherwise only this one's.
         let _ = push(&mut mesh);
@@ -308,12 +318,7 @@ pub(super) fn watch_stream(
         if let Some(w) = mesh.state.workloads.get_mut(&id) {
             w.lease_until_ms = until;
         }
-        if let Err(e) = shared
-            .store
-            .save_workloads(&mesh.state, std::slice::from_ref(&id))
-        {
-            tracing::error!("cannot persist lease: {e}");
-        }
+        keep(&shared, &mesh.state, std::slice::from_ref(&id), "a lease");
     });
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody(rx)));
     r.headers_mut().insert(

@@ -11,6 +11,7 @@ use super::store::{PgStore, Registration, StoreError};
 use crate::identity::{Ca, system_clock};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -123,8 +124,15 @@ pub(super) fn sync(shared: &Shared) -> Result<bool, StoreError> {
     let mut moved = false;
     let now = pg.versions()?;
     let seen = *shared.seen.lock();
-    if now.revision != seen.revision || now.workloads != seen.workloads {
-        let mut state = pg.load()?;
+    let unsaved = shared.unsaved.swap(false, Ordering::SeqCst);
+    if unsaved || now.revision != seen.revision || now.workloads != seen.workloads {
+        let mut state = match pg.load() {
+            Ok(state) => state,
+            Err(e) => {
+                shared.unsaved.fetch_or(unsaved, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let mut mesh = shared.mesh.lock();
         // This replica's streams are the truth about its sidecars: one the store does not
         // have as connected anywhere (a write lost while the store was away) is written again.
@@ -149,6 +157,13 @@ pub(super) fn sync(shared: &Shared) -> Result<bool, StoreError> {
                     reassert.push(id.clone());
                 }
             }
+        }
+        if state.revision < mesh.state.revision {
+            // Read before a change this replica committed since: its resources are older than
+            // those in force, which stay (a sidecar never steps back to them).
+            state.revision = mesh.state.revision;
+            state.resources = mesh.state.resources.clone();
+            state.fetched = mesh.state.fetched.clone();
         }
         if state.revision != mesh.state.revision {
             match changes::parse_stored(&state) {
@@ -179,6 +194,7 @@ pub(super) fn sync(shared: &Shared) -> Result<bool, StoreError> {
             && let Err(e) = shared.store.save_workloads(&mesh.state, &reassert)
         {
             tracing::warn!("cannot write this replica's registrations back: {e}");
+            shared.unsaved.store(true, Ordering::SeqCst);
         }
         let _ = push(&mut mesh);
     }
@@ -186,23 +202,35 @@ pub(super) fn sync(shared: &Shared) -> Result<bool, StoreError> {
         && let Some(stored) = pg.ca()?
     {
         match Ca::from_record(&stored.record, &shared.trust_domain, system_clock()) {
-            Ok(ca) => {
-                let mut held = shared.ca.lock();
-                let moved = held.signer_pem() != ca.signer_pem();
-                *held = ca;
-                if let Err(e) = super::serving::write_bundle(&shared.data_dir, &held.bundle()) {
-                    tracing::warn!("cannot write the trust bundle: {e}");
-                }
-                if moved && let Err(e) = shared.serving.reissue(&held) {
-                    tracing::warn!("cannot reissue the API's certificate from the new root: {e}");
-                }
-                tracing::info!(version = stored.version, "following a CA change");
-            }
+            Ok(ca) => follow_ca(shared, ca, stored.version),
             Err(e) => tracing::error!("the stored CA does not load; keeping the one in force: {e}"),
         }
     }
-    *shared.seen.lock() = now;
+    let mut seen = shared.seen.lock();
+    seen.revision = seen.revision.max(now.revision);
+    seen.workloads = now.workloads;
+    seen.ca = seen.ca.max(now.ca);
     Ok(moved)
+}
+
+/// Makes `ca`, kept in the store at `version`, the one this replica signs with and
+/// publishes. Judged under the CA's lock, as a rotation step here records its version: a CA
+/// read before this replica's own step is older than the one in force, and not taken.
+fn follow_ca(shared: &Shared, ca: Ca, version: u64) {
+    let mut held = shared.ca.lock();
+    if version <= shared.seen.lock().ca {
+        return;
+    }
+    shared.seen.lock().ca = version;
+    let moved = held.signer_pem() != ca.signer_pem();
+    *held = ca;
+    if let Err(e) = super::serving::write_bundle(&shared.data_dir, &held.bundle()) {
+        tracing::warn!("cannot write the trust bundle: {e}");
+    }
+    if moved && let Err(e) = shared.serving.reissue(&held) {
+        tracing::warn!("cannot reissue the API's certificate from the new root: {e}");
+    }
+    tracing::info!(version, "following a CA change");
 }
 
 /// Says this replica is alive and, on the singleton, sweeps the leases.

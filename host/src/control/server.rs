@@ -187,6 +187,9 @@ pub(super) struct Shared {
     pub(super) seen: Mutex<Versions>,
     /// The control plane's own metrics (`GET /metrics`).
     pub(super) registry: prometheus::Registry,
+    /// A registration could not be kept: the follower reconciles with the store even if
+    /// its versions did not move.
+    pub(super) unsaved: std::sync::atomic::AtomicBool,
 }
 
 /// A running control plane.
@@ -305,6 +308,7 @@ impl ControlPlane {
             replica,
             seen: Mutex::new(seen),
             registry,
+            unsaved: std::sync::atomic::AtomicBool::new(false),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
