@@ -631,23 +631,11 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_reach_the_database_over_verified_tls() {
     let dir = tempfile::tempdir().expect("dir");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "database test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("leaf");
-    let (cert, key) = (leaf.pem(), key.serialize_pem());
+    let (ca, cert, key) = support::loopback_tls("database test CA");
     let pg = tokio::task::spawn_blocking(move || Postgres::start_tls(&cert, &key))
         .await
         .expect("postgres");
-    let ca_file = write(dir.path(), "db-ca.pem", &ca_cert.pem());
+    let ca_file = write(dir.path(), "db-ca.pem", &ca);
     let url = format!("{}?sslmode=require", pg.url);
 
     // A replica that cannot verify the database's certificate does not start.

@@ -293,22 +293,11 @@ async fn a_compat_image_with_plugin_wasm_in_a_tar_layer_is_read() {
 
 /// A CA and a certificate it signed for 127.0.0.1, as PEM files under `dir`: (ca, cert, key).
 fn tls_files(dir: &std::path::Path) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "registry test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("leaf");
+    let (ca, cert, key) = support::loopback_tls("registry test CA");
     let paths = ["ca.pem", "cert.pem", "key.pem"].map(|n| dir.join(n).display().to_string());
-    std::fs::write(&paths[0], ca_cert.pem()).expect("write");
-    std::fs::write(&paths[1], leaf.pem()).expect("write");
-    std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+    std::fs::write(&paths[0], ca).expect("write");
+    std::fs::write(&paths[1], cert).expect("write");
+    std::fs::write(&paths[2], key).expect("write");
     let [a, b, c] = paths;
     (a, b, c)
 }

@@ -222,9 +222,24 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     // Checked against the state in force; a replica that finds the shared store moved on
     // catches up and checks again, so a change is never checked against a state it does not
     // land on.
+    until_current(
+        shared,
+        || apply_parsed(shared, &parsed, &fetched),
+        "not applied: the mesh kept changing through other replicas while this apply was checked",
+    )
+    .await
+}
+
+/// Runs `attempt` until it is not stale, catching up with the shared store in between; past
+/// [`STALE_RETRIES`], 409 saying `refused` and the store's revision.
+async fn until_current(
+    shared: &Arc<Shared>,
+    attempt: impl Fn() -> Result<Response<Body>, u64>,
+    refused: &str,
+) -> Response<Body> {
     let mut revision = 0;
     for _ in 0..STALE_RETRIES {
-        match apply_parsed(shared, &parsed, &fetched) {
+        match attempt() {
             Ok(response) => return response,
             Err(now) => revision = now,
         }
@@ -232,9 +247,7 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     }
     error(
         StatusCode::CONFLICT,
-        format!(
-            "not applied: the mesh kept changing through other replicas while this apply was checked (now at revision {revision}); apply again"
-        ),
+        format!("{refused} (now at revision {revision}); try again"),
     )
 }
 
@@ -582,20 +595,12 @@ pub(super) async fn delete(
         Ok(k) => k.to_string(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let mut revision = 0;
-    for _ in 0..STALE_RETRIES {
-        match delete_once(shared, &kind, namespace, name) {
-            Ok(response) => return response,
-            Err(now) => revision = now,
-        }
-        catch_up(shared).await;
-    }
-    error(
-        StatusCode::CONFLICT,
-        format!(
-            "not deleted: the mesh kept changing through other replicas (now at revision {revision}); try again"
-        ),
+    until_current(
+        shared,
+        || delete_once(shared, &kind, namespace, name),
+        "not deleted: the mesh kept changing through other replicas",
     )
+    .await
 }
 
 /// One attempt at a delete under the mesh lock; `Err` as for [`apply_parsed`].

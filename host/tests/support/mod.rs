@@ -413,6 +413,23 @@ pub async fn scrape(sidecar: &weft::proxy::Sidecar) -> String {
     String::from_utf8_lossy(&read(resp).await.2).into_owned()
 }
 
+/// A CA named `ca_name` and a certificate it signed for 127.0.0.1: (CA, certificate, key), PEM.
+pub fn loopback_tls(ca_name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    (ca_cert.pem(), leaf.pem(), key.serialize_pem())
+}
+
 /// `python3 -m http.server` (Debian's) serving a directory on loopback, killed on drop.
 pub struct WebServer {
     child: std::process::Child,
