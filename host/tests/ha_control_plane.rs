@@ -287,12 +287,19 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
         let leader = singleton(&live, &op).await;
         let i = addrs.iter().position(|a| *a == leader).expect("a replica");
         replicas[i].proc.kill();
+        let killed = Instant::now();
         dead.push(leader);
         let live: Vec<SocketAddr> = addrs
             .iter()
             .copied()
             .filter(|a| !dead.contains(a))
             .collect();
+        // Every sidecar connected to a living replica and running what it ran (printed).
+        converged_across(&live, &op, revision, 3).await;
+        println!(
+            "kill -9 of {leader} -> every sidecar on another replica: {:?}",
+            killed.elapsed()
+        );
         let through = live[0];
         let data = replicas[addrs.iter().position(|a| *a == through).expect("replica")]
             .data
