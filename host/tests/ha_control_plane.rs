@@ -463,6 +463,20 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
     let orders = pod(1, &ord, "orders", "v1", NO_APP);
     apply(dir.path(), addrs[0], &replicas[0].data, "seed.yaml", SEED);
     converged_across(&addrs, &op, 1, 3).await;
+    // `--wait` through one replica says it cannot wait for the others' sidecars.
+    let seed = write(dir.path(), "seed-again.yaml", SEED);
+    let again = weft(
+        addrs[0],
+        &replicas[0].data,
+        &["apply", "--wait", "-f", seed.to_str().expect("utf-8")],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again)
+            .contains("sidecars connected to other control-plane replicas are not waited for"),
+        "{}",
+        text(&again)
+    );
 
     // Two operators read the route through different replicas and change it at once: one
     // change wins, the other is refused naming the revision it lost to.

@@ -41,19 +41,27 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<serde_json::Value>>,
 {
+    // With replicas, a control plane knows the answers of its own sidecars only.
+    let others = "sidecars connected to other control-plane replicas are not waited for \
+                  (weft status through each replica shows them)";
+    let replicated = |out: &serde_json::Value| out["store"]["kind"] == "postgres";
     if pushed.is_empty() {
-        println!("no sidecar runs anything new: nothing to wait for");
+        if replicated(&status().await?) {
+            println!("no sidecar of this replica runs anything new; {others}");
+        } else {
+            println!("no sidecar runs anything new: nothing to wait for");
+        }
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    let answers = loop {
+    let (answers, shared_store) = loop {
         let out = status().await?;
         let sidecars: Vec<SidecarStatus> =
             serde_json::from_value(out["sidecars"].clone()).unwrap_or_default();
         let answers: Vec<Answer> = pushed.iter().map(|p| answer(p, &sidecars)).collect();
         let nacked = answers.iter().any(|a| matches!(a, Answer::Nack(_)));
         if nacked || !answers.contains(&Answer::Pending) || Instant::now() >= deadline {
-            break answers;
+            break (answers, replicated(&out));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -72,6 +80,9 @@ where
             failed += 1;
         }
         println!("  {} {} {word}{detail}", p.service, p.id);
+    }
+    if shared_store {
+        println!("  ({others})");
     }
     match failed {
         0 => Ok(()),
