@@ -909,3 +909,46 @@ async fn health_and_readiness_answer_probes_and_readiness_follows_the_store() {
     assert_eq!(probe("/healthz").await.0, StatusCode::OK);
     assert_eq!(probe("/readyz").await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_version_applied_back_is_refused_once_the_resource_changed() {
+    let m = TestMesh::start();
+    let apply = |name: &str, yaml: &str| {
+        let file = write(m.dir.path(), name, yaml);
+        let out = weft(
+            m.cp,
+            &m.data,
+            &["apply", "--no-wait", "-f", file.to_str().expect("utf-8")],
+        );
+        (out.status.success(), text(&out))
+    };
+    let (ok, said) = apply("seed.yaml", SEED);
+    assert!(ok, "{said}");
+    let listed = text(&weft(m.cp, &m.data, &["get", "vs", "payments"]));
+    assert!(listed.contains("resourceVersion: \"1\""), "{listed}");
+    let edit = |v2: u32| {
+        listed
+            .replace("weight: 95", &format!("weight: {}", 100 - v2))
+            .replace("weight: 5\n", &format!("weight: {v2}\n"))
+    };
+    // Applied back as read: taken, and the resource moves to revision 2.
+    let (ok, said) = apply("fifty.yaml", &edit(50));
+    assert!(ok && said.contains("revision 2"), "{said}");
+    // The same read again: the resource changed since.
+    let (ok, said) = apply("twenty.yaml", &edit(20));
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("409")
+            && said.contains("metadata.resourceVersion is 1, but it was changed at revision 2"),
+        "{said}"
+    );
+    // A revision no `weft get` showed.
+    let (ok, said) = apply("future.yaml", &edit(20).replace("\"1\"", "\"99\""));
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("metadata.resourceVersion is 99, but the mesh is at revision 2"),
+        "{said}"
+    );
+    let (ok, said) = apply("number.yaml", &edit(20).replace("\"1\"", "1"));
+    assert!(!ok && said.contains("400"), "{said}");
+}

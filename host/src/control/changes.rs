@@ -224,22 +224,22 @@ pub(super) async fn apply(shared: &Arc<Shared>, source: &str, body: &[u8]) -> Re
     // land on.
     until_current(
         shared,
-        || apply_parsed(shared, &parsed, &fetched),
+        |caught_up| apply_parsed(shared, &parsed, &fetched, caught_up),
         "not applied: the mesh kept changing through other replicas while this apply was checked",
     )
     .await
 }
 
-/// Runs `attempt` until it is not stale, catching up with the shared store in between; past
-/// [`STALE_RETRIES`], 409 saying `refused` and the store's revision.
+/// Runs `attempt` until it is not stale, catching up with the shared store in between (and
+/// telling it so); past [`STALE_RETRIES`], 409 saying `refused` and the store's revision.
 async fn until_current(
     shared: &Arc<Shared>,
-    attempt: impl Fn() -> Result<Response<Body>, u64>,
+    attempt: impl Fn(bool) -> Result<Response<Body>, u64>,
     refused: &str,
 ) -> Response<Body> {
     let mut revision = 0;
-    for _ in 0..STALE_RETRIES {
-        match attempt() {
+    for tries in 0..STALE_RETRIES {
+        match attempt(tries > 0) {
             Ok(response) => return response,
             Err(now) => revision = now,
         }
@@ -296,11 +296,13 @@ fn as_kept(r: &Resource) -> serde_json::Value {
 }
 
 /// One attempt at an apply under the mesh lock; `Err` with the store's revision when another
-/// replica moved it on since this replica's state.
+/// replica moved it on since this replica's state. `caught_up`: this replica has just read
+/// the shared store.
 fn apply_parsed(
     shared: &Shared,
     parsed: &[Resource],
     fetched: &BTreeMap<String, String>,
+    caught_up: bool,
 ) -> Result<Response<Body>, u64> {
     let mut mesh = shared.mesh.lock();
     let mut next = mesh.state.clone();
@@ -313,8 +315,8 @@ fn apply_parsed(
             Ok(None) => continue,
             Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
         };
-        if at > mesh.state.revision {
-            // Read through a replica ahead of this one.
+        if at > mesh.state.revision && shared.store.shared() && !caught_up {
+            // Perhaps read through a replica ahead of this one: catch up and judge again.
             return Err(at);
         }
         let kind = r.kind.to_string();
@@ -325,6 +327,10 @@ fn apply_parsed(
             .map(|s| s.revision);
         if held != Some(at) {
             conflicts.push(match held {
+                _ if at > mesh.state.revision => format!(
+                    "{kind} {}/{}: metadata.resourceVersion is {at}, but the mesh is at revision {}: not a revision `weft get` showed",
+                    r.namespace, r.name, mesh.state.revision
+                ),
                 Some(now) => format!(
                     "{kind} {}/{}: metadata.resourceVersion is {at}, but it was changed at revision {now} since: get it again and reapply",
                     r.namespace, r.name
@@ -597,7 +603,7 @@ pub(super) async fn delete(
     };
     until_current(
         shared,
-        || delete_once(shared, &kind, namespace, name),
+        |_| delete_once(shared, &kind, namespace, name),
         "not deleted: the mesh kept changing through other replicas",
     )
     .await
