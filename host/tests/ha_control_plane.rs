@@ -64,6 +64,33 @@ fn replica_with(dir: &Path, i: usize, listen: &str, pg: &str, more: &[&str]) -> 
     Replica { proc, addr, data }
 }
 
+/// A sidecar process of `service` at `version` in front of `app`, its bootstrap listing every
+/// replica (`addrs[first]` first) and holding `extra`; it logs beside its bootstrap.
+fn replicated_pod(
+    dir: &Path,
+    addrs: &[SocketAddr],
+    first: usize,
+    token: &str,
+    (service, version): (&str, &str),
+    app: SocketAddr,
+    mut extra: serde_json::Value,
+) -> Proc {
+    let replicas: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    extra["controlPlane"] = serde_json::json!({"address": addrs[first].to_string(),
+        "token": token, "caFile": bundle_file(addrs[0]), "replicas": replicas});
+    let log = dir.join(format!("{service}-{version}.log"));
+    sidecar_with(
+        dir,
+        addrs[first],
+        token,
+        service,
+        &[("version", version)],
+        app,
+        extra,
+        Some(&log),
+    )
+}
+
 /// `/v1/status` of the replica at `cp`, or none when it does not answer.
 async fn status(cp: SocketAddr, op: &str) -> Option<serde_json::Value> {
     let bytes = call(&endpoint(cp), op, Method::GET, "/v1/status", Bytes::new())
@@ -228,22 +255,19 @@ async fn replicas_killed_and_restarted_under_load_fail_no_call_and_apply_each_ch
     // Each sidecar names one replica first and the others as alternatives (it starts at a
     // random one of them).
     let pod = |i: usize, token: &str, service: &str, version: &str, app: SocketAddr| {
-        let others: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        sidecar_with(
+        // As on hosts of their own: each replica and each sidecar on an address of its own,
+        // the sidecars registering the inbound address peers reach them at.
+        let on_its_host = serde_json::json!({"mtls": "STRICT",
+            "inbound": format!("127.0.0.{}:0", 21 + i),
+            "admin": format!("127.0.0.{}:0", 21 + i)});
+        replicated_pod(
             dir.path(),
-            addrs[i],
+            &addrs,
+            i,
             token,
-            service,
-            &[("version", version)],
+            (service, version),
             app,
-            // As on hosts of their own: each replica and each sidecar on an address of its
-            // own, the sidecars registering the inbound address peers reach them at.
-            serde_json::json!({"mtls": "STRICT",
-                "inbound": format!("127.0.0.{}:0", 21 + i),
-                "admin": format!("127.0.0.{}:0", 21 + i),
-                "controlPlane": {"address": addrs[i].to_string(), "token": token,
-                                 "caFile": bundle_file(addrs[0]), "replicas": others}}),
-            Some(&dir.path().join(format!("{service}-{version}.log"))),
+            on_its_host,
         )
     };
     let _p1 = pod(0, &pay, "payments", "v1", v1.addr);
@@ -444,18 +468,15 @@ async fn conflicting_applies_are_decided_by_revision_and_a_stopped_database_fail
         App::start("payments-v1").await,
         App::start("payments-v2").await,
     );
-    let others: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     let pod = |i: usize, token: &str, service: &str, version: &str, app: SocketAddr| {
-        sidecar_with(
+        replicated_pod(
             dir.path(),
-            addrs[i],
+            &addrs,
+            i,
             token,
-            service,
-            &[("version", version)],
+            (service, version),
             app,
-            serde_json::json!({"controlPlane": {"address": addrs[i].to_string(), "token": token,
-                               "caFile": bundle_file(addrs[0]), "replicas": others}}),
-            None,
+            serde_json::json!({}),
         )
     };
     let _p1 = pod(0, &pay, "payments", "v1", v1.addr);

@@ -37,11 +37,6 @@ impl FileStore {
         })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// `Ok` if a change could be kept now: a probe file is written, synced and removed in the
     /// data directory (never creating the directory, which may be a volume that went away).
     /// What `/readyz` reports.

@@ -4,11 +4,25 @@
 use super::SINGLETON_LOCK;
 use crate::control::store::StoreError;
 use crate::control::store::tls::StoreTls;
-use postgres::Config;
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Config};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// How often a lost connection is dialled again, and the lease looked at.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A connection, dialled every [`RETRY`] until one is made; none once `stop` is set.
+fn dial(config: &Config, tls: &StoreTls, stop: &AtomicBool) -> Option<Client> {
+    while !stop.load(Ordering::Relaxed) {
+        match config.connect(tls.clone()) {
+            Ok(client) => return Some(client),
+            Err(_) => std::thread::sleep(RETRY),
+        }
+    }
+    None
+}
 
 /// A thread that LISTENs for other replicas' writes and wakes the follower; it reconnects
 /// after the database comes back.
@@ -21,12 +35,9 @@ pub(super) fn spawn_listener(
     std::thread::Builder::new()
         .name("weft-store-listen".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut client) = config.connect(tls.clone()) else {
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                };
+            while let Some(mut client) = dial(&config, &tls, &stop) {
                 if client.batch_execute("LISTEN weft").is_err() {
+                    std::thread::sleep(RETRY);
                     continue;
                 }
                 // Whatever happened while it was not listening is looked at now.
@@ -54,7 +65,7 @@ pub(super) fn spawn_listener(
 }
 
 /// A thread that holds the singleton lock while its connection lives; PostgreSQL releases
-/// the lock when a replica dies, and another takes it within a second.
+/// the lock when a replica dies, and another takes it at its next try.
 pub(super) fn spawn_singleton(
     config: Config,
     tls: StoreTls,
@@ -64,11 +75,7 @@ pub(super) fn spawn_singleton(
     std::thread::Builder::new()
         .name("weft-store-lease".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut client) = config.connect(tls.clone()) else {
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                };
+            while let Some(mut client) = dial(&config, &tls, &stop) {
                 while !stop.load(Ordering::Relaxed) {
                     let held = if leader.load(Ordering::Relaxed) {
                         client.simple_query("SELECT 1").map(|_| true)
@@ -90,7 +97,7 @@ pub(super) fn spawn_singleton(
                             break;
                         }
                     }
-                    std::thread::sleep(Duration::from_secs(1));
+                    std::thread::sleep(RETRY);
                 }
             }
             leader.store(false, Ordering::Relaxed);
