@@ -1,5 +1,7 @@
 //! Builds the workspace's Wasm guests (built-in plugins and test plugins) with a nested
-//! `cargo build --target wasm32-wasip2`, then generates constants naming each component.
+//! `cargo build --target wasm32-wasip2`, and the proxy-wasm test filters (their own workspace,
+//! `tests/proxy-wasm`) with `cargo build --target wasm32-wasip1`, then generates constants
+//! naming each.
 //!
 //! The nested build gets its own target directory under OUT_DIR, or it would wait forever on
 //! the lock the outer build holds; and it sheds the outer build's flags (RUSTFLAGS for the host
@@ -43,6 +45,19 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
     ("TENANT_GATE", "tenant-gate", "examples/tenant-gate", false),
 ];
 
+/// The proxy-wasm filters: (constant name, package), built from `tests/proxy-wasm`.
+const PROXY_WASM: &[(&str, &str)] = &[
+    ("PW_HEADERS", "pw-headers"),
+    ("PW_AUTH", "pw-auth"),
+    ("PW_COUNTER", "pw-counter"),
+    ("PW_HOSTILE", "pw-hostile"),
+    ("PW_SET_HEADER", "pw-set-header"),
+    ("PW_CALLOUT", "pw-callout"),
+];
+
+/// The target proxy-wasm filters are built for, as Envoy and Istio users build them.
+const PROXY_WASM_TARGET: &str = "wasm32-wasip1";
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -58,16 +73,73 @@ fn main() {
     for (_, _, dir, _) in GUESTS {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    let filters = root.join("tests/proxy-wasm");
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", filters.join(file).display());
+    }
+    for (_, package) in PROXY_WASM {
+        let dir = filters.join(package.trim_start_matches("pw-"));
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
 
-    ensure_target();
+    ensure_target(TARGET);
+    ensure_target(PROXY_WASM_TARGET);
     let target_dir = out_dir.join("guests");
     build_guests(&root, &target_dir);
-    write_constants(&out_dir, &target_dir);
+    let filters_dir = out_dir.join("proxy-wasm");
+    build_proxy_wasm(&filters, &filters_dir);
+    write_constants(&out_dir, &target_dir, &filters_dir);
+}
+
+/// Builds the proxy-wasm filters' own workspace.
+fn build_proxy_wasm(manifest_dir: &Path, target_dir: &Path) {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(manifest_dir)
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            PROXY_WASM_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    shed_outer_build(&mut cmd);
+    let status = cmd
+        .status()
+        .expect("failed to run the nested cargo build of the proxy-wasm filters");
+    assert!(
+        status.success(),
+        "building the proxy-wasm filters failed ({status}); run `cargo build --target {PROXY_WASM_TARGET} --release` in tests/proxy-wasm to see why"
+    );
+}
+
+/// Removes the outer build's settings, which do not apply to a Wasm guest.
+fn shed_outer_build(cmd: &mut Command) {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
 }
 
 /// Installs the Wasm target if rustup is how this toolchain came; `rust-toolchain.toml`
 /// alone skips a missing target silently. Idempotent and quick when already installed.
-fn ensure_target() {
+fn ensure_target(target: &str) {
     let sysroot = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .args(["--print", "sysroot"])
         .output()
@@ -76,19 +148,19 @@ fn ensure_target() {
         .unwrap_or_default();
     if Path::new(&sysroot)
         .join("lib/rustlib")
-        .join(TARGET)
+        .join(target)
         .exists()
     {
         return;
     }
     let status = Command::new("rustup")
-        .args(["target", "add", TARGET])
+        .args(["target", "add", target])
         .status();
     match status {
         Ok(s) if s.success() => {}
         other => panic!(
-            "the {TARGET} target is missing and `rustup target add {TARGET}` failed ({other:?}); \
-             install it with `rustup target add {TARGET}` and build again"
+            "the {target} target is missing and `rustup target add {target}` failed ({other:?}); \
+             install it with `rustup target add {target}` and build again"
         ),
     }
 }
@@ -110,20 +182,7 @@ fn build_guests(root: &Path, target_dir: &Path) {
     for (_, package, _, _) in GUESTS {
         cmd.args(["-p", package]);
     }
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
+    shed_outer_build(&mut cmd);
     let status = cmd
         .status()
         .expect("failed to run the nested cargo build of the Wasm guests");
@@ -133,7 +192,7 @@ fn build_guests(root: &Path, target_dir: &Path) {
     );
 }
 
-fn write_constants(out_dir: &Path, target_dir: &Path) {
+fn write_constants(out_dir: &Path, target_dir: &Path, filters_dir: &Path) {
     let mut code = String::new();
     let mut all =
         String::from("/// Every guest: (name, path).\npub const ALL: &[(&str, &str)] = &[\n");
@@ -155,6 +214,24 @@ fn write_constants(out_dir: &Path, target_dir: &Path) {
             writeln!(code, "pub const {name}: &[u8] = include_bytes!({path:?});").ok();
         }
         writeln!(all, "    ({:?}, {path:?}),", package).ok();
+    }
+    for (name, package) in PROXY_WASM {
+        let file = filters_dir
+            .join(PROXY_WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(
+            file.exists(),
+            "the proxy-wasm build produced no {}",
+            file.display()
+        );
+        let path = file.display().to_string();
+        writeln!(
+            code,
+            "/// Path of the `{package}` proxy-wasm filter (a core module)."
+        )
+        .ok();
+        writeln!(code, "pub const {name}_PATH: &str = {path:?};").ok();
     }
     all.push_str("];\n");
     code.push_str(&all);

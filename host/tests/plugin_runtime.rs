@@ -432,13 +432,19 @@ fn a_component_of_another_world_is_refused() {
 
 #[test]
 fn bytes_that_are_not_a_component_are_refused() {
+    // A core module that is not a proxy-wasm filter either.
     let core_module = b"\0asm\x01\0\0\0";
     let err = FIX
         .runtime
-        .load("core", Artifact::Bytes(core_module), None)
+        .plugin(
+            Artifact::Bytes(core_module),
+            None,
+            PluginSpec::new("core", "{}"),
+        )
         .err()
         .expect("refused");
     assert!(err.to_string().contains("core Wasm module"), "{err}");
+    assert!(err.to_string().contains("proxy_abi_version_0_2_1"), "{err}");
     let err = FIX
         .runtime
         .load("junk", Artifact::Bytes(b"hello"), None)

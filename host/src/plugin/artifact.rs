@@ -8,8 +8,8 @@ use super::error::PluginError;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Engine, Module, Precompiled};
 
 /// Where a plugin's component comes from.
 #[derive(Debug, Clone, Copy)]
@@ -20,14 +20,40 @@ pub enum Artifact<'a> {
     File(&'a Path),
 }
 
-/// Components compiled in this process, by digest: an artifact compiles once however many
-/// plugins and chains use it.
-pub(crate) type MemoryCache = parking_lot::Mutex<std::collections::HashMap<String, Component>>;
+/// Code compiled in this process, by digest: an artifact compiles once however many plugins
+/// and chains use it.
+pub(crate) type MemoryCache = parking_lot::Mutex<std::collections::HashMap<String, Code>>;
 
-/// A compiled component and how it was obtained.
+/// Compiled code of one of the two kinds of plugin Weft runs.
+#[derive(Clone)]
+pub(crate) enum Code {
+    /// A `weft:filter` component.
+    Component(Component),
+    /// A core module: a proxy-wasm filter.
+    Module(Module),
+}
+
+impl Code {
+    /// The engine the code was compiled for.
+    pub(crate) fn engine(&self) -> &Engine {
+        match self {
+            Code::Component(c) => c.engine(),
+            Code::Module(m) => m.engine(),
+        }
+    }
+
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Code::Component(c) => c.serialize(),
+            Code::Module(m) => m.serialize(),
+        }
+    }
+}
+
+/// A compiled plugin (component or proxy-wasm module) and how it was obtained.
 #[derive(Clone)]
 pub struct Compiled {
-    pub(crate) component: Component,
+    pub(crate) code: Code,
     /// Lower-case hex sha256 of the artifact's bytes.
     pub digest: String,
     /// Whether the compiled code came from a cache (this process's, or the disk's).
@@ -98,20 +124,15 @@ pub(crate) fn compile(
             actual: digest,
         });
     }
-    if !wasmparser_is_component(bytes) {
+    if !bytes.starts_with(b"\0asm") {
         return Err(PluginError::NotAComponent {
             plugin: plugin.to_string(),
-            reason: if bytes.starts_with(b"\0asm") {
-                "this is a core Wasm module; build it as a component (e.g. --target wasm32-wasip2)"
-                    .into()
-            } else {
-                "the bytes do not start with the Wasm magic number".into()
-            },
+            reason: "the bytes do not start with the Wasm magic number".into(),
         });
     }
-    if let Some(component) = memory.lock().get(&digest).cloned() {
+    if let Some(code) = memory.lock().get(&digest).cloned() {
         return Ok(Compiled {
-            component,
+            code,
             digest,
             from_cache: true,
             took: start.elapsed(),
@@ -119,11 +140,11 @@ pub(crate) fn compile(
     }
     let cache_name = format!("{digest}-{fingerprint}.cwasm");
     if let Some(disk) = disk
-        && let Some(component) = load_cached(engine, disk, &cache_name)
+        && let Some(code) = load_cached(engine, disk, &cache_name)
     {
-        memory.lock().insert(digest.clone(), component.clone());
+        memory.lock().insert(digest.clone(), code.clone());
         return Ok(Compiled {
-            component,
+            code,
             digest,
             from_cache: true,
             took: start.elapsed(),
@@ -157,35 +178,39 @@ pub(crate) fn compile(
     };
     // The child's output is kept as it came: serializing the component again would copy
     // tens of megabytes for a scripting-language component.
-    let (component, code) = match from_child {
+    let (compiled, code) = match from_child {
         Some((c, code)) => (c, Some(code)),
+        None if is_core_module(bytes) => (
+            Code::Module(Module::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?),
+            None,
+        ),
         None => (
-            Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?,
+            Code::Component(Component::new(engine, bytes).map_err(|e| refused(format!("{e:#}")))?),
             None,
         ),
     };
     if let Some(disk) = disk {
-        match code.map_or_else(|| component.serialize(), Ok) {
+        match code.map_or_else(|| compiled.serialize(), Ok) {
             Ok(code) => disk.put(&cache_name, &code),
             Err(e) => tracing::warn!(plugin, "cannot serialize compiled code: {e:#}"),
         }
     }
-    memory.lock().insert(digest.clone(), component.clone());
+    memory.lock().insert(digest.clone(), compiled.clone());
     Ok(Compiled {
-        component,
+        code: compiled,
         digest,
         from_cache: false,
         took: start.elapsed(),
     })
 }
 
-/// A component's preamble: magic, then version 0x0d and layer 1 (a core module has layer 0).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [1, 0]
+/// A core module's preamble: magic, then version 1 and layer 0 (a component has layer 1).
+pub(crate) fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[4..8] == [1, 0, 0, 0]
 }
 
 /// Compiled code from the disk cache, which hands out only entries this host wrote.
-fn load_cached(engine: &Engine, disk: &DiskCache, name: &str) -> Option<Component> {
+fn load_cached(engine: &Engine, disk: &DiskCache, name: &str) -> Option<Code> {
     let code = disk.get(name)?;
     match deserialize_trusted(engine, &code) {
         Ok(c) => Some(c),
@@ -201,7 +226,7 @@ fn load_cached(engine: &Engine, disk: &DiskCache, name: &str) -> Option<Componen
 
 /// Loads compiled code that Weft itself produced: a cache file this runtime wrote, or the
 /// output of its own `weft plugin precompile` child.
-pub(crate) fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+pub(crate) fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Result<Code> {
     // SAFETY: `deserialize` requires bytes produced by wasmtime's serialization for a
     // compatible engine. Callers pass only (a) a cache entry this host wrote, whose HMAC under
     // the host's private key checks out, in a directory only the proxy's user can write, named
@@ -213,6 +238,9 @@ pub(crate) fn deserialize_trusted(engine: &Engine, code: &[u8]) -> wasmtime::Res
     // itself and errors on mismatch.
     #[allow(unsafe_code)]
     unsafe {
-        Component::deserialize(engine, code)
+        match Engine::detect_precompiled(code) {
+            Some(Precompiled::Module) => Module::deserialize(engine, code).map(Code::Module),
+            _ => Component::deserialize(engine, code).map(Code::Component),
+        }
     }
 }

@@ -189,9 +189,14 @@ pub fn precompile(
         .read_to_end(&mut wasm)
         .map_err(|e| format!("reading the component: {e}"))?;
     let (engine, _) = engine::build(pool, tier).map_err(|e| e.to_string())?;
-    let code = engine
-        .precompile_component(&wasm)
-        .map_err(|e| format!("{e:#}"))?;
+    // A core module is a proxy-wasm filter; anything else is compiled as a component and
+    // refused by wasmtime if it is not one.
+    let code = if super::artifact::is_core_module(&wasm) {
+        engine.precompile_module(&wasm)
+    } else {
+        engine.precompile_component(&wasm)
+    }
+    .map_err(|e| format!("{e:#}"))?;
     output
         .write_all(&code)
         .and_then(|()| output.flush())

@@ -33,6 +33,14 @@ pub enum PluginError {
         /// Cause.
         reason: String,
     },
+    /// A core module that cannot run as a proxy-wasm filter here.
+    #[error("plugin {plugin:?}: cannot run as a proxy-wasm filter: {reason}")]
+    NotProxyWasm {
+        /// Plugin name.
+        plugin: String,
+        /// Cause, naming the export or import at fault.
+        reason: String,
+    },
     /// The component does not implement `weft:filter/plugin`.
     #[error("plugin {plugin:?}: does not implement the weft:filter@0.1.0 plugin world: {reason}")]
     WrongWorld {

@@ -136,7 +136,7 @@ pub(crate) const MAX_HEADERS: usize = 1024;
 /// default bound on a request's headers is 60 KiB).
 pub(crate) const MAX_REPLY_HEADER_BYTES: usize = 96 << 10;
 
-fn set_header(
+pub(crate) fn set_header(
     headers: &mut HeaderMap,
     name: &str,
     value: &[u8],

@@ -13,6 +13,7 @@ use super::engine::deadline_ticks;
 use super::error::{Failure, PluginError};
 use super::host_impl::{MemoryCap, PluginCtx, Services};
 use super::metrics::PluginStats;
+use super::proxy_wasm::{self, ProxyWasm, Vm, VmStartError};
 use super::types::{
     Attempt, CallSummary, FailStrategy, Hook, HookSet, RequestHead, ResponseHead, RouteId,
 };
@@ -123,7 +124,7 @@ pub struct Plugin {
     scope: Box<[u32]>,
     hooks: HookSet,
     engine: Engine,
-    pre: PluginPre<PluginCtx>,
+    abi: Abi,
     services: Arc<Services>,
     stats: PluginStats,
     deadline_ticks: u64,
@@ -132,6 +133,14 @@ pub struct Plugin {
     alive: Arc<AtomicU32>,
     failures_hint: AtomicU32,
     crash: Mutex<CrashState>,
+}
+
+/// What kind of plugin it is, and what runs it.
+enum Abi {
+    /// A `weft:filter` component: pooled instances, any one per hook.
+    Component(PluginPre<PluginCtx>),
+    /// A proxy-wasm filter: a few VMs, one per call for all its hooks.
+    ProxyWasm(ProxyWasm),
 }
 
 fn hooks_from(h: wit::Hooks) -> HookSet {
@@ -173,7 +182,7 @@ impl Plugin {
             spec,
             hooks: HookSet::default(),
             engine: engine.clone(),
-            pre,
+            abi: Abi::Component(pre),
             services,
             stats,
             pool: Mutex::new(Vec::new()),
@@ -197,6 +206,102 @@ impl Plugin {
         plugin.hooks = hooks;
         plugin.pool.get_mut().push(instance);
         Ok(plugin)
+    }
+
+    /// Builds a proxy-wasm plugin and starts its VMs (each runs `proxy_on_vm_start` and
+    /// `proxy_on_configure` with the plugin's configuration; a false from either refuses it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn prepare_proxy_wasm(
+        engine: &Engine,
+        pre: wasmtime::InstancePre<proxy_wasm::ProxyCtx>,
+        hooks: HookSet,
+        services: Arc<Services>,
+        stats: PluginStats,
+        key: u32,
+        digest: String,
+        spec: PluginSpec,
+        node: Arc<proxy_wasm::NodeInfo>,
+    ) -> Result<Plugin, PluginError> {
+        if !spec.routes.is_empty() {
+            services.routes_scoped.store(true, Ordering::Relaxed);
+        }
+        let setup_ticks = deadline_ticks(spec.limits.setup_deadline.max(spec.limits.deadline));
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        let setup = proxy_wasm::Setup {
+            plugin: name.clone(),
+            key,
+            services: services.clone(),
+            node,
+            config: Arc::from(spec.config.as_bytes()),
+            memory_bytes: spec.limits.memory_bytes,
+            setup_ticks,
+        };
+        // As Envoy runs a VM per worker: a call's hooks lock one VM, so calls on other
+        // workers go to others. A bound on instances bounds the VMs.
+        let count = match spec.limits.instances {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            n => n as usize,
+        };
+        let start = Instant::now();
+        let vms = ProxyWasm::start(engine, pre, setup, count).map_err(|e| match e {
+            VmStartError::Refused(reason) => PluginError::ConfigRejected {
+                plugin: spec.name.clone(),
+                reason,
+            },
+            VmStartError::Failed(e, exceeded) => PluginError::Start {
+                plugin: spec.name.clone(),
+                failure: classify(&e, exceeded, "instantiate"),
+            },
+        })?;
+        stats.call(Hook::Configure, Some(start.elapsed()));
+        for _ in 0..vms.len() {
+            stats.instances.inc();
+        }
+        Ok(Plugin {
+            name,
+            key,
+            digest,
+            deadline_ticks: deadline_ticks(spec.limits.deadline),
+            setup_ticks,
+            scope: spec
+                .routes
+                .iter()
+                .map(|r| services.names.intern(r))
+                .collect(),
+            spec,
+            hooks,
+            engine: engine.clone(),
+            abi: Abi::ProxyWasm(vms),
+            services,
+            stats,
+            pool: Mutex::new(Vec::new()),
+            alive: Arc::new(AtomicU32::new(0)),
+            failures_hint: AtomicU32::new(0),
+            crash: Mutex::new(CrashState::default()),
+        })
+    }
+
+    /// Called once the plugin is shared: a proxy-wasm plugin whose VMs asked for ticks gets
+    /// its tick thread.
+    pub(crate) fn adopt(self: &Arc<Self>) {
+        if let Abi::ProxyWasm(vms) = &self.abi {
+            let _ = vms.owner.set(Arc::downgrade(self));
+            self.start_ticks(vms);
+        }
+    }
+
+    fn start_ticks(&self, vms: &ProxyWasm) {
+        if vms.wants_ticks()
+            && let Some(owner) = vms.owner.get()
+            && !vms.ticking.swap(true, Ordering::AcqRel)
+        {
+            proxy_wasm::spawn_ticker(owner.clone(), &self.name);
+        }
+    }
+
+    /// Whether it is a proxy-wasm filter (else a `weft:filter` component).
+    pub fn is_proxy_wasm(&self) -> bool {
+        matches!(self.abi, Abi::ProxyWasm(_))
     }
 
     /// Its name.
@@ -249,6 +354,11 @@ impl Plugin {
     }
 
     fn instantiate(&self, alive: Alive) -> Result<(Instance, HookSet), StartError> {
+        let Abi::Component(pre) = &self.abi else {
+            return Err(StartError::Failed(Failure::Instantiate(
+                "a proxy-wasm filter has no pooled instances".into(),
+            )));
+        };
         let ctx = PluginCtx {
             plugin: self.name.clone(),
             key: self.key,
@@ -269,10 +379,9 @@ impl Plugin {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.setup_ticks);
         let start = Instant::now();
-        let bindings = self
-            .pre
+        let bindings = pre
             .instantiate(&mut store)
-            .map_err(|e| StartError::Failed(classify(&e, &store, "instantiate")))?;
+            .map_err(|e| StartError::Failed(classify_in(&e, &store, "instantiate")))?;
         store.set_epoch_deadline(self.setup_ticks);
         let configured = bindings
             .weft_filter_filter()
@@ -289,7 +398,7 @@ impl Plugin {
                 hooks_from(hooks),
             )),
             Ok(Err(reason)) => Err(StartError::Rejected(reason)),
-            Err(e) => Err(StartError::Failed(classify(&e, &store, "configure"))),
+            Err(e) => Err(StartError::Failed(classify_in(&e, &store, "configure"))),
         }
     }
 
@@ -378,12 +487,118 @@ impl Plugin {
             }
             (Err(e), _) => {
                 // A trapped instance cannot be entered again: drop it.
-                let failure = classify(&e, &instance.store, hook.name());
+                let failure = classify_in(&e, &instance.store, hook.name());
                 drop(instance);
                 self.note_failure(hook, &failure);
                 Err(failure)
             }
         }
+    }
+
+    /// Runs one hook of a proxy-wasm filter in the VM of `index` (a call's id: every hook of
+    /// a call runs in the same VM), starting a VM in place of a lost one first.
+    fn vm_call<R>(
+        &self,
+        vms: &ProxyWasm,
+        hook: Hook,
+        index: u64,
+        f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let mut slot = vms.slot((index % vms.len() as u64) as usize);
+        let vm = match &mut *slot {
+            Some(vm) => vm,
+            empty => {
+                if let Some(not_before) = self.crash.lock().not_before
+                    && Instant::now() < not_before
+                {
+                    self.stats.failure(hook, Failure::BackingOff.cause());
+                    return Err(Failure::BackingOff);
+                }
+                match vms.restart() {
+                    Ok(vm) => {
+                        self.stats.instances.inc();
+                        empty.insert(vm)
+                    }
+                    Err(e) => {
+                        let failure = match e {
+                            VmStartError::Refused(reason) => Failure::Instantiate(reason),
+                            VmStartError::Failed(e, exceeded) => {
+                                classify(&e, exceeded, "instantiate")
+                            }
+                        };
+                        self.note_failure(hook, &failure);
+                        return Err(failure);
+                    }
+                }
+            }
+        };
+        vm.store.set_epoch_deadline(self.deadline_ticks);
+        let start = self.stats.sample().then(Instant::now);
+        let result = f(vm);
+        self.stats.call(hook, start.map(|s| s.elapsed()));
+        let violation = vm.store.data_mut().violation.take();
+        let asked_ticks = vm.tick().is_some();
+        match (result, violation) {
+            (Ok(_), Some(why)) => {
+                drop(slot);
+                let failure = Failure::Limit(why);
+                self.note_failure(hook, &failure);
+                Err(failure)
+            }
+            (Ok(r), None) => {
+                drop(slot);
+                self.note_success();
+                if asked_ticks && !vms.ticking.load(Ordering::Relaxed) {
+                    self.start_ticks(vms);
+                }
+                Ok(r)
+            }
+            (Err(e), _) => {
+                // A trapped VM cannot be entered again, and its streams are lost with it.
+                let failure = classify(&e, vm.store.data().memory.exceeded, hook.name());
+                *slot = None;
+                drop(slot);
+                self.note_failure(hook, &failure);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Runs the ticks that are due in each VM; answers how long until the next one.
+    pub(crate) fn run_due_ticks(&self) -> Duration {
+        let Abi::ProxyWasm(vms) = &self.abi else {
+            return Duration::from_secs(1);
+        };
+        let mut next = Duration::from_secs(1);
+        for index in 0..vms.len() {
+            let now = Instant::now();
+            let due = {
+                let slot = vms.slot(index);
+                match slot
+                    .as_ref()
+                    .and_then(|vm| Some((vm.next_tick?, vm.tick()?)))
+                {
+                    Some((at, _)) if at <= now => true,
+                    Some((at, _)) => {
+                        next = next.min(at - now);
+                        false
+                    }
+                    None => false,
+                }
+            };
+            if !due {
+                continue;
+            }
+            let _ = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
+                let r = vm.on_tick();
+                vm.next_tick = vm.tick().map(|p| Instant::now() + p);
+                r
+            });
+            if let Some(p) = vms.slot(index).as_ref().and_then(Vm::tick) {
+                next = next.min(p);
+            }
+        }
+        next
     }
 
     /// Runs `on-request`; a local reply comes back if the plugin answered.
@@ -392,6 +607,11 @@ impl Plugin {
         call_id: u64,
         head: &mut RequestHead,
     ) -> Result<Option<wit::LocalResponse>, Failure> {
+        if let Abi::ProxyWasm(vms) = &self.abi {
+            return self.vm_call(vms, Hook::OnRequest, call_id, |vm| {
+                vm.on_request(call_id, head)
+            });
+        }
         self.call(Hook::OnRequest, |store, b| {
             // The head is lent by moving it into the store for the call and back after,
             // trap or not.
@@ -406,6 +626,9 @@ impl Plugin {
     }
 
     pub(crate) fn on_attempt_end(&self, attempt: &Attempt) -> Result<wit::AttemptAction, Failure> {
+        if self.is_proxy_wasm() {
+            return Ok(wit::AttemptAction::Done);
+        }
         self.call(Hook::OnAttemptEnd, |store, b| {
             b.weft_filter_filter().call_on_attempt_end(store, *attempt)
         })
@@ -417,6 +640,11 @@ impl Plugin {
         call_id: u64,
         head: &mut ResponseHead,
     ) -> Result<Option<wit::LocalResponse>, Failure> {
+        if let Abi::ProxyWasm(vms) = &self.abi {
+            return self.vm_call(vms, Hook::OnResponse, call_id, |vm| {
+                vm.on_response(call_id, head)
+            });
+        }
         self.call(Hook::OnResponse, |store, b| {
             let ctx = store.data_mut();
             std::mem::swap(&mut ctx.response, head);
@@ -431,6 +659,10 @@ impl Plugin {
     }
 
     pub(crate) fn on_done(&self, summary: &CallSummary) -> Result<(), Failure> {
+        if let Abi::ProxyWasm(vms) = &self.abi {
+            let id = summary.call_id;
+            return self.vm_call(vms, Hook::OnDone, id, |vm| vm.on_done(id, summary));
+        }
         self.call(Hook::OnDone, |store, b| {
             b.weft_filter_filter().call_on_done(store, *summary)
         })
@@ -442,9 +674,15 @@ enum StartError {
     Failed(Failure),
 }
 
-/// Names why a call failed: the memory cap, the deadline, or another trap.
-fn classify(err: &wasmtime::Error, store: &Store<PluginCtx>, during: &str) -> Failure {
-    if store.data().memory.exceeded {
+/// [`classify`] for a component instance's store.
+fn classify_in(err: &wasmtime::Error, store: &Store<PluginCtx>, during: &str) -> Failure {
+    classify(err, store.data().memory.exceeded, during)
+}
+
+/// Names why a call failed: the memory cap (`exceeded`: the store's limiter saw the cap
+/// passed), the deadline, or another trap.
+fn classify(err: &wasmtime::Error, exceeded: bool, during: &str) -> Failure {
+    if exceeded {
         return Failure::Memory;
     }
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {

@@ -113,7 +113,7 @@ thread_local! {
 /// One plugin's call statistics.
 pub(crate) struct PluginStats {
     name: String,
-    hooks: [(IntCounter, Histogram); 5],
+    hooks: [(IntCounter, Histogram); 6],
     failures: IntCounterVec,
     pub(crate) instances: IntCounter,
 }
@@ -391,6 +391,46 @@ impl PluginMetrics {
             inner.series_index.insert((metric, values), id);
         }
         Ok(id)
+    }
+
+    /// Whether `series` is one of `owner`'s.
+    pub fn known(&self, owner: u32, series: u32) -> bool {
+        (self.inner.read().series.get(series as usize)).is_some_and(|e| e.owner == owner)
+    }
+
+    /// Adds `delta` to a counter (when not negative) or a gauge series of `owner`'s; false for
+    /// an unknown or foreign series, or a histogram.
+    pub fn add(&self, owner: u32, series: u32, delta: f64) -> bool {
+        let inner = self.inner.read();
+        let Some(entry) = inner
+            .series
+            .get(series as usize)
+            .filter(|e| e.owner == owner)
+        else {
+            return false;
+        };
+        match &entry.handle {
+            Handle::Counter(c) if delta >= 0.0 => c.inc_by(delta),
+            Handle::Counter(_) => {}
+            Handle::Gauge(g) => g.add(delta),
+            Handle::Histogram(_) => return false,
+        }
+        true
+    }
+
+    /// The value of a counter or gauge series of `owner`'s; none for a histogram, an unknown
+    /// or a foreign series.
+    pub fn value(&self, owner: u32, series: u32) -> Option<f64> {
+        let inner = self.inner.read();
+        let entry = inner
+            .series
+            .get(series as usize)
+            .filter(|e| e.owner == owner)?;
+        match &entry.handle {
+            Handle::Counter(c) => Some(c.get()),
+            Handle::Gauge(g) => Some(g.get()),
+            Handle::Histogram(_) => None,
+        }
     }
 
     /// Records a batch of samples; samples for unknown or foreign series are dropped.

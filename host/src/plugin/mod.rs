@@ -17,6 +17,7 @@ mod health;
 mod host_impl;
 mod instance;
 mod metrics;
+mod proxy_wasm;
 mod state;
 mod types;
 mod wasi;
@@ -30,6 +31,7 @@ pub use error::{Failure, PluginError};
 pub use health::{EndpointHealth, EndpointState, NoEndpoints};
 pub use instance::{Limits, Plugin, PluginSpec};
 pub use metrics::RuntimeMetrics;
+pub use proxy_wasm::NodeInfo;
 pub use state::StateLimits;
 pub use types::*;
 
@@ -55,6 +57,8 @@ pub struct RuntimeConfig {
     pub max_series_per_metric: usize,
     /// How components are compiled (a sidecar compiles in a child process).
     pub compiler: Compiler,
+    /// The workload the runtime's plugins run beside (proxy-wasm's `node.*` properties).
+    pub node: NodeInfo,
 }
 
 /// An engine with its linker: what compiles and instantiates code of one tier.
@@ -62,6 +66,8 @@ struct TierEngine {
     engine: Engine,
     fingerprint: String,
     linker: Linker<PluginCtx>,
+    /// The proxy-wasm ABI, for core modules.
+    core: wasmtime::Linker<proxy_wasm::ProxyCtx>,
 }
 
 impl TierEngine {
@@ -74,12 +80,14 @@ impl TierEngine {
         bindings::Plugin::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
             .map_err(link)?;
         wasi::add_to_linker(&mut linker).map_err(link)?;
+        let core = proxy_wasm::linker(&engine).map_err(link)?;
         let fingerprint = engine::fingerprint(&engine);
         Ok((
             TierEngine {
                 engine,
                 fingerprint,
                 linker,
+                core,
             },
             pool,
         ))
@@ -91,6 +99,7 @@ pub struct PluginRuntime {
     engine: Engine,
     fingerprint: String,
     linker: Linker<PluginCtx>,
+    core: wasmtime::Linker<proxy_wasm::ProxyCtx>,
     /// The baseline tier, built the first time code of that tier is compiled or imported
     /// (most processes never need it); none when it cannot be built here.
     baseline: std::sync::OnceLock<Option<TierEngine>>,
@@ -101,6 +110,14 @@ pub struct PluginRuntime {
     pool: PoolSizes,
     compiled: artifact::MemoryCache,
     keys: Mutex<HashMap<String, u32>>,
+    node: Arc<NodeInfo>,
+}
+
+/// A compiled plugin linked against the host: a component against the contract, or a core
+/// module against the proxy-wasm ABI.
+enum Linked {
+    Component(bindings::PluginPre<PluginCtx>),
+    ProxyWasm(wasmtime::InstancePre<proxy_wasm::ProxyCtx>, HookSet),
 }
 
 impl PluginRuntime {
@@ -120,6 +137,7 @@ impl PluginRuntime {
                 engine,
                 fingerprint,
                 linker,
+                core,
             },
             pool,
         ) = TierEngine::new(config.pool, Tier::Optimized)?;
@@ -140,6 +158,7 @@ impl PluginRuntime {
             fingerprint,
             engine,
             linker,
+            core,
             baseline: std::sync::OnceLock::new(),
             services,
             metrics,
@@ -148,6 +167,7 @@ impl PluginRuntime {
             pool,
             compiled: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            node: Arc::new(config.node),
         })
     }
 
@@ -194,19 +214,31 @@ impl PluginRuntime {
                 reason: "route names must not be empty".into(),
             });
         }
-        let pre = self.contract(&spec.name, compiled)?;
+        let linked = self.contract(&spec.name, compiled)?;
         let key = self.key(&spec.name);
         let stats = self.metrics.for_plugin(&spec.name);
-        let plugin = Plugin::prepare(
-            compiled.component.engine(),
-            pre,
-            self.services.clone(),
-            stats,
-            key,
-            compiled.digest.clone(),
-            spec,
-        )?;
-        Ok(Arc::new(plugin))
+        let engine = compiled.code.engine();
+        let digest = compiled.digest.clone();
+        let services = self.services.clone();
+        let plugin = match linked {
+            Linked::Component(pre) => {
+                Plugin::prepare(engine, pre, services, stats, key, digest, spec)?
+            }
+            Linked::ProxyWasm(pre, hooks) => Plugin::prepare_proxy_wasm(
+                engine,
+                pre,
+                hooks,
+                services,
+                stats,
+                key,
+                digest,
+                spec,
+                self.node.clone(),
+            )?,
+        };
+        let plugin = Arc::new(plugin);
+        plugin.adopt();
+        Ok(plugin)
     }
 
     /// Whether `bytes` are a component this runtime would run: it validates and compiles
@@ -337,9 +369,9 @@ impl PluginRuntime {
     /// The code of artifact `digest` held in memory (of either tier), if any: loaded without
     /// the component's bytes.
     pub fn held(&self, digest: &str) -> Option<Compiled> {
-        let component = self.compiled.lock().get(digest)?.clone();
+        let code = self.compiled.lock().get(digest)?.clone();
         Some(Compiled {
-            component,
+            code,
             digest: digest.to_string(),
             from_cache: true,
             took: std::time::Duration::ZERO,
@@ -385,14 +417,14 @@ impl PluginRuntime {
                 }
             }
         };
-        let component = artifact::deserialize_trusted(engine, code)
+        let compiled = artifact::deserialize_trusted(engine, code)
             .map_err(|e| PluginError::Engine(format!("compiled code for {digest}: {e:#}")))?;
         if tier == Tier::Optimized
             && let Some(disk) = &self.disk
         {
             disk.put(&format!("{digest}-{fingerprint}.cwasm"), code);
         }
-        self.compiled.lock().insert(digest.to_string(), component);
+        self.compiled.lock().insert(digest.to_string(), compiled);
         self.metrics
             .imported
             .with_label_values(&[tier.as_str()])
@@ -400,21 +432,19 @@ impl PluginRuntime {
         Ok(tier)
     }
 
-    /// Links a compiled component against the contract.
-    fn contract(
-        &self,
-        name: &str,
-        compiled: &Compiled,
-    ) -> Result<bindings::PluginPre<PluginCtx>, PluginError> {
+    /// Links a compiled component against the contract, or a core module against the
+    /// proxy-wasm ABI.
+    fn contract(&self, name: &str, compiled: &Compiled) -> Result<Linked, PluginError> {
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             plugin: name.to_string(),
             reason: format!("{e:#}"),
         };
-        let linker = if Engine::same(compiled.component.engine(), &self.engine) {
-            &self.linker
+        let engine = compiled.code.engine();
+        let (linker, core) = if Engine::same(engine, &self.engine) {
+            (&self.linker, &self.core)
         } else {
             match self.baseline.get().and_then(Option::as_ref) {
-                Some(b) if Engine::same(compiled.component.engine(), &b.engine) => &b.linker,
+                Some(b) if Engine::same(engine, &b.engine) => (&b.linker, &b.core),
                 _ => {
                     return Err(PluginError::Engine(format!(
                         "plugin {name}: compiled for an engine this runtime does not have"
@@ -422,12 +452,24 @@ impl PluginRuntime {
                 }
             }
         };
+        let component = match &compiled.code {
+            artifact::Code::Component(c) => c,
+            artifact::Code::Module(module) => {
+                // The same for a proxy-wasm filter and its ABI.
+                let pre =
+                    proxy_wasm::link(core, module).map_err(|reason| PluginError::NotProxyWasm {
+                        plugin: name.to_string(),
+                        reason,
+                    })?;
+                return Ok(Linked::ProxyWasm(pre, proxy_wasm::hooks(module)));
+            }
+        };
         // Only the contract and the sandbox's WASI are linked: a component that imports
         // anything else (a filesystem, sockets) is refused here, naming the import.
-        let pre = linker
-            .instantiate_pre(&compiled.component)
-            .map_err(wrong_world)?;
-        bindings::PluginPre::new(pre).map_err(wrong_world)
+        let pre = linker.instantiate_pre(component).map_err(wrong_world)?;
+        bindings::PluginPre::new(pre)
+            .map(Linked::Component)
+            .map_err(wrong_world)
     }
 
     /// Loads and prepares in one step.

@@ -181,16 +181,19 @@ pub enum Hook {
     OnResponse,
     /// `on-done`.
     OnDone,
+    /// A proxy-wasm filter's `proxy_on_tick` (its root context's timer).
+    OnTick,
 }
 
 impl Hook {
     /// Every hook, in call order.
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Configure,
         Hook::OnRequest,
         Hook::OnAttemptEnd,
         Hook::OnResponse,
         Hook::OnDone,
+        Hook::OnTick,
     ];
 
     /// The hook's name in the contract.
@@ -201,6 +204,7 @@ impl Hook {
             Hook::OnAttemptEnd => "on-attempt-end",
             Hook::OnResponse => "on-response",
             Hook::OnDone => "on-done",
+            Hook::OnTick => "on-tick",
         }
     }
 

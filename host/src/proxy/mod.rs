@@ -501,12 +501,6 @@ impl Sidecar {
     pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         let registry = Registry::new();
         let table = Arc::new(EndpointTable::new());
-        let runtime = Arc::new(PluginRuntime::new(
-            config.runtime.clone(),
-            &registry,
-            table.clone(),
-        )?);
-        let metrics = ProxyMetrics::register(&registry)?;
         let identity = match &config.mtls {
             Some(m) => m.workload.id().to_string(),
             None => format!(
@@ -514,6 +508,19 @@ impl Sidecar {
                 config.namespace, config.service
             ),
         };
+        let mut runtime_config = config.runtime.clone();
+        runtime_config.node = crate::plugin::NodeInfo {
+            id: format!("sidecar~{}~{}", config.namespace, config.service),
+            name: config.service.clone(),
+            namespace: config.namespace.clone(),
+            identity: identity.clone(),
+        };
+        let runtime = Arc::new(PluginRuntime::new(
+            runtime_config,
+            &registry,
+            table.clone(),
+        )?);
+        let metrics = ProxyMetrics::register(&registry)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));

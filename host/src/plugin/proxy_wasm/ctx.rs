@@ -1,0 +1,127 @@
+//! What a proxy-wasm VM's store holds: the host services, the plugin's configuration, and
+//! the call a hook is serving (its heads lent for the hook, what was kept of it for later
+//! hooks, its summary at the end).
+
+use crate::plugin::bindings::weft::filter::types::LocalResponse;
+use crate::plugin::host_impl::{MemoryCap, Services};
+use crate::plugin::types::{CallSummary, RequestHead, ResponseHead};
+use http::HeaderMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Memory, TypedFunc};
+
+/// Where in a call (or outside one) the VM is being run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Phase {
+    /// The root context: start, configure, ticks.
+    #[default]
+    Root,
+    /// `proxy_on_request_headers`: the request head is lent and editable.
+    RequestHeaders,
+    /// `proxy_on_response_headers`: the response head is lent and editable.
+    ResponseHeaders,
+    /// `proxy_on_log` (and done, delete): what was kept of the call is readable.
+    Log,
+}
+
+/// What a stream context keeps of its call for its later hooks (Envoy lets a filter read the
+/// request headers while the response passes, and both in `on_log`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Kept {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) authority: String,
+    pub(crate) source: Arc<str>,
+    pub(crate) request_headers: HeaderMap,
+    pub(crate) status: u16,
+    pub(crate) response_headers: HeaderMap,
+    /// Properties the filter set on the stream (`set_property`), read back by later hooks.
+    pub(crate) properties: Vec<(String, Vec<u8>)>,
+}
+
+/// The workload a sidecar runs beside, for the `node.*` properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's id (`sidecar~<namespace>~<name>`).
+    pub id: String,
+    /// The workload's service name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its SPIFFE identity: a call whose source is this one was made by the workload itself.
+    pub identity: String,
+}
+
+/// A proxy-wasm VM's store data.
+pub(crate) struct ProxyCtx {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) key: u32,
+    pub(crate) services: Arc<Services>,
+    pub(crate) node: Arc<NodeInfo>,
+    /// The WasmPlugin's `pluginConfig`, as the plugin-configuration buffer.
+    pub(crate) config: Arc<[u8]>,
+    pub(crate) memory: MemoryCap,
+    /// The guest's linear memory and allocator, found once it is instantiated.
+    pub(crate) guest_memory: Option<Memory>,
+    pub(crate) malloc: Option<TypedFunc<i32, i32>>,
+    pub(crate) phase: Phase,
+    /// The request head, during `RequestHeaders`.
+    pub(crate) request: RequestHead,
+    /// The response head, during `ResponseHeaders`.
+    pub(crate) response: ResponseHead,
+    /// What the stream kept of its call, during its later hooks.
+    pub(crate) kept: Kept,
+    /// The call's summary, during `Log`.
+    pub(crate) summary: Option<CallSummary>,
+    /// A local answer the filter sent during this hook.
+    pub(crate) reply: Option<LocalResponse>,
+    /// Whether the filter resumed the stream during this hook (`proxy_continue_stream`).
+    pub(crate) resumed: bool,
+    /// A host bound the filter passed during this hook: the call fails with it.
+    pub(crate) violation: Option<String>,
+    /// The tick period the root context asked for; none when it asked for none.
+    pub(crate) tick: Option<Duration>,
+    /// The last warning or error the filter logged: a refused configuration is explained
+    /// with it.
+    pub(crate) last_complaint: Option<String>,
+    /// Properties asked for that Weft does not provide, each logged once per VM.
+    pub(crate) absent_logged: HashSet<String>,
+}
+
+impl ProxyCtx {
+    /// A fresh VM's data.
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        key: u32,
+        services: Arc<Services>,
+        node: Arc<NodeInfo>,
+        config: Arc<[u8]>,
+        memory_bytes: usize,
+    ) -> Self {
+        ProxyCtx {
+            plugin,
+            key,
+            services,
+            node,
+            config,
+            memory: MemoryCap {
+                max_bytes: memory_bytes,
+                exceeded: false,
+            },
+            guest_memory: None,
+            malloc: None,
+            phase: Phase::Root,
+            request: RequestHead::default(),
+            response: ResponseHead::default(),
+            kept: Kept::default(),
+            summary: None,
+            reply: None,
+            resumed: false,
+            violation: None,
+            tick: None,
+            last_complaint: None,
+            absent_logged: HashSet::new(),
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! The proxy-wasm host: core Wasm modules written against the proxy-wasm ABI (v0.2.1, what
+//! Envoy and Istio run) loaded unchanged beside `weft:filter` components, in the same
+//! sandbox (deadline, memory cap, trap isolation, fail strategy, back-off, metrics) and the
+//! same chains.
+//!
+//! A proxy-wasm filter keeps each stream's state in its own memory between callbacks, so
+//! unlike a component (any pooled instance per hook) every hook of one call runs in the same
+//! VM. A plugin has a few VMs, as Envoy has one per worker; a call goes to `call_id % n`, its
+//! hooks lock that VM, and each VM has its own root context (start, configure, ticks).
+//!
+//! The hooks map onto Weft's: `proxy_on_request_headers` in `on-request`,
+//! `proxy_on_response_headers` in `on-response` (and on a local answer's way back), and
+//! `proxy_on_log`, `proxy_on_done`, `proxy_on_delete` in `on-done`.
+
+mod abi;
+mod ctx;
+mod guest;
+mod properties;
+mod wasi;
+
+pub use ctx::NodeInfo;
+pub(crate) use ctx::ProxyCtx;
+
+use super::bindings::weft::filter::types::LocalResponse;
+use super::types::{CallSummary, HookSet, RequestHead, ResponseHead};
+use ctx::{Kept, Phase};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store, TypedFunc};
+
+/// The root context's id in every VM; stream contexts count up from the one after it.
+const ROOT: i32 = 1;
+
+/// The most stream contexts one VM holds: a call whose `on-done` never came (a route that
+/// changed under a scoped plugin) is deleted, oldest first, past this bound.
+const MAX_STREAMS: usize = 4096;
+
+/// The ABI versions Weft speaks: 0.2.1 (Envoy, Istio) and 0.2.0, whose host functions are
+/// the same ones.
+const ABI_EXPORTS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+
+/// Host functions of the ABI that Weft does not provide, with what a filter author should
+/// know. The SDKs import every one of them whether a filter uses it or not, so they are
+/// linked; calling one fails the call (or, from `proxy_on_configure`, refuses the plugin)
+/// naming it.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "proxy_http_call",
+        "HTTP callouts (dispatch_http_call) are not supported yet",
+    ),
+    ("proxy_grpc_call", "gRPC callouts are not supported yet"),
+    ("proxy_grpc_stream", "gRPC streams are not supported yet"),
+    ("proxy_grpc_send", "gRPC streams are not supported yet"),
+    ("proxy_grpc_cancel", "gRPC callouts are not supported yet"),
+    ("proxy_grpc_close", "gRPC callouts are not supported yet"),
+    ("proxy_get_status", "gRPC callouts are not supported yet"),
+    (
+        "proxy_register_shared_queue",
+        "shared queues are not supported yet",
+    ),
+    (
+        "proxy_resolve_shared_queue",
+        "shared queues are not supported yet",
+    ),
+    (
+        "proxy_enqueue_shared_queue",
+        "shared queues are not supported yet",
+    ),
+    (
+        "proxy_dequeue_shared_queue",
+        "shared queues are not supported yet",
+    ),
+    (
+        "proxy_call_foreign_function",
+        "foreign functions are Envoy's own and not provided",
+    ),
+];
+
+/// A linker with every host function Weft gives proxy-wasm filters.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<ProxyCtx>> {
+    let mut linker = Linker::new(engine);
+    abi::add_to_linker(&mut linker)?;
+    wasi::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Checks a core module is a proxy-wasm filter Weft can run, and links it: the reason it is
+/// not comes back naming the export or import at fault.
+pub(crate) fn link(
+    linker: &Linker<ProxyCtx>,
+    module: &Module,
+) -> Result<InstancePre<ProxyCtx>, String> {
+    let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    if !ABI_EXPORTS.iter().any(|abi| exports.contains(abi)) {
+        return Err(if exports.contains(&"proxy_abi_version_0_1_0") {
+            "a proxy-wasm filter of ABI 0.1.0; Weft runs 0.2.0 and 0.2.1: rebuild it with a current SDK".into()
+        } else {
+            "a core Wasm module that is neither a proxy-wasm filter (no proxy_abi_version_0_2_1 export) nor a component; build a weft:filter component (--target wasm32-wasip2) or a proxy-wasm filter".into()
+        });
+    }
+    for needed in ["memory", "proxy_on_context_create"] {
+        if !exports.contains(&needed) {
+            return Err(format!("a proxy-wasm filter must export {needed}"));
+        }
+    }
+    if !exports.contains(&"proxy_on_memory_allocate") && !exports.contains(&"malloc") {
+        return Err("a proxy-wasm filter must export proxy_on_memory_allocate (or malloc)".into());
+    }
+    let mut linker = linker.clone();
+    for import in module.imports() {
+        let (Some((name, why)), wasmtime::ExternType::Func(ty)) = (
+            UNSUPPORTED
+                .iter()
+                .find(|(name, _)| import.module() == "env" && *name == import.name()),
+            import.ty(),
+        ) else {
+            continue;
+        };
+        linker
+            .func_new("env", name, ty, move |mut c, _params, results| {
+                let ctx = c.data_mut();
+                tracing::warn!(plugin = %ctx.plugin, "{name}: {why}");
+                ctx.violation.get_or_insert(format!("{name}: {why}"));
+                if let Some(status) = results.first_mut() {
+                    *status = wasmtime::Val::I32(guest::status::INTERNAL_FAILURE);
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("{e:#}"))?;
+    }
+    linker
+        .instantiate_pre(module)
+        .map_err(|e| format!("imports what Weft does not provide: {e:#}"))
+}
+
+/// The hooks a proxy-wasm filter is called on: those whose callbacks it exports, and
+/// `on-done` always (its stream contexts end there).
+pub(crate) fn hooks(module: &Module) -> HookSet {
+    let has = |name: &str| module.exports().any(|e| e.name() == name);
+    HookSet {
+        on_request: has("proxy_on_request_headers"),
+        on_attempt_end: false,
+        on_response: has("proxy_on_response_headers"),
+        on_done: true,
+    }
+}
+
+/// What a VM's start needs, kept to start another after one is lost.
+pub(crate) struct Setup {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) key: u32,
+    pub(crate) services: Arc<super::host_impl::Services>,
+    pub(crate) node: Arc<NodeInfo>,
+    pub(crate) config: Arc<[u8]>,
+    pub(crate) memory_bytes: usize,
+    pub(crate) setup_ticks: u64,
+}
+
+/// Why a VM did not start.
+pub(crate) enum VmStartError {
+    /// `proxy_on_vm_start` or `proxy_on_configure` returned false: the filter refused its
+    /// configuration.
+    Refused(String),
+    /// It trapped, ran out of time or memory, or lacked an export.
+    Failed(wasmtime::Error, bool),
+}
+
+/// A plugin's VMs.
+pub(crate) struct ProxyWasm {
+    pre: InstancePre<ProxyCtx>,
+    engine: Engine,
+    setup: Setup,
+    vms: Box<[Mutex<Option<Vm>>]>,
+    /// The plugin these VMs belong to, for the tick thread (set once it is shared).
+    pub(crate) owner: std::sync::OnceLock<std::sync::Weak<super::Plugin>>,
+    pub(crate) ticking: std::sync::atomic::AtomicBool,
+}
+
+impl ProxyWasm {
+    /// `count` VMs of `module`, each started now: a filter refusing its configuration, or
+    /// failing to start, refuses the plugin.
+    pub(crate) fn start(
+        engine: &Engine,
+        pre: InstancePre<ProxyCtx>,
+        setup: Setup,
+        count: usize,
+    ) -> Result<Self, VmStartError> {
+        let mut vms = Vec::with_capacity(count.max(1));
+        for _ in 0..count.max(1) {
+            vms.push(Mutex::new(Some(Vm::start(engine, &pre, &setup)?)));
+        }
+        Ok(ProxyWasm {
+            pre,
+            engine: engine.clone(),
+            setup,
+            vms: vms.into_boxed_slice(),
+            owner: std::sync::OnceLock::new(),
+            ticking: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// How many VMs there are.
+    pub(crate) fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// The VM a call's hooks run in.
+    pub(crate) fn slot(&self, index: usize) -> MutexGuard<'_, Option<Vm>> {
+        self.vms[index % self.vms.len()].lock()
+    }
+
+    /// A fresh VM, in place of one that was lost.
+    pub(crate) fn restart(&self) -> Result<Vm, VmStartError> {
+        Vm::start(&self.engine, &self.pre, &self.setup)
+    }
+
+    /// Whether any VM asked for ticks.
+    pub(crate) fn wants_ticks(&self) -> bool {
+        self.vms
+            .iter()
+            .any(|vm| vm.lock().as_ref().is_some_and(|vm| vm.tick().is_some()))
+    }
+}
+
+/// The callbacks a VM exports, found once.
+struct Exports {
+    context_create: TypedFunc<(i32, i32), ()>,
+    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    delete: Option<TypedFunc<i32, ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
+}
+
+/// One instance of a proxy-wasm filter, with its root context and its calls' stream contexts.
+pub(crate) struct Vm {
+    pub(crate) store: Store<ProxyCtx>,
+    exports: Exports,
+    /// Stream contexts by call id (ids grow, so the first is the oldest).
+    streams: BTreeMap<u64, Stream>,
+    next_context: i32,
+    /// When the root context's next tick is due.
+    pub(crate) next_tick: Option<Instant>,
+}
+
+struct Stream {
+    id: i32,
+    kept: Kept,
+}
+
+const PAUSE: i32 = 1;
+
+impl Vm {
+    fn start(
+        engine: &Engine,
+        pre: &InstancePre<ProxyCtx>,
+        setup: &Setup,
+    ) -> Result<Vm, VmStartError> {
+        let ctx = ProxyCtx::new(
+            setup.plugin.clone(),
+            setup.key,
+            setup.services.clone(),
+            setup.node.clone(),
+            setup.config.clone(),
+            setup.memory_bytes,
+        );
+        let mut store = Store::new(engine, ctx);
+        store.limiter(|c| &mut c.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(setup.setup_ticks);
+        let failed = |e: wasmtime::Error, store: &Store<ProxyCtx>| {
+            VmStartError::Failed(e, store.data().memory.exceeded)
+        };
+        let instance = pre.instantiate(&mut store).map_err(|e| failed(e, &store))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| failed(wasmtime::format_err!("exports no memory"), &store))?;
+        let malloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|e| failed(e, &store))?;
+        store.data_mut().guest_memory = Some(memory);
+        store.data_mut().malloc = Some(malloc);
+        // A reactor's constructors, or a command's main (older TinyGo filters).
+        for init in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, init) {
+                f.call(&mut store, ()).map_err(|e| failed(e, &store))?;
+                break;
+            }
+        }
+        macro_rules! func {
+            ($name:literal) => {
+                instance.get_typed_func(&mut store, $name).ok()
+            };
+        }
+        let context_create = instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_context_create")
+            .map_err(|e| failed(e, &store))?;
+        let exports = Exports {
+            context_create,
+            request_headers: func!("proxy_on_request_headers"),
+            response_headers: func!("proxy_on_response_headers"),
+            log: func!("proxy_on_log"),
+            done: func!("proxy_on_done"),
+            delete: func!("proxy_on_delete"),
+            tick: func!("proxy_on_tick"),
+        };
+        let vm_start: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_vm_start");
+        let configure: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_configure");
+        exports
+            .context_create
+            .call(&mut store, (ROOT, 0))
+            .map_err(|e| failed(e, &store))?;
+        let refused = |store: &Store<ProxyCtx>, callback: &str| {
+            let mut why = format!("{callback} returned false");
+            if let Some(said) = &store.data().last_complaint {
+                why.push_str(&format!(" (it logged: {said})"));
+            }
+            VmStartError::Refused(why)
+        };
+        let size = i32::try_from(setup.config.len()).unwrap_or(i32::MAX);
+        for (f, callback, size) in [
+            (vm_start, "proxy_on_vm_start", 0),
+            (configure, "proxy_on_configure", size),
+        ] {
+            let Some(f) = f else { continue };
+            let ok = f
+                .call(&mut store, (ROOT, size))
+                .map_err(|e| failed(e, &store))?;
+            if let Some(why) = store.data_mut().violation.take() {
+                return Err(VmStartError::Refused(format!("{callback}: {why}")));
+            }
+            if ok == 0 {
+                return Err(refused(&store, callback));
+            }
+        }
+        let next_tick = store.data().tick.map(|p| Instant::now() + p);
+        Ok(Vm {
+            store,
+            exports,
+            streams: BTreeMap::new(),
+            next_context: ROOT + 1,
+            next_tick,
+        })
+    }
+
+    /// The tick period its root context asked for.
+    pub(crate) fn tick(&self) -> Option<Duration> {
+        self.store.data().tick
+    }
+
+    /// The stream context of `call_id`, created on its first hook.
+    fn open(&mut self, call_id: u64) -> wasmtime::Result<i32> {
+        if let Some(s) = self.streams.get(&call_id) {
+            return Ok(s.id);
+        }
+        if self.streams.len() >= MAX_STREAMS
+            && let Some((_, oldest)) = self.streams.pop_first()
+            && let Some(delete) = self.exports.delete.clone()
+        {
+            delete.call(&mut self.store, oldest.id)?;
+        }
+        let id = self.next_context;
+        self.next_context = match self.next_context.checked_add(1) {
+            Some(n) => n,
+            None => ROOT + 1,
+        };
+        self.exports
+            .context_create
+            .call(&mut self.store, (id, ROOT))?;
+        self.streams.insert(
+            call_id,
+            Stream {
+                id,
+                kept: Kept::default(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// What the callback decided: the filter's local answer, if it gave one; a pause it did
+    /// not resume before returning fails the call, as Weft does not hold streams yet.
+    fn verdict(&mut self, action: i32, what: &str) -> Option<LocalResponse> {
+        let ctx = self.store.data_mut();
+        ctx.phase = Phase::Root;
+        if let Some(reply) = ctx.reply.take() {
+            return Some(reply);
+        }
+        if action == PAUSE && !ctx.resumed {
+            ctx.violation.get_or_insert(format!(
+                "paused the {what} without answering it; Weft does not hold paused streams yet"
+            ));
+        }
+        None
+    }
+
+    /// `proxy_on_request_headers` for the call.
+    pub(crate) fn on_request(
+        &mut self,
+        call_id: u64,
+        head: &mut RequestHead,
+    ) -> wasmtime::Result<Option<LocalResponse>> {
+        let Some(f) = self.exports.request_headers.clone() else {
+            return Ok(None);
+        };
+        let id = self.open(call_id)?;
+        let kept = self
+            .streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default();
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.request, head);
+        ctx.kept = kept;
+        ctx.phase = Phase::RequestHeaders;
+        ctx.reply = None;
+        ctx.resumed = false;
+        let count = i32::try_from(ctx.request.headers.len() + 4).unwrap_or(i32::MAX);
+        let end = i32::from(no_request_body(&ctx.request));
+        let r = f.call(&mut self.store, (id, count, end));
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.request, head);
+        let mut kept = std::mem::take(&mut ctx.kept);
+        kept.method = head.method.to_string();
+        kept.path = head.path.clone();
+        kept.authority = head.authority.clone();
+        kept.source = head.source.clone();
+        kept.request_headers = head.headers.clone();
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+        let action = r?;
+        Ok(self.verdict(action, "request"))
+    }
+
+    /// `proxy_on_response_headers` for the call.
+    pub(crate) fn on_response(
+        &mut self,
+        call_id: u64,
+        head: &mut ResponseHead,
+    ) -> wasmtime::Result<Option<LocalResponse>> {
+        let Some(f) = self.exports.response_headers.clone() else {
+            return Ok(None);
+        };
+        let id = self.open(call_id)?;
+        let kept = self
+            .streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default();
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.response, head);
+        ctx.kept = kept;
+        ctx.phase = Phase::ResponseHeaders;
+        ctx.reply = None;
+        ctx.resumed = false;
+        let count = i32::try_from(ctx.response.headers.len() + 1).unwrap_or(i32::MAX);
+        let end = i32::from(no_response_body(&ctx.response));
+        let r = f.call(&mut self.store, (id, count, end));
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.response, head);
+        let mut kept = std::mem::take(&mut ctx.kept);
+        kept.status = head.status.as_u16();
+        kept.response_headers = head.headers.clone();
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+        let action = r?;
+        Ok(self.verdict(action, "response"))
+    }
+
+    /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the call has ended.
+    pub(crate) fn on_done(&mut self, call_id: u64, summary: &CallSummary) -> wasmtime::Result<()> {
+        let Some(stream) = self.streams.remove(&call_id) else {
+            return Ok(());
+        };
+        let ctx = self.store.data_mut();
+        ctx.kept = stream.kept;
+        ctx.summary = Some(*summary);
+        ctx.phase = Phase::Log;
+        let mut r = Ok(());
+        if let Some(f) = self.exports.log.clone() {
+            r = f.call(&mut self.store, stream.id);
+        }
+        if r.is_ok()
+            && let Some(f) = self.exports.done.clone()
+        {
+            r = f.call(&mut self.store, stream.id).map(|_| ());
+        }
+        if r.is_ok()
+            && let Some(f) = self.exports.delete.clone()
+        {
+            r = f.call(&mut self.store, stream.id);
+        }
+        let ctx = self.store.data_mut();
+        ctx.kept = Kept::default();
+        ctx.summary = None;
+        ctx.phase = Phase::Root;
+        r
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub(crate) fn on_tick(&mut self) -> wasmtime::Result<()> {
+        let Some(f) = self.exports.tick.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().phase = Phase::Root;
+        f.call(&mut self.store, ROOT)
+    }
+}
+
+/// Whether a request head says no body follows (Envoy's `end_of_stream` on the headers):
+/// `content-length: 0`, or a GET or HEAD with neither a length nor chunked framing.
+fn no_request_body(head: &RequestHead) -> bool {
+    match head.headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) => v.as_bytes() == b"0",
+        None => {
+            !head.headers.contains_key(http::header::TRANSFER_ENCODING)
+                && matches!(head.method, http::Method::GET | http::Method::HEAD)
+        }
+    }
+}
+
+/// Whether a response head says no body follows.
+fn no_response_body(head: &ResponseHead) -> bool {
+    head.status == http::StatusCode::NO_CONTENT
+        || head.status == http::StatusCode::NOT_MODIFIED
+        || head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+}
+
+/// Runs the VMs' due ticks until the plugin is dropped: one thread per plugin that asked.
+pub(crate) fn spawn_ticker(owner: std::sync::Weak<super::Plugin>, name: &str) {
+    let spawned = std::thread::Builder::new()
+        .name(format!(
+            "weft-tick-{}",
+            name.chars().take(4).collect::<String>()
+        ))
+        .spawn(move || {
+            while let Some(plugin) = owner.upgrade() {
+                let wait = plugin.run_due_ticks();
+                drop(plugin);
+                // Bounded, so a plugin that was swapped out is let go of soon.
+                std::thread::sleep(wait.min(Duration::from_millis(100)));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            plugin = name,
+            "cannot start the proxy-wasm tick thread: {e}"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! proxy-wasm filters, built from source with the proxy-wasm Rust SDK from crates.io, run
+//! unchanged by the plugin runtime: their callbacks, host calls and configuration, their
+//! sandbox, and a chain mixing them with `weft:filter` components.
+
+use http::{HeaderValue, Method, StatusCode};
+use prometheus::Registry;
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use weft::plugin::*;
+
+struct Fixture {
+    runtime: PluginRuntime,
+    registry: Registry,
+}
+
+static FIX: LazyLock<Fixture> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let config = RuntimeConfig {
+        node: NodeInfo {
+            id: "sidecar~shop~orders".into(),
+            name: "orders".into(),
+            namespace: "shop".into(),
+            identity: "spiffe://weft.local/ns/shop/sa/orders".into(),
+        },
+        ..RuntimeConfig::default()
+    };
+    let runtime = PluginRuntime::new(config, &registry, Arc::new(NoEndpoints)).expect("runtime");
+    Fixture { runtime, registry }
+});
+
+fn spec(name: &str, config: &str, fail: FailStrategy) -> PluginSpec {
+    let mut spec = PluginSpec::new(name, config);
+    spec.fail_strategy = fail;
+    // Deadlines are wall-clock: on a loaded 2-core machine a preempted call can pass 10 ms.
+    // Tests that are not about the deadline must not meet it.
+    spec.limits.deadline = Duration::from_secs(1);
+    spec
+}
+
+fn filter(path: &str, name: &str, config: &str) -> Arc<Plugin> {
+    FIX.runtime
+        .plugin(
+            Artifact::File(Path::new(path)),
+            None,
+            spec(name, config, FailStrategy::FailOpen),
+        )
+        .expect("the filter loads")
+}
+
+fn request(path: &str) -> RequestHead {
+    RequestHead {
+        method: Method::GET,
+        path: path.into(),
+        authority: "payments".into(),
+        source: Arc::from("spiffe://weft.local/ns/shop/sa/orders"),
+        destination: Destination {
+            service: "payments".into(),
+            subset: None,
+        },
+        ..RequestHead::default()
+    }
+}
+
+fn response(status: u16) -> ResponseHead {
+    ResponseHead {
+        status: StatusCode::from_u16(status).expect("status"),
+        attempts: 1,
+        ..ResponseHead::default()
+    }
+}
+
+fn summary(call_id: u64, status: u16) -> CallSummary {
+    CallSummary {
+        call_id,
+        status,
+        attempts: 1,
+        duration_us: 1_000,
+        request_bytes: 0,
+        response_bytes: 5,
+        endpoint: 0,
+        service: 0,
+        subset: 0,
+        source: 0,
+        destination_identity: 0,
+        source_workload: 0,
+        destination_workload: 0,
+        protocol: Protocol::Http1,
+        response_flags: ResponseFlags::empty(),
+        grpc_status: None,
+    }
+}
+
+fn header(h: &http::HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(|v| v.to_str().expect("ascii").to_string())
+}
+
+fn value_of(name: &str) -> f64 {
+    FIX.registry
+        .gather()
+        .into_iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().to_vec())
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+fn failures(plugin: &str, cause: &str) -> f64 {
+    FIX.registry
+        .gather()
+        .into_iter()
+        .filter(|f| f.name() == "weft_plugin_failures_total")
+        .flat_map(|f| f.get_metric().to_vec())
+        .filter(|m| {
+            let has = |k: &str, v: &str| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == k && l.value() == v)
+            };
+            has("plugin", plugin) && has("cause", cause)
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+#[test]
+fn a_header_filter_edits_both_heads_with_its_configuration_and_reads_properties() {
+    let plugin = filter(
+        weft_artifacts::PW_HEADERS_PATH,
+        "pw-headers",
+        r#"{"request":"from-config","response":"on-the-way-back"}"#,
+    );
+    assert!(plugin.is_proxy_wasm());
+    let hooks = plugin.hooks();
+    assert!(hooks.on_request && hooks.on_response && hooks.on_done && !hooks.on_attempt_end);
+    let chain = Chain::new(vec![plugin]);
+
+    let mut head = request("/charge?amount=5");
+    head.headers
+        .insert("x-strip-me", HeaderValue::from_static("secret"));
+    head.headers
+        .insert("x-echo", HeaderValue::from_static("ping"));
+    let decided = chain.on_request(11, &mut head);
+    assert!(matches!(decided.action, RequestVerdict::Continue));
+    assert!(!decided.plugin_failed);
+    assert_eq!(
+        header(&head.headers, "x-pw-request").as_deref(),
+        Some("from-config")
+    );
+    assert_eq!(
+        header(&head.headers, "x-pw-saw-path").as_deref(),
+        Some("/charge?amount=5")
+    );
+    assert!(head.headers.get("x-strip-me").is_none(), "removed");
+
+    let mut resp = response(201);
+    let decided = chain.on_response(11, &mut resp, RouteId::NONE);
+    assert!(matches!(decided.action, ResponseVerdict::Continue));
+    assert_eq!(
+        header(&resp.headers, "x-pw-response").as_deref(),
+        Some("on-the-way-back")
+    );
+    // The request's headers, kept for the response's callback.
+    assert_eq!(header(&resp.headers, "x-pw-echo").as_deref(), Some("ping"));
+    // The source is this workload's own identity: a call it makes, not over mTLS from a peer.
+    assert_eq!(
+        header(&resp.headers, "x-pw-properties").as_deref(),
+        Some(
+            "plugin=pw-headers;ns=shop;code=201;mtls=false;source=spiffe://weft.local/ns/shop/sa/orders"
+        )
+    );
+    assert!(!chain.on_done(&summary(11, 201), RouteId::NONE));
+
+    // The server side: the caller is a peer, so the connection is mutual TLS.
+    let mut head = request("/x");
+    head.source = Arc::from("spiffe://weft.local/ns/shop/sa/frontend");
+    chain.on_request(12, &mut head);
+    let mut resp = response(200);
+    chain.on_response(12, &mut resp, RouteId::NONE);
+    let seen = header(&resp.headers, "x-pw-properties").expect("set");
+    assert!(
+        seen.contains("mtls=true;source=spiffe://weft.local/ns/shop/sa/frontend"),
+        "{seen}"
+    );
+    chain.on_done(&summary(12, 200), RouteId::NONE);
+}
+
+#[test]
+fn an_authorization_filter_refuses_locally_and_its_configuration_is_checked() {
+    let plugin = filter(
+        weft_artifacts::PW_AUTH_PATH,
+        "pw-auth",
+        r#"{"token":"s3cret"}"#,
+    );
+    let chain = Chain::new(vec![plugin]);
+
+    let mut head = request("/charge");
+    let decided = chain.on_request(21, &mut head);
+    let RequestVerdict::Respond(reply) = decided.action else {
+        panic!("a request without the token must be answered locally");
+    };
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        header(&reply.headers, "x-denied-by").as_deref(),
+        Some("pw-auth")
+    );
+    assert_eq!(&reply.body[..], b"Access forbidden.\n");
+    assert_eq!(decided.answered_at, Some(0));
+    chain.on_done(&summary(21, 403), RouteId::NONE);
+
+    let mut head = request("/charge");
+    head.headers
+        .insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+    let decided = chain.on_request(22, &mut head);
+    assert!(matches!(decided.action, RequestVerdict::Continue));
+    chain.on_done(&summary(22, 200), RouteId::NONE);
+
+    // proxy_on_configure returning false refuses the plugin, with what the filter logged.
+    let err = FIX
+        .runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::PW_AUTH_PATH)),
+            None,
+            spec("pw-auth-bad", "{}", FailStrategy::FailClosed),
+        )
+        .err()
+        .expect("refused");
+    assert!(matches!(err, PluginError::ConfigRejected { .. }), "{err}");
+    let said = err.to_string();
+    assert!(said.contains("proxy_on_configure returned false"), "{said}");
+    assert!(said.contains("pluginConfig.token is required"), "{said}");
+}
+
+#[test]
+fn counts_in_shared_data_span_vms_and_threads_and_metrics_and_ticks_reach_the_host() {
+    let plugin = filter(weft_artifacts::PW_COUNTER_PATH, "pw-counter", "{}");
+    let chain = Arc::new(Chain::new(vec![plugin]));
+    let before = value_of("pw_requests_total");
+    const CALLS: u64 = 200;
+    let vms = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let counts = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (chain, vms, counts) = (&chain, &vms, &counts);
+            s.spawn(move || {
+                for i in 0..CALLS / 2 {
+                    let id = 1_000 + t * CALLS + i;
+                    let mut head = request("/");
+                    assert!(matches!(
+                        chain.on_request(id, &mut head).action,
+                        RequestVerdict::Continue
+                    ));
+                    let n: u64 = header(&head.headers, "x-pw-count")
+                        .expect("counted")
+                        .parse()
+                        .expect("a number");
+                    counts.lock().expect("lock").push(n);
+                    let mut resp = response(200);
+                    chain.on_response(id, &mut resp, RouteId::NONE);
+                    vms.lock()
+                        .expect("lock")
+                        .insert(header(&resp.headers, "x-pw-vm").expect("named"));
+                    chain.on_done(&summary(id, 200), RouteId::NONE);
+                }
+            });
+        }
+    });
+    // Every increment landed exactly once (compare-and-swap across VMs and threads).
+    let mut counts = counts.into_inner().expect("lock");
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=CALLS).collect::<Vec<_>>());
+    let vms = vms.into_inner().expect("lock");
+    assert!(vms.len() >= 2, "calls spread over the VMs: {vms:?}");
+    assert_eq!(value_of("pw_requests_total") - before, CALLS as f64);
+
+    // The root contexts' 50 ms tick fires: its shared count and its gauge (`pw.ticks`,
+    // named for Prometheus) grow.
+    let ticks = || {
+        let mut head = request("/");
+        chain.on_request(9_000, &mut head);
+        let mut resp = response(200);
+        chain.on_response(9_000, &mut resp, RouteId::NONE);
+        chain.on_done(&summary(9_000, 200), RouteId::NONE);
+        header(&resp.headers, "x-pw-ticks")
+            .expect("set")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let first = ticks();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks() < first + 4 {
+        assert!(Instant::now() < deadline, "the tick timer does not fire");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(value_of("pw_ticks") >= 4.0);
+}
+
+#[test]
+fn a_hostile_filter_is_contained_like_a_component() {
+    let mut s = spec("pw-hostile", "{}", FailStrategy::FailClosed);
+    s.limits.deadline = Duration::from_millis(50);
+    s.limits.memory_bytes = 8 << 20;
+    let plugin = FIX
+        .runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::PW_HOSTILE_PATH)),
+            None,
+            s,
+        )
+        .expect("loads");
+    let chain = Chain::new(vec![plugin]);
+    let id = std::cell::Cell::new(100u64);
+    let next = || {
+        id.set(id.get() + 1);
+        id.get()
+    };
+    let attack = |mode: &str| {
+        let id = next();
+        let mut head = request("/");
+        head.headers
+            .insert("x-attack", HeaderValue::from_str(mode).expect("ascii"));
+        let decided = chain.on_request(id, &mut head);
+        chain.on_done(&summary(id, 503), RouteId::NONE);
+        decided
+    };
+    for (mode, cause) in [("loop", "deadline"), ("memory", "memory"), ("trap", "trap")] {
+        let before = failures("pw-hostile", cause);
+        let decided = attack(mode);
+        let RequestVerdict::Respond(reply) = decided.action else {
+            panic!("{mode}: a failing fail-closed filter answers 503");
+        };
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{mode}");
+        assert!(decided.plugin_failed, "{mode}");
+        assert_eq!(
+            failures("pw-hostile", cause) - before,
+            1.0,
+            "{mode} is named as {cause}"
+        );
+        // The next call gets a fresh VM and passes.
+        let mut head = request("/");
+        let id = next();
+        let decided = chain.on_request(id, &mut head);
+        assert!(
+            matches!(decided.action, RequestVerdict::Continue),
+            "after {mode}"
+        );
+        assert_eq!(
+            header(&head.headers, "x-hostile-passed").as_deref(),
+            Some("1")
+        );
+        chain.on_done(&summary(id, 200), RouteId::NONE);
+    }
+}
+
+#[test]
+fn a_filter_making_an_http_callout_fails_its_call_naming_what_is_missing() {
+    let plugin = FIX
+        .runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::PW_CALLOUT_PATH)),
+            None,
+            spec("pw-callout", "{}", FailStrategy::FailClosed),
+        )
+        .expect("loads: every SDK filter imports the callout functions");
+    let chain = Chain::new(vec![plugin]);
+    let before = failures("pw-callout", "limit");
+    let mut head = request("/");
+    let decided = chain.on_request(300, &mut head);
+    let RequestVerdict::Respond(reply) = decided.action else {
+        panic!("fail closed: the call is refused, never let through unchecked");
+    };
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(failures("pw-callout", "limit") - before, 1.0);
+    chain.on_done(&summary(300, 503), RouteId::NONE);
+}
+
+#[test]
+fn a_proxy_wasm_filter_and_a_component_act_on_one_call_in_their_declared_order() {
+    let pw = || {
+        filter(
+            weft_artifacts::PW_HEADERS_PATH,
+            "pw-order",
+            r#"{"request":"from-pw"}"#,
+        )
+    };
+    let component = || {
+        FIX.runtime
+            .plugin(
+                Artifact::Bytes(weft_artifacts::HEADERS),
+                None,
+                spec(
+                    "component-order",
+                    r#"{"request":{"set":{"x-pw-request":"from-component"}}}"#,
+                    FailStrategy::FailOpen,
+                ),
+            )
+            .expect("the component loads")
+    };
+    // The component last: its `set` replaces what the filter added.
+    let chain = Chain::new(vec![pw(), component()]);
+    let mut head = request("/");
+    chain.on_request(400, &mut head);
+    let got: Vec<_> = head.headers.get_all("x-pw-request").iter().collect();
+    assert_eq!(got, ["from-component"]);
+    chain.on_done(&summary(400, 200), RouteId::NONE);
+
+    // The filter last: it adds after the component set.
+    let chain = Chain::new(vec![component(), pw()]);
+    let mut head = request("/");
+    chain.on_request(401, &mut head);
+    let got: Vec<_> = head.headers.get_all("x-pw-request").iter().collect();
+    assert_eq!(got, ["from-component", "from-pw"]);
+    chain.on_done(&summary(401, 200), RouteId::NONE);
+}
