@@ -42,6 +42,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("NOOP", "weft-guest-noop", "tests/guests/noop", false),
+    (
+        "SET_HEADER",
+        "weft-guest-set-header",
+        "tests/guests/set-header",
+        false,
+    ),
     ("TENANT_GATE", "tenant-gate", "examples/tenant-gate", false),
 ];
 

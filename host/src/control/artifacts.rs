@@ -44,12 +44,13 @@ pub(super) async fn store_checked(
     body: bytes::Bytes,
     how: Check,
 ) -> Result<String, (StatusCode, String)> {
-    // A component's preamble: magic, version 0x0d, layer 1 (a core module has layer 0).
-    if !(body.len() >= 8 && body.starts_with(b"\0asm") && body[6..8] == [1, 0]) {
+    // Wasm's magic: a component, or a core module (a proxy-wasm filter); the check below
+    // says which, and refuses a core module that is not a proxy-wasm filter.
+    if !(body.len() >= 8 && body.starts_with(b"\0asm")) {
         return Err((
             StatusCode::BAD_REQUEST,
-            "not a Wasm component (build it for wasm32-wasip2, or wrap a core module with \
-             wasm-tools component new)"
+            "not WebAssembly: a plugin is a weft:filter component (built for wasm32-wasip2) \
+             or a proxy-wasm filter (a core module)"
                 .into(),
         ));
     }

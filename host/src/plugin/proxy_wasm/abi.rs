@@ -8,14 +8,14 @@
 //! statuses the ABI documents for it; a filter's misuse that has no status (an invalid header
 //! name) fails the call as a passed host bound instead.
 
-use super::ctx::{Phase, ProxyCtx};
+use super::ctx::{Headers, Phase, ProxyCtx};
 use super::guest::{self, BadArgument, status};
 use super::properties::{self, Property};
 use crate::plugin::bindings::weft::filter::types::LocalResponse;
 use crate::plugin::host_impl::{MAX_HEADERS, check_reply, set_header};
 use crate::plugin::metrics::{Kind, MetricDef};
 use crate::plugin::state::StateWriteError;
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
 
@@ -61,12 +61,13 @@ fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
 
 /// The map's pairs as the ABI lists them: pseudo-headers first, as Envoy does.
 fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let regular = |h: &HeaderMap| {
-        h.iter()
-            .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+    let regular = |h: &dyn Headers| {
+        h.each()
+            .into_iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
             .collect::<Vec<_>>()
     };
-    let request = |method: &str, path: &str, authority: &str, h: &HeaderMap| {
+    let request = |method: &str, path: &str, authority: &str, h: &dyn Headers| {
         let mut out = vec![
             (b":authority".to_vec(), authority.as_bytes().to_vec()),
             (b":path".to_vec(), path.as_bytes().to_vec()),
@@ -76,7 +77,7 @@ fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
         out.extend(regular(h));
         out
     };
-    let response = |status: u16, h: &HeaderMap| {
+    let response = |status: u16, h: &dyn Headers| {
         let mut out = vec![(b":status".to_vec(), status.to_string().into_bytes())];
         out.extend(regular(h));
         out
@@ -102,7 +103,7 @@ fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// One value of the map (the first, for a repeated header), pseudo-headers included.
 fn value(ctx: &ProxyCtx, map: i32, key: &str) -> Option<Vec<u8>> {
-    let first = |h: &HeaderMap| h.get(key).map(|v| v.as_bytes().to_vec());
+    let first = |h: &dyn Headers| h.first(key).map(<[u8]>::to_vec);
     let owned = |s: &str| Some(s.as_bytes().to_vec());
     match (map_at(ctx, map), key) {
         (MapAt::RequestLive, ":path") => owned(&ctx.request.path),

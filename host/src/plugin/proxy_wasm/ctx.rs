@@ -5,7 +5,7 @@
 use crate::plugin::bindings::weft::filter::types::LocalResponse;
 use crate::plugin::host_impl::{MemoryCap, Services};
 use crate::plugin::types::{CallSummary, RequestHead, ResponseHead};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +33,62 @@ pub(crate) struct Kept {
     pub(crate) path: String,
     pub(crate) authority: String,
     pub(crate) source: Arc<str>,
-    pub(crate) request_headers: HeaderMap,
+    pub(crate) request_headers: KeptHeaders,
     pub(crate) status: u16,
-    pub(crate) response_headers: HeaderMap,
+    pub(crate) response_headers: KeptHeaders,
     /// Properties the filter set on the stream (`set_property`), read back by later hooks.
     pub(crate) properties: Vec<(String, Vec<u8>)>,
+}
+
+/// A head's headers as they were when a callback returned: a flat list, as a copy of a
+/// `HeaderMap` costs several allocations per call (half the cost of a minimal filter's call)
+/// and these are only read, rarely, by later callbacks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeptHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl KeptHeaders {
+    /// A copy of `headers`.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut kept = Vec::with_capacity(headers.len());
+        kept.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        KeptHeaders(kept)
+    }
+}
+
+/// Headers a callback reads: the live head's map or a kept copy.
+pub(crate) trait Headers {
+    /// The first value of `name` (lower-case).
+    fn first(&self, name: &str) -> Option<&[u8]>;
+    /// Every header, in order.
+    fn each(&self) -> Vec<(&str, &[u8])>;
+}
+
+impl Headers for HeaderMap {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn each(&self) -> Vec<(&str, &[u8])> {
+        self.iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect()
+    }
+}
+
+impl Headers for KeptHeaders {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v.as_bytes())
+    }
+
+    fn each(&self) -> Vec<(&str, &[u8])> {
+        self.0
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect()
+    }
 }
 
 /// The workload a sidecar runs beside, for the `node.*` properties.

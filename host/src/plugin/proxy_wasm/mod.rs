@@ -428,7 +428,7 @@ impl Vm {
         kept.path = head.path.clone();
         kept.authority = head.authority.clone();
         kept.source = head.source.clone();
-        kept.request_headers = head.headers.clone();
+        kept.request_headers = ctx::KeptHeaders::of(&head.headers);
         if let Some(s) = self.streams.get_mut(&call_id) {
             s.kept = kept;
         }
@@ -464,7 +464,7 @@ impl Vm {
         std::mem::swap(&mut ctx.response, head);
         let mut kept = std::mem::take(&mut ctx.kept);
         kept.status = head.status.as_u16();
-        kept.response_headers = head.headers.clone();
+        kept.response_headers = ctx::KeptHeaders::of(&head.headers);
         if let Some(s) = self.streams.get_mut(&call_id) {
             s.kept = kept;
         }

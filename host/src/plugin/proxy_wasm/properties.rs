@@ -5,8 +5,7 @@
 //! The list is documented in `docs/writing-plugins.md`; a path not on it is `NotFound`, and
 //! the VM logs the first time each is asked for, so a filter author sees what is missing.
 
-use super::ctx::{Phase, ProxyCtx};
-use http::HeaderMap;
+use super::ctx::{Headers, Phase, ProxyCtx};
 
 /// What a property lookup found.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,9 +26,9 @@ fn int(n: i64) -> Property {
     Property::Found(n.to_le_bytes().to_vec())
 }
 
-fn header(headers: &HeaderMap, name: &str) -> Property {
-    match headers.get(name) {
-        Some(v) => Property::Found(v.as_bytes().to_vec()),
+fn header(headers: &dyn Headers, name: &str) -> Property {
+    match headers.first(name) {
+        Some(v) => Property::Found(v.to_vec()),
         None => Property::Absent,
     }
 }
@@ -87,7 +86,7 @@ fn request(ctx: &ProxyCtx, rest: &[&str]) -> Property {
             _ => Property::Unsupported,
         };
     }
-    let (method, path, authority, headers) = if live {
+    let (method, path, authority, headers): (_, _, _, &dyn Headers) = if live {
         (
             ctx.request.method.as_str(),
             ctx.request.path.as_str(),
@@ -127,7 +126,7 @@ fn request(ctx: &ProxyCtx, rest: &[&str]) -> Property {
 }
 
 fn response(ctx: &ProxyCtx, rest: &[&str]) -> Property {
-    let (status, headers) = match ctx.phase {
+    let (status, headers): (_, Option<&dyn Headers>) = match ctx.phase {
         Phase::ResponseHeaders => (ctx.response.status.as_u16(), Some(&ctx.response.headers)),
         Phase::Log => (
             ctx.summary.map_or(ctx.kept.status, |s| s.status),

@@ -1,0 +1,139 @@
+//! The per-call cost of a minimal proxy-wasm filter (sets one request header) next to the
+//! same filter as a `weft:filter` component, both through the real runtime and a one-plugin
+//! chain, on a request of ten headers; with the native edit as the floor.
+
+#![allow(missing_docs)]
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Method};
+use prometheus::Registry;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use weft::plugin::*;
+
+fn request() -> RequestHead {
+    let mut head = RequestHead {
+        method: Method::POST,
+        path: "/charge?order=8842".into(),
+        authority: "payments".into(),
+        destination: Destination {
+            service: "payments".into(),
+            subset: None,
+        },
+        ..RequestHead::default()
+    };
+    for (name, value) in [
+        ("host", "payments"),
+        ("user-agent", "orders/1.4.2"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("content-length", "187"),
+        ("x-request-id", "5f8d0c3e-7b1a-4c2e-9d4f-2a6b8e1c0d93"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("x-user", "user-2231"),
+        ("x-tenant", "acme"),
+        ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+    ] {
+        head.headers.insert(name, HeaderValue::from_static(value));
+    }
+    head
+}
+
+fn summary(call_id: u64) -> CallSummary {
+    CallSummary {
+        call_id,
+        status: 200,
+        attempts: 1,
+        duration_us: 1_200,
+        request_bytes: 187,
+        response_bytes: 512,
+        endpoint: 7,
+        service: 0,
+        subset: 0,
+        source: 0,
+        destination_identity: 0,
+        source_workload: 0,
+        destination_workload: 0,
+        protocol: Protocol::Http1,
+        response_flags: ResponseFlags::empty(),
+        grpc_status: None,
+    }
+}
+
+fn chain(rt: &PluginRuntime, name: &str, path: &str) -> Chain {
+    let plugin = rt
+        .plugin(
+            Artifact::File(Path::new(path)),
+            None,
+            PluginSpec::new(name, "{}"),
+        )
+        .expect("plugin");
+    Chain::new(vec![plugin])
+}
+
+fn compare(c: &mut Criterion) {
+    let rt = PluginRuntime::new(
+        RuntimeConfig::default(),
+        &Registry::new(),
+        Arc::new(NoEndpoints),
+    )
+    .expect("runtime");
+    let component = chain(&rt, "set-header", weft_artifacts::SET_HEADER_PATH);
+    let proxy_wasm = chain(&rt, "pw-set-header", weft_artifacts::PW_SET_HEADER_PATH);
+    let ids = AtomicU64::new(1);
+    let head = request();
+
+    let mut g = c.benchmark_group("set-header");
+    // The floor: the same edit in native code, on the same head.
+    g.bench_function("native/per-call", |b| {
+        b.iter_batched_ref(
+            || head.clone(),
+            |h| {
+                h.headers.insert("x-bench", HeaderValue::from_static("1"));
+                black_box(h);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // A whole call: the request hook, and the end of the call (a proxy-wasm filter's stream
+    // context is created on the first and deleted on the last; the component asked for no
+    // on-done, so its chain skips it).
+    for (name, chain) in [("component", &component), ("proxy-wasm", &proxy_wasm)] {
+        g.bench_function(format!("{name}/per-call"), |b| {
+            b.iter_batched_ref(
+                || head.clone(),
+                |h| {
+                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    black_box(chain.on_request(id, h));
+                    black_box(chain.on_done(&summary(id), RouteId::NONE));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // The request hook alone, on a call whose stream context exists already.
+    for (name, chain) in [("component", &component), ("proxy-wasm", &proxy_wasm)] {
+        g.bench_function(format!("{name}/on-request"), |b| {
+            b.iter_batched_ref(
+                || head.clone(),
+                |h| black_box(chain.on_request(0, h)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = compare
+}
+criterion_main!(benches);

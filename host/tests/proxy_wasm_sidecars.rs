@@ -1,0 +1,190 @@
+//! proxy-wasm filters built from source with the proxy-wasm Rust SDK, shipped as Istio
+//! WasmPlugins to real sidecar processes through the control plane, and run there beside a
+//! `weft:filter` component on the same calls.
+
+mod support;
+
+use http::Request;
+use std::time::{Duration, Instant};
+use support::mesh::{NO_APP, TestMesh, converged, text, weft, write};
+use support::{App, full, h1_client, read};
+
+/// Pushes an artifact to the control plane's store: its `sha256:` URL.
+fn push(m: &TestMesh, path: &str) -> String {
+    let out = weft(m.cp, &m.data, &["plugin", "push", path]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `weft apply -f` of `yaml`: whether it was taken, and what it said.
+fn apply(m: &TestMesh, name: &str, yaml: &str) -> (bool, String) {
+    let path = write(m.dir.path(), name, yaml);
+    let out = weft(
+        m.cp,
+        &m.data,
+        &["apply", "-f", path.to_str().expect("utf-8")],
+    );
+    (out.status.success(), text(&out))
+}
+
+fn plugin(name: &str, app: &str, mode: &str, url: &str, priority: i32, config: &str) -> String {
+    format!(
+        "---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: {name} }}
+spec:
+  selector: {{ matchLabels: {{ app: {app} }} }}
+  url: {url}
+  priority: {priority}
+  match: [{{ mode: {mode} }}]
+  pluginConfig: {config}
+"
+    )
+}
+
+/// Calls payments through `out` with `headers`: status, response headers, body.
+async fn call(
+    out: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let mut req = Request::get(format!("http://{out}/charge")).header("host", "payments");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = h1_client()
+        .request(req.body(full("")).expect("request"))
+        .await
+        .expect("answered");
+    let (status, headers, body) = read(resp).await;
+    (
+        status.as_u16(),
+        headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let req = Request::get(format!("http://{admin}/metrics"))
+        .body(full(""))
+        .expect("request");
+    let (_, _, body) = read(h1_client().request(req).await.expect("scrape")).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let auth = push(&m, weft_artifacts::PW_AUTH_PATH);
+    let headers = push(&m, weft_artifacts::PW_HEADERS_PATH);
+    let counter = push(&m, weft_artifacts::PW_COUNTER_PATH);
+
+    // A filter whose proxy_on_configure returns false is refused at apply, with its words,
+    // and nothing reaches a sidecar.
+    let (ok, said) = apply(
+        &m,
+        "bad-auth.yaml",
+        &plugin("pw-auth", "payments", "SERVER", &auth, 10, "{}"),
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("proxy_on_configure returned false"), "{said}");
+    assert!(said.contains("pluginConfig.token is required"), "{said}");
+
+    // Server side of payments: the gate (priority 10, first), then the counter. Client side
+    // of orders: the chaos component (priority 20) stamps a tag, then the proxy-wasm header
+    // filter (priority 10) copies it: both act on one call, in their declared order.
+    let mesh = |response: &str| {
+        [
+            plugin(
+                "pw-auth",
+                "payments",
+                "SERVER",
+                &auth,
+                10,
+                "{ token: s3cret }",
+            ),
+            plugin("pw-counter", "payments", "SERVER", &counter, 5, "{}"),
+            plugin(
+                "chaos-tag",
+                "orders",
+                "CLIENT",
+                &format!("file://{}", weft_artifacts::CHAOS_PATH),
+                20,
+                "{ tag: from-chaos }",
+            ),
+            plugin(
+                "pw-headers",
+                "orders",
+                "CLIENT",
+                &headers,
+                10,
+                &format!("{{ request: from-config, response: {response} }}"),
+            ),
+        ]
+        .concat()
+    };
+    let (ok, said) = apply(&m, "filters.yaml", &mesh("first"));
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+
+    let out = orders.addr("outbound");
+    let (status, _, body) = call(out, &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body, "Access forbidden.\n");
+    assert!(
+        app.seen().is_empty(),
+        "a refused call never reaches the app"
+    );
+
+    let token = [("authorization", "Bearer s3cret")];
+    let (status, resp, body) = call(out, &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(resp["x-pw-response"], "first");
+    let seen = app.seen();
+    let last = seen.last().expect("the app saw the call");
+    assert_eq!(last.headers["x-pw-request"], "from-config");
+    assert_eq!(last.headers["x-chaos-tag"], "from-chaos");
+    assert_eq!(last.headers["x-pw-saw-chaos"], "from-chaos");
+    assert_eq!(
+        last.headers["x-pw-count"], "1",
+        "the counter runs after the gate"
+    );
+
+    for _ in 0..4 {
+        let (status, _, body) = call(out, &token).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = scrape(payments.addr("admin")).await;
+    assert_eq!(
+        sample(&metrics, "pw_requests_total"),
+        Some(5.0),
+        "{metrics}"
+    );
+
+    // A new pluginConfig is in force on the next calls, without a restart.
+    let (ok, said) = apply(&m, "filters.yaml", &mesh("second"));
+    assert!(ok, "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, resp, body) = call(out, &token).await;
+        assert_eq!(status, 200, "{body}");
+        if resp["x-pw-response"] == "second" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new configuration never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
