@@ -59,6 +59,7 @@ const PROXY_WASM: &[(&str, &str)] = &[
     ("PW_HOSTILE", "pw-hostile"),
     ("PW_SET_HEADER", "pw-set-header"),
     ("PW_CALLOUT", "pw-callout"),
+    ("PW_BODY", "pw-body"),
 ];
 
 /// The target proxy-wasm filters are built for, as Envoy and Istio users build them.

@@ -412,3 +412,61 @@ fn a_proxy_wasm_filter_and_a_component_act_on_one_call_in_their_declared_order()
     assert_eq!(got, ["from-component", "from-pw"]);
     chain.on_done(&summary(401, 200), RouteId::NONE);
 }
+
+#[test]
+fn a_body_filter_sees_whole_bodies_rewrites_them_and_answers_in_their_place() {
+    let plugin = filter(weft_artifacts::PW_BODY_PATH, "pw-body", "{}");
+    let hooks = plugin.hooks();
+    assert!(hooks.on_request_body && hooks.on_response_body);
+    let chain = Chain::new(vec![plugin]);
+    let bytes = |s: &'static str| bytes::Bytes::from_static(s.as_bytes());
+
+    let mut head = request("/");
+    chain.on_request(500, &mut head);
+    let mut pipe = chain
+        .body_pipeline(500, RouteId::NONE, false, 1 << 20)
+        .expect("the filter asked for the request body");
+    let out = pipe.push(bytes("my secret"), true).expect("passes");
+    assert_eq!(&out[..], b"my ******");
+
+    // The response body in pieces: held while the filter asks (Pause), then rewritten whole.
+    let mut resp = response(200);
+    chain.on_response(500, &mut resp, RouteId::NONE);
+    let mut pipe = chain
+        .body_pipeline(500, RouteId::NONE, true, 1 << 20)
+        .expect("the filter asked for the response body");
+    assert!(pipe.push(bytes("hello "), false).expect("held").is_empty());
+    assert!(pipe.push(bytes("world"), false).expect("held").is_empty());
+    let out = pipe.push(bytes(""), true).expect("passes");
+    assert_eq!(&out[..], b"hello world\n-- filtered by pw-body");
+    assert!(!pipe.plugin_failed);
+    chain.on_done(&summary(500, 200), RouteId::NONE);
+
+    let mut head = request("/");
+    chain.on_request(501, &mut head);
+    let mut pipe = chain
+        .body_pipeline(501, RouteId::NONE, false, 1 << 20)
+        .expect("asked");
+    match pipe.push(bytes("this is forbidden"), true) {
+        Err(BodyStop::Respond(reply, at)) => {
+            assert_eq!(reply.status, StatusCode::FORBIDDEN);
+            assert_eq!(&reply.body[..], b"body refused\n");
+            assert_eq!(
+                header(&reply.headers, "x-refused-by").as_deref(),
+                Some("pw-body")
+            );
+            assert_eq!(at, 0);
+        }
+        other => panic!("a forbidden body is answered in its place: {other:?}"),
+    }
+    chain.on_done(&summary(501, 403), RouteId::NONE);
+
+    // Holding more than the bound fails the (fail-open) filter: the data passes it by.
+    let mut pipe = chain
+        .body_pipeline(502, RouteId::NONE, true, 8)
+        .expect("asked");
+    let out = pipe.push(bytes("0123456789abcdef"), false).expect("passes");
+    assert_eq!(&out[..], b"0123456789abcdef");
+    assert!(pipe.plugin_failed);
+    chain.on_done(&summary(502, 200), RouteId::NONE);
+}

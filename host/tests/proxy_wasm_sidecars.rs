@@ -188,3 +188,53 @@ async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// POSTs `body` to payments' `/echo` through `out`: status and body.
+async fn post(out: std::net::SocketAddr, body: Vec<u8>) -> (u16, String) {
+    let req = Request::post(format!("http://{out}/echo"))
+        .header("host", "payments")
+        .body(full(body))
+        .expect("request");
+    let (status, _, body) = read(h1_client().request(req).await.expect("answered")).await;
+    (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_place() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let body = push(&m, weft_artifacts::PW_BODY_PATH);
+    let yaml = [
+        plugin("body-server", "payments", "SERVER", &body, 0, "{}"),
+        plugin("body-client", "orders", "CLIENT", &body, 0, "{}"),
+    ]
+    .concat();
+    let (ok, said) = apply(&m, "body.yaml", &yaml);
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+
+    // Masked on the client side (and found masked on the server side); the echo comes back
+    // through both sides' response-body callbacks, each appending its line.
+    let (status, body) = post(out, b"my secret".to_vec()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        "my ******\n-- filtered by pw-body\n-- filtered by pw-body"
+    );
+
+    // Refused by the client side's callback: nothing leaves orders' sidecar.
+    let before = app.seen().len();
+    let (status, body) = post(out, b"this is forbidden".to_vec()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body, "body refused\n");
+    assert_eq!(app.seen().len(), before, "the app never saw it");
+
+    // A body over the 64 KiB a body callback is given whole is refused, not let past the
+    // filter unseen.
+    let (status, body) = post(out, vec![b'a'; 64 * 1024 + 1]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(app.seen().len(), before);
+}

@@ -8,8 +8,8 @@
 use super::bindings::weft::filter::types as wit;
 use super::instance::Plugin;
 use super::types::{
-    Attempt, AttemptVerdict, CallSummary, Decided, FailStrategy, LocalReply, RequestHead,
-    RequestVerdict, ResponseHead, ResponseVerdict, RouteId,
+    Attempt, AttemptVerdict, BodyVerdict, CallSummary, Decided, FailStrategy, LocalReply,
+    RequestHead, RequestVerdict, ResponseHead, ResponseVerdict, RouteId,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -28,7 +28,8 @@ pub struct Chain {
     on_done: Vec<Arc<Plugin>>,
 }
 
-fn local_reply(r: wit::LocalResponse) -> LocalReply {
+/// A plugin's local response as the proxy sends it.
+pub(crate) fn local_reply(r: wit::LocalResponse) -> LocalReply {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // The host bounded the count when the plugin replied; the bound holds here too.
     let mut headers = HeaderMap::with_capacity(r.headers.len().min(64));
@@ -325,6 +326,40 @@ impl Chain {
         }
     }
 
+    /// The body callbacks of the plugins serving a call on `route` that asked for the request
+    /// body (or the response body): none when no plugin did.
+    pub fn body_pipeline(
+        &self,
+        call_id: u64,
+        route: RouteId,
+        response: bool,
+        limit: usize,
+    ) -> Option<BodyPipeline> {
+        let stages: Vec<Stage> = (self.plugins.iter().enumerate())
+            .filter(|(_, p)| {
+                let h = p.hooks();
+                (if response {
+                    h.on_response_body
+                } else {
+                    h.on_request_body
+                }) && p.serves(route)
+            })
+            .map(|(at, p)| Stage {
+                at,
+                plugin: p.clone(),
+                held: Vec::new(),
+                failed: false,
+            })
+            .collect();
+        (!stages.is_empty()).then_some(BodyPipeline {
+            stages,
+            call_id,
+            response,
+            limit,
+            plugin_failed: false,
+        })
+    }
+
     /// Runs `on-done` through every plugin that asked and serves the call's `route`.
     pub fn on_done(&self, summary: &CallSummary, route: RouteId) -> bool {
         let mut plugin_failed = false;
@@ -332,6 +367,89 @@ impl Chain {
             plugin_failed |= plugin.on_done(summary).is_err();
         }
         plugin_failed
+    }
+}
+
+/// One plugin's place in a body pipeline: the data it asked to hold.
+struct Stage {
+    at: usize,
+    plugin: Arc<Plugin>,
+    held: Vec<u8>,
+    /// It failed open: the data passes it by from now on.
+    failed: bool,
+}
+
+/// Why a body pipeline stopped the call.
+#[derive(Debug)]
+pub enum BodyStop {
+    /// A plugin answered (the request body only): the answer, and the plugin's place in the
+    /// chain (the answer goes back through the plugins before it).
+    Respond(Box<LocalReply>, usize),
+    /// A fail-closed plugin failed, or held more than the bound: the call fails with this.
+    Failed(Box<LocalReply>),
+}
+
+/// A call's body passing through the body callbacks of its plugins, in chain order: each
+/// plugin gets what the one before it passed on; one that asks to buffer holds its data
+/// (up to a bound) and gets it again, with what follows, on the next data.
+pub struct BodyPipeline {
+    stages: Vec<Stage>,
+    call_id: u64,
+    response: bool,
+    limit: usize,
+    /// Whether a plugin failed (open) on this body.
+    pub plugin_failed: bool,
+}
+
+impl BodyPipeline {
+    /// Passes `data` (the body's next bytes; `end`: the last) through every plugin: what
+    /// comes out the far end, possibly empty while a plugin holds its data.
+    pub fn push(&mut self, data: Bytes, end: bool) -> Result<Bytes, BodyStop> {
+        let mut data = data.to_vec();
+        for stage in &mut self.stages {
+            if stage.failed {
+                continue;
+            }
+            let mut body = std::mem::take(&mut stage.held);
+            body.extend_from_slice(&data);
+            if body.is_empty() && !end {
+                data = body;
+                continue;
+            }
+            let failure = match stage
+                .plugin
+                .on_body(self.call_id, self.response, &mut body, end)
+            {
+                Ok(BodyVerdict::Continue) => {
+                    data = body;
+                    continue;
+                }
+                Ok(BodyVerdict::Buffer) if body.len() <= self.limit => {
+                    stage.held = body;
+                    return Ok(Bytes::new());
+                }
+                Ok(BodyVerdict::Buffer) => {
+                    tracing::warn!(
+                        plugin = stage.plugin.name(),
+                        limit = self.limit,
+                        "a plugin asked to hold more body than the bound"
+                    );
+                    Some(body)
+                }
+                Ok(BodyVerdict::Respond(reply)) => {
+                    return Err(BodyStop::Respond(Box::new(reply), stage.at));
+                }
+                Err(_) => Some(body),
+            };
+            self.plugin_failed = true;
+            if stage.plugin.fail_strategy() == FailStrategy::FailClosed {
+                return Err(BodyStop::Failed(Box::new(failed_closed(&stage.plugin))));
+            }
+            // Fail open: the plugin is skipped for the rest of the body.
+            stage.failed = true;
+            data = failure.unwrap_or_default();
+        }
+        Ok(Bytes::from(data))
     }
 }
 

@@ -149,6 +149,8 @@ fn hooks_from(h: wit::Hooks) -> HookSet {
         on_attempt_end: h.contains(wit::Hooks::ON_ATTEMPT_END),
         on_response: h.contains(wit::Hooks::ON_RESPONSE),
         on_done: h.contains(wit::Hooks::ON_DONE),
+        on_request_body: false,
+        on_response_body: false,
     }
 }
 
@@ -622,6 +624,28 @@ impl Plugin {
             let ctx = store.data_mut();
             std::mem::swap(&mut ctx.request, head);
             r.map(|()| ctx.reply.take())
+        })
+    }
+
+    /// Runs a proxy-wasm filter's body callback on `body` (the data so far that it has not
+    /// passed on; it may rewrite it). Components have no body callbacks: `Continue`.
+    pub(crate) fn on_body(
+        &self,
+        call_id: u64,
+        response: bool,
+        body: &mut Vec<u8>,
+        end: bool,
+    ) -> Result<super::types::BodyVerdict, Failure> {
+        let Abi::ProxyWasm(vms) = &self.abi else {
+            return Ok(super::types::BodyVerdict::Continue);
+        };
+        let hook = if response {
+            Hook::OnResponseBody
+        } else {
+            Hook::OnRequestBody
+        };
+        self.vm_call(vms, hook, call_id, |vm| {
+            vm.on_body(call_id, response, body, end)
         })
     }
 

@@ -113,7 +113,7 @@ thread_local! {
 /// One plugin's call statistics.
 pub(crate) struct PluginStats {
     name: String,
-    hooks: [(IntCounter, Histogram); 6],
+    hooks: [(IntCounter, Histogram); 8],
     failures: IntCounterVec,
     pub(crate) instances: IntCounter,
 }

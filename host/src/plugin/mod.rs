@@ -24,7 +24,7 @@ mod wasi;
 
 pub use artifact::{Artifact, Compiled, sha256_hex};
 pub use cache::CacheError;
-pub use chain::{Chain, ChainSlot};
+pub use chain::{BodyPipeline, BodyStop, Chain, ChainSlot};
 pub use compiler::{Compiler, Priority, REFUSED as PRECOMPILE_REFUSED, lower_priority, precompile};
 pub use engine::{PoolSizes, Tier};
 pub use error::{Failure, PluginError};

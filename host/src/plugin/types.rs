@@ -166,6 +166,21 @@ pub struct HookSet {
     pub on_response: bool,
     /// `on-done`.
     pub on_done: bool,
+    /// The request body (proxy-wasm's `proxy_on_request_body`; components have none).
+    pub on_request_body: bool,
+    /// The response body (proxy-wasm's `proxy_on_response_body`).
+    pub on_response_body: bool,
+}
+
+/// What a body callback decided.
+#[derive(Debug, Clone)]
+pub enum BodyVerdict {
+    /// Pass the body (as the plugin left it) on.
+    Continue,
+    /// Hold it: the plugin wants the next data together with this (Envoy's buffering).
+    Buffer,
+    /// Answer the caller with this instead (only before anything went upstream).
+    Respond(LocalReply),
 }
 
 /// One of the hooks.
@@ -183,17 +198,23 @@ pub enum Hook {
     OnDone,
     /// A proxy-wasm filter's `proxy_on_tick` (its root context's timer).
     OnTick,
+    /// A proxy-wasm filter's `proxy_on_request_body`.
+    OnRequestBody,
+    /// A proxy-wasm filter's `proxy_on_response_body`.
+    OnResponseBody,
 }
 
 impl Hook {
     /// Every hook, in call order.
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Configure,
         Hook::OnRequest,
         Hook::OnAttemptEnd,
         Hook::OnResponse,
         Hook::OnDone,
         Hook::OnTick,
+        Hook::OnRequestBody,
+        Hook::OnResponseBody,
     ];
 
     /// The hook's name in the contract.
@@ -205,6 +226,8 @@ impl Hook {
             Hook::OnResponse => "on-response",
             Hook::OnDone => "on-done",
             Hook::OnTick => "on-tick",
+            Hook::OnRequestBody => "on-request-body",
+            Hook::OnResponseBody => "on-response-body",
         }
     }
 

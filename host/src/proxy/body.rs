@@ -237,3 +237,110 @@ impl<B: Body, F: FnOnce(BodyEnd)> Drop for ReportingBody<B, F> {
         self.end(complete);
     }
 }
+
+/// A response body through the body callbacks of the proxy-wasm filters serving the call,
+/// or, when none does, the body as it is (no cost beyond a branch per frame).
+pub enum Filtered<B> {
+    /// No filter asked for the body.
+    Plain(B),
+    /// Each data frame passes through the filters; what they hold comes out later.
+    Through {
+        /// The body as the upstream sends it.
+        inner: B,
+        /// The filters' callbacks.
+        pipe: Box<crate::plugin::BodyPipeline>,
+        /// Trailers that came after the data, sent once the filters have had the end.
+        trailers: Option<http::HeaderMap>,
+        /// Whether the upstream's body is over.
+        ended: bool,
+    },
+}
+
+/// `inner` through `pipe`, if there is one. A filter may change the body's length, so the
+/// response's `content-length` goes (the body is then chunked, or framed by HTTP/2).
+pub fn filtered<B>(
+    inner: B,
+    headers: &mut http::HeaderMap,
+    pipe: Option<crate::plugin::BodyPipeline>,
+) -> Filtered<B> {
+    match pipe {
+        None => Filtered::Plain(inner),
+        Some(pipe) => {
+            headers.remove(http::header::CONTENT_LENGTH);
+            Filtered::Through {
+                inner,
+                pipe: Box::new(pipe),
+                trailers: None,
+                ended: false,
+            }
+        }
+    }
+}
+
+fn filter_failed() -> BoxError {
+    "a proxy-wasm filter failed on the response body".into()
+}
+
+impl<B> Body for Filtered<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (inner, pipe, trailers, ended) = match self.get_mut() {
+            Filtered::Plain(b) => return Pin::new(b).poll_frame(cx),
+            Filtered::Through {
+                inner,
+                pipe,
+                trailers,
+                ended,
+            } => (inner, pipe, trailers, ended),
+        };
+        loop {
+            if *ended {
+                return Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+                Poll::Ready(None) => None,
+            };
+            let (data, end) = match frame.map(Frame::into_data) {
+                Some(Ok(data)) => (data, false),
+                Some(Err(frame)) => {
+                    *trailers = frame.into_trailers().ok();
+                    (Bytes::new(), true)
+                }
+                None => (Bytes::new(), true),
+            };
+            *ended = end;
+            match pipe.push(data, end) {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(_) => return Poll::Ready(Some(Err(filter_failed()))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Filtered::Plain(b) => b.is_end_stream(),
+            Filtered::Through {
+                ended, trailers, ..
+            } => *ended && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Filtered::Plain(b) => b.size_hint(),
+            Filtered::Through { .. } => SizeHint::default(),
+        }
+    }
+}

@@ -306,14 +306,79 @@ async fn answer(
     let (incoming, tripped) = inputs.bound_request(incoming, start, INBOUND);
     // Counted as the app reads it, when the server-side chain or the access log wants it.
     let counter = call.as_ref().map(ServerCall::request_counter).or(received);
-    let body = match counter {
-        Some(bytes) => {
+    let pipe = call.as_ref().and_then(ServerCall::request_body_pipeline);
+    let body = match (pipe, counter) {
+        // proxy-wasm filters' request-body callbacks get the whole body before the app does,
+        // so one may rewrite it or answer in its place.
+        (Some(pipe), counter) => {
+            let content_length = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let limit = inputs.settings.replay_limit;
+            let read = super::body::read_for_replay(
+                incoming,
+                content_length,
+                limit,
+                counter.unwrap_or_default(),
+            )
+            .await;
+            let whole = match read {
+                Ok(super::body::RequestBody::Replayable(b)) => b,
+                Ok(super::body::RequestBody::Streaming(_)) => {
+                    return Ok(refuse(
+                        call,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "weft: the request body is over the {limit} bytes a proxy-wasm filter's body callback is given whole\n"
+                        ),
+                        usize::MAX,
+                    ));
+                }
+                Err(_) if tripped.as_ref().is_some_and(|t| t.get().is_some()) => {
+                    return Ok(refuse(
+                        call,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "weft: request timeout\n".to_string(),
+                        usize::MAX,
+                    ));
+                }
+                Err(_) => {
+                    return Ok(refuse(
+                        call,
+                        StatusCode::BAD_REQUEST,
+                        "weft: the request body could not be read\n".to_string(),
+                        usize::MAX,
+                    ));
+                }
+            };
+            let Some(c) = call.as_mut() else {
+                return Ok(local_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "weft: no call\n",
+                ));
+            };
+            match c.request_body(pipe, whole.clone()) {
+                Ok(out) => {
+                    if out.len() != whole.len() {
+                        parts.headers.insert(
+                            http::header::CONTENT_LENGTH,
+                            http::HeaderValue::from(out.len()),
+                        );
+                    }
+                    super::body::full(out)
+                }
+                Err(answered) => return Ok(*answered),
+            }
+        }
+        (None, Some(bytes)) => {
             super::body::ReportingBody::new(incoming, move |end: super::body::BodyEnd| {
                 bytes.store(end.bytes, std::sync::atomic::Ordering::Relaxed);
             })
             .boxed_unsync()
         }
-        None => incoming.boxed_unsync(),
+        (None, None) => incoming.boxed_unsync(),
     };
     let upstream = Request::from_parts(parts, body);
     let answered = match upgrade {

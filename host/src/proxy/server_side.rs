@@ -8,8 +8,8 @@ use super::body::{self, BodyEnd, ProxyBody, ReportingBody};
 use super::routes::ServerChain;
 use super::{Inputs, Peer};
 use crate::plugin::{
-    CallSummary, Chain, Destination, LocalReply, Protocol, RequestHead, RequestVerdict,
-    ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
+    BodyPipeline, BodyStop, CallSummary, Chain, Destination, LocalReply, Protocol, RequestHead,
+    RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
 };
 use http::header::HOST;
 use http::{HeaderValue, Response, StatusCode};
@@ -269,6 +269,43 @@ impl ServerCall {
         resp
     }
 
+    /// The request-body callbacks of the plugins serving the call, if any asked.
+    pub(super) fn request_body_pipeline(&self) -> Option<BodyPipeline> {
+        (self.chain).body_pipeline(
+            self.id,
+            self.scope,
+            false,
+            self.inputs.settings.replay_limit,
+        )
+    }
+
+    /// Runs the request-body callbacks on the whole `body`: what to send the app, or the
+    /// answer a plugin gave instead.
+    pub(super) fn request_body(
+        &mut self,
+        mut pipe: BodyPipeline,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, Box<Response<ProxyBody>>> {
+        if body.is_empty() {
+            return Ok(body);
+        }
+        let pushed = pipe.push(body, true);
+        if pipe.plugin_failed {
+            self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+        }
+        match pushed {
+            Ok(out) => Ok(out),
+            Err(BodyStop::Respond(reply, at)) => Err(Box::new(self.answer(
+                *reply,
+                at,
+                ResponseFlags::LOCAL_REPLY,
+            ))),
+            Err(BodyStop::Failed(reply)) => {
+                Err(Box::new(self.answer(*reply, 0, ResponseFlags::empty())))
+            }
+        }
+    }
+
     /// Where the request body's bytes are counted as the app reads them.
     pub(super) fn request_counter(&self) -> Arc<AtomicU64> {
         self.request_bytes.clone()
@@ -305,6 +342,13 @@ impl ServerCall {
         let status = parts.status.as_u16();
         // A trailers-only gRPC answer carries its status in the headers.
         self.summary.grpc_status = super::grpc::status(&parts.headers);
+        let pipe = (self.chain).body_pipeline(
+            self.id,
+            self.scope,
+            true,
+            self.inputs.settings.replay_limit,
+        );
+        let body = body::filtered(body, &mut parts.headers, pipe);
         let reporting = ReportingBody::new(body, move |end: BodyEnd| {
             self.summary.grpc_status = end.grpc_status.or(self.summary.grpc_status);
             let ended = if end.complete {

@@ -23,10 +23,23 @@ type Call<'a> = Caller<'a, ProxyCtx>;
 
 const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
+const REQUEST_BODY: i32 = 0;
+const RESPONSE_BODY: i32 = 1;
 const PLUGIN_CONFIGURATION: i32 = 7;
+
+/// Whether buffer type `buffer` is the body this callback was given.
+fn is_body(ctx: &ProxyCtx, buffer: i32) -> bool {
+    matches!(
+        (buffer, ctx.phase),
+        (REQUEST_BODY, Phase::RequestBody) | (RESPONSE_BODY, Phase::ResponseBody)
+    )
+}
 
 /// The most bytes of one log line kept.
 const MAX_LOG_BYTES: usize = 4096;
+
+/// The most bytes a filter may make a body by rewriting it.
+const MAX_BODY: usize = 16 << 20;
 
 /// The shortest tick period honoured: a filter asking for less gets this.
 pub(crate) const MIN_TICK: Duration = Duration::from_millis(10);
@@ -52,9 +65,12 @@ enum MapAt {
 fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
     match (map, ctx.phase) {
         (REQUEST_HEADERS, Phase::RequestHeaders) => MapAt::RequestLive,
-        (REQUEST_HEADERS, Phase::ResponseHeaders | Phase::Log) => MapAt::RequestKept,
+        (
+            REQUEST_HEADERS,
+            Phase::RequestBody | Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log,
+        ) => MapAt::RequestKept,
         (RESPONSE_HEADERS, Phase::ResponseHeaders) => MapAt::ResponseLive,
-        (RESPONSE_HEADERS, Phase::Log) => MapAt::ResponseKept,
+        (RESPONSE_HEADERS, Phase::ResponseBody | Phase::Log) => MapAt::ResponseKept,
         _ => MapAt::Empty,
     }
 }
@@ -445,27 +461,37 @@ fn add_buffers(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> wasmtime::Result<i32> {
-            if buffer != PLUGIN_CONFIGURATION {
-                // Bodies and the VM configuration: Weft gives none (see the docs).
+            let bytes: Vec<u8> = if is_body(c.data(), buffer) {
+                let body = &c.data().body;
+                let start = (start as u32 as usize).min(body.len());
+                let end = start.saturating_add(max as u32 as usize).min(body.len());
+                body[start..end].to_vec()
+            } else if buffer == PLUGIN_CONFIGURATION {
+                let config = &c.data().config;
+                let start = (start as u32 as usize).min(config.len());
+                let end = start.saturating_add(max as u32 as usize).min(config.len());
+                config[start..end].to_vec()
+            } else {
+                // The VM configuration, and bodies outside their callbacks: none.
+                return Ok(status::NOT_FOUND);
+            };
+            if bytes.is_empty() {
                 return Ok(status::NOT_FOUND);
             }
-            let config = c.data().config.clone();
-            let start = (start as u32 as usize).min(config.len());
-            let end = start.saturating_add(max as u32 as usize).min(config.len());
-            if start == end {
-                return Ok(status::NOT_FOUND);
-            }
-            guest::give(&mut c, &config[start..end], ret_ptr, ret_len)
+            guest::give(&mut c, &bytes, ret_ptr, ret_len)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_buffer_status",
         |mut c: Call<'_>, buffer: i32, ret_len: i32, ret_flags: i32| -> i32 {
-            if buffer != PLUGIN_CONFIGURATION {
+            let len = if is_body(c.data(), buffer) {
+                c.data().body.len() as u32
+            } else if buffer == PLUGIN_CONFIGURATION {
+                c.data().config.len() as u32
+            } else {
                 return status::NOT_FOUND;
-            }
-            let len = c.data().config.len() as u32;
+            };
             guest::write_u32(&mut c, ret_len, len)
                 .and_then(|()| guest::write_u32(&mut c, ret_flags, 0))
                 .map_or_else(bad, |()| status::OK)
@@ -474,10 +500,29 @@ fn add_buffers(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |mut c: Call<'_>, buffer: i32, _start: i32, _size: i32, _ptr: i32, _len: i32| -> i32 {
-            c.data_mut().violation.get_or_insert(format!(
-                "buffer type {buffer} cannot be set: Weft gives proxy-wasm filters no bodies yet"
-            ));
+        |mut c: Call<'_>, buffer: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+            if !is_body(c.data(), buffer) {
+                c.data_mut().violation.get_or_insert(format!(
+                    "buffer type {buffer} cannot be set here: only the body a body callback was given"
+                ));
+                return status::OK;
+            }
+            let data = match guest::read(&mut c, ptr, len) {
+                Ok(d) => d,
+                Err(e) => return bad(e),
+            };
+            // Envoy's semantics: `size` bytes from `start` are replaced by the data; start 0
+            // and size 0 prepends, start at the end appends.
+            let body = &mut c.data_mut().body;
+            let start = (start as u32 as usize).min(body.len());
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            if body.len() - (end - start) + data.len() > MAX_BODY {
+                c.data_mut()
+                    .violation
+                    .get_or_insert(format!("a body over {MAX_BODY} bytes"));
+                return status::OK;
+            }
+            body.splice(start..end, data);
             status::OK
         },
     )?;
@@ -509,7 +554,13 @@ fn add_stream(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
                 return status::BAD_ARGUMENT;
             };
             let ctx = c.data_mut();
-            if !matches!(ctx.phase, Phase::RequestHeaders | Phase::ResponseHeaders) {
+            if !matches!(
+                ctx.phase,
+                Phase::RequestHeaders
+                    | Phase::ResponseHeaders
+                    | Phase::RequestBody
+                    | Phase::ResponseBody
+            ) {
                 ctx.violation.get_or_insert(
                     "a local response outside a request or response headers callback: Weft does not hold paused streams yet".into(),
                 );

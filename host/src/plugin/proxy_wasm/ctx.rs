@@ -21,6 +21,10 @@ pub(crate) enum Phase {
     RequestHeaders,
     /// `proxy_on_response_headers`: the response head is lent and editable.
     ResponseHeaders,
+    /// `proxy_on_request_body`: the body so far is the request-body buffer.
+    RequestBody,
+    /// `proxy_on_response_body`: the body so far is the response-body buffer.
+    ResponseBody,
     /// `proxy_on_log` (and done, delete): what was kept of the call is readable.
     Log,
 }
@@ -123,6 +127,8 @@ pub(crate) struct ProxyCtx {
     pub(crate) response: ResponseHead,
     /// What the stream kept of its call, during its later hooks.
     pub(crate) kept: Kept,
+    /// The body data of a body callback.
+    pub(crate) body: Vec<u8>,
     /// The call's summary, during `Log`.
     pub(crate) summary: Option<CallSummary>,
     /// A local answer the filter sent during this hook.
@@ -166,6 +172,7 @@ impl ProxyCtx {
             request: RequestHead::default(),
             response: ResponseHead::default(),
             kept: Kept::default(),
+            body: Vec::new(),
             summary: None,
             reply: None,
             resumed: false,

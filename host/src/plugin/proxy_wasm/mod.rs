@@ -144,6 +144,8 @@ pub(crate) fn hooks(module: &Module) -> HookSet {
         on_attempt_end: false,
         on_response: has("proxy_on_response_headers"),
         on_done: true,
+        on_request_body: has("proxy_on_request_body"),
+        on_response_body: has("proxy_on_response_body"),
     }
 }
 
@@ -229,6 +231,8 @@ struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
@@ -303,6 +307,8 @@ impl Vm {
             context_create,
             request_headers: func!("proxy_on_request_headers"),
             response_headers: func!("proxy_on_response_headers"),
+            request_body: func!("proxy_on_request_body"),
+            response_body: func!("proxy_on_response_body"),
             log: func!("proxy_on_log"),
             done: func!("proxy_on_done"),
             delete: func!("proxy_on_delete"),
@@ -470,6 +476,75 @@ impl Vm {
         }
         let action = r?;
         Ok(self.verdict(action, "response"))
+    }
+
+    /// `proxy_on_request_body` or `proxy_on_response_body` on `body`, which the filter may
+    /// read and rewrite (`get/set_buffer_bytes`).
+    pub(crate) fn on_body(
+        &mut self,
+        call_id: u64,
+        response: bool,
+        body: &mut Vec<u8>,
+        end: bool,
+    ) -> wasmtime::Result<super::types::BodyVerdict> {
+        use super::types::BodyVerdict;
+        let f = if response {
+            self.exports.response_body.clone()
+        } else {
+            self.exports.request_body.clone()
+        };
+        let Some(f) = f else {
+            return Ok(BodyVerdict::Continue);
+        };
+        let id = self.open(call_id)?;
+        let kept = self
+            .streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default();
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.body, body);
+        ctx.kept = kept;
+        ctx.phase = if response {
+            Phase::ResponseBody
+        } else {
+            Phase::RequestBody
+        };
+        ctx.reply = None;
+        ctx.resumed = false;
+        let size = i32::try_from(ctx.body.len()).unwrap_or(i32::MAX);
+        let r = f.call(&mut self.store, (id, size, i32::from(end)));
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.body, body);
+        ctx.phase = Phase::Root;
+        let kept = std::mem::take(&mut ctx.kept);
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+        let action = r?;
+        let ctx = self.store.data_mut();
+        if let Some(reply) = ctx.reply.take() {
+            if response {
+                ctx.violation.get_or_insert(
+                    "a local response from the response body: the response head has gone to the caller".into(),
+                );
+                return Ok(BodyVerdict::Continue);
+            }
+            return Ok(BodyVerdict::Respond(crate::plugin::chain::local_reply(
+                reply,
+            )));
+        }
+        Ok(match action {
+            PAUSE if end => {
+                ctx.violation.get_or_insert(format!(
+                    "paused the {} body at its end; Weft does not hold paused streams yet",
+                    if response { "response" } else { "request" }
+                ));
+                BodyVerdict::Continue
+            }
+            PAUSE => BodyVerdict::Buffer,
+            _ => BodyVerdict::Continue,
+        })
     }
 
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the call has ended.

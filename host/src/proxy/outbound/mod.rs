@@ -9,8 +9,8 @@ use super::routes::Route;
 use super::{Inputs, Peer, local_response};
 use crate::endpoints::Endpoint;
 use crate::plugin::{
-    Attempt, AttemptVerdict, CallSummary, Destination, Outcome, Protocol, RequestHead,
-    RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
+    Attempt, AttemptVerdict, BodyStop, CallSummary, Destination, LocalReply, Outcome, Protocol,
+    RequestHead, RequestVerdict, ResponseFlags, ResponseHead, ResponseVerdict, RouteId,
 };
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
@@ -451,35 +451,7 @@ async fn route(
         {
             return delay_timed_out(call, &route.service);
         }
-        // Back through the plugins that saw the request, as any response goes.
-        let mut head = ResponseHead {
-            status: reply.status,
-            headers: reply.headers,
-            attempts: 0,
-        };
-        let mut payload = reply.body;
-        if let Some(at) = decided.answered_at {
-            let back = call
-                .route
-                .chain
-                .on_local_reply(id, &mut head, call.route_id, at);
-            if back.plugin_failed {
-                call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
-            }
-            if let ResponseVerdict::Respond(r) = back.action {
-                (head.status, head.headers, payload) = (r.status, r.headers, r.body);
-            }
-        }
-        let status = head.status.as_u16();
-        let mut resp = Response::new(body::full(payload));
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = head.headers;
-        call.finish(
-            status,
-            resp.body().size_hint().exact().unwrap_or(0),
-            ResponseFlags::LOCAL_REPLY,
-        );
-        return resp;
+        return answer_locally(call, reply, decided.answered_at);
     }
     // The chain may have sent the call to another service or subset.
     let target = if head.destination.service == route.service {
@@ -544,6 +516,44 @@ async fn route(
             );
         }
     };
+    // proxy-wasm filters' request-body callbacks, on the whole body before anything goes
+    // upstream, so one may rewrite it or answer in its place.
+    if let Some(mut pipe) =
+        (call.route.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
+    {
+        match &mut request_body {
+            body::RequestBody::Replayable(b) if b.is_empty() => {}
+            body::RequestBody::Replayable(b) => match pipe.push(b.clone(), true) {
+                Ok(out) => {
+                    if out.len() != b.len() {
+                        head.headers
+                            .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+                    }
+                    *b = out;
+                }
+                Err(BodyStop::Respond(reply, at)) => {
+                    return answer_locally(call, *reply, Some(at));
+                }
+                Err(BodyStop::Failed(reply)) => {
+                    call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+                    return answer_locally(call, *reply, None);
+                }
+            },
+            body::RequestBody::Streaming(_) => {
+                call.finish(413, 0, ResponseFlags::empty());
+                return local_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "weft: the request body is over the {} bytes a proxy-wasm filter's body callback is given whole\n",
+                        inputs.settings.replay_limit
+                    ),
+                );
+            }
+        }
+        if pipe.plugin_failed {
+            call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+        }
+    }
     if !head.mirrors.is_empty() {
         let whole = match &request_body {
             body::RequestBody::Replayable(b) => Some(b.clone()),
@@ -639,6 +649,43 @@ async fn route(
     }
 }
 
+/// Answers the caller with a plugin's `reply`: back through the plugins placed before the
+/// one that answered (at `answered_at`), which saw the request, as any response goes.
+fn answer_locally(
+    mut call: Call,
+    reply: LocalReply,
+    answered_at: Option<usize>,
+) -> Response<ProxyBody> {
+    let mut head = ResponseHead {
+        status: reply.status,
+        headers: reply.headers,
+        attempts: 0,
+    };
+    let mut payload = reply.body;
+    if let Some(at) = answered_at {
+        let back = call
+            .route
+            .chain
+            .on_local_reply(call.id, &mut head, call.route_id, at);
+        if back.plugin_failed {
+            call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+        }
+        if let ResponseVerdict::Respond(r) = back.action {
+            (head.status, head.headers, payload) = (r.status, r.headers, r.body);
+        }
+    }
+    let status = head.status.as_u16();
+    let mut resp = Response::new(body::full(payload));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    call.finish(
+        status,
+        resp.body().size_hint().exact().unwrap_or(0),
+        ResponseFlags::LOCAL_REPLY,
+    );
+    resp
+}
+
 /// Holds the call for a plugin's injected delay, but never past its deadline. False when the
 /// deadline came first: the call has timed out. A caller hanging up drops this future, and so
 /// cancels the delay.
@@ -723,6 +770,16 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     // A trailers-only gRPC answer carries its status in the headers.
     call.summary.grpc_status = super::grpc::status(&parts.headers);
     let upstream = call.inputs.bound_response(incoming, OUTBOUND);
+    let upstream = body::filtered(
+        upstream,
+        &mut parts.headers,
+        call.route.chain.body_pipeline(
+            call.id,
+            call.route_id,
+            true,
+            call.inputs.settings.replay_limit,
+        ),
+    );
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
         call.summary.grpc_status = end.grpc_status.or(call.summary.grpc_status);
         let flags = if end.complete {

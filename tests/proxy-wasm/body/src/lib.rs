@@ -1,0 +1,59 @@
+//! Body inspection, shaped like a WAF: buffers the whole request body, refuses one that
+//! contains `forbidden` with 403 and masks `secret` in one that passes; buffers the response
+//! body and appends a line to it.
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+}}
+
+struct Root;
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Body))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Body;
+
+impl Context for Body {}
+
+const SUFFIX: &[u8] = b"\n-- filtered by pw-body";
+
+impl HttpContext for Body {
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(body) = self.get_http_request_body(0, size) else {
+            return Action::Continue;
+        };
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("forbidden") {
+            self.send_http_response(403, vec![("x-refused-by", "pw-body")], Some(b"body refused\n"));
+            return Action::Pause;
+        }
+        if text.contains("secret") {
+            let masked = text.replace("secret", "******");
+            self.set_http_request_body(0, size, masked.as_bytes());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.set_http_response_body(size, 0, SUFFIX);
+        Action::Continue
+    }
+}
