@@ -166,7 +166,7 @@ fn a_header_filter_edits_both_heads_with_its_configuration_and_reads_properties(
     assert_eq!(
         header(&resp.headers, "x-pw-properties").as_deref(),
         Some(
-            "plugin=pw-headers;ns=shop;code=201;mtls=false;source=spiffe://weft.local/ns/shop/sa/orders"
+            "plugin=pw-headers;root=;ns=shop;code=201;mtls=false;source=spiffe://weft.local/ns/shop/sa/orders"
         )
     );
     assert!(!chain.on_done(&summary(11, 201), RouteId::NONE));

@@ -35,6 +35,7 @@ kind: WasmPlugin
 metadata: {{ name: {name} }}
 spec:
   selector: {{ matchLabels: {{ app: {app} }} }}
+  pluginName: root-of-{name}
   url: {url}
   priority: {priority}
   match: [{{ mode: {mode} }}]
@@ -150,6 +151,12 @@ async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
     let (status, resp, body) = call(out, &token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(resp["x-pw-response"], "first");
+    // Istio's pluginName is the filter's root id.
+    let seen = resp["x-pw-properties"].to_str().expect("ascii");
+    assert!(
+        seen.contains("plugin=pw-headers;root=root-of-pw-headers;"),
+        "{seen}"
+    );
     let seen = app.seen();
     let last = seen.last().expect("the app saw the call");
     assert_eq!(last.headers["x-pw-request"], "from-config");

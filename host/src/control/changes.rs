@@ -166,7 +166,9 @@ async fn judge_configs(
                         }
                     };
                     match bytes {
-                        Some(bytes) => judging.checker.configure(&u.name, &bytes, &u.config),
+                        Some(bytes) => judging
+                            .checker
+                            .configure(&u.name, &bytes, &u.config, &u.root_id),
                         None => Ok(()),
                     }
                 });

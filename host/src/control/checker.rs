@@ -153,13 +153,21 @@ impl PluginChecker {
 
     /// `Ok` if `bytes`, configured with `config` (JSON), would start in a sidecar; else the
     /// plugin's own words (or the runtime's, if it never got to `configure`).
-    pub(super) fn configure(&self, name: &str, bytes: &[u8], config: &str) -> Result<(), String> {
+    pub(super) fn configure(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        config: &str,
+        root_id: &str,
+    ) -> Result<(), String> {
         let runtime = self.runtime()?;
         let _turn = self
             .one_at_a_time
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match runtime.plugin(Artifact::Bytes(bytes), None, PluginSpec::new(name, config)) {
+        let mut spec = PluginSpec::new(name, config);
+        spec.root_id = root_id.to_string();
+        match runtime.plugin(Artifact::Bytes(bytes), None, spec) {
             Ok(_) => Ok(()),
             Err(PluginError::ConfigRejected { reason, .. }) => Err(reason),
             Err(e) => Err(e.to_string()),

@@ -27,6 +27,8 @@ pub(super) struct Use {
     pub code: Code,
     /// The configuration, as JSON text.
     pub config: String,
+    /// A WasmPlugin's `pluginName`: a proxy-wasm filter's root id.
+    pub root_id: String,
 }
 
 /// The configurations `r` gives plugins. `digest_of` names the stored artifact an `http(s)`
@@ -44,6 +46,7 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
             },
             code,
             config: config.to_string(),
+            root_id: String::new(),
         });
     };
     match &r.spec {
@@ -105,6 +108,9 @@ pub(super) fn of(r: &Resource, digest_of: &dyn Fn(&str) -> Option<String>) -> Ve
             if let Some(digest) = digest {
                 let config = wp.plugin_config.clone().unwrap_or_else(|| json!({}));
                 add("spec.pluginConfig".into(), Code::Stored(digest), &config);
+                if let Some(u) = out.last_mut() {
+                    u.root_id = wp.plugin_name.clone().unwrap_or_default();
+                }
             }
         }
         Spec::AuthorizationPolicy(_)

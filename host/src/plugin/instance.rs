@@ -67,6 +67,8 @@ pub struct PluginSpec {
     pub routes: Vec<String>,
     /// The ports it runs for (a WasmPlugin's `match[].ports`); empty: every port.
     pub ports: Vec<u16>,
+    /// A proxy-wasm filter's root id (a WasmPlugin's `pluginName`); empty: none.
+    pub root_id: String,
 }
 
 impl PluginSpec {
@@ -79,6 +81,7 @@ impl PluginSpec {
             limits: Limits::default(),
             routes: Vec::new(),
             ports: Vec::new(),
+            root_id: String::new(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl Plugin {
             services: services.clone(),
             node,
             config: Arc::from(spec.config.as_bytes()),
+            root_id: Arc::from(spec.root_id.as_str()),
             memory_bytes: spec.limits.memory_bytes,
             setup_ticks,
         };

@@ -176,6 +176,7 @@ fn load_chain(
         spec.fail_strategy = p.fail_strategy;
         spec.routes = p.routes.clone();
         spec.ports = p.ports.clone();
+        spec.root_id = p.root_id.clone();
         spec.limits = p
             .limits
             .map_or(sources.limits, |own| own.over(sources.limits));

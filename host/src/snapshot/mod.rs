@@ -431,6 +431,10 @@ pub struct PluginRef {
     /// Its own sandbox bounds; none: the sidecar's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
+    /// A proxy-wasm filter's root id (a WasmPlugin's `pluginName`): the root context an SDK
+    /// selects by it, and the `plugin_root_id` property.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
 }
 
 /// The built-in plugins the binary carries.

@@ -162,6 +162,7 @@ pub(in crate::control) fn builtin(name: &str, config: Value) -> PluginRef {
         routes: Vec::new(),
         ports: Vec::new(),
         limits: None,
+        root_id: String::new(),
     }
 }
 
@@ -195,6 +196,7 @@ pub(super) fn wasm_plugin_ref(r: &Resource, wp: &WasmPlugin) -> Result<PluginRef
             // Istio's default; FAIL_RELOAD is refused when read.
             _ => FailStrategy::FailClosed,
         },
+        root_id: wp.plugin_name.clone().unwrap_or_default(),
         routes: wp.routes.clone(),
         // Per side: set where the plugin joins a chain (see `WasmPlugin::ports_on`).
         ports: Vec::new(),

@@ -114,6 +114,8 @@ pub(crate) struct ProxyCtx {
     pub(crate) key: u32,
     pub(crate) services: Arc<Services>,
     pub(crate) node: Arc<NodeInfo>,
+    /// The WasmPlugin's `pluginName`: the `plugin_root_id` property.
+    pub(crate) root_id: Arc<str>,
     /// The WasmPlugin's `pluginConfig`, as the plugin-configuration buffer.
     pub(crate) config: Arc<[u8]>,
     pub(crate) memory: MemoryCap,
@@ -161,6 +163,7 @@ impl ProxyCtx {
             key,
             services,
             node,
+            root_id: Arc::from(""),
             config,
             memory: MemoryCap {
                 max_bytes: memory_bytes,

@@ -156,6 +156,7 @@ pub(crate) struct Setup {
     pub(crate) services: Arc<super::host_impl::Services>,
     pub(crate) node: Arc<NodeInfo>,
     pub(crate) config: Arc<[u8]>,
+    pub(crate) root_id: Arc<str>,
     pub(crate) memory_bytes: usize,
     pub(crate) setup_ticks: u64,
 }
@@ -263,7 +264,7 @@ impl Vm {
         pre: &InstancePre<ProxyCtx>,
         setup: &Setup,
     ) -> Result<Vm, VmStartError> {
-        let ctx = ProxyCtx::new(
+        let mut ctx = ProxyCtx::new(
             setup.plugin.clone(),
             setup.key,
             setup.services.clone(),
@@ -271,6 +272,7 @@ impl Vm {
             setup.config.clone(),
             setup.memory_bytes,
         );
+        ctx.root_id = setup.root_id.clone();
         let mut store = Store::new(engine, ctx);
         store.limiter(|c| &mut c.memory);
         store.epoch_deadline_trap();

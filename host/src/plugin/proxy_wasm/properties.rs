@@ -37,7 +37,8 @@ fn header(headers: &dyn Headers, name: &str) -> Property {
 pub(crate) fn lookup(ctx: &ProxyCtx, path: &[&str]) -> Property {
     match path {
         ["plugin_name"] => text(&ctx.plugin),
-        ["plugin_root_id"] | ["plugin_vm_id"] => text(""),
+        ["plugin_root_id"] => text(&ctx.root_id),
+        ["plugin_vm_id"] => text(""),
         ["node", "id"] => text(&ctx.node.id),
         ["node", "metadata", "NAME"] | ["node", "metadata", "WORKLOAD_NAME"] => {
             text(&ctx.node.name)

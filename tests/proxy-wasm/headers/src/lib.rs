@@ -94,8 +94,9 @@ impl HttpContext for Headers {
             })
             .unwrap_or("-");
         let seen = format!(
-            "plugin={};ns={};code={};mtls={};source={}",
+            "plugin={};root={};ns={};code={};mtls={};source={}",
             prop(vec!["plugin_name"]),
+            prop(vec!["plugin_root_id"]),
             prop(vec!["node", "metadata", "NAMESPACE"]),
             code,
             mtls,
