@@ -245,3 +245,63 @@ async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_p
     assert_eq!(status, 413, "{body}");
     assert_eq!(app.seen().len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_filter_asks_a_mesh_service_over_an_http_callout() {
+    let m = TestMesh::start();
+    let payments_app = App::start("payments").await;
+    let auth_app = App::start("auth").await;
+    let _payments = m
+        .pod("payments", &[("version", "v1")], payments_app.addr)
+        .await;
+    let _auth = m.pod("auth", &[("version", "v1")], auth_app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let callout = push(&m, weft_artifacts::PW_CALLOUT_PATH);
+    // Istio's cluster-name form of the upstream, as filters written for Istio name it.
+    let yaml = plugin(
+        "pw-callout",
+        "orders",
+        "CLIENT",
+        &callout,
+        0,
+        "{ upstream: \"outbound|80||auth.default.svc.cluster.local\" }",
+    );
+    let (ok, said) = apply(&m, "callout.yaml", &yaml);
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+
+    // Allowed by the auth service: on to payments, with the auth service's name added.
+    let (status, _, body) = call(out, &[("x-allow", "yes")]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = payments_app.seen();
+    assert_eq!(
+        seen.last().expect("payments saw it").headers["x-auth-by"],
+        "auth"
+    );
+    let asked = auth_app.seen();
+    assert_eq!(asked.last().expect("auth was asked").path, "/status/200");
+
+    // Refused by the auth service: answered 403 by the filter; payments never sees it.
+    let before = payments_app.seen().len();
+    let (status, headers, body) = call(out, &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body, "denied by auth\n");
+    assert_eq!(headers["x-denied-by"], "pw-callout");
+    assert_eq!(payments_app.seen().len(), before);
+    assert_eq!(
+        auth_app.seen().len(),
+        2,
+        "each call asked the auth service once"
+    );
+
+    // The mark that lets a filter's own call past the chain is the sidecar's secret: an app
+    // that sends the header is filtered as any call, and the header goes no further.
+    let (status, _, body) = call(out, &[("x-weft-callout", "guess"), ("x-allow", "yes")]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = payments_app.seen();
+    let last = seen.last().expect("payments saw it");
+    assert_eq!(last.headers["x-auth-by"], "auth", "the filter ran");
+    assert!(last.headers.get("x-weft-callout").is_none());
+    assert_eq!(auth_app.seen().len(), 3);
+}

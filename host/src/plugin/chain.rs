@@ -7,9 +7,10 @@
 
 use super::bindings::weft::filter::types as wit;
 use super::instance::Plugin;
+use super::proxy_wasm::Requested;
 use super::types::{
-    Attempt, AttemptVerdict, BodyVerdict, CallSummary, Decided, FailStrategy, LocalReply,
-    RequestHead, RequestVerdict, ResponseHead, ResponseVerdict, RouteId,
+    Attempt, AttemptVerdict, BodyVerdict, CallSummary, CalloutAnswer, Decided, FailStrategy,
+    LocalReply, Paused, RequestHead, RequestVerdict, ResponseHead, ResponseVerdict, RouteId,
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -26,6 +27,24 @@ pub struct Chain {
     /// With each plugin's place in `plugins`: a local answer goes back only before its author.
     on_response: Vec<(usize, Arc<Plugin>)>,
     on_done: Vec<Arc<Plugin>>,
+}
+
+/// The verdict of a request paused at `at` for `callouts`.
+fn paused_verdict(
+    at: usize,
+    callouts: Vec<super::types::Callout>,
+    goes_on: bool,
+    plugin_failed: bool,
+) -> Decided<RequestVerdict> {
+    Decided {
+        action: RequestVerdict::Paused(Box::new(Paused {
+            at,
+            callouts,
+            goes_on,
+        })),
+        plugin_failed,
+        answered_at: Some(at),
+    }
 }
 
 /// A plugin's local response as the proxy sends it.
@@ -106,14 +125,21 @@ impl Chain {
             }
             let before = Seen::of(head);
             let reply = match plugin.on_request(call_id, head) {
-                Ok(None) => {
+                Ok(Requested::Continue) => {
                     let did = before.changes(head);
                     if !did.is_empty() {
                         steps.push((plugin.name().to_string(), did.join(", ")));
                     }
                     continue;
                 }
-                Ok(Some(r)) => local_reply(r),
+                Ok(Requested::Paused(callouts, goes_on)) => {
+                    steps.push((
+                        plugin.name().to_string(),
+                        format!("paused for {} HTTP call(s)", callouts.len()),
+                    ));
+                    return paused_verdict(*at, callouts, goes_on, plugin_failed);
+                }
+                Ok(Requested::Reply(r)) => local_reply(r),
                 Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
                     plugin_failed = true;
                     steps.push((plugin.name().to_string(), "failed (fail closed)".into()));
@@ -204,8 +230,11 @@ impl Chain {
                 continue;
             }
             let reply = match plugin.on_request(call_id, head) {
-                Ok(None) => continue,
-                Ok(Some(r)) => local_reply(r),
+                Ok(Requested::Continue) => continue,
+                Ok(Requested::Paused(callouts, goes_on)) => {
+                    return paused_verdict(*at, callouts, goes_on, plugin_failed);
+                }
+                Ok(Requested::Reply(r)) => local_reply(r),
                 Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => {
                     plugin_failed = true;
                     failed_closed(plugin)
@@ -225,6 +254,51 @@ impl Chain {
             action: RequestVerdict::Continue,
             plugin_failed,
             answered_at: None,
+        }
+    }
+
+    /// Gives the plugin at `paused.at` the answers to the HTTP calls it paused the request
+    /// for: it goes on (`Continue`: run the chain from the plugin after it), answers, or
+    /// pauses again for more. A failure applies its fail strategy.
+    pub fn resume(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+        paused: &Paused,
+        answers: Vec<(u32, Option<CalloutAnswer>)>,
+    ) -> Decided<RequestVerdict> {
+        let Some(plugin) = self.plugins.get(paused.at) else {
+            return Decided {
+                action: RequestVerdict::Continue,
+                plugin_failed: false,
+                answered_at: None,
+            };
+        };
+        let reply = match plugin.on_callout_answers(call_id, head, answers, paused.goes_on) {
+            Ok(Requested::Continue) => {
+                return Decided {
+                    action: RequestVerdict::Continue,
+                    plugin_failed: false,
+                    answered_at: None,
+                };
+            }
+            Ok(Requested::Paused(callouts, goes_on)) => {
+                return paused_verdict(paused.at, callouts, goes_on, false);
+            }
+            Ok(Requested::Reply(r)) => local_reply(r),
+            Err(_) if plugin.fail_strategy() == FailStrategy::FailClosed => failed_closed(plugin),
+            Err(_) => {
+                return Decided {
+                    action: RequestVerdict::Continue,
+                    plugin_failed: true,
+                    answered_at: None,
+                };
+            }
+        };
+        Decided {
+            action: RequestVerdict::Respond(reply),
+            plugin_failed: false,
+            answered_at: Some(paused.at),
         }
     }
 

@@ -13,7 +13,7 @@ use super::engine::deadline_ticks;
 use super::error::{Failure, PluginError};
 use super::host_impl::{MemoryCap, PluginCtx, Services};
 use super::metrics::PluginStats;
-use super::proxy_wasm::{self, ProxyWasm, Vm, VmStartError};
+use super::proxy_wasm::{self, ProxyWasm, Requested, Vm, VmStartError};
 use super::types::{
     Attempt, CallSummary, FailStrategy, Hook, HookSet, RequestHead, ResponseHead, RouteId,
 };
@@ -612,12 +612,39 @@ impl Plugin {
         &self,
         call_id: u64,
         head: &mut RequestHead,
-    ) -> Result<Option<wit::LocalResponse>, Failure> {
+    ) -> Result<Requested, Failure> {
         if let Abi::ProxyWasm(vms) = &self.abi {
             return self.vm_call(vms, Hook::OnRequest, call_id, |vm| {
                 vm.on_request(call_id, head)
             });
         }
+        self.component_on_request(call_id, head).map(|r| match r {
+            Some(reply) => Requested::Reply(reply),
+            None => Requested::Continue,
+        })
+    }
+
+    /// Delivers the answers to the HTTP calls a proxy-wasm filter paused a request for.
+    pub(crate) fn on_callout_answers(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+        answers: Vec<(u32, Option<super::types::CalloutAnswer>)>,
+        goes_on: bool,
+    ) -> Result<Requested, Failure> {
+        let Abi::ProxyWasm(vms) = &self.abi else {
+            return Ok(Requested::Continue);
+        };
+        self.vm_call(vms, Hook::OnRequest, call_id, |vm| {
+            vm.on_callout_answers(call_id, head, answers, goes_on)
+        })
+    }
+
+    fn component_on_request(
+        &self,
+        call_id: u64,
+        head: &mut RequestHead,
+    ) -> Result<Option<wit::LocalResponse>, Failure> {
         self.call(Hook::OnRequest, |store, b| {
             // The head is lent by moving it into the store for the call and back after,
             // trap or not.

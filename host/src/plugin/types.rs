@@ -124,6 +124,49 @@ pub enum RequestVerdict {
     Continue,
     /// Answer the caller with this.
     Respond(LocalReply),
+    /// A plugin paused it for HTTP calls of its own: make them, give it the answers
+    /// ([`super::Chain::resume`]), then go on from the plugin after it.
+    Paused(Box<Paused>),
+}
+
+/// An HTTP call a proxy-wasm filter asked for (`dispatch_http_call`), for the proxy to make.
+#[derive(Debug, Clone)]
+pub struct Callout {
+    /// The filter's handle on it.
+    pub token: u32,
+    /// Where it goes, as the filter named it: a mesh host (`auth`, `auth.ns:8080`) or an
+    /// Envoy cluster name (`outbound|80||auth.ns.svc.cluster.local`).
+    pub upstream: String,
+    /// Its headers, pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Its body.
+    pub body: Bytes,
+    /// How long it may take.
+    pub timeout: Duration,
+}
+
+/// The answer to a callout; `None` in its place when it failed (no connection, reset, time
+/// out), which the filter is told as an answer with no headers, as Envoy tells it.
+#[derive(Debug, Clone, Default)]
+pub struct CalloutAnswer {
+    /// The headers, `:status` first.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Bytes,
+    /// The trailers.
+    pub trailers: Vec<(String, Vec<u8>)>,
+}
+
+/// A request a plugin paused for callouts.
+#[derive(Debug, Clone)]
+pub struct Paused {
+    /// The plugin's place in the chain.
+    pub at: usize,
+    /// The calls to make.
+    pub callouts: Vec<Callout>,
+    /// Whether the plugin goes on once they are answered whatever it does (it dispatched
+    /// them without pausing).
+    pub goes_on: bool,
 }
 
 /// What the chain decided about an attempt.

@@ -62,7 +62,13 @@ pub type Shared = Arc<parking_lot::Mutex<Explanation>>;
 /// Whether `headers` ask for an explanation with `token`; the header is removed either way, so
 /// no token travels further.
 pub fn asked(headers: &mut HeaderMap, token: &str) -> bool {
-    let Some(given) = headers.remove(DEBUG) else {
+    carries(headers, &DEBUG, token)
+}
+
+/// Whether `headers` carry `name` with the secret `token`; the header is removed either way,
+/// so a caller's own value never goes further.
+pub fn carries(headers: &mut HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    let Some(given) = headers.remove(name) else {
         return false;
     };
     let given = given.as_bytes();

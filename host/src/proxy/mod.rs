@@ -13,6 +13,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod call_spans;
+mod callouts;
 pub mod consistent_hash;
 pub mod deadline;
 pub mod explain;
@@ -349,6 +350,8 @@ pub struct Inputs {
     pub breakers: breaker::Breakers,
     /// The token an operator's request carries to get its explanation (`x-weft-debug`).
     pub debug_token: String,
+    /// The secret that marks a proxy-wasm filter's own HTTP call to the outbound listener.
+    pub callout_token: String,
     /// The outbound listener's address, where admin's `/describe` sends its call.
     pub outbound_addr: SocketAddr,
     /// Metrics.
@@ -658,6 +661,9 @@ impl Sidecar {
             span_metrics,
             breakers: breaker::Breakers::new(metrics.overflow.clone()),
             debug_token: crate::random::secure_bytes()
+                .map(hex::encode)
+                .map_err(SidecarError::Random)?,
+            callout_token: crate::random::secure_bytes()
                 .map(hex::encode)
                 .map_err(SidecarError::Random)?,
             outbound_addr: out_addr,

@@ -202,6 +202,14 @@ impl ServerCall {
             ..RequestHead::default()
         };
         let decided = self.chain.on_request_between(self.id, &mut head, from, to);
+        // A proxy-wasm filter paused the request for HTTP calls of its own: make them, then
+        // go on.
+        let decided = if matches!(decided.action, RequestVerdict::Paused(_)) {
+            super::callouts::settle(&self.inputs, &self.chain, self.id, &mut head, to, decided)
+                .await
+        } else {
+            decided
+        };
         if decided.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }

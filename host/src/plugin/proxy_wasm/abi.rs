@@ -25,6 +25,15 @@ const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
 const REQUEST_BODY: i32 = 0;
 const RESPONSE_BODY: i32 = 1;
+const CALL_RESPONSE_BODY: i32 = 4;
+const CALL_RESPONSE_HEADERS: i32 = 6;
+const CALL_RESPONSE_TRAILERS: i32 = 7;
+
+/// The most callouts one callback may dispatch.
+const MAX_CALLOUTS: usize = 8;
+
+/// The longest a callout may be given.
+const MAX_CALLOUT_TIMEOUT: Duration = Duration::from_secs(60);
 const PLUGIN_CONFIGURATION: i32 = 7;
 
 /// Whether buffer type `buffer` is the body this callback was given.
@@ -60,9 +69,14 @@ enum MapAt {
     ResponseKept,
     /// A map with nothing in it here (trailers, or a head outside its call).
     Empty,
+    /// The headers or trailers of the callout answer being delivered.
+    Answer(bool),
 }
 
 fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
+    if ctx.answer.is_some() && (map == CALL_RESPONSE_HEADERS || map == CALL_RESPONSE_TRAILERS) {
+        return MapAt::Answer(map == CALL_RESPONSE_TRAILERS);
+    }
     match (map, ctx.phase) {
         (REQUEST_HEADERS, Phase::RequestHeaders) => MapAt::RequestLive,
         (
@@ -113,8 +127,19 @@ fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
         ),
         MapAt::ResponseLive => response(ctx.response.status.as_u16(), &ctx.response.headers),
         MapAt::ResponseKept => response(ctx.kept.status, &ctx.kept.response_headers),
+        MapAt::Answer(trailers) => answer_pairs(ctx, trailers).to_vec(),
         MapAt::Empty => Vec::new(),
     }
+}
+
+fn answer_pairs(ctx: &ProxyCtx, trailers: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some(a) = &ctx.answer else {
+        return Vec::new();
+    };
+    let list = if trailers { &a.trailers } else { &a.headers };
+    list.iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+        .collect()
 }
 
 /// One value of the map (the first, for a repeated header), pseudo-headers included.
@@ -135,6 +160,10 @@ fn value(ctx: &ProxyCtx, map: i32, key: &str) -> Option<Vec<u8>> {
         (MapAt::RequestKept, _) => first(&ctx.kept.request_headers),
         (MapAt::ResponseLive, _) => first(&ctx.response.headers),
         (MapAt::ResponseKept, _) => first(&ctx.kept.response_headers),
+        (MapAt::Answer(trailers), _) => answer_pairs(ctx, trailers)
+            .into_iter()
+            .find(|(k, _)| k == key.as_bytes())
+            .map(|(_, v)| v),
         (MapAt::Empty, _) => None,
     }
 }
@@ -205,6 +234,7 @@ fn edit(ctx: &mut ProxyCtx, map: i32, key: &str, value: &[u8], how: Edit) {
             }
         }
         (MapAt::RequestKept | MapAt::ResponseKept, _) => {}
+        (MapAt::Answer(_), _) => refuse(ctx, "a callout's answer cannot be edited".into()),
         (MapAt::Empty, _) => refuse(
             ctx,
             format!(
@@ -466,6 +496,16 @@ fn add_buffers(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
                 let start = (start as u32 as usize).min(body.len());
                 let end = start.saturating_add(max as u32 as usize).min(body.len());
                 body[start..end].to_vec()
+            } else if buffer == CALL_RESPONSE_BODY && c.data().answer.is_some() {
+                let body = c
+                    .data()
+                    .answer
+                    .as_ref()
+                    .map(|a| a.body.clone())
+                    .unwrap_or_default();
+                let start = (start as u32 as usize).min(body.len());
+                let end = start.saturating_add(max as u32 as usize).min(body.len());
+                body[start..end].to_vec()
             } else if buffer == PLUGIN_CONFIGURATION {
                 let config = &c.data().config;
                 let start = (start as u32 as usize).min(config.len());
@@ -487,6 +527,8 @@ fn add_buffers(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
         |mut c: Call<'_>, buffer: i32, ret_len: i32, ret_flags: i32| -> i32 {
             let len = if is_body(c.data(), buffer) {
                 c.data().body.len() as u32
+            } else if buffer == CALL_RESPONSE_BODY && c.data().answer.is_some() {
+                c.data().answer.as_ref().map_or(0, |a| a.body.len()) as u32
             } else if buffer == PLUGIN_CONFIGURATION {
                 c.data().config.len() as u32
             } else {
@@ -607,6 +649,63 @@ fn add_stream(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("env", "proxy_done", |_c: Call<'_>| -> i32 { status::OK })?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: Call<'_>,
+         up_ptr: i32,
+         up_len: i32,
+         h_ptr: i32,
+         h_len: i32,
+         b_ptr: i32,
+         b_len: i32,
+         _t_ptr: i32,
+         _t_len: i32,
+         timeout_ms: i32,
+         ret_token: i32|
+         -> i32 {
+            let upstream = match guest::read_text(&mut c, up_ptr, up_len) {
+                Ok(u) => u,
+                Err(e) => return bad(e),
+            };
+            let Some(headers) = guest::read(&mut c, h_ptr, h_len)
+                .ok()
+                .and_then(|b| guest::deserialize_pairs(&b))
+            else {
+                return status::BAD_ARGUMENT;
+            };
+            let body = match guest::read(&mut c, b_ptr, b_len) {
+                Ok(b) => b,
+                Err(e) => return bad(e),
+            };
+            let ctx = c.data_mut();
+            if ctx.phase != Phase::RequestHeaders {
+                ctx.violation.get_or_insert(
+                    "dispatch_http_call outside a request headers callback (or a callout's answer): not supported yet".into(),
+                );
+                return status::INTERNAL_FAILURE;
+            }
+            if ctx.callouts.len() >= MAX_CALLOUTS {
+                ctx.violation
+                    .get_or_insert(format!("more than {MAX_CALLOUTS} callouts from one callback"));
+                return status::INTERNAL_FAILURE;
+            }
+            let token = ctx.next_token;
+            ctx.next_token = ctx.next_token.checked_add(1).unwrap_or(1);
+            let timeout = Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_CALLOUT_TIMEOUT);
+            ctx.callouts.push(crate::plugin::types::Callout {
+                token,
+                upstream,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+                    .collect(),
+                body: body.into(),
+                timeout: if timeout.is_zero() { MAX_CALLOUT_TIMEOUT } else { timeout },
+            });
+            guest::write_u32(&mut c, ret_token, token).map_or_else(bad, |()| status::OK)
+        },
+    )?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use crate::plugin::bindings::weft::filter::types::LocalResponse;
 use crate::plugin::host_impl::{MemoryCap, Services};
-use crate::plugin::types::{CallSummary, RequestHead, ResponseHead};
+use crate::plugin::types::{CallSummary, Callout, CalloutAnswer, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -131,6 +131,12 @@ pub(crate) struct ProxyCtx {
     pub(crate) kept: Kept,
     /// The body data of a body callback.
     pub(crate) body: Vec<u8>,
+    /// HTTP calls the filter dispatched during this callback.
+    pub(crate) callouts: Vec<Callout>,
+    /// The next callout token (unique in the VM, as the SDKs key their callbacks by it).
+    pub(crate) next_token: u32,
+    /// The answer being delivered (`proxy_on_http_call_response`).
+    pub(crate) answer: Option<CalloutAnswer>,
     /// The call's summary, during `Log`.
     pub(crate) summary: Option<CallSummary>,
     /// A local answer the filter sent during this hook.
@@ -176,6 +182,9 @@ impl ProxyCtx {
             response: ResponseHead::default(),
             kept: Kept::default(),
             body: Vec::new(),
+            callouts: Vec::new(),
+            next_token: 1,
+            answer: None,
             summary: None,
             reply: None,
             resumed: false,

@@ -22,7 +22,7 @@ pub use ctx::NodeInfo;
 pub(crate) use ctx::ProxyCtx;
 
 use super::bindings::weft::filter::types::LocalResponse;
-use super::types::{CallSummary, HookSet, RequestHead, ResponseHead};
+use super::types::{CallSummary, Callout, CalloutAnswer, HookSet, RequestHead, ResponseHead};
 use ctx::{Kept, Phase};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
@@ -46,10 +46,6 @@ const ABI_EXPORTS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_
 /// linked; calling one fails the call (or, from `proxy_on_configure`, refuses the plugin)
 /// naming it.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "proxy_http_call",
-        "HTTP callouts (dispatch_http_call) are not supported yet",
-    ),
     ("proxy_grpc_call", "gRPC callouts are not supported yet"),
     ("proxy_grpc_stream", "gRPC streams are not supported yet"),
     ("proxy_grpc_send", "gRPC streams are not supported yet"),
@@ -227,6 +223,9 @@ impl ProxyWasm {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponse = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// The callbacks a VM exports, found once.
 struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
@@ -234,6 +233,7 @@ struct Exports {
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    call_response: Option<CallResponse>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
@@ -257,6 +257,17 @@ struct Stream {
 }
 
 const PAUSE: i32 = 1;
+
+/// What a request callback decided.
+pub(crate) enum Requested {
+    /// Go on to the next plugin.
+    Continue,
+    /// Answer with this.
+    Reply(LocalResponse),
+    /// Make these calls and deliver their answers; `true`: the filter did not pause (it
+    /// continues once they are delivered, whatever they say).
+    Paused(Vec<Callout>, bool),
+}
 
 impl Vm {
     fn start(
@@ -311,6 +322,7 @@ impl Vm {
             response_headers: func!("proxy_on_response_headers"),
             request_body: func!("proxy_on_request_body"),
             response_body: func!("proxy_on_response_body"),
+            call_response: func!("proxy_on_http_call_response"),
             log: func!("proxy_on_log"),
             done: func!("proxy_on_done"),
             delete: func!("proxy_on_delete"),
@@ -399,10 +411,108 @@ impl Vm {
         }
         if action == PAUSE && !ctx.resumed {
             ctx.violation.get_or_insert(format!(
-                "paused the {what} without answering it; Weft does not hold paused streams yet"
+                "paused the {what} without answering it or dispatching an HTTP call; Weft holds a request only for its callouts"
             ));
         }
         None
+    }
+
+    /// What a request callback decided, its callouts included.
+    fn requested(&mut self, action: i32) -> Requested {
+        let ctx = self.store.data_mut();
+        let callouts = std::mem::take(&mut ctx.callouts);
+        if ctx.reply.is_none() && !callouts.is_empty() {
+            ctx.phase = Phase::Root;
+            let goes_on = action != PAUSE || ctx.resumed;
+            return Requested::Paused(callouts, goes_on);
+        }
+        match self.verdict(action, "request") {
+            Some(reply) => Requested::Reply(reply),
+            None => Requested::Continue,
+        }
+    }
+
+    /// Keeps what the request callbacks left of the head for the stream's later callbacks.
+    fn keep_request(&mut self, call_id: u64, head: &RequestHead) {
+        let ctx = self.store.data_mut();
+        let mut kept = std::mem::take(&mut ctx.kept);
+        kept.method = head.method.to_string();
+        kept.path = head.path.clone();
+        kept.authority = head.authority.clone();
+        kept.source = head.source.clone();
+        kept.request_headers = ctx::KeptHeaders::of(&head.headers);
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+    }
+
+    /// Delivers the answers to a call's callouts (`proxy_on_http_call_response`), the request
+    /// head lent again so the filter may edit it before it resumes. `goes_on`: the filter did
+    /// not pause for them.
+    pub(crate) fn on_callout_answers(
+        &mut self,
+        call_id: u64,
+        head: &mut RequestHead,
+        answers: Vec<(u32, Option<CalloutAnswer>)>,
+        goes_on: bool,
+    ) -> wasmtime::Result<Requested> {
+        let Some(f) = self.exports.call_response.clone() else {
+            wasmtime::bail!(
+                "the filter dispatched an HTTP call but exports no proxy_on_http_call_response"
+            );
+        };
+        let Some(id) = self.streams.get(&call_id).map(|s| s.id) else {
+            wasmtime::bail!("the request's stream context was lost with its VM");
+        };
+        let kept = self
+            .streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default();
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.request, head);
+        ctx.kept = kept;
+        ctx.phase = Phase::RequestHeaders;
+        ctx.reply = None;
+        ctx.resumed = false;
+        let mut r = Ok(());
+        for (token, answer) in answers {
+            let answer = answer.unwrap_or_default();
+            let counts = (
+                i32::try_from(answer.headers.len()).unwrap_or(i32::MAX),
+                i32::try_from(answer.body.len()).unwrap_or(i32::MAX),
+                i32::try_from(answer.trailers.len()).unwrap_or(i32::MAX),
+            );
+            self.store.data_mut().answer = Some(answer);
+            r = f.call(
+                &mut self.store,
+                (id, token as i32, counts.0, counts.1, counts.2),
+            );
+            if r.is_err() || self.store.data().reply.is_some() {
+                break;
+            }
+        }
+        let ctx = self.store.data_mut();
+        ctx.answer = None;
+        std::mem::swap(&mut ctx.request, head);
+        self.keep_request(call_id, head);
+        r?;
+        let ctx = self.store.data_mut();
+        let resumed = ctx.resumed || goes_on;
+        let callouts = std::mem::take(&mut ctx.callouts);
+        ctx.phase = Phase::Root;
+        if let Some(reply) = ctx.reply.take() {
+            return Ok(Requested::Reply(reply));
+        }
+        if !callouts.is_empty() {
+            return Ok(Requested::Paused(callouts, resumed));
+        }
+        if !resumed {
+            ctx.violation.get_or_insert(
+                "paused the request and did not resume it when its HTTP calls were answered".into(),
+            );
+        }
+        Ok(Requested::Continue)
     }
 
     /// `proxy_on_request_headers` for the call.
@@ -410,9 +520,9 @@ impl Vm {
         &mut self,
         call_id: u64,
         head: &mut RequestHead,
-    ) -> wasmtime::Result<Option<LocalResponse>> {
+    ) -> wasmtime::Result<Requested> {
         let Some(f) = self.exports.request_headers.clone() else {
-            return Ok(None);
+            return Ok(Requested::Continue);
         };
         let id = self.open(call_id)?;
         let kept = self
@@ -426,22 +536,15 @@ impl Vm {
         ctx.phase = Phase::RequestHeaders;
         ctx.reply = None;
         ctx.resumed = false;
+        ctx.callouts.clear();
         let count = i32::try_from(ctx.request.headers.len() + 4).unwrap_or(i32::MAX);
         let end = i32::from(no_request_body(&ctx.request));
         let r = f.call(&mut self.store, (id, count, end));
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.request, head);
-        let mut kept = std::mem::take(&mut ctx.kept);
-        kept.method = head.method.to_string();
-        kept.path = head.path.clone();
-        kept.authority = head.authority.clone();
-        kept.source = head.source.clone();
-        kept.request_headers = ctx::KeptHeaders::of(&head.headers);
-        if let Some(s) = self.streams.get_mut(&call_id) {
-            s.kept = kept;
-        }
+        self.keep_request(call_id, head);
         let action = r?;
-        Ok(self.verdict(action, "request"))
+        Ok(self.requested(action))
     }
 
     /// `proxy_on_response_headers` for the call.

@@ -41,7 +41,7 @@ pub(super) async fn attempts(
     let mut retrying: Option<crate::proxy::breaker::Slot> = None;
     // With no plugin to ask for a retry, the first attempt is the last: it takes the headers
     // rather than a copy.
-    let may_retry = call.route.chain.may_retry(call.route_id);
+    let may_retry = call.chain.may_retry(call.route_id);
     let mut last: Option<u64> = None;
     let mut number = 0u32;
     loop {
@@ -209,15 +209,13 @@ pub(super) async fn attempts(
             (Some(n), Some(e)) => {
                 n.outcome = crate::proxy::explain::outcome_name(outcome);
                 n.ms = attempt_end.duration_since(attempt_start).as_millis() as u64;
-                let decided = call.route.chain.on_attempt_end_explained(
-                    &attempt,
-                    call.route_id,
-                    &mut n.verdicts,
-                );
+                let decided =
+                    call.chain
+                        .on_attempt_end_explained(&attempt, call.route_id, &mut n.verdicts);
                 e.lock().attempts.push(n.clone());
                 decided
             }
-            _ => call.route.chain.on_attempt_end(&attempt, call.route_id),
+            _ => call.chain.on_attempt_end(&attempt, call.route_id),
         };
         if decided.plugin_failed {
             call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;

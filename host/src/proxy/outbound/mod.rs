@@ -46,6 +46,8 @@ struct Call {
     id: u64,
     start: Instant,
     route: Arc<Route>,
+    /// The route's plugin chain; empty for a call a proxy-wasm filter made.
+    chain: Arc<crate::plugin::Chain>,
     /// The route a plugin named in `on-request`, for the scoped plugins of the later hooks.
     route_id: RouteId,
     summary: CallSummary,
@@ -79,7 +81,7 @@ impl Call {
         s.response_bytes = response_bytes;
         s.response_flags |= extra;
         // A plugin failing in on-done is counted by the runtime; the call is over either way.
-        self.route.chain.on_done(&s, self.route_id);
+        self.chain.on_done(&s, self.route_id);
         if let Some(span) = self.span.take() {
             let settings = &self.inputs.settings;
             span.finish(super::call_spans::End {
@@ -336,12 +338,25 @@ async fn route(
     } else {
         Protocol::Http1
     };
+    // A call a proxy-wasm filter made (`dispatch_http_call`) goes to the service as Envoy's
+    // async client sends one to a cluster: past the plugin chain, which would otherwise run
+    // the filter again on its own call. Only this sidecar knows the token that marks one.
+    let chain = if super::explain::carries(
+        &mut parts.headers,
+        &super::callouts::HEADER,
+        &inputs.callout_token,
+    ) {
+        Arc::new(crate::plugin::Chain::empty())
+    } else {
+        route.chain.clone()
+    };
     let id = inputs.next_call_id();
     inputs.metrics.in_flight.inc();
     let mut call = Call {
         id,
         start,
         route: route.clone(),
+        chain,
         route_id: RouteId::on_port(port),
         summary: CallSummary {
             call_id: id,
@@ -396,7 +411,7 @@ async fn route(
         route_name: None,
     };
     let decided = match &call.explain {
-        None => call.route.chain.on_request(id, &mut head),
+        None => call.chain.on_request(id, &mut head),
         Some(e) => {
             let mut steps = Vec::new();
             let decided = call
@@ -413,6 +428,13 @@ async fn route(
             };
             decided
         }
+    };
+    // A proxy-wasm filter paused the request for HTTP calls of its own: make them, then go on.
+    let decided = if matches!(decided.action, RequestVerdict::Paused(_)) {
+        let chain = call.chain.clone();
+        super::callouts::settle(&inputs, &chain, id, &mut head, usize::MAX, decided).await
+    } else {
+        decided
     };
     call.route_id = head.route;
     if let (Some(log), Some(name)) = (call.log.as_mut(), head.route_name.take()) {
@@ -519,7 +541,7 @@ async fn route(
     // proxy-wasm filters' request-body callbacks, on the whole body before anything goes
     // upstream, so one may rewrite it or answer in its place.
     if let Some(mut pipe) =
-        (call.route.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
+        (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
     {
         match &mut request_body {
             body::RequestBody::Replayable(b) if b.is_empty() => {}
@@ -773,7 +795,7 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     let upstream = body::filtered(
         upstream,
         &mut parts.headers,
-        call.route.chain.body_pipeline(
+        call.chain.body_pipeline(
             call.id,
             call.route_id,
             true,

@@ -39,7 +39,11 @@ impl HttpContext for Body {
         };
         let text = String::from_utf8_lossy(&body);
         if text.contains("forbidden") {
-            self.send_http_response(403, vec![("x-refused-by", "pw-body")], Some(b"body refused\n"));
+            self.send_http_response(
+                403,
+                vec![("x-refused-by", "pw-body")],
+                Some(b"body refused\n"),
+            );
             return Action::Pause;
         }
         if text.contains("secret") {

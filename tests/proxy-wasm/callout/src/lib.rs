@@ -1,21 +1,41 @@
-//! Authorization with an HTTP callout, as the SDK's `http_auth_random` example does it: asks
-//! an auth service before letting the request on. Weft refuses it at load (no callouts yet).
+//! Authorization with an HTTP callout, shaped like the SDK's `http_auth_random` example: each
+//! request is paused while an auth service is asked (`/status/200` when the request carries
+//! `x-allow: yes`, else `/status/403`); a 200 lets it on with the auth service's name in
+//! `x-auth-by`, anything else (or no answer) is refused with 403. `pluginConfig.upstream`
+//! names the auth service (default `auth`).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use std::time::Duration;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { upstream: "auth".into() })
+    });
 }}
 
-struct Root;
+struct Root {
+    upstream: String,
+}
 
 impl Context for Root {}
 
 impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        if let Some(upstream) = self
+            .get_plugin_configuration()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c["upstream"].as_str().map(str::to_string))
+        {
+            self.upstream = upstream;
+        }
+        true
+    }
+
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Callout))
+        Some(Box::new(Callout {
+            upstream: self.upstream.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -23,32 +43,47 @@ impl RootContext for Root {
     }
 }
 
-struct Callout;
+struct Callout {
+    upstream: String,
+}
 
 impl Context for Callout {
     fn on_http_call_response(&mut self, _: u32, _: usize, _: usize, _: usize) {
-        match self.get_http_call_response_header(":status").as_deref() {
-            Some("200") => self.resume_http_request(),
-            _ => self.send_http_response(403, vec![], Some(b"denied\n")),
+        if self.get_http_call_response_header(":status").as_deref() == Some("200") {
+            let by = self
+                .get_http_call_response_header("x-app")
+                .unwrap_or_else(|| "?".into());
+            self.set_http_request_header("x-auth-by", Some(&by));
+            self.resume_http_request();
+            return;
         }
+        self.send_http_response(
+            403,
+            vec![("x-denied-by", "pw-callout")],
+            Some(b"denied by auth\n"),
+        );
     }
 }
 
 impl HttpContext for Callout {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let path = if self.get_http_request_header("x-allow").as_deref() == Some("yes") {
+            "/status/200"
+        } else {
+            "/status/403"
+        };
         match self.dispatch_http_call(
-            "auth",
-            vec![
-                (":method", "GET"),
-                (":path", "/check"),
-                (":authority", "auth"),
-            ],
+            &self.upstream,
+            vec![(":method", "GET"), (":path", path)],
             None,
             vec![],
-            Duration::from_secs(1),
+            Duration::from_secs(2),
         ) {
             Ok(_) => Action::Pause,
-            Err(_) => Action::Continue,
+            Err(_) => {
+                self.send_http_response(503, vec![], Some(b"auth unavailable\n"));
+                Action::Pause
+            }
         }
     }
 }
