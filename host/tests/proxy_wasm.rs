@@ -293,6 +293,28 @@ fn counts_in_shared_data_span_vms_and_threads_and_metrics_and_ticks_reach_the_ho
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(value_of("pw_ticks") >= 4.0);
+
+    // Every request enqueued an item on the shared queue; the root context that registered
+    // it is told and dequeues them all, each once.
+    let dequeued = || {
+        let mut head = request("/");
+        chain.on_request(9_001, &mut head);
+        let mut resp = response(200);
+        chain.on_response(9_001, &mut resp, RouteId::NONE);
+        chain.on_done(&summary(9_001, 200), RouteId::NONE);
+        header(&resp.headers, "x-pw-dequeued")
+            .expect("set")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dequeued() < CALLS {
+        assert!(
+            Instant::now() < deadline,
+            "the queue's items are not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -323,12 +345,12 @@ fn a_hostile_filter_is_contained_like_a_component() {
         chain.on_done(&summary(id, 503), RouteId::NONE);
         decided
     };
-    // "queue": a host function Weft does not provide yet (the SDK traps on its failure).
+    // "grpc": a host function Weft does not provide yet: the call fails naming it.
     for (mode, cause) in [
         ("loop", "deadline"),
         ("memory", "memory"),
         ("trap", "trap"),
-        ("queue", "trap"),
+        ("grpc", "limit"),
     ] {
         let before = failures("pw-hostile", cause);
         let decided = attack(mode);

@@ -24,6 +24,8 @@ pub(crate) struct Services {
     /// Whether any plugin has been prepared with a route scope: until one is, `set-route`
     /// has nothing to match and skips the name lookup (and its shared lock) altogether.
     pub(crate) routes_scoped: std::sync::atomic::AtomicBool,
+    /// proxy-wasm filters' shared queues.
+    pub(crate) queues: super::proxy_wasm::Queues,
 }
 
 /// Names (services, subsets, identities) interned to stable ids, so hooks carry integers.

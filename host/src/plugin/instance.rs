@@ -241,6 +241,7 @@ impl Plugin {
             root_id: Arc::from(spec.root_id.as_str()),
             memory_bytes: spec.limits.memory_bytes,
             setup_ticks,
+            waker: proxy_wasm::queue_waker(),
         };
         // As Envoy runs a VM per worker: a call's hooks lock one VM, so calls on other
         // workers go to others. A bound on instances bounds the VMs.
@@ -301,7 +302,7 @@ impl Plugin {
             && let Some(owner) = vms.owner.get()
             && !vms.ticking.swap(true, Ordering::AcqRel)
         {
-            proxy_wasm::spawn_ticker(owner.clone(), &self.name);
+            proxy_wasm::spawn_ticker(owner.clone(), vms.waker().clone(), &self.name);
         }
     }
 
@@ -520,7 +521,7 @@ impl Plugin {
                     self.stats.failure(hook, Failure::BackingOff.cause());
                     return Err(Failure::BackingOff);
                 }
-                match vms.restart() {
+                match vms.restart((index % vms.len() as u64) as usize) {
                     Ok(vm) => {
                         self.stats.instances.inc();
                         empty.insert(vm)
@@ -575,6 +576,11 @@ impl Plugin {
         let Abi::ProxyWasm(vms) = &self.abi else {
             return Duration::from_secs(1);
         };
+        for (index, queue) in vms.waker().take() {
+            let _ = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
+                vm.on_queue_ready(queue)
+            });
+        }
         let mut next = Duration::from_secs(1);
         for index in 0..vms.len() {
             let now = Instant::now();

@@ -153,6 +153,7 @@ impl PluginRuntime {
             endpoints,
             names: host_impl::Interner::default(),
             routes_scoped: std::sync::atomic::AtomicBool::new(false),
+            queues: proxy_wasm::Queues::default(),
         });
         Ok(PluginRuntime {
             fingerprint,

@@ -363,6 +363,84 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<(
     add_properties(linker)?;
     add_shared_data(linker)?;
     add_metrics(linker)?;
+    add_queues(linker)?;
+    Ok(())
+}
+
+fn add_queues(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
+    use super::queues::QueueError;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |mut c: Call<'_>, ptr: i32, len: i32, ret: i32| -> i32 {
+            let name = match guest::read_text(&mut c, ptr, len) {
+                Ok(n) => n,
+                Err(e) => return bad(e),
+            };
+            let ctx = c.data_mut();
+            let owner = ctx.queue_owner.clone();
+            match ctx.services.queues.register("", &name, owner.clone()) {
+                Ok(id) => {
+                    if let Some(w) = owner.waker.upgrade() {
+                        w.note_registered();
+                    }
+                    guest::write_u32(&mut c, ret, id).map_or_else(bad, |()| status::OK)
+                }
+                Err(_) => {
+                    ctx.violation
+                        .get_or_insert("shared queues: the sidecar's bound is reached".into());
+                    status::OK
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |mut c: Call<'_>, vm_ptr: i32, vm_len: i32, ptr: i32, len: i32, ret: i32| -> i32 {
+            let (Ok(vm_id), Ok(name)) = (
+                guest::read_text(&mut c, vm_ptr, vm_len),
+                guest::read_text(&mut c, ptr, len),
+            ) else {
+                return status::BAD_ARGUMENT;
+            };
+            match c.data().services.queues.resolve(&vm_id, &name) {
+                Some(id) => guest::write_u32(&mut c, ret, id).map_or_else(bad, |()| status::OK),
+                None => status::NOT_FOUND,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Call<'_>, id: i32, ptr: i32, len: i32| -> i32 {
+            let item = match guest::read(&mut c, ptr, len) {
+                Ok(i) => i,
+                Err(e) => return bad(e),
+            };
+            let ctx = c.data_mut();
+            match ctx.services.queues.enqueue(id as u32, item) {
+                Ok(()) => status::OK,
+                Err(QueueError::NotFound) => status::NOT_FOUND,
+                Err(QueueError::Full) => {
+                    ctx.violation
+                        .get_or_insert(format!("shared queue {id} is full"));
+                    status::OK
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut c: Call<'_>, id: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            match c.data().services.queues.dequeue(id as u32) {
+                Ok(Some(item)) => guest::give(&mut c, &item, ret_ptr, ret_len),
+                Ok(None) => Ok(status::EMPTY),
+                Err(_) => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
     Ok(())
 }
 

@@ -150,6 +150,8 @@ pub(crate) struct ProxyCtx {
     /// The last warning or error the filter logged: a refused configuration is explained
     /// with it.
     pub(crate) last_complaint: Option<String>,
+    /// Who a queue this VM registers belongs to.
+    pub(crate) queue_owner: super::queues::Owner,
     /// Properties asked for that Weft does not provide, each logged once per VM.
     pub(crate) absent_logged: HashSet<String>,
 }
@@ -191,6 +193,10 @@ impl ProxyCtx {
             violation: None,
             tick: None,
             last_complaint: None,
+            queue_owner: super::queues::Owner {
+                waker: std::sync::Weak::new(),
+                vm: 0,
+            },
             absent_logged: HashSet::new(),
         }
     }

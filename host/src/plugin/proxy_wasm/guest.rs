@@ -12,6 +12,7 @@ pub(crate) mod status {
     pub(crate) const OK: i32 = 0;
     pub(crate) const NOT_FOUND: i32 = 1;
     pub(crate) const BAD_ARGUMENT: i32 = 2;
+    pub(crate) const EMPTY: i32 = 7;
     pub(crate) const CAS_MISMATCH: i32 = 8;
     pub(crate) const INTERNAL_FAILURE: i32 = 10;
 }

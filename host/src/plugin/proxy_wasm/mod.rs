@@ -16,10 +16,12 @@ mod abi;
 mod ctx;
 mod guest;
 mod properties;
+mod queues;
 mod wasi;
 
 pub use ctx::NodeInfo;
 pub(crate) use ctx::ProxyCtx;
+pub(crate) use queues::Queues;
 
 use super::bindings::weft::filter::types::LocalResponse;
 use super::types::{CallSummary, Callout, CalloutAnswer, HookSet, RequestHead, ResponseHead};
@@ -52,22 +54,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("proxy_grpc_cancel", "gRPC callouts are not supported yet"),
     ("proxy_grpc_close", "gRPC callouts are not supported yet"),
     ("proxy_get_status", "gRPC callouts are not supported yet"),
-    (
-        "proxy_register_shared_queue",
-        "shared queues are not supported yet",
-    ),
-    (
-        "proxy_resolve_shared_queue",
-        "shared queues are not supported yet",
-    ),
-    (
-        "proxy_enqueue_shared_queue",
-        "shared queues are not supported yet",
-    ),
-    (
-        "proxy_dequeue_shared_queue",
-        "shared queues are not supported yet",
-    ),
     (
         "proxy_call_foreign_function",
         "foreign functions are Envoy's own and not provided",
@@ -154,6 +140,8 @@ pub(crate) struct Setup {
     pub(crate) config: Arc<[u8]>,
     pub(crate) root_id: Arc<str>,
     pub(crate) memory_bytes: usize,
+    /// Rings the plugin's tick thread when a queue a VM registered has items.
+    pub(crate) waker: Arc<queues::Waker>,
     pub(crate) setup_ticks: u64,
 }
 
@@ -187,8 +175,8 @@ impl ProxyWasm {
         count: usize,
     ) -> Result<Self, VmStartError> {
         let mut vms = Vec::with_capacity(count.max(1));
-        for _ in 0..count.max(1) {
-            vms.push(Mutex::new(Some(Vm::start(engine, &pre, &setup)?)));
+        for index in 0..count.max(1) {
+            vms.push(Mutex::new(Some(Vm::start(engine, &pre, &setup, index)?)));
         }
         Ok(ProxyWasm {
             pre,
@@ -210,16 +198,26 @@ impl ProxyWasm {
         self.vms[index % self.vms.len()].lock()
     }
 
-    /// A fresh VM, in place of one that was lost.
-    pub(crate) fn restart(&self) -> Result<Vm, VmStartError> {
-        Vm::start(&self.engine, &self.pre, &self.setup)
+    /// A fresh VM, in place of the one at `index` that was lost.
+    pub(crate) fn restart(&self, index: usize) -> Result<Vm, VmStartError> {
+        Vm::start(&self.engine, &self.pre, &self.setup, index)
     }
 
-    /// Whether any VM asked for ticks.
+    /// Whether any VM asked for ticks or registered a queue: the tick thread must run.
     pub(crate) fn wants_ticks(&self) -> bool {
-        self.vms
-            .iter()
-            .any(|vm| vm.lock().as_ref().is_some_and(|vm| vm.tick().is_some()))
+        self.setup
+            .waker
+            .registered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .vms
+                .iter()
+                .any(|vm| vm.lock().as_ref().is_some_and(|vm| vm.tick().is_some()))
+    }
+
+    /// The plugin's queue waker.
+    pub(crate) fn waker(&self) -> &Arc<queues::Waker> {
+        &self.setup.waker
     }
 }
 
@@ -238,6 +236,7 @@ struct Exports {
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
     tick: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 /// One instance of a proxy-wasm filter, with its root context and its calls' stream contexts.
@@ -274,6 +273,7 @@ impl Vm {
         engine: &Engine,
         pre: &InstancePre<ProxyCtx>,
         setup: &Setup,
+        index: usize,
     ) -> Result<Vm, VmStartError> {
         let mut ctx = ProxyCtx::new(
             setup.plugin.clone(),
@@ -284,6 +284,10 @@ impl Vm {
             setup.memory_bytes,
         );
         ctx.root_id = setup.root_id.clone();
+        ctx.queue_owner = queues::Owner {
+            waker: Arc::downgrade(&setup.waker),
+            vm: index,
+        };
         let mut store = Store::new(engine, ctx);
         store.limiter(|c| &mut c.memory);
         store.epoch_deadline_trap();
@@ -327,6 +331,7 @@ impl Vm {
             done: func!("proxy_on_done"),
             delete: func!("proxy_on_delete"),
             tick: func!("proxy_on_tick"),
+            queue_ready: func!("proxy_on_queue_ready"),
         };
         let vm_start: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_vm_start");
         let configure: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_configure");
@@ -682,6 +687,15 @@ impl Vm {
         r
     }
 
+    /// `proxy_on_queue_ready` on the root context: a queue it registered has items.
+    pub(crate) fn on_queue_ready(&mut self, queue: u32) -> wasmtime::Result<()> {
+        let Some(f) = self.exports.queue_ready.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().phase = Phase::Root;
+        f.call(&mut self.store, (ROOT, queue as i32))
+    }
+
     /// `proxy_on_tick` on the root context.
     pub(crate) fn on_tick(&mut self) -> wasmtime::Result<()> {
         let Some(f) = self.exports.tick.clone() else {
@@ -714,8 +728,13 @@ fn no_response_body(head: &ResponseHead) -> bool {
             .is_some_and(|v| v.as_bytes() == b"0")
 }
 
-/// Runs the VMs' due ticks until the plugin is dropped: one thread per plugin that asked.
-pub(crate) fn spawn_ticker(owner: std::sync::Weak<super::Plugin>, name: &str) {
+/// Runs the VMs' due ticks and queue deliveries until the plugin is dropped: one thread per
+/// plugin that asked for either.
+pub(crate) fn spawn_ticker(
+    owner: std::sync::Weak<super::Plugin>,
+    waker: Arc<queues::Waker>,
+    name: &str,
+) {
     let spawned = std::thread::Builder::new()
         .name(format!(
             "weft-tick-{}",
@@ -725,8 +744,9 @@ pub(crate) fn spawn_ticker(owner: std::sync::Weak<super::Plugin>, name: &str) {
             while let Some(plugin) = owner.upgrade() {
                 let wait = plugin.run_due_ticks();
                 drop(plugin);
-                // Bounded, so a plugin that was swapped out is let go of soon.
-                std::thread::sleep(wait.min(Duration::from_millis(100)));
+                // Bounded, so a plugin that was swapped out is let go of soon; a queue's
+                // items wake it at once.
+                waker.wait(wait.min(Duration::from_millis(100)));
             }
         });
     if let Err(e) = spawned {
@@ -735,4 +755,9 @@ pub(crate) fn spawn_ticker(owner: std::sync::Weak<super::Plugin>, name: &str) {
             "cannot start the proxy-wasm tick thread: {e}"
         );
     }
+}
+
+/// A new plugin's queue waker.
+pub(crate) fn queue_waker() -> Arc<queues::Waker> {
+    queues::waker()
 }

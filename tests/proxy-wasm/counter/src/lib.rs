@@ -1,7 +1,8 @@
 //! Per-request counting, shaped like the SDK examples that keep state across workers: a
 //! counter metric on the host, a count of every request in shared data (compare-and-swap, so
 //! no increment is lost however many VMs run), a tick timer counting its firings, and the
-//! VM that served each call named in the response.
+//! VM that served each call named in the response; and a shared queue: each request enqueues
+//! an item, and the root context that registered the queue counts what it dequeues.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -11,7 +12,7 @@ use std::time::Duration;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { metric: 0, ticks: 0, vm: 0 })
+        Box::new(Root { metric: 0, ticks: 0, vm: 0, queue: 0 })
     });
 }}
 
@@ -19,6 +20,7 @@ struct Root {
     metric: u32,
     ticks: u32,
     vm: u64,
+    queue: u32,
 }
 
 /// Adds one to a shared-data counter, retrying on a CAS mismatch; answers the new count.
@@ -59,13 +61,20 @@ impl RootContext for Root {
         self.ticks = hostcalls::define_metric(MetricType::Gauge, "pw.ticks").unwrap_or(0);
         // Created once, before any request: the ABI's CAS cannot say "only if absent", so
         // the first increment must find a value. VMs are configured one after another.
-        for key in ["requests", "ticks"] {
+        self.queue = self.register_shared_queue("requests");
+        for key in ["requests", "ticks", "dequeued"] {
             if self.get_shared_data(key).0.is_none() {
                 let _ = self.set_shared_data(key, Some(&0u64.to_le_bytes()), None);
             }
         }
         self.set_tick_period(Duration::from_millis(50));
         true
+    }
+
+    fn on_queue_ready(&mut self, queue: u32) {
+        while let Ok(Some(_)) = self.dequeue_shared_queue(queue) {
+            bump(self, "dequeued");
+        }
     }
 
     fn on_tick(&mut self) {
@@ -96,6 +105,9 @@ impl HttpContext for Count {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let _ = hostcalls::increment_metric(self.metric, 1);
         let n = bump(self, "requests");
+        if let Some(queue) = self.resolve_shared_queue("", "requests") {
+            let _ = self.enqueue_shared_queue(queue, Some(b"1"));
+        }
         self.set_http_request_header("x-pw-count", Some(&n.to_string()));
         Action::Continue
     }
@@ -108,6 +120,13 @@ impl HttpContext for Count {
             .map(u64::from_le_bytes)
             .unwrap_or(0);
         self.set_http_response_header("x-pw-ticks", Some(&ticks.to_string()));
+        let dequeued = self
+            .get_shared_data("dequeued")
+            .0
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        self.set_http_response_header("x-pw-dequeued", Some(&dequeued.to_string()));
         self.set_http_response_header("x-pw-vm", Some(&self.vm.to_string()));
         Action::Continue
     }

@@ -44,8 +44,15 @@ impl HttpContext for Hostile {
             }
             Some("trap") => panic!("the filter was told to trap"),
             // A host function Weft does not provide yet: the call fails, naming it.
-            Some("queue") => {
-                let _ = self.register_shared_queue("q");
+            Some("grpc") => {
+                let _ = self.dispatch_grpc_call(
+                    "grpc",
+                    "service",
+                    "method",
+                    vec![],
+                    None,
+                    std::time::Duration::from_secs(1),
+                );
                 Action::Continue
             }
             _ => {
