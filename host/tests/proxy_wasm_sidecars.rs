@@ -319,3 +319,54 @@ async fn an_authorization_filter_asks_a_mesh_service_over_an_http_callout() {
     assert!(last.headers.get("x-weft-callout").is_none());
     assert_eq!(auth_app.seen().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_proxy_wasm_filter_is_contained_in_a_sidecar() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let hostile = push(&m, weft_artifacts::PW_HOSTILE_PATH);
+    let yaml = format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: pw-hostile
+  annotations: {{ weft.io/plugin-deadline: 50ms, weft.io/plugin-memory: 8Mi }}
+spec:
+  selector: {{ matchLabels: {{ app: payments }} }}
+  url: {hostile}
+  failStrategy: FAIL_OPEN
+  match: [{{ mode: SERVER }}]
+"
+    );
+    let (ok, said) = apply(&m, "hostile.yaml", &yaml);
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+    // Each attack costs only its own VM: the filter is skipped (fail open), the call goes on,
+    // and the next call finds a fresh VM.
+    for attack in ["loop", "memory", "trap", "grpc", "none"] {
+        let (status, _, body) = call(out, &[("x-attack", attack)]).await;
+        assert_eq!(status, 200, "{attack}: {body}");
+        let seen = app.seen();
+        let passed = seen
+            .last()
+            .expect("the app saw it")
+            .headers
+            .get("x-hostile-passed");
+        assert_eq!(passed.is_some(), attack == "none", "{attack}");
+    }
+    let metrics = scrape(payments.addr("admin")).await;
+    for cause in ["deadline", "memory", "trap", "limit"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("weft_plugin_failures_total{")
+                    && l.contains("plugin=\"pw-hostile\"")
+                    && l.contains(&format!("cause=\"{cause}\""))
+            })
+            .unwrap_or_else(|| panic!("no {cause} failure counted:\n{metrics}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+}
