@@ -518,6 +518,14 @@ fn a_body_filter_sees_whole_bodies_rewrites_them_and_answers_in_their_place() {
     assert!(pipe.push(bytes("world"), false).expect("held").is_empty());
     let out = pipe.push(bytes(""), true).expect("passes");
     assert_eq!(&out[..], b"hello world\n-- filtered by pw-body");
+    // Then its trailers, which the filter reads and adds to.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    pipe.trailers(&mut trailers).expect("passes");
+    assert_eq!(
+        header(&trailers, "x-pw-trailer").as_deref(),
+        Some("saw grpc-status 0")
+    );
     assert!(!pipe.plugin_failed);
     chain.on_done(&summary(500, 200), RouteId::NONE);
 

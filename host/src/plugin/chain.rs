@@ -413,7 +413,7 @@ impl Chain {
             .filter(|(_, p)| {
                 let h = p.hooks();
                 (if response {
-                    h.on_response_body
+                    h.on_response_body || h.on_response_trailers
                 } else {
                     h.on_request_body
                 }) && p.serves(route)
@@ -476,6 +476,25 @@ pub struct BodyPipeline {
 }
 
 impl BodyPipeline {
+    /// Passes the response's `trailers` through the plugins' trailers callbacks, in order,
+    /// after the body's end.
+    pub fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), BodyStop> {
+        for stage in &mut self.stages {
+            if stage.failed || !stage.plugin.hooks().on_response_trailers {
+                continue;
+            }
+            if stage.plugin.on_trailers(self.call_id, trailers).is_ok() {
+                continue;
+            }
+            self.plugin_failed = true;
+            if stage.plugin.fail_strategy() == FailStrategy::FailClosed {
+                return Err(BodyStop::Failed(Box::new(failed_closed(&stage.plugin))));
+            }
+            stage.failed = true;
+        }
+        Ok(())
+    }
+
     /// Passes `data` (the body's next bytes; `end`: the last) through every plugin: what
     /// comes out the far end, possibly empty while a plugin holds its data.
     pub fn push(&mut self, data: Bytes, end: bool) -> Result<Bytes, BodyStop> {

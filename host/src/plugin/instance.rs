@@ -154,6 +154,7 @@ fn hooks_from(h: wit::Hooks) -> HookSet {
         on_done: h.contains(wit::Hooks::ON_DONE),
         on_request_body: false,
         on_response_body: false,
+        on_response_trailers: false,
     }
 }
 
@@ -683,6 +684,20 @@ impl Plugin {
         };
         self.vm_call(vms, hook, call_id, |vm| {
             vm.on_body(call_id, response, body, end)
+        })
+    }
+
+    /// Runs a proxy-wasm filter's response trailers callback on `trailers` (editable).
+    pub(crate) fn on_trailers(
+        &self,
+        call_id: u64,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<(), Failure> {
+        let Abi::ProxyWasm(vms) = &self.abi else {
+            return Ok(());
+        };
+        self.vm_call(vms, Hook::OnResponseTrailers, call_id, |vm| {
+            vm.on_response_trailers(call_id, trailers)
         })
     }
 

@@ -213,6 +213,8 @@ pub struct HookSet {
     pub on_request_body: bool,
     /// The response body (proxy-wasm's `proxy_on_response_body`).
     pub on_response_body: bool,
+    /// The response trailers (proxy-wasm's `proxy_on_response_trailers`).
+    pub on_response_trailers: bool,
 }
 
 /// What a body callback decided.
@@ -245,11 +247,13 @@ pub enum Hook {
     OnRequestBody,
     /// A proxy-wasm filter's `proxy_on_response_body`.
     OnResponseBody,
+    /// A proxy-wasm filter's `proxy_on_response_trailers`.
+    OnResponseTrailers,
 }
 
 impl Hook {
     /// Every hook, in call order.
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; 9] = [
         Hook::Configure,
         Hook::OnRequest,
         Hook::OnAttemptEnd,
@@ -258,6 +262,7 @@ impl Hook {
         Hook::OnTick,
         Hook::OnRequestBody,
         Hook::OnResponseBody,
+        Hook::OnResponseTrailers,
     ];
 
     /// The hook's name in the contract.
@@ -271,6 +276,7 @@ impl Hook {
             Hook::OnTick => "on-tick",
             Hook::OnRequestBody => "on-request-body",
             Hook::OnResponseBody => "on-response-body",
+            Hook::OnResponseTrailers => "on-response-trailers",
         }
     }
 

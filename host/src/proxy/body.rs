@@ -314,8 +314,23 @@ where
             let (data, end) = match frame.map(Frame::into_data) {
                 Some(Ok(data)) => (data, false),
                 Some(Err(frame)) => {
-                    *trailers = frame.into_trailers().ok();
-                    (Bytes::new(), true)
+                    let Ok(mut t) = frame.into_trailers() else {
+                        continue;
+                    };
+                    // The body ends before its trailers: the filters get both, in order.
+                    let out = match pipe.push(Bytes::new(), true) {
+                        Ok(out) => out,
+                        Err(_) => return Poll::Ready(Some(Err(filter_failed()))),
+                    };
+                    if pipe.trailers(&mut t).is_err() {
+                        return Poll::Ready(Some(Err(filter_failed())));
+                    }
+                    *trailers = Some(t);
+                    *ended = true;
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 None => (Bytes::new(), true),
             };

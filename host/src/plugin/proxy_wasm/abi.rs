@@ -23,6 +23,7 @@ type Call<'a> = Caller<'a, ProxyCtx>;
 
 const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
+const RESPONSE_TRAILERS: i32 = 3;
 const REQUEST_BODY: i32 = 0;
 const RESPONSE_BODY: i32 = 1;
 const CALL_RESPONSE_BODY: i32 = 4;
@@ -71,6 +72,8 @@ enum MapAt {
     Empty,
     /// The headers or trailers of the callout answer being delivered.
     Answer(bool),
+    /// The response trailers being filtered.
+    TrailersLive,
 }
 
 fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
@@ -81,10 +84,17 @@ fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
         (REQUEST_HEADERS, Phase::RequestHeaders) => MapAt::RequestLive,
         (
             REQUEST_HEADERS,
-            Phase::RequestBody | Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log,
+            Phase::RequestBody
+            | Phase::ResponseHeaders
+            | Phase::ResponseBody
+            | Phase::ResponseTrailers
+            | Phase::Log,
         ) => MapAt::RequestKept,
         (RESPONSE_HEADERS, Phase::ResponseHeaders) => MapAt::ResponseLive,
-        (RESPONSE_HEADERS, Phase::ResponseBody | Phase::Log) => MapAt::ResponseKept,
+        (RESPONSE_HEADERS, Phase::ResponseBody | Phase::ResponseTrailers | Phase::Log) => {
+            MapAt::ResponseKept
+        }
+        (RESPONSE_TRAILERS, Phase::ResponseTrailers) => MapAt::TrailersLive,
         _ => MapAt::Empty,
     }
 }
@@ -128,6 +138,7 @@ fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
         MapAt::ResponseLive => response(ctx.response.status.as_u16(), &ctx.response.headers),
         MapAt::ResponseKept => response(ctx.kept.status, &ctx.kept.response_headers),
         MapAt::Answer(trailers) => answer_pairs(ctx, trailers).to_vec(),
+        MapAt::TrailersLive => regular(&ctx.trailers),
         MapAt::Empty => Vec::new(),
     }
 }
@@ -160,6 +171,7 @@ fn value(ctx: &ProxyCtx, map: i32, key: &str) -> Option<Vec<u8>> {
         (MapAt::RequestKept, _) => first(&ctx.kept.request_headers),
         (MapAt::ResponseLive, _) => first(&ctx.response.headers),
         (MapAt::ResponseKept, _) => first(&ctx.kept.response_headers),
+        (MapAt::TrailersLive, _) => first(&ctx.trailers),
         (MapAt::Answer(trailers), _) => answer_pairs(ctx, trailers)
             .into_iter()
             .find(|(k, _)| k == key.as_bytes())
@@ -219,9 +231,10 @@ fn edit(ctx: &mut ProxyCtx, map: i32, key: &str, value: &[u8], how: Edit) {
                 format!("the pseudo-header {k} cannot be removed or changed so"),
             );
         }
-        (MapAt::RequestLive | MapAt::ResponseLive, _) => {
+        (MapAt::RequestLive | MapAt::ResponseLive | MapAt::TrailersLive, _) => {
             let headers = match map_at(ctx, map) {
                 MapAt::RequestLive => &mut ctx.request.headers,
+                MapAt::TrailersLive => &mut ctx.trailers,
                 _ => &mut ctx.response.headers,
             };
             if how == Edit::Remove {
@@ -238,7 +251,7 @@ fn edit(ctx: &mut ProxyCtx, map: i32, key: &str, value: &[u8], how: Edit) {
         (MapAt::Empty, _) => refuse(
             ctx,
             format!(
-                "map type {map} is not available here: Weft gives proxy-wasm filters no trailers yet"
+                "map type {map} is not available here (request trailers are not given to proxy-wasm filters yet)"
             ),
         ),
     }
@@ -546,6 +559,7 @@ fn add_maps(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
             match map_at(ctx, map) {
                 MapAt::RequestLive => ctx.request.headers.clear(),
                 MapAt::ResponseLive => ctx.response.headers.clear(),
+                MapAt::TrailersLive => ctx.trailers.clear(),
                 _ => {}
             }
             for (k, v) in new {

@@ -25,6 +25,8 @@ pub(crate) enum Phase {
     RequestBody,
     /// `proxy_on_response_body`: the body so far is the response-body buffer.
     ResponseBody,
+    /// `proxy_on_response_trailers`: the response's trailers are lent and editable.
+    ResponseTrailers,
     /// `proxy_on_log` (and done, delete): what was kept of the call is readable.
     Log,
 }
@@ -131,6 +133,8 @@ pub(crate) struct ProxyCtx {
     pub(crate) kept: Kept,
     /// The body data of a body callback.
     pub(crate) body: Vec<u8>,
+    /// The response trailers, during `ResponseTrailers`.
+    pub(crate) trailers: HeaderMap,
     /// HTTP calls the filter dispatched during this callback.
     pub(crate) callouts: Vec<Callout>,
     /// The next callout token (unique in the VM, as the SDKs key their callbacks by it).
@@ -184,6 +188,7 @@ impl ProxyCtx {
             response: ResponseHead::default(),
             kept: Kept::default(),
             body: Vec::new(),
+            trailers: HeaderMap::new(),
             callouts: Vec::new(),
             next_token: 1,
             answer: None,

@@ -128,6 +128,7 @@ pub(crate) fn hooks(module: &Module) -> HookSet {
         on_done: true,
         on_request_body: has("proxy_on_request_body"),
         on_response_body: has("proxy_on_response_body"),
+        on_response_trailers: has("proxy_on_response_trailers"),
     }
 }
 
@@ -230,6 +231,7 @@ struct Exports {
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     call_response: Option<CallResponse>,
     log: Option<TypedFunc<i32, ()>>,
@@ -325,6 +327,7 @@ impl Vm {
             request_headers: func!("proxy_on_request_headers"),
             response_headers: func!("proxy_on_response_headers"),
             request_body: func!("proxy_on_request_body"),
+            response_trailers: func!("proxy_on_response_trailers"),
             response_body: func!("proxy_on_response_body"),
             call_response: func!("proxy_on_http_call_response"),
             log: func!("proxy_on_log"),
@@ -655,6 +658,51 @@ impl Vm {
             PAUSE => BodyVerdict::Buffer,
             _ => BodyVerdict::Continue,
         })
+    }
+
+    /// `proxy_on_response_trailers` on the response's trailers, which the filter may edit.
+    pub(crate) fn on_response_trailers(
+        &mut self,
+        call_id: u64,
+        trailers: &mut http::HeaderMap,
+    ) -> wasmtime::Result<()> {
+        let Some(f) = self.exports.response_trailers.clone() else {
+            return Ok(());
+        };
+        let id = self.open(call_id)?;
+        let kept = self
+            .streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default();
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.trailers, trailers);
+        ctx.kept = kept;
+        ctx.phase = Phase::ResponseTrailers;
+        ctx.reply = None;
+        ctx.resumed = false;
+        let count = i32::try_from(ctx.trailers.len()).unwrap_or(i32::MAX);
+        let r = f.call(&mut self.store, (id, count));
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.trailers, trailers);
+        let kept = std::mem::take(&mut ctx.kept);
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+        let action = r?;
+        let ctx = self.store.data_mut();
+        ctx.phase = Phase::Root;
+        if ctx.reply.take().is_some() {
+            ctx.violation.get_or_insert(
+                "a local response from the response trailers: the response has gone to the caller"
+                    .into(),
+            );
+        } else if action == PAUSE && !ctx.resumed {
+            ctx.violation.get_or_insert(
+                "paused the response at its trailers; Weft does not hold paused streams yet".into(),
+            );
+        }
+        Ok(())
     }
 
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the call has ended.

@@ -129,7 +129,7 @@ fn request(ctx: &ProxyCtx, rest: &[&str]) -> Property {
 fn response(ctx: &ProxyCtx, rest: &[&str]) -> Property {
     let (status, headers): (_, Option<&dyn Headers>) = match ctx.phase {
         Phase::ResponseHeaders => (ctx.response.status.as_u16(), Some(&ctx.response.headers)),
-        Phase::ResponseBody | Phase::Log => (
+        Phase::ResponseBody | Phase::ResponseTrailers | Phase::Log => (
             ctx.summary.map_or(ctx.kept.status, |s| s.status),
             Some(&ctx.kept.response_headers),
         ),

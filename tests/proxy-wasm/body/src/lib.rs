@@ -53,6 +53,14 @@ impl HttpContext for Body {
         Action::Continue
     }
 
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        let status = self
+            .get_http_response_trailer("grpc-status")
+            .unwrap_or_else(|| "-".into());
+        self.add_http_response_trailer("x-pw-trailer", &format!("saw grpc-status {status}"));
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
         if !end_of_stream {
             return Action::Pause;
