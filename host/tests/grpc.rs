@@ -270,3 +270,44 @@ spec:
     // 60 draws at 50%: fewer than 12 on a side has a probability under 1e-6.
     assert!((12..=48).contains(&to_v2), "{to_v2} of 60 to v2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_and_its_trailers_pass_a_proxy_wasm_filter() {
+    ensure_python_modules(&[("grpc", "python3-grpcio")]);
+    let (_server, app) = serve("p1");
+    let m = TestMesh::start();
+    let _payments = m.pod("payments", &[("version", "v1")], app).await;
+    let orders = m.pod("orders", &[], NO_APP).await;
+    // A proxy-wasm filter with body and trailers callbacks on orders' calls: the response's
+    // frames pass it one by one, and its trailers after them, where it adds one.
+    m.apply(
+        "body.yaml",
+        &format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: pw-body }}
+spec:
+  selector: {{ matchLabels: {{ app: orders }} }}
+  url: file://{}
+  match: [{{ mode: CLIENT }}]
+",
+            weft_artifacts::PW_BODY_PATH
+        ),
+    )
+    .await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let via = orders.addr("outbound");
+    let stream = call(via, "/weft.Test/Stream", "", 10.0).await;
+    assert_eq!(stream["code"], "OK", "{stream}");
+    assert_eq!(
+        stream["replies"],
+        serde_json::json!(["0|p1", "1|p1", "2|p1"])
+    );
+    assert_eq!(stream["trailers"]["x-done"], "yes", "{stream}");
+    assert_eq!(
+        stream["trailers"]["x-pw-trailer"], "saw grpc-status 0",
+        "{stream}"
+    );
+    let echo = call(via, "/weft.Test/Echo", "hi", 10.0).await;
+    assert_eq!(echo["replies"], serde_json::json!(["hi|p1"]), "{echo}");
+}

@@ -1,6 +1,7 @@
 //! Body inspection, shaped like a WAF: buffers the whole request body, refuses one that
 //! contains `forbidden` with 403 and masks `secret` in one that passes; buffers the response
-//! body and appends a line to it.
+//! body and appends a line to it (but a gRPC response's, whose framing it leaves alone); adds
+//! a response trailer saying what `grpc-status` it saw.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -15,7 +16,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Body))
+        Some(Box::new(Body { grpc: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -23,7 +24,9 @@ impl RootContext for Root {
     }
 }
 
-struct Body;
+struct Body {
+    grpc: bool,
+}
 
 impl Context for Body {}
 
@@ -61,7 +64,17 @@ impl HttpContext for Body {
         Action::Continue
     }
 
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.grpc = self
+            .get_http_response_header("content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"));
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.grpc {
+            return Action::Continue;
+        }
         if !end_of_stream {
             return Action::Pause;
         }
