@@ -86,6 +86,28 @@ async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
     let app = App::start("payments").await;
     let payments = m.pod("payments", &[("version", "v1")], app.addr).await;
     let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    // `weft plugin check` says what it is and runs its configuration, as a sidecar would.
+    let check = |config: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["plugin", "check", weft_artifacts::PW_AUTH_PATH])
+            .args(["--config", config])
+            .output()
+            .expect("weft runs")
+    };
+    let out = check(r#"{"token":"t"}"#);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok: a proxy-wasm filter"),
+        "{}",
+        text(&out)
+    );
+    let out = check("{}");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("pluginConfig.token is required"),
+        "{}",
+        text(&out)
+    );
     let auth = push(&m, weft_artifacts::PW_AUTH_PATH);
     let headers = push(&m, weft_artifacts::PW_HEADERS_PATH);
     let counter = push(&m, weft_artifacts::PW_COUNTER_PATH);

@@ -53,6 +53,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (hooks.on_attempt_end, "on-attempt-end"),
         (hooks.on_response, "on-response"),
         (hooks.on_done, "on-done"),
+        (hooks.on_request_body, "request body"),
+        (hooks.on_response_body, "response body"),
+        (hooks.on_response_trailers, "response trailers"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
@@ -69,6 +72,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             declared.join(", ")
         }
     );
-    println!("ok: implements weft:filter@0.1.0 and accepts its configuration");
+    if plugin.is_proxy_wasm() {
+        println!("ok: a proxy-wasm filter (ABI 0.2.x) that accepts its configuration");
+    } else {
+        println!("ok: implements weft:filter@0.1.0 and accepts its configuration");
+    }
     Ok(())
 }
