@@ -392,3 +392,46 @@ spec:
         assert!(line.ends_with(" 1"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_context_asks_a_mesh_service_on_its_tick() {
+    let m = TestMesh::start();
+    let payments_app = App::start("payments").await;
+    let auth_app = App::start("auth").await;
+    let _payments = m
+        .pod("payments", &[("version", "v1")], payments_app.addr)
+        .await;
+    let _auth = m.pod("auth", &[("version", "v1")], auth_app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let callout = push(&m, weft_artifacts::PW_CALLOUT_PATH);
+    let yaml = plugin(
+        "pw-refresh",
+        "orders",
+        "CLIENT",
+        &callout,
+        0,
+        "{ upstream: auth, refresh: true }",
+    );
+    let (ok, said) = apply(&m, "refresh.yaml", &yaml);
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    // The root contexts' ticks ask auth through the sidecar and keep its answer; requests
+    // carry it without asking themselves.
+    let out = orders.addr("outbound");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = call(out, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let seen = payments_app.seen();
+        let by = seen.last().expect("payments saw it").headers["x-refreshed-by"].clone();
+        if by == "auth" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refresh reached the requests");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        auth_app.seen().iter().all(|s| s.path == "/status/200"),
+        "only the ticks asked auth"
+    );
+}

@@ -26,6 +26,8 @@ pub(crate) struct Services {
     pub(crate) routes_scoped: std::sync::atomic::AtomicBool,
     /// proxy-wasm filters' shared queues.
     pub(crate) queues: super::proxy_wasm::Queues,
+    /// Who makes root contexts' HTTP calls (the sidecar).
+    pub(crate) callouts: std::sync::OnceLock<Arc<dyn super::types::CalloutSender>>,
 }
 
 /// Names (services, subsets, identities) interned to stable ids, so hooks carry integers.

@@ -294,12 +294,39 @@ impl Plugin {
     pub(crate) fn adopt(self: &Arc<Self>) {
         if let Abi::ProxyWasm(vms) = &self.abi {
             let _ = vms.owner.set(Arc::downgrade(self));
-            self.start_ticks(vms);
+            self.start_ticks(vms, false);
+            // HTTP calls the root contexts dispatched while they were configured.
+            for index in 0..vms.len() {
+                let callouts = vms.slot(index).as_mut().map(Vm::take_callouts);
+                self.send_root_callouts(vms, index, callouts.unwrap_or_default());
+            }
         }
     }
 
-    fn start_ticks(&self, vms: &ProxyWasm) {
-        if vms.wants_ticks()
+    /// Has the sidecar make a root context's HTTP calls; their answers come back to the VM on
+    /// the tick thread. Without a sidecar (the control plane's check), every call fails.
+    fn send_root_callouts(
+        &self,
+        vms: &ProxyWasm,
+        index: usize,
+        callouts: Vec<super::types::Callout>,
+    ) {
+        if callouts.is_empty() {
+            return;
+        }
+        self.start_ticks(vms, true);
+        let waker = vms.waker().clone();
+        match self.services.callouts.get() {
+            Some(sender) => sender.send(
+                callouts,
+                Box::new(move |answers| waker.answered(index, answers)),
+            ),
+            None => waker.answered(index, callouts.iter().map(|c| (c.token, None)).collect()),
+        }
+    }
+
+    fn start_ticks(&self, vms: &ProxyWasm, needed: bool) {
+        if (needed || vms.wants_ticks())
             && let Some(owner) = vms.owner.get()
             && !vms.ticking.swap(true, Ordering::AcqRel)
         {
@@ -557,7 +584,7 @@ impl Plugin {
                 drop(slot);
                 self.note_success();
                 if asked_ticks && !vms.ticking.load(Ordering::Relaxed) {
-                    self.start_ticks(vms);
+                    self.start_ticks(vms, false);
                 }
                 Ok(r)
             }
@@ -577,10 +604,19 @@ impl Plugin {
         let Abi::ProxyWasm(vms) = &self.abi else {
             return Duration::from_secs(1);
         };
-        for (index, queue) in vms.waker().take() {
-            let _ = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
-                vm.on_queue_ready(queue)
+        for (index, answers) in vms.waker().take_answers() {
+            let sent = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
+                vm.on_root_answers(answers)?;
+                Ok(vm.take_callouts())
             });
+            self.send_root_callouts(vms, index, sent.unwrap_or_default());
+        }
+        for (index, queue) in vms.waker().take() {
+            let sent = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
+                vm.on_queue_ready(queue)?;
+                Ok(vm.take_callouts())
+            });
+            self.send_root_callouts(vms, index, sent.unwrap_or_default());
         }
         let mut next = Duration::from_secs(1);
         for index in 0..vms.len() {
@@ -602,11 +638,12 @@ impl Plugin {
             if !due {
                 continue;
             }
-            let _ = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
+            let sent = self.vm_call(vms, Hook::OnTick, index as u64, |vm| {
                 let r = vm.on_tick();
                 vm.next_tick = vm.tick().map(|p| Instant::now() + p);
-                r
+                r.map(|()| vm.take_callouts())
             });
+            self.send_root_callouts(vms, index, sent.unwrap_or_default());
             if let Some(p) = vms.slot(index).as_ref().and_then(Vm::tick) {
                 next = next.min(p);
             }

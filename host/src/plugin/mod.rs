@@ -154,6 +154,7 @@ impl PluginRuntime {
             names: host_impl::Interner::default(),
             routes_scoped: std::sync::atomic::AtomicBool::new(false),
             queues: proxy_wasm::Queues::default(),
+            callouts: std::sync::OnceLock::new(),
         });
         Ok(PluginRuntime {
             fingerprint,
@@ -482,6 +483,12 @@ impl PluginRuntime {
     ) -> Result<Arc<Plugin>, PluginError> {
         let compiled = self.load(&spec.name, artifact, expected_sha256)?;
         self.prepare(&compiled, spec)
+    }
+
+    /// Gives the runtime what makes the HTTP calls proxy-wasm filters dispatch from a root
+    /// context (once; later calls change nothing).
+    pub fn set_callout_sender(&self, sender: Arc<dyn CalloutSender>) {
+        let _ = self.services.callouts.set(sender);
     }
 
     /// Interns a name (service, subset, identity) to the id hooks carry; 0 for an empty name.

@@ -157,6 +157,16 @@ pub struct CalloutAnswer {
     pub trailers: Vec<(String, Vec<u8>)>,
 }
 
+/// Answers to callouts, with their tokens, in the order the calls were dispatched.
+pub type CalloutAnswers = Vec<(u32, Option<CalloutAnswer>)>;
+
+/// Makes the HTTP calls proxy-wasm filters dispatch from a root context (a tick, a queue, a
+/// configure): the sidecar provides it; without one, every such call fails.
+pub trait CalloutSender: Send + Sync {
+    /// Makes `callouts` and hands their answers to `deliver`, later, on another thread.
+    fn send(&self, callouts: Vec<Callout>, deliver: Box<dyn FnOnce(CalloutAnswers) + Send>);
+}
+
 /// A request a plugin paused for callouts.
 #[derive(Debug, Clone)]
 pub struct Paused {

@@ -4,7 +4,10 @@
 //! is given, and then the chain goes on from the plugin after it.
 
 use super::Inputs;
-use crate::plugin::{Callout, CalloutAnswer, Chain, Decided, RequestHead, RequestVerdict};
+use crate::plugin::{
+    Callout, CalloutAnswer, CalloutAnswers, CalloutSender, Chain, Decided, RequestHead,
+    RequestVerdict,
+};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -37,7 +40,12 @@ pub(super) async fn settle(
             decided.plugin_failed = failed;
             return decided;
         };
-        let answers = answers(inputs, &paused.callouts).await;
+        let answers = answers(
+            inputs.outbound_addr,
+            &inputs.callout_token,
+            &paused.callouts,
+        )
+        .await;
         let resumed = chain.resume(id, head, &paused, answers);
         failed |= resumed.plugin_failed;
         decided = match resumed.action {
@@ -45,6 +53,26 @@ pub(super) async fn settle(
             _ => resumed,
         };
         failed |= decided.plugin_failed;
+    }
+}
+
+/// Makes root contexts' HTTP calls (a tick's, a queue's) on the sidecar's runtime, as a
+/// paused request's are made.
+pub(super) struct Sender {
+    /// Where the sidecar's outbound listener is.
+    pub(super) outbound: SocketAddr,
+    /// The secret that marks a filter's call.
+    pub(super) token: String,
+    /// The sidecar's runtime.
+    pub(super) handle: tokio::runtime::Handle,
+}
+
+impl CalloutSender for Sender {
+    fn send(&self, callouts: Vec<Callout>, deliver: Box<dyn FnOnce(CalloutAnswers) + Send>) {
+        let (outbound, token) = (self.outbound, self.token.clone());
+        self.handle.spawn(async move {
+            deliver(answers(outbound, &token, &callouts).await);
+        });
     }
 }
 
@@ -56,11 +84,11 @@ fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
 }
 
 /// Every callout made at once; each answer (none for a failed one) with its token.
-async fn answers(inputs: &Inputs, callouts: &[Callout]) -> Vec<(u32, Option<CalloutAnswer>)> {
+async fn answers(outbound: SocketAddr, token: &str, callouts: &[Callout]) -> CalloutAnswers {
     let tasks: Vec<_> = callouts
         .iter()
         .map(|c| {
-            let request = build(inputs.outbound_addr, &inputs.callout_token, c);
+            let request = build(outbound, token, c);
             let timeout = c.timeout;
             let upstream = c.upstream.clone();
             (

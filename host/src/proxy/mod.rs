@@ -709,6 +709,14 @@ impl Sidecar {
                 crate::dns::serve(socket, names, upstreams, &registry, stop).await;
             }));
         }
+        // proxy-wasm filters' root contexts make HTTP calls through this sidecar too.
+        inputs
+            .runtime
+            .set_callout_sender(Arc::new(callouts::Sender {
+                outbound: inputs.outbound_addr,
+                token: inputs.callout_token.clone(),
+                handle: tokio::runtime::Handle::current(),
+            }));
         let mut tasks = vec![
             tokio::spawn(serve(
                 outbound,

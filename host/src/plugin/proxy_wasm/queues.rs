@@ -17,6 +17,8 @@ const MAX_ITEMS: usize = 1024;
 #[derive(Default)]
 pub(crate) struct Waker {
     pending: Mutex<Vec<(usize, u32)>>,
+    /// Answers to root contexts' HTTP calls, by VM index.
+    answers: Mutex<Vec<(usize, crate::plugin::types::CalloutAnswers)>>,
     bell: Condvar,
     /// Whether any of the plugin's VMs registered a queue (its tick thread must run).
     pub(crate) registered: AtomicBool,
@@ -28,10 +30,22 @@ impl Waker {
         std::mem::take(&mut *self.pending.lock())
     }
 
+    /// Answers to deliver to root contexts: (VM index, answers).
+    pub(crate) fn take_answers(&self) -> Vec<(usize, crate::plugin::types::CalloutAnswers)> {
+        std::mem::take(&mut *self.answers.lock())
+    }
+
+    /// Hands a VM's root context the answers to its HTTP calls, on the tick thread.
+    pub(crate) fn answered(&self, vm: usize, answers: crate::plugin::types::CalloutAnswers) {
+        self.answers.lock().push((vm, answers));
+        let _pending = self.pending.lock();
+        self.bell.notify_one();
+    }
+
     /// Waits up to `most` for a delivery to be due.
     pub(crate) fn wait(&self, most: Duration) {
         let mut pending = self.pending.lock();
-        if pending.is_empty() {
+        if pending.is_empty() && self.answers.lock().is_empty() {
             self.bell.wait_for(&mut pending, most);
         }
     }

@@ -541,6 +541,41 @@ impl Vm {
         self.store.data_mut().phase = Phase::Root;
         f.call(&mut self.store, ROOT)
     }
+
+    /// The HTTP calls the root context dispatched, for the sidecar to make.
+    pub(crate) fn take_callouts(&mut self) -> Vec<Callout> {
+        std::mem::take(&mut self.store.data_mut().callouts)
+    }
+
+    /// `proxy_on_http_call_response` on the root context, for each answer to its calls.
+    pub(crate) fn on_root_answers(
+        &mut self,
+        answers: crate::plugin::types::CalloutAnswers,
+    ) -> wasmtime::Result<()> {
+        let Some(f) = self.exports.call_response.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().phase = Phase::Root;
+        let mut r = Ok(());
+        for (token, answer) in answers {
+            let answer = answer.unwrap_or_default();
+            let counts = (
+                i32::try_from(answer.headers.len()).unwrap_or(i32::MAX),
+                i32::try_from(answer.body.len()).unwrap_or(i32::MAX),
+                i32::try_from(answer.trailers.len()).unwrap_or(i32::MAX),
+            );
+            self.store.data_mut().answer = Some(answer);
+            r = f.call(
+                &mut self.store,
+                (ROOT, token as i32, counts.0, counts.1, counts.2),
+            );
+            if r.is_err() {
+                break;
+            }
+        }
+        self.store.data_mut().answer = None;
+        r
+    }
 }
 
 /// Whether a request head says no body follows (Envoy's `end_of_stream` on the headers):

@@ -148,20 +148,22 @@ pub(super) fn add(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
                 Err(e) => return bad(e),
             };
             let ctx = c.data_mut();
-            if ctx.phase != Phase::RequestHeaders {
+            if !matches!(ctx.phase, Phase::RequestHeaders | Phase::Root) {
                 ctx.violation.get_or_insert(
-                    "dispatch_http_call outside a request headers callback (or a callout's answer): not supported yet".into(),
+                    "dispatch_http_call from a response or body callback: not supported yet".into(),
                 );
                 return status::INTERNAL_FAILURE;
             }
             if ctx.callouts.len() >= MAX_CALLOUTS {
-                ctx.violation
-                    .get_or_insert(format!("more than {MAX_CALLOUTS} callouts from one callback"));
+                ctx.violation.get_or_insert(format!(
+                    "more than {MAX_CALLOUTS} callouts from one callback"
+                ));
                 return status::INTERNAL_FAILURE;
             }
             let token = ctx.next_token;
             ctx.next_token = ctx.next_token.checked_add(1).unwrap_or(1);
-            let timeout = Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_CALLOUT_TIMEOUT);
+            let timeout =
+                Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_CALLOUT_TIMEOUT);
             ctx.callouts.push(crate::plugin::types::Callout {
                 token,
                 upstream,
@@ -170,7 +172,11 @@ pub(super) fn add(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
                     .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
                     .collect(),
                 body: body.into(),
-                timeout: if timeout.is_zero() { MAX_CALLOUT_TIMEOUT } else { timeout },
+                timeout: if timeout.is_zero() {
+                    MAX_CALLOUT_TIMEOUT
+                } else {
+                    timeout
+                },
             });
             guest::write_u32(&mut c, ret_token, token).map_or_else(bad, |()| status::OK)
         },
