@@ -284,28 +284,13 @@ async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorization_filter_asks_a_mesh_service_over_an_http_callout() {
-    let m = TestMesh::start();
-    let payments_app = App::start("payments").await;
-    let auth_app = App::start("auth").await;
-    let _payments = m
-        .pod("payments", &[("version", "v1")], payments_app.addr)
-        .await;
-    let _auth = m.pod("auth", &[("version", "v1")], auth_app.addr).await;
-    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
-    let callout = push(&m, weft_artifacts::PW_CALLOUT_PATH);
     // Istio's cluster-name form of the upstream, as filters written for Istio name it.
-    let yaml = plugin(
+    let a = auth_mesh(
         "pw-callout",
-        "orders",
-        "CLIENT",
-        &callout,
-        0,
         "{ upstream: \"outbound|80||auth.default.svc.cluster.local\" }",
-    );
-    let (ok, said) = apply(&m, "callout.yaml", &yaml);
-    assert!(ok, "{said}");
-    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
-    let out = orders.addr("outbound");
+    )
+    .await;
+    let (out, payments_app, auth_app) = (a.out, &a.payments, &a.auth);
 
     // Allowed by the auth service: on to payments, with the auth service's name added.
     let (status, _, body) = call(out, &[("x-allow", "yes")]).await;
@@ -395,29 +380,10 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_context_asks_a_mesh_service_on_its_tick() {
-    let m = TestMesh::start();
-    let payments_app = App::start("payments").await;
-    let auth_app = App::start("auth").await;
-    let _payments = m
-        .pod("payments", &[("version", "v1")], payments_app.addr)
-        .await;
-    let _auth = m.pod("auth", &[("version", "v1")], auth_app.addr).await;
-    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
-    let callout = push(&m, weft_artifacts::PW_CALLOUT_PATH);
-    let yaml = plugin(
-        "pw-refresh",
-        "orders",
-        "CLIENT",
-        &callout,
-        0,
-        "{ upstream: auth, refresh: true }",
-    );
-    let (ok, said) = apply(&m, "refresh.yaml", &yaml);
-    assert!(ok, "{said}");
-    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    let a = auth_mesh("pw-refresh", "{ upstream: auth, refresh: true }").await;
+    let (out, payments_app, auth_app) = (a.out, &a.payments, &a.auth);
     // The root contexts' ticks ask auth through the sidecar and keep its answer; requests
     // carry it without asking themselves.
-    let out = orders.addr("outbound");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _, body) = call(out, &[]).await;
@@ -434,4 +400,33 @@ async fn a_root_context_asks_a_mesh_service_on_its_tick() {
         auth_app.seen().iter().all(|s| s.path == "/status/200"),
         "only the ticks asked auth"
     );
+}
+
+/// payments and auth, each an app behind a sidecar, orders' sidecar with the callout filter
+/// applied as `name` with `config` on its client side, every sidecar running it.
+struct AuthMesh {
+    payments: App,
+    auth: App,
+    out: std::net::SocketAddr,
+    _mesh: (TestMesh, [support::mesh::Proc; 3]),
+}
+
+async fn auth_mesh(name: &str, config: &str) -> AuthMesh {
+    let m = TestMesh::start();
+    let payments = App::start("payments").await;
+    let auth = App::start("auth").await;
+    let payments_pod = m.pod("payments", &[("version", "v1")], payments.addr).await;
+    let auth_pod = m.pod("auth", &[("version", "v1")], auth.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    let callout = push(&m, weft_artifacts::PW_CALLOUT_PATH);
+    let yaml = plugin(name, "orders", "CLIENT", &callout, 0, config);
+    let (ok, said) = apply(&m, "callout.yaml", &yaml);
+    assert!(ok, "{said}");
+    converged(m.cp, &m.op, 3, Duration::from_secs(30)).await;
+    AuthMesh {
+        payments,
+        auth,
+        out: orders.addr("outbound"),
+        _mesh: (m, [payments_pod, auth_pod, orders]),
+    }
 }

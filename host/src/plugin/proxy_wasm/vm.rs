@@ -261,36 +261,15 @@ impl Vm {
         let Some(id) = self.streams.get(&call_id).map(|s| s.id) else {
             wasmtime::bail!("the request's stream context was lost with its VM");
         };
-        let kept = self
-            .streams
-            .get_mut(&call_id)
-            .map(|s| std::mem::take(&mut s.kept))
-            .unwrap_or_default();
+        let kept = self.lend_kept(call_id);
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.request, head);
         ctx.kept = kept;
         ctx.phase = Phase::RequestHeaders;
         ctx.reply = None;
         ctx.resumed = false;
-        let mut r = Ok(());
-        for (token, answer) in answers {
-            let answer = answer.unwrap_or_default();
-            let counts = (
-                i32::try_from(answer.headers.len()).unwrap_or(i32::MAX),
-                i32::try_from(answer.body.len()).unwrap_or(i32::MAX),
-                i32::try_from(answer.trailers.len()).unwrap_or(i32::MAX),
-            );
-            self.store.data_mut().answer = Some(answer);
-            r = f.call(
-                &mut self.store,
-                (id, token as i32, counts.0, counts.1, counts.2),
-            );
-            if r.is_err() || self.store.data().reply.is_some() {
-                break;
-            }
-        }
+        let r = self.deliver(&f, id, answers);
         let ctx = self.store.data_mut();
-        ctx.answer = None;
         std::mem::swap(&mut ctx.request, head);
         self.keep_request(call_id, head);
         r?;
@@ -322,11 +301,7 @@ impl Vm {
             return Ok(Requested::Continue);
         };
         let id = self.open(call_id)?;
-        let kept = self
-            .streams
-            .get_mut(&call_id)
-            .map(|s| std::mem::take(&mut s.kept))
-            .unwrap_or_default();
+        let kept = self.lend_kept(call_id);
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.request, head);
         ctx.kept = kept;
@@ -354,11 +329,7 @@ impl Vm {
             return Ok(None);
         };
         let id = self.open(call_id)?;
-        let kept = self
-            .streams
-            .get_mut(&call_id)
-            .map(|s| std::mem::take(&mut s.kept))
-            .unwrap_or_default();
+        let kept = self.lend_kept(call_id);
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.response, head);
         ctx.kept = kept;
@@ -399,11 +370,7 @@ impl Vm {
             return Ok(BodyVerdict::Continue);
         };
         let id = self.open(call_id)?;
-        let kept = self
-            .streams
-            .get_mut(&call_id)
-            .map(|s| std::mem::take(&mut s.kept))
-            .unwrap_or_default();
+        let kept = self.lend_kept(call_id);
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.body, body);
         ctx.kept = kept;
@@ -419,10 +386,7 @@ impl Vm {
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.body, body);
         ctx.phase = Phase::Root;
-        let kept = std::mem::take(&mut ctx.kept);
-        if let Some(s) = self.streams.get_mut(&call_id) {
-            s.kept = kept;
-        }
+        self.return_kept(call_id);
         let action = r?;
         let ctx = self.store.data_mut();
         if let Some(reply) = ctx.reply.take() {
@@ -459,11 +423,7 @@ impl Vm {
             return Ok(());
         };
         let id = self.open(call_id)?;
-        let kept = self
-            .streams
-            .get_mut(&call_id)
-            .map(|s| std::mem::take(&mut s.kept))
-            .unwrap_or_default();
+        let kept = self.lend_kept(call_id);
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.trailers, trailers);
         ctx.kept = kept;
@@ -474,10 +434,7 @@ impl Vm {
         let r = f.call(&mut self.store, (id, count));
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.trailers, trailers);
-        let kept = std::mem::take(&mut ctx.kept);
-        if let Some(s) = self.streams.get_mut(&call_id) {
-            s.kept = kept;
-        }
+        self.return_kept(call_id);
         let action = r?;
         let ctx = self.store.data_mut();
         ctx.phase = Phase::Root;
@@ -542,6 +499,22 @@ impl Vm {
         f.call(&mut self.store, ROOT)
     }
 
+    /// What the stream of `call_id` kept, moved out for a callback to see.
+    fn lend_kept(&mut self, call_id: u64) -> Kept {
+        self.streams
+            .get_mut(&call_id)
+            .map(|s| std::mem::take(&mut s.kept))
+            .unwrap_or_default()
+    }
+
+    /// What a callback left of the stream's kept state, back to the stream.
+    fn return_kept(&mut self, call_id: u64) {
+        let kept = std::mem::take(&mut self.store.data_mut().kept);
+        if let Some(s) = self.streams.get_mut(&call_id) {
+            s.kept = kept;
+        }
+    }
+
     /// The HTTP calls the root context dispatched, for the sidecar to make.
     pub(crate) fn take_callouts(&mut self) -> Vec<Callout> {
         std::mem::take(&mut self.store.data_mut().callouts)
@@ -556,20 +529,32 @@ impl Vm {
             return Ok(());
         };
         self.store.data_mut().phase = Phase::Root;
+        self.deliver(&f, ROOT, answers)
+    }
+
+    /// `proxy_on_http_call_response` on `context` for each answer, until one fails or the
+    /// filter answers the request itself.
+    fn deliver(
+        &mut self,
+        f: &CallResponse,
+        context: i32,
+        answers: crate::plugin::types::CalloutAnswers,
+    ) -> wasmtime::Result<()> {
         let mut r = Ok(());
         for (token, answer) in answers {
             let answer = answer.unwrap_or_default();
+            let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
             let counts = (
-                i32::try_from(answer.headers.len()).unwrap_or(i32::MAX),
-                i32::try_from(answer.body.len()).unwrap_or(i32::MAX),
-                i32::try_from(answer.trailers.len()).unwrap_or(i32::MAX),
+                count(answer.headers.len()),
+                count(answer.body.len()),
+                count(answer.trailers.len()),
             );
             self.store.data_mut().answer = Some(answer);
             r = f.call(
                 &mut self.store,
-                (ROOT, token as i32, counts.0, counts.1, counts.2),
+                (context, token as i32, counts.0, counts.1, counts.2),
             );
-            if r.is_err() {
+            if r.is_err() || self.store.data().reply.is_some() {
                 break;
             }
         }
