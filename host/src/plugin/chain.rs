@@ -459,8 +459,11 @@ pub enum BodyStop {
     /// A plugin answered (the request body only): the answer, and the plugin's place in the
     /// chain (the answer goes back through the plugins before it).
     Respond(Box<LocalReply>, usize),
-    /// A fail-closed plugin failed, or held more than the bound: the call fails with this.
+    /// A fail-closed plugin failed: the call fails with this.
     Failed(Box<LocalReply>),
+    /// A plugin asked to hold more of the body than the bound (Envoy answers a request so
+    /// with 413).
+    TooLarge,
 }
 
 /// A call's body passing through the body callbacks of its plugins, in chain order: each
@@ -479,6 +482,10 @@ impl BodyPipeline {
     /// Passes the response's `trailers` through the plugins' trailers callbacks, in order,
     /// after the body's end.
     pub fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), BodyStop> {
+        // Request trailers are not given to filters yet.
+        if !self.response {
+            return Ok(());
+        }
         for stage in &mut self.stages {
             if stage.failed || !stage.plugin.hooks().on_response_trailers {
                 continue;
@@ -493,6 +500,11 @@ impl BodyPipeline {
             stage.failed = true;
         }
         Ok(())
+    }
+
+    /// Whether a plugin holds data it asked to buffer.
+    pub fn holding(&self) -> bool {
+        self.stages.iter().any(|s| !s.held.is_empty())
     }
 
     /// Passes `data` (the body's next bytes; `end`: the last) through every plugin: what
@@ -522,12 +534,12 @@ impl BodyPipeline {
                     return Ok(Bytes::new());
                 }
                 Ok(BodyVerdict::Buffer) => {
-                    tracing::warn!(
+                    tracing::debug!(
                         plugin = stage.plugin.name(),
                         limit = self.limit,
                         "a plugin asked to hold more body than the bound"
                     );
-                    Some(body)
+                    return Err(BodyStop::TooLarge);
                 }
                 Ok(BodyVerdict::Respond(reply)) => {
                     return Err(BodyStop::Respond(Box::new(reply), stage.at));

@@ -41,6 +41,16 @@ pub enum RequestBody {
     Replayable(Bytes),
     /// Too large (or still arriving past the bound): streams once.
     Streaming(PrefixedBody),
+    /// Streaming through proxy-wasm filters' body callbacks: streams once.
+    Filtered(Option<Filtered<OnceBody>>),
+}
+
+/// Why a streaming request body cannot go on through the filters.
+pub enum StreamStop {
+    /// A filter answered, failed closed, or holds more than the bound, on its first bytes.
+    Stopped(crate::plugin::BodyStop),
+    /// The body could not be read.
+    Read(BoxError),
 }
 
 impl RequestBody {
@@ -49,7 +59,68 @@ impl RequestBody {
         match self {
             RequestBody::Replayable(b) => Some(full(b.clone())),
             RequestBody::Streaming(p) => p.take().map(BodyExt::boxed_unsync),
+            RequestBody::Filtered(f) => f.take().map(BodyExt::boxed_unsync),
         }
+    }
+
+    /// Puts a streaming body through `pipe`. Its first bytes, past `limit` of them, go to
+    /// the filters now, before anything goes upstream, so a filter may still answer in the
+    /// body's place, and one that holds them (it wants the body whole) is told apart; the
+    /// rest passes them frame by frame as it arrives, as Envoy streams a body. (A filter
+    /// failing or answering later fails the call: the request has gone.)
+    pub async fn stream_through(
+        &mut self,
+        mut pipe: crate::plugin::BodyPipeline,
+        limit: usize,
+    ) -> Result<(), StreamStop> {
+        let RequestBody::Streaming(p) = self else {
+            return Ok(());
+        };
+        let Some((prefix, mut rest, counter)) = p.inner.take() else {
+            return Ok(());
+        };
+        let mut first = BytesMut::from(prefix.unwrap_or_default().as_ref());
+        let mut trailers = None;
+        let mut ended = false;
+        while first.len() <= limit {
+            match rest.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        first.extend_from_slice(&data);
+                    }
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        ended = true;
+                        break;
+                    }
+                },
+                Some(Err(e)) => return Err(StreamStop::Read(e)),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let out = pipe
+            .push(first.freeze(), ended)
+            .map_err(StreamStop::Stopped)?;
+        if pipe.holding() {
+            return Err(StreamStop::Stopped(crate::plugin::BodyStop::TooLarge));
+        }
+        let once = OnceBody {
+            prefix: None,
+            rest,
+            counter,
+        };
+        *self = RequestBody::Filtered(Some(Filtered::Through {
+            inner: once,
+            pipe: Box::new(pipe),
+            ready: (!out.is_empty()).then_some(out),
+            trailers,
+            ended,
+        }));
+        Ok(())
     }
 
     /// Whether it can be sent again.
@@ -253,6 +324,8 @@ pub enum Filtered<B> {
         trailers: Option<http::HeaderMap>,
         /// Whether the upstream's body is over.
         ended: bool,
+        /// Data the filters passed already, sent before anything else.
+        ready: Option<Bytes>,
     },
 }
 
@@ -272,6 +345,7 @@ pub fn filtered<B>(
                 pipe: Box::new(pipe),
                 trailers: None,
                 ended: false,
+                ready: None,
             }
         }
     }
@@ -299,7 +373,13 @@ where
                 pipe,
                 trailers,
                 ended,
-            } => (inner, pipe, trailers, ended),
+                ready,
+            } => {
+                if let Some(data) = ready.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                (inner, pipe, trailers, ended)
+            }
         };
         loop {
             if *ended {
@@ -347,8 +427,11 @@ where
         match self {
             Filtered::Plain(b) => b.is_end_stream(),
             Filtered::Through {
-                ended, trailers, ..
-            } => *ended && trailers.is_none(),
+                ended,
+                trailers,
+                ready,
+                ..
+            } => *ended && trailers.is_none() && ready.is_none(),
         }
     }
 

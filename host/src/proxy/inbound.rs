@@ -324,18 +324,8 @@ async fn answer(
                 counter.unwrap_or_default(),
             )
             .await;
-            let whole = match read {
-                Ok(super::body::RequestBody::Replayable(b)) => b,
-                Ok(super::body::RequestBody::Streaming(_)) => {
-                    return Ok(refuse(
-                        call,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "weft: the request body is over the {limit} bytes a proxy-wasm filter's body callback is given whole\n"
-                        ),
-                        usize::MAX,
-                    ));
-                }
+            let request = match read {
+                Ok(r) => r,
                 Err(_) if tripped.as_ref().is_some_and(|t| t.get().is_some()) => {
                     return Ok(refuse(
                         call,
@@ -359,17 +349,40 @@ async fn answer(
                     "weft: no call\n",
                 ));
             };
-            match c.request_body(pipe, whole.clone()) {
-                Ok(out) => {
-                    if out.len() != whole.len() {
-                        parts.headers.insert(
-                            http::header::CONTENT_LENGTH,
-                            http::HeaderValue::from(out.len()),
-                        );
+            match request {
+                super::body::RequestBody::Replayable(whole) => {
+                    match c.request_body(pipe, whole.clone()) {
+                        Ok(out) => {
+                            if out.len() != whole.len() {
+                                parts.headers.insert(
+                                    http::header::CONTENT_LENGTH,
+                                    http::HeaderValue::from(out.len()),
+                                );
+                            }
+                            super::body::full(out)
+                        }
+                        Err(answered) => return Ok(*answered),
                     }
-                    super::body::full(out)
                 }
-                Err(answered) => return Ok(*answered),
+                // Over the bound: its first bytes through the filters now, the rest as it
+                // comes (a filter may change the length as it streams).
+                mut streaming => {
+                    parts.headers.remove(http::header::CONTENT_LENGTH);
+                    match streaming.stream_through(pipe, limit).await {
+                        Ok(()) => streaming.attempt().unwrap_or_else(super::body::empty),
+                        Err(super::body::StreamStop::Read(_)) => {
+                            return Ok(refuse(
+                                call,
+                                StatusCode::BAD_REQUEST,
+                                "weft: the request body could not be read\n".to_string(),
+                                usize::MAX,
+                            ));
+                        }
+                        Err(super::body::StreamStop::Stopped(stop)) => {
+                            return Ok(c.stopped(stop));
+                        }
+                    }
+                }
             }
         }
         (None, Some(bytes)) => {

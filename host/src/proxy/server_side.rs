@@ -301,15 +301,25 @@ impl ServerCall {
         if pipe.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
-        match pushed {
-            Ok(out) => Ok(out),
-            Err(BodyStop::Respond(reply, at)) => Err(Box::new(self.answer(
-                *reply,
-                at,
-                ResponseFlags::LOCAL_REPLY,
-            ))),
-            Err(BodyStop::Failed(reply)) => {
-                Err(Box::new(self.answer(*reply, 0, ResponseFlags::empty())))
+        pushed.map_err(|stop| Box::new(self.stopped(stop)))
+    }
+
+    /// The answer a request-body callback gave, or its fail-closed failure, back through the
+    /// plugins before it.
+    pub(super) fn stopped(&mut self, stop: BodyStop) -> Response<ProxyBody> {
+        match stop {
+            BodyStop::Respond(reply, at) => self.answer(*reply, at, ResponseFlags::LOCAL_REPLY),
+            BodyStop::Failed(reply) => {
+                self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+                self.answer(*reply, 0, ResponseFlags::empty())
+            }
+            BodyStop::TooLarge => {
+                let limit = self.inputs.settings.replay_limit;
+                let reply = LocalReply::text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    super::outbound::too_large(limit),
+                );
+                self.answer(reply, 0, ResponseFlags::empty())
             }
         }
     }

@@ -538,48 +538,60 @@ async fn route(
             );
         }
     };
-    // proxy-wasm filters' request-body callbacks, on the whole body before anything goes
-    // upstream, so one may rewrite it or answer in its place.
+    // proxy-wasm filters' request-body callbacks: on the whole body before anything goes
+    // upstream when it fits the replay bound, so one may rewrite it or answer in its place;
+    // a larger one streams through them after its first bytes.
     if let Some(mut pipe) =
         (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
     {
-        match &mut request_body {
-            body::RequestBody::Replayable(b) if b.is_empty() => {}
-            body::RequestBody::Replayable(b) => match pipe.push(b.clone(), true) {
+        let whole = match &mut request_body {
+            body::RequestBody::Replayable(b) => Some(b),
+            _ => None,
+        };
+        match whole {
+            None => {
+                // A filter may change the length as the body streams.
+                head.headers.remove(CONTENT_LENGTH);
+                let limit = inputs.settings.replay_limit;
+                match request_body.stream_through(pipe, limit).await {
+                    Ok(()) => {}
+                    Err(body::StreamStop::Read(_)) if timed_out(&tripped) => {
+                        return request_timed_out(call);
+                    }
+                    Err(body::StreamStop::Read(_)) => {
+                        call.finish(0, 0, ResponseFlags::DOWNSTREAM_DISCONNECT);
+                        return local_response(
+                            StatusCode::BAD_REQUEST,
+                            "weft: the request body could not be read\n",
+                        );
+                    }
+                    Err(body::StreamStop::Stopped(stop)) => {
+                        return body_stopped(call, stop, limit);
+                    }
+                }
+            }
+            Some(b) if b.is_empty() => {}
+            Some(b) => match pipe.push(b.clone(), true) {
                 Ok(out) => {
                     if out.len() != b.len() {
                         head.headers
                             .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
                     }
                     *b = out;
+                    if pipe.plugin_failed {
+                        call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+                    }
                 }
-                Err(BodyStop::Respond(reply, at)) => {
-                    return answer_locally(call, *reply, Some(at));
-                }
-                Err(BodyStop::Failed(reply)) => {
-                    call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
-                    return answer_locally(call, *reply, None);
+                Err(stop) => {
+                    return body_stopped(call, stop, inputs.settings.replay_limit);
                 }
             },
-            body::RequestBody::Streaming(_) => {
-                call.finish(413, 0, ResponseFlags::empty());
-                return local_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "weft: the request body is over the {} bytes a proxy-wasm filter's body callback is given whole\n",
-                        inputs.settings.replay_limit
-                    ),
-                );
-            }
-        }
-        if pipe.plugin_failed {
-            call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
     }
     if !head.mirrors.is_empty() {
         let whole = match &request_body {
             body::RequestBody::Replayable(b) => Some(b.clone()),
-            body::RequestBody::Streaming(_) => None,
+            _ => None,
         };
         let authority = forwarded_host
             .as_ref()
@@ -669,6 +681,29 @@ async fn route(
             resp
         }
     }
+}
+
+/// The answer to a call whose request body a plugin stopped: its own answer, its fail-closed
+/// failure, or 413 when it asked to hold more than the bound (`limit`), as Envoy answers.
+fn body_stopped(mut call: Call, stop: BodyStop, limit: usize) -> Response<ProxyBody> {
+    match stop {
+        BodyStop::Respond(reply, at) => answer_locally(call, *reply, Some(at)),
+        BodyStop::Failed(reply) => {
+            call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
+            answer_locally(call, *reply, None)
+        }
+        BodyStop::TooLarge => {
+            call.finish(413, 0, ResponseFlags::empty());
+            local_response(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit))
+        }
+    }
+}
+
+/// Why a request body was refused with 413.
+pub(crate) fn too_large(limit: usize) -> String {
+    format!(
+        "weft: a proxy-wasm filter asked to hold more of the request body than the {limit} bytes one may hold\n"
+    )
 }
 
 /// Answers the caller with a plugin's `reply`: back through the plugins placed before the
