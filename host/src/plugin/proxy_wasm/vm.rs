@@ -300,14 +300,9 @@ impl Vm {
         let Some(f) = self.exports.request_headers.clone() else {
             return Ok(Requested::Continue);
         };
-        let id = self.open(call_id)?;
-        let kept = self.lend_kept(call_id);
+        let id = self.begin(call_id, Phase::RequestHeaders)?;
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.request, head);
-        ctx.kept = kept;
-        ctx.phase = Phase::RequestHeaders;
-        ctx.reply = None;
-        ctx.resumed = false;
         ctx.callouts.clear();
         let count = i32::try_from(ctx.request.headers.len() + 4).unwrap_or(i32::MAX);
         let end = i32::from(no_request_body(&ctx.request));
@@ -328,14 +323,9 @@ impl Vm {
         let Some(f) = self.exports.response_headers.clone() else {
             return Ok(None);
         };
-        let id = self.open(call_id)?;
-        let kept = self.lend_kept(call_id);
+        let id = self.begin(call_id, Phase::ResponseHeaders)?;
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.response, head);
-        ctx.kept = kept;
-        ctx.phase = Phase::ResponseHeaders;
-        ctx.reply = None;
-        ctx.resumed = false;
         let count = i32::try_from(ctx.response.headers.len() + 1).unwrap_or(i32::MAX);
         let end = i32::from(no_response_body(&ctx.response));
         let r = f.call(&mut self.store, (id, count, end));
@@ -369,18 +359,14 @@ impl Vm {
         let Some(f) = f else {
             return Ok(BodyVerdict::Continue);
         };
-        let id = self.open(call_id)?;
-        let kept = self.lend_kept(call_id);
-        let ctx = self.store.data_mut();
-        std::mem::swap(&mut ctx.body, body);
-        ctx.kept = kept;
-        ctx.phase = if response {
+        let phase = if response {
             Phase::ResponseBody
         } else {
             Phase::RequestBody
         };
-        ctx.reply = None;
-        ctx.resumed = false;
+        let id = self.begin(call_id, phase)?;
+        let ctx = self.store.data_mut();
+        std::mem::swap(&mut ctx.body, body);
         let size = i32::try_from(ctx.body.len()).unwrap_or(i32::MAX);
         let r = f.call(&mut self.store, (id, size, i32::from(end)));
         let ctx = self.store.data_mut();
@@ -422,14 +408,9 @@ impl Vm {
         let Some(f) = self.exports.response_trailers.clone() else {
             return Ok(());
         };
-        let id = self.open(call_id)?;
-        let kept = self.lend_kept(call_id);
+        let id = self.begin(call_id, Phase::ResponseTrailers)?;
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.trailers, trailers);
-        ctx.kept = kept;
-        ctx.phase = Phase::ResponseTrailers;
-        ctx.reply = None;
-        ctx.resumed = false;
         let count = i32::try_from(ctx.trailers.len()).unwrap_or(i32::MAX);
         let r = f.call(&mut self.store, (id, count));
         let ctx = self.store.data_mut();
@@ -497,6 +478,19 @@ impl Vm {
         };
         self.store.data_mut().phase = Phase::Root;
         f.call(&mut self.store, ROOT)
+    }
+
+    /// The call's stream context, opened for a callback in `phase`: its id, with what the
+    /// stream kept lent to the store and the callback's outcome cleared.
+    fn begin(&mut self, call_id: u64, phase: Phase) -> wasmtime::Result<i32> {
+        let id = self.open(call_id)?;
+        let kept = self.lend_kept(call_id);
+        let ctx = self.store.data_mut();
+        ctx.kept = kept;
+        ctx.phase = phase;
+        ctx.reply = None;
+        ctx.resumed = false;
+        Ok(id)
     }
 
     /// What the stream of `call_id` kept, moved out for a callback to see.
