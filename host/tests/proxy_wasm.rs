@@ -559,3 +559,34 @@ fn a_body_filter_sees_whole_bodies_rewrites_them_and_answers_in_their_place() {
     ));
     chain.on_done(&summary(502, 200), RouteId::NONE);
 }
+
+#[test]
+fn a_bound_on_instances_is_the_number_of_vms() {
+    // A runtime of its own: the counter's metric belongs to the plugin that defined it first.
+    let runtime = PluginRuntime::new(
+        RuntimeConfig::default(),
+        &Registry::new(),
+        Arc::new(NoEndpoints),
+    )
+    .expect("runtime");
+    let mut s = spec("pw-counter", "{}", FailStrategy::FailClosed);
+    s.limits.instances = 3;
+    let plugin = runtime
+        .plugin(
+            Artifact::File(Path::new(weft_artifacts::PW_COUNTER_PATH)),
+            None,
+            s,
+        )
+        .expect("loads");
+    let chain = Chain::new(vec![plugin]);
+    let mut vms = std::collections::BTreeSet::new();
+    for id in 0..30 {
+        let mut head = request("/");
+        chain.on_request(id, &mut head);
+        let mut resp = response(200);
+        chain.on_response(id, &mut resp, RouteId::NONE);
+        vms.insert(header(&resp.headers, "x-pw-vm").expect("named"));
+        chain.on_done(&summary(id, 200), RouteId::NONE);
+    }
+    assert_eq!(vms.len(), 3, "{vms:?}");
+}
