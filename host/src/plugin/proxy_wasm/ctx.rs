@@ -40,7 +40,7 @@ pub(crate) struct Kept {
     pub(crate) authority: String,
     pub(crate) source: Arc<str>,
     pub(crate) request_headers: KeptHeaders,
-    pub(crate) status: u16,
+    pub(crate) status: Option<http::StatusCode>,
     pub(crate) response_headers: KeptHeaders,
     /// Properties the filter set on the stream (`set_property`), read back by later hooks.
     pub(crate) properties: Vec<(String, Vec<u8>)>,

@@ -130,7 +130,10 @@ fn response(ctx: &ProxyCtx, rest: &[&str]) -> Property {
     let (status, headers): (_, Option<&dyn Headers>) = match ctx.phase {
         Phase::ResponseHeaders => (ctx.response.status.as_u16(), Some(&ctx.response.headers)),
         Phase::ResponseBody | Phase::ResponseTrailers | Phase::Log => (
-            ctx.summary.map_or(ctx.kept.status, |s| s.status),
+            ctx.summary
+                .map(|s| s.status)
+                .or(ctx.kept.status.map(|s| s.as_u16()))
+                .unwrap_or(0),
             Some(&ctx.kept.response_headers),
         ),
         _ => (0, None),

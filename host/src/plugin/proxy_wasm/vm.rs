@@ -332,7 +332,7 @@ impl Vm {
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.response, head);
         let mut kept = std::mem::take(&mut ctx.kept);
-        kept.status = head.status.as_u16();
+        kept.status = Some(head.status);
         kept.response_headers = ctx::KeptHeaders::of(&head.headers);
         if let Some(s) = self.streams.get_mut(&call_id) {
             s.kept = kept;

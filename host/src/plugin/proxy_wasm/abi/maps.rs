@@ -52,57 +52,58 @@ fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
     }
 }
 
-/// The map's pairs as the ABI lists them: pseudo-headers first, as Envoy does.
-fn pairs(ctx: &ProxyCtx, map: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let regular = |h: &dyn Headers| {
-        h.each()
-            .into_iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
-            .collect::<Vec<_>>()
-    };
-    let request = |method: &str, path: &str, authority: &str, h: &dyn Headers| {
-        let mut out = vec![
-            (b":authority".to_vec(), authority.as_bytes().to_vec()),
-            (b":path".to_vec(), path.as_bytes().to_vec()),
-            (b":method".to_vec(), method.as_bytes().to_vec()),
-            (b":scheme".to_vec(), b"http".to_vec()),
-        ];
-        out.extend(regular(h));
-        out
-    };
-    let response = |status: u16, h: &dyn Headers| {
-        let mut out = vec![(b":status".to_vec(), status.to_string().into_bytes())];
-        out.extend(regular(h));
-        out
-    };
-    match map_at(ctx, map) {
-        MapAt::RequestLive => request(
-            ctx.request.method.as_str(),
-            &ctx.request.path,
-            &ctx.request.authority,
-            &ctx.request.headers,
+/// Header names and values, borrowed.
+type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// The map's pairs as the ABI lists them (pseudo-headers first, as Envoy does), borrowed
+/// from the call: serializing them for the guest is their only copy.
+fn pairs(ctx: &ProxyCtx, map: i32) -> Pairs<'_> {
+    let (pseudo, regular): (Pairs<'_>, Vec<(&str, &[u8])>) = match map_at(ctx, map) {
+        MapAt::RequestLive => (
+            vec![
+                (&b":authority"[..], ctx.request.authority.as_bytes()),
+                (&b":path"[..], ctx.request.path.as_bytes()),
+                (&b":method"[..], ctx.request.method.as_str().as_bytes()),
+                (&b":scheme"[..], &b"http"[..]),
+            ],
+            ctx.request.headers.each(),
         ),
-        MapAt::RequestKept => request(
-            &ctx.kept.method,
-            &ctx.kept.path,
-            &ctx.kept.authority,
-            &ctx.kept.request_headers,
+        MapAt::RequestKept => (
+            vec![
+                (&b":authority"[..], ctx.kept.authority.as_bytes()),
+                (&b":path"[..], ctx.kept.path.as_bytes()),
+                (&b":method"[..], ctx.kept.method.as_bytes()),
+                (&b":scheme"[..], &b"http"[..]),
+            ],
+            ctx.kept.request_headers.each(),
         ),
-        MapAt::ResponseLive => response(ctx.response.status.as_u16(), &ctx.response.headers),
-        MapAt::ResponseKept => response(ctx.kept.status, &ctx.kept.response_headers),
-        MapAt::Answer(trailers) => answer_pairs(ctx, trailers).to_vec(),
-        MapAt::TrailersLive => regular(&ctx.trailers),
-        MapAt::Empty => Vec::new(),
-    }
+        MapAt::ResponseLive => (
+            vec![(&b":status"[..], ctx.response.status.as_str().as_bytes())],
+            ctx.response.headers.each(),
+        ),
+        MapAt::ResponseKept => (
+            (ctx.kept.status.as_ref())
+                .map(|s| vec![(&b":status"[..], s.as_str().as_bytes())])
+                .unwrap_or_default(),
+            ctx.kept.response_headers.each(),
+        ),
+        MapAt::TrailersLive => (Vec::new(), ctx.trailers.each()),
+        MapAt::Answer(trailers) => return answer_pairs(ctx, trailers),
+        MapAt::Empty => return Vec::new(),
+    };
+    pseudo
+        .into_iter()
+        .chain(regular.into_iter().map(|(n, v)| (n.as_bytes(), v)))
+        .collect()
 }
 
-fn answer_pairs(ctx: &ProxyCtx, trailers: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn answer_pairs(ctx: &ProxyCtx, trailers: bool) -> Pairs<'_> {
     let Some(a) = &ctx.answer else {
         return Vec::new();
     };
     let list = if trailers { &a.trailers } else { &a.headers };
     list.iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+        .map(|(k, v)| (k.as_bytes(), v.as_slice()))
         .collect()
 }
 
@@ -119,7 +120,9 @@ fn value(ctx: &ProxyCtx, map: i32, key: &str) -> Option<Vec<u8>> {
         (MapAt::RequestKept, ":method") => owned(&ctx.kept.method),
         (MapAt::RequestLive | MapAt::RequestKept, ":scheme") => owned("http"),
         (MapAt::ResponseLive, ":status") => owned(ctx.response.status.as_str()),
-        (MapAt::ResponseKept, ":status") => Some(ctx.kept.status.to_string().into_bytes()),
+        (MapAt::ResponseKept, ":status") => {
+            (ctx.kept.status.as_ref()).map(|s| s.as_str().as_bytes().to_vec())
+        }
         (MapAt::RequestLive, _) => first(&ctx.request.headers),
         (MapAt::RequestKept, _) => first(&ctx.kept.request_headers),
         (MapAt::ResponseLive, _) => first(&ctx.response.headers),
@@ -127,8 +130,8 @@ fn value(ctx: &ProxyCtx, map: i32, key: &str) -> Option<Vec<u8>> {
         (MapAt::TrailersLive, _) => first(&ctx.trailers),
         (MapAt::Answer(trailers), _) => answer_pairs(ctx, trailers)
             .into_iter()
-            .find(|(k, _)| k == key.as_bytes())
-            .map(|(_, v)| v),
+            .find(|(k, _)| *k == key.as_bytes())
+            .map(|(_, v)| v.to_vec()),
         (MapAt::Empty, _) => None,
     }
 }
@@ -215,9 +218,7 @@ pub(super) fn add(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Call<'_>, map: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
-            let pairs = pairs(c.data(), map);
-            let bytes =
-                guest::serialize_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let bytes = guest::serialize_pairs(pairs(c.data(), map).into_iter());
             guest::give(&mut c, &bytes, ret_ptr, ret_len)
         },
     )?;
