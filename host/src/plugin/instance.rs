@@ -242,7 +242,7 @@ impl Plugin {
             root_id: Arc::from(spec.root_id.as_str()),
             memory_bytes: spec.limits.memory_bytes,
             setup_ticks,
-            waker: proxy_wasm::queue_waker(),
+            waker: Default::default(),
         };
         // As Envoy runs a VM per worker: a call's hooks lock one VM, so calls on other
         // workers go to others. A bound on instances bounds the VMs.
@@ -262,9 +262,7 @@ impl Plugin {
             },
         })?;
         stats.call(Hook::Configure, Some(start.elapsed()));
-        for _ in 0..vms.len() {
-            stats.instances.inc();
-        }
+        stats.instances.inc_by(vms.len() as u64);
         Ok(Plugin {
             name,
             key,
@@ -621,18 +619,26 @@ impl Plugin {
         let mut next = Duration::from_secs(1);
         for index in 0..vms.len() {
             let now = Instant::now();
+            // Scheduled from the period the root context asks for now: one it sets (or
+            // changes, or drops) in any callback takes effect here.
             let due = {
-                let slot = vms.slot(index);
-                match slot
-                    .as_ref()
-                    .and_then(|vm| Some((vm.next_tick?, vm.tick()?)))
-                {
-                    Some((at, _)) if at <= now => true,
-                    Some((at, _)) => {
+                let mut slot = vms.slot(index);
+                let Some(vm) = slot.as_mut() else { continue };
+                match (vm.tick(), vm.next_tick) {
+                    (None, _) => {
+                        vm.next_tick = None;
+                        false
+                    }
+                    (Some(period), None) => {
+                        vm.next_tick = Some(now + period);
+                        next = next.min(period);
+                        false
+                    }
+                    (Some(_), Some(at)) if at <= now => true,
+                    (Some(_), Some(at)) => {
                         next = next.min(at - now);
                         false
                     }
-                    None => false,
                 }
             };
             if !due {

@@ -161,24 +161,17 @@ pub(crate) struct ProxyCtx {
 }
 
 impl ProxyCtx {
-    /// A fresh VM's data.
-    pub(crate) fn new(
-        plugin: Arc<str>,
-        key: u32,
-        services: Arc<Services>,
-        node: Arc<NodeInfo>,
-        config: Arc<[u8]>,
-        memory_bytes: usize,
-    ) -> Self {
+    /// The data of a fresh VM, the `vm`-th of its plugin.
+    pub(crate) fn new(setup: &super::Setup, vm: usize) -> Self {
         ProxyCtx {
-            plugin,
-            key,
-            services,
-            node,
-            root_id: Arc::from(""),
-            config,
+            plugin: setup.plugin.clone(),
+            key: setup.key,
+            services: setup.services.clone(),
+            node: setup.node.clone(),
+            root_id: setup.root_id.clone(),
+            config: setup.config.clone(),
             memory: MemoryCap {
-                max_bytes: memory_bytes,
+                max_bytes: setup.memory_bytes,
                 exceeded: false,
             },
             guest_memory: None,
@@ -199,8 +192,8 @@ impl ProxyCtx {
             tick: None,
             last_complaint: None,
             queue_owner: super::queues::Owner {
-                waker: std::sync::Weak::new(),
-                vm: 0,
+                waker: Arc::downgrade(&setup.waker),
+                vm,
             },
             absent_logged: HashSet::new(),
         }

@@ -249,8 +249,3 @@ pub(crate) fn spawn_ticker(
         );
     }
 }
-
-/// A new plugin's queue waker.
-pub(crate) fn queue_waker() -> Arc<queues::Waker> {
-    queues::waker()
-}

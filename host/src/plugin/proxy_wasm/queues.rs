@@ -5,8 +5,8 @@
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// The most queues a sidecar holds, and the most items one queue holds.
@@ -40,6 +40,11 @@ impl Waker {
         self.answers.lock().push((vm, answers));
         let _pending = self.pending.lock();
         self.bell.notify_one();
+    }
+
+    /// Marks that a queue was registered, so the tick thread runs.
+    pub(crate) fn note_registered(&self) {
+        self.registered.store(true, Ordering::Relaxed);
     }
 
     /// Waits up to `most` for a delivery to be due.
@@ -154,17 +159,5 @@ impl Queues {
         let mut inner = self.inner.lock();
         let q = inner.queues.get_mut(&id).ok_or(QueueError::NotFound)?;
         Ok(q.items.pop_front())
-    }
-}
-
-/// A shared waker, for the VMs of one plugin.
-pub(crate) fn waker() -> Arc<Waker> {
-    Arc::new(Waker::default())
-}
-
-impl Waker {
-    /// Marks that a queue was registered, so the tick thread runs.
-    pub(crate) fn note_registered(&self) {
-        self.registered.store(true, Ordering::Relaxed);
     }
 }

@@ -2,12 +2,10 @@
 //! stream contexts of the calls it serves, each callback lending it the call's heads.
 
 use super::ctx::{self, Kept, Phase, ProxyCtx};
-use super::queues;
 use super::{MAX_STREAMS, ROOT, Setup, VmStartError};
 use crate::plugin::bindings::weft::filter::types::LocalResponse;
 use crate::plugin::types::{CallSummary, Callout, CalloutAnswer, RequestHead, ResponseHead};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Engine, InstancePre, Store, TypedFunc};
 
@@ -37,7 +35,8 @@ pub(crate) struct Vm {
     /// Stream contexts by call id (ids grow, so the first is the oldest).
     streams: BTreeMap<u64, Stream>,
     next_context: i32,
-    /// When the root context's next tick is due.
+    /// When the root context's next tick is due; scheduled by the tick thread once the
+    /// root context has asked for a period.
     pub(crate) next_tick: Option<Instant>,
 }
 
@@ -66,20 +65,7 @@ impl Vm {
         setup: &Setup,
         index: usize,
     ) -> Result<Vm, VmStartError> {
-        let mut ctx = ProxyCtx::new(
-            setup.plugin.clone(),
-            setup.key,
-            setup.services.clone(),
-            setup.node.clone(),
-            setup.config.clone(),
-            setup.memory_bytes,
-        );
-        ctx.root_id = setup.root_id.clone();
-        ctx.queue_owner = queues::Owner {
-            waker: Arc::downgrade(&setup.waker),
-            vm: index,
-        };
-        let mut store = Store::new(engine, ctx);
+        let mut store = Store::new(engine, ProxyCtx::new(setup, index));
         store.limiter(|c| &mut c.memory);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(setup.setup_ticks);
@@ -154,13 +140,12 @@ impl Vm {
                 return Err(refused(&store, callback));
             }
         }
-        let next_tick = store.data().tick.map(|p| Instant::now() + p);
         Ok(Vm {
             store,
             exports,
             streams: BTreeMap::new(),
             next_context: ROOT + 1,
-            next_tick,
+            next_tick: None,
         })
     }
 
