@@ -117,6 +117,16 @@ impl LocalReply {
     }
 }
 
+/// Whether a response head says no body follows: a 1xx, 204 or 304, or `content-length: 0`.
+pub fn response_without_body(status: StatusCode, headers: &HeaderMap) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+}
+
 /// What the chain decided about a request.
 #[derive(Debug, Clone)]
 pub enum RequestVerdict {

@@ -329,14 +329,20 @@ pub enum Filtered<B> {
     },
 }
 
-/// `inner` through `pipe`, if there is one. A filter may change the body's length, so the
-/// response's `content-length` goes (the body is then chunked, or framed by HTTP/2).
+/// A response's body `inner` through the pipeline `pipe` makes, if the response carries a body
+/// and a filter asked for it (as Envoy calls no body callback on a response that says it has
+/// none). A filter may change the body's length, so the response's `content-length` goes
+/// (the body is then chunked, or framed by HTTP/2).
 pub fn filtered<B>(
     inner: B,
+    status: http::StatusCode,
     headers: &mut http::HeaderMap,
-    pipe: Option<crate::plugin::BodyPipeline>,
+    pipe: impl FnOnce() -> Option<crate::plugin::BodyPipeline>,
 ) -> Filtered<B> {
-    match pipe {
+    if crate::plugin::response_without_body(status, headers) {
+        return Filtered::Plain(inner);
+    }
+    match pipe() {
         None => Filtered::Plain(inner),
         Some(pipe) => {
             headers.remove(http::header::CONTENT_LENGTH);

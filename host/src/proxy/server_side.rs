@@ -360,13 +360,10 @@ impl ServerCall {
         let status = parts.status.as_u16();
         // A trailers-only gRPC answer carries its status in the headers.
         self.summary.grpc_status = super::grpc::status(&parts.headers);
-        let pipe = (self.chain).body_pipeline(
-            self.id,
-            self.scope,
-            true,
-            self.inputs.settings.replay_limit,
-        );
-        let body = body::filtered(body, &mut parts.headers, pipe);
+        let body = body::filtered(body, parts.status, &mut parts.headers, || {
+            let limit = self.inputs.settings.replay_limit;
+            (self.chain).body_pipeline(self.id, self.scope, true, limit)
+        });
         let reporting = ReportingBody::new(body, move |end: BodyEnd| {
             self.summary.grpc_status = end.grpc_status.or(self.summary.grpc_status);
             let ended = if end.complete {

@@ -556,10 +556,5 @@ fn no_request_body(head: &RequestHead) -> bool {
 
 /// Whether a response head says no body follows.
 fn no_response_body(head: &ResponseHead) -> bool {
-    head.status == http::StatusCode::NO_CONTENT
-        || head.status == http::StatusCode::NOT_MODIFIED
-        || head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
+    crate::plugin::types::response_without_body(head.status, &head.headers)
 }

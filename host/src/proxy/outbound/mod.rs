@@ -541,8 +541,10 @@ async fn route(
     // proxy-wasm filters' request-body callbacks: on the whole body before anything goes
     // upstream when it fits the replay bound, so one may rewrite it or answer in its place;
     // a larger one streams through them after its first bytes.
-    if let Some(mut pipe) =
-        (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
+    let no_body = matches!(&request_body, body::RequestBody::Replayable(b) if b.is_empty());
+    if !no_body
+        && let Some(mut pipe) =
+            (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
     {
         let whole = match &mut request_body {
             body::RequestBody::Replayable(b) => Some(b),
@@ -570,7 +572,6 @@ async fn route(
                     }
                 }
             }
-            Some(b) if b.is_empty() => {}
             Some(b) => match pipe.push(b.clone(), true) {
                 Ok(out) => {
                     if out.len() != b.len() {
@@ -827,16 +828,11 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
     // A trailers-only gRPC answer carries its status in the headers.
     call.summary.grpc_status = super::grpc::status(&parts.headers);
     let upstream = call.inputs.bound_response(incoming, OUTBOUND);
-    let upstream = body::filtered(
-        upstream,
-        &mut parts.headers,
-        call.chain.body_pipeline(
-            call.id,
-            call.route_id,
-            true,
-            call.inputs.settings.replay_limit,
-        ),
-    );
+    let upstream = body::filtered(upstream, parts.status, &mut parts.headers, || {
+        let limit = call.inputs.settings.replay_limit;
+        call.chain
+            .body_pipeline(call.id, call.route_id, true, limit)
+    });
     let reporting = ReportingBody::new(upstream, move |end: BodyEnd| {
         call.summary.grpc_status = end.grpc_status.or(call.summary.grpc_status);
         let flags = if end.complete {
