@@ -184,7 +184,7 @@ pub(crate) fn check_reply(reply: &types::LocalResponse) -> Result<(), String> {
 }
 
 /// A name echoed in an error, cut short.
-fn clip(text: &str) -> &str {
+pub(crate) fn clip(text: &str) -> &str {
     let mut cut = text.len().min(64);
     while !text.is_char_boundary(cut) {
         cut -= 1;
@@ -393,6 +393,18 @@ impl response::Host for PluginCtx {
 /// Longest log line a plugin may write; longer ones are cut.
 const MAX_LOG_BYTES: usize = 4096;
 
+/// A plugin's log line, cut to the bound at a character boundary.
+pub(crate) fn log_line(mut message: String) -> String {
+    if message.len() > MAX_LOG_BYTES {
+        let mut cut = MAX_LOG_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
+}
+
 fn state_error(e: StateWriteError) -> host::StateError {
     match e {
         StateWriteError::Conflict(v) => host::StateError::Conflict(v),
@@ -411,14 +423,7 @@ impl host::Host for PluginCtx {
     }
 
     fn log(&mut self, level: types::Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        let message = log_line(message);
         let plugin = &*self.plugin;
         match level {
             types::Level::Trace => tracing::trace!(plugin, "{message}"),

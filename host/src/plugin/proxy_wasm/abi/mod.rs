@@ -16,6 +16,7 @@ mod stream;
 
 use super::ctx::ProxyCtx;
 use super::guest::{self, BadArgument, status};
+pub(super) use crate::plugin::host_impl::clip;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
 
@@ -37,9 +38,6 @@ const MAX_CALLOUTS: usize = 8;
 const MAX_CALLOUT_TIMEOUT: Duration = Duration::from_secs(60);
 const PLUGIN_CONFIGURATION: i32 = 7;
 
-/// The most bytes of one log line kept.
-const MAX_LOG_BYTES: usize = 4096;
-
 /// The most bytes a filter may make a body by rewriting it.
 const MAX_BODY: usize = 16 << 20;
 
@@ -50,22 +48,8 @@ pub(super) fn bad(_: BadArgument) -> i32 {
     status::BAD_ARGUMENT
 }
 
-pub(super) fn clip(text: &str) -> &str {
-    let mut cut = text.len().min(64);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
-}
-
-fn log(ctx: &mut ProxyCtx, level: i32, mut message: String) {
-    if message.len() > MAX_LOG_BYTES {
-        let mut cut = MAX_LOG_BYTES;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
+fn log(ctx: &mut ProxyCtx, level: i32, message: String) {
+    let message = crate::plugin::host_impl::log_line(message);
     let plugin = &*ctx.plugin;
     match level {
         0 => tracing::trace!(plugin, "{message}"),
