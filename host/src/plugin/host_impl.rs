@@ -183,6 +183,29 @@ pub(crate) fn check_reply(reply: &types::LocalResponse) -> Result<(), String> {
     Ok(())
 }
 
+/// Rewrites a request's path: exactly what the URI of the upstream request can hold, checked
+/// now so the proxy never has to refuse it later.
+pub(crate) fn set_path(head: &mut RequestHead, path: String) -> Result<(), String> {
+    match http::uri::PathAndQuery::from_maybe_shared(path.clone()) {
+        Ok(p) if p.as_str().starts_with('/') => {
+            head.path = path;
+            Ok(())
+        }
+        _ => Err(format!("invalid path {:?}", clip(&path))),
+    }
+}
+
+/// Rewrites a request's authority (no user info).
+pub(crate) fn set_authority(head: &mut RequestHead, authority: String) -> Result<(), String> {
+    match http::uri::Authority::from_maybe_shared(authority.clone()) {
+        Ok(a) if !a.as_str().contains('@') => {
+            head.authority = authority;
+            Ok(())
+        }
+        _ => Err(format!("invalid authority {:?}", clip(&authority))),
+    }
+}
+
 /// A name echoed in an error, cut short.
 pub(crate) fn clip(text: &str) -> &str {
     let mut cut = text.len().min(64);
@@ -260,25 +283,11 @@ impl request::Host for PluginCtx {
     }
 
     fn set_path(&mut self, path: String) -> Result<(), String> {
-        // Exactly what the URI of the upstream request can hold, checked now so the proxy
-        // never has to refuse it later.
-        match http::uri::PathAndQuery::from_maybe_shared(path.clone()) {
-            Ok(p) if p.as_str().starts_with('/') => {
-                self.request.path = path;
-                Ok(())
-            }
-            _ => Err(format!("invalid path {:?}", clip(&path))),
-        }
+        set_path(&mut self.request, path)
     }
 
     fn set_authority(&mut self, authority: String) -> Result<(), String> {
-        match http::uri::Authority::from_maybe_shared(authority.clone()) {
-            Ok(a) if !a.as_str().contains('@') => {
-                self.request.authority = authority;
-                Ok(())
-            }
-            _ => Err(format!("invalid authority {:?}", clip(&authority))),
-        }
+        set_authority(&mut self.request, authority)
     }
 
     fn source(&mut self) -> String {

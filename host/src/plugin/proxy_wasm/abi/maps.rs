@@ -5,7 +5,7 @@ use super::{
     CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS, Call, REQUEST_HEADERS, RESPONSE_HEADERS,
     RESPONSE_TRAILERS, bad, clip,
 };
-use crate::plugin::host_impl::{MAX_HEADERS, set_header};
+use crate::plugin::host_impl::{MAX_HEADERS, set_authority, set_header, set_path};
 use crate::plugin::proxy_wasm::ctx::{Headers, Phase, ProxyCtx};
 use crate::plugin::proxy_wasm::guest::{self, status};
 use http::{Method, StatusCode};
@@ -153,17 +153,13 @@ fn edit(ctx: &mut ProxyCtx, map: i32, key: &str, value: &[u8], how: Edit) {
     let text = || String::from_utf8_lossy(value).into_owned();
     match (map_at(ctx, map), key) {
         (MapAt::RequestLive, ":path") if how != Edit::Remove => {
-            let path = text();
-            match http::uri::PathAndQuery::from_maybe_shared(path.clone()) {
-                Ok(p) if p.as_str().starts_with('/') => ctx.request.path = path,
-                _ => refuse(ctx, format!("invalid :path {:?}", clip(&path))),
+            if let Err(why) = set_path(&mut ctx.request, text()) {
+                refuse(ctx, why);
             }
         }
         (MapAt::RequestLive, ":authority") if how != Edit::Remove => {
-            let authority = text();
-            match http::uri::Authority::from_maybe_shared(authority.clone()) {
-                Ok(a) if !a.as_str().contains('@') => ctx.request.authority = authority,
-                _ => refuse(ctx, format!("invalid :authority {:?}", clip(&authority))),
+            if let Err(why) = set_authority(&mut ctx.request, text()) {
+                refuse(ctx, why);
             }
         }
         (MapAt::RequestLive, ":method") if how != Edit::Remove => match Method::from_bytes(value) {
