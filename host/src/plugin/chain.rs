@@ -515,8 +515,15 @@ impl BodyPipeline {
             if stage.failed {
                 continue;
             }
-            let mut body = std::mem::take(&mut stage.held);
-            body.extend_from_slice(&data);
+            // What the stage holds, then the new data; the data itself when it holds nothing
+            // (no copy: the usual case, a filter that passes each piece on).
+            let mut body = if stage.held.is_empty() {
+                std::mem::take(&mut data)
+            } else {
+                let mut held = std::mem::take(&mut stage.held);
+                held.extend_from_slice(&data);
+                held
+            };
             if body.is_empty() && !end {
                 data = body;
                 continue;
