@@ -495,8 +495,8 @@ fn a_proxy_wasm_filter_and_a_component_act_on_one_call_in_their_declared_order()
 #[test]
 fn a_body_filter_sees_whole_bodies_rewrites_them_and_answers_in_their_place() {
     let plugin = filter(weft_artifacts::PW_BODY_PATH, "pw-body", "{}");
-    let hooks = plugin.hooks();
-    assert!(hooks.on_request_body && hooks.on_response_body);
+    let plugin_hooks = plugin.hooks();
+    assert!(plugin_hooks.on_request_body && plugin_hooks.on_response_body);
     let chain = Chain::new(vec![plugin]);
     let bytes = |s: &'static str| bytes::Bytes::from_static(s.as_bytes());
 
@@ -547,6 +547,36 @@ fn a_body_filter_sees_whole_bodies_rewrites_them_and_answers_in_their_place() {
         other => panic!("a forbidden body is answered in its place: {other:?}"),
     }
     chain.on_done(&summary(501, 403), RouteId::NONE);
+
+    // The request's trailers after its body: the filter reads one and adds its own, or
+    // answers in the call's place.
+    assert!(plugin_hooks.on_request_trailers);
+    for (id, deny) in [(503, false), (504, true)] {
+        let mut head = request("/");
+        chain.on_request(id, &mut head);
+        let mut pipe = chain
+            .body_pipeline(id, RouteId::NONE, false, 1 << 20)
+            .expect("asked");
+        pipe.push(bytes("fine"), true).expect("passes");
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        if deny {
+            trailers.insert("x-deny", HeaderValue::from_static("yes"));
+        }
+        match pipe.trailers(&mut trailers) {
+            Ok(()) if !deny => assert_eq!(
+                header(&trailers, "x-pw-request-trailer").as_deref(),
+                Some("saw abc")
+            ),
+            Err(BodyStop::Respond(reply, _)) if deny => {
+                assert_eq!(reply.status, StatusCode::FORBIDDEN);
+                assert_eq!(&reply.body[..], b"trailers refused\n");
+            }
+            other => panic!("deny {deny}: {other:?}"),
+        }
+        assert!(!pipe.plugin_failed);
+        chain.on_done(&summary(id, 200), RouteId::NONE);
+    }
 
     // Asking to hold more than the bound stops the body (the proxy answers a request so with
     // 413, and resets a response).

@@ -452,3 +452,137 @@ async fn auth_mesh(name: &str, config: &str) -> AuthMesh {
         _mesh: (m, [payments_pod, auth_pod, orders]),
     }
 }
+
+/// POSTs `body`, then `trailers`, to payments' `/echo` through `out` over HTTP/2 as a gRPC
+/// call does (so it stays HTTP/2 to the app, which echoes the trailers as `x-trailer-*`
+/// headers): status, headers, body.
+async fn post_trailers(
+    out: std::net::SocketAddr,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+    trailers: &[(&'static str, &'static str)],
+) -> (u16, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let mut map = http::HeaderMap::new();
+    for (k, v) in trailers {
+        map.insert(*k, http::HeaderValue::from_static(v));
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(body))
+        .with_trailers(std::future::ready(Some(Ok(map))))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut req = Request::post("http://payments/echo")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut sender = support::h2_connection(out).await;
+    let resp = (sender.send_request(req.body(body).expect("request")).await).expect("answered");
+    let (status, headers, body) = read(resp).await;
+    (
+        status.as_u16(),
+        headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The values of `name` in `headers`, in order.
+fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    (headers.get_all(name).iter())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_cross_the_mesh_through_trailers_callbacks() {
+    let m = TestMesh::start();
+    let app = App::start("payments").await;
+    let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+
+    // Without a filter, a request's trailers reach the app as they were sent.
+    let (status, headers, body) =
+        post_trailers(out, b"hello".to_vec(), &[], &[("x-checksum", "abc")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(values(&headers, "x-trailer-x-checksum"), ["abc"]);
+
+    let filter = push(&m, weft_artifacts::PW_BODY_PATH);
+    let yaml = [
+        plugin("body-server", "payments", "SERVER", &filter, 0, "{}"),
+        plugin("body-client", "orders", "CLIENT", &filter, 0, "{}"),
+    ]
+    .concat();
+    let (ok, said) = apply(&m, "body.yaml", &yaml);
+    assert!(ok, "{said}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Each side's trailers callback reads the trailer and adds its own: the client side's,
+    // then the server side's.
+    loop {
+        let (status, headers, body) =
+            post_trailers(out, b"hello".to_vec(), &[], &[("x-checksum", "abc")]).await;
+        assert_eq!(status, 200, "{body}");
+        let added = values(&headers, "x-trailer-x-pw-request-trailer");
+        if added.len() == 2 {
+            assert_eq!(added, ["saw abc", "saw abc"]);
+            assert_eq!(values(&headers, "x-trailer-x-checksum"), ["abc"]);
+            let seen = app.seen();
+            let last = seen.last().expect("the app saw it");
+            assert_eq!(
+                values(&last.headers, "x-pw-end-of-stream"),
+                ["false", "false"],
+                "a body follows the headers"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the filters never ran: {headers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An HTTP/2 request whose headers end it, without a `content-length` (a DELETE): each
+    // side's filter is told no body follows.
+    let mut sender = support::h2_connection(out).await;
+    let req = Request::delete("http://payments/status/204")
+        .body(full(""))
+        .expect("request");
+    let (status, _, _) = read(sender.send_request(req).await.expect("answered")).await;
+    assert_eq!(status.as_u16(), 204);
+    let seen = app.seen();
+    let last = seen.last().expect("the app saw it");
+    assert_eq!(
+        values(&last.headers, "x-pw-end-of-stream"),
+        ["true", "true"]
+    );
+
+    // A trailers callback answers in the call's place: the client side's refuses, and
+    // nothing leaves orders' sidecar.
+    let before = app.seen().len();
+    let (status, headers, body) =
+        post_trailers(out, b"hello".to_vec(), &[], &[("x-deny", "yes")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body, "trailers refused\n");
+    assert_eq!(values(&headers, "x-refused-by"), ["pw-body"]);
+    assert_eq!(app.seen().len(), before, "the app never saw it");
+
+    // A body over the bound streams through both sides' body callbacks (both ways: the
+    // filter passes each piece on), and its trailers through their trailers callbacks.
+    let big: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let (status, headers, body) = post_trailers(
+        out,
+        big.clone(),
+        &[("x-stream", "yes")],
+        &[("x-checksum", "big")],
+    )
+    .await;
+    assert_eq!(status, 200, "{}", &body[..body.len().min(200)]);
+    assert!(body.as_bytes() == big, "the body came back whole");
+    assert_eq!(
+        values(&headers, "x-trailer-x-pw-request-trailer"),
+        ["saw big", "saw big"]
+    );
+}

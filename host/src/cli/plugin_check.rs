@@ -54,6 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (hooks.on_response, "on-response"),
         (hooks.on_done, "on-done"),
         (hooks.on_request_body, "request body"),
+        (hooks.on_request_trailers, "request trailers"),
         (hooks.on_response_body, "response body"),
         (hooks.on_response_trailers, "response trailers"),
     ]

@@ -415,7 +415,7 @@ impl Chain {
                 (if response {
                     h.on_response_body || h.on_response_trailers
                 } else {
-                    h.on_request_body
+                    h.on_request_body || h.on_request_trailers
                 }) && p.serves(route)
             })
             .map(|(at, p)| Stage {
@@ -479,19 +479,28 @@ pub struct BodyPipeline {
 }
 
 impl BodyPipeline {
-    /// Passes the response's `trailers` through the plugins' trailers callbacks, in order,
-    /// after the body's end.
+    /// Passes the body's `trailers` through the plugins' trailers callbacks, in order, after
+    /// the body's end. A request's may be answered in the call's place.
     pub fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), BodyStop> {
-        // Request trailers are not given to filters yet.
-        if !self.response {
-            return Ok(());
-        }
         for stage in &mut self.stages {
-            if stage.failed || !stage.plugin.hooks().on_response_trailers {
+            let hooks = stage.plugin.hooks();
+            let asked = if self.response {
+                hooks.on_response_trailers
+            } else {
+                hooks.on_request_trailers
+            };
+            if stage.failed || !asked {
                 continue;
             }
-            if stage.plugin.on_trailers(self.call_id, trailers).is_ok() {
-                continue;
+            match stage
+                .plugin
+                .on_trailers(self.call_id, self.response, trailers)
+            {
+                Ok(BodyVerdict::Respond(reply)) => {
+                    return Err(BodyStop::Respond(Box::new(reply), stage.at));
+                }
+                Ok(_) => continue,
+                Err(_) => {}
             }
             self.plugin_failed = true;
             if stage.plugin.fail_strategy() == FailStrategy::FailClosed {

@@ -155,6 +155,7 @@ fn hooks_from(h: wit::Hooks) -> HookSet {
         on_request_body: false,
         on_response_body: false,
         on_response_trailers: false,
+        on_request_trailers: false,
     }
 }
 
@@ -730,17 +731,24 @@ impl Plugin {
         })
     }
 
-    /// Runs a proxy-wasm filter's response trailers callback on `trailers` (editable).
+    /// Runs a proxy-wasm filter's request or response trailers callback on `trailers`
+    /// (editable); a request's may answer in the call's place.
     pub(crate) fn on_trailers(
         &self,
         call_id: u64,
+        response: bool,
         trailers: &mut http::HeaderMap,
-    ) -> Result<(), Failure> {
+    ) -> Result<super::types::BodyVerdict, Failure> {
         let Abi::ProxyWasm(vms) = &self.abi else {
-            return Ok(());
+            return Ok(super::types::BodyVerdict::Continue);
         };
-        self.vm_call(vms, Hook::OnResponseTrailers, call_id, |vm| {
-            vm.on_response_trailers(call_id, trailers)
+        let hook = if response {
+            Hook::OnResponseTrailers
+        } else {
+            Hook::OnRequestTrailers
+        };
+        self.vm_call(vms, hook, call_id, |vm| {
+            vm.on_trailers(call_id, response, trailers)
         })
     }
 

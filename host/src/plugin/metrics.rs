@@ -113,7 +113,7 @@ thread_local! {
 /// One plugin's call statistics.
 pub(crate) struct PluginStats {
     name: String,
-    hooks: [(IntCounter, Histogram); 9],
+    hooks: [(IntCounter, Histogram); Hook::ALL.len()],
     failures: IntCounterVec,
     pub(crate) instances: IntCounter,
 }

@@ -40,6 +40,9 @@ pub struct RequestHead {
     pub keep_route_name: bool,
     /// The route's name as a plugin gave it, when `keep_route_name`.
     pub route_name: Option<String>,
+    /// Whether the caller's headers ended the request (no body follows), when the proxy knows
+    /// (proxy-wasm's `end_of_stream` on the request headers).
+    pub headers_end_stream: Option<bool>,
 }
 
 /// The most mirrors one call may have: each is a request the sidecar sends.
@@ -235,6 +238,8 @@ pub struct HookSet {
     pub on_response_body: bool,
     /// The response trailers (proxy-wasm's `proxy_on_response_trailers`).
     pub on_response_trailers: bool,
+    /// The request trailers (proxy-wasm's `proxy_on_request_trailers`).
+    pub on_request_trailers: bool,
 }
 
 /// What a body callback decided.
@@ -269,11 +274,13 @@ pub enum Hook {
     OnResponseBody,
     /// A proxy-wasm filter's `proxy_on_response_trailers`.
     OnResponseTrailers,
+    /// A proxy-wasm filter's `proxy_on_request_trailers`.
+    OnRequestTrailers,
 }
 
 impl Hook {
     /// Every hook, in call order.
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Configure,
         Hook::OnRequest,
         Hook::OnAttemptEnd,
@@ -283,6 +290,7 @@ impl Hook {
         Hook::OnRequestBody,
         Hook::OnResponseBody,
         Hook::OnResponseTrailers,
+        Hook::OnRequestTrailers,
     ];
 
     /// The hook's name in the contract.
@@ -297,6 +305,7 @@ impl Hook {
             Hook::OnRequestBody => "on-request-body",
             Hook::OnResponseBody => "on-response-body",
             Hook::OnResponseTrailers => "on-response-trailers",
+            Hook::OnRequestTrailers => "on-request-trailers",
         }
     }
 

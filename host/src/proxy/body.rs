@@ -35,10 +35,21 @@ pub fn full(bytes: Bytes) -> ProxyBody {
         .boxed_unsync()
 }
 
+/// A body of these bytes, then these trailers (a request read whole that carried them).
+pub fn whole(bytes: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
+    match trailers {
+        None => full(bytes),
+        Some(trailers) => http_body_util::Full::new(bytes)
+            .with_trailers(std::future::ready(Some(Ok(trailers))))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    }
+}
+
 /// A request body as read for forwarding.
 pub enum RequestBody {
-    /// Fully read and within the bound: can be sent again.
-    Replayable(Bytes),
+    /// Fully read and within the bound, with its trailers if it had any: can be sent again.
+    Replayable(Bytes, Option<http::HeaderMap>),
     /// Too large (or still arriving past the bound): streams once.
     Streaming(PrefixedBody),
     /// Streaming through proxy-wasm filters' body callbacks: streams once.
@@ -57,7 +68,7 @@ impl RequestBody {
     /// A body for one attempt; a streaming body can be taken only once.
     pub fn attempt(&mut self) -> Option<ProxyBody> {
         match self {
-            RequestBody::Replayable(b) => Some(full(b.clone())),
+            RequestBody::Replayable(b, t) => Some(whole(b.clone(), t.clone())),
             RequestBody::Streaming(p) => p.take().map(BodyExt::boxed_unsync),
             RequestBody::Filtered(f) => f.take().map(BodyExt::boxed_unsync),
         }
@@ -108,6 +119,9 @@ impl RequestBody {
         if pipe.holding() {
             return Err(StreamStop::Stopped(crate::plugin::BodyStop::TooLarge));
         }
+        if let Some(t) = &mut trailers {
+            pipe.trailers(t).map_err(StreamStop::Stopped)?;
+        }
         let once = OnceBody {
             prefix: None,
             rest,
@@ -125,7 +139,7 @@ impl RequestBody {
 
     /// Whether it can be sent again.
     pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable(_))
+        matches!(self, RequestBody::Replayable(..))
     }
 }
 
@@ -148,22 +162,30 @@ pub async fn read_for_replay(
     }
     let mut body = body;
     let mut buf = BytesMut::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                return Ok(RequestBody::Streaming(PrefixedBody::new(
-                    buf.freeze(),
-                    body,
-                    counter,
-                )));
+        match frame?.into_data() {
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                if buf.len() > limit {
+                    counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    return Ok(RequestBody::Streaming(PrefixedBody::new(
+                        buf.freeze(),
+                        body,
+                        counter,
+                    )));
+                }
+            }
+            // Trailers end the body; they go on with it (and again with each retry).
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
             }
         }
     }
     counter.fetch_add(buf.len() as u64, Ordering::Relaxed);
-    Ok(RequestBody::Replayable(buf.freeze()))
+    Ok(RequestBody::Replayable(buf.freeze(), trailers))
 }
 
 /// Bytes already read, then the rest of the stream; counts what it forwards.

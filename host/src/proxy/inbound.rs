@@ -10,6 +10,7 @@ use super::{Inputs, Peer, authz, local_response, path};
 use crate::plugin::ResponseFlags;
 use http::header::{HOST, HeaderName};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -162,6 +163,7 @@ async fn answer(
             app_port,
             start,
             request_bytes: received.clone(),
+            headers_end_stream: incoming.is_end_stream(),
         };
         ServerCall::new(&inputs, server, &peer, arrival)
     });
@@ -350,8 +352,8 @@ async fn answer(
                 ));
             };
             match request {
-                super::body::RequestBody::Replayable(whole) => {
-                    match c.request_body(pipe, whole.clone()) {
+                super::body::RequestBody::Replayable(whole, mut trailers) => {
+                    match c.request_body(pipe, whole.clone(), trailers.as_mut()) {
                         Ok(out) => {
                             if out.len() != whole.len() {
                                 parts.headers.insert(
@@ -359,7 +361,7 @@ async fn answer(
                                     http::HeaderValue::from(out.len()),
                                 );
                             }
-                            super::body::full(out)
+                            super::body::whole(out, trailers)
                         }
                         Err(answered) => return Ok(*answered),
                     }

@@ -91,6 +91,7 @@ pub(super) struct ServerCall {
     source: Arc<str>,
     summary: CallSummary,
     request_bytes: Arc<AtomicU64>,
+    headers_end_stream: bool,
     done: bool,
 }
 
@@ -107,6 +108,8 @@ pub(super) struct Arrival<'a> {
     pub start: Instant,
     /// Where the request body's bytes are counted, if someone else reads them too.
     pub request_bytes: Option<Arc<AtomicU64>>,
+    /// Whether the request's headers ended it (no body follows).
+    pub headers_end_stream: bool,
 }
 
 impl ServerCall {
@@ -123,6 +126,7 @@ impl ServerCall {
             app_port,
             start,
             request_bytes,
+            headers_end_stream,
         } = arrival;
         let (identity, workload, source) = caller_ids(inputs, peer, metadata);
         let id = inputs.next_call_id();
@@ -157,6 +161,7 @@ impl ServerCall {
                 grpc_status: None,
             },
             request_bytes: request_bytes.unwrap_or_default(),
+            headers_end_stream,
             done: false,
         }
     }
@@ -199,6 +204,7 @@ impl ServerCall {
                 subset: None,
             },
             route: self.scope,
+            headers_end_stream: Some(self.headers_end_stream),
             ..RequestHead::default()
         };
         let decided = self.chain.on_request_between(self.id, &mut head, from, to);
@@ -287,17 +293,22 @@ impl ServerCall {
         )
     }
 
-    /// Runs the request-body callbacks on the whole `body`: what to send the app, or the
-    /// answer a plugin gave instead.
+    /// Runs the request-body callbacks on the whole `body`, then the trailers callbacks on its
+    /// `trailers`: what to send the app, or the answer a plugin gave instead.
     pub(super) fn request_body(
         &mut self,
         mut pipe: BodyPipeline,
         body: bytes::Bytes,
+        trailers: Option<&mut http::HeaderMap>,
     ) -> Result<bytes::Bytes, Box<Response<ProxyBody>>> {
-        if body.is_empty() {
+        if body.is_empty() && trailers.is_none() {
             return Ok(body);
         }
-        let pushed = pipe.push(body, true);
+        // The body's end first, then its trailers, as they came.
+        let pushed = pipe.push(body, true).and_then(|out| match trailers {
+            Some(t) => pipe.trailers(t).map(|()| out),
+            None => Ok(out),
+        });
         if pipe.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }

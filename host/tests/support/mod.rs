@@ -267,14 +267,19 @@ async fn answer(
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (verb, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let mut resp = match verb {
+        // The body back; its trailers, if any, as `x-trailer-<name>` headers.
         "echo" => {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Response::new(full(body))
+            let (trailers, body) = match req.into_body().collect().await {
+                Ok(c) => (c.trailers().cloned().unwrap_or_default(), c.to_bytes()),
+                Err(_) => Default::default(),
+            };
+            let mut r = Response::new(full(body));
+            for (name, value) in &trailers {
+                if let Ok(n) = http::HeaderName::try_from(format!("x-trailer-{name}")) {
+                    r.headers_mut().append(n, value.clone());
+                }
+            }
+            r
         }
         "status" => {
             let mut r = Response::new(full(format!("status {arg}")));

@@ -27,6 +27,8 @@ pub(crate) enum Phase {
     ResponseBody,
     /// `proxy_on_response_trailers`: the response's trailers are lent and editable.
     ResponseTrailers,
+    /// `proxy_on_request_trailers`: the request's trailers are lent and editable.
+    RequestTrailers,
     /// `proxy_on_log` (and done, delete): what was kept of the call is readable.
     Log,
 }
@@ -133,7 +135,7 @@ pub(crate) struct ProxyCtx {
     pub(crate) kept: Kept,
     /// The body data of a body callback.
     pub(crate) body: Vec<u8>,
-    /// The response trailers, during `ResponseTrailers`.
+    /// The trailers being filtered, during `RequestTrailers` or `ResponseTrailers`.
     pub(crate) trailers: HeaderMap,
     /// HTTP calls the filter dispatched during this callback.
     pub(crate) callouts: Vec<Callout>,

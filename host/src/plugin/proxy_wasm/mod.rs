@@ -128,6 +128,7 @@ pub(crate) fn hooks(module: &Module) -> HookSet {
         on_request_body: has("proxy_on_request_body"),
         on_response_body: has("proxy_on_response_body"),
         on_response_trailers: has("proxy_on_response_trailers"),
+        on_request_trailers: has("proxy_on_request_trailers"),
     }
 }
 

@@ -19,6 +19,7 @@ struct Exports {
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    request_trailers: Option<TypedFunc<(i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     call_response: Option<CallResponse>,
     log: Option<TypedFunc<i32, ()>>,
@@ -103,6 +104,7 @@ impl Vm {
             response_headers: func!("proxy_on_response_headers"),
             request_body: func!("proxy_on_request_body"),
             response_trailers: func!("proxy_on_response_trailers"),
+            request_trailers: func!("proxy_on_request_trailers"),
             response_body: func!("proxy_on_response_body"),
             call_response: func!("proxy_on_http_call_response"),
             log: func!("proxy_on_log"),
@@ -384,16 +386,31 @@ impl Vm {
         })
     }
 
-    /// `proxy_on_response_trailers` on the response's trailers, which the filter may edit.
-    pub(crate) fn on_response_trailers(
+    /// `proxy_on_request_trailers` or `proxy_on_response_trailers` on the trailers, which the
+    /// filter may edit; a request's may be answered in the call's place (nothing has gone on
+    /// when the body was whole; a streaming one's caller fails the call instead).
+    pub(crate) fn on_trailers(
         &mut self,
         call_id: u64,
+        response: bool,
         trailers: &mut http::HeaderMap,
-    ) -> wasmtime::Result<()> {
-        let Some(f) = self.exports.response_trailers.clone() else {
-            return Ok(());
+    ) -> wasmtime::Result<crate::plugin::types::BodyVerdict> {
+        use crate::plugin::types::BodyVerdict;
+        let (f, phase) = if response {
+            (
+                self.exports.response_trailers.clone(),
+                Phase::ResponseTrailers,
+            )
+        } else {
+            (
+                self.exports.request_trailers.clone(),
+                Phase::RequestTrailers,
+            )
         };
-        let id = self.begin(call_id, Phase::ResponseTrailers)?;
+        let Some(f) = f else {
+            return Ok(BodyVerdict::Continue);
+        };
+        let id = self.begin(call_id, phase)?;
         let ctx = self.store.data_mut();
         std::mem::swap(&mut ctx.trailers, trailers);
         let count = i32::try_from(ctx.trailers.len()).unwrap_or(i32::MAX);
@@ -404,17 +421,23 @@ impl Vm {
         let action = r?;
         let ctx = self.store.data_mut();
         ctx.phase = Phase::Root;
-        if ctx.reply.take().is_some() {
+        let which = if response { "response" } else { "request" };
+        if let Some(reply) = ctx.reply.take() {
+            if !response {
+                return Ok(BodyVerdict::Respond(crate::plugin::chain::local_reply(
+                    reply,
+                )));
+            }
             ctx.violation.get_or_insert(
                 "a local response from the response trailers: the response has gone to the caller"
                     .into(),
             );
         } else if action == PAUSE && !ctx.resumed {
-            ctx.violation.get_or_insert(
-                "paused the response at its trailers; Weft does not hold paused streams yet".into(),
-            );
+            ctx.violation.get_or_insert(format!(
+                "paused the {which} at its trailers; Weft does not hold paused streams yet"
+            ));
         }
-        Ok(())
+        Ok(BodyVerdict::Continue)
     }
 
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the call has ended.
@@ -542,9 +565,13 @@ impl Vm {
     }
 }
 
-/// Whether a request head says no body follows (Envoy's `end_of_stream` on the headers):
-/// `content-length: 0`, or a GET or HEAD with neither a length nor chunked framing.
+/// Whether no body follows a request's head (Envoy's `end_of_stream` on the headers): as the
+/// proxy saw the stream end with the headers; or, when it did not say, `content-length: 0`,
+/// or a GET or HEAD with neither a length nor chunked framing.
 fn no_request_body(head: &RequestHead) -> bool {
+    if let Some(ended) = head.headers_end_stream {
+        return ended;
+    }
     match head.headers.get(http::header::CONTENT_LENGTH) {
         Some(v) => v.as_bytes() == b"0",
         None => {

@@ -409,6 +409,7 @@ async fn route(
         mirrors: Vec::new(),
         keep_route_name: call.log.is_some() || call.explain.is_some(),
         route_name: None,
+        headers_end_stream: Some(incoming.is_end_stream()),
     };
     let decided = match &call.explain {
         None => call.chain.on_request(id, &mut head),
@@ -541,13 +542,13 @@ async fn route(
     // proxy-wasm filters' request-body callbacks: on the whole body before anything goes
     // upstream when it fits the replay bound, so one may rewrite it or answer in its place;
     // a larger one streams through them after its first bytes.
-    let no_body = matches!(&request_body, body::RequestBody::Replayable(b) if b.is_empty());
+    let no_body = matches!(&request_body, body::RequestBody::Replayable(b, None) if b.is_empty());
     if !no_body
         && let Some(mut pipe) =
             (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
     {
         let whole = match &mut request_body {
-            body::RequestBody::Replayable(b) => Some(b),
+            body::RequestBody::Replayable(b, t) => Some((b, t)),
             _ => None,
         };
         match whole {
@@ -572,7 +573,13 @@ async fn route(
                     }
                 }
             }
-            Some(b) => match pipe.push(b.clone(), true) {
+            Some((b, trailers)) => match pipe.push(b.clone(), true).and_then(|out| {
+                // The body's end first, then its trailers, as they came.
+                match trailers {
+                    Some(t) => pipe.trailers(t).map(|()| out),
+                    None => Ok(out),
+                }
+            }) {
                 Ok(out) => {
                     if out.len() != b.len() {
                         head.headers
@@ -591,7 +598,7 @@ async fn route(
     }
     if !head.mirrors.is_empty() {
         let whole = match &request_body {
-            body::RequestBody::Replayable(b) => Some(b.clone()),
+            body::RequestBody::Replayable(b, _) => Some(b.clone()),
             _ => None,
         };
         let authority = forwarded_host

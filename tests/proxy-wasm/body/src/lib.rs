@@ -1,7 +1,10 @@
-//! Body inspection, shaped like a WAF: buffers the whole request body, refuses one that
+//! Body inspection, shaped like a WAF: buffers the whole request body (but on a call marked
+//! `x-stream: yes` passes each piece of both bodies on as it comes), refuses one that
 //! contains `forbidden` with 403 and masks `secret` in one that passes; buffers the response
 //! body and appends a line to it (but a gRPC response's, whose framing it leaves alone); adds
-//! a response trailer saying what `grpc-status` it saw.
+//! a response trailer saying what `grpc-status` it saw. On request trailers: refuses a request
+//! whose `x-deny` trailer is `yes` with 403, and adds a trailer saying what `x-checksum` it saw.
+//! Tells the request on (`x-pw-end-of-stream`) whether its headers ended it.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -16,7 +19,10 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Body { grpc: false }))
+        Some(Box::new(Body {
+            grpc: false,
+            stream: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -26,6 +32,7 @@ impl RootContext for Root {
 
 struct Body {
     grpc: bool,
+    stream: bool,
 }
 
 impl Context for Body {}
@@ -33,7 +40,17 @@ impl Context for Body {}
 const SUFFIX: &[u8] = b"\n-- filtered by pw-body";
 
 impl HttpContext for Body {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let end = if end_of_stream { "true" } else { "false" };
+        self.add_http_request_header("x-pw-end-of-stream", end);
+        self.stream = self.get_http_request_header("x-stream").as_deref() == Some("yes");
+        Action::Continue
+    }
+
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.stream {
+            return Action::Continue;
+        }
         if !end_of_stream {
             return Action::Pause;
         }
@@ -56,6 +73,22 @@ impl HttpContext for Body {
         Action::Continue
     }
 
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        if self.get_http_request_trailer("x-deny").as_deref() == Some("yes") {
+            self.send_http_response(
+                403,
+                vec![("x-refused-by", "pw-body")],
+                Some(b"trailers refused\n"),
+            );
+            return Action::Pause;
+        }
+        let checksum = self
+            .get_http_request_trailer("x-checksum")
+            .unwrap_or_else(|| "-".into());
+        self.add_http_request_trailer("x-pw-request-trailer", &format!("saw {checksum}"));
+        Action::Continue
+    }
+
     fn on_http_response_trailers(&mut self, _: usize) -> Action {
         let status = self
             .get_http_response_trailer("grpc-status")
@@ -72,7 +105,7 @@ impl HttpContext for Body {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        if self.grpc {
+        if self.grpc || self.stream {
             return Action::Continue;
         }
         if !end_of_stream {

@@ -1,9 +1,9 @@
 //! Header maps: the request and response heads (pseudo-headers included), what a stream kept
-//! of them, the response trailers, and a callout's answer.
+//! of them, the request and response trailers, and a callout's answer.
 
 use super::{
-    CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS, Call, REQUEST_HEADERS, RESPONSE_HEADERS,
-    RESPONSE_TRAILERS, bad, clip,
+    CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS, Call, REQUEST_HEADERS, REQUEST_TRAILERS,
+    RESPONSE_HEADERS, RESPONSE_TRAILERS, bad, clip,
 };
 use crate::plugin::host_impl::{MAX_HEADERS, set_authority, set_header, set_path};
 use crate::plugin::proxy_wasm::ctx::{Headers, Phase, ProxyCtx};
@@ -21,11 +21,12 @@ enum MapAt {
     ResponseLive,
     /// What the stream kept of its response.
     ResponseKept,
-    /// A map with nothing in it here (trailers, or a head outside its call).
+    /// A map with nothing in it here (trailers outside their callback, or a head outside
+    /// its call).
     Empty,
     /// The headers or trailers of the callout answer being delivered.
     Answer(bool),
-    /// The response trailers being filtered.
+    /// The request or response trailers being filtered.
     TrailersLive,
 }
 
@@ -38,6 +39,7 @@ fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
         (
             REQUEST_HEADERS,
             Phase::RequestBody
+            | Phase::RequestTrailers
             | Phase::ResponseHeaders
             | Phase::ResponseBody
             | Phase::ResponseTrailers
@@ -47,7 +49,8 @@ fn map_at(ctx: &ProxyCtx, map: i32) -> MapAt {
         (RESPONSE_HEADERS, Phase::ResponseBody | Phase::ResponseTrailers | Phase::Log) => {
             MapAt::ResponseKept
         }
-        (RESPONSE_TRAILERS, Phase::ResponseTrailers) => MapAt::TrailersLive,
+        (RESPONSE_TRAILERS, Phase::ResponseTrailers)
+        | (REQUEST_TRAILERS, Phase::RequestTrailers) => MapAt::TrailersLive,
         _ => MapAt::Empty,
     }
 }
@@ -202,9 +205,7 @@ fn edit(ctx: &mut ProxyCtx, map: i32, key: &str, value: &[u8], how: Edit) {
         (MapAt::Answer(_), _) => refuse(ctx, "a callout's answer cannot be edited".into()),
         (MapAt::Empty, _) => refuse(
             ctx,
-            format!(
-                "map type {map} is not available here (request trailers are not given to proxy-wasm filters yet)"
-            ),
+            format!("map type {map} is not available here (trailers only in their own callback)"),
         ),
     }
 }

@@ -23,6 +23,7 @@ use wasmtime::{Caller, Linker};
 type Call<'a> = Caller<'a, ProxyCtx>;
 
 const REQUEST_HEADERS: i32 = 0;
+const REQUEST_TRAILERS: i32 = 1;
 const RESPONSE_HEADERS: i32 = 2;
 const RESPONSE_TRAILERS: i32 = 3;
 const REQUEST_BODY: i32 = 0;

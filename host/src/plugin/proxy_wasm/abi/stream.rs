@@ -70,6 +70,7 @@ pub(super) fn add(linker: &mut Linker<ProxyCtx>) -> wasmtime::Result<()> {
                 Phase::RequestHeaders
                     | Phase::ResponseHeaders
                     | Phase::RequestBody
+                    | Phase::RequestTrailers
                     | Phase::ResponseBody
             ) {
                 ctx.violation.get_or_insert(
