@@ -237,7 +237,11 @@ async fn resets_are_retried_on_reset_and_a_404_only_when_asked() {
     };
     let orders = caller(via("reset")).await;
     let statuses = fire(orders.outbound, 1, 1, "/charge", &[]).await;
-    assert!(statuses[0].is_server_error(), "{statuses:?}");
+    assert_eq!(
+        statuses[0],
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a reset before the response head is answered 503, as Envoy does"
+    );
     assert_eq!(
         resetter.connections.load(Ordering::SeqCst),
         3,

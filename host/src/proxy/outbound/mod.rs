@@ -128,7 +128,11 @@ fn local_for(outcome: Outcome, service: &str) -> Response<ProxyBody> {
         Outcome::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         Outcome::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
         Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-        _ => (StatusCode::BAD_GATEWAY, "upstream reset before response"),
+        // Envoy's answer to a reset before the response head (flag UC): 503, not 502.
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers",
+        ),
     };
     local_response(status, format!("weft: {text} (service {service:?})\n"))
 }
