@@ -173,6 +173,13 @@ async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
     let (status, resp, body) = call(out, &token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(resp["x-pw-response"], "first");
+    // Filters that leave the body alone leave its length, as under Envoy (each of these
+    // exports the body callbacks).
+    assert_eq!(
+        resp.get("content-length").map(|v| v.as_bytes().to_vec()),
+        Some(body.len().to_string().into_bytes()),
+        "{resp:?}"
+    );
     // Istio's pluginName is the filter's root id.
     let seen = resp["x-pw-properties"].to_str().expect("ascii");
     assert!(
@@ -277,6 +284,23 @@ async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_p
         body,
         "my ******\n-- filtered by pw-body\n-- filtered by pw-body"
     );
+
+    // A filter that grows a body but leaves its content-length (removing it is the filter's
+    // job, as under Envoy): the response is not delivered with a false length.
+    let req = Request::post(format!("http://{out}/echo"))
+        .header("host", "payments")
+        .header("x-keep-length", "yes")
+        .body(full("short"))
+        .expect("request");
+    let resp = h1_client().request(req).await;
+    let whole = match resp {
+        Ok(r) if r.status() == 200 => {
+            use http_body_util::BodyExt;
+            r.into_body().collect().await.is_ok()
+        }
+        _ => false,
+    };
+    assert!(!whole, "a body longer than its content-length was sent");
 
     // Refused by the client side's callback: nothing leaves orders' sidecar.
     let before = app.seen().len();

@@ -133,6 +133,10 @@ impl RequestBody {
             ready: (!out.is_empty()).then_some(out),
             trailers,
             ended,
+            // The request's `content-length` went: a filter may change the length as it
+            // streams.
+            declared: None,
+            sent: 0,
         }));
         Ok(())
     }
@@ -348,13 +352,18 @@ pub enum Filtered<B> {
         ended: bool,
         /// Data the filters passed already, sent before anything else.
         ready: Option<Bytes>,
+        /// The response's `content-length`, if it kept one: what comes out must match it.
+        declared: Option<u64>,
+        /// Bytes passed on so far.
+        sent: u64,
     },
 }
 
 /// A response's body `inner` through the pipeline `pipe` makes, if the response carries a body
 /// and a filter asked for it (as Envoy calls no body callback on a response that says it has
-/// none). A filter may change the body's length, so the response's `content-length` goes
-/// (the body is then chunked, or framed by HTTP/2).
+/// none). The response keeps its `content-length`, as under Envoy: a filter that changes the
+/// body's length removes it in its response headers callback. One that does not gets the body
+/// cut off (an error, so the caller sees a reset) rather than sent with a false length.
 pub fn filtered<B>(
     inner: B,
     status: http::StatusCode,
@@ -366,21 +375,45 @@ pub fn filtered<B>(
     }
     match pipe() {
         None => Filtered::Plain(inner),
-        Some(pipe) => {
-            headers.remove(http::header::CONTENT_LENGTH);
-            Filtered::Through {
-                inner,
-                pipe: Box::new(pipe),
-                trailers: None,
-                ended: false,
-                ready: None,
-            }
-        }
+        Some(pipe) => Filtered::Through {
+            inner,
+            pipe: Box::new(pipe),
+            trailers: None,
+            ended: false,
+            ready: None,
+            declared: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            sent: 0,
+        },
     }
 }
 
 fn filter_failed() -> BoxError {
     "a proxy-wasm filter failed on the response body".into()
+}
+
+/// Counts `out` into `sent` and checks it against the `content-length` the response kept:
+/// no more than it, and all of it by the `end`.
+fn within_length(
+    declared: Option<u64>,
+    sent: &mut u64,
+    out: usize,
+    end: bool,
+) -> Result<(), BoxError> {
+    *sent += out as u64;
+    match declared {
+        Some(length) if *sent > length || (end && *sent < length) => {
+            tracing::warn!(
+                content_length = length,
+                body = *sent,
+                "a proxy-wasm filter changed a response body's length but left its content-length; the response is cut off"
+            );
+            Err("the filtered response body does not match its content-length".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 impl<B> Body for Filtered<B>
@@ -394,7 +427,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (inner, pipe, trailers, ended) = match self.get_mut() {
+        let (inner, pipe, trailers, ended, declared, sent) = match self.get_mut() {
             Filtered::Plain(b) => return Pin::new(b).poll_frame(cx),
             Filtered::Through {
                 inner,
@@ -402,11 +435,13 @@ where
                 trailers,
                 ended,
                 ready,
+                declared,
+                sent,
             } => {
                 if let Some(data) = ready.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                (inner, pipe, trailers, ended)
+                (inner, pipe, trailers, ended, *declared, sent)
             }
         };
         loop {
@@ -419,34 +454,35 @@ where
                 Poll::Ready(Some(Ok(frame))) => Some(frame),
                 Poll::Ready(None) => None,
             };
-            let (data, end) = match frame.map(Frame::into_data) {
-                Some(Ok(data)) => (data, false),
+            let out = match frame.map(Frame::into_data) {
+                Some(Ok(data)) => pipe.push(data, false),
                 Some(Err(frame)) => {
                     let Ok(mut t) = frame.into_trailers() else {
                         continue;
                     };
                     // The body ends before its trailers: the filters get both, in order.
-                    let out = match pipe.push(Bytes::new(), true) {
-                        Ok(out) => out,
-                        Err(_) => return Poll::Ready(Some(Err(filter_failed()))),
-                    };
-                    if pipe.trailers(&mut t).is_err() {
+                    *ended = true;
+                    let out = pipe.push(Bytes::new(), true);
+                    if out.is_ok() && pipe.trailers(&mut t).is_err() {
                         return Poll::Ready(Some(Err(filter_failed())));
                     }
                     *trailers = Some(t);
-                    *ended = true;
-                    if out.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                    out
                 }
-                None => (Bytes::new(), true),
+                None => {
+                    *ended = true;
+                    pipe.push(Bytes::new(), true)
+                }
             };
-            *ended = end;
-            match pipe.push(data, end) {
-                Ok(out) if out.is_empty() => continue,
-                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                Err(_) => return Poll::Ready(Some(Err(filter_failed()))),
+            let Ok(out) = out else {
+                return Poll::Ready(Some(Err(filter_failed())));
+            };
+            if let Err(e) = within_length(declared, sent, out.len(), *ended) {
+                *trailers = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
         }
     }

@@ -4,7 +4,9 @@
 //! body and appends a line to it (but a gRPC response's, whose framing it leaves alone); adds
 //! a response trailer saying what `grpc-status` it saw. On request trailers: refuses a request
 //! whose `x-deny` trailer is `yes` with 403, and adds a trailer saying what `x-checksum` it saw.
-//! Tells the request on (`x-pw-end-of-stream`) whether its headers ended it.
+//! Tells the request on (`x-pw-end-of-stream`) whether its headers ended it. As filters written
+//! for Envoy do, it removes the response's `content-length` before it changes the body's length
+//! (but leaves it on a call marked `x-keep-length: yes`, a filter's mistake).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -22,6 +24,7 @@ impl RootContext for Root {
         Some(Box::new(Body {
             grpc: false,
             stream: false,
+            keep_length: false,
         }))
     }
 
@@ -33,6 +36,7 @@ impl RootContext for Root {
 struct Body {
     grpc: bool,
     stream: bool,
+    keep_length: bool,
 }
 
 impl Context for Body {}
@@ -44,6 +48,7 @@ impl HttpContext for Body {
         let end = if end_of_stream { "true" } else { "false" };
         self.add_http_request_header("x-pw-end-of-stream", end);
         self.stream = self.get_http_request_header("x-stream").as_deref() == Some("yes");
+        self.keep_length = self.get_http_request_header("x-keep-length").as_deref() == Some("yes");
         Action::Continue
     }
 
@@ -101,6 +106,10 @@ impl HttpContext for Body {
         self.grpc = self
             .get_http_response_header("content-type")
             .is_some_and(|t| t.starts_with("application/grpc"));
+        if !self.grpc && !self.stream && !self.keep_length {
+            // The body will grow: its length must not be promised.
+            self.set_http_response_header("content-length", None);
+        }
         Action::Continue
     }
 
