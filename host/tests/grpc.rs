@@ -143,6 +143,11 @@ spec:
         serde_json::json!(["0|p1", "1|p1", "2|p1"])
     );
     assert_eq!(stream["trailers"]["x-done"], "yes", "{stream}");
+    // A bidirectional stream whose client waits for each answer before it sends more: the
+    // sidecars pass each message on as it comes rather than waiting for the request's end.
+    let chat = call(via, "/weft.Test/Chat", "a,b,c", 5.0).await;
+    assert_eq!(chat["code"], "OK", "{chat}");
+    assert_eq!(chat["replies"], serde_json::json!(["a|p1", "b|p1", "c|p1"]));
     // The first try fails UNAVAILABLE (HTTP 200, grpc-status 14): retried, it succeeds.
     let flaky = call(via, "/weft.Test/Flaky", "k1", 10.0).await;
     assert_eq!(flaky["code"], "OK", "{flaky}");
@@ -165,10 +170,11 @@ spec:
             "{reporter}"
         );
     }
+    // Echo, Stream, Chat and Flaky (its retry inside one call).
     let ok = ["reporter=\"source\"", "grpc_response_status=\"0\""];
     assert_eq!(
-        metric(orders.addr("admin"), "istio_requests_total", &ok, 3.0).await,
-        3.0
+        metric(orders.addr("admin"), "istio_requests_total", &ok, 4.0).await,
+        4.0
     );
 
     // The caller's deadline (`grpc-timeout: 300m`, sent by hand so that the caller itself

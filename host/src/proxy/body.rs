@@ -54,6 +54,8 @@ pub enum RequestBody {
     Streaming(PrefixedBody),
     /// Streaming through proxy-wasm filters' body callbacks: streams once.
     Filtered(Option<Filtered<OnceBody>>),
+    /// Sent as it arrives, a copy kept while it fits the bound: can be sent again until then.
+    Teed(super::tee::Tee),
 }
 
 /// Why a streaming request body cannot go on through the filters.
@@ -71,6 +73,7 @@ impl RequestBody {
             RequestBody::Replayable(b, t) => Some(whole(b.clone(), t.clone())),
             RequestBody::Streaming(p) => p.take().map(BodyExt::boxed_unsync),
             RequestBody::Filtered(f) => f.take().map(BodyExt::boxed_unsync),
+            RequestBody::Teed(t) => t.attempt().map(BodyExt::boxed_unsync),
         }
     }
 
@@ -143,7 +146,11 @@ impl RequestBody {
 
     /// Whether it can be sent again.
     pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable(..))
+        match self {
+            RequestBody::Replayable(..) => true,
+            RequestBody::Teed(t) => t.replayable(),
+            RequestBody::Streaming(_) | RequestBody::Filtered(_) => false,
+        }
     }
 }
 

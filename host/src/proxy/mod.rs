@@ -34,6 +34,7 @@ pub mod routes;
 mod server_side;
 pub mod tap;
 pub mod tcp;
+pub mod tee;
 pub mod upgrade;
 pub mod workload;
 

@@ -6,6 +6,9 @@ Methods take and return raw bytes (no protobuf: the mesh never reads messages):
   /weft.Test/Internal  fails INTERNAL
   /weft.Test/Slow      waits the milliseconds the request names, then answers
   /weft.Test/Stream    streams three messages, then trailing metadata `x-done: yes`
+  /weft.Test/Chat      bidirectional: answers each message as it comes, then `|<name>`; the
+                       client (PAYLOAD: comma-separated messages) sends each only once the
+                       previous one is answered
 
   grpc_peer.py serve PORT NAME          prints `ready` once listening on 127.0.0.1:PORT
   grpc_peer.py call TARGET AUTHORITY METHOD PAYLOAD [TIMEOUT_S] [COUNT]
@@ -15,6 +18,7 @@ Methods take and return raw bytes (no protobuf: the mesh never reads messages):
 """
 
 import json
+import queue
 import sys
 import threading
 import time
@@ -50,6 +54,10 @@ def serve(port, name):
             yield b"%d|" % i + name.encode()
         context.set_trailing_metadata((("x-done", "yes"),))
 
+    def chat(requests, context):
+        for r in requests:
+            yield r + b"|" + name.encode()
+
     unary = lambda f: grpc.unary_unary_rpc_method_handler(f)
     handler = grpc.method_handlers_generic_handler(
         "weft.Test",
@@ -59,6 +67,7 @@ def serve(port, name):
             "Internal": unary(internal),
             "Slow": unary(slow),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -79,6 +88,21 @@ def call(target, authority, method, payload, timeout, count=1):
             replies = stub(payload.encode(), timeout=timeout)
             for r in replies:
                 out["replies"].append(r.decode())
+            out["trailers"] = dict(replies.trailing_metadata() or ())
+        elif method == "/weft.Test/Chat":
+            answered = queue.Queue()
+
+            def messages():
+                for m in payload.split(","):
+                    yield m.encode()
+                    # The next message waits for this one's answer.
+                    answered.get(timeout=timeout)
+
+            stub = channel.stream_stream(method)
+            replies = stub(messages(), timeout=timeout)
+            for r in replies:
+                out["replies"].append(r.decode())
+                answered.put(True)
             out["trailers"] = dict(replies.trailing_metadata() or ())
         else:
             stub = channel.unary_unary(method)

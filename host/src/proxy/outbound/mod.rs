@@ -6,6 +6,7 @@ use super::balance::{self, Candidate};
 use super::body::{self, BodyEnd, ProxyBody, ReportingBody};
 use super::headers;
 use super::routes::Route;
+use super::tee;
 use super::{Inputs, Peer, local_response};
 use crate::endpoints::Endpoint;
 use crate::plugin::{
@@ -525,14 +526,25 @@ async fn route(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut request_body = match body::read_for_replay(
-        incoming,
-        content_length,
-        inputs.settings.replay_limit,
-        call.request_bytes.clone(),
-    )
-    .await
-    {
+    let limit = inputs.settings.replay_limit;
+    let body_follows = !incoming.is_end_stream();
+    let pipe = body_follows
+        .then(|| (call.chain).body_pipeline(id, call.route_id, false, limit))
+        .flatten();
+    // A body of unknown length goes upstream as it arrives, a copy kept for retries, as
+    // Envoy's router does: a streaming call may wait for an answer before it sends more. One
+    // whose length is known, or that a proxy-wasm filter or a mirror needs whole, is read
+    // first, up to the bound.
+    let tee = body_follows && content_length.is_none() && pipe.is_none() && head.mirrors.is_empty();
+    let read = if tee {
+        let counter = call.request_bytes.clone();
+        Ok(body::RequestBody::Teed(tee::Tee::new(
+            incoming, limit, counter,
+        )))
+    } else {
+        body::read_for_replay(incoming, content_length, limit, call.request_bytes.clone()).await
+    };
+    let mut request_body = match read {
         Ok(b) => b,
         Err(_) if timed_out(&tripped) => return request_timed_out(call),
         Err(_) => {
@@ -547,10 +559,7 @@ async fn route(
     // upstream when it fits the replay bound, so one may rewrite it or answer in its place;
     // a larger one streams through them after its first bytes.
     let no_body = matches!(&request_body, body::RequestBody::Replayable(b, None) if b.is_empty());
-    if !no_body
-        && let Some(mut pipe) =
-            (call.chain).body_pipeline(id, call.route_id, false, inputs.settings.replay_limit)
-    {
+    if !no_body && let Some(mut pipe) = pipe {
         let whole = match &mut request_body {
             body::RequestBody::Replayable(b, t) => Some((b, t)),
             _ => None,
