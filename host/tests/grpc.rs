@@ -316,4 +316,9 @@ spec:
     );
     let echo = call(via, "/weft.Test/Echo", "hi", 10.0).await;
     assert_eq!(echo["replies"], serde_json::json!(["hi|p1"]), "{echo}");
+    // A bidirectional stream whose client waits for each answer: each message passes the
+    // filter's request-body callback as it comes (the filter passes each piece on).
+    let chat = call(via, "/weft.Test/Chat", "a,b,c", 5.0).await;
+    assert_eq!(chat["code"], "OK", "{chat}");
+    assert_eq!(chat["replies"], serde_json::json!(["a|p1", "b|p1", "c|p1"]));
 }

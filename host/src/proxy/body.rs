@@ -55,7 +55,7 @@ pub enum RequestBody {
     /// Streaming through proxy-wasm filters' body callbacks: streams once.
     Filtered(Option<Filtered<OnceBody>>),
     /// Sent as it arrives, a copy kept while it fits the bound: can be sent again until then.
-    Teed(super::tee::Tee),
+    Teed(super::tee::Tee<ProxyBody>),
 }
 
 /// Why a streaming request body cannot go on through the filters.
@@ -77,15 +77,20 @@ impl RequestBody {
         }
     }
 
-    /// Puts a streaming body through `pipe`. Its first bytes, past `limit` of them, go to
-    /// the filters now, before anything goes upstream, so a filter may still answer in the
-    /// body's place, and one that holds them (it wants the body whole) is told apart; the
-    /// rest passes them frame by frame as it arrives, as Envoy streams a body. (A filter
-    /// failing or answering later fails the call: the request has gone.)
+    /// A body of unknown length, to stream through the filters ([`RequestBody::stream_through`]).
+    pub fn streaming(body: Downstream, counter: Arc<AtomicU64>) -> Self {
+        RequestBody::Streaming(PrefixedBody::new(Bytes::new(), body, counter))
+    }
+
+    /// Puts a streaming body through `pipe`, frame by frame as it arrives, as Envoy streams a
+    /// body through its filters. Until the filters pass their first bytes on, nothing has gone
+    /// on: a filter may still answer in the body's place, and one that holds more than the
+    /// bound (it wants the body whole) stops it. Then the call goes on with what they passed,
+    /// the rest passing them as it comes. (A filter failing or answering later fails the call:
+    /// the request has gone.)
     pub async fn stream_through(
         &mut self,
         mut pipe: crate::plugin::BodyPipeline,
-        limit: usize,
     ) -> Result<(), StreamStop> {
         let RequestBody::Streaming(p) = self else {
             return Ok(());
@@ -93,34 +98,32 @@ impl RequestBody {
         let Some((prefix, mut rest, counter)) = p.inner.take() else {
             return Ok(());
         };
-        let mut first = BytesMut::from(prefix.unwrap_or_default().as_ref());
+        let mut out = match prefix {
+            Some(read) => pipe.push(read, false).map_err(StreamStop::Stopped)?,
+            None => Bytes::new(),
+        };
         let mut trailers = None;
         let mut ended = false;
-        while first.len() <= limit {
-            match rest.frame().await {
+        while out.is_empty() && !ended {
+            let data = match rest.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        first.extend_from_slice(&data);
+                        data
                     }
                     Err(frame) => {
                         trailers = frame.into_trailers().ok();
                         ended = true;
-                        break;
+                        Bytes::new()
                     }
                 },
                 Some(Err(e)) => return Err(StreamStop::Read(e)),
                 None => {
                     ended = true;
-                    break;
+                    Bytes::new()
                 }
-            }
-        }
-        let out = pipe
-            .push(first.freeze(), ended)
-            .map_err(StreamStop::Stopped)?;
-        if pipe.holding() {
-            return Err(StreamStop::Stopped(crate::plugin::BodyStop::TooLarge));
+            };
+            out = pipe.push(data, ended).map_err(StreamStop::Stopped)?;
         }
         if let Some(t) = &mut trailers {
             pipe.trailers(t).map_err(StreamStop::Stopped)?;
@@ -142,6 +145,18 @@ impl RequestBody {
             sent: 0,
         }));
         Ok(())
+    }
+
+    /// Keeps a copy of a body streaming through the filters (what they pass on, up to `limit`
+    /// bytes) so a retry can send it again.
+    pub fn keep_for_retries(&mut self, limit: usize) {
+        if let RequestBody::Filtered(f) = self
+            && let Some(filtered) = f.take()
+        {
+            // The filtered body counts the caller's bytes already.
+            let tee = super::tee::Tee::new(filtered.boxed_unsync(), limit, Arc::default());
+            *self = RequestBody::Teed(tee);
+        }
     }
 
     /// Whether it can be sent again.

@@ -310,8 +310,9 @@ async fn answer(
     let counter = call.as_ref().map(ServerCall::request_counter).or(received);
     let pipe = call.as_ref().and_then(ServerCall::request_body_pipeline);
     let body = match (pipe, counter) {
-        // proxy-wasm filters' request-body callbacks get the whole body before the app does,
-        // so one may rewrite it or answer in its place.
+        // proxy-wasm filters' request-body callbacks get a body of known length within the
+        // bound whole before the app does, so one may rewrite it or answer in its place; any
+        // other passes them frame by frame as it arrives.
         (Some(pipe), counter) => {
             let content_length = parts
                 .headers
@@ -319,13 +320,12 @@ async fn answer(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             let limit = inputs.settings.replay_limit;
-            let read = super::body::read_for_replay(
-                incoming,
-                content_length,
-                limit,
-                counter.unwrap_or_default(),
-            )
-            .await;
+            let counter = counter.unwrap_or_default();
+            let read = if content_length.is_none() && !incoming.is_end_stream() {
+                Ok(super::body::RequestBody::streaming(incoming, counter))
+            } else {
+                super::body::read_for_replay(incoming, content_length, limit, counter).await
+            };
             let request = match read {
                 Ok(r) => r,
                 Err(_) if tripped.as_ref().is_some_and(|t| t.get().is_some()) => {
@@ -366,11 +366,11 @@ async fn answer(
                         Err(answered) => return Ok(*answered),
                     }
                 }
-                // Over the bound: its first bytes through the filters now, the rest as it
-                // comes (a filter may change the length as it streams).
+                // Streaming: through the filters as it comes (a filter may change the length
+                // as it streams).
                 mut streaming => {
                     parts.headers.remove(http::header::CONTENT_LENGTH);
-                    match streaming.stream_through(pipe, limit).await {
+                    match streaming.stream_through(pipe).await {
                         Ok(()) => streaming.attempt().unwrap_or_else(super::body::empty),
                         Err(super::body::StreamStop::Read(_)) => {
                             return Ok(refuse(

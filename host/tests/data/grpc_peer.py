@@ -8,7 +8,8 @@ Methods take and return raw bytes (no protobuf: the mesh never reads messages):
   /weft.Test/Stream    streams three messages, then trailing metadata `x-done: yes`
   /weft.Test/Chat      bidirectional: answers each message as it comes, then `|<name>`; the
                        client (PAYLOAD: comma-separated messages) sends each only once the
-                       previous one is answered
+                       previous one is answered, with `x-stream: yes` (which the proxy-wasm
+                       test filter pw-body reads as "pass each piece on")
 
   grpc_peer.py serve PORT NAME          prints `ready` once listening on 127.0.0.1:PORT
   grpc_peer.py call TARGET AUTHORITY METHOD PAYLOAD [TIMEOUT_S] [COUNT]
@@ -99,7 +100,7 @@ def call(target, authority, method, payload, timeout, count=1):
                     answered.get(timeout=timeout)
 
             stub = channel.stream_stream(method)
-            replies = stub(messages(), timeout=timeout)
+            replies = stub(messages(), timeout=timeout, metadata=(("x-stream", "yes"),))
             for r in replies:
                 out["replies"].append(r.decode())
                 answered.put(True)

@@ -531,18 +531,19 @@ async fn route(
     let pipe = body_follows
         .then(|| (call.chain).body_pipeline(id, call.route_id, false, limit))
         .flatten();
-    // A body of unknown length goes upstream as it arrives, a copy kept for retries, as
-    // Envoy's router does: a streaming call may wait for an answer before it sends more. One
-    // whose length is known, or that a proxy-wasm filter or a mirror needs whole, is read
-    // first, up to the bound.
-    let tee = body_follows && content_length.is_none() && pipe.is_none() && head.mirrors.is_empty();
-    let read = if tee {
-        let counter = call.request_bytes.clone();
-        Ok(body::RequestBody::Teed(tee::Tee::new(
-            incoming, limit, counter,
-        )))
-    } else {
-        body::read_for_replay(incoming, content_length, limit, call.request_bytes.clone()).await
+    // A body of unknown length goes on as it arrives (through the proxy-wasm filters' body
+    // callbacks first, if any), a copy kept for retries, as Envoy's router does: a streaming
+    // call may wait for an answer before it sends more. One whose length is known, or that a
+    // mirror needs whole, is read first, up to the bound.
+    let streams = body_follows && content_length.is_none() && head.mirrors.is_empty();
+    let counter = call.request_bytes.clone();
+    let read = match (streams, &pipe) {
+        (true, Some(_)) => Ok(body::RequestBody::streaming(incoming, counter)),
+        (true, None) => {
+            let tee = tee::Tee::new(incoming.boxed_unsync(), limit, counter);
+            Ok(body::RequestBody::Teed(tee))
+        }
+        (false, _) => body::read_for_replay(incoming, content_length, limit, counter).await,
     };
     let mut request_body = match read {
         Ok(b) => b,
@@ -556,8 +557,8 @@ async fn route(
         }
     };
     // proxy-wasm filters' request-body callbacks: on the whole body before anything goes
-    // upstream when it fits the replay bound, so one may rewrite it or answer in its place;
-    // a larger one streams through them after its first bytes.
+    // upstream when it was read whole, so one may rewrite it or answer in its place; a
+    // streaming one passes them frame by frame, nothing going on before their first bytes.
     let no_body = matches!(&request_body, body::RequestBody::Replayable(b, None) if b.is_empty());
     if !no_body && let Some(mut pipe) = pipe {
         let whole = match &mut request_body {
@@ -568,8 +569,8 @@ async fn route(
             None => {
                 // A filter may change the length as the body streams.
                 head.headers.remove(CONTENT_LENGTH);
-                let limit = inputs.settings.replay_limit;
-                match request_body.stream_through(pipe, limit).await {
+                match request_body.stream_through(pipe).await {
+                    Ok(()) if content_length.is_none() => request_body.keep_for_retries(limit),
                     Ok(()) => {}
                     Err(body::StreamStop::Read(_)) if timed_out(&tripped) => {
                         return request_timed_out(call);
