@@ -240,6 +240,18 @@ async fn proxy_wasm_filters_run_unchanged_in_sidecars_beside_components() {
     );
 }
 
+/// Pushes pw-body and applies it on both sides: payments' server side, orders' client side.
+fn apply_body_filters(m: &TestMesh) {
+    let body = push(m, weft_artifacts::PW_BODY_PATH);
+    let yaml = [
+        plugin("body-server", "payments", "SERVER", &body, 0, "{}"),
+        plugin("body-client", "orders", "CLIENT", &body, 0, "{}"),
+    ]
+    .concat();
+    let (ok, said) = apply(m, "body.yaml", &yaml);
+    assert!(ok, "{said}");
+}
+
 /// POSTs `body` to payments' `/echo` through `out`: status and body.
 async fn post(out: std::net::SocketAddr, body: Vec<u8>) -> (u16, String) {
     post_with(out, body, &[]).await
@@ -266,14 +278,7 @@ async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_p
     let app = App::start("payments").await;
     let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
     let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
-    let body = push(&m, weft_artifacts::PW_BODY_PATH);
-    let yaml = [
-        plugin("body-server", "payments", "SERVER", &body, 0, "{}"),
-        plugin("body-client", "orders", "CLIENT", &body, 0, "{}"),
-    ]
-    .concat();
-    let (ok, said) = apply(&m, "body.yaml", &yaml);
-    assert!(ok, "{said}");
+    apply_body_filters(&m);
     converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
     let out = orders.addr("outbound");
 
@@ -558,14 +563,7 @@ async fn request_trailers_cross_the_mesh_through_trailers_callbacks() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(values(&headers, "x-trailer-x-checksum"), ["abc"]);
 
-    let filter = push(&m, weft_artifacts::PW_BODY_PATH);
-    let yaml = [
-        plugin("body-server", "payments", "SERVER", &filter, 0, "{}"),
-        plugin("body-client", "orders", "CLIENT", &filter, 0, "{}"),
-    ]
-    .concat();
-    let (ok, said) = apply(&m, "body.yaml", &yaml);
-    assert!(ok, "{said}");
+    apply_body_filters(&m);
     let deadline = Instant::now() + Duration::from_secs(30);
     // Each side's trailers callback reads the trailer and adds its own: the client side's,
     // then the server side's.
