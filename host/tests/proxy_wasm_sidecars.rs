@@ -323,6 +323,7 @@ async fn body_callbacks_get_whole_bodies_on_both_sides_and_may_answer_in_their_p
                         .iter()
                         .map(|p| bytes::Bytes::from_static(p.as_bytes()))
                         .collect(),
+                    None,
                 )
                 .boxed_unsync(),
             )
@@ -634,8 +635,12 @@ async fn request_trailers_cross_the_mesh_through_trailers_callbacks() {
     );
 }
 
-/// A request body in pieces, of unknown length (sent chunked).
-struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+/// A request body in pieces, of unknown length (sent chunked, or as HTTP/2 data frames without
+/// `content-length`), then its trailers if it has any.
+struct Chunks(
+    std::collections::VecDeque<bytes::Bytes>,
+    Option<http::HeaderMap>,
+);
 
 impl http_body::Body for Chunks {
     type Data = bytes::Bytes;
@@ -645,6 +650,67 @@ impl http_body::Body for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        let next = match self.0.pop_front() {
+            Some(b) => Some(http_body::Frame::data(b)),
+            None => self.1.take().map(http_body::Frame::trailers),
+        };
+        std::task::Poll::Ready(next.map(Ok))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sends_the_request_body_and_its_trailers_again() {
+    let m = TestMesh::start();
+    // Half the calls fail 503, which Istio's default retry policy retries once.
+    let flaky = support::Behaviour::Flaky {
+        percent: 50,
+        status: 503,
+        seed: 11,
+    };
+    let app = App::start_with("payments", flaky).await;
+    let _payments = m.pod("payments", &[("version", "v1")], app.addr).await;
+    let orders = m.pod("orders", &[("version", "v1")], NO_APP).await;
+    converged(m.cp, &m.op, 2, Duration::from_secs(30)).await;
+    let out = orders.addr("outbound");
+    let failed = || app.failed.load(std::sync::atomic::Ordering::SeqCst);
+    // Both kinds of body the sidecar keeps for retries: one of known length, read whole
+    // first, and one of unknown length, sent on as it comes with a copy kept.
+    for known_length in [true, false] {
+        let mut retried = false;
+        for _ in 0..40 {
+            let failed_before = failed();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+            let body = if known_length {
+                http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))
+                    .with_trailers(std::future::ready(Some(Ok(trailers))))
+                    .map_err(|never| match never {})
+                    .boxed_unsync()
+            } else {
+                let pieces = ["hel", "lo"].map(|p| bytes::Bytes::from_static(p.as_bytes()));
+                Chunks(pieces.into_iter().collect(), Some(trailers)).boxed_unsync()
+            };
+            let req = Request::post("http://payments/echo")
+                .header("content-type", "application/grpc")
+                .body(body)
+                .expect("request");
+            let mut sender = support::h2_connection(out).await;
+            let resp = sender.send_request(req).await.expect("answered");
+            let (status, headers, body) = read(resp).await;
+            if status == 200 && failed() > failed_before {
+                assert_eq!(&body[..], b"hello", "known length {known_length}");
+                assert_eq!(
+                    values(&headers, "x-trailer-x-checksum"),
+                    ["abc"],
+                    "known length {known_length}"
+                );
+                retried = true;
+                break;
+            }
+        }
+        assert!(
+            retried,
+            "no call was retried and answered (known length {known_length})"
+        );
     }
 }
