@@ -114,6 +114,10 @@ impl Drop for Call {
     }
 }
 
+/// The chain of a call a proxy-wasm filter made: none, built once.
+static NO_CHAIN: std::sync::LazyLock<Arc<crate::plugin::Chain>> =
+    std::sync::LazyLock::new(|| Arc::new(crate::plugin::Chain::empty()));
+
 fn flags_for(outcome: Outcome) -> ResponseFlags {
     match outcome {
         Outcome::NoEndpoint => ResponseFlags::NO_HEALTHY_UPSTREAM,
@@ -351,7 +355,7 @@ async fn route(
         &super::callouts::HEADER,
         &inputs.callout_token,
     ) {
-        Arc::new(crate::plugin::Chain::empty())
+        NO_CHAIN.clone()
     } else {
         route.chain.clone()
     };
@@ -420,10 +424,7 @@ async fn route(
         None => call.chain.on_request(id, &mut head),
         Some(e) => {
             let mut steps = Vec::new();
-            let decided = call
-                .route
-                .chain
-                .on_request_explained(id, &mut head, &mut steps);
+            let decided = (call.chain).on_request_explained(id, &mut head, &mut steps);
             let mut e = e.lock();
             e.service = route.service.clone();
             e.route = head.route_name.clone();
@@ -587,13 +588,7 @@ async fn route(
                     }
                 }
             }
-            Some((b, trailers)) => match pipe.push(b.clone(), true).and_then(|out| {
-                // The body's end first, then its trailers, as they came.
-                match trailers {
-                    Some(t) => pipe.trailers(t).map(|()| out),
-                    None => Ok(out),
-                }
-            }) {
+            Some((b, trailers)) => match pipe.whole(b.clone(), trailers.as_mut()) {
                 Ok(out) => {
                     if out.len() != b.len() {
                         head.headers
@@ -604,9 +599,7 @@ async fn route(
                         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
                     }
                 }
-                Err(stop) => {
-                    return body_stopped(call, stop, inputs.settings.replay_limit);
-                }
+                Err(stop) => return body_stopped(call, stop, limit),
             },
         }
     }
@@ -742,10 +735,7 @@ fn answer_locally(
     };
     let mut payload = reply.body;
     if let Some(at) = answered_at {
-        let back = call
-            .route
-            .chain
-            .on_local_reply(call.id, &mut head, call.route_id, at);
+        let back = (call.chain).on_local_reply(call.id, &mut head, call.route_id, at);
         if back.plugin_failed {
             call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
@@ -818,10 +808,7 @@ fn respond(mut call: Call, mut resp: Response<Incoming>) -> Response<ProxyBody> 
         headers: std::mem::take(&mut parts.headers),
         attempts: call.summary.attempts,
     };
-    let decided = call
-        .route
-        .chain
-        .on_response(call.id, &mut head, call.route_id);
+    let decided = (call.chain).on_response(call.id, &mut head, call.route_id);
     if decided.plugin_failed {
         call.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
     }
