@@ -511,9 +511,18 @@ impl BodyPipeline {
         Ok(())
     }
 
-    /// Whether a plugin holds data it asked to buffer.
-    pub fn holding(&self) -> bool {
-        self.stages.iter().any(|s| !s.held.is_empty())
+    /// Passes a whole body (`end_of_stream` with its last bytes), then its `trailers`, as they
+    /// came: what comes out the far end.
+    pub fn whole(
+        &mut self,
+        body: Bytes,
+        trailers: Option<&mut HeaderMap>,
+    ) -> Result<Bytes, BodyStop> {
+        let out = self.push(body, true)?;
+        if let Some(t) = trailers {
+            self.trailers(t)?;
+        }
+        Ok(out)
     }
 
     /// Passes `data` (the body's next bytes; `end`: the last) through every plugin: what
@@ -521,7 +530,14 @@ impl BodyPipeline {
     pub fn push(&mut self, data: Bytes, end: bool) -> Result<Bytes, BodyStop> {
         let mut data = data.to_vec();
         for stage in &mut self.stages {
-            if stage.failed {
+            let hooks = stage.plugin.hooks();
+            // A stage there for the trailers alone passes the data by, without a Wasm call.
+            let asked = if self.response {
+                hooks.on_response_body
+            } else {
+                hooks.on_request_body
+            };
+            if stage.failed || !asked {
                 continue;
             }
             // What the stage holds, then the new data; the data itself when it holds nothing

@@ -484,10 +484,7 @@ where
                     };
                     // The body ends before its trailers: the filters get both, in order.
                     *ended = true;
-                    let out = pipe.push(Bytes::new(), true);
-                    if out.is_ok() && pipe.trailers(&mut t).is_err() {
-                        return Poll::Ready(Some(Err(filter_failed())));
-                    }
+                    let out = pipe.whole(Bytes::new(), Some(&mut t));
                     *trailers = Some(t);
                     out
                 }

@@ -304,11 +304,7 @@ impl ServerCall {
         if body.is_empty() && trailers.is_none() {
             return Ok(body);
         }
-        // The body's end first, then its trailers, as they came.
-        let pushed = pipe.push(body, true).and_then(|out| match trailers {
-            Some(t) => pipe.trailers(t).map(|()| out),
-            None => Ok(out),
-        });
+        let pushed = pipe.whole(body, trailers);
         if pipe.plugin_failed {
             self.summary.response_flags |= ResponseFlags::PLUGIN_FAILURE;
         }
